@@ -1,0 +1,119 @@
+//! Element-wise and row-wise ops of the CPU backend, on plain slices. These are the CPU twins of
+//! the kernels in `kernels/ops.cu`: the CUDA parity tests call them as the reference.
+//! All activations are row-major f32 `[rows, cols]`.
+
+use rayon::prelude::*;
+
+/// Rows per rayon task for the row-wise ops: enough work per task to amortise the scheduling.
+fn rows_per_task(cols: usize) -> usize {
+    (16384 / cols.max(1)).max(1)
+}
+
+/// RMSNorm as HF Llama computes it: `w * (x * rsqrt(mean(x^2) + eps))`, in f32.
+/// x, out: `[rows, cols]`; w: `[cols]`.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let cols = w.len();
+    assert_eq!(x.len(), out.len());
+    assert_eq!(x.len() % cols, 0);
+    let chunk = rows_per_task(cols) * cols;
+    out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(o, xi)| {
+        for (orow, xrow) in o.chunks_exact_mut(cols).zip(xi.chunks_exact(cols)) {
+            rms_norm_row(xrow, w, eps, orow);
+        }
+    });
+}
+
+#[inline]
+pub fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ss: f32 = sum_squares(x);
+    let inv = 1.0 / (ss / x.len() as f32 + eps).sqrt();
+    for ((o, &xv), &wv) in out.iter_mut().zip(x).zip(w) {
+        *o = wv * (xv * inv);
+    }
+}
+
+/// Sum of squares with 8 independent partial sums, so LLVM vectorises it.
+#[inline]
+fn sum_squares(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rem = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += c[i] * c[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for &v in rem {
+        s += v * v;
+    }
+    s
+}
+
+/// Rotary embedding, rotate-half convention (HF layout), in place.
+/// x: `[rows, n_heads * head_dim]`; positions: `[rows]`; cos, sin: `[max_pos, head_dim / 2]`.
+pub fn rope_inplace(x: &mut [f32], positions: &[u32], n_heads: usize, head_dim: usize, cos: &[f32], sin: &[f32]) {
+    let half = head_dim / 2;
+    let width = n_heads * head_dim;
+    assert_eq!(x.len(), positions.len() * width);
+    x.par_chunks_mut(width).zip(positions.par_iter()).for_each(|(row, &pos)| {
+        let c = &cos[pos as usize * half..(pos as usize + 1) * half];
+        let s = &sin[pos as usize * half..(pos as usize + 1) * half];
+        for head in row.chunks_exact_mut(head_dim) {
+            let (x1, x2) = head.split_at_mut(half);
+            for i in 0..half {
+                let (a, b) = (x1[i], x2[i]);
+                x1[i] = a * c[i] - b * s[i];
+                x2[i] = b * c[i] + a * s[i];
+            }
+        }
+    });
+}
+
+/// SwiGLU gate: `out = silu(gate) * up`, silu(g) = g / (1 + exp(-g)). All `[rows, cols]`.
+pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    assert_eq!(gate.len(), up.len());
+    assert_eq!(gate.len(), out.len());
+    out.par_chunks_mut(16384).zip(gate.par_chunks(16384).zip(up.par_chunks(16384))).for_each(|(o, (g, u))| {
+        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            *o = g / (1.0 + (-g).exp()) * u;
+        }
+    });
+}
+
+/// Embedding gather: `out[i] = table[ids[i]]`. table: `[vocab, hidden]`; out: `[ids.len(), hidden]`.
+/// The caller validates ids against the vocabulary.
+pub fn embedding(table: &[f32], hidden: usize, ids: &[u32], out: &mut [f32]) {
+    assert_eq!(out.len(), ids.len() * hidden);
+    for (row, &id) in out.chunks_exact_mut(hidden).zip(ids) {
+        let id = id as usize;
+        row.copy_from_slice(&table[id * hidden..(id + 1) * hidden]);
+    }
+}
+
+/// `x += y`, element-wise.
+pub fn add_assign(x: &mut [f32], y: &[f32]) {
+    assert_eq!(x.len(), y.len());
+    x.par_chunks_mut(16384).zip(y.par_chunks(16384)).for_each(|(a, b)| {
+        for (a, &b) in a.iter_mut().zip(b) {
+            *a += b;
+        }
+    });
+}
+
+/// Cos/sin tables for RoPE, `[max_pos, head_dim / 2]` each, computed as HF does:
+/// `inv_freq[i] = 1 / theta^(2i / head_dim)` in f32 (or given, e.g. after Llama-3 scaling),
+/// angle = `pos * inv_freq[i]` in f32; cos and sin are evaluated in f64 and rounded.
+pub fn rope_tables(inv_freq: &[f32], max_pos: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = inv_freq.len();
+    let mut cos = Vec::with_capacity(max_pos * half);
+    let mut sin = Vec::with_capacity(max_pos * half);
+    for pos in 0..max_pos {
+        for &f in inv_freq {
+            let angle = (pos as f32 * f) as f64;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    (cos, sin)
+}

@@ -1,0 +1,1 @@
+//! CUDA backend (placeholder; replaced by the kernel-side work).

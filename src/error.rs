@@ -1,0 +1,53 @@
+//! The crate's error enum: every failure a user can cause (a bad file, a bad request, an
+//! unknown adapter, a prompt over the context, a full cache) is a value of this type, never a
+//! panic. Each layer keeps its own enum (`GgufError`, `KvError`, ...) and converts into this one.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: bad model config: {msg}")]
+    Config { path: PathBuf, msg: String },
+    #[error("{path}: bad weights file: {msg}")]
+    Weights { path: PathBuf, msg: String },
+    #[error("missing tensor `{name}` in {path}")]
+    MissingTensor { name: String, path: PathBuf },
+    #[error("tensor `{name}`: expected shape {expected:?}, found {found:?}")]
+    Shape { name: String, expected: Vec<usize>, found: Vec<usize> },
+    #[error("{path}: bad tokenizer: {msg}")]
+    Tokenizer { path: PathBuf, msg: String },
+    #[error("tokenizer: {0}")]
+    Tokenize(String),
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+    #[error("prompt has {tokens} tokens; the model's context holds {max} (prompt + new tokens)")]
+    PromptTooLong { tokens: usize, max: usize },
+    #[error("empty prompt: at least one token is needed")]
+    EmptyPrompt,
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Gguf(#[from] crate::model::gguf::GgufError),
+    #[error(transparent)]
+    Kv(#[from] crate::kv::KvError),
+    #[error("CUDA: {0}")]
+    Cuda(String),
+    #[error("{0}")]
+    Fetch(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}

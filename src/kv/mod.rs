@@ -1,0 +1,5 @@
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    #[error("out of KV blocks")]
+    OutOfBlocks,
+}

@@ -1,0 +1,14 @@
+//! lorafleet: serve many LoRA fine-tunes of one (4-bit) base LLM from one GPU, and train new ones.
+//!
+//! Layout (see DESIGN.md): `model` (config, weights, GGUF import, the Llama forward pass written
+//! once against `backend::Backend`), `backend` (`cpu`, the reference; `cuda`, the kernels),
+//! `kv` (the paged KV cache), `engine` (sampling and generation), `tokenizer`.
+
+pub mod backend;
+pub mod engine;
+pub mod error;
+pub mod kv;
+pub mod model;
+pub mod tokenizer;
+
+pub use error::{Error, Result};

@@ -1,0 +1,10 @@
+//! Model definition: HF config, weight loading, GGUF import and the forward pass.
+
+pub mod config;
+pub mod fetch;
+pub mod gguf;
+pub mod llama;
+pub mod weights;
+
+
+
