@@ -9,6 +9,9 @@ pub mod engine;
 pub mod error;
 pub mod kv;
 pub mod model;
+pub mod progress;
 pub mod tokenizer;
+
+pub use tokenizer::TextTokenizer;
 
 pub use error::{Error, Result};

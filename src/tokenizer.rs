@@ -1,1 +1,136 @@
+//! Text <-> token ids: HF `tokenizer.json` (through the `tokenizers` crate), the chat template
+//! of `tokenizer_config.json` (through minijinja), and incremental detokenization for streaming.
 
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::{Error, Result};
+
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+    chat_template: Option<String>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl TextTokenizer {
+    /// Loads `dir/tokenizer.json` and, when present, `dir/tokenizer_config.json`.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        if !path.exists() {
+            return Err(Error::Tokenizer { path, msg: "file not found".into() });
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| Error::Tokenizer { path: path.clone(), msg: format!("does not parse: {e}") })?;
+        let mut t = TextTokenizer { inner, chat_template: None, bos_token: None, eos_token: None };
+        let cfg_path = dir.join("tokenizer_config.json");
+        if cfg_path.exists() {
+            let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::Tokenizer { path: cfg_path.clone(), msg: format!("not valid JSON: {e}") })?;
+            // A token may be given as a string or as {"content": ...}.
+            let token = |k: &str| match v.get(k) {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_owned),
+                None => None,
+            };
+            t.bos_token = token("bos_token");
+            t.eos_token = token("eos_token");
+            t.chat_template = match v.get("chat_template") {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                // A list of named templates: take "default".
+                Some(serde_json::Value::Array(a)) => a
+                    .iter()
+                    .find(|e| e.get("name").and_then(|n| n.as_str()) == Some("default"))
+                    .and_then(|e| e.get("template"))
+                    .and_then(|s| s.as_str())
+                    .map(str::to_owned),
+                _ => None,
+            };
+        }
+        Ok(t)
+    }
+
+    /// Token ids of `text`, with no special tokens added (special-token text in `text`, such as
+    /// `<|im_start|>`, maps to its id).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenize(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special).map_err(|e| Error::Tokenize(e.to_string()))
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn eos_token(&self) -> Option<&str> {
+        self.eos_token.as_deref()
+    }
+
+    /// Renders the chat template over `messages`, ending with the assistant's turn opener when
+    /// `add_generation_prompt`.
+    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let tpl = self
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| Error::ChatTemplate("this model's tokenizer_config.json has no chat_template".into()))?;
+        let mut env = minijinja::Environment::new();
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template("chat", tpl).map_err(|e| Error::ChatTemplate(e.to_string()))?;
+        let t = env.get_template("chat").map_err(|e| Error::ChatTemplate(e.to_string()))?;
+        t.render(minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token.clone().unwrap_or_default(),
+            eos_token => self.eos_token.clone().unwrap_or_default(),
+        })
+        .map_err(|e| Error::ChatTemplate(e.to_string()))
+    }
+}
+
+/// Turns a growing list of token ids into text deltas, holding back bytes of a character that
+/// is not complete yet (byte-level BPE splits UTF-8 characters across tokens). The scheme of
+/// TGI / vLLM: decode a short window before the new tokens and emit what it adds.
+#[derive(Debug, Default, Clone)]
+pub struct IncrementalDecoder {
+    ids: Vec<u32>,
+    prefix_offset: usize,
+    read_offset: usize,
+}
+
+impl IncrementalDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds one token; returns the text it completes, if any.
+    pub fn push(&mut self, tok: &TextTokenizer, id: u32) -> Result<Option<String>> {
+        self.ids.push(id);
+        let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset], false)?;
+        let full = tok.decode(&self.ids[self.prefix_offset..], false)?;
+        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') && full.is_char_boundary(prefix.len()) {
+            let delta = full[prefix.len()..].to_string();
+            self.prefix_offset = self.read_offset;
+            self.read_offset = self.ids.len();
+            Ok(Some(delta))
+        } else {
+            Ok(None)
+        }
+    }
+}

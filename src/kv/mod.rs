@@ -1,5 +1,222 @@
-#[derive(Debug, thiserror::Error)]
+//! The paged KV cache, PagedAttention style: one pool of fixed-size blocks (16 tokens by
+//! default) shared by every layer; each sequence owns a `BlockTable` listing its blocks in order;
+//! blocks are reference-counted (so a prefix can be shared) and go back to the pool when the
+//! table drops. Running out is `KvError::OutOfBlocks`, a value for the caller (queue, preempt,
+//! or fail that one request), never a panic.
+//!
+//! This module only does the bookkeeping. The K/V storage itself belongs to the backend
+//! (`Backend::Kv`): for every layer, K and V of shape `[num_blocks, block_size, kv_heads, head_dim]`;
+//! token `p` of a sequence lives in block `table[p / block_size]`, row `p % block_size`.
+
+mod batch;
+
+pub use batch::{BatchLayout, SeqView};
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub const DEFAULT_BLOCK_SIZE: usize = 16;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvError {
-    #[error("out of KV blocks")]
-    OutOfBlocks,
+    #[error("KV cache full: {needed} more blocks needed, {free} free of {total}")]
+    OutOfBlocks { needed: usize, free: usize, total: usize },
+    #[error("KV cache too small: {0}")]
+    TooSmall(String),
 }
+
+/// Shape of the KV storage: what a backend needs to allocate it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvLayout {
+    pub num_layers: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub block_size: usize,
+    pub num_blocks: usize,
+}
+
+impl KvLayout {
+    /// Bytes of one block across all layers, K and V, at `elem_bytes` per value.
+    pub fn bytes_per_block(&self, elem_bytes: usize) -> usize {
+        2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * elem_bytes
+    }
+
+    /// Elements of one layer's K (or V) storage.
+    pub fn layer_elems(&self) -> usize {
+        self.num_blocks * self.block_size * self.num_kv_heads * self.head_dim
+    }
+
+    /// As many blocks as fit in `bytes`.
+    pub fn with_budget(mut self, bytes: usize, elem_bytes: usize) -> Result<Self, KvError> {
+        let per = self.bytes_per_block(elem_bytes);
+        self.num_blocks = bytes / per.max(1);
+        if self.num_blocks == 0 {
+            return Err(KvError::TooSmall(format!("{bytes} bytes hold no block of {per} bytes")));
+        }
+        Ok(self)
+    }
+}
+
+#[derive(Debug)]
+struct PoolState {
+    free: Vec<u32>,
+    refs: Vec<u32>,
+}
+
+/// The pool of block ids. Cheap to clone (a handle); the engine thread owns the only pool.
+#[derive(Debug, Clone)]
+pub struct BlockPool {
+    state: Arc<Mutex<PoolState>>,
+    block_size: usize,
+    num_blocks: usize,
+}
+
+impl BlockPool {
+    pub fn new(num_blocks: usize, block_size: usize) -> Self {
+        assert!(block_size > 0, "block_size must be positive");
+        assert!(num_blocks <= u32::MAX as usize, "block ids are u32");
+        // Hand out low ids first (pop from the end).
+        let free = (0..num_blocks as u32).rev().collect();
+        BlockPool {
+            state: Arc::new(Mutex::new(PoolState { free, refs: vec![0; num_blocks] })),
+            block_size,
+            num_blocks,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        // A panic while holding the lock cannot leave the state half-updated (every update
+        // below is a single push/pop plus a counter), so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+    pub fn num_blocks(&self) -> usize {
+        self.num_blocks
+    }
+    pub fn num_free(&self) -> usize {
+        self.lock().free.len()
+    }
+    /// Blocks needed to hold `tokens` tokens.
+    pub fn blocks_for(&self, tokens: usize) -> usize {
+        tokens.div_ceil(self.block_size)
+    }
+
+    /// Takes `n` blocks, all or none.
+    fn alloc(&self, n: usize) -> Result<Vec<u32>, KvError> {
+        let mut s = self.lock();
+        if s.free.len() < n {
+            return Err(KvError::OutOfBlocks { needed: n, free: s.free.len(), total: self.num_blocks });
+        }
+        let at = s.free.len() - n;
+        let got: Vec<u32> = s.free.split_off(at);
+        for &b in &got {
+            debug_assert_eq!(s.refs[b as usize], 0);
+            s.refs[b as usize] = 1;
+        }
+        Ok(got)
+    }
+
+    fn retain(&self, blocks: &[u32]) {
+        let mut s = self.lock();
+        for &b in blocks {
+            debug_assert!(s.refs[b as usize] > 0);
+            s.refs[b as usize] += 1;
+        }
+    }
+
+    fn release(&self, blocks: &[u32]) {
+        let mut s = self.lock();
+        for &b in blocks {
+            let r = &mut s.refs[b as usize];
+            assert!(*r > 0, "block {b} released more often than taken");
+            *r -= 1;
+            if *r == 0 {
+                s.free.push(b);
+            }
+        }
+    }
+
+    /// Reference count of a block (tests and metrics).
+    pub fn refcount(&self, block: u32) -> u32 {
+        self.lock().refs[block as usize]
+    }
+}
+
+/// One sequence's blocks, in token order. Dropping it returns the blocks to the pool.
+#[derive(Debug)]
+pub struct BlockTable {
+    pool: BlockPool,
+    blocks: Vec<u32>,
+    /// Tokens whose K/V are written.
+    len: usize,
+}
+
+impl BlockTable {
+    pub fn new(pool: &BlockPool) -> Self {
+        BlockTable { pool: pool.clone(), blocks: Vec::new(), len: 0 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn blocks(&self) -> &[u32] {
+        &self.blocks
+    }
+    pub fn block_size(&self) -> usize {
+        self.pool.block_size
+    }
+    pub fn capacity(&self) -> usize {
+        self.blocks.len() * self.pool.block_size
+    }
+
+    /// Makes room for `n` more tokens, taking blocks from the pool (all or none).
+    pub fn reserve(&mut self, n: usize) -> Result<(), KvError> {
+        let need = self.pool.blocks_for(self.len + n).saturating_sub(self.blocks.len());
+        if need > 0 {
+            let got = self.pool.alloc(need)?;
+            self.blocks.extend(got);
+        }
+        Ok(())
+    }
+
+    /// Marks `n` more tokens as written (after a forward step filled them).
+    pub fn advance(&mut self, n: usize) {
+        assert!(self.len + n <= self.capacity(), "advance past the reserved blocks");
+        self.len += n;
+    }
+
+    /// Forgets tokens past `len` and frees the blocks no longer needed.
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            return;
+        }
+        self.len = len;
+        let keep = self.pool.blocks_for(len);
+        let gone = self.blocks.split_off(keep);
+        self.pool.release(&gone);
+    }
+
+    /// A second table sharing every full block of this one (prefix sharing). The partly filled
+    /// last block is not shared: the fork re-computes those tokens, so no block is ever written
+    /// by two sequences and no copy-on-write is needed.
+    pub fn fork_prefix(&self) -> BlockTable {
+        let full = self.len / self.pool.block_size;
+        let blocks = self.blocks[..full].to_vec();
+        self.pool.retain(&blocks);
+        BlockTable { pool: self.pool.clone(), blocks, len: full * self.pool.block_size }
+    }
+}
+
+impl Drop for BlockTable {
+    fn drop(&mut self) {
+        self.pool.release(&self.blocks);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,238 @@
+//! HF `config.json` for the Llama family: Llama 2/3, Mistral, SmolLM2, Qwen2 (q/k/v bias).
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+/// Llama-3 style RoPE frequency scaling (`rope_scaling.rope_type == "llama3"`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Llama3RopeScaling {
+    pub factor: f32,
+    pub low_freq_factor: f32,
+    pub high_freq_factor: f32,
+    pub original_max_position_embeddings: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f32,
+    pub rope_theta: f32,
+    pub rope_scaling: Option<Llama3RopeScaling>,
+    pub tie_word_embeddings: bool,
+    /// q/k/v projections carry a bias (Qwen2).
+    pub attention_bias: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl ModelConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_json_str(&text).map_err(|msg| Error::Config { path: path.to_path_buf(), msg })
+    }
+
+    pub fn from_json_str(text: &str) -> std::result::Result<Self, String> {
+        let v: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+        let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
+        let archs: Vec<&str> = v
+            .get("architectures")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let arch = match (model_type, archs.first().copied()) {
+            ("llama", _) | (_, Some("LlamaForCausalLM")) => Arch::Llama,
+            ("mistral", _) | (_, Some("MistralForCausalLM")) => Arch::Mistral,
+            ("qwen2", _) | (_, Some("Qwen2ForCausalLM")) => Arch::Qwen2,
+            _ => {
+                return Err(format!(
+                    "unknown architecture (model_type {model_type:?}, architectures {archs:?}); \
+                     lorafleet runs llama, mistral and qwen2"
+                ))
+            }
+        };
+        let usize_field = |k: &str| -> std::result::Result<usize, String> {
+            v.get(k)
+                .and_then(Value::as_u64)
+                .map(|x| x as usize)
+                .ok_or_else(|| format!("missing or non-integer `{k}`"))
+        };
+        let hidden_size = usize_field("hidden_size")?;
+        let num_heads = usize_field("num_attention_heads")?;
+        let num_kv_heads = v.get("num_key_value_heads").and_then(Value::as_u64).map(|x| x as usize).unwrap_or(num_heads);
+        let head_dim = v
+            .get("head_dim")
+            .and_then(Value::as_u64)
+            .map(|x| x as usize)
+            .unwrap_or(if num_heads > 0 { hidden_size / num_heads } else { 0 });
+        let f32_field = |k: &str, d: f32| v.get(k).and_then(Value::as_f64).map(|x| x as f32).unwrap_or(d);
+        let rope_scaling = match v.get("rope_scaling") {
+            None | Some(Value::Null) => None,
+            Some(rs) => {
+                let ty = rs.get("rope_type").or_else(|| rs.get("type")).and_then(Value::as_str).unwrap_or("");
+                match ty {
+                    "llama3" => {
+                        let g = |k: &str| rs.get(k).and_then(Value::as_f64).ok_or_else(|| format!("rope_scaling.{k} missing"));
+                        Some(Llama3RopeScaling {
+                            factor: g("factor")? as f32,
+                            low_freq_factor: g("low_freq_factor")? as f32,
+                            high_freq_factor: g("high_freq_factor")? as f32,
+                            original_max_position_embeddings: g("original_max_position_embeddings")? as usize,
+                        })
+                    }
+                    "default" | "" => None,
+                    other => return Err(format!("rope_scaling type {other:?} is not supported (llama3 is)")),
+                }
+            }
+        };
+        let ids = |k: &str| -> Vec<u32> {
+            match v.get(k) {
+                Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+                Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+                _ => vec![],
+            }
+        };
+        let cfg = ModelConfig {
+            arch,
+            hidden_size,
+            intermediate_size: usize_field("intermediate_size")?,
+            num_layers: usize_field("num_hidden_layers")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            vocab_size: usize_field("vocab_size")?,
+            max_position_embeddings: v.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(4096) as usize,
+            rms_norm_eps: f32_field("rms_norm_eps", 1e-6),
+            rope_theta: f32_field("rope_theta", 10000.0),
+            rope_scaling,
+            tie_word_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+            attention_bias: v
+                .get("attention_bias")
+                .and_then(Value::as_bool)
+                .unwrap_or(arch == Arch::Qwen2),
+            bos_token_id: ids("bos_token_id").first().copied(),
+            eos_token_ids: ids("eos_token_id"),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        let nz = [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_layers),
+            ("num_attention_heads", self.num_heads),
+            ("num_key_value_heads", self.num_kv_heads),
+            ("head_dim", self.head_dim),
+            ("vocab_size", self.vocab_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        if let Some((k, _)) = nz.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("`{k}` must be positive"));
+        }
+        if self.num_heads % self.num_kv_heads != 0 {
+            return Err(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_heads, self.num_kv_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(format!("head_dim {} must be even for RoPE", self.head_dim));
+        }
+        Ok(())
+    }
+
+    pub fn q_dim(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+
+    /// RoPE inverse frequencies `[head_dim / 2]`, as HF computes them in f32, with Llama-3
+    /// scaling applied when configured.
+    pub fn rope_inv_freq(&self) -> Vec<f32> {
+        let d = self.head_dim;
+        let mut inv: Vec<f32> =
+            (0..d / 2).map(|i| 1.0f32 / self.rope_theta.powf((2 * i) as f32 / d as f32)).collect();
+        if let Some(s) = &self.rope_scaling {
+            // transformers' _compute_llama3_parameters.
+            let old = s.original_max_position_embeddings as f32;
+            let low_wavelen = old / s.low_freq_factor;
+            let high_wavelen = old / s.high_freq_factor;
+            for f in inv.iter_mut() {
+                let wavelen = 2.0 * std::f32::consts::PI / *f;
+                if wavelen > low_wavelen {
+                    *f /= s.factor;
+                } else if wavelen >= high_wavelen {
+                    let smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                    *f = (1.0 - smooth) * *f / s.factor + smooth * *f;
+                }
+            }
+        }
+        inv
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMOL: &str = r#"{"architectures":["LlamaForCausalLM"],"model_type":"llama","hidden_size":576,
+        "intermediate_size":1536,"num_attention_heads":9,"num_key_value_heads":3,"num_hidden_layers":30,
+        "vocab_size":49152,"rms_norm_eps":1e-5,"rope_theta":100000.0,"tie_word_embeddings":true,
+        "max_position_embeddings":8192,"bos_token_id":1,"eos_token_id":2}"#;
+
+    #[test]
+    fn parses_smollm2() {
+        let c = ModelConfig::from_json_str(SMOL).unwrap();
+        assert_eq!(c.head_dim, 64);
+        assert_eq!(c.kv_dim(), 192);
+        assert_eq!(c.eos_token_ids, vec![2]);
+        assert!(c.tie_word_embeddings);
+        let inv = c.rope_inv_freq();
+        assert_eq!(inv.len(), 32);
+        assert_eq!(inv[0], 1.0);
+        assert!((inv[31] - 1.0 / 100000f32.powf(62.0 / 64.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn rejects_unknown_arch_and_bad_heads() {
+        let e = ModelConfig::from_json_str(r#"{"model_type":"gpt2","architectures":["GPT2LMHeadModel"]}"#).unwrap_err();
+        assert!(e.contains("unknown architecture"), "{e}");
+        let bad = SMOL.replace("\"num_key_value_heads\":3", "\"num_key_value_heads\":4");
+        assert!(ModelConfig::from_json_str(&bad).unwrap_err().contains("multiple"));
+        assert!(ModelConfig::from_json_str("{not json").unwrap_err().contains("JSON"));
+    }
+
+    #[test]
+    fn llama3_scaling_changes_only_low_frequencies() {
+        let j = SMOL.replace(
+            "\"tie_word_embeddings\":true",
+            "\"tie_word_embeddings\":true,\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8.0,\
+             \"low_freq_factor\":1.0,\"high_freq_factor\":4.0,\"original_max_position_embeddings\":8192}",
+        );
+        let scaled = ModelConfig::from_json_str(&j).unwrap().rope_inv_freq();
+        let plain = ModelConfig::from_json_str(SMOL).unwrap().rope_inv_freq();
+        assert_eq!(scaled[0], plain[0]);
+        assert!((scaled[31] - plain[31] / 8.0).abs() <= plain[31] * 1e-6);
+    }
+}

@@ -1,1 +1,149 @@
+//! The Llama-family decoder (Llama 2/3, Mistral, SmolLM2, Qwen2), written once against
+//! `Backend`: RMSNorm, RoPE (rotate-half), grouped-query attention over the paged KV cache,
+//! SwiGLU MLP, tied or untied lm_head. One forward call runs one step of a ragged batch.
 
+use std::path::Path;
+
+use super::config::ModelConfig;
+use super::weights::WeightFiles;
+use crate::backend::cpu::ops::rope_tables;
+use crate::backend::{Backend, HostMatrix};
+use crate::kv::{BatchLayout, KvLayout};
+use crate::{Error, Result};
+
+struct Layer<B: Backend> {
+    input_norm: B::Vector,
+    q: B::Matrix,
+    k: B::Matrix,
+    v: B::Matrix,
+    o: B::Matrix,
+    q_bias: Option<B::Vector>,
+    k_bias: Option<B::Vector>,
+    v_bias: Option<B::Vector>,
+    post_norm: B::Vector,
+    gate: B::Matrix,
+    up: B::Matrix,
+    down: B::Matrix,
+}
+
+pub struct Llama<B: Backend> {
+    pub config: ModelConfig,
+    /// `[vocab, hidden]`; also the lm_head when the embeddings are tied.
+    embed: B::Matrix,
+    lm_head: Option<B::Matrix>,
+    norm: B::Vector,
+    layers: Vec<Layer<B>>,
+    rope: B::Rope,
+}
+
+impl<B: Backend> Llama<B> {
+    /// Loads `config.json` and the safetensors weights of an HF model directory.
+    pub fn load(be: &B, dir: &Path, show_progress: bool) -> Result<Self> {
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let weights = WeightFiles::open_dir(dir)?;
+        Self::from_weights(be, config, &weights, show_progress)
+    }
+
+    pub fn from_weights(be: &B, config: ModelConfig, w: &WeightFiles, show_progress: bool) -> Result<Self> {
+        let c = &config;
+        let (h, qd, kvd, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<B::Matrix> {
+            let t = w.f32_shaped(name, &[rows, cols])?;
+            be.upload_matrix(HostMatrix { name: name.to_string(), rows, cols, data: t.data })
+        };
+        let vector = |name: &str, n: usize| -> Result<B::Vector> { be.upload_vector(&w.f32_shaped(name, &[n])?.data) };
+        let bar = crate::progress::bar(show_progress, c.num_layers as u64, "loading layers");
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            let bias = |n: &str, len: usize| -> Result<Option<B::Vector>> {
+                let name = format!("{p}.self_attn.{n}_proj.bias");
+                if c.attention_bias {
+                    vector(&name, len).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            layers.push(Layer {
+                input_norm: vector(&format!("{p}.input_layernorm.weight"), h)?,
+                q: matrix(&format!("{p}.self_attn.q_proj.weight"), qd, h)?,
+                k: matrix(&format!("{p}.self_attn.k_proj.weight"), kvd, h)?,
+                v: matrix(&format!("{p}.self_attn.v_proj.weight"), kvd, h)?,
+                o: matrix(&format!("{p}.self_attn.o_proj.weight"), h, qd)?,
+                q_bias: bias("q", qd)?,
+                k_bias: bias("k", kvd)?,
+                v_bias: bias("v", kvd)?,
+                post_norm: vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
+                gate: matrix(&format!("{p}.mlp.gate_proj.weight"), ff, h)?,
+                up: matrix(&format!("{p}.mlp.up_proj.weight"), ff, h)?,
+                down: matrix(&format!("{p}.mlp.down_proj.weight"), h, ff)?,
+            });
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let embed = matrix("model.embed_tokens.weight", c.vocab_size, h)?;
+        let lm_head = if c.tie_word_embeddings && !w.contains("lm_head.weight") {
+            None
+        } else {
+            Some(matrix("lm_head.weight", c.vocab_size, h)?)
+        };
+        let norm = vector("model.norm.weight", h)?;
+        let (cos, sin) = rope_tables(&c.rope_inv_freq(), c.max_position_embeddings);
+        let rope = be.upload_rope(cos, sin, c.head_dim / 2)?;
+        Ok(Llama { config, embed, lm_head, norm, layers, rope })
+    }
+
+    /// The KV storage shape for this model.
+    pub fn kv_layout(&self, block_size: usize, num_blocks: usize) -> KvLayout {
+        KvLayout {
+            num_layers: self.config.num_layers,
+            num_kv_heads: self.config.num_kv_heads,
+            head_dim: self.config.head_dim,
+            block_size,
+            num_blocks,
+        }
+    }
+
+    /// One step: `ids [T]` are the batch's new tokens, laid out by `batch`; their K/V are
+    /// written into `kv`. Returns the logits `[logit_rows.len(), vocab]` of the selected rows.
+    pub fn forward(
+        &self,
+        be: &B,
+        ids: &[u32],
+        batch: &BatchLayout,
+        kv: &mut B::Kv,
+        logit_rows: &[usize],
+    ) -> Result<B::Tensor> {
+        let c = &self.config;
+        if ids.len() != batch.n_tokens() {
+            return Err(Error::InvalidArgument(format!("{} ids for a batch of {} tokens", ids.len(), batch.n_tokens())));
+        }
+        if let Some(&p) = batch.positions.iter().find(|&&p| p as usize >= c.max_position_embeddings) {
+            return Err(Error::PromptTooLong { tokens: p as usize + 1, max: c.max_position_embeddings });
+        }
+        let mut x = be.embedding(&self.embed, ids)?;
+        for (li, l) in self.layers.iter().enumerate() {
+            // Attention block.
+            let hn = be.rms_norm(&x, &l.input_norm, c.rms_norm_eps)?;
+            let mut q = be.linear(&hn, &l.q, l.q_bias.as_ref())?;
+            let mut k = be.linear(&hn, &l.k, l.k_bias.as_ref())?;
+            let v = be.linear(&hn, &l.v, l.v_bias.as_ref())?;
+            be.rope(&mut q, c.num_heads, c.head_dim, &batch.positions, &self.rope)?;
+            be.rope(&mut k, c.num_kv_heads, c.head_dim, &batch.positions, &self.rope)?;
+            let a = be.attention(&q, &k, &v, kv, li, batch)?;
+            let o = be.linear(&a, &l.o, None)?;
+            be.add_assign(&mut x, &o)?;
+            // MLP block.
+            let hn = be.rms_norm(&x, &l.post_norm, c.rms_norm_eps)?;
+            let g = be.linear(&hn, &l.gate, None)?;
+            let u = be.linear(&hn, &l.up, None)?;
+            let m = be.silu_mul(&g, &u)?;
+            let d = be.linear(&m, &l.down, None)?;
+            be.add_assign(&mut x, &d)?;
+        }
+        // Only the rows whose logits are wanted go through the final norm and the lm_head.
+        let sel = be.gather_rows(&x, logit_rows)?;
+        let hn = be.rms_norm(&sel, &self.norm, c.rms_norm_eps)?;
+        be.linear(&hn, self.lm_head.as_ref().unwrap_or(&self.embed), None)
+    }
+}

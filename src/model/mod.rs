@@ -8,3 +8,5 @@ pub mod weights;
 
 
 
+pub use config::ModelConfig;
+pub use llama::Llama;

@@ -1,1 +1,198 @@
+//! The CPU backend: the reference implementation of every op (f32 throughout, multi-threaded
+//! with rayon), and the default where no GPU is present.
+
+pub mod attention;
+pub mod matmul;
 pub mod ops;
+
+use super::{Backend, HostMatrix};
+use crate::kv::{BatchLayout, KvLayout};
+use crate::{Error, Result};
+
+#[derive(Debug, Default, Clone)]
+pub struct CpuBackend;
+
+#[derive(Debug, Clone)]
+pub struct CpuTensor {
+    pub data: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+#[derive(Debug)]
+pub struct CpuMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+#[derive(Debug)]
+pub struct CpuRope {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    max_pos: usize,
+}
+
+#[derive(Debug)]
+pub struct CpuKv {
+    layout: KvLayout,
+    /// Per layer: (K, V), each `[num_blocks * block_size, kv_heads * head_dim]`.
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(msg()))
+    }
+}
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend
+    }
+}
+
+impl Backend for CpuBackend {
+    type Tensor = CpuTensor;
+    type Matrix = CpuMatrix;
+    type Vector = Vec<f32>;
+    type Rope = CpuRope;
+    type Kv = CpuKv;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn upload_matrix(&self, m: HostMatrix) -> Result<CpuMatrix> {
+        check(m.data.len() == m.rows * m.cols, || format!("{}: data is not [{}, {}]", m.name, m.rows, m.cols))?;
+        Ok(CpuMatrix { rows: m.rows, cols: m.cols, data: m.data })
+    }
+
+    fn upload_vector(&self, v: &[f32]) -> Result<Vec<f32>> {
+        Ok(v.to_vec())
+    }
+
+    fn upload_rope(&self, cos: Vec<f32>, sin: Vec<f32>, half_dim: usize) -> Result<CpuRope> {
+        check(half_dim > 0 && cos.len() == sin.len() && cos.len() % half_dim == 0, || "bad rope tables".into())?;
+        Ok(CpuRope { max_pos: cos.len() / half_dim, cos, sin })
+    }
+
+    fn alloc_kv(&self, layout: KvLayout) -> Result<CpuKv> {
+        let n = layout.layer_elems();
+        Ok(CpuKv { layout, layers: (0..layout.num_layers).map(|_| (vec![0.0; n], vec![0.0; n])).collect() })
+    }
+
+    fn tensor_from_host(&self, data: &[f32], rows: usize, cols: usize) -> Result<CpuTensor> {
+        check(data.len() == rows * cols, || format!("{} values are not [{rows}, {cols}]", data.len()))?;
+        Ok(CpuTensor { data: data.to_vec(), rows, cols })
+    }
+
+    fn to_host(&self, t: &CpuTensor) -> Result<Vec<f32>> {
+        Ok(t.data.clone())
+    }
+
+    fn dims(&self, t: &CpuTensor) -> (usize, usize) {
+        (t.rows, t.cols)
+    }
+
+    fn embedding(&self, table: &CpuMatrix, ids: &[u32]) -> Result<CpuTensor> {
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= table.rows) {
+            return Err(Error::InvalidArgument(format!("token id {bad} is outside the vocabulary of {}", table.rows)));
+        }
+        let mut out = vec![0.0; ids.len() * table.cols];
+        ops::embedding(&table.data, table.cols, ids, &mut out);
+        Ok(CpuTensor { data: out, rows: ids.len(), cols: table.cols })
+    }
+
+    fn rms_norm(&self, x: &CpuTensor, w: &Vec<f32>, eps: f32) -> Result<CpuTensor> {
+        check(w.len() == x.cols, || format!("rms_norm: weight {} vs row {}", w.len(), x.cols))?;
+        let mut out = vec![0.0; x.data.len()];
+        ops::rms_norm(&x.data, w, eps, &mut out);
+        Ok(CpuTensor { data: out, rows: x.rows, cols: x.cols })
+    }
+
+    fn linear(&self, x: &CpuTensor, w: &CpuMatrix, bias: Option<&Vec<f32>>) -> Result<CpuTensor> {
+        check(x.cols == w.cols, || format!("linear: x has {} columns, weight expects {}", x.cols, w.cols))?;
+        let mut out = vec![0.0; x.rows * w.rows];
+        matmul::linear(&x.data, x.rows, x.cols, &w.data, w.rows, &mut out);
+        if let Some(b) = bias {
+            check(b.len() == w.rows, || "linear: bias length".into())?;
+            for row in out.chunks_exact_mut(w.rows) {
+                for (o, &bv) in row.iter_mut().zip(b) {
+                    *o += bv;
+                }
+            }
+        }
+        Ok(CpuTensor { data: out, rows: x.rows, cols: w.rows })
+    }
+
+    fn rope(&self, x: &mut CpuTensor, n_heads: usize, head_dim: usize, positions: &[u32], rope: &CpuRope) -> Result<()> {
+        check(x.cols == n_heads * head_dim && positions.len() == x.rows, || "rope: shape".into())?;
+        check(head_dim / 2 * rope.max_pos == rope.cos.len(), || "rope: table width differs from head_dim".into())?;
+        if let Some(&p) = positions.iter().find(|&&p| p as usize >= rope.max_pos) {
+            return Err(Error::InvalidArgument(format!("position {p} is past the RoPE table ({})", rope.max_pos)));
+        }
+        ops::rope_inplace(&mut x.data, positions, n_heads, head_dim, &rope.cos, &rope.sin);
+        Ok(())
+    }
+
+    fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor) -> Result<CpuTensor> {
+        check(gate.rows == up.rows && gate.cols == up.cols, || "silu_mul: shapes differ".into())?;
+        let mut out = vec![0.0; gate.data.len()];
+        ops::silu_mul(&gate.data, &up.data, &mut out);
+        Ok(CpuTensor { data: out, rows: gate.rows, cols: gate.cols })
+    }
+
+    fn add_assign(&self, x: &mut CpuTensor, y: &CpuTensor) -> Result<()> {
+        check(x.rows == y.rows && x.cols == y.cols, || "add: shapes differ".into())?;
+        ops::add_assign(&mut x.data, &y.data);
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: &CpuTensor,
+        k: &CpuTensor,
+        v: &CpuTensor,
+        kv: &mut CpuKv,
+        layer: usize,
+        batch: &BatchLayout,
+    ) -> Result<CpuTensor> {
+        let l = kv.layout;
+        let kv_dim = l.num_kv_heads * l.head_dim;
+        let t = batch.n_tokens();
+        check(layer < l.num_layers, || format!("layer {layer} of {}", l.num_layers))?;
+        check(k.cols == kv_dim && v.cols == kv_dim && k.rows == t && v.rows == t && q.rows == t, || {
+            "attention: k/v/q shapes do not match the batch".into()
+        })?;
+        check(q.cols % l.head_dim == 0 && (q.cols / l.head_dim) % l.num_kv_heads == 0, || {
+            "attention: q heads are not a multiple of kv heads".into()
+        })?;
+        check(batch.block_size == l.block_size, || "attention: block size differs from the cache".into())?;
+        let rows = l.num_blocks * l.block_size;
+        check(batch.slots.iter().all(|&s| (s as usize) < rows), || "attention: slot outside the cache".into())?;
+        for s in &batch.seqs {
+            let need = (s.context_len + s.n_new).div_ceil(l.block_size);
+            check(s.blocks.len() >= need && s.blocks.iter().all(|&b| (b as usize) < l.num_blocks), || {
+                "attention: block table does not cover the context".into()
+            })?;
+        }
+        let (kc, vc) = &mut kv.layers[layer];
+        attention::write_kv(&k.data, &v.data, &batch.slots, kv_dim, kc, vc);
+        let n_heads = q.cols / l.head_dim;
+        let mut out = vec![0.0; q.data.len()];
+        attention::paged_attention(&q.data, kc, vc, batch, n_heads, l.num_kv_heads, l.head_dim, &mut out);
+        Ok(CpuTensor { data: out, rows: q.rows, cols: q.cols })
+    }
+
+    fn gather_rows(&self, x: &CpuTensor, rows: &[usize]) -> Result<CpuTensor> {
+        check(rows.iter().all(|&r| r < x.rows), || "gather_rows: row out of range".into())?;
+        let mut data = Vec::with_capacity(rows.len() * x.cols);
+        for &r in rows {
+            data.extend_from_slice(&x.data[r * x.cols..(r + 1) * x.cols]);
+        }
+        Ok(CpuTensor { data, rows: rows.len(), cols: x.cols })
+    }
+}

@@ -1,0 +1,213 @@
+//! Dense f32 matmul for linear layers: `out [t, n] = x [t, k] · wᵀ` with `w [n, k]` row-major
+//! (the HF layout). Few rows (decode) take a GEMV path that streams each weight row once and is
+//! bound by memory bandwidth; many rows (prefill) go to the `gemm` crate's blocked kernels.
+
+use rayon::prelude::*;
+
+/// Up to this many rows, each weight row is read once and dotted with every x row.
+const GEMV_MAX_ROWS: usize = 4;
+/// Weight rows per rayon task on the GEMV path (64 rows of 576 f32 = 147 KB: fits L2).
+const GEMV_ROWS_PER_TASK: usize = 32;
+
+pub fn linear(x: &[f32], t: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
+    assert_eq!(x.len(), t * k, "x is not [t, k]");
+    assert_eq!(w.len(), n * k, "w is not [n, k]");
+    assert_eq!(out.len(), t * n, "out is not [t, n]");
+    if t == 0 || n == 0 {
+        return;
+    }
+    if t <= GEMV_MAX_ROWS {
+        gemv(x, t, k, w, n, out);
+    } else {
+        // SAFETY: the strides below describe exactly the buffers checked above: dst [t, n]
+        // row-major (row stride n, col stride 1), lhs x [t, k] (row stride k), rhs wᵀ [k, n]
+        // read from w [n, k] (row stride 1, col stride k). dst and the inputs do not overlap.
+        unsafe {
+            gemm::gemm(
+                t,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                k as isize,
+                1,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            )
+        }
+    }
+}
+
+fn gemv(x: &[f32], t: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
+    // Each task owns a range of output columns j; out is [t, n] so a task writes t strided
+    // pieces. Compute into a task-local [rows, t] buffer, then scatter.
+    let mut cols: Vec<f32> = vec![0.0; n * t]; // [n, t]
+    cols.par_chunks_mut(GEMV_ROWS_PER_TASK * t).enumerate().for_each(|(ci, chunk)| {
+        let j0 = ci * GEMV_ROWS_PER_TASK;
+        for (jj, o) in chunk.chunks_exact_mut(t).enumerate() {
+            let wr = &w[(j0 + jj) * k..(j0 + jj + 1) * k];
+            for (ti, o) in o.iter_mut().enumerate() {
+                *o = dot(&x[ti * k..(ti + 1) * k], wr);
+            }
+        }
+    });
+    for j in 0..n {
+        for ti in 0..t {
+            out[ti * n + j] = cols[j * t + ti];
+        }
+    }
+}
+
+/// Dot product, SIMD where the CPU has it (checked at run time, so one binary runs anywhere).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { x86::dot_avx512(a, b) };
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { x86::dot_avx2(a, b) };
+        }
+    }
+    dot_portable(a, b)
+}
+
+#[inline]
+pub fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm512_setzero_ps();
+        let mut acc1 = _mm512_setzero_ps();
+        let mut i = 0;
+        // SAFETY (all loads): i + 32 <= n, resp. i + 16 <= n, resp. the mask covers only i..n.
+        while i + 32 <= n {
+            acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc0);
+            acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16)), _mm512_loadu_ps(pb.add(i + 16)), acc1);
+            i += 32;
+        }
+        while i + 16 <= n {
+            acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), acc0);
+            i += 16;
+        }
+        if i < n {
+            let m: __mmask16 = (1u32 << (n - i)) as u16 - 1;
+            acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, pa.add(i)), _mm512_maskz_loadu_ps(m, pb.add(i)), acc1);
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        // SAFETY (all loads): i + 16 <= n, resp. i + 8 <= n.
+        while i + 16 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), acc1);
+            i += 16;
+        }
+        while i + 8 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            i += 8;
+        }
+        let v = _mm256_add_ps(acc0, acc1);
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+        let mut s: f32 = lanes.iter().sum();
+        while i < n {
+            s += *pa.add(i) * *pb.add(i);
+            i += 1;
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn reference(x: &[f32], t: usize, k: usize, w: &[f32], n: usize) -> Vec<f64> {
+        let mut o = vec![0f64; t * n];
+        for i in 0..t {
+            for j in 0..n {
+                o[i * n + j] = (0..k).map(|l| x[i * k + l] as f64 * w[j * k + l] as f64).sum();
+            }
+        }
+        o
+    }
+
+    #[test]
+    fn linear_matches_f64_reference_on_odd_shapes() {
+        for &(t, k, n) in &[(1, 576, 192), (3, 77, 100), (4, 1, 5), (5, 576, 1536), (17, 33, 65), (1, 1000, 7)] {
+            let x = rand_vec(t * k, 1 + t as u64);
+            let w = rand_vec(n * k, 2 + n as u64);
+            let mut out = vec![f32::NAN; t * n];
+            linear(&x, t, k, &w, n, &mut out);
+            let r = reference(&x, t, k, &w, n);
+            let num: f64 = out.iter().zip(&r).map(|(a, b)| (*a as f64 - b).powi(2)).sum();
+            let den: f64 = r.iter().map(|b| b * b).sum();
+            assert!((num / den).sqrt() < 1e-6, "shape {t}x{k}x{n}: rel {}", (num / den).sqrt());
+        }
+    }
+
+    #[test]
+    fn dot_paths_agree() {
+        for n in [0usize, 1, 7, 16, 31, 33, 576, 1001] {
+            let a = rand_vec(n, 3);
+            let b = rand_vec(n, 4);
+            let p = dot_portable(&a, &b);
+            let d = dot(&a, &b);
+            assert!((p - d).abs() <= 1e-5 * (1.0 + p.abs()), "n {n}: {p} vs {d}");
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Batched generation: several prompts run as one ragged batch over the paged KV cache (one
+//! prefill step for all prompts, then one decode step per token for the sequences still going).
+//! Single-prompt generation is the same path with one sequence.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::sampler::{Sampler, SamplingParams};
+use super::stop::StopMatcher;
+use crate::backend::Backend;
+use crate::kv::{BatchLayout, BlockPool, BlockTable, DEFAULT_BLOCK_SIZE};
+use crate::model::Llama;
+use crate::tokenizer::{IncrementalDecoder, TextTokenizer};
+use crate::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    /// Exactly this many tokens unless EOS or a stop string ends the sequence first.
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub ignore_eos: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { max_new_tokens: 64, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: false }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SeqRequest {
+    pub prompt_ids: Vec<u32>,
+    pub options: GenerateOptions,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Length,
+    Eos,
+    Stop,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerationOutput {
+    pub prompt_ids: Vec<u32>,
+    pub token_ids: Vec<u32>,
+    pub text: String,
+    pub finish_reason: FinishReason,
+    /// Time of the prefill step (which also yields the first token) for the whole batch.
+    pub prefill_ms: f64,
+    /// Time of this sequence's decode steps.
+    pub decode_ms: f64,
+    pub prefill_tokens_per_s: f64,
+    /// New tokens after the first, per second of decode (batch 1: the decode speed).
+    pub decode_tokens_per_s: f64,
+}
+
+struct Seq {
+    table: BlockTable,
+    sampler: Sampler,
+    decoder: IncrementalDecoder,
+    stop: StopMatcher,
+    tokens: Vec<u32>,
+    /// The token to feed next.
+    next: u32,
+    finish: Option<FinishReason>,
+    decode_ms: f64,
+}
+
+pub struct Generator<'a, B: Backend> {
+    pub model: &'a Llama<B>,
+    pub be: &'a B,
+    pub tokenizer: &'a TextTokenizer,
+}
+
+impl<'a, B: Backend> Generator<'a, B> {
+    pub fn new(model: &'a Llama<B>, be: &'a B, tokenizer: &'a TextTokenizer) -> Self {
+        Generator { model, be, tokenizer }
+    }
+
+    /// Checks a request against the model before any work is done.
+    pub fn validate(&self, r: &SeqRequest) -> Result<()> {
+        if r.prompt_ids.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        let c = &self.model.config;
+        let total = r.prompt_ids.len() + r.options.max_new_tokens;
+        if total > c.max_position_embeddings {
+            return Err(Error::PromptTooLong { tokens: r.prompt_ids.len(), max: c.max_position_embeddings.saturating_sub(r.options.max_new_tokens) });
+        }
+        if let Some(&bad) = r.prompt_ids.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(Error::BadRequest(format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
+        }
+        r.options.sampling.validate()
+    }
+
+    /// Runs every request to completion as one batch. `on_text(i, delta)` receives each
+    /// sequence's text as it is produced (stop strings held back and cut).
+    pub fn generate(&self, reqs: &[SeqRequest], mut on_text: impl FnMut(usize, &str)) -> Result<Vec<GenerationOutput>> {
+        for r in reqs {
+            self.validate(r)?;
+        }
+        let bs = DEFAULT_BLOCK_SIZE;
+        let blocks: usize =
+            reqs.iter().map(|r| (r.prompt_ids.len() + r.options.max_new_tokens).div_ceil(bs)).sum();
+        let pool = BlockPool::new(blocks.max(1), bs);
+        let mut kv = self.be.alloc_kv(self.model.kv_layout(bs, pool.num_blocks()))?;
+        let eos = &self.model.config.eos_token_ids;
+        let mut seqs: Vec<Seq> = reqs
+            .iter()
+            .map(|r| Seq {
+                table: BlockTable::new(&pool),
+                sampler: Sampler::new(r.options.sampling.clone()),
+                decoder: IncrementalDecoder::new(),
+                stop: StopMatcher::new(r.options.stop.clone()),
+                tokens: Vec::new(),
+                next: 0,
+                finish: if r.options.max_new_tokens == 0 { Some(FinishReason::Length) } else { None },
+                decode_ms: 0.0,
+            })
+            .collect();
+
+        // Prefill: every prompt in one ragged batch.
+        let t0 = Instant::now();
+        let active: Vec<usize> = (0..reqs.len()).filter(|&i| seqs[i].finish.is_none()).collect();
+        let mut ids = Vec::new();
+        for &i in &active {
+            seqs[i].table.reserve(reqs[i].prompt_ids.len())?;
+            ids.extend_from_slice(&reqs[i].prompt_ids);
+        }
+        let prompt_tokens = ids.len();
+        if !active.is_empty() {
+            let parts: Vec<(&BlockTable, usize)> =
+                active.iter().map(|&i| (&seqs[i].table, reqs[i].prompt_ids.len())).collect();
+            let batch = BatchLayout::new(bs, &parts);
+            let logits = self.be.to_host(&self.model.forward(self.be, &ids, &batch, &mut kv, &batch.last_rows())?)?;
+            for (j, &i) in active.iter().enumerate() {
+                let n = reqs[i].prompt_ids.len();
+                seqs[i].table.advance(n);
+                let row = &logits[j * self.model.config.vocab_size..(j + 1) * self.model.config.vocab_size];
+                self.accept(&mut seqs[i], &reqs[i].options, eos, row, i, &mut on_text)?;
+            }
+        }
+        let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
+
+        // Decode: one token per running sequence per step.
+        loop {
+            let active: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].finish.is_none()).collect();
+            if active.is_empty() {
+                break;
+            }
+            let t = Instant::now();
+            let mut ids = Vec::with_capacity(active.len());
+            for &i in &active {
+                seqs[i].table.reserve(1)?;
+                ids.push(seqs[i].next);
+            }
+            let parts: Vec<(&BlockTable, usize)> = active.iter().map(|&i| (&seqs[i].table, 1)).collect();
+            let batch = BatchLayout::new(bs, &parts);
+            let logits = self.be.to_host(&self.model.forward(self.be, &ids, &batch, &mut kv, &batch.last_rows())?)?;
+            let v = self.model.config.vocab_size;
+            for (j, &i) in active.iter().enumerate() {
+                seqs[i].table.advance(1);
+                self.accept(&mut seqs[i], &reqs[i].options, eos, &logits[j * v..(j + 1) * v], i, &mut on_text)?;
+            }
+            let dt = t.elapsed().as_secs_f64() * 1e3;
+            for &i in &active {
+                seqs[i].decode_ms += dt;
+            }
+        }
+
+        Ok(seqs
+            .into_iter()
+            .zip(reqs)
+            .map(|(s, r)| {
+                let n_dec = s.tokens.len().saturating_sub(1);
+                GenerationOutput {
+                    prompt_ids: r.prompt_ids.clone(),
+                    text: s.stop.text().to_string(),
+                    token_ids: s.tokens,
+                    finish_reason: s.finish.unwrap_or(FinishReason::Length),
+                    prefill_ms,
+                    decode_ms: s.decode_ms,
+                    prefill_tokens_per_s: prompt_tokens as f64 / (prefill_ms / 1e3),
+                    decode_tokens_per_s: if s.decode_ms > 0.0 { n_dec as f64 / (s.decode_ms / 1e3) } else { 0.0 },
+                }
+            })
+            .collect())
+    }
+
+    /// Samples from `logits`, records the token, streams its text and decides whether the
+    /// sequence is done.
+    fn accept(
+        &self,
+        s: &mut Seq,
+        opt: &GenerateOptions,
+        eos: &[u32],
+        logits: &[f32],
+        i: usize,
+        on_text: &mut impl FnMut(usize, &str),
+    ) -> Result<()> {
+        let tok = s.sampler.sample(logits);
+        s.tokens.push(tok);
+        s.next = tok;
+        if !opt.ignore_eos && eos.contains(&tok) {
+            s.finish = Some(FinishReason::Eos);
+        } else if let Some(delta) = s.decoder.push(self.tokenizer, tok)? {
+            let (out, hit) = s.stop.push(&delta);
+            if !out.is_empty() {
+                on_text(i, &out);
+            }
+            if hit {
+                s.finish = Some(FinishReason::Stop);
+            }
+        }
+        if s.finish.is_none() && s.tokens.len() >= opt.max_new_tokens {
+            s.finish = Some(FinishReason::Length);
+        }
+        if s.finish.is_some() && s.finish != Some(FinishReason::Stop) {
+            let rest = s.stop.flush();
+            if !rest.is_empty() {
+                on_text(i, &rest);
+            }
+        }
+        Ok(())
+    }
+}

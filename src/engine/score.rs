@@ -1,0 +1,61 @@
+//! Scoring a prompt: logits at every position (argmax, perplexity) in one forward pass.
+
+use serde::Serialize;
+
+use super::sampler::argmax;
+use crate::backend::Backend;
+use crate::kv::{BatchLayout, BlockPool, BlockTable, DEFAULT_BLOCK_SIZE};
+use crate::model::Llama;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScoreOutput {
+    pub prompt_ids: Vec<u32>,
+    /// Argmax token id at every prompt position.
+    pub argmax: Vec<u32>,
+    /// The 20 highest logits of the last position, as (token id, logit), highest first.
+    pub top_logits: Vec<(u32, f32)>,
+    /// exp(mean negative log-likelihood of each next prompt token); None for a 1-token prompt.
+    pub perplexity: Option<f64>,
+    #[serde(skip)]
+    pub last_logits: Vec<f32>,
+}
+
+pub fn score<B: Backend>(model: &Llama<B>, be: &B, ids: &[u32]) -> Result<ScoreOutput> {
+    if ids.is_empty() {
+        return Err(Error::EmptyPrompt);
+    }
+    let max = model.config.max_position_embeddings;
+    if ids.len() > max {
+        return Err(Error::PromptTooLong { tokens: ids.len(), max });
+    }
+    let pool = BlockPool::new(ids.len().div_ceil(DEFAULT_BLOCK_SIZE), DEFAULT_BLOCK_SIZE);
+    let mut kv = be.alloc_kv(model.kv_layout(DEFAULT_BLOCK_SIZE, pool.num_blocks()))?;
+    let mut table = BlockTable::new(&pool);
+    table.reserve(ids.len())?;
+    let batch = BatchLayout::new(DEFAULT_BLOCK_SIZE, &[(&table, ids.len())]);
+    let rows: Vec<usize> = (0..ids.len()).collect();
+    let logits = be.to_host(&model.forward(be, ids, &batch, &mut kv, &rows)?)?;
+    let v = model.config.vocab_size;
+    let mut nll = 0f64;
+    let mut am = Vec::with_capacity(ids.len());
+    for (t, row) in logits.chunks_exact(v).enumerate() {
+        am.push(argmax(row));
+        if t + 1 < ids.len() {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+            nll += lse - row[ids[t + 1] as usize] as f64;
+        }
+    }
+    let last = logits[(ids.len() - 1) * v..].to_vec();
+    let mut top: Vec<(u32, f32)> = last.iter().enumerate().map(|(i, &x)| (i as u32, x)).collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+    top.truncate(20);
+    Ok(ScoreOutput {
+        prompt_ids: ids.to_vec(),
+        argmax: am,
+        top_logits: top,
+        perplexity: (ids.len() > 1).then(|| (nll / (ids.len() - 1) as f64).exp()),
+        last_logits: last,
+    })
+}

@@ -1,0 +1,144 @@
+//! The CLI end to end on the real model: generate/score output formats, and bad input giving a
+//! one-line error and a non-zero exit, never a panic.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+
+fn lorafleet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lorafleet")).args(args).output().expect("run lorafleet")
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("lorafleet-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A copy of the model directory with one file replaced (weights linked, not copied).
+fn model_copy(name: &str, replace: &str, contents: &[u8]) -> PathBuf {
+    let src = model_dir();
+    let d = tmpdir(name);
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"] {
+        if f == replace {
+            std::fs::write(d.join(f), contents).unwrap();
+        } else if f == "model.safetensors" {
+            std::os::unix::fs::symlink(src.join(f), d.join(f)).unwrap();
+        } else {
+            std::fs::copy(src.join(f), d.join(f)).unwrap();
+        }
+    }
+    d
+}
+
+/// Exit code 1, one line on stderr starting with "error:", and no panic.
+fn assert_clean_error(o: &Output, what: &str, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{what}: exit status {:?}, stderr {err}", o.status);
+    assert!(!err.contains("panicked"), "{what}: panicked: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{what}: expected one line, got {err}");
+    assert!(lines[0].starts_with("error: "), "{what}: {err}");
+    assert!(lines[0].contains(needle), "{what}: {:?} does not mention {needle:?}", lines[0]);
+}
+
+fn md(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn generate_json_and_score_json() {
+    let dir = model_dir();
+    let o = lorafleet(&[
+        "generate", "--model", md(&dir), "--prompt", "The capital of France is", "--prompt", "def fibonacci(n):\n    ",
+        "--temperature", "0", "--max-new-tokens", "24", "--ignore-eos", "--json", "--threads", "2",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let golden = golden_json();
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "one JSON object per prompt");
+    for (line, gi) in lines.iter().zip([0usize, 2]) {
+        let p = &golden["prompts"][gi];
+        assert_eq!(ids(&line["prompt_ids"]), ids(&p["ids"]));
+        assert_greedy_matches(&ids(&line["token_ids"]), &ids(&p["base_greedy24"]), &floats(&p["base_greedy24_gap"]), "cli");
+        assert_eq!(line["prompt"], p["text"]);
+        assert!(line["text"].as_str().unwrap().len() > 10);
+        assert!(line["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+    }
+    let o = lorafleet(&["score", "--model", md(&dir), "--prompt", "The capital of France is", "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(ids(&v["argmax"]), ids(&golden["prompts"][0]["base_argmax"]));
+    assert_eq!(v["top_logits"].as_array().unwrap().len(), 20);
+    assert_eq!(v["top_logits"][0][0].as_u64(), Some(7042));
+    assert!(v["perplexity"].as_f64().unwrap() > 1.0);
+}
+
+#[test]
+fn chat_template_and_stop_string() {
+    let dir = model_dir();
+    let o = lorafleet(&[
+        "generate", "--model", md(&dir), "--chat", "--prompt", "What is the capital of France?", "--max-new-tokens", "40",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let p = ids(&v["prompt_ids"]);
+    assert_eq!(p[0], 1, "chat prompt starts with <|im_start|>");
+    assert!(v["text"].as_str().unwrap().contains("Paris"), "{v}");
+    // A stop string cuts the text before it.
+    let o = lorafleet(&[
+        "generate", "--model", md(&dir), "--prompt", "The capital of France is", "--max-new-tokens", "24", "--ignore-eos",
+        "--stop", "\n", "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["finish_reason"], "stop");
+    assert!(!v["text"].as_str().unwrap().contains('\n'));
+}
+
+#[test]
+fn bad_inputs_fail_cleanly() {
+    let o = lorafleet(&["generate", "--model", "/nonexistent/model", "--prompt", "hi"]);
+    assert_clean_error(&o, "missing model dir", "not a directory");
+
+    let d = model_copy("trunc-st", "model.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":");
+    let o = lorafleet(&["generate", "--model", md(&d), "--prompt", "hi"]);
+    assert_clean_error(&o, "truncated safetensors", "model.safetensors");
+
+    // A safetensors file cut in the middle of its data.
+    let real = std::fs::read(model_dir().join("model.safetensors")).unwrap();
+    let d = model_copy("trunc-st2", "model.safetensors", &real[..real.len() / 3]);
+    let o = lorafleet(&["score", "--model", md(&d), "--prompt", "hi"]);
+    assert_clean_error(&o, "safetensors cut short", "safetensors");
+
+    let d = model_copy("arch", "config.json", br#"{"model_type":"gpt2","architectures":["GPT2LMHeadModel"]}"#);
+    let o = lorafleet(&["generate", "--model", md(&d), "--prompt", "hi"]);
+    assert_clean_error(&o, "unknown architecture", "unknown architecture");
+
+    let d = model_copy("tok", "tokenizer.json", b"{\"version\": \"1.0\", \"model\": ");
+    let o = lorafleet(&["generate", "--model", md(&d), "--prompt", "hi"]);
+    assert_clean_error(&o, "bad tokenizer.json", "tokenizer.json");
+
+    let long = "hello ".repeat(9000);
+    let o = lorafleet(&["generate", "--model", md(&model_dir()), "--prompt", &long, "--max-new-tokens", "4"]);
+    assert_clean_error(&o, "prompt over the context", "context");
+
+    let d = tmpdir("gguf");
+    let g = d.join("trunc.gguf");
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend_from_slice(&3u32.to_le_bytes());
+    bytes.extend_from_slice(&[1, 0, 0]); // cut inside the tensor count
+    std::fs::write(&g, bytes).unwrap();
+    let o = lorafleet(&["convert", "--gguf", md(&g), "--out", md(&d.join("out"))]);
+    assert_clean_error(&o, "truncated gguf", "trunc.gguf");
+    let o = lorafleet(&["convert", "--gguf", md(&d.join("missing.gguf")), "--out", md(&d.join("out"))]);
+    assert_clean_error(&o, "missing gguf", "missing.gguf");
+
+    let o = lorafleet(&["generate", "--model", md(&model_dir()), "--prompt-ids", "1,99999999"]);
+    assert_clean_error(&o, "token id out of vocab", "vocabulary");
+}

@@ -1,0 +1,87 @@
+//! Shared test support: the real model (fetched once through the project's own command into
+//! `models/`, shared by every test binary) and the golden reference outputs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use lorafleet::model::weights::WeightFiles;
+
+pub const MODEL: &str = "smollm2-135m-instruct";
+
+/// The converted SmolLM2-135M-Instruct directory: `$LORAFLEET_MODEL_DIR`, else
+/// `<repo>/models/smollm2-135m-instruct`, fetched and converted on first use.
+pub fn model_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::var_os("LORAFLEET_MODEL_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(MODEL));
+        // Several test binaries may start at once: take a lock file beside the directory.
+        let lock = dir.with_extension("lock");
+        if let Some(p) = lock.parent() {
+            std::fs::create_dir_all(p).expect("create models dir");
+        }
+        let _guard = FileLock::acquire(&lock);
+        lorafleet::model::fetch::fetch_model(MODEL, &dir, false)
+            .unwrap_or_else(|e| panic!("fetching the test model into {}: {e}", dir.display()))
+    })
+    .clone()
+}
+
+/// A crude cross-process lock: create_new on a file, removed on drop.
+struct FileLock(PathBuf);
+impl FileLock {
+    fn acquire(p: &Path) -> FileLock {
+        let start = std::time::Instant::now();
+        loop {
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(p) {
+                Ok(_) => return FileLock(p.to_path_buf()),
+                Err(_) if start.elapsed().as_secs() < 900 => std::thread::sleep(std::time::Duration::from_millis(200)),
+                Err(e) => panic!("lock {} held for 15 minutes ({e}); remove it if stale", p.display()),
+            }
+        }
+    }
+}
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+pub fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/smollm2")
+}
+
+pub fn golden_json() -> serde_json::Value {
+    let p = golden_dir().join("golden.json");
+    serde_json::from_str(&std::fs::read_to_string(&p).expect("read golden.json")).expect("parse golden.json")
+}
+
+pub fn golden_tensors() -> WeightFiles {
+    WeightFiles::open_files(&[golden_dir().join("golden.safetensors")]).expect("open golden.safetensors")
+}
+
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("int") as u32).collect()
+}
+
+pub fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("float")).collect()
+}
+
+/// ‖a − b‖ / ‖b‖.
+pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+/// Greedy sequences compared up to the first step whose top-2 gap in the golden run is under
+/// 1e-3 (past a near-tie, correct f32 implementations may part; see tests/golden/README.md).
+pub fn assert_greedy_matches(got: &[u32], want: &[u32], gaps: &[f64], what: &str) {
+    let n = gaps.iter().position(|&g| g < 1e-3).unwrap_or(want.len());
+    assert!(got.len() >= n, "{what}: {} tokens, need {n}", got.len());
+    assert_eq!(&got[..n], &want[..n], "{what}: greedy tokens differ (compared {n} of {})", want.len());
+}
