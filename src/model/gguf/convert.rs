@@ -61,7 +61,7 @@ impl std::fmt::Display for OutDType {
 /// turns HF's rotate-half pairs (i, i + head_dim/2) into GGML's adjacent pairs (2i, 2i+1).
 /// `None` when the shape does not split into `n_head` heads of even size.
 pub fn unpermute_rows(data: &[f32], n_rows: usize, n_head: usize) -> Option<Vec<f32>> {
-    if n_head == 0 || n_rows == 0 || n_rows % (2 * n_head) != 0 || data.len() % n_rows != 0 {
+    if n_head == 0 || n_rows == 0 || !n_rows.is_multiple_of(2 * n_head) || !data.len().is_multiple_of(n_rows) {
         return None;
     }
     let cols = data.len() / n_rows;

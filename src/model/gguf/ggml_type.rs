@@ -100,7 +100,7 @@ const CHUNK: usize = 32 * 1024;
 pub fn dequantize(ty: GgmlType, data: &[u8], n: usize) -> Option<Vec<f32>> {
     let (block, block_bytes) = ty.block_layout()?;
     let (block, block_bytes) = (block as usize, block_bytes as usize);
-    if !ty.is_supported() || n % block != 0 || data.len() != (n / block).checked_mul(block_bytes)? {
+    if !ty.is_supported() || !n.is_multiple_of(block) || data.len() != (n / block).checked_mul(block_bytes)? {
         return None;
     }
     let mut out = vec![0f32; n];
