@@ -243,7 +243,8 @@ impl<'a> Cursor<'a> {
                         len: self.buf.len() as u64,
                     });
                 }
-                let mut items = Vec::with_capacity(count as usize);
+                // Capped reservation: a corrupt count must not reserve 32x the file size.
+                let mut items = Vec::with_capacity(count.min(1 << 16) as usize);
                 for _ in 0..count {
                     items.push(self.value(elem_ty, what, depth + 1)?);
                 }
