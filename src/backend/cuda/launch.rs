@@ -24,7 +24,7 @@ pub fn block_threads(units: usize, max: u32) -> u32 {
 /// Work items of a row of `len` elements: vectors when `len` is a multiple of the vector width.
 fn row_units(len: usize, dtype: DType) -> usize {
     let v = dtype.vec_elems();
-    if len % v == 0 {
+    if len.is_multiple_of(v) {
         len / v
     } else {
         len
@@ -69,7 +69,7 @@ mod tests {
 
     fn check_block(cfg: &LaunchConfig, max: u32) {
         let t = cfg.block_dim.0;
-        assert!(t >= 32 && t % 32 == 0 && t <= max, "block {t}");
+        assert!(t >= 32 && t.is_multiple_of(32) && t <= max, "block {t}");
         assert_eq!((cfg.block_dim.1, cfg.block_dim.2, cfg.grid_dim.1, cfg.grid_dim.2), (1, 1, 1, 1));
         assert!(cfg.grid_dim.0 >= 1 && cfg.grid_dim.0 <= i32::MAX as u32);
     }

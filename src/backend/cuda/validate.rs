@@ -90,7 +90,7 @@ pub fn rope(
     expect_len(OP, "q", q_len, mul(OP, "rows * q width", n, q_width)?, &format!("[{n}, {n_q_heads} * {head_dim}]"))?;
     expect_len(OP, "k", k_len, mul(OP, "rows * k width", n, k_width)?, &format!("[{n}, {n_k_heads} * {head_dim}]"))?;
     let half = head_dim / 2;
-    if cos_len == 0 || cos_len % half != 0 {
+    if cos_len == 0 || !cos_len.is_multiple_of(half) {
         return Err(invalid(format!(
             "{OP}: the cos table has {cos_len} elements, not a positive multiple of head_dim / 2 = {half}"
         )));
@@ -135,7 +135,7 @@ pub fn embedding(table_len: usize, hidden: usize, ids: &[u32], out_len: usize) -
     const OP: &str = "embedding";
     let h = count_i32(OP, "hidden", hidden)?;
     let n_ids = count_i32(OP, "ids.len()", ids.len())?;
-    if table_len == 0 || table_len % hidden != 0 {
+    if table_len == 0 || !table_len.is_multiple_of(hidden) {
         return Err(invalid(format!(
             "{OP}: the table has {table_len} elements, not a positive multiple of hidden = {hidden}"
         )));
