@@ -135,9 +135,14 @@ impl CudaOps {
         self.stream.clone_htod(host).map_err(cuda_err(format!("copying {} elements to the device", host.len())))
     }
 
-    /// Copies a device buffer back to the host (waits for the ops that write it).
+    /// Copies a device buffer back to the host (waits for the ops that write it). Fails if any
+    /// op enqueued before it raised an error, rather than returning what a faulted kernel left.
     pub fn download<T: DeviceRepr>(&self, dev: &impl DevicePtr<T>) -> Result<Vec<T>> {
-        self.stream.clone_dtoh(dev).map_err(cuda_err(format!("copying {} elements from the device", dev.len())))
+        let host =
+            self.stream.clone_dtoh(dev).map_err(cuda_err(format!("copying {} elements from the device", dev.len())))?;
+        // cudarc records the error of the synchronisation that ends the copy instead of returning it.
+        self.ctx.check_err().map_err(cuda_err("an asynchronous CUDA call before the copy"))?;
+        Ok(host)
     }
 
     /// A new device buffer of `len` elements whose contents are unspecified: only for outputs a
