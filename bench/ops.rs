@@ -38,8 +38,7 @@ fn data(n: usize, seed: u32) -> Vec<f32> {
 }
 
 fn tables() -> (Vec<f32>, Vec<f32>) {
-    let inv_freq: Vec<f32> =
-        (0..HEAD_DIM / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / HEAD_DIM as f32)).collect();
+    let inv_freq: Vec<f32> = (0..HEAD_DIM / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / HEAD_DIM as f32)).collect();
     cpu::rope_tables(&inv_freq, MAX_POS)
 }
 
@@ -121,7 +120,12 @@ fn timed(ops: &CudaOps, iters: u64, mut op: impl FnMut()) -> Duration {
     start.elapsed()
 }
 
-fn cuda_group<T: CudaElem>(g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, ops: &CudaOps, rows: usize, conv: fn(f32) -> T) {
+fn cuda_group<T: CudaElem>(
+    g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    ops: &CudaOps,
+    rows: usize,
+    conv: fn(f32) -> T,
+) {
     let e = std::mem::size_of::<T>();
     let up = |v: Vec<f32>| ops.upload(&v.into_iter().map(conv).collect::<Vec<T>>()).expect("upload");
     let (cos, sin) = tables();

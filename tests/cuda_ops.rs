@@ -189,8 +189,15 @@ fn rms_norm_case<T: TestElem>(ops: &CudaOps, rng: &mut Rng, rows: usize, cols: u
     let xd = padded(ops, &xt, off, nan);
     let wd = padded(ops, &wt, off, nan);
     let mut od = padded(ops, &vec![nan; rows * cols], off, nan);
-    ops.rms_norm_into(&view(&xd, off, rows * cols), &view(&wd, off, cols), &mut view_mut(&mut od, off, rows * cols), rows, cols, eps)
-        .expect("rms_norm_into");
+    ops.rms_norm_into(
+        &view(&xd, off, rows * cols),
+        &view(&wd, off, cols),
+        &mut view_mut(&mut od, off, rows * cols),
+        rows,
+        cols,
+        eps,
+    )
+    .expect("rms_norm_into");
     let got = unpad(ops, &od, off, rows * cols, nan, &what);
     assert_close::<T>(&got, &want, &what);
 }
@@ -402,8 +409,13 @@ fn embedding_parity<T: TestElem>(ops: &CudaOps) {
                     let nan = T::from_f32(f32::NAN);
                     let td = padded(ops, &tt, off, nan);
                     let mut od = padded(ops, &vec![nan; n_ids * hidden], off, nan);
-                    ops.embedding_into(&view(&td, off, vocab * hidden), hidden, &ids, &mut view_mut(&mut od, off, n_ids * hidden))
-                        .expect("embedding_into");
+                    ops.embedding_into(
+                        &view(&td, off, vocab * hidden),
+                        hidden,
+                        &ids,
+                        &mut view_mut(&mut od, off, n_ids * hidden),
+                    )
+                    .expect("embedding_into");
                     let got = unpad(ops, &od, off, n_ids * hidden, nan, &what);
                     assert_close::<T>(&got, &want, &what);
                     // A gather is a copy: bit-exact.

@@ -163,3 +163,13 @@ impl CudaOps {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The engine thread owns the device and may hand it between threads.
+    #[test]
+    fn cuda_ops_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<super::CudaOps>();
+    }
+}

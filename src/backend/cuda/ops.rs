@@ -106,9 +106,7 @@ impl CudaOps {
         // elements, head_dim is even, cos and sin hold max_pos * head_dim / 2 f32 and every
         // position (uploaded just above, rows of them, stream-ordered before the kernel) is
         // < max_pos; q and k are distinct mutable borrows, so they do not alias.
-        unsafe {
-            self.enqueue(self.kernels.rope.get(T::DTYPE), "lf_rope", cfg, &[&qp, &kp, &pp, &cp, &sp, &p])
-        }
+        unsafe { self.enqueue(self.kernels.rope.get(T::DTYPE), "lf_rope", cfg, &[&qp, &kp, &pp, &cp, &sp, &p]) }
     }
 
     /// SwiGLU gate into `out`: `out = silu(gate) * up`. gate, up, out: `[n]`.
@@ -178,7 +176,12 @@ impl CudaOps {
     }
 
     /// Embedding gather into a new buffer `[ids.len(), hidden]`.
-    pub fn embedding<T: CudaElem>(&self, table: &impl DevicePtr<T>, hidden: usize, ids: &[u32]) -> Result<CudaSlice<T>> {
+    pub fn embedding<T: CudaElem>(
+        &self,
+        table: &impl DevicePtr<T>,
+        hidden: usize,
+        ids: &[u32],
+    ) -> Result<CudaSlice<T>> {
         let p = validate::embedding(table.len(), hidden, ids, ids.len().saturating_mul(hidden))?;
         let mut out = self.alloc_for_output(p.n_ids as usize * hidden)?;
         self.embedding_into(table, hidden, ids, &mut out)?;

@@ -46,7 +46,14 @@ fn expect_len(op: &str, buf: &str, len: usize, expected: usize, shape: &str) -> 
 }
 
 /// RMSNorm: x, out `[rows, cols]`, w `[cols]`; eps finite and >= 0.
-pub fn rms_norm(x_len: usize, w_len: usize, out_len: usize, rows: usize, cols: usize, eps: f32) -> Result<LfRmsNormParams> {
+pub fn rms_norm(
+    x_len: usize,
+    w_len: usize,
+    out_len: usize,
+    rows: usize,
+    cols: usize,
+    eps: f32,
+) -> Result<LfRmsNormParams> {
     const OP: &str = "rms_norm";
     let r = count_i32(OP, "rows", rows)?;
     let c = count_i32(OP, "cols", cols)?;
