@@ -1,1 +1,37 @@
-//! CUDA backend (placeholder; replaced by the kernel-side work).
+//! CUDA backend: the kernels of `kernels/*.cu`, embedded at build time as fatbins (sm_80, sm_90a
+//! and compute_80 PTX), loaded with cudarc and launched through typed wrappers that validate
+//! every argument in Rust first.
+//!
+//! - `availability`: whether CUDA can run here, and why not (no kernels built, no driver, no
+//!   device); never panics.
+//! - `device`: `CudaOps`, one device with the ops module loaded, plus upload/download.
+//! - `ops`: the op wrappers (`rms_norm`, `rope`, `silu_mul`, `add_assign`, `embedding`), f32 and
+//!   bf16 (`CudaElem`).
+//! - `validate`, `launch`: the argument checks and launch geometry, pure functions tested
+//!   without a GPU.
+//! - `ffi`: the bindgen'd C ABI of `csrc/*.h`; `embedded`: the fatbins.
+//! - `testing`: `test_device`, the device of the GPU tests or a loud skip.
+//!
+//! Everything here compiles without nvcc (no `has_kernels` cfg): `check_available` then reports
+//! `Unavailable::NoKernels`.
+
+mod availability;
+mod device;
+mod dtype;
+mod embedded;
+pub mod ffi;
+pub mod launch;
+mod ops;
+mod testing;
+pub mod validate;
+
+pub use availability::{check_available, Unavailable};
+pub use device::CudaOps;
+pub use dtype::{CudaElem, DType};
+pub use testing::{test_device, REQUIRE_GPU_ENV};
+pub use validate::RopeDims;
+
+/// Whether this build embeds the CUDA kernels (build.rs found nvcc).
+pub fn kernels_built() -> bool {
+    embedded::built()
+}

@@ -1,0 +1,18 @@
+//! The C ABI of `csrc/*.h`, as bindgen generates it at build time (`OUT_DIR/csrc_bindings.rs`):
+//! the parameter structs the kernels take by value and the constants they are compiled with.
+//! Built with or without nvcc, so argument validation compiles (and is tested) everywhere.
+
+#![allow(non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code, clippy::all)]
+
+include!(concat!(env!("OUT_DIR"), "/csrc_bindings.rs"));
+
+// SAFETY: each of these is a `#[repr(C)]` struct of fixed-width integers and f32 (generated from
+// csrc/ops.h), with no pointers and no padding-sensitive invariants, so its bytes passed by value
+// are exactly what the kernel's C struct parameter expects.
+unsafe impl cudarc::driver::DeviceRepr for LfRmsNormParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for LfRopeParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for LfElementwiseParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for LfEmbeddingParams {}
