@@ -67,6 +67,7 @@ fn greedy24_matches_hf() {
     for (i, p) in prompts().iter().enumerate() {
         let opts = GenerateOptions { max_new_tokens: 24, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: true };
         let out = g.generate(&[SeqRequest { prompt_ids: ids(&p["ids"]), options: opts }], |_, _| {}).unwrap();
+        let out: Vec<_> = out.into_iter().map(Result::unwrap).collect();
         assert_eq!(out[0].token_ids.len(), 24);
         assert_greedy_matches(&out[0].token_ids, &ids(&p["base_greedy24"]), &floats(&p["base_greedy24_gap"]), &format!("prompt {i}"));
     }
@@ -81,10 +82,10 @@ fn ragged_batch_equals_each_prompt_alone() {
     let g = Generator::new(&f.model, &f.be, &f.tok);
     let opts = GenerateOptions { max_new_tokens: 24, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: true };
     let reqs: Vec<SeqRequest> = all.iter().map(|p| SeqRequest { prompt_ids: p.clone(), options: opts.clone() }).collect();
-    let batched = g.generate(&reqs, |_, _| {}).unwrap();
+    let batched: Vec<_> = g.generate(&reqs, |_, _| {}).unwrap().into_iter().map(Result::unwrap).collect();
     for (i, r) in reqs.iter().enumerate() {
-        let alone = g.generate(std::slice::from_ref(r), |_, _| {}).unwrap();
-        assert_eq!(batched[i].token_ids, alone[0].token_ids, "prompt {i}");
+        let alone = g.generate(std::slice::from_ref(r), |_, _| {}).unwrap().remove(0).unwrap();
+        assert_eq!(batched[i].token_ids, alone.token_ids, "prompt {i}");
         let p = &prompts()[i];
         assert_greedy_matches(&batched[i].token_ids, &ids(&p["base_greedy24"]), &floats(&p["base_greedy24_gap"]), &format!("batched prompt {i}"));
     }
@@ -137,4 +138,34 @@ fn long_context_across_many_blocks() {
     let whole = score(&f.model, &f.be, &seq).unwrap().last_logits;
     let err = rel_l2(&last, &whole);
     assert!(err < 1e-5, "paged decode vs full prefill: rel L2 {err}");
+}
+
+/// A KV budget too small for the whole batch: the sequences that cannot get blocks fail alone
+/// with OutOfBlocks, the others complete with exactly the tokens they give alone.
+#[test]
+fn cache_exhaustion_fails_only_the_sequence_that_runs_out() {
+    let f = fixture();
+    let all: Vec<Vec<u32>> = prompts().iter().map(|p| ids(&p["ids"])).collect();
+    let opts = GenerateOptions { max_new_tokens: 24, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: true };
+    let reqs: Vec<SeqRequest> = all.iter().map(|p| SeqRequest { prompt_ids: p.clone(), options: opts.clone() }).collect();
+    // Bytes per block: 2 (K, V) * 30 layers * 16 tokens * 192 * 4 B = 737,280. Prompt 0 needs
+    // 2 blocks (5 + 24 tokens), prompt 1 needs 4 (32 + 24), prompt 2 needs 2 (7 + 24): give 6.
+    let layout = f.model.kv_layout(16, 0);
+    let g = Generator::new(&f.model, &f.be, &f.tok).with_kv_cache_bytes(Some(6 * layout.bytes_per_block(4)));
+    let outs = g.generate(&reqs, |_, _| {}).unwrap();
+    let mut ok = 0;
+    for (i, o) in outs.iter().enumerate() {
+        match o {
+            Ok(o) => {
+                ok += 1;
+                let alone = Generator::new(&f.model, &f.be, &f.tok).generate(&reqs[i..=i], |_, _| {}).unwrap().remove(0).unwrap();
+                assert_eq!(o.token_ids, alone.token_ids, "prompt {i} got another sequence's data");
+            }
+            Err(e) => assert!(matches!(e, lorafleet::Error::Kv(lorafleet::kv::KvError::OutOfBlocks { .. })), "{e}"),
+        }
+    }
+    assert!(ok >= 1 && ok < 3, "{ok} of 3 completed");
+    // A budget below one block is a clear error, not a panic.
+    let g = Generator::new(&f.model, &f.be, &f.tok).with_kv_cache_bytes(Some(1000));
+    assert!(g.generate(&reqs, |_, _| {}).is_err());
 }

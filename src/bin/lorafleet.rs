@@ -86,9 +86,27 @@ struct GenerateArgs {
     /// Do not stop at the end-of-sequence token.
     #[arg(long)]
     ignore_eos: bool,
-    /// Print one JSON object per prompt: prompt_ids, token_ids, text, finish_reason, timings.
+    /// Print one JSON object per prompt: prompt_ids, token_ids, text, finish_reason, timings
+    /// (or {"error": ...} for a prompt that failed alone).
     #[arg(long)]
     json: bool,
+    /// KV cache size (bytes; K, M, G suffixes). Default: exactly what the batch needs. A prompt
+    /// that cannot get cache blocks fails alone; the others complete.
+    #[arg(long, value_parser = parse_bytes)]
+    kv_cache_bytes: Option<usize>,
+}
+
+/// "64M" -> 67108864.
+fn parse_bytes(s: &str) -> std::result::Result<usize, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 1usize << 10),
+        Some((i, 'm' | 'M')) => (&s[..i], 1 << 20),
+        Some((i, 'g' | 'G')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: usize = num.trim().parse().map_err(|e| format!("{s:?}: {e} (e.g. 512M)"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[derive(Args)]
@@ -235,7 +253,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
     };
     let reqs: Vec<SeqRequest> =
         prompts.into_iter().map(|p| SeqRequest { prompt_ids: p, options: options.clone() }).collect();
-    let g = Generator::new(&l.model, &l.be, &l.tok);
+    let g = Generator::new(&l.model, &l.be, &l.tok).with_kv_cache_bytes(a.kv_cache_bytes);
     let stream = !a.json && reqs.len() == 1;
     let mut stdout = std::io::stdout().lock();
     let outs = g.generate(&reqs, |_, delta| {
@@ -247,7 +265,19 @@ fn generate(a: GenerateArgs) -> Result<()> {
     if stream {
         let _ = writeln!(stdout);
     }
+    let mut failed = 0;
     for (i, o) in outs.iter().enumerate() {
+        let o = match o {
+            Ok(o) => o,
+            Err(e) => {
+                failed += 1;
+                if a.json {
+                    let _ = writeln!(stdout, "{}", serde_json::json!({ "error": e.to_string() }));
+                }
+                eprintln!("error: prompt {i}: {e}");
+                continue;
+            }
+        };
         if a.json {
             let mut v = serde_json::to_value(o).map_err(|e| Error::InvalidArgument(e.to_string()))?;
             if let (Some(obj), Some(Some(t))) = (v.as_object_mut(), texts.get(i)) {
@@ -259,7 +289,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
         }
     }
     if !a.json {
-        if let Some(o) = outs.first() {
+        if let Some(Ok(o)) = outs.first() {
             eprintln!(
                 "[{}: prefill {:.1} ms ({:.1} tok/s), decode {:.1} tok/s per sequence, {} sequences]",
                 l.be_name(),
@@ -269,6 +299,9 @@ fn generate(a: GenerateArgs) -> Result<()> {
                 outs.len()
             );
         }
+    }
+    if failed > 0 {
+        return Err(Error::BadRequest(format!("{failed} of {} prompts failed", outs.len())));
     }
     Ok(())
 }

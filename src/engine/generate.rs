@@ -67,6 +67,8 @@ struct Seq {
     /// The token to feed next.
     next: u32,
     finish: Option<FinishReason>,
+    /// Set when the sequence failed alone (e.g. the KV cache ran out); its blocks are freed.
+    error: Option<Error>,
     decode_ms: f64,
 }
 
@@ -74,11 +76,20 @@ pub struct Generator<'a, B: Backend> {
     pub model: &'a Llama<B>,
     pub be: &'a B,
     pub tokenizer: &'a TextTokenizer,
+    /// KV cache size in bytes; None = exactly what the batch needs.
+    pub kv_cache_bytes: Option<usize>,
 }
 
 impl<'a, B: Backend> Generator<'a, B> {
     pub fn new(model: &'a Llama<B>, be: &'a B, tokenizer: &'a TextTokenizer) -> Self {
-        Generator { model, be, tokenizer }
+        Generator { model, be, tokenizer, kv_cache_bytes: None }
+    }
+
+    /// Sizes the KV pool from a byte budget instead of the batch's need. A sequence that then
+    /// cannot get blocks fails alone with `KvError::OutOfBlocks`; the others run on.
+    pub fn with_kv_cache_bytes(mut self, bytes: Option<usize>) -> Self {
+        self.kv_cache_bytes = bytes;
+        self
     }
 
     /// Checks a request against the model before any work is done.
@@ -99,14 +110,23 @@ impl<'a, B: Backend> Generator<'a, B> {
 
     /// Runs every request to completion as one batch. `on_text(i, delta)` receives each
     /// sequence's text as it is produced (stop strings held back and cut).
-    pub fn generate(&self, reqs: &[SeqRequest], mut on_text: impl FnMut(usize, &str)) -> Result<Vec<GenerationOutput>> {
+    /// Returns one result per request: a sequence that fails alone (the KV cache ran out) gives
+    /// its error there; an error of the whole step (bad request, backend failure) is the outer one.
+    pub fn generate(
+        &self,
+        reqs: &[SeqRequest],
+        mut on_text: impl FnMut(usize, &str),
+    ) -> Result<Vec<Result<GenerationOutput>>> {
         for r in reqs {
             self.validate(r)?;
         }
         let bs = DEFAULT_BLOCK_SIZE;
-        let blocks: usize =
-            reqs.iter().map(|r| (r.prompt_ids.len() + r.options.max_new_tokens).div_ceil(bs)).sum();
-        let pool = BlockPool::new(blocks.max(1), bs);
+        let blocks: usize = match self.kv_cache_bytes {
+            // The CPU backend stores K/V in f32.
+            Some(bytes) => self.model.kv_layout(bs, 0).with_budget(bytes, 4)?.num_blocks,
+            None => reqs.iter().map(|r| (r.prompt_ids.len() + r.options.max_new_tokens).div_ceil(bs)).sum::<usize>().max(1),
+        };
+        let pool = BlockPool::new(blocks, bs);
         let mut kv = self.be.alloc_kv(self.model.kv_layout(bs, pool.num_blocks()))?;
         let eos = &self.model.config.eos_token_ids;
         let mut seqs: Vec<Seq> = reqs
@@ -119,16 +139,24 @@ impl<'a, B: Backend> Generator<'a, B> {
                 tokens: Vec::new(),
                 next: 0,
                 finish: if r.options.max_new_tokens == 0 { Some(FinishReason::Length) } else { None },
+                error: None,
                 decode_ms: 0.0,
             })
             .collect();
 
         // Prefill: every prompt in one ragged batch.
         let t0 = Instant::now();
-        let active: Vec<usize> = (0..reqs.len()).filter(|&i| seqs[i].finish.is_none()).collect();
+        let mut active: Vec<usize> = Vec::new();
         let mut ids = Vec::new();
-        for &i in &active {
-            seqs[i].table.reserve(reqs[i].prompt_ids.len())?;
+        for i in 0..reqs.len() {
+            if seqs[i].finish.is_some() {
+                continue;
+            }
+            if let Err(e) = seqs[i].table.reserve(reqs[i].prompt_ids.len()) {
+                fail(&mut seqs[i], e.into());
+                continue;
+            }
+            active.push(i);
             ids.extend_from_slice(&reqs[i].prompt_ids);
         }
         let prompt_tokens = ids.len();
@@ -148,15 +176,22 @@ impl<'a, B: Backend> Generator<'a, B> {
 
         // Decode: one token per running sequence per step.
         loop {
-            let active: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].finish.is_none()).collect();
+            let t = Instant::now();
+            let mut active: Vec<usize> = Vec::new();
+            let mut ids = Vec::new();
+            for i in 0..seqs.len() {
+                if seqs[i].finish.is_some() {
+                    continue;
+                }
+                if let Err(e) = seqs[i].table.reserve(1) {
+                    fail(&mut seqs[i], e.into());
+                    continue;
+                }
+                active.push(i);
+                ids.push(seqs[i].next);
+            }
             if active.is_empty() {
                 break;
-            }
-            let t = Instant::now();
-            let mut ids = Vec::with_capacity(active.len());
-            for &i in &active {
-                seqs[i].table.reserve(1)?;
-                ids.push(seqs[i].next);
             }
             let parts: Vec<(&BlockTable, usize)> = active.iter().map(|&i| (&seqs[i].table, 1)).collect();
             let batch = BatchLayout::new(bs, &parts);
@@ -176,8 +211,11 @@ impl<'a, B: Backend> Generator<'a, B> {
             .into_iter()
             .zip(reqs)
             .map(|(s, r)| {
+                if let Some(e) = s.error {
+                    return Err(e);
+                }
                 let n_dec = s.tokens.len().saturating_sub(1);
-                GenerationOutput {
+                Ok(GenerationOutput {
                     prompt_ids: r.prompt_ids.clone(),
                     text: s.stop.text().to_string(),
                     token_ids: s.tokens,
@@ -186,7 +224,7 @@ impl<'a, B: Backend> Generator<'a, B> {
                     decode_ms: s.decode_ms,
                     prefill_tokens_per_s: prompt_tokens as f64 / (prefill_ms / 1e3),
                     decode_tokens_per_s: if s.decode_ms > 0.0 { n_dec as f64 / (s.decode_ms / 1e3) } else { 0.0 },
-                }
+                })
             })
             .collect())
     }
@@ -227,4 +265,11 @@ impl<'a, B: Backend> Generator<'a, B> {
         }
         Ok(())
     }
+}
+
+/// Ends a sequence with an error of its own and gives its blocks back at once.
+fn fail(s: &mut Seq, e: Error) {
+    s.finish = Some(FinishReason::Length);
+    s.error = Some(e);
+    s.table.truncate(0);
 }
