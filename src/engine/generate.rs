@@ -179,16 +179,16 @@ impl<'a, B: Backend> Generator<'a, B> {
             let t = Instant::now();
             let mut active: Vec<usize> = Vec::new();
             let mut ids = Vec::new();
-            for i in 0..seqs.len() {
-                if seqs[i].finish.is_some() {
+            for (i, s) in seqs.iter_mut().enumerate() {
+                if s.finish.is_some() {
                     continue;
                 }
-                if let Err(e) = seqs[i].table.reserve(1) {
-                    fail(&mut seqs[i], e.into());
+                if let Err(e) = s.table.reserve(1) {
+                    fail(s, e.into());
                     continue;
                 }
                 active.push(i);
-                ids.push(seqs[i].next);
+                ids.push(s.next);
             }
             if active.is_empty() {
                 break;

@@ -81,7 +81,7 @@ impl ModelConfig {
             .get("head_dim")
             .and_then(Value::as_u64)
             .map(|x| x as usize)
-            .unwrap_or(if num_heads > 0 { hidden_size / num_heads } else { 0 });
+            .unwrap_or(hidden_size.checked_div(num_heads).unwrap_or(0));
         let f32_field = |k: &str, d: f32| v.get(k).and_then(Value::as_f64).map(|x| x as f32).unwrap_or(d);
         let rope_scaling = match v.get("rope_scaling") {
             None | Some(Value::Null) => None,
@@ -148,13 +148,13 @@ impl ModelConfig {
         if let Some((k, _)) = nz.iter().find(|(_, v)| *v == 0) {
             return Err(format!("`{k}` must be positive"));
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_heads, self.num_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(format!("head_dim {} must be even for RoPE", self.head_dim));
         }
         Ok(())

@@ -129,7 +129,7 @@ impl WeightFiles {
 /// Converts little-endian F32/BF16/F16 bytes to f32.
 pub fn to_f32(dtype: Dtype, bytes: &[u8]) -> std::result::Result<Vec<f32>, String> {
     let conv = |width: usize, f: &dyn Fn(&[u8]) -> f32| -> std::result::Result<Vec<f32>, String> {
-        if bytes.len() % width != 0 {
+        if !bytes.len().is_multiple_of(width) {
             return Err(format!("{} bytes is not a whole number of {dtype:?} values", bytes.len()));
         }
         Ok(bytes.chunks_exact(width).map(f).collect())

@@ -75,7 +75,7 @@ impl Backend for CpuBackend {
     }
 
     fn upload_rope(&self, cos: Vec<f32>, sin: Vec<f32>, half_dim: usize) -> Result<CpuRope> {
-        check(half_dim > 0 && cos.len() == sin.len() && cos.len() % half_dim == 0, || "bad rope tables".into())?;
+        check(half_dim > 0 && cos.len() == sin.len() && cos.len().is_multiple_of(half_dim), || "bad rope tables".into())?;
         Ok(CpuRope { max_pos: cos.len() / half_dim, cos, sin })
     }
 
@@ -167,7 +167,7 @@ impl Backend for CpuBackend {
         check(k.cols == kv_dim && v.cols == kv_dim && k.rows == t && v.rows == t && q.rows == t, || {
             "attention: k/v/q shapes do not match the batch".into()
         })?;
-        check(q.cols % l.head_dim == 0 && (q.cols / l.head_dim) % l.num_kv_heads == 0, || {
+        check(q.cols.is_multiple_of(l.head_dim) && (q.cols / l.head_dim).is_multiple_of(l.num_kv_heads), || {
             "attention: q heads are not a multiple of kv heads".into()
         })?;
         check(batch.block_size == l.block_size, || "attention: block size differs from the cache".into())?;
