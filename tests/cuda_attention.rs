@@ -385,8 +385,8 @@ fn plan_rejects_bad_arguments() {
     let mut bad = b.clone();
     bad.block_size = 0;
     is_invalid_argument(ok(&bad), "block_size is 0");
-    // Grid y limit: 131072 query heads of one kv head.
-    let huge = 131072;
+    // Grid y limit: 524288 query heads of one kv head, 4 per block.
+    let huge = 524288;
     is_invalid_argument(
         plan_attention(&b, dims(huge, 1, 2), nb, 3 * huge * 2, 3 * huge * 2),
         "grid",
