@@ -42,7 +42,7 @@ fn batch(seqs: &[(usize, usize)]) -> (BatchLayout, Vec<u32>, usize) {
     let need: usize = seqs.iter().map(|&(c, n)| (c + n).div_ceil(BS)).sum();
     let num_blocks = need + 1;
     // 7919 is prime, so i -> i * 7919 mod num_blocks is a permutation unless num_blocks is a multiple.
-    let stride = if num_blocks % 7919 == 0 { 1 } else { 7919 };
+    let stride = if num_blocks.is_multiple_of(7919) { 1 } else { 7919 };
     let ids: Vec<u32> = (0..num_blocks).map(|i| ((i * stride) % num_blocks) as u32).collect();
     let mut l = BatchLayout { block_size: BS, ..Default::default() };
     let mut all = Vec::new();
@@ -103,7 +103,14 @@ fn timed(ops: &CudaOps, iters: u64, mut f: impl FnMut()) -> Duration {
     t.elapsed()
 }
 
-fn cuda_case(c: &mut Criterion, ops: &CudaOps, attn: &CudaAttention, name: &str, seqs: &[(usize, usize)], tp: Throughput) {
+fn cuda_case(
+    c: &mut Criterion,
+    ops: &CudaOps,
+    attn: &CudaAttention,
+    name: &str,
+    seqs: &[(usize, usize)],
+    tp: Throughput,
+) {
     let (b, all, nb) = batch(seqs);
     let kv_dim = N_KV * HEAD_DIM;
     let layout = KvLayout { num_layers: 1, num_kv_heads: N_KV, head_dim: HEAD_DIM, block_size: BS, num_blocks: nb };

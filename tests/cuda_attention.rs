@@ -127,7 +127,12 @@ fn is_invalid_argument<T>(r: lorafleet::Result<T>, needle: &str) {
 /// A ragged batch: each sequence `(context_len, n_new)` gets shuffled blocks from a pool of
 /// `num_blocks` (with spare blocks, so ids are spread over the whole cache). Returns the layout
 /// and the cache rows of every token of every sequence (context then new), in order.
-fn make_batch(rng: &mut Rng, block_size: usize, seqs: &[(usize, usize)], spare: usize) -> (BatchLayout, Vec<u32>, usize) {
+fn make_batch(
+    rng: &mut Rng,
+    block_size: usize,
+    seqs: &[(usize, usize)],
+    spare: usize,
+) -> (BatchLayout, Vec<u32>, usize) {
     let need: usize = seqs.iter().map(|&(c, n)| (c + n).div_ceil(block_size)).sum();
     let num_blocks = need + spare;
     let mut ids: Vec<u32> = (0..num_blocks as u32).collect();
@@ -387,10 +392,7 @@ fn plan_rejects_bad_arguments() {
     is_invalid_argument(ok(&bad), "block_size is 0");
     // Grid y limit: 524288 query heads of one kv head, 4 per block.
     let huge = 524288;
-    is_invalid_argument(
-        plan_attention(&b, dims(huge, 1, 2), nb, 3 * huge * 2, 3 * huge * 2),
-        "grid",
-    );
+    is_invalid_argument(plan_attention(&b, dims(huge, 1, 2), nb, 3 * huge * 2, 3 * huge * 2), "grid");
 }
 
 #[test]

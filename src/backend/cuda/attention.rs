@@ -173,7 +173,10 @@ pub fn plan_attention(
                 plan.row_seq.len()
             )));
         }
-        let total = s.context_len.checked_add(s.n_new).ok_or_else(|| invalid(format!("{OP}: sequence {si} length overflows")))?;
+        let total = s
+            .context_len
+            .checked_add(s.n_new)
+            .ok_or_else(|| invalid(format!("{OP}: sequence {si} length overflows")))?;
         count_i32(OP, &format!("sequence {si} context_len + n_new"), total.max(1))?;
         let needed = total.div_ceil(batch.block_size);
         if s.blocks.len() < needed {
@@ -184,7 +187,9 @@ pub fn plan_attention(
             )));
         }
         if let Some((i, &b)) = s.blocks.iter().enumerate().find(|&(_, &b)| b as usize >= num_blocks) {
-            return Err(invalid(format!("{OP}: sequence {si} block {i} = {b} is outside the cache ({num_blocks} blocks)")));
+            return Err(invalid(format!(
+                "{OP}: sequence {si} block {i} = {b} is outside the cache ({num_blocks} blocks)"
+            )));
         }
         for (i, &b) in s.blocks.iter().enumerate() {
             plan.block_table[si * max_blocks + i] = b as i32;
@@ -313,7 +318,9 @@ pub struct CudaAttention {
 impl CudaAttention {
     pub fn new(ops: &CudaOps) -> Result<Self> {
         let fatbin = embedded::module("paged_attention").ok_or_else(|| {
-            Error::Cuda("the paged attention kernels (kernels/paged_attention.cu) are not embedded in this build".into())
+            Error::Cuda(
+                "the paged attention kernels (kernels/paged_attention.cu) are not embedded in this build".into(),
+            )
         })?;
         // A heap copy: cuModuleLoadData wants the fatbin aligned (see CudaOps::new).
         let image = fatbin.to_vec();
@@ -359,11 +366,16 @@ impl CudaAttention {
         const OP: &str = "reshape_and_cache";
         cache.check_layer(OP, layer)?;
         let l = cache.layout;
-        let p = plan_reshape_and_cache(k.len(), v.len(), slots, l.num_kv_heads * l.head_dim, l.num_blocks * l.block_size)?;
+        let p =
+            plan_reshape_and_cache(k.len(), v.len(), slots, l.num_kv_heads * l.head_dim, l.num_blocks * l.block_size)?;
         ops.check_context(OP, "k", k)?;
         ops.check_context(OP, "v", v)?;
         let dev_slots = ops.upload(slots)?;
-        let cfg = LaunchConfig { grid_dim: (p.n_tokens as u32, 1, 1), block_dim: (LF_ATTN_THREADS, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: (p.n_tokens as u32, 1, 1),
+            block_dim: (LF_ATTN_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
         let stream = &ops.stream;
         let (kp, _k) = k.device_ptr(stream);
         let (vp, _v) = v.device_ptr(stream);
@@ -399,7 +411,10 @@ impl CudaAttention {
         cache.check_layer(OP, layer)?;
         let l = cache.layout;
         if batch.block_size != l.block_size {
-            return Err(invalid(format!("{OP}: batch block_size {} != cache block_size {}", batch.block_size, l.block_size)));
+            return Err(invalid(format!(
+                "{OP}: batch block_size {} != cache block_size {}",
+                batch.block_size, l.block_size
+            )));
         }
         let dims = AttnDims { n_heads, n_kv_heads: l.num_kv_heads, head_dim: l.head_dim };
         let plan = plan_attention(batch, dims, l.num_blocks, q.len(), out.len())?;
