@@ -16,3 +16,7 @@ unsafe impl cudarc::driver::DeviceRepr for LfRopeParams {}
 unsafe impl cudarc::driver::DeviceRepr for LfElementwiseParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for LfEmbeddingParams {}
+// SAFETY: as above (generated from csrc/paged_attention.h: fixed-width integers and f32 only).
+unsafe impl cudarc::driver::DeviceRepr for LfReshapeCacheParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for LfPagedAttnParams {}

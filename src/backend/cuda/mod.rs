@@ -10,11 +10,14 @@
 //! - `validate`, `launch`: the argument checks and launch geometry, pure functions tested
 //!   without a GPU.
 //! - `ffi`: the bindgen'd C ABI of `csrc/*.h`; `embedded`: the fatbins.
+//! - `attention`: paged attention (`CudaAttention`: `reshape_and_cache`, `paged_attention`),
+//!   `CudaKvCache`, and the pure checks `plan_attention`, `plan_reshape_and_cache`.
 //! - `testing`: `test_device`, the device of the GPU tests or a loud skip.
 //!
 //! Everything here compiles without nvcc (no `has_kernels` cfg): `check_available` then reports
 //! `Unavailable::NoKernels`.
 
+pub mod attention;
 mod availability;
 mod device;
 mod dtype;
@@ -25,6 +28,7 @@ mod ops;
 mod testing;
 pub mod validate;
 
+pub use attention::{AttnDims, AttnKernel, AttnPlan, CudaAttention, CudaKvCache};
 pub use availability::{check_available, Unavailable};
 pub use device::CudaOps;
 pub use dtype::{CudaElem, DType};
