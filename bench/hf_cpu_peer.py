@@ -15,14 +15,15 @@ What is timed (time.perf_counter, wall clock):
           DynamicCache: one prefill forward over the prompt (NOT timed for
           decode) yields new token #1; then decode-tokens - 1 single-token
           forwards with past_key_values (each: forward + argmax of the last
-          logits, EOS logit masked to -inf like generate's min_new_tokens)
-          yield tokens #2..#N. decode_tokens_per_s =
+          logits) yield tokens #2..#N. No stopping at EOS and no EOS masking:
+          the same semantics as `lorafleet generate --ignore-eos`, so the
+          generated ids are directly comparable. decode_tokens_per_s =
           (N - 1) / sum(step times), i.e. per-step throughput of the
-          incremental forward; ms_per_token is 1000 / that. No EOS
-          stopping (equivalent to min_new_tokens = max_new_tokens).
+          incremental forward (lorafleet's definition too).
           Cross-check (reported as generate_decode_tokens_per_s): the same via
           model.generate(do_sample=False, min_new_tokens=N, max_new_tokens=N)
-          minus generate(max_new_tokens=1): (N - 1) / (t_N - t_1).
+          minus generate(max_new_tokens=1): (N - 1) / (t_N - t_1); generate
+          masks EOS (min_new_tokens), so its ids match only up to the first EOS.
   prefill One forward over the fixed prefill ids (default 512 ids from
           bench/prefill_ids_512.json, written into the JSON) with a fresh
           DynamicCache, logits_to_keep=1 (only the last position goes through
@@ -33,7 +34,8 @@ One warm-up run of each, then the median of --repeats runs.
 
 The 1-minute load average is recorded before/after (load_avg_*): on a 2-core
 box anything else running (cargo builds!) makes the numbers meaningless; a
-warning is printed when it is above 0.5 before the run.
+warning is printed when it is above 0.5 before the run (it decays slowly:
+~0.5 a minute after a previous benchmark ended is normal).
 """
 import argparse
 import gc
@@ -111,12 +113,8 @@ def main():
     eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
 
     def pick(logits):
-        # greedy, EOS suppressed (= generate(min_new_tokens=max_new_tokens))
-        last = logits[:, -1, :]
-        if eos_ids:
-            last = last.clone()
-            last[:, eos_ids] = float("-inf")
-        return last.argmax(-1, keepdim=True)
+        # plain greedy; EOS is neither masked nor a stop (= lorafleet --ignore-eos)
+        return logits[:, -1, :].argmax(-1, keepdim=True)
 
     def decode_run():
         """returns (generated ids, per-step decode times)"""
@@ -160,7 +158,7 @@ def main():
     load_before = os.getloadavg()[0]
     if load_before > 0.5:
         print(f"WARNING: 1-min load average is {load_before:.2f} before the run; "
-              "other processes on this machine will distort the numbers", file=sys.stderr)
+              "anything else running on this machine distorts the numbers", file=sys.stderr)
     gc.collect()
     gc.disable()
     with torch.inference_mode():
@@ -189,7 +187,8 @@ def main():
             for _ in range(a.repeats):
                 dt, ids = generate_time(n_new)
                 gn.append(dt)
-            gen_ids_match = ids == gen
+            first_eos = next((i for i, t in enumerate(gen) if t in eos_ids), len(gen))
+            gen_ids_match = ids[:first_eos] == gen[:first_eos]
             gen_tps = (n_new - 1) / (statistics.median(gn) - statistics.median(g1))
     gc.enable()
     load_after = os.getloadavg()[0]
@@ -226,14 +225,15 @@ def main():
         "decode_prompt_ids": DECODE_PROMPT_IDS,
         "decode_new_tokens": n_new,
         "decode_steps_timed": n_new - 1,
-        "decode_method": "manual greedy loop (EOS masked), DynamicCache, batch 1; tok/s = (new_tokens-1)/sum(single-token forward+argmax times); prompt prefill excluded",
+        "decode_method": "manual greedy loop (no EOS stop/mask), DynamicCache, batch 1; tok/s = (new_tokens-1)/sum(single-token forward+argmax times); prompt prefill excluded",
         "decode_tokens_per_s": round(decode_tps, 3),
         "decode_ms_per_token_median_step": round(statistics.median(dec_ms), 4),
         "decode_tokens_per_s_runs": [round(x, 3) for x in dec_tps],
         "generate_decode_tokens_per_s": round(gen_tps, 3) if gen_tps else None,
         "generate_method": "(new_tokens-1)/(median t(generate max_new_tokens=N) - median t(generate max_new_tokens=1)), greedy, min_new_tokens=N",
-        "generate_ids_match_manual_loop": gen_ids_match,
-        "eos_suppressed": True,
+        "generate_ids_match_manual_loop_to_first_eos": gen_ids_match,
+        "eos_ids": eos_ids,
+        "eos_masked": False,
         "generated_ids": gen,
         "prefill_tokens": len(prefill_ids),
         "prefill_method": "one forward over prefill_ids with a fresh DynamicCache, logits_to_keep=1, + argmax",
