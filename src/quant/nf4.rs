@@ -112,7 +112,7 @@ impl Nf4Tensor {
     #[inline]
     pub fn index(&self, i: usize) -> u8 {
         let b = self.packed[i / 2];
-        if i % 2 == 0 {
+        if i & 1 == 0 {
             b >> 4
         } else {
             b & 0xf
