@@ -39,3 +39,45 @@ fn nf4_base_matches_bitsandbytes_logits() {
     eprintln!("NF4 argmax agreement {same}/{total}");
     assert!(same * 100 >= total * 99, "argmax agrees at {same} of {total} positions");
 }
+
+/// `lorafleet quantize` writes a checkpoint (bnb-serialized linears) that loads as NF4 and gives
+/// exactly the logits of quantizing while loading; the CLI's `score --quantize nf4` agrees too.
+#[test]
+fn quantize_command_checkpoint_equals_quantize_while_loading() {
+    let out = std::env::temp_dir().join(format!("lorafleet-nf4-ckpt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let src = model_dir();
+    let bin = env!("CARGO_BIN_EXE_lorafleet");
+    let o = std::process::Command::new(bin)
+        .args(["quantize", "--model", src.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "quantize: {}", String::from_utf8_lossy(&o.stderr));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["quantization_config"]["bnb_4bit_quant_type"], "nf4");
+    assert_eq!(cfg["quantization_config"]["bnb_4bit_use_double_quant"], true);
+    let w = lorafleet::model::weights::WeightFiles::open_dir(&out).unwrap();
+    assert!(lorafleet::quant::bnb::is_nf4(&w, "model.layers.0.mlp.down_proj.weight"));
+    assert!(!lorafleet::quant::bnb::is_nf4(&w, "model.embed_tokens.weight"));
+
+    let be = CpuBackend::new();
+    let from_ckpt = Llama::load(&be, &out, false).unwrap();
+    let opts = LoadOptions { quantize: Some(Quantization::Nf4), progress: false };
+    let on_load = Llama::load_with(&be, &src, opts).unwrap();
+    let ids = ids(&golden_json()["prompts"][1]["ids"]);
+    let a = score(&from_ckpt, &be, &ids).unwrap();
+    let b = score(&on_load, &be, &ids).unwrap();
+    assert_eq!(a.last_logits, b.last_logits);
+    assert_eq!(a.argmax, b.argmax);
+
+    let score_json = |dir: &std::path::Path, extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["score", "--model", dir.to_str().unwrap(), "--prompt", "The capital of France is", "--json"];
+        args.extend_from_slice(extra);
+        let o = std::process::Command::new(bin).args(&args).output().unwrap();
+        assert!(o.status.success(), "score: {}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    assert_eq!(score_json(&out, &[]), score_json(&src, &["--quantize", "nf4"]));
+    std::fs::remove_dir_all(&out).ok();
+}

@@ -2,6 +2,7 @@
 //! bitsandbytes' own safetensors serialization of a 4-bit weight (`bnb`).
 
 pub mod bnb;
+pub mod checkpoint;
 pub mod codes;
 pub mod nf4;
 
