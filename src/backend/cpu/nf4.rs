@@ -41,7 +41,7 @@ impl Nf4Matrix {
         let start = r0 * self.cols;
         debug_assert!(start + out.len() <= self.rows * self.cols);
         let bs = self.blocksize;
-        if start % 2 == 0 && out.len() % 2 == 0 && bs % 2 == 0 {
+        if start.is_multiple_of(2) && out.len().is_multiple_of(2) && bs.is_multiple_of(2) {
             // Whole bytes, and a byte never straddles two blocks (even block size).
             for (j, pair) in out.chunks_exact_mut(2).enumerate() {
                 let e = start + 2 * j;
