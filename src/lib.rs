@@ -10,6 +10,7 @@ pub mod error;
 pub mod kv;
 pub mod model;
 pub mod progress;
+pub mod quant;
 pub mod tokenizer;
 
 pub use tokenizer::TextTokenizer;

@@ -21,6 +21,20 @@ pub struct HostMatrix {
     pub data: Vec<f32>,
 }
 
+/// A weight matrix as handed to a backend: dense f32, or NF4-quantized (bitsandbytes layout,
+/// `[rows, cols]` = `tensor.shape`). Embeddings are always dense.
+#[derive(Debug, Clone)]
+pub enum HostWeight {
+    Dense(HostMatrix),
+    Nf4 { name: String, tensor: crate::quant::Nf4Tensor },
+}
+
+impl From<HostMatrix> for HostWeight {
+    fn from(m: HostMatrix) -> Self {
+        HostWeight::Dense(m)
+    }
+}
+
 pub trait Backend: Send + Sync + 'static {
     /// Activations `[rows, cols]`.
     type Tensor: Send;
@@ -35,7 +49,9 @@ pub trait Backend: Send + Sync + 'static {
 
     fn name(&self) -> String;
 
-    fn upload_matrix(&self, m: HostMatrix) -> Result<Self::Matrix>;
+    /// Takes a `HostMatrix` (dense) or a `HostWeight` (dense or NF4). A backend may reject NF4
+    /// where an op needs dense rows (e.g. an embedding table), at that op.
+    fn upload_matrix(&self, m: impl Into<HostWeight>) -> Result<Self::Matrix>;
     fn upload_vector(&self, v: &[f32]) -> Result<Self::Vector>;
     /// cos, sin: `[max_pos, head_dim / 2]`.
     fn upload_rope(&self, cos: Vec<f32>, sin: Vec<f32>, half_dim: usize) -> Result<Self::Rope>;

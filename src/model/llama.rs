@@ -7,7 +7,8 @@ use std::path::Path;
 use super::config::ModelConfig;
 use super::weights::WeightFiles;
 use crate::backend::cpu::ops::rope_tables;
-use crate::backend::{Backend, HostMatrix};
+use crate::backend::{Backend, HostMatrix, HostWeight};
+use crate::quant::{bnb, Nf4Tensor, Quantization};
 use crate::kv::{BatchLayout, KvLayout};
 use crate::{Error, Result};
 
@@ -36,20 +37,57 @@ pub struct Llama<B: Backend> {
     rope: B::Rope,
 }
 
+/// How `Llama::load_with` loads a checkpoint.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Quantize the decoder's dense linear weights while loading (weights already stored as
+    /// bitsandbytes NF4 are used as they are, whatever this says).
+    pub quantize: Option<Quantization>,
+    pub progress: bool,
+}
+
 impl<B: Backend> Llama<B> {
     /// Loads `config.json` and the safetensors weights of an HF model directory.
     pub fn load(be: &B, dir: &Path, show_progress: bool) -> Result<Self> {
+        Self::load_with(be, dir, LoadOptions { quantize: None, progress: show_progress })
+    }
+
+    /// `load` with options (quantization while loading).
+    pub fn load_with(be: &B, dir: &Path, opts: LoadOptions) -> Result<Self> {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let weights = WeightFiles::open_dir(dir)?;
-        Self::from_weights(be, config, &weights, show_progress)
+        Self::from_weights_with(be, config, &weights, opts)
     }
 
     pub fn from_weights(be: &B, config: ModelConfig, w: &WeightFiles, show_progress: bool) -> Result<Self> {
+        Self::from_weights_with(be, config, w, LoadOptions { quantize: None, progress: show_progress })
+    }
+
+    pub fn from_weights_with(be: &B, config: ModelConfig, w: &WeightFiles, opts: LoadOptions) -> Result<Self> {
+        let show_progress = opts.progress;
         let c = &config;
         let (h, qd, kvd, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+        // Dense tables (embeddings, lm_head).
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<B::Matrix> {
             let t = w.f32_shaped(name, &[rows, cols])?;
             be.upload_matrix(HostMatrix { name: name.to_string(), rows, cols, data: t.data })
+        };
+        // Decoder linear weights: NF4 as stored, NF4 quantized here, or dense.
+        let linear = |name: &str, rows: usize, cols: usize| -> Result<B::Matrix> {
+            let weight = if bnb::is_nf4(w, name) {
+                let tensor = bnb::read(w, name)?;
+                if tensor.shape != [rows, cols] {
+                    return Err(Error::Shape { name: name.to_string(), expected: vec![rows, cols], found: tensor.shape });
+                }
+                HostWeight::Nf4 { name: name.to_string(), tensor }
+            } else if let Some(Quantization::Nf4) = opts.quantize {
+                let t = w.f32_shaped(name, &[rows, cols])?;
+                HostWeight::Nf4 { name: name.to_string(), tensor: Nf4Tensor::quantize(&t.data, &[rows, cols], true) }
+            } else {
+                let t = w.f32_shaped(name, &[rows, cols])?;
+                HostWeight::Dense(HostMatrix { name: name.to_string(), rows, cols, data: t.data })
+            };
+            be.upload_matrix(weight)
         };
         let vector = |name: &str, n: usize| -> Result<B::Vector> { be.upload_vector(&w.f32_shaped(name, &[n])?.data) };
         let bar = crate::progress::bar(show_progress, c.num_layers as u64, "loading layers");
@@ -66,17 +104,17 @@ impl<B: Backend> Llama<B> {
             };
             layers.push(Layer {
                 input_norm: vector(&format!("{p}.input_layernorm.weight"), h)?,
-                q: matrix(&format!("{p}.self_attn.q_proj.weight"), qd, h)?,
-                k: matrix(&format!("{p}.self_attn.k_proj.weight"), kvd, h)?,
-                v: matrix(&format!("{p}.self_attn.v_proj.weight"), kvd, h)?,
-                o: matrix(&format!("{p}.self_attn.o_proj.weight"), h, qd)?,
+                q: linear(&format!("{p}.self_attn.q_proj.weight"), qd, h)?,
+                k: linear(&format!("{p}.self_attn.k_proj.weight"), kvd, h)?,
+                v: linear(&format!("{p}.self_attn.v_proj.weight"), kvd, h)?,
+                o: linear(&format!("{p}.self_attn.o_proj.weight"), h, qd)?,
                 q_bias: bias("q", qd)?,
                 k_bias: bias("k", kvd)?,
                 v_bias: bias("v", kvd)?,
                 post_norm: vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
-                gate: matrix(&format!("{p}.mlp.gate_proj.weight"), ff, h)?,
-                up: matrix(&format!("{p}.mlp.up_proj.weight"), ff, h)?,
-                down: matrix(&format!("{p}.mlp.down_proj.weight"), h, ff)?,
+                gate: linear(&format!("{p}.mlp.gate_proj.weight"), ff, h)?,
+                up: linear(&format!("{p}.mlp.up_proj.weight"), ff, h)?,
+                down: linear(&format!("{p}.mlp.down_proj.weight"), h, ff)?,
             });
             bar.inc(1);
         }

@@ -9,4 +9,4 @@ pub mod weights;
 
 
 pub use config::ModelConfig;
-pub use llama::Llama;
+pub use llama::{Llama, LoadOptions};

@@ -3,9 +3,10 @@
 
 pub mod attention;
 pub mod matmul;
+pub mod nf4;
 pub mod ops;
 
-use super::{Backend, HostMatrix};
+use super::{Backend, HostWeight};
 use crate::kv::{BatchLayout, KvLayout};
 use crate::{Error, Result};
 
@@ -23,7 +24,16 @@ pub struct CpuTensor {
 pub struct CpuMatrix {
     pub rows: usize,
     pub cols: usize,
-    pub data: Vec<f32>,
+    pub weight: CpuWeight,
+}
+
+/// How a `CpuMatrix` is stored.
+#[derive(Debug)]
+pub enum CpuWeight {
+    /// `[rows, cols]` row-major f32.
+    Dense(Vec<f32>),
+    /// NF4; `linear` dequantizes tiles on the fly, never the whole matrix.
+    Nf4(nf4::Nf4Matrix),
 }
 
 #[derive(Debug)]
@@ -65,9 +75,17 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
 
-    fn upload_matrix(&self, m: HostMatrix) -> Result<CpuMatrix> {
-        check(m.data.len() == m.rows * m.cols, || format!("{}: data is not [{}, {}]", m.name, m.rows, m.cols))?;
-        Ok(CpuMatrix { rows: m.rows, cols: m.cols, data: m.data })
+    fn upload_matrix(&self, m: impl Into<HostWeight>) -> Result<CpuMatrix> {
+        match m.into() {
+            HostWeight::Dense(m) => {
+                check(m.data.len() == m.rows * m.cols, || format!("{}: data is not [{}, {}]", m.name, m.rows, m.cols))?;
+                Ok(CpuMatrix { rows: m.rows, cols: m.cols, weight: CpuWeight::Dense(m.data) })
+            }
+            HostWeight::Nf4 { name, tensor } => {
+                let m = nf4::Nf4Matrix::new(&tensor).map_err(|e| Error::InvalidArgument(format!("{name}: {e}")))?;
+                Ok(CpuMatrix { rows: m.rows, cols: m.cols, weight: CpuWeight::Nf4(m) })
+            }
+        }
     }
 
     fn upload_vector(&self, v: &[f32]) -> Result<Vec<f32>> {
@@ -102,7 +120,10 @@ impl Backend for CpuBackend {
             return Err(Error::InvalidArgument(format!("token id {bad} is outside the vocabulary of {}", table.rows)));
         }
         let mut out = vec![0.0; ids.len() * table.cols];
-        ops::embedding(&table.data, table.cols, ids, &mut out);
+        let CpuWeight::Dense(data) = &table.weight else {
+            return Err(Error::InvalidArgument("embedding: the table must be dense, not NF4".into()));
+        };
+        ops::embedding(data, table.cols, ids, &mut out);
         Ok(CpuTensor { data: out, rows: ids.len(), cols: table.cols })
     }
 
@@ -116,7 +137,10 @@ impl Backend for CpuBackend {
     fn linear(&self, x: &CpuTensor, w: &CpuMatrix, bias: Option<&Vec<f32>>) -> Result<CpuTensor> {
         check(x.cols == w.cols, || format!("linear: x has {} columns, weight expects {}", x.cols, w.cols))?;
         let mut out = vec![0.0; x.rows * w.rows];
-        matmul::linear(&x.data, x.rows, x.cols, &w.data, w.rows, &mut out);
+        match &w.weight {
+            CpuWeight::Dense(data) => matmul::linear(&x.data, x.rows, x.cols, data, w.rows, &mut out),
+            CpuWeight::Nf4(m) => nf4::linear(&x.data, x.rows, m, &mut out),
+        }
         if let Some(b) = bias {
             check(b.len() == w.rows, || "linear: bias length".into())?;
             for row in out.chunks_exact_mut(w.rows) {

@@ -1,0 +1,145 @@
+//! CPU matmul against an NF4 weight, `out [t, n] = x [t, k] · Wᵀ` with `W [n, k]` stored as
+//! bitsandbytes NF4 (flat blocks of `blocksize` elements, row-major). The whole dequantized
+//! matrix is never materialised: each rayon task dequantizes a tile of `TILE_ROWS` weight rows
+//! (`TILE_ROWS × k` f32, 147 KB for k = 576) into its own buffer and multiplies it with the dense
+//! kernel; for decode (≤ 4 rows) that kernel is the GEMV that dots each dequantized row once.
+
+use rayon::prelude::*;
+
+use super::matmul;
+use crate::quant::Nf4Tensor;
+
+/// Weight rows dequantized per task.
+const TILE_ROWS: usize = 64;
+
+/// An NF4 matrix prepared for the CPU: double-quantized absmax resolved to f32 once at upload
+/// (`numel / blocksize` floats, 1/16 of the packed size at block 64).
+#[derive(Debug, Clone)]
+pub struct Nf4Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub blocksize: usize,
+    /// `ceil(rows * cols / 2)` bytes, element `2i` in the high nibble of byte `i`.
+    pub packed: Vec<u8>,
+    /// One scale per block.
+    pub absmax: Vec<f32>,
+    pub code: [f32; 16],
+}
+
+impl Nf4Matrix {
+    /// A 2-D NF4 tensor, checked for consistent lengths.
+    pub fn new(t: &Nf4Tensor) -> Result<Self, String> {
+        let [rows, cols] = t.shape[..] else {
+            return Err(format!("NF4 weight has shape {:?}, expected 2-D", t.shape));
+        };
+        t.validate()?;
+        Ok(Nf4Matrix { rows, cols, blocksize: t.blocksize, packed: t.packed.clone(), absmax: t.block_absmax(), code: t.code })
+    }
+
+    /// Dequantizes rows `r0..r0 + out.len() / cols` into `out` (row-major).
+    pub fn dequantize_rows(&self, r0: usize, out: &mut [f32]) {
+        let start = r0 * self.cols;
+        debug_assert!(start + out.len() <= self.rows * self.cols);
+        let bs = self.blocksize;
+        if bs.is_multiple_of(2) && start.is_multiple_of(bs) && out.len().is_multiple_of(bs) {
+            // Whole blocks (rows a multiple of the block): one scale and a byte slice per block,
+            // no per-element index arithmetic.
+            let b0 = start / bs;
+            let bytes = &self.packed[start / 2..(start + out.len()) / 2];
+            for ((chunk, src), &s) in out.chunks_exact_mut(bs).zip(bytes.chunks_exact(bs / 2)).zip(&self.absmax[b0..]) {
+                let lut: [f32; 16] = std::array::from_fn(|i| self.code[i] * s);
+                for (pair, &b) in chunk.chunks_exact_mut(2).zip(src) {
+                    pair[0] = lut[(b >> 4) as usize];
+                    pair[1] = lut[(b & 0xf) as usize];
+                }
+            }
+        } else if start.is_multiple_of(2) && out.len().is_multiple_of(2) && bs.is_multiple_of(2) {
+            // Whole bytes, and a byte never straddles two blocks (even block size).
+            for (j, pair) in out.chunks_exact_mut(2).enumerate() {
+                let e = start + 2 * j;
+                let b = self.packed[e / 2];
+                let s = self.absmax[e / bs];
+                pair[0] = self.code[(b >> 4) as usize] * s;
+                pair[1] = self.code[(b & 0xf) as usize] * s;
+            }
+        } else {
+            for (j, o) in out.iter_mut().enumerate() {
+                let e = start + j;
+                let b = self.packed[e / 2];
+                let q = if e & 1 == 0 { b >> 4 } else { b & 0xf };
+                *o = self.code[q as usize] * self.absmax[e / bs];
+            }
+        }
+    }
+
+    /// The whole matrix as f32 (tests and tools; the forward pass never calls it).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.rows * self.cols];
+        self.dequantize_rows(0, &mut out);
+        out
+    }
+}
+
+/// `out [t, w.rows] = x [t, w.cols] · wᵀ`.
+pub fn linear(x: &[f32], t: usize, w: &Nf4Matrix, out: &mut [f32]) {
+    let (n, k) = (w.rows, w.cols);
+    assert_eq!(x.len(), t * k, "x is not [t, k]");
+    assert_eq!(out.len(), t * n, "out is not [t, n]");
+    if t == 0 || n == 0 {
+        return;
+    }
+    // Each task: dequantize its tile, multiply into a task-local [t, rows] result; then scatter
+    // (out is [t, n], so a tile's columns are strided).
+    let tiles: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(TILE_ROWS))
+        .into_par_iter()
+        .map_init(Vec::new, |buf: &mut Vec<f32>, ti| {
+            let r0 = ti * TILE_ROWS;
+            let rows = TILE_ROWS.min(n - r0);
+            buf.resize(rows * k, 0.0);
+            w.dequantize_rows(r0, buf);
+            let mut part = vec![0.0; t * rows];
+            matmul::linear(x, t, k, buf, rows, &mut part);
+            (r0, part)
+        })
+        .collect();
+    for (r0, part) in tiles {
+        let rows = part.len() / t;
+        for ti in 0..t {
+            out[ti * n + r0..ti * n + r0 + rows].copy_from_slice(&part[ti * rows..(ti + 1) * rows]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_dense_matmul_of_the_dequantized_matrix() {
+        // Odd shapes: k not a multiple of the block (blocks straddle rows), n not of the tile.
+        for (t, n, k, double) in [(1, 77, 100, false), (3, 130, 96, true), (9, 200, 64, true), (5, 65, 33, false), (2, 70, 128, true)] {
+            let w = Nf4Tensor::quantize(&rand_vec(n * k, 1), &[n, k], double);
+            let m = Nf4Matrix::new(&w).unwrap();
+            let dense = w.dequantize();
+            assert_eq!(m.dequantize(), dense);
+            let x = rand_vec(t * k, 2);
+            let mut got = vec![0.0; t * n];
+            linear(&x, t, &m, &mut got);
+            let mut want = vec![0.0; t * n];
+            matmul::linear(&x, t, k, &dense, n, &mut want);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "[{t}, {n}, {k}]: {g} vs {w}");
+            }
+        }
+    }
+}
