@@ -18,9 +18,9 @@
 #
 # The HF venv is NOT created by this script. To create it:
 #   python3 -m venv /root/.cache/lorafleet/hf-venv
-#   /root/.cache/lorafleet/hf-venv/bin/pip install torch transformers safetensors
-#   # (default PyPI torch wheel; pulls CUDA libs but runs on CPU. Measured with
-#   #  torch 2.15.0+cu132, transformers 5.23.0, python 3.11.7.)
+#   /root/.cache/lorafleet/hf-venv/bin/pip install torch==2.15.0 transformers==5.23.0 safetensors
+#   # (default PyPI torch wheel: pulls CUDA libs, runs on CPU; fp32 GEMMs go to MKL
+#   #  sgemm. Exact set used: bench/hf_peer_venv_freeze.txt, python 3.11.7.)
 #
 # Close everything else first (cargo builds especially): with 2 cores any other
 # load distorts both sides. The script prints the load average before starting.
