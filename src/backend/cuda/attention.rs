@@ -91,20 +91,7 @@ impl AttnPlan {
     }
 }
 
-fn invalid(msg: String) -> Error {
-    Error::InvalidArgument(msg)
-}
-
-fn count_i32(op: &str, name: &str, v: usize) -> Result<i32> {
-    if v == 0 {
-        return Err(invalid(format!("{op}: {name} is 0; it must be positive")));
-    }
-    i32::try_from(v).map_err(|_| invalid(format!("{op}: {name} = {v} exceeds the kernel limit {}", i32::MAX)))
-}
-
-fn mul(op: &str, what: &str, a: usize, b: usize) -> Result<usize> {
-    a.checked_mul(b).ok_or_else(|| invalid(format!("{op}: {what} = {a} * {b} overflows")))
-}
+use super::validate::{count_i32, invalid, mul};
 
 /// Largest divisor of `group` that is at most `LF_ATTN_MAX_HEADS_PER_BLOCK`.
 pub fn heads_per_block(group: usize) -> usize {

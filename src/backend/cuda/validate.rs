@@ -20,12 +20,12 @@ pub struct RopeDims {
     pub head_dim: usize,
 }
 
-fn invalid(msg: String) -> Error {
+pub(crate) fn invalid(msg: String) -> Error {
     Error::InvalidArgument(msg)
 }
 
 /// `v` as a positive int32 kernel count.
-fn count_i32(op: &str, name: &str, v: usize) -> Result<i32> {
+pub(crate) fn count_i32(op: &str, name: &str, v: usize) -> Result<i32> {
     if v == 0 {
         return Err(invalid(format!("{op}: {name} is 0; it must be positive")));
     }
@@ -33,7 +33,7 @@ fn count_i32(op: &str, name: &str, v: usize) -> Result<i32> {
 }
 
 /// `a * b` without overflow.
-fn mul(op: &str, what: &str, a: usize, b: usize) -> Result<usize> {
+pub(crate) fn mul(op: &str, what: &str, a: usize, b: usize) -> Result<usize> {
     a.checked_mul(b).ok_or_else(|| invalid(format!("{op}: {what} = {a} * {b} overflows")))
 }
 
