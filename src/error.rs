@@ -40,6 +40,10 @@ pub enum Error {
     Cuda(String),
     #[error("{0}")]
     Fetch(String),
+    #[error("adapter `{id}`: {msg}")]
+    Adapter { id: String, msg: String },
+    #[error("unknown adapter `{0}`: not under --adapter-dir and not a path to a peft adapter directory")]
+    UnknownAdapter(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 }

@@ -84,4 +84,21 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Self::Tensor>;
     /// The selected rows of `x`, in order.
     fn gather_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor>;
+    /// Batched LoRA (SGMV / BGMV): for each segment of consecutive rows sharing an adapter,
+    /// `y[rows] += scale · (x[rows] · Aᵀ) · Bᵀ`. `x [T, in]`, `y [T, out]`; A `[r, in]` and
+    /// B `[out, r]` are dense matrices uploaded with `upload_matrix`. Segments are in row
+    /// order and do not overlap; rows outside every segment are left alone.
+    fn lora_apply(&self, y: &mut Self::Tensor, x: &Self::Tensor, segments: &[LoraSegment<'_, Self::Matrix>]) -> Result<()>;
+}
+
+/// One segment of a batched LoRA step: rows `start..start + len` use the pair (`a`, `b`).
+#[derive(Debug)]
+pub struct LoraSegment<'a, M> {
+    pub start: usize,
+    pub len: usize,
+    /// `[rank, in]`.
+    pub a: &'a M,
+    /// `[out, rank]`.
+    pub b: &'a M,
+    pub scale: f32,
 }

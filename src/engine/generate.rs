@@ -10,6 +10,7 @@ use super::sampler::{Sampler, SamplingParams};
 use super::stop::StopMatcher;
 use crate::backend::Backend;
 use crate::kv::{BatchLayout, BlockPool, BlockTable, DEFAULT_BLOCK_SIZE};
+use crate::lora::LoadedAdapter;
 use crate::model::Llama;
 use crate::tokenizer::{IncrementalDecoder, TextTokenizer};
 use crate::{Error, Result};
@@ -112,14 +113,28 @@ impl<'a, B: Backend> Generator<'a, B> {
     /// sequence's text as it is produced (stop strings held back and cut).
     /// Returns one result per request: a sequence that fails alone (the KV cache ran out) gives
     /// its error there; an error of the whole step (bad request, backend failure) is the outer one.
-    pub fn generate(
+    pub fn generate(&self, reqs: &[SeqRequest], on_text: impl FnMut(usize, &str)) -> Result<Vec<Result<GenerationOutput>>> {
+        self.generate_with_adapters(reqs, &[], on_text)
+    }
+
+    /// `generate` where `adapters[i]` is request i's LoRA adapter (None = the base); empty =
+    /// the base for all. Each step's sequences are ordered by adapter, so every adapter is one
+    /// segment of the batched LoRA op.
+    pub fn generate_with_adapters(
         &self,
         reqs: &[SeqRequest],
+        adapters: &[Option<&LoadedAdapter<B>>],
         mut on_text: impl FnMut(usize, &str),
     ) -> Result<Vec<Result<GenerationOutput>>> {
         for r in reqs {
             self.validate(r)?;
         }
+        if !adapters.is_empty() && adapters.len() != reqs.len() {
+            return Err(Error::InvalidArgument(format!("{} adapters for {} requests", adapters.len(), reqs.len())));
+        }
+        let adapter_of = |i: usize| adapters.get(i).copied().flatten();
+        // Sort key grouping sequences by adapter (the base first).
+        let group = |i: usize| adapter_of(i).map_or(0, |a| a as *const LoadedAdapter<B> as usize);
         let bs = DEFAULT_BLOCK_SIZE;
         let blocks: usize = match self.kv_cache_bytes {
             // The CPU backend stores K/V in f32.
@@ -157,14 +172,18 @@ impl<'a, B: Backend> Generator<'a, B> {
                 continue;
             }
             active.push(i);
+        }
+        active.sort_by_key(|&i| group(i));
+        for &i in &active {
             ids.extend_from_slice(&reqs[i].prompt_ids);
         }
         let prompt_tokens = ids.len();
         if !active.is_empty() {
+            let step_adapters: Vec<_> = active.iter().map(|&i| adapter_of(i)).collect();
             let parts: Vec<(&BlockTable, usize)> =
                 active.iter().map(|&i| (&seqs[i].table, reqs[i].prompt_ids.len())).collect();
             let batch = BatchLayout::new(bs, &parts);
-            let logits = self.be.to_host(&self.model.forward(self.be, &ids, &batch, &mut kv, &batch.last_rows())?)?;
+            let logits = self.be.to_host(&self.model.forward_lora(self.be, &ids, &batch, &mut kv, &batch.last_rows(), &step_adapters)?)?;
             for (j, &i) in active.iter().enumerate() {
                 let n = reqs[i].prompt_ids.len();
                 seqs[i].table.advance(n);
@@ -188,14 +207,16 @@ impl<'a, B: Backend> Generator<'a, B> {
                     continue;
                 }
                 active.push(i);
-                ids.push(s.next);
             }
             if active.is_empty() {
                 break;
             }
+            active.sort_by_key(|&i| group(i));
+            ids.extend(active.iter().map(|&i| seqs[i].next));
+            let step_adapters: Vec<_> = active.iter().map(|&i| adapter_of(i)).collect();
             let parts: Vec<(&BlockTable, usize)> = active.iter().map(|&i| (&seqs[i].table, 1)).collect();
             let batch = BatchLayout::new(bs, &parts);
-            let logits = self.be.to_host(&self.model.forward(self.be, &ids, &batch, &mut kv, &batch.last_rows())?)?;
+            let logits = self.be.to_host(&self.model.forward_lora(self.be, &ids, &batch, &mut kv, &batch.last_rows(), &step_adapters)?)?;
             let v = self.model.config.vocab_size;
             for (j, &i) in active.iter().enumerate() {
                 seqs[i].table.advance(1);

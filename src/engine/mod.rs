@@ -8,4 +8,4 @@ pub mod stop;
 
 pub use generate::{FinishReason, GenerateOptions, GenerationOutput, Generator, SeqRequest};
 pub use sampler::{Sampler, SamplingParams};
-pub use score::{score, ScoreOutput};
+pub use score::{score, score_with_adapter, ScoreOutput};

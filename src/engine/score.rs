@@ -5,6 +5,7 @@ use serde::Serialize;
 use super::sampler::argmax;
 use crate::backend::Backend;
 use crate::kv::{BatchLayout, BlockPool, BlockTable, DEFAULT_BLOCK_SIZE};
+use crate::lora::LoadedAdapter;
 use crate::model::Llama;
 use crate::{Error, Result};
 
@@ -22,6 +23,11 @@ pub struct ScoreOutput {
 }
 
 pub fn score<B: Backend>(model: &Llama<B>, be: &B, ids: &[u32]) -> Result<ScoreOutput> {
+    score_with_adapter(model, be, ids, None)
+}
+
+/// `score` with a LoRA adapter (None = the base).
+pub fn score_with_adapter<B: Backend>(model: &Llama<B>, be: &B, ids: &[u32], adapter: Option<&LoadedAdapter<B>>) -> Result<ScoreOutput> {
     if ids.is_empty() {
         return Err(Error::EmptyPrompt);
     }
@@ -35,7 +41,7 @@ pub fn score<B: Backend>(model: &Llama<B>, be: &B, ids: &[u32]) -> Result<ScoreO
     table.reserve(ids.len())?;
     let batch = BatchLayout::new(DEFAULT_BLOCK_SIZE, &[(&table, ids.len())]);
     let rows: Vec<usize> = (0..ids.len()).collect();
-    let logits = be.to_host(&model.forward(be, ids, &batch, &mut kv, &rows)?)?;
+    let logits = be.to_host(&model.forward_lora(be, ids, &batch, &mut kv, &rows, &[adapter])?)?;
     let v = model.config.vocab_size;
     let mut nll = 0f64;
     let mut am = Vec::with_capacity(ids.len());

@@ -7,7 +7,8 @@ use std::path::Path;
 use super::config::ModelConfig;
 use super::weights::WeightFiles;
 use crate::backend::cpu::ops::rope_tables;
-use crate::backend::{Backend, HostMatrix, HostWeight};
+use crate::backend::{Backend, HostMatrix, HostWeight, LoraSegment};
+use crate::lora::{LoadedAdapter, LoraModule};
 use crate::quant::{bnb, Nf4Tensor, Quantization};
 use crate::kv::{BatchLayout, KvLayout};
 use crate::{Error, Result};
@@ -144,39 +145,81 @@ impl<B: Backend> Llama<B> {
 
     /// One step: `ids [T]` are the batch's new tokens, laid out by `batch`; their K/V are
     /// written into `kv`. Returns the logits `[logit_rows.len(), vocab]` of the selected rows.
-    pub fn forward(
+    pub fn forward(&self, be: &B, ids: &[u32], batch: &BatchLayout, kv: &mut B::Kv, logit_rows: &[usize]) -> Result<B::Tensor> {
+        self.forward_lora(be, ids, batch, kv, logit_rows, &[])
+    }
+
+    /// `forward` with LoRA: `adapters[i]` is sequence i's adapter (None = the base); an empty
+    /// slice means the base for every sequence. Consecutive sequences with the same adapter form
+    /// one segment, so a batch sorted by adapter runs one SGMV segment per adapter.
+    pub fn forward_lora(
         &self,
         be: &B,
         ids: &[u32],
         batch: &BatchLayout,
         kv: &mut B::Kv,
         logit_rows: &[usize],
+        adapters: &[Option<&LoadedAdapter<B>>],
     ) -> Result<B::Tensor> {
         let c = &self.config;
         if ids.len() != batch.n_tokens() {
             return Err(Error::InvalidArgument(format!("{} ids for a batch of {} tokens", ids.len(), batch.n_tokens())));
         }
+        if !adapters.is_empty() && adapters.len() != batch.seqs.len() {
+            return Err(Error::InvalidArgument(format!("{} adapters for a batch of {} sequences", adapters.len(), batch.seqs.len())));
+        }
+        if let Some(a) = adapters.iter().flatten().find(|a| a.layers.len() != c.num_layers) {
+            return Err(Error::Adapter { id: a.id.clone(), msg: format!("has {} layers, the model {}", a.layers.len(), c.num_layers) });
+        }
         if let Some(&p) = batch.positions.iter().find(|&&p| p as usize >= c.max_position_embeddings) {
             return Err(Error::PromptTooLong { tokens: p as usize + 1, max: c.max_position_embeddings });
         }
+        // Runs of consecutive sequences sharing an adapter: (first row, rows, adapter).
+        let mut runs: Vec<(usize, usize, &LoadedAdapter<B>)> = Vec::new();
+        for (s, a) in batch.seqs.iter().zip(adapters) {
+            let Some(a) = a else { continue };
+            match runs.last_mut() {
+                Some((start, len, prev)) if std::ptr::eq(*prev, *a) && *start + *len == s.token_start => *len += s.n_new,
+                _ => runs.push((s.token_start, s.n_new, a)),
+            }
+        }
+        // y += LoRA(x) for module m of layer li, over every run whose adapter targets it.
+        let lora = |y: &mut B::Tensor, x: &B::Tensor, li: usize, m: LoraModule| -> Result<()> {
+            let segs: Vec<LoraSegment<'_, B::Matrix>> = runs
+                .iter()
+                .filter_map(|&(start, len, a)| a.pair(li, m).map(|p| LoraSegment { start, len, a: &p.a, b: &p.b, scale: p.scale }))
+                .collect();
+            if segs.is_empty() {
+                Ok(())
+            } else {
+                be.lora_apply(y, x, &segs)
+            }
+        };
         let mut x = be.embedding(&self.embed, ids)?;
         for (li, l) in self.layers.iter().enumerate() {
             // Attention block.
             let hn = be.rms_norm(&x, &l.input_norm, c.rms_norm_eps)?;
             let mut q = be.linear(&hn, &l.q, l.q_bias.as_ref())?;
+            lora(&mut q, &hn, li, LoraModule::Q)?;
             let mut k = be.linear(&hn, &l.k, l.k_bias.as_ref())?;
-            let v = be.linear(&hn, &l.v, l.v_bias.as_ref())?;
+            lora(&mut k, &hn, li, LoraModule::K)?;
+            let mut v = be.linear(&hn, &l.v, l.v_bias.as_ref())?;
+            lora(&mut v, &hn, li, LoraModule::V)?;
             be.rope(&mut q, c.num_heads, c.head_dim, &batch.positions, &self.rope)?;
             be.rope(&mut k, c.num_kv_heads, c.head_dim, &batch.positions, &self.rope)?;
             let a = be.attention(&q, &k, &v, kv, li, batch)?;
-            let o = be.linear(&a, &l.o, None)?;
+            let mut o = be.linear(&a, &l.o, None)?;
+            lora(&mut o, &a, li, LoraModule::O)?;
             be.add_assign(&mut x, &o)?;
             // MLP block.
             let hn = be.rms_norm(&x, &l.post_norm, c.rms_norm_eps)?;
-            let g = be.linear(&hn, &l.gate, None)?;
-            let u = be.linear(&hn, &l.up, None)?;
+            let mut g = be.linear(&hn, &l.gate, None)?;
+            lora(&mut g, &hn, li, LoraModule::Gate)?;
+            let mut u = be.linear(&hn, &l.up, None)?;
+            lora(&mut u, &hn, li, LoraModule::Up)?;
             let m = be.silu_mul(&g, &u)?;
-            let d = be.linear(&m, &l.down, None)?;
+            let mut d = be.linear(&m, &l.down, None)?;
+            lora(&mut d, &m, li, LoraModule::Down)?;
             be.add_assign(&mut x, &d)?;
         }
         // Only the rows whose logits are wanted go through the final norm and the lm_head.

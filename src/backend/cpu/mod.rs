@@ -2,11 +2,12 @@
 //! with rayon), and the default where no GPU is present.
 
 pub mod attention;
+pub mod lora;
 pub mod matmul;
 pub mod nf4;
 pub mod ops;
 
-use super::{Backend, HostWeight};
+use super::{Backend, HostWeight, LoraSegment};
 use crate::kv::{BatchLayout, KvLayout};
 use crate::{Error, Result};
 
@@ -218,5 +219,20 @@ impl Backend for CpuBackend {
             data.extend_from_slice(&x.data[r * x.cols..(r + 1) * x.cols]);
         }
         Ok(CpuTensor { data, rows: rows.len(), cols: x.cols })
+    }
+
+    fn lora_apply(&self, y: &mut CpuTensor, x: &CpuTensor, segments: &[LoraSegment<'_, CpuMatrix>]) -> Result<()> {
+        check(x.rows == y.rows, || format!("lora: x has {} rows, y {}", x.rows, y.rows))?;
+        let mut refs = Vec::with_capacity(segments.len());
+        for s in segments {
+            let (CpuWeight::Dense(a), CpuWeight::Dense(b)) = (&s.a.weight, &s.b.weight) else {
+                return Err(Error::InvalidArgument("lora: A and B must be dense matrices, not NF4".into()));
+            };
+            check(s.a.cols == x.cols && s.b.rows == y.cols && s.b.cols == s.a.rows, || {
+                format!("lora: A [{}, {}] and B [{}, {}] do not fit x [_, {}] -> y [_, {}]", s.a.rows, s.a.cols, s.b.rows, s.b.cols, x.cols, y.cols)
+            })?;
+            refs.push(lora::LoraSegmentRef { start: s.start, len: s.len, a, b, rank: s.a.rows, scale: s.scale });
+        }
+        lora::lora_apply(&x.data, x.cols, &refs, &mut y.data, y.cols)
     }
 }
