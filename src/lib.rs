@@ -13,6 +13,7 @@ pub mod lora;
 pub mod model;
 pub mod progress;
 pub mod quant;
+pub mod rng;
 pub mod tokenizer;
 
 pub use tokenizer::TextTokenizer;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::rng::SplitMix64;
 use crate::Result;
 
 /// One request of the load test.
@@ -106,25 +107,8 @@ pub struct PointResult {
     pub first_error: Option<String>,
 }
 
-/// A seeded generator for payloads (SplitMix64), one per user.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() % (hi - lo + 1) as u64) as usize
-    }
-}
-
-/// The `n`th random request of user `user`.
-fn payload(cfg: &LoadTestConfig, rng: &mut Rng) -> LoadRequest {
+/// A random request.
+fn payload(cfg: &LoadTestConfig, rng: &mut SplitMix64) -> LoadRequest {
     let n_in = rng.range(cfg.input_tokens.0, cfg.input_tokens.1);
     let (lo, hi) = cfg.token_range;
     let prompt_ids = (0..n_in).map(|_| rng.range(lo as usize, hi as usize) as u32).collect();
@@ -166,7 +150,7 @@ pub fn run_point(target: &dyn LoadTarget, cfg: &LoadTestConfig, concurrency: usi
         for user in 0..concurrency {
             let (records, done, stop) = (&records, &done, &stop);
             s.spawn(move || {
-                let mut rng = Rng(cfg.seed ^ ((concurrency as u64) << 32) ^ (user as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
+                let mut rng = SplitMix64::new(cfg.seed ^ ((concurrency as u64) << 32) ^ (user as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
                 while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
                     let req = payload(cfg, &mut rng);
                     let r = target.run(&req);
