@@ -45,8 +45,9 @@ fn quantize_matches_bitsandbytes_goldens() {
                 Absmax::Plain(a) => assert_close(a, &g.f32(&format!("{p}.absmax")).unwrap().data, &format!("{p}.absmax")),
                 Absmax::Double { q, offset, nested_absmax, .. } => {
                     assert_eq!(q, &u8s(&g, &format!("{p}.absmax_u8")), "{p}.absmax_u8");
-                    assert_close(&[*offset], &g.f32(&format!("{p}.absmax_offset")).unwrap().data, &format!("{p}.offset"));
-                    assert_close(nested_absmax, &g.f32(&format!("{p}.nested_absmax")).unwrap().data, &format!("{p}.nested"));
+                    // Exact: torch's float32 mean and the 8-bit quantizer are reproduced to the bit.
+                    assert_eq!([*offset], g.f32(&format!("{p}.absmax_offset")).unwrap().data[..], "{p}.offset");
+                    assert_eq!(nested_absmax, &g.f32(&format!("{p}.nested_absmax")).unwrap().data, "{p}.nested");
                 }
             }
             let want = g.f32(&format!("{p}.dequant")).unwrap().data;
@@ -94,8 +95,8 @@ fn reads_bitsandbytes_serialization_of_a_real_weight() {
         panic!("both double-quantized")
     };
     assert_eq!(qa, qb, "up_proj absmax u8");
-    assert_close(&[*oa], &[*ob], "offset");
-    assert_close(na, nb, "nested absmax");
+    assert_eq!(oa.to_bits(), ob.to_bits(), "offset");
+    assert_eq!(na, nb, "nested absmax");
     assert_close(&ours.dequantize(), &read.dequantize(), "up_proj dequant");
 
     // Our writer, read back by our reader: the same tensor.

@@ -9,6 +9,7 @@
 //! dynamic code, blockwise with block 256 and an f32 absmax (`nested_absmax`) per block.
 
 use super::codes::{DYNAMIC_CODE_BITS, NF4_CODE_BITS};
+use super::torch_sum::torch_mean_f32;
 
 /// Elements per NF4 block (bitsandbytes' default for 4-bit weights).
 pub const NF4_BLOCK: usize = 64;
@@ -204,8 +205,7 @@ impl Nf4Tensor {
 /// quantized blockwise (256) to the signed dynamic code by the CPU quantizer
 /// (`quantize_dynamic_blocks`).
 fn double_quantize(absmax: &[f32]) -> Absmax {
-    // torch's float32 mean sums pairwise; an f64 sum rounded once agrees to the last bit or so.
-    let offset = (absmax.iter().map(|&a| a as f64).sum::<f64>() / absmax.len().max(1) as f64) as f32;
+    let offset = torch_mean_f32(absmax);
     let centred: Vec<f32> = absmax.iter().map(|&a| a - offset).collect();
     let (q, nested_absmax) = quantize_dynamic_blocks(&centred, NESTED_BLOCK);
     Absmax::Double { q, offset, nested_absmax, nested_blocksize: NESTED_BLOCK, code: Box::new(DYNAMIC_CODE) }
