@@ -85,9 +85,22 @@ __device__ __forceinline__ void load8(const float* p, float (&f)[8]) {
     f[7] = b.w;
 }
 
-// Right shift of element i (0..7) of a little-endian 32-bit word of packed codes: element 2j is
-// the high nibble of byte j, element 2j + 1 the low nibble.
-__device__ __forceinline__ constexpr int nibble_shift(int i) { return (i >> 1) * 8 + ((i & 1) ? 0 : 4); }
+// The 8 levels of a little-endian 32-bit word of packed codes (elements 0..7: element 2j is the
+// high nibble of byte j, element 2j + 1 its low nibble), looked up in the
+// 16-entry shared table. Both nibbles of every byte are first moved to bits 2..5 (byte offsets
+// into the table) with two shifts and masks per word; each element's offset is then one byte
+// permute, so a weight costs a PRMT and an LDS instead of a shift, a mask and an LDS.
+__device__ __forceinline__ void levels8(uint32_t w, const float* s_code, float (&f)[8]) {
+    const uint32_t hi = (w >> 2) & 0x3c3c3c3cu;  // even elements (high nibbles), times 4
+    const uint32_t lo = (w << 2) & 0x3c3c3c3cu;  // odd elements (low nibbles), times 4
+    const char* base = reinterpret_cast<const char*>(s_code);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        // Byte j of hi / lo into byte 0, zeros above (selector nibbles 4: byte 0 of the zero word).
+        f[2 * j] = *reinterpret_cast<const float*>(base + __byte_perm(hi, 0u, 0x4440u | j));
+        f[2 * j + 1] = *reinterpret_cast<const float*>(base + __byte_perm(lo, 0u, 0x4440u | j));
+    }
+}
 
 // Code index of flattened element e of W.
 __device__ __forceinline__ uint32_t code_at(const uint8_t* __restrict__ packed, int64_t e) {
@@ -192,12 +205,13 @@ __device__ __forceinline__ void gemv_fast(const uint8_t* __restrict__ packed, co
             // Elements k0 + 8j .. k0 + 8j + 8 of every row: their levels (scaled unless kFactor).
             float wv[R][8];
 #pragma unroll
-            for (int r = 0; r < R; ++r)
+            for (int r = 0; r < R; ++r) {
+                levels8(w[r][j], s_code, wv[r]);
+                if (!kFactor) {
 #pragma unroll
-                for (int i = 0; i < 8; ++i) {
-                    const float c = s_code[(w[r][j] >> nibble_shift(i)) & 15u];
-                    wv[r][i] = kFactor ? c : c * s[r];
+                    for (int i = 0; i < 8; ++i) wv[r][i] *= s[r];
                 }
+            }
 #pragma unroll
             for (int m = 0; m < MT; ++m) {
                 if (m < mrows) {
@@ -377,12 +391,11 @@ struct FastLoader {
         bf16* row = sb + (t >> 1) * LDS + (t & 1) * 32;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
+            float c[8];
+            levels8(w[j], code, c);
             uint32_t o[4];
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                o[i] = pack_bf16x2(code[(w[j] >> nibble_shift(2 * i)) & 15u] * s,
-                                   code[(w[j] >> nibble_shift(2 * i + 1)) & 15u] * s);
-            }
+            for (int i = 0; i < 4; ++i) o[i] = pack_bf16x2(c[2 * i] * s, c[2 * i + 1] * s);
             *reinterpret_cast<uint4*>(row + 8 * j) = make_uint4(o[0], o[1], o[2], o[3]);
         }
 #pragma unroll
