@@ -24,6 +24,7 @@ mod dtype;
 mod embedded;
 pub mod ffi;
 pub mod launch;
+pub mod lora;
 mod ops;
 mod testing;
 pub mod validate;
