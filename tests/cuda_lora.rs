@@ -512,7 +512,8 @@ fn plan_picks_bgmv_for_decode_with_token_indices() {
     assert_eq!(p.segments.len(), 4, "the empty segment is dropped");
     assert_eq!(p.params.n_segments, 4);
     assert_eq!(p.params.n_tiles, 0);
-    assert_eq!(p.shrink_grid(), (6, 1, 1));
+    // 6 tokens: 576 split into the smallest chunks (256 bf16), 3 of them.
+    assert_eq!(p.shrink_grid(), (6, 3, 1));
     assert_eq!(p.expand_grid(), (6, 6, 1));
     // Forcing SGMV on the same batch: one tile per segment.
     let p = plan_lora(DType::Bf16, shape(6, d_in, d_out), 6 * d_in, 6 * d_out, &segs, Some(LoraKernel::Sgmv)).unwrap();
