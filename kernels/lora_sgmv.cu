@@ -55,6 +55,22 @@ struct Elem<float> {
         f[2] = __uint_as_float(u.z);
         f[3] = __uint_as_float(u.w);
     }
+    // Global read-only loads (ld.global.nc): A and B addresses come from the metadata as integers,
+    // so without __ldg the compiler can only emit generic loads for them.
+    static __device__ __forceinline__ float ldg1(const float* p) { return __ldg(p); }
+    static __device__ __forceinline__ void unpack(const uint4& u, float (&f)[N]) {
+        f[0] = __uint_as_float(u.x);
+        f[1] = __uint_as_float(u.y);
+        f[2] = __uint_as_float(u.z);
+        f[3] = __uint_as_float(u.w);
+    }
+    static __device__ __forceinline__ void ldg(const float* p, float (&f)[N]) {
+        const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+        f[0] = __uint_as_float(u.x);
+        f[1] = __uint_as_float(u.y);
+        f[2] = __uint_as_float(u.z);
+        f[3] = __uint_as_float(u.w);
+    }
 };
 
 template <>
@@ -72,6 +88,21 @@ struct Elem<__nv_bfloat16> {
     // p: [N], 16-byte aligned (global or shared).
     static __device__ __forceinline__ void load(const T* p, float (&f)[N]) {
         const uint4 u = *reinterpret_cast<const uint4*>(p);
+        unpack2(u.x, f[0], f[1]);
+        unpack2(u.y, f[2], f[3]);
+        unpack2(u.z, f[4], f[5]);
+        unpack2(u.w, f[6], f[7]);
+    }
+    // Global read-only loads, as Elem<float>::ldg.
+    static __device__ __forceinline__ float ldg1(const T* p) { return __bfloat162float(__ldg(p)); }
+    static __device__ __forceinline__ void unpack(const uint4& u, float (&f)[N]) {
+        unpack2(u.x, f[0], f[1]);
+        unpack2(u.y, f[2], f[3]);
+        unpack2(u.z, f[4], f[5]);
+        unpack2(u.w, f[6], f[7]);
+    }
+    static __device__ __forceinline__ void ldg(const T* p, float (&f)[N]) {
+        const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
         unpack2(u.x, f[0], f[1]);
         unpack2(u.y, f[2], f[3]);
         unpack2(u.z, f[4], f[5]);
@@ -148,35 +179,35 @@ __device__ __forceinline__ void shrink_tile(const T* __restrict__ x, const LfLor
         for (int m = 0; m < M; ++m) acc[m] = 0.f;
         const T* __restrict__ a = A + (int64_t)k * d_in + k0;
         if (vec) {
-            // All of this lane's loads of the row chunk first, so they are in flight together.
-            float av[VPL][N];
+            // All of this lane's loads of the row chunk first, so they are in flight together; kept
+            // packed (4 registers per 16 bytes) and unpacked on use.
+            uint4 araw[VPL];
 #pragma unroll
             for (int u = 0; u < VPL; ++u) {
                 const int j = lane + u * 32;
-                if (j * N < kc) {
-                    E::load(a + j * N, av[u]);
-                } else {
-#pragma unroll
-                    for (int q = 0; q < N; ++q) av[u][q] = 0.f;
-                }
+                araw[u] = j * N < kc ? __ldg(reinterpret_cast<const uint4*>(a + j * N)) : make_uint4(0, 0, 0, 0);
             }
 #pragma unroll
             for (int u = 0; u < VPL; ++u) {
                 const int j = lane + u * 32;
+                if (j * N < kc) {
+                    float av[N];
+                    E::unpack(araw[u], av);
 #pragma unroll
-                for (int m = 0; m < M; ++m) {
-                    if (m < ntok && j * N < kc) {
-                        float xv[N];
-                        E::load(&xs[m][j * N], xv);
+                    for (int m = 0; m < M; ++m) {
+                        if (m < ntok) {
+                            float xv[N];
+                            E::load(&xs[m][j * N], xv);
 #pragma unroll
-                        for (int q = 0; q < N; ++q) acc[m] = fmaf(xv[q], av[u][q], acc[m]);
+                            for (int q = 0; q < N; ++q) acc[m] = fmaf(xv[q], av[q], acc[m]);
+                        }
                     }
                 }
             }
         } else {
 #pragma unroll 1
             for (int i = lane; i < kc; i += 32) {
-                const float av = E::load1(a + i);
+                const float av = E::ldg1(a + i);
 #pragma unroll
                 for (int m = 0; m < M; ++m) {
                     if (m < ntok) acc[m] = fmaf(E::load1(&xs[m][i]), av, acc[m]);
@@ -233,7 +264,7 @@ __device__ __forceinline__ void expand_tile(T* __restrict__ y, const float* __re
 #pragma unroll 2
         for (int k = 0; k < rank; k += N) {
             float bv[N];
-            E::load(brow + k, bv);
+            E::ldg(brow + k, bv);
 #pragma unroll
             for (int m = 0; m < M; ++m) {
                 if (m < ntok) {
@@ -252,7 +283,7 @@ __device__ __forceinline__ void expand_tile(T* __restrict__ y, const float* __re
     } else {
 #pragma unroll 1
         for (int k = 0; k < rank; ++k) {
-            const float b = E::load1(brow + k);
+            const float b = E::ldg1(brow + k);
 #pragma unroll
             for (int m = 0; m < M; ++m) {
                 if (m < ntok) acc[m] = fmaf(vs[m][k], b, acc[m]);
@@ -340,8 +371,13 @@ __device__ __forceinline__ void bgmv_expand(T* y, const float* part, const LfLor
 // =============================================================================================
 // Exported kernels. Block: LF_LORA_THREADS threads. Grids: see csrc/lora_sgmv.h.
 
-#define LF_LORA_KERNELS(T, SUFFIX)                                                                     \
-    extern "C" __global__ void __launch_bounds__(LF_LORA_THREADS)                                      \
+// SHRINK_MIN_BLOCKS: blocks per SM the SGMV shrink is compiled for. Without a minimum, ptxas
+// (CUDA 13.0, sm_90a) squeezed the bf16 kernel into 48 registers and spilled; 3 resident blocks
+// (3 x 32 KB of shared memory fits sm_80 and sm_90) compile it without spills. The f32 kernel
+// (tests only: twice the registers per staged vector) needs the room of 2.
+
+#define LF_LORA_KERNELS(T, SUFFIX, SHRINK_MIN_BLOCKS)                                                                   \
+    extern "C" __global__ void __launch_bounds__(LF_LORA_THREADS, SHRINK_MIN_BLOCKS)                   \
         lf_lora_sgmv_shrink_##SUFFIX(const T* __restrict__ x,                /* [t_rows, d_in] */     \
                                      const LfLoraSegment* __restrict__ segs, /* [n_segments] */       \
                                      const LfLoraTile* __restrict__ tiles,   /* [n_tiles] */          \
@@ -374,5 +410,5 @@ __device__ __forceinline__ void bgmv_expand(T* y, const float* part, const LfLor
         bgmv_expand<T>(y, part, segs, token_seg, p);                                                   \
     }
 
-LF_LORA_KERNELS(__nv_bfloat16, bf16)
-LF_LORA_KERNELS(float, f32)
+LF_LORA_KERNELS(__nv_bfloat16, bf16, 3)
+LF_LORA_KERNELS(float, f32, 2)
