@@ -27,6 +27,7 @@ mod embedded;
 pub mod ffi;
 pub mod launch;
 pub mod nf4;
+pub mod lora;
 mod ops;
 mod testing;
 pub mod validate;
