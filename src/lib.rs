@@ -13,6 +13,7 @@ pub mod model;
 pub mod progress;
 pub mod quant;
 pub mod tokenizer;
+pub mod train;
 
 pub use tokenizer::TextTokenizer;
 
