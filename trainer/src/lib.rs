@@ -7,5 +7,6 @@ pub mod checkpoint;
 pub mod data;
 pub mod gradients;
 pub mod optim;
+pub mod plot;
 pub mod rng;
 pub mod train_loop;

@@ -254,6 +254,7 @@ pub fn train(model: &TrainModel, examples: &[Example], cfg: &TrainConfig) -> Res
         log.push(entry);
         if (cfg.checkpoint_every > 0 && state.step.is_multiple_of(cfg.checkpoint_every)) || state.step == total {
             checkpoint::save(&cfg.out_dir, &adapter, &opt, &grads, &state)?;
+            draw_plot(&cfg.out_dir, &log);
         }
     }
     bar.finish_and_clear();
@@ -261,6 +262,14 @@ pub fn train(model: &TrainModel, examples: &[Example], cfg: &TrainConfig) -> Res
         adapter.save(&cfg.out_dir.join("adapter"))?;
     }
     Ok(TrainSummary { adapter, log, total_steps: total, tokens: state.tokens_seen, elapsed_s: state.elapsed_s })
+}
+
+/// `loss.png` next to the log; a plot that fails (e.g. no font, a full disk) warns and training
+/// goes on.
+fn draw_plot(out: &Path, log: &[LogEntry]) {
+    if let Err(e) = crate::plot::plot_loss(&out.join("loss.png"), log) {
+        eprintln!("warning: {e}");
+    }
 }
 
 /// Appends one line, so the log is readable while training runs.

@@ -80,6 +80,8 @@ fn check(quantize: Option<Quantization>, batching: Batching) {
     assert!(tmp.join("split/adapter/adapter_model.safetensors").is_file());
     assert!(tmp.join("split/checkpoint-6/optimizer.safetensors").is_file());
     assert!(!tmp.join("split/checkpoint-6.tmp").exists());
+    let png = std::fs::read(tmp.join("split/loss.png")).expect("loss.png");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "loss.png is not a PNG");
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
