@@ -280,6 +280,7 @@ impl TrainModel {
 
     /// One layer's backward: from `dx_out` (the gradient of the layer's output) to the gradient
     /// of its input, adding the layer's LoRA gradients into `grads`.
+    #[allow(clippy::too_many_arguments)]
     fn layer_backward(&self, li: usize, x_in: &[f32], a: &LayerActs, dx_out: Vec<f32>, batch: &TrainBatch, adapter: &LoraAdapter, grads: &mut LoraGrads) -> Vec<f32> {
         let c = &self.config;
         let l = &self.layers[li];
