@@ -104,6 +104,33 @@ pub fn warmup_steps(ratio: f64, total: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lorafleet::lora::LoraModule;
+    use lorafleet::model::config::ModelConfig;
+
+    /// Two updates of one parameter against torch.optim.AdamW worked by hand:
+    /// p = 1, g = 0.5, lr = 0.1, wd = 0.01. Update 1: m = 0.05, v = 2.5e-4, p = 0.999 − 0.1 ·
+    /// (0.05/0.1) / (√(2.5e-4/0.001) + 1e-8) = 0.899. Update 2 (same g): m = 0.095,
+    /// v = 4.9975e-4, m̂ = 0.5, v̂ = 0.25, p = 0.899 · 0.999 − 0.1 = 0.798101.
+    #[test]
+    fn adamw_matches_torch_by_hand() {
+        let cfg = ModelConfig::from_json_str(lorafleet::train::tiny::CONFIG_JSON).unwrap();
+        let mut adapter = lorafleet::lora::LoraAdapter::random("t", &cfg, 1, 1.0, &[LoraModule::Q], 1, 0.1);
+        for p in params_mut(&mut adapter) {
+            p.fill(1.0);
+        }
+        let mut grads = LoraGrads::zeros_like(&adapter);
+        for g in grads.buffers_mut() {
+            g.fill(0.5);
+        }
+        let mut opt = AdamW::new(AdamWConfig { weight_decay: 0.01, ..AdamWConfig::default() }, &grads);
+        opt.update(&mut adapter, &grads, 0.1).unwrap();
+        let p0 = adapter.layers[0][0].as_ref().unwrap().a.data[0];
+        assert!((p0 - 0.899).abs() < 1e-6, "{p0}");
+        opt.update(&mut adapter, &grads, 0.1).unwrap();
+        for p in params_mut(&mut adapter) {
+            assert!(p.iter().all(|&v| (v - 0.798101).abs() < 1e-5), "{}", p[0]);
+        }
+    }
 
     #[test]
     fn schedules_match_hf() {
