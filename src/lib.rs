@@ -15,6 +15,7 @@ pub mod progress;
 pub mod quant;
 pub mod rng;
 pub mod tokenizer;
+pub mod train;
 
 pub use tokenizer::TextTokenizer;
 

@@ -1,18 +1,241 @@
-//! lorafleet-train: the QLoRA trainer (a skeleton; the trainer issue fills it in: backward
-//! passes, AdamW, checkpoints, `gradients`).
+//! lorafleet-train: the QLoRA trainer CLI. `gradients` runs one forward + backward and writes the
+//! loss and every LoRA gradient (the check against PyTorch autograd); `train` fine-tunes a LoRA
+//! adapter on a JSONL file of {"prompt", "completion"} examples.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use lorafleet::lora::{LoraAdapter, LoraModule};
+use lorafleet::quant::Quantization;
+use lorafleet::train::{Example, StepOptions, TrainModel};
+use lorafleet::{Error, Result, TextTokenizer};
+use lorafleet_trainer::optim::{AdamWConfig, Schedule};
+use lorafleet_trainer::train_loop::{Batching, TrainConfig};
+use lorafleet_trainer::{data, gradients, train_loop};
 
 #[derive(Parser)]
-#[command(
-    name = "lorafleet-train",
-    version,
-    about = "QLoRA trainer for lorafleet (not implemented yet: this binary only reports its version)"
-)]
-struct Cli {}
+#[command(name = "lorafleet-train", version, about = "QLoRA trainer for lorafleet: LoRA adapters on a frozen (f32 or NF4) base, on the CPU")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _ = Cli::parse();
-    eprintln!("lorafleet-train {}: the trainer is not implemented yet", env!("CARGO_PKG_VERSION"));
-    std::process::exit(2);
+#[derive(Subcommand)]
+enum Command {
+    /// One forward + backward of one (prompt, completion) pair: writes `loss` and `grad.<PEFT key>`
+    /// for every LoRA parameter to a safetensors file.
+    Gradients(GradientsArgs),
+    /// Fine-tune a LoRA adapter.
+    Train(TrainArgs),
+}
+
+#[derive(Args)]
+struct BaseArgs {
+    /// HF model directory (config.json, safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Quantize the base's linear weights to NF4 while loading (QLoRA).
+    #[arg(long)]
+    quantize: Option<Quantization>,
+    /// Keep only each layer's input during the forward and recompute the layer in the backward.
+    #[arg(long)]
+    checkpoint_activations: bool,
+    /// Vocabulary rows per chunk of the fused lm_head + cross-entropy.
+    #[arg(long, default_value_t = 8192)]
+    vocab_chunk: usize,
+}
+
+#[derive(Args)]
+struct GradientsArgs {
+    #[command(flatten)]
+    base: BaseArgs,
+    /// peft adapter directory whose parameters get gradients.
+    #[arg(long)]
+    adapter: PathBuf,
+    #[arg(long, required_unless_present = "prompt_ids")]
+    prompt: Option<String>,
+    #[arg(long, required_unless_present = "completion_ids")]
+    completion: Option<String>,
+    /// The prompt as token ids, comma-separated (instead of --prompt).
+    #[arg(long, value_delimiter = ',', conflicts_with = "prompt")]
+    prompt_ids: Option<Vec<u32>>,
+    #[arg(long, value_delimiter = ',', conflicts_with = "completion")]
+    completion_ids: Option<Vec<u32>>,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    base: BaseArgs,
+    /// JSONL, one {"prompt": ..., "completion": ...} per line.
+    #[arg(long)]
+    data: PathBuf,
+    /// Output directory: checkpoints, loss.jsonl, loss.png, adapter/.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    #[arg(long, default_value_t = 16.0)]
+    alpha: f32,
+    /// Comma-separated projections, or all-linear.
+    #[arg(long, default_value = "all-linear")]
+    target_modules: String,
+    #[arg(long, default_value_t = 2e-4)]
+    lr: f32,
+    #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
+    schedule: Schedule,
+    /// Fraction of the updates spent warming up linearly from 0.
+    #[arg(long, default_value_t = 0.03)]
+    warmup_ratio: f64,
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Examples per micro-batch (one forward + backward).
+    #[arg(long, default_value_t = 4)]
+    micro_batch: usize,
+    /// Micro-batches per optimizer update (effective batch = micro-batch × this).
+    #[arg(long, default_value_t = 4)]
+    grad_accum: usize,
+    /// Clip the global gradient norm to this (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f32,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+    #[arg(long, value_enum, default_value_t = Batching::Packed)]
+    batching: Batching,
+    #[arg(long, default_value_t = 512)]
+    max_seq_len: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Save a checkpoint every N updates (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    checkpoint_every: usize,
+    /// Continue from a checkpoint directory (or the latest checkpoint-N under it).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Stop after this many updates as if interrupted (the schedule still spans the whole run).
+    #[arg(long, hide = true)]
+    stop_after: Option<usize>,
+    #[arg(long)]
+    no_progress: bool,
+}
+
+fn step_options(b: &BaseArgs) -> StepOptions {
+    StepOptions { checkpoint_activations: b.checkpoint_activations, vocab_chunk: b.vocab_chunk.max(1) }
+}
+
+fn run_gradients(a: GradientsArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let model = TrainModel::load(&a.base.model, a.base.quantize)?;
+    let (prompt, completion) = match (a.prompt_ids, a.completion_ids) {
+        (Some(p), Some(c)) => (p, c),
+        (p, c) => {
+            let tok = TextTokenizer::from_dir(&a.base.model)?;
+            let p = match p {
+                Some(p) => p,
+                None => tok.encode(a.prompt.as_deref().unwrap_or_default())?,
+            };
+            let c = match c {
+                Some(c) => c,
+                None => tok.encode(a.completion.as_deref().unwrap_or_default())?,
+            };
+            (p, c)
+        }
+    };
+    let id = a.adapter.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "adapter".into());
+    let adapter = LoraAdapter::load(&id, &a.adapter, &model.config, usize::MAX)?;
+    let loaded = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let (loss, grads) = gradients::gradients(&model, &adapter, &Example::new(&prompt, &completion), step_options(&a.base))?;
+    let step = t1.elapsed().as_secs_f64();
+    gradients::write(&a.out, loss, &grads, &adapter)?;
+    eprintln!(
+        "loss {loss:.6} over {} completion tokens ({} tokens); grad norm {:.6e}; load {loaded:.2}s, forward+backward {step:.2}s; wrote {}",
+        completion.len(),
+        prompt.len() + completion.len(),
+        grads.global_norm(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn parse_modules(s: &str) -> Result<Vec<LoraModule>> {
+    if s == "all-linear" {
+        return Ok(LoraModule::ALL.to_vec());
+    }
+    s.split(',')
+        .map(|name| {
+            LoraModule::ALL
+                .into_iter()
+                .find(|m| m.name() == name.trim())
+                .ok_or_else(|| Error::InvalidArgument(format!("unknown target module `{name}` (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, all-linear)")))
+        })
+        .collect()
+}
+
+fn run_train(a: TrainArgs) -> Result<()> {
+    let model = TrainModel::load(&a.base.model, a.base.quantize)?;
+    let tok = TextTokenizer::from_dir(&a.base.model)?;
+    let examples = data::read_jsonl(&a.data, &tok, a.max_seq_len)?;
+    let pad_id = model.config.eos_token_ids.first().copied().unwrap_or(0);
+    let cfg = TrainConfig {
+        out_dir: a.out.clone(),
+        rank: a.rank,
+        alpha: a.alpha,
+        modules: parse_modules(&a.target_modules)?,
+        lr: a.lr,
+        schedule: a.schedule,
+        warmup_ratio: a.warmup_ratio,
+        epochs: a.epochs,
+        max_steps: a.max_steps,
+        micro_batch: a.micro_batch,
+        grad_accum: a.grad_accum,
+        max_grad_norm: a.max_grad_norm,
+        adamw: AdamWConfig { weight_decay: a.weight_decay, ..AdamWConfig::default() },
+        batching: a.batching,
+        pad_id,
+        seed: a.seed,
+        checkpoint_every: a.checkpoint_every,
+        step: step_options(&a.base),
+        stop_after: a.stop_after,
+        resume: a.resume.clone(),
+        progress: !a.no_progress,
+        base_model_name: Some(a.base.model.display().to_string()),
+    };
+    let tokens: usize = examples.iter().map(|e| e.ids.len()).sum();
+    eprintln!("{} examples ({tokens} tokens) from {}; {} updates", examples.len(), a.data.display(), train_loop::total_steps(examples.len(), &cfg));
+    let s = train_loop::train(&model, &examples, &cfg)?;
+    if let Some(last) = s.log.last() {
+        eprintln!(
+            "step {}/{}: loss {:.4}; {} tokens in {:.1}s ({:.1} tokens/s); log {}",
+            last.step,
+            s.total_steps,
+            last.loss,
+            s.tokens,
+            s.elapsed_s,
+            s.tokens as f64 / s.elapsed_s.max(1e-9),
+            a.out.join("loss.jsonl").display()
+        );
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.command {
+        Command::Gradients(a) => run_gradients(a),
+        Command::Train(a) => run_train(a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

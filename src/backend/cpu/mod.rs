@@ -2,9 +2,11 @@
 //! with rayon), and the default where no GPU is present.
 
 pub mod attention;
+pub mod backward;
 pub mod lora;
 pub mod matmul;
 pub mod nf4;
+pub mod nf4_backward;
 pub mod ops;
 
 use super::{Backend, HostWeight, LoraSegment};

@@ -1,0 +1,284 @@
+//! The training loop: LoRA init like peft, a deterministic data order, micro-batches (packed or
+//! padded) with gradient accumulation, loss on completion tokens only, global-norm clipping,
+//! AdamW under a schedule, a progress bar, a JSONL loss log, and checkpoints every N updates
+//! that `--resume` continues from exactly (the resumed run follows the same loss curve).
+//!
+//! Loss normalisation: every labelled token of an optimizer step (all its micro-batches) weighs
+//! `1 / labelled tokens of the step`, so the update is the gradient of the mean cross-entropy
+//! over the effective batch's completion tokens whatever the micro-batch split (as HF Trainer
+//! with `num_items_in_batch`).
+//!
+//! Data order: epoch `e` visits the examples in the permutation drawn by
+//! `SplitMix64::new(seed ^ (e + 1) · 0x9E37…)`; an epoch is cut into micro-batches of
+//! `micro_batch` examples and those into steps of `grad_accum` micro-batches (the epoch's last
+//! step may hold fewer). Update `s` therefore covers a fixed set of examples given (seed, s).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use lorafleet::lora::{LoraAdapter, LoraConfig, LoraModule, LoraPair};
+use lorafleet::backend::HostMatrix;
+use lorafleet::model::config::ModelConfig;
+use lorafleet::train::{Example, LoraGrads, StepOptions, TrainBatch, TrainModel};
+use lorafleet::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, TrainerState};
+use crate::optim::{learning_rate, warmup_steps, AdamW, AdamWConfig, Schedule};
+use crate::rng::SplitMix64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Batching {
+    /// Sequences back to back, no padding (attention stays inside each).
+    Packed,
+    /// Every sequence right-padded to the micro-batch's longest.
+    Padded,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub out_dir: PathBuf,
+    pub rank: usize,
+    pub alpha: f32,
+    pub modules: Vec<LoraModule>,
+    pub lr: f32,
+    pub schedule: Schedule,
+    pub warmup_ratio: f64,
+    pub epochs: usize,
+    /// Overrides the number of updates epochs give.
+    pub max_steps: Option<usize>,
+    pub micro_batch: usize,
+    pub grad_accum: usize,
+    /// Global-norm clipping threshold; 0 turns clipping off.
+    pub max_grad_norm: f32,
+    pub adamw: AdamWConfig,
+    pub batching: Batching,
+    pub pad_id: u32,
+    pub seed: u64,
+    /// Save a checkpoint every this many updates (0: only at the end).
+    pub checkpoint_every: usize,
+    pub step: StepOptions,
+    /// Stop after this many updates in total, as if interrupted (the schedule still spans the
+    /// whole run): for tests of `--resume`.
+    pub stop_after: Option<usize>,
+    pub resume: Option<PathBuf>,
+    pub progress: bool,
+    /// Written into the adapter config.
+    pub base_model_name: Option<String>,
+}
+
+/// One line of `loss.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// 1-based index of the update.
+    pub step: usize,
+    pub epoch: f64,
+    pub loss: f64,
+    pub lr: f32,
+    pub grad_norm: f64,
+    pub tokens: usize,
+    pub tokens_per_s: f64,
+    pub elapsed_s: f64,
+}
+
+pub struct TrainSummary {
+    pub adapter: LoraAdapter,
+    pub log: Vec<LogEntry>,
+    pub total_steps: usize,
+    pub tokens: u64,
+    pub elapsed_s: f64,
+}
+
+/// peft's default init: A ~ kaiming_uniform(a = √5) = U(−1/√in, 1/√in), B = 0.
+pub fn init_adapter(model: &ModelConfig, rank: usize, alpha: f32, modules: &[LoraModule], rng: &mut SplitMix64, base: Option<String>) -> LoraAdapter {
+    let mut config = LoraConfig::new(rank, alpha, modules);
+    config.base_model_name_or_path = base;
+    let layers = (0..model.num_layers)
+        .map(|li| {
+            let mut ll: [Option<LoraPair>; 7] = Default::default();
+            for m in LoraModule::ALL.into_iter().filter(|m| modules.contains(m)) {
+                let (out_f, in_f) = m.dims(model);
+                let (r, scale) = config.rank_and_scale(li, m);
+                let bound = 1.0 / (in_f as f32).sqrt();
+                let a = HostMatrix { name: m.peft_key(li, 'A'), rows: r, cols: in_f, data: (0..r * in_f).map(|_| rng.uniform(-bound, bound)).collect() };
+                let b = HostMatrix { name: m.peft_key(li, 'B'), rows: out_f, cols: r, data: vec![0.0; out_f * r] };
+                ll[m.index()] = Some(LoraPair { a, b, scale });
+            }
+            ll
+        })
+        .collect();
+    LoraAdapter { id: "trained".into(), config, layers }
+}
+
+/// The examples (indices) of each micro-batch of update `step`.
+fn step_micro_batches(n: usize, micro_batch: usize, grad_accum: usize, seed: u64, step: usize) -> Vec<Vec<usize>> {
+    let mbs_per_epoch = n.div_ceil(micro_batch);
+    let steps_per_epoch = mbs_per_epoch.div_ceil(grad_accum);
+    let (epoch, k) = (step / steps_per_epoch, step % steps_per_epoch);
+    let mut order: Vec<usize> = (0..n).collect();
+    SplitMix64::new(seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)).shuffle(&mut order);
+    (k * grad_accum..((k + 1) * grad_accum).min(mbs_per_epoch))
+        .map(|j| order[j * micro_batch..((j + 1) * micro_batch).min(n)].to_vec())
+        .collect()
+}
+
+pub fn total_steps(n: usize, cfg: &TrainConfig) -> usize {
+    cfg.max_steps.unwrap_or(n.div_ceil(cfg.micro_batch).div_ceil(cfg.grad_accum) * cfg.epochs)
+}
+
+/// Keeps the log lines of updates `<= step` (a resumed run rewrites what follows).
+fn read_log(path: &Path, up_to: usize) -> Vec<LogEntry> {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().filter_map(|l| serde_json::from_str::<LogEntry>(l).ok()).filter(|e| e.step <= up_to).collect())
+        .unwrap_or_default()
+}
+
+fn write_log(path: &Path, log: &[LogEntry]) -> Result<()> {
+    let mut text = String::new();
+    for e in log {
+        text.push_str(&serde_json::to_string(e).map_err(|e| Error::InvalidArgument(e.to_string()))?);
+        text.push('\n');
+    }
+    lorafleet::lora::adapter::write_atomic(path, text.as_bytes())
+}
+
+fn progress_bar(show: bool, total: usize, start: usize) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(total as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("train [{bar:30}] {pos}/{len} {msg} [{elapsed_precise} eta {eta}]") {
+        b.set_style(style.progress_chars("=> "));
+    }
+    b.set_position(start as u64);
+    b
+}
+
+/// Trains an adapter on `examples`; writes checkpoints, `loss.jsonl` and the final adapter
+/// (`adapter/`) under `cfg.out_dir`.
+pub fn train(model: &TrainModel, examples: &[Example], cfg: &TrainConfig) -> Result<TrainSummary> {
+    if examples.is_empty() || cfg.micro_batch == 0 || cfg.grad_accum == 0 || cfg.rank == 0 || cfg.modules.is_empty() {
+        return Err(Error::InvalidArgument("train: need examples, micro_batch > 0, grad_accum > 0, rank > 0 and target modules".into()));
+    }
+    std::fs::create_dir_all(&cfg.out_dir).map_err(|e| Error::io(&cfg.out_dir, e))?;
+    let n = examples.len();
+    let total = total_steps(n, cfg);
+    let warmup = warmup_steps(cfg.warmup_ratio, total);
+    let mut rng = SplitMix64::new(cfg.seed);
+    let log_path = cfg.out_dir.join("loss.jsonl");
+    let (mut adapter, mut opt, mut state, mut log) = match &cfg.resume {
+        Some(dir) => {
+            let dir = checkpoint::resolve(dir)?;
+            let (mut adapter, opt, state) = checkpoint::load(&dir, &model.config, cfg.adamw)?;
+            if state.seed != cfg.seed || state.n_examples != n || state.total_steps != total || state.micro_batch != cfg.micro_batch || state.grad_accum != cfg.grad_accum {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: the checkpoint was taken with seed {}, {} examples, {} steps, micro-batch {}, accumulation {}; this run has seed {}, {n}, {total}, {}, {}",
+                    dir.display(), state.seed, state.n_examples, state.total_steps, state.micro_batch, state.grad_accum, cfg.seed, cfg.micro_batch, cfg.grad_accum
+                )));
+            }
+            adapter.id = "trained".into();
+            let log = read_log(&log_path, state.step);
+            (adapter, opt, state, log)
+        }
+        None => {
+            let adapter = init_adapter(&model.config, cfg.rank, cfg.alpha, &cfg.modules, &mut rng, cfg.base_model_name.clone());
+            let opt = AdamW::new(cfg.adamw, &LoraGrads::zeros_like(&adapter));
+            let state = TrainerState {
+                step: 0,
+                total_steps: total,
+                seed: cfg.seed,
+                rng_state: rng.0,
+                n_examples: n,
+                micro_batch: cfg.micro_batch,
+                grad_accum: cfg.grad_accum,
+                order_rule: "epoch e: SplitMix64(seed ^ (e+1)*0x9E3779B97F4A7C15) Fisher-Yates permutation".into(),
+                tokens_seen: 0,
+                elapsed_s: 0.0,
+            };
+            (adapter, opt, state, Vec::new())
+        }
+    };
+    // Start the log afresh (or cut it back to the resumed step); lines are appended as we go.
+    write_log(&log_path, &log)?;
+    let mut grads = LoraGrads::zeros_like(&adapter);
+    let bar = progress_bar(cfg.progress, total, state.step);
+    let started = Instant::now();
+    let elapsed0 = state.elapsed_s;
+    let end = cfg.stop_after.map_or(total, |s| s.min(total));
+    let pad = match cfg.batching {
+        Batching::Packed => None,
+        Batching::Padded => Some(cfg.pad_id),
+    };
+    while state.step < end {
+        let step_started = Instant::now();
+        let lr = learning_rate(cfg.schedule, cfg.lr, state.step, total, warmup);
+        let micro = step_micro_batches(n, cfg.micro_batch, cfg.grad_accum, cfg.seed, state.step);
+        let labels: usize = micro.iter().flatten().map(|&i| examples[i].n_labels()).sum();
+        grads.zero();
+        let (mut loss, mut tokens) = (0.0f64, 0usize);
+        if labels > 0 {
+            let weight = 1.0 / labels as f32;
+            for mb in &micro {
+                let exs: Vec<&Example> = mb.iter().map(|&i| &examples[i]).collect();
+                let batch = TrainBatch::new(&exs, pad);
+                tokens += exs.iter().map(|e| e.ids.len()).sum::<usize>();
+                loss += model.forward_backward(&adapter, &batch, weight, cfg.step, &mut grads)?;
+            }
+        }
+        let grad_norm = grads.global_norm();
+        if cfg.max_grad_norm > 0.0 && grad_norm > cfg.max_grad_norm as f64 {
+            // torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6).
+            grads.scale((cfg.max_grad_norm as f64 / (grad_norm + 1e-6)) as f32);
+        }
+        opt.update(&mut adapter, &grads, lr)?;
+        state.step += 1;
+        state.tokens_seen += tokens as u64;
+        let dt = step_started.elapsed().as_secs_f64();
+        let elapsed = elapsed0 + started.elapsed().as_secs_f64();
+        state.elapsed_s = elapsed;
+        let steps_per_epoch = n.div_ceil(cfg.micro_batch).div_ceil(cfg.grad_accum);
+        let entry = LogEntry {
+            step: state.step,
+            epoch: state.step as f64 / steps_per_epoch as f64,
+            loss,
+            lr,
+            grad_norm,
+            tokens,
+            tokens_per_s: tokens as f64 / dt.max(1e-9),
+            elapsed_s: elapsed,
+        };
+        bar.set_message(format!("loss {:.4} lr {:.2e} {:.0} tok/s", entry.loss, lr, entry.tokens_per_s));
+        bar.set_position(state.step as u64);
+        append_log(&log_path, &entry)?;
+        log.push(entry);
+        if (cfg.checkpoint_every > 0 && state.step.is_multiple_of(cfg.checkpoint_every)) || state.step == total {
+            checkpoint::save(&cfg.out_dir, &adapter, &opt, &grads, &state)?;
+            draw_plot(&cfg.out_dir, &log);
+        }
+    }
+    bar.finish_and_clear();
+    if state.step == total {
+        adapter.save(&cfg.out_dir.join("adapter"))?;
+    }
+    Ok(TrainSummary { adapter, log, total_steps: total, tokens: state.tokens_seen, elapsed_s: state.elapsed_s })
+}
+
+/// `loss.png` next to the log; a plot that fails (e.g. no font, a full disk) warns and training
+/// goes on.
+fn draw_plot(out: &Path, log: &[LogEntry]) {
+    if let Err(e) = crate::plot::plot_loss(&out.join("loss.png"), log) {
+        eprintln!("warning: {e}");
+    }
+}
+
+/// Appends one line, so the log is readable while training runs.
+fn append_log(path: &Path, e: &LogEntry) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|err| Error::io(path, err))?;
+    let line = serde_json::to_string(e).map_err(|err| Error::InvalidArgument(err.to_string()))?;
+    writeln!(f, "{line}").map_err(|err| Error::io(path, err))
+}
