@@ -182,11 +182,11 @@ mod x86 {
                 let d = _mm512_cvtepu8_epi32(_mm_loadu_si128(packed.as_ptr().add(e0 / 2) as *const __m128i));
                 let hi = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(d), lut);
                 let lo = _mm512_permutexvar_ps(d, lut);
-                for ti in 0..t {
+                for (ti, acc_t) in block.iter_mut().enumerate().take(t) {
                     // SAFETY: ti * k + e0 + 32 <= t * k = xd.len().
                     let xe = _mm512_loadu_ps(px.add(ti * k + e0));
                     let xo = _mm512_loadu_ps(px.add(ti * k + e0 + 16));
-                    block[ti] = _mm512_fmadd_ps(hi, xe, _mm512_fmadd_ps(lo, xo, block[ti]));
+                    *acc_t = _mm512_fmadd_ps(hi, xe, _mm512_fmadd_ps(lo, xo, *acc_t));
                 }
             }
             let s = _mm512_set1_ps(scale);
@@ -239,12 +239,12 @@ mod x86 {
                         _mm256_permutevar8x32_ps(lut_hi, d),
                         _mm256_castsi256_ps(_mm256_slli_epi32::<28>(d)),
                     );
-                    for ti in 0..t {
+                    for (ti, acc_t) in block.iter_mut().enumerate().take(t) {
                         // SAFETY: ti * k + e0 + 8 * half + 24 <= t * k = xd.len().
                         let base = px.add(ti * k + e0 + 8 * half);
                         let xe = _mm256_loadu_ps(base);
                         let xo = _mm256_loadu_ps(base.add(GROUP / 2));
-                        block[ti] = _mm256_fmadd_ps(hi, xe, _mm256_fmadd_ps(lo, xo, block[ti]));
+                        *acc_t = _mm256_fmadd_ps(hi, xe, _mm256_fmadd_ps(lo, xo, *acc_t));
                     }
                 }
             }
