@@ -1,6 +1,8 @@
 //! The NF4 base on the real SmolLM2-135M-Instruct against HF transformers + bitsandbytes
 //! (`nf4base.*` goldens): last-position logits within 1e-3 relative L2, argmax equal at ≥ 99% of
 //! positions (see MAX_REL_L2). The linear weights are quantized while loading (`LoadOptions::quantize`).
+//! Also: a `quantize` checkpoint loads to the same logits, and NF4 decode (fused GEMV) agrees with
+//! NF4 prefill (tiled path).
 
 mod common;
 
@@ -77,4 +79,27 @@ fn quantize_command_checkpoint_equals_quantize_while_loading() {
     };
     assert_eq!(score_json(&out, &[]), score_json(&src, &["--quantize", "nf4"]));
     std::fs::remove_dir_all(&out).ok();
+}
+
+/// NF4 decode (one row per step: the fused nibble-table GEMV) agrees with NF4 prefill (many rows:
+/// the tiled dequantize + gemm path) on the real model: every greedy token generated step by step
+/// is the argmax of one full forward pass over the prompt and the tokens before it.
+#[test]
+fn nf4_decode_agrees_with_nf4_full_forward() {
+    use lorafleet::engine::{GenerateOptions, Generator, SamplingParams, SeqRequest};
+    let be = CpuBackend::new();
+    let opts = LoadOptions { quantize: Some(Quantization::Nf4), progress: false };
+    let model = Llama::load_with(&be, &model_dir(), opts).expect("load NF4 model");
+    let tok = lorafleet::TextTokenizer::from_dir(&model_dir()).expect("tokenizer");
+    let prompt = ids(&golden_json()["prompts"][1]["ids"]);
+    let gen_opts = GenerateOptions { max_new_tokens: 12, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: true };
+    let out = Generator::new(&model, &be, &tok)
+        .generate(&[SeqRequest { prompt_ids: prompt.clone(), options: gen_opts }], |_, _| {})
+        .unwrap();
+    let generated = out.into_iter().next().unwrap().unwrap().token_ids;
+    assert_eq!(generated.len(), 12);
+    let mut all = prompt.clone();
+    all.extend_from_slice(&generated[..11]);
+    let s = score(&model, &be, &all).unwrap();
+    assert_eq!(&s.argmax[prompt.len() - 1..], &generated[..], "decode vs full forward");
 }

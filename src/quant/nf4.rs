@@ -15,6 +15,8 @@ use super::torch_sum::torch_mean_f32;
 pub const NF4_BLOCK: usize = 64;
 /// Absmax values per block of the double quantization.
 pub const NESTED_BLOCK: usize = 256;
+/// The index of the NF4 level 0.0.
+const NF4_ZERO_INDEX: u8 = 7;
 
 const fn table<const N: usize>(bits: [u32; N]) -> [f32; N] {
     let mut t = [0f32; N];
@@ -140,7 +142,8 @@ impl Nf4Tensor {
     pub fn quantize(data: &[f32], shape: &[usize], double: bool) -> Self {
         debug_assert_eq!(data.len(), shape.iter().product::<usize>());
         let (idx, absmax) = quantize_nf4_blocks(data, NF4_BLOCK, &NF4_CODE);
-        let packed = idx.chunks(2).map(|p| (p[0] << 4) | p.get(1).copied().unwrap_or(0)).collect();
+        // An odd element count pads with 0.0 before packing, as bitsandbytes does (index 7).
+        let packed = idx.chunks(2).map(|p| (p[0] << 4) | p.get(1).copied().unwrap_or(NF4_ZERO_INDEX)).collect();
         let absmax = if double { double_quantize(&absmax) } else { Absmax::Plain(absmax) };
         Nf4Tensor { shape: shape.to_vec(), blocksize: NF4_BLOCK, packed, absmax, code: NF4_CODE }
     }
@@ -224,6 +227,15 @@ mod tests {
         assert_eq!(t.packed[0], 0x07); // elements 0 (index 0) and 1 (index 7)
         assert_eq!(t.dequantize(), data);
         assert!(t.validate().is_ok());
+    }
+
+    #[test]
+    fn odd_partial_tensor_packs_like_bitsandbytes() {
+        // bitsandbytes 0.50.2, quantize_4bit([0.5, -1.0, 0.25], blocksize=64, nf4): packed
+        // [0xc0, 0xa7] (the pad element is 0.0, level 7), absmax [1.0].
+        let t = Nf4Tensor::quantize(&[0.5, -1.0, 0.25], &[3], false);
+        assert_eq!(t.packed, [0xc0, 0xa7]);
+        assert_eq!(t.absmax, Absmax::Plain(vec![1.0]));
     }
 
     #[test]

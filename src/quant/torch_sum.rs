@@ -43,16 +43,16 @@ fn multi_row_sum(vecs: &[Vec8], rows: usize) -> [Vec8; ILP] {
     let mut i = 0;
     while i + level_step <= rows {
         for _ in 0..level_step {
-            for k in 0..ILP {
-                add(&mut acc[0][k], &vecs[i * ILP + k]);
+            for (a, v) in acc[0].iter_mut().zip(&vecs[i * ILP..(i + 1) * ILP]) {
+                add(a, v);
             }
             i += 1;
         }
         for j in 1..LEVELS {
-            for k in 0..ILP {
-                let lower = acc[j - 1][k];
-                add(&mut acc[j][k], &lower);
-                acc[j - 1][k] = [0.0; LANES];
+            let (below, above) = acc.split_at_mut(j);
+            for (upper, lower) in above[0].iter_mut().zip(below[j - 1].iter_mut()) {
+                add(upper, lower);
+                *lower = [0.0; LANES];
             }
             if i & (level_mask << (j * level_power)) != 0 {
                 break;
@@ -60,15 +60,15 @@ fn multi_row_sum(vecs: &[Vec8], rows: usize) -> [Vec8; ILP] {
         }
     }
     while i < rows {
-        for k in 0..ILP {
-            add(&mut acc[0][k], &vecs[i * ILP + k]);
+        for (a, v) in acc[0].iter_mut().zip(&vecs[i * ILP..(i + 1) * ILP]) {
+            add(a, v);
         }
         i += 1;
     }
-    for j in 1..LEVELS {
-        for k in 0..ILP {
-            let upper = acc[j][k];
-            add(&mut acc[0][k], &upper);
+    let (first, rest) = acc.split_at_mut(1);
+    for level in rest.iter() {
+        for (a, upper) in first[0].iter_mut().zip(level) {
+            add(a, upper);
         }
     }
     acc[0]

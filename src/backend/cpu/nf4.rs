@@ -95,6 +95,19 @@ pub fn linear(x: &[f32], t: usize, w: &Nf4Matrix, out: &mut [f32]) {
         // Decode: the fused kernel reads each packed byte once and never writes a weight.
         return gemv::linear(x, t, w, out);
     }
+    linear_tiled(x, t, w, out)
+}
+
+/// The generic path, any shape and row count: dequantize `TILE_ROWS` weight rows per task and
+/// multiply them with the dense kernel (`linear` uses it above 4 rows or for layouts the fused
+/// kernel does not take; public for benchmarks and as a reference).
+pub fn linear_tiled(x: &[f32], t: usize, w: &Nf4Matrix, out: &mut [f32]) {
+    let (n, k) = (w.rows, w.cols);
+    assert_eq!(x.len(), t * k, "x is not [t, k]");
+    assert_eq!(out.len(), t * n, "out is not [t, n]");
+    if t == 0 || n == 0 {
+        return;
+    }
     // Each task: dequantize its tile, multiply into a task-local [t, rows] result; then scatter
     // (out is [t, n], so a tile's columns are strided).
     let tiles: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(TILE_ROWS))

@@ -23,6 +23,8 @@ use super::Nf4Matrix;
 const GROUP: usize = 32;
 /// Weight rows per rayon task (64 rows of 576 columns = 18 KB of packed weights).
 const ROWS_PER_TASK: usize = 64;
+/// Activation columns per pass over a task's rows (a multiple of the block is used).
+const K_CHUNK: usize = 1024;
 /// The most activation rows the fused kernels take (decode and small batches).
 pub const MAX_ROWS: usize = 4;
 
@@ -89,27 +91,39 @@ fn linear_with(isa: Isa, x: &[f32], t: usize, w: &Nf4Matrix, out: &mut [f32]) {
     let xd = deinterleave(x, t, k);
     let row_bytes = k / 2;
     let blocks_per_row = k / w.blocksize;
+    // Columns per pass: a task runs its rows over one chunk of k, then the next, so the t
+    // activation rows of a chunk (t * K_CHUNK * 4 bytes, 16 KB at t = 4) stay in L1 while the
+    // weights stream; with whole rows, 4 rows of x at k = 4096 (64 KB) spill to L2.
+    let chunk_len = w.blocksize * (K_CHUNK / w.blocksize).max(1);
     // One task computes ROWS_PER_TASK output columns for all t rows into [rows, t], then the
     // results are scattered into out [t, n] (for t = 1 that is a plain copy).
     let mut cols = vec![0f32; n * t];
     cols.par_chunks_mut(ROWS_PER_TASK * t).enumerate().for_each(|(ci, chunk)| {
         let r0 = ci * ROWS_PER_TASK;
-        for (jj, o) in chunk.chunks_exact_mut(t).enumerate() {
-            let j = r0 + jj;
-            let packed = &w.packed[j * row_bytes..(j + 1) * row_bytes];
-            let absmax = &w.absmax[j * blocks_per_row..(j + 1) * blocks_per_row];
-            let mut acc = [0f32; MAX_ROWS];
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: Avx512 is chosen only where the CPU has AVX-512F; the slices were
-                // checked above to hold k / 2 bytes, k / blocksize scales and t * k activations.
-                Isa::Avx512 => unsafe { x86::row_avx512(packed, absmax, &w.code, &xd, t, k, w.blocksize, &mut acc) },
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: Avx2 is chosen only where the CPU has AVX2 and FMA; lengths as above.
-                Isa::Avx2 => unsafe { x86::row_avx2(packed, absmax, &w.code, &xd, t, k, w.blocksize, &mut acc) },
-                Isa::Portable => row_portable(packed, absmax, &w.code, &xd, t, k, w.blocksize, &mut acc),
+        let mut acc = [[0f32; MAX_ROWS]; ROWS_PER_TASK];
+        for c0 in (0..k).step_by(chunk_len) {
+            let c1 = (c0 + chunk_len).min(k);
+            // Offsets into x stay relative to c0: the kernels index xd[ti * k + e] for e < c1 - c0.
+            let xd = &xd[c0..];
+            for (jj, a) in acc.iter_mut().enumerate().take(chunk.len() / t) {
+                let j = r0 + jj;
+                let packed = &w.packed[j * row_bytes + c0 / 2..j * row_bytes + c1 / 2];
+                let absmax = &w.absmax[j * blocks_per_row + c0 / w.blocksize..j * blocks_per_row + c1 / w.blocksize];
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: Avx512 is chosen only where the CPU has AVX-512F; packed holds
+                    // (c1 - c0) / 2 bytes, absmax (c1 - c0) / blocksize scales, and xd, from c0,
+                    // (t - 1) * k + (k - c0) >= (t - 1) * k + (c1 - c0) activations.
+                    Isa::Avx512 => unsafe { x86::row_avx512(packed, absmax, &w.code, xd, t, k, w.blocksize, a) },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: Avx2 is chosen only where the CPU has AVX2 and FMA; lengths as above.
+                    Isa::Avx2 => unsafe { x86::row_avx2(packed, absmax, &w.code, xd, t, k, w.blocksize, a) },
+                    Isa::Portable => row_portable(packed, absmax, &w.code, xd, t, k, w.blocksize, a),
+                }
             }
-            o.copy_from_slice(&acc[..t]);
+        }
+        for (o, a) in chunk.chunks_exact_mut(t).zip(&acc) {
+            o.copy_from_slice(&a[..t]);
         }
     });
     if t == 1 {
@@ -123,7 +137,8 @@ fn linear_with(isa: Isa, x: &[f32], t: usize, w: &Nf4Matrix, out: &mut [f32]) {
     }
 }
 
-/// One weight row against `t` de-interleaved activation rows `xd [t, k]`.
+/// One weight row (a run of whole blocks) against `t` de-interleaved activation rows (row stride
+/// `k`), adding into `acc`. The SIMD kernels below do the same.
 #[allow(clippy::too_many_arguments)]
 fn row_portable(
     packed: &[u8],
@@ -178,15 +193,16 @@ mod x86 {
             let mut block = [_mm512_setzero_ps(); MAX_ROWS];
             for g in 0..groups_per_block {
                 let e0 = (b * groups_per_block + g) * GROUP;
-                // SAFETY: e0 / 2 + 16 <= k / 2 = packed.len() (the caller's layout check).
+                // SAFETY: e0 < absmax.len() * blocksize = 2 * packed.len() (the caller's slices), so
+                // e0 / 2 + 16 <= packed.len().
                 let d = _mm512_cvtepu8_epi32(_mm_loadu_si128(packed.as_ptr().add(e0 / 2) as *const __m128i));
                 let hi = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(d), lut);
                 let lo = _mm512_permutexvar_ps(d, lut);
-                for ti in 0..t {
-                    // SAFETY: ti * k + e0 + 32 <= t * k = xd.len().
+                for (ti, acc_t) in block.iter_mut().enumerate().take(t) {
+                    // SAFETY: ti * k + e0 + 32 <= (t - 1) * k + 2 * packed.len() <= xd.len() (caller).
                     let xe = _mm512_loadu_ps(px.add(ti * k + e0));
                     let xo = _mm512_loadu_ps(px.add(ti * k + e0 + 16));
-                    block[ti] = _mm512_fmadd_ps(hi, xe, _mm512_fmadd_ps(lo, xo, block[ti]));
+                    *acc_t = _mm512_fmadd_ps(hi, xe, _mm512_fmadd_ps(lo, xo, *acc_t));
                 }
             }
             let s = _mm512_set1_ps(scale);
@@ -195,7 +211,7 @@ mod x86 {
             }
         }
         for ti in 0..t {
-            acc[ti] = _mm512_reduce_add_ps(total[ti]);
+            acc[ti] += _mm512_reduce_add_ps(total[ti]);
         }
     }
 
@@ -224,7 +240,7 @@ mod x86 {
                 let e0 = (b * groups_per_block + g) * GROUP;
                 for half in 0..2 {
                     // 8 packed bytes: elements e0 + 16 * half .. + 16.
-                    // SAFETY: e0 / 2 + 8 * half + 8 <= k / 2 = packed.len().
+                    // SAFETY: e0 / 2 + 8 * half + 8 <= e0 / 2 + 16 <= packed.len() (as in row_avx512).
                     let raw = _mm_loadl_epi64(packed.as_ptr().add(e0 / 2 + 8 * half) as *const __m128i);
                     let d = _mm256_cvtepu8_epi32(raw);
                     let dh = _mm256_srli_epi32::<4>(d);
@@ -239,12 +255,12 @@ mod x86 {
                         _mm256_permutevar8x32_ps(lut_hi, d),
                         _mm256_castsi256_ps(_mm256_slli_epi32::<28>(d)),
                     );
-                    for ti in 0..t {
-                        // SAFETY: ti * k + e0 + 8 * half + 24 <= t * k = xd.len().
+                    for (ti, acc_t) in block.iter_mut().enumerate().take(t) {
+                        // SAFETY: ti * k + e0 + 8 * half + 24 <= (t - 1) * k + 2 * packed.len() <= xd.len().
                         let base = px.add(ti * k + e0 + 8 * half);
                         let xe = _mm256_loadu_ps(base);
                         let xo = _mm256_loadu_ps(base.add(GROUP / 2));
-                        block[ti] = _mm256_fmadd_ps(hi, xe, _mm256_fmadd_ps(lo, xo, block[ti]));
+                        *acc_t = _mm256_fmadd_ps(hi, xe, _mm256_fmadd_ps(lo, xo, *acc_t));
                     }
                 }
             }
@@ -256,7 +272,7 @@ mod x86 {
         for ti in 0..t {
             let mut lanes = [0f32; 8];
             _mm256_storeu_ps(lanes.as_mut_ptr(), total[ti]);
-            acc[ti] = lanes.iter().sum();
+            acc[ti] += lanes.iter().sum::<f32>();
         }
     }
 }
