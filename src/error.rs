@@ -36,6 +36,8 @@ pub enum Error {
     Gguf(#[from] crate::model::gguf::GgufError),
     #[error(transparent)]
     Kv(#[from] crate::kv::KvError),
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
     #[error("CUDA: {0}")]
     Cuda(String),
     #[error("{0}")]

