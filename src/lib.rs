@@ -11,6 +11,7 @@ pub mod kv;
 pub mod lora;
 pub mod model;
 pub mod progress;
+pub mod server;
 pub mod quant;
 pub mod tokenizer;
 
