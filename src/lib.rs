@@ -8,11 +8,13 @@ pub mod backend;
 pub mod engine;
 pub mod error;
 pub mod kv;
+pub mod loadtest;
 pub mod lora;
 pub mod model;
 pub mod progress;
 pub mod server;
 pub mod quant;
+pub mod rng;
 pub mod tokenizer;
 
 pub use tokenizer::TextTokenizer;

@@ -2,11 +2,13 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use lorafleet::backend::cpu::CpuBackend;
 use lorafleet::engine::{GenerateOptions, Generator, SamplingParams, SeqRequest};
+use lorafleet::lora::{AdapterCache, CacheOptions, LoadedAdapter};
 use lorafleet::model::gguf::{convert_gguf, OutDType};
 use lorafleet::model::{fetch, Llama};
 use lorafleet::tokenizer::ChatMessage;
@@ -101,6 +103,21 @@ struct ModelArgs {
     quantize: Option<lorafleet::quant::Quantization>,
 }
 
+/// LoRA adapters for `generate` and `score`.
+#[derive(Args)]
+struct AdapterArgs {
+    /// LoRA adapter for every prompt: a folder name under --adapter-dir, or a path to a peft
+    /// adapter folder (adapter_config.json + adapter_model.safetensors). Default: the base model.
+    #[arg(long)]
+    adapter: Option<String>,
+    /// Offer every peft adapter folder under DIR by its folder name.
+    #[arg(long)]
+    adapter_dir: Option<PathBuf>,
+    /// Largest LoRA rank accepted; an adapter above it is refused.
+    #[arg(long, default_value_t = 128)]
+    max_lora_rank: usize,
+}
+
 #[derive(Args)]
 struct QuantizeArgs {
     /// Dense model directory.
@@ -118,7 +135,8 @@ struct GenerateArgs {
     /// Prompt text; repeat for several prompts, run as one batch.
     #[arg(long)]
     prompt: Vec<String>,
-    /// File with one JSON object per line: {"prompt": "..."}.
+    /// File with one JSON object per line: {"prompt": "...", "adapter": "..."} ("adapter" is
+    /// optional and overrides --adapter for that prompt; one batch may mix adapters).
     #[arg(long)]
     prompts_file: Option<PathBuf>,
     /// A prompt given as comma-separated token ids (benchmarks; skips the tokenizer).
@@ -156,6 +174,8 @@ struct GenerateArgs {
     /// that cannot get cache blocks fails alone; the others complete.
     #[arg(long, value_parser = parse_bytes)]
     kv_cache_bytes: Option<usize>,
+    #[command(flatten)]
+    lora: AdapterArgs,
 }
 
 /// "64M" -> 67108864.
@@ -182,6 +202,8 @@ struct ScoreArgs {
     /// Print JSON: prompt_ids, argmax, top_logits, perplexity.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    lora: AdapterArgs,
 }
 
 #[derive(Args)]
@@ -304,7 +326,8 @@ fn prompt_text(tok: &TextTokenizer, text: &str, chat: bool) -> Result<String> {
     }
 }
 
-fn read_prompts_file(path: &Path) -> Result<Vec<String>> {
+/// One prompt of a prompts file: its text and, optionally, its adapter.
+fn read_prompts_file(path: &Path) -> Result<Vec<(String, Option<String>)>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
@@ -313,9 +336,21 @@ fn read_prompts_file(path: &Path) -> Result<Vec<String>> {
         let p = v.get("prompt").and_then(|p| p.as_str()).ok_or_else(|| {
             Error::BadRequest(format!("{}:{}: no string field \"prompt\"", path.display(), n + 1))
         })?;
-        out.push(p.to_string());
+        let adapter = match v.get("adapter") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(Error::BadRequest(format!("{}:{}: \"adapter\" must be a string", path.display(), n + 1))),
+        };
+        out.push((p.to_string(), adapter));
     }
     Ok(out)
+}
+
+/// Loads the adapters `ids` name (each once), through the adapter cache.
+fn load_adapters(l: &Loaded, a: &AdapterArgs, ids: &[Option<String>]) -> Vec<Result<Option<Arc<LoadedAdapter<CpuBackend>>>>> {
+    let opts = CacheOptions { adapter_dir: a.adapter_dir.clone(), max_host_adapters: 0, device_budget_bytes: usize::MAX, max_rank: a.max_lora_rank };
+    let mut cache = AdapterCache::new(Arc::new(l.be.clone()), l.model.config.clone(), opts);
+    ids.iter().map(|id| id.as_deref().map(|id| cache.get_blocking(id)).transpose()).collect()
 }
 
 fn parse_ids(s: &str) -> Result<Vec<u32>> {
@@ -327,8 +362,12 @@ fn parse_ids(s: &str) -> Result<Vec<u32>> {
 fn generate(a: GenerateArgs) -> Result<()> {
     let l = load(&a.model)?;
     let mut texts: Vec<Option<String>> = a.prompt.iter().cloned().map(Some).collect();
+    let mut adapter_ids: Vec<Option<String>> = vec![a.lora.adapter.clone(); texts.len()];
     if let Some(f) = &a.prompts_file {
-        texts.extend(read_prompts_file(f)?.into_iter().map(Some));
+        for (t, ad) in read_prompts_file(f)? {
+            texts.push(Some(t));
+            adapter_ids.push(ad.or_else(|| a.lora.adapter.clone()));
+        }
     }
     let mut prompts: Vec<Vec<u32>> = Vec::new();
     for t in texts.iter().flatten() {
@@ -337,6 +376,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
     if let Some(ids) = &a.prompt_ids {
         prompts.push(parse_ids(ids)?);
         texts.push(None);
+        adapter_ids.push(a.lora.adapter.clone());
     }
     if prompts.is_empty() {
         return Err(Error::InvalidArgument("no prompt: give --prompt, --prompts-file or --prompt-ids".into()));
@@ -347,17 +387,34 @@ fn generate(a: GenerateArgs) -> Result<()> {
         stop: a.stop.clone(),
         ignore_eos: a.ignore_eos,
     };
+    // A prompt whose adapter cannot be loaded fails alone; the others run as one batch.
+    let adapters = load_adapters(&l, &a.lora, &adapter_ids);
+    let runnable: Vec<usize> = (0..prompts.len()).filter(|&i| adapters[i].is_ok()).collect();
     let reqs: Vec<SeqRequest> =
-        prompts.into_iter().map(|p| SeqRequest { prompt_ids: p, options: options.clone() }).collect();
+        runnable.iter().map(|&i| SeqRequest { prompt_ids: prompts[i].clone(), options: options.clone() }).collect();
+    let run_adapters: Vec<Option<&LoadedAdapter<CpuBackend>>> =
+        runnable.iter().map(|&i| adapters[i].as_ref().ok().and_then(|a| a.as_deref())).collect();
     let g = Generator::new(&l.model, &l.be, &l.tok).with_kv_cache_bytes(a.kv_cache_bytes);
-    let stream = !a.json && reqs.len() == 1;
+    let stream = !a.json && prompts.len() == 1;
     let mut stdout = std::io::stdout().lock();
-    let outs = g.generate(&reqs, |_, delta| {
-        if stream {
-            let _ = write!(stdout, "{delta}");
-            let _ = stdout.flush();
-        }
-    })?;
+    let mut ran = if reqs.is_empty() {
+        Vec::new()
+    } else {
+        g.generate_with_adapters(&reqs, &run_adapters, |_, delta| {
+            if stream {
+                let _ = write!(stdout, "{delta}");
+                let _ = stdout.flush();
+            }
+        })?
+    }
+    .into_iter();
+    let outs: Vec<Result<lorafleet::engine::GenerationOutput>> = adapters
+        .into_iter()
+        .map(|ad| match ad {
+            Err(e) => Err(e),
+            Ok(_) => ran.next().unwrap_or_else(|| Err(Error::InvalidArgument("missing output".into()))),
+        })
+        .collect();
     if stream {
         let _ = writeln!(stdout);
     }
@@ -412,7 +469,8 @@ impl Loaded {
 fn score(a: ScoreArgs) -> Result<()> {
     let l = load(&a.model)?;
     let ids = l.tok.encode(&prompt_text(&l.tok, &a.prompt, a.chat)?)?;
-    let s = lorafleet::engine::score(&l.model, &l.be, &ids)?;
+    let adapter = load_adapters(&l, &a.lora, std::slice::from_ref(&a.lora.adapter)).pop().transpose()?.flatten();
+    let s = lorafleet::engine::score_with_adapter(&l.model, &l.be, &ids, adapter.as_deref())?;
     if a.json {
         println!("{}", serde_json::to_string(&s).map_err(|e| Error::InvalidArgument(e.to_string()))?);
     } else {

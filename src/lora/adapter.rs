@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::backend::HostMatrix;
 use crate::model::config::ModelConfig;
 use crate::model::weights::WeightFiles;
+use crate::rng::SplitMix64;
 use crate::{Error, Result};
 
 /// The seven linear projections of a Llama decoder layer, in a fixed order (the index into
@@ -392,7 +393,7 @@ impl LoraAdapter {
     /// model well-conditioned (as the golden adapters do).
     pub fn random(id: &str, model: &ModelConfig, r: usize, alpha: f32, modules: &[LoraModule], seed: u64, b_scale: f32) -> Self {
         let config = LoraConfig::new(r, alpha, modules);
-        let mut rng = SplitMix64(seed ^ 0x9E37_79B9_7F4A_7C15);
+        let mut rng = SplitMix64::new(seed);
         let layers = (0..model.num_layers)
             .map(|layer| {
                 let mut ll: LayerLora = Default::default();
@@ -408,23 +409,6 @@ impl LoraAdapter {
             })
             .collect();
         LoraAdapter { id: id.to_string(), config, layers }
-    }
-}
-
-/// A small seeded generator (no dependency) for random adapters.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    fn uniform(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 }
 

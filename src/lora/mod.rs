@@ -2,8 +2,10 @@
 //! (`LoadedAdapter`), and the tiered cache that decides which adapters are resident (`cache`).
 
 pub mod adapter;
+pub mod cache;
 
 pub use adapter::{LoraAdapter, LoraConfig, LoraModule, LoraPair};
+pub use cache::{AdapterCache, AdapterStatus, CacheOptions, CacheStats};
 
 use crate::backend::Backend;
 use crate::Result;
@@ -45,5 +47,11 @@ impl<B: Backend> LoadedAdapter<B> {
 
     pub fn pair(&self, layer: usize, m: LoraModule) -> Option<&LoadedPair<B>> {
         self.layers.get(layer).and_then(|l| l[m.index()].as_ref())
+    }
+}
+
+impl<B: Backend> std::fmt::Debug for LoadedAdapter<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedAdapter").field("id", &self.id).field("bytes", &self.bytes).field("max_rank", &self.max_rank).finish()
     }
 }

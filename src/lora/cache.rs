@@ -1,0 +1,356 @@
+//! The tiered adapter cache (LoRAX's dynamic adapter loading with tiered weight caching):
+//! adapters live on disk; up to `max_host_adapters` stay parsed in host memory; a byte budget
+//! of backend (GPU) memory holds the active ones.
+//!
+//! The cache is owned by one thread (the engine's). Loads run on a background worker thread,
+//! so sequences whose adapters are resident keep running while another adapter loads. The pin
+//! on a resident adapter is the `Arc` that `request` hands out: a running sequence holds it, and
+//! the cache only evicts (least recently requested first) adapters whose `Arc` nobody else
+//! holds, so an adapter in use is never evicted, and dropping the last sequence's `Arc` is what
+//! makes it evictable again.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crossbeam::channel::{unbounded, Receiver, Sender};
+
+use super::adapter::{LoraAdapter, LoraConfig, LoraModule};
+use super::LoadedAdapter;
+use crate::backend::Backend;
+use crate::model::config::ModelConfig;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    /// Every folder under this directory that holds an `adapter_config.json` is offered by its
+    /// folder name. An adapter id may also be a path to an adapter folder.
+    pub adapter_dir: Option<PathBuf>,
+    /// Parsed adapters kept in host memory (a re-activated adapter then skips the disk).
+    pub max_host_adapters: usize,
+    /// Bytes of backend memory for resident adapters.
+    pub device_budget_bytes: usize,
+    /// Largest LoRA rank accepted.
+    pub max_rank: usize,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions { adapter_dir: None, max_host_adapters: 64, device_budget_bytes: 1 << 30, max_rank: 128 }
+    }
+}
+
+/// What `request` found.
+pub enum AdapterStatus<B: Backend> {
+    /// Resident; the `Arc` pins it until dropped.
+    Ready(Arc<LoadedAdapter<B>>),
+    /// Being loaded, or waiting for pinned adapters to free room; ask again on a later step.
+    Loading,
+}
+
+/// Counters for logs, metrics and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub device_resident: usize,
+    /// Bytes of resident adapters plus loads in flight.
+    pub device_bytes: usize,
+    pub host_resident: usize,
+    pub host_bytes: usize,
+    pub disk_loads: u64,
+    pub device_loads: u64,
+    pub device_evictions: u64,
+}
+
+struct Job<B: Backend> {
+    id: String,
+    path: PathBuf,
+    /// Set when the parsed adapter is already in host memory (only the upload is left).
+    host: Option<Arc<LoraAdapter>>,
+    _backend: std::marker::PhantomData<B>,
+}
+
+type LoadResult<B> = (String, Result<(Arc<LoraAdapter>, LoadedAdapter<B>)>);
+
+struct Resident<B: Backend> {
+    adapter: Arc<LoadedAdapter<B>>,
+    last_used: u64,
+}
+
+struct HostEntry {
+    adapter: Arc<LoraAdapter>,
+    last_used: u64,
+}
+
+pub struct AdapterCache<B: Backend> {
+    opts: CacheOptions,
+    model: ModelConfig,
+    device: HashMap<String, Resident<B>>,
+    /// Loads in flight, with the bytes reserved for each.
+    loading: HashMap<String, usize>,
+    /// Load failures not yet reported.
+    failed: HashMap<String, String>,
+    host: HashMap<String, HostEntry>,
+    clock: u64,
+    stats: CacheStats,
+    jobs: Option<Sender<Job<B>>>,
+    results: Receiver<LoadResult<B>>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<B: Backend> AdapterCache<B> {
+    pub fn new(be: Arc<B>, model: ModelConfig, opts: CacheOptions) -> Self {
+        let (job_tx, job_rx) = unbounded::<Job<B>>();
+        let (res_tx, res_rx) = unbounded::<LoadResult<B>>();
+        let (cfg, max_rank) = (model.clone(), opts.max_rank);
+        let worker = std::thread::Builder::new()
+            .name("lorafleet-adapter-loader".into())
+            .spawn(move || {
+                // Ends when the cache (the job sender) is dropped.
+                for job in job_rx {
+                    let r = (|| {
+                        let host = match job.host {
+                            Some(h) => h,
+                            None => Arc::new(LoraAdapter::load(&job.id, &job.path, &cfg, max_rank)?),
+                        };
+                        let dev = LoadedAdapter::upload(&*be, &host)?;
+                        Ok((host, dev))
+                    })();
+                    if res_tx.send((job.id, r)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .ok();
+        AdapterCache {
+            opts,
+            model,
+            device: HashMap::new(),
+            loading: HashMap::new(),
+            failed: HashMap::new(),
+            host: HashMap::new(),
+            clock: 0,
+            stats: CacheStats::default(),
+            jobs: Some(job_tx),
+            results: res_rx,
+            worker,
+        }
+    }
+
+    pub fn options(&self) -> &CacheOptions {
+        &self.opts
+    }
+
+    /// Adapter ids offered under `adapter_dir` (folders with an `adapter_config.json`), sorted.
+    pub fn available(&self) -> Vec<String> {
+        let Some(dir) = &self.opts.adapter_dir else { return Vec::new() };
+        let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+        let mut ids: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join("adapter_config.json").is_file())
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// The folder an id names: `adapter_dir/<id>` first, then `id` as a path.
+    pub fn resolve(&self, id: &str) -> Result<PathBuf> {
+        let is_adapter = |p: &Path| p.join("adapter_config.json").is_file();
+        if let Some(dir) = &self.opts.adapter_dir {
+            // A plain name only: `..` or separators must not walk out of adapter_dir.
+            if !id.is_empty() && !id.contains(['/', '\\']) && id != "." && id != ".." {
+                let p = dir.join(id);
+                if is_adapter(&p) {
+                    return Ok(p);
+                }
+            }
+        }
+        let p = PathBuf::from(id);
+        if !id.is_empty() && is_adapter(&p) {
+            return Ok(p);
+        }
+        Err(Error::UnknownAdapter(id.to_string()))
+    }
+
+    /// Bytes the adapter in `dir` needs on the device, from its config alone (f32 A and B).
+    fn estimate_bytes(&self, id: &str, dir: &Path) -> Result<usize> {
+        let p = dir.join("adapter_config.json");
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        let json = serde_json::from_str(&text).map_err(|e| Error::Adapter { id: id.into(), msg: format!("{}: not valid JSON: {e}", p.display()) })?;
+        let cfg = LoraConfig::from_json(&json).map_err(|m| Error::Adapter { id: id.into(), msg: format!("{}: {m}", p.display()) })?;
+        let mut bytes = 0;
+        for layer in 0..self.model.num_layers {
+            for m in LoraModule::ALL.into_iter().filter(|m| cfg.target_modules.iter().any(|t| t == "all-linear" || t == m.name())) {
+                let (out_f, in_f) = m.dims(&self.model);
+                bytes += cfg.rank_and_scale(layer, m).0 * (in_f + out_f) * 4;
+            }
+        }
+        Ok(bytes)
+    }
+
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// Takes in finished background loads.
+    pub fn poll(&mut self) {
+        while let Ok((id, r)) = self.results.try_recv() {
+            self.take_result(id, r);
+        }
+    }
+
+    fn take_result(&mut self, id: String, r: Result<(Arc<LoraAdapter>, LoadedAdapter<B>)>) {
+        self.loading.remove(&id);
+        match r {
+            Ok((host, dev)) => {
+                let t = self.tick();
+                self.stats.device_loads += 1;
+                if !self.host.contains_key(&id) {
+                    self.stats.disk_loads += 1;
+                }
+                self.host.insert(id.clone(), HostEntry { adapter: host, last_used: t });
+                self.trim_host();
+                self.device.insert(id, Resident { adapter: Arc::new(dev), last_used: t });
+            }
+            Err(e) => {
+                self.failed.insert(id, e.to_string());
+            }
+        }
+    }
+
+    /// Drops least recently used parsed adapters past `max_host_adapters`.
+    fn trim_host(&mut self) {
+        while self.host.len() > self.opts.max_host_adapters {
+            let Some(id) = self.host.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| k.clone()) else { break };
+            self.host.remove(&id);
+        }
+    }
+
+    fn used_bytes(&self) -> usize {
+        self.device.values().map(|r| r.adapter.bytes).sum::<usize>() + self.loading.values().sum::<usize>()
+    }
+
+    /// Evicts least recently used unpinned adapters until `need` more bytes fit. Returns false
+    /// (having evicted what it could) when pinned adapters hold too much.
+    fn make_room(&mut self, need: usize) -> bool {
+        while self.used_bytes() + need > self.opts.device_budget_bytes {
+            let victim = self
+                .device
+                .iter()
+                .filter(|(_, r)| Arc::strong_count(&r.adapter) == 1)
+                .min_by_key(|(_, r)| r.last_used)
+                .map(|(k, _)| k.clone());
+            match victim {
+                Some(id) => {
+                    self.device.remove(&id);
+                    self.stats.device_evictions += 1;
+                }
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// See `AdapterStatus`. Never blocks on a load.
+    pub fn request(&mut self, id: &str) -> Result<AdapterStatus<B>> {
+        self.poll();
+        let t = self.tick();
+        if let Some(r) = self.device.get_mut(id) {
+            r.last_used = t;
+            return Ok(AdapterStatus::Ready(r.adapter.clone()));
+        }
+        if let Some(msg) = self.failed.remove(id) {
+            return Err(Error::Adapter { id: id.to_string(), msg: format!("failed to load: {msg}") });
+        }
+        if self.loading.contains_key(id) {
+            return Ok(AdapterStatus::Loading);
+        }
+        let path = self.resolve(id)?;
+        let bytes = self.estimate_bytes(id, &path)?;
+        if bytes > self.opts.device_budget_bytes {
+            return Err(Error::Adapter {
+                id: id.to_string(),
+                msg: format!("needs {bytes} bytes of adapter memory; the whole budget is {} (--adapter-memory)", self.opts.device_budget_bytes),
+            });
+        }
+        if !self.make_room(bytes) {
+            // Every resident adapter is in use: wait for a sequence to finish.
+            return Ok(AdapterStatus::Loading);
+        }
+        let host = self.host.get_mut(id).map(|e| {
+            e.last_used = t;
+            e.adapter.clone()
+        });
+        let job = Job { id: id.to_string(), path, host, _backend: std::marker::PhantomData };
+        match self.jobs.as_ref().map(|j| j.send(job)) {
+            Some(Ok(())) => {
+                self.loading.insert(id.to_string(), bytes);
+                Ok(AdapterStatus::Loading)
+            }
+            _ => Err(Error::Adapter { id: id.to_string(), msg: "the adapter loader thread is gone".into() }),
+        }
+    }
+
+    /// Blocks until `id` is resident (or fails): for one-shot CLI use, not for the engine loop.
+    pub fn get_blocking(&mut self, id: &str) -> Result<Arc<LoadedAdapter<B>>> {
+        loop {
+            match self.request(id)? {
+                AdapterStatus::Ready(a) => return Ok(a),
+                AdapterStatus::Loading => {
+                    if self.loading.contains_key(id) {
+                        // Wait for the worker's next result instead of spinning.
+                        match self.results.recv() {
+                            Ok((rid, r)) => self.take_result(rid, r),
+                            Err(_) => return Err(Error::Adapter { id: id.to_string(), msg: "the adapter loader thread is gone".into() }),
+                        }
+                    } else {
+                        return Err(Error::Adapter {
+                            id: id.to_string(),
+                            msg: "no room: every resident adapter is in use and the budget is full".into(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Resident adapter ids and bytes, for metrics.
+    pub fn resident(&self) -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> = self.device.iter().map(|(k, r)| (k.clone(), r.adapter.bytes)).collect();
+        v.sort();
+        v
+    }
+
+    /// Drops every resident and host copy nobody holds (memory back to the baseline); returns
+    /// how many device copies were dropped.
+    pub fn unload_unused(&mut self) -> usize {
+        self.poll();
+        let before = self.device.len();
+        self.device.retain(|_, r| Arc::strong_count(&r.adapter) > 1);
+        let n = before - self.device.len();
+        self.stats.device_evictions += n as u64;
+        self.host.clear();
+        n
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            device_resident: self.device.len(),
+            device_bytes: self.used_bytes(),
+            host_resident: self.host.len(),
+            host_bytes: self.host.values().map(|e| e.adapter.weight_bytes()).sum(),
+            ..self.stats.clone()
+        }
+    }
+}
+
+impl<B: Backend> Drop for AdapterCache<B> {
+    fn drop(&mut self) {
+        // Closing the job channel ends the worker once its current load is done.
+        self.jobs.take();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
