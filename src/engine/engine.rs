@@ -18,14 +18,14 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 
-use super::cache_standin::{AdapterCache, AdapterStatus};
-pub use super::cache_standin::CacheOptions;
 use super::output::SeqOutput;
 use super::request::{Event, Finished, GenerateRequest, Prompt, RequestHandle};
 use super::scheduler::{plan_step, Limits, Plan, RunningView, SeqId, WaitingView};
 use super::stats::EngineStats;
 use crate::backend::Backend;
 use crate::kv::{BatchLayout, BlockPool, BlockTable, DEFAULT_BLOCK_SIZE};
+pub use crate::lora::cache::CacheOptions;
+use crate::lora::cache::{AdapterCache, AdapterStatus};
 use crate::lora::LoadedAdapter;
 use crate::model::config::ModelConfig;
 use crate::model::Llama;
@@ -57,7 +57,7 @@ impl Default for EngineOptions {
             max_batch_tokens: 512,
             max_running: 64,
             max_active_adapters: 32,
-            cache: CacheOptions { adapter_dir: None, max_host_adapters: 64, device_budget_bytes: 1 << 30, max_rank: 128 },
+            cache: CacheOptions::default(),
         }
     }
 }

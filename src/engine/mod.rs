@@ -1,7 +1,6 @@
 //! Generation on top of the model: sampling, stop conditions, batched generation, scoring, and
 //! the continuous-batching engine (`Engine`: one thread, many requests, many adapters).
 
-mod cache_standin;
 #[allow(clippy::module_inception)]
 pub mod engine;
 pub mod generate;
