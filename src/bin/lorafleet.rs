@@ -83,6 +83,7 @@ struct ServeArgs {
     /// Distinct adapters in the running batch at most (the base counts as one).
     #[arg(long, default_value_t = 32)]
     max_active_adapters: usize,
+    /// Address to listen on (0.0.0.0 for every interface).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     /// Port (0 = any free one; the address is printed as `listening on http://ADDR`).
