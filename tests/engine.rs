@@ -279,3 +279,37 @@ fn flood_beyond_kv_capacity_completes_with_preemption() {
     }
     wait_until("all blocks free", Duration::from_secs(5), || engine.kv_free_blocks() == engine.kv_total_blocks());
 }
+
+/// Chunked prefill: while a 1000-token prompt is computed in chunks of the step budget, a
+/// request that is already decoding keeps getting a token every step.
+#[test]
+fn long_prefill_does_not_stall_running_decodes() {
+    let f = fixture();
+    let engine = start(EngineOptions { max_batch_tokens: 64, ..options(f) });
+    let short = prompts(1).pop().unwrap();
+    let decoding = engine.submit(GenerateRequest::new(Prompt::Ids(short), None, greedy(40))).unwrap();
+    // Wait until it decodes, then send the long prompt.
+    assert!(matches!(decoding.recv(), Some(Event::Token { .. })));
+    let long: Vec<u32> = f.tok.encode(&"The quick brown fox jumps over the lazy dog. ".repeat(100)).unwrap();
+    assert!(long.len() >= 900, "{} tokens", long.len());
+    let long_h = engine.submit(GenerateRequest::new(Prompt::Ids(long.clone()), None, greedy(2))).unwrap();
+    let long_first = std::thread::spawn(move || {
+        assert!(matches!(long_h.recv(), Some(Event::Token { .. })));
+        let t = Instant::now();
+        long_h.wait().unwrap();
+        t
+    });
+    let mut token_times = Vec::new();
+    loop {
+        match decoding.recv().expect("event") {
+            Event::Token { .. } => token_times.push(Instant::now()),
+            Event::Finished(_) => break,
+            Event::Error(e) => panic!("{e}"),
+        }
+    }
+    let first_of_long = long_first.join().unwrap();
+    let before = token_times.iter().filter(|&&t| t < first_of_long).count();
+    // The prompt takes >= 900 / 63 = 14 steps; each gives the decoding request a token.
+    eprintln!("{before} tokens of the running request while the {}-token prompt was prefilled", long.len());
+    assert!(before >= 10, "only {before} decode tokens during the long prefill");
+}

@@ -15,7 +15,7 @@ pub mod stop;
 pub use engine::{CacheOptions, Engine, EngineOptions};
 pub use generate::{FinishReason, GenerateOptions, GenerationOutput, Generator, SeqRequest};
 pub use output::SeqOutput;
-pub use request::{Event, Finished, GenerateRequest, Prompt, RequestHandle};
+pub use request::{Event, Finished, GenerateRequest, Prompt, Recv, RequestHandle};
 pub use sampler::{Sampler, SamplingParams};
 pub use score::{score, score_with_adapter, ScoreOutput};
 pub use stats::{EngineStats, Histogram};

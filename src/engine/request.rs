@@ -61,6 +61,15 @@ pub enum Event {
     Error(Error),
 }
 
+/// What `RequestHandle::recv_timeout` got.
+#[derive(Debug)]
+pub enum Recv {
+    Event(Event),
+    Timeout,
+    /// The engine has nothing more to say.
+    Closed,
+}
+
 /// The caller's side of one request. Dropping it cancels the request: the engine frees its
 /// KV blocks at its next step.
 #[derive(Debug)]
@@ -90,12 +99,12 @@ impl RequestHandle {
         self.events.recv().ok()
     }
 
-    /// Like `recv`, waiting at most `timeout`: Ok(None) on a timeout, Err(()) when closed.
-    pub fn recv_timeout(&self, timeout: Duration) -> std::result::Result<Option<Event>, ()> {
+    /// Like `recv`, waiting at most `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Recv {
         match self.events.recv_timeout(timeout) {
-            Ok(e) => Ok(Some(e)),
-            Err(RecvTimeoutError::Timeout) => Ok(None),
-            Err(RecvTimeoutError::Disconnected) => Err(()),
+            Ok(e) => Recv::Event(e),
+            Err(RecvTimeoutError::Timeout) => Recv::Timeout,
+            Err(RecvTimeoutError::Disconnected) => Recv::Closed,
         }
     }
 

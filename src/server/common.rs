@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use crate::engine::{Engine, Event, FinishReason, Finished, GenerateRequest, RequestHandle};
+use crate::engine::{Engine, Event, FinishReason, Finished, GenerateRequest, Recv, RequestHandle};
 use crate::Error;
 
 pub struct AppState {
@@ -155,15 +155,15 @@ pub fn bridge(handle: RequestHandle) -> UnboundedReceiver<Event> {
     let (tx, rx) = unbounded_channel();
     tokio::task::spawn_blocking(move || loop {
         match handle.recv_timeout(Duration::from_millis(50)) {
-            Ok(Some(ev)) => {
+            Recv::Event(ev) => {
                 let last = matches!(ev, Event::Finished(_) | Event::Error(_));
                 if tx.send(ev).is_err() || last {
                     return;
                 }
             }
-            Ok(None) if tx.is_closed() => return,
-            Ok(None) => {}
-            Err(()) => return,
+            Recv::Timeout if tx.is_closed() => return,
+            Recv::Timeout => {}
+            Recv::Closed => return,
         }
     });
     rx
