@@ -313,3 +313,49 @@ fn long_prefill_does_not_stall_running_decodes() {
     eprintln!("{before} tokens of the running request while the {}-token prompt was prefilled", long.len());
     assert!(before >= 10, "only {before} decode tokens during the long prefill");
 }
+
+/// An adapter budget that holds one of the two golden adapters at a time (a_r8_all ~9.8 MB,
+/// b_r16_qv_rslora ~3.7 MB) and a steady stream of a_r8_all requests that keeps it pinned:
+/// b's request still gets in (the engine stops admitting a_r8_all until b has loaded).
+#[test]
+fn an_adapter_waiting_for_budget_room_does_not_starve() {
+    let f = fixture();
+    let mut opts = options(f);
+    opts.cache.device_budget_bytes = 10_000_000;
+    let engine = Arc::new(start(opts));
+    let p = prompts(1).pop().unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feeder = {
+        let (engine, p, stop) = (engine.clone(), p.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut in_flight = std::collections::VecDeque::new();
+            let (mut done, mut sent) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Staggered lengths, so the running a_r8_all sequences never all end together.
+                while in_flight.len() < 4 {
+                    sent += 1;
+                    let r = GenerateRequest::new(Prompt::Ids(p.clone()), Some("a_r8_all".into()), greedy(3 + sent % 5));
+                    in_flight.push_back(engine.submit(r).unwrap());
+                }
+                in_flight.pop_front().unwrap().wait().expect("a_r8_all request");
+                done += 1;
+            }
+            done
+        })
+    };
+    // Let a_r8_all load and run first.
+    wait_until("a_r8_all resident", Duration::from_secs(60), || !engine.stats().resident_adapters.is_empty());
+    let t = Instant::now();
+    let b = engine.submit(GenerateRequest::new(Prompt::Ids(p), Some("b_r16_qv_rslora".into()), greedy(4))).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(b.wait());
+    });
+    let got = rx.recv_timeout(Duration::from_secs(120));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let a_done = feeder.join().unwrap();
+    let fin = got.expect("b_r16_qv_rslora starved").expect("b_r16_qv_rslora failed");
+    eprintln!("b got in after {:.1} s while {a_done} a_r8_all requests completed", t.elapsed().as_secs_f64());
+    assert_eq!(fin.generated_tokens, 4);
+    assert!(a_done > 0);
+}

@@ -135,6 +135,7 @@ impl Engine {
                     queues: BTreeMap::new(),
                     running: Vec::new(),
                     rr_next: String::new(),
+                    loading_since: HashMap::new(),
                     stats: EngineStats::new(blocks),
                     shared: worker_stats,
                 };
@@ -244,6 +245,10 @@ impl Drop for Engine {
     }
 }
 
+/// How long an adapter may wait for its load before the engine stops admitting sequences of
+/// other adapters (so their pins drain and the adapter budget makes room for it).
+const STARVING_AFTER: Duration = Duration::from_secs(5);
+
 /// A request inside the engine: waiting in its adapter's queue, or running.
 struct Seq<B: Backend> {
     id: SeqId,
@@ -290,6 +295,8 @@ struct Worker<B: Backend> {
     running: Vec<Seq<B>>,
     /// Adapter key whose queue is served first next step (round-robin).
     rr_next: String,
+    /// Since when each waiting adapter has been `Loading`.
+    loading_since: HashMap<String, Instant>,
     stats: EngineStats,
     shared: Arc<Mutex<EngineStats>>,
 }
@@ -407,7 +414,10 @@ impl<B: Backend> Worker<B> {
     /// Asks the cache for every waiting adapter: the ready ones (with their Arc), in the order
     /// their queues are served this step. Requests for adapters that failed get the error.
     fn ready_adapters(&mut self) -> Vec<(String, Option<Arc<LoadedAdapter<B>>>)> {
-        let keys: Vec<String> = self.queues.keys().cloned().collect();
+        // Adapters still loading are asked first, oldest first, while this step holds no Arc
+        // of another adapter (a held Arc is a pin: the cache could not evict it to make room).
+        let mut keys: Vec<String> = self.queues.keys().cloned().collect();
+        keys.sort_by_key(|k| self.loading_since.get(k).copied().map_or((1, None), |t| (0, Some(t))));
         let mut ready = Vec::new();
         for key in keys {
             if key.is_empty() {
@@ -415,15 +425,29 @@ impl<B: Backend> Worker<B> {
                 continue;
             }
             match self.cache.request(&key) {
-                Ok(AdapterStatus::Ready(a)) => ready.push((key, Some(a))),
-                Ok(AdapterStatus::Loading) => {}
+                Ok(AdapterStatus::Ready(a)) => {
+                    self.loading_since.remove(&key);
+                    ready.push((key, Some(a)));
+                }
+                Ok(AdapterStatus::Loading) => {
+                    self.loading_since.entry(key).or_insert_with(Instant::now);
+                }
                 Err(e) => {
+                    self.loading_since.remove(&key);
                     let q = self.queues.remove(&key).unwrap_or_default();
                     for s in q {
                         self.fail(s, error_copy(&e));
                     }
                 }
             }
+        }
+        ready.sort_by(|a, b| a.0.cmp(&b.0));
+        self.loading_since.retain(|k, _| self.queues.contains_key(k));
+        // An adapter that has waited this long is most likely waiting for room in the adapter
+        // budget, which only running sequences of other adapters (their pins) hold: admit no
+        // more sequences of other adapters until it gets in, so it cannot starve.
+        if self.loading_since.values().any(|t| t.elapsed() > STARVING_AFTER) {
+            ready.retain(|(k, _)| k.is_empty());
         }
         // Round-robin: start at the first key >= rr_next, wrapping.
         let at = ready.iter().position(|(k, _)| *k >= self.rr_next).unwrap_or(0);
