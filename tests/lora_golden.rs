@@ -184,3 +184,24 @@ fn rejects_unsupported_and_mismatched_adapters() {
     let err = LoraAdapter::load("none", &std::env::temp_dir(), &f.model.config, 128).unwrap_err();
     assert!(err.to_string().contains("not a peft adapter directory"), "{err}");
 }
+
+/// On the NF4 base (quantized while loading, double quant), adapter `a_r8_all` gives peft's
+/// logits on bitsandbytes' dequantized base within 1e-3 relative L2.
+#[test]
+fn nf4_base_with_adapter_matches_peft_on_bnb() {
+    use lorafleet::model::LoadOptions;
+    use lorafleet::quant::Quantization;
+    let f = fixture();
+    let opts = LoadOptions { quantize: Some(Quantization::Nf4), progress: false };
+    let model = Llama::load_with(&f.be, &model_dir(), opts).expect("load NF4 model");
+    let g = golden_tensors();
+    for (i, p) in prompts().iter().enumerate() {
+        let s = score_with_adapter(&model, &f.be, &ids(&p["ids"]), Some(&f.adapters[0])).unwrap();
+        let want = g.f32(&format!("nf4base_a.p{i}.last_logits")).unwrap().data;
+        let err = rel_l2(&s.last_logits, &want);
+        let shift = rel_l2(&g.f32(&format!("nf4base.p{i}.last_logits")).unwrap().data, &want);
+        eprintln!("nf4 base + a_r8_all prompt {i}: last-logits rel L2 {err:.3e} (adapter moves logits by {shift:.3e})");
+        assert!(err < 1e-3, "prompt {i}: rel L2 {err}");
+        assert!(shift > 10.0 * err, "prompt {i}: adapter effect {shift} too small to test");
+    }
+}

@@ -28,6 +28,53 @@ struct Layer<B: Backend> {
     down: B::Matrix,
 }
 
+/// Where `Llama::from_source` gets its weights, by HF tensor name.
+pub trait WeightSource {
+    /// A dense table (embeddings, lm_head) `[rows, cols]`.
+    fn dense(&self, name: &str, rows: usize, cols: usize) -> Result<HostMatrix>;
+    /// A decoder linear weight `[rows, cols]`: dense or NF4.
+    fn linear(&self, name: &str, rows: usize, cols: usize) -> Result<HostWeight>;
+    fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>>;
+    fn contains(&self, name: &str) -> bool;
+}
+
+/// A checkpoint: NF4 weights as stored, NF4 quantized while loading, or dense.
+struct FileSource<'a> {
+    w: &'a WeightFiles,
+    opts: LoadOptions,
+}
+
+impl WeightSource for FileSource<'_> {
+    fn dense(&self, name: &str, rows: usize, cols: usize) -> Result<HostMatrix> {
+        let t = self.w.f32_shaped(name, &[rows, cols])?;
+        Ok(HostMatrix { name: name.to_string(), rows, cols, data: t.data })
+    }
+
+    fn linear(&self, name: &str, rows: usize, cols: usize) -> Result<HostWeight> {
+        let w = self.w;
+        Ok(if bnb::is_nf4(w, name) {
+            let tensor = bnb::read(w, name)?;
+            if tensor.shape != [rows, cols] {
+                return Err(Error::Shape { name: name.to_string(), expected: vec![rows, cols], found: tensor.shape });
+            }
+            HostWeight::Nf4 { name: name.to_string(), tensor }
+        } else if let Some(Quantization::Nf4) = self.opts.quantize {
+            let t = w.f32_shaped(name, &[rows, cols])?;
+            HostWeight::Nf4 { name: name.to_string(), tensor: Nf4Tensor::quantize(&t.data, &[rows, cols], true) }
+        } else {
+            HostWeight::Dense(self.dense(name, rows, cols)?)
+        })
+    }
+
+    fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>> {
+        Ok(self.w.f32_shaped(name, &[n])?.data)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.w.contains(name)
+    }
+}
+
 pub struct Llama<B: Backend> {
     pub config: ModelConfig,
     /// `[vocab, hidden]`; also the lm_head when the embeddings are tied.
@@ -65,32 +112,18 @@ impl<B: Backend> Llama<B> {
     }
 
     pub fn from_weights_with(be: &B, config: ModelConfig, w: &WeightFiles, opts: LoadOptions) -> Result<Self> {
-        let show_progress = opts.progress;
+        let progress = opts.progress;
+        Self::from_source(be, config, &FileSource { w, opts }, progress)
+    }
+
+    /// Builds the model from any source of named weights (a checkpoint, or seeded random
+    /// weights of a config's shape: `model::random`).
+    pub fn from_source(be: &B, config: ModelConfig, src: &dyn WeightSource, show_progress: bool) -> Result<Self> {
         let c = &config;
         let (h, qd, kvd, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
-        // Dense tables (embeddings, lm_head).
-        let matrix = |name: &str, rows: usize, cols: usize| -> Result<B::Matrix> {
-            let t = w.f32_shaped(name, &[rows, cols])?;
-            be.upload_matrix(HostMatrix { name: name.to_string(), rows, cols, data: t.data })
-        };
-        // Decoder linear weights: NF4 as stored, NF4 quantized here, or dense.
-        let linear = |name: &str, rows: usize, cols: usize| -> Result<B::Matrix> {
-            let weight = if bnb::is_nf4(w, name) {
-                let tensor = bnb::read(w, name)?;
-                if tensor.shape != [rows, cols] {
-                    return Err(Error::Shape { name: name.to_string(), expected: vec![rows, cols], found: tensor.shape });
-                }
-                HostWeight::Nf4 { name: name.to_string(), tensor }
-            } else if let Some(Quantization::Nf4) = opts.quantize {
-                let t = w.f32_shaped(name, &[rows, cols])?;
-                HostWeight::Nf4 { name: name.to_string(), tensor: Nf4Tensor::quantize(&t.data, &[rows, cols], true) }
-            } else {
-                let t = w.f32_shaped(name, &[rows, cols])?;
-                HostWeight::Dense(HostMatrix { name: name.to_string(), rows, cols, data: t.data })
-            };
-            be.upload_matrix(weight)
-        };
-        let vector = |name: &str, n: usize| -> Result<B::Vector> { be.upload_vector(&w.f32_shaped(name, &[n])?.data) };
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<B::Matrix> { be.upload_matrix(src.dense(name, rows, cols)?) };
+        let linear = |name: &str, rows: usize, cols: usize| -> Result<B::Matrix> { be.upload_matrix(src.linear(name, rows, cols)?) };
+        let vector = |name: &str, n: usize| -> Result<B::Vector> { be.upload_vector(&src.vector(name, n)?) };
         let bar = crate::progress::bar(show_progress, c.num_layers as u64, "loading layers");
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
@@ -121,7 +154,7 @@ impl<B: Backend> Llama<B> {
         }
         bar.finish_and_clear();
         let embed = matrix("model.embed_tokens.weight", c.vocab_size, h)?;
-        let lm_head = if c.tie_word_embeddings && !w.contains("lm_head.weight") {
+        let lm_head = if c.tie_word_embeddings && !src.contains("lm_head.weight") {
             None
         } else {
             Some(matrix("lm_head.weight", c.vocab_size, h)?)

@@ -4,9 +4,10 @@ pub mod config;
 pub mod fetch;
 pub mod gguf;
 pub mod llama;
+pub mod random;
 pub mod weights;
 
 
 
 pub use config::ModelConfig;
-pub use llama::{Llama, LoadOptions};
+pub use llama::{Llama, LoadOptions, WeightSource};

@@ -5,6 +5,7 @@ pub mod bnb;
 pub mod checkpoint;
 pub mod codes;
 pub mod nf4;
+pub mod torch_sum;
 
 pub use nf4::{Absmax, Nf4Tensor, NF4_BLOCK, NESTED_BLOCK};
 

@@ -1,5 +1,6 @@
-//! NF4 quantization, bit-exact with bitsandbytes `quantize_4bit(blocksize=64, quant_type="nf4")`
-//! and `dequantize_4bit`, with and without double quantization (`compress_statistics=True`).
+//! NF4 quantization, bit-exact with bitsandbytes 0.50 on the CPU `quantize_4bit(blocksize=64,
+//! quant_type="nf4")` and `dequantize_4bit`, with and without double quantization
+//! (`compress_statistics=True`).
 //!
 //! Layout (bitsandbytes'): the tensor is flattened row-major and cut into blocks of 64 elements;
 //! each block stores `absmax = max |x|` and each element the index of the NF4 level nearest to
@@ -8,6 +9,7 @@
 //! dynamic code, blockwise with block 256 and an f32 absmax (`nested_absmax`) per block.
 
 use super::codes::{DYNAMIC_CODE_BITS, NF4_CODE_BITS};
+use super::torch_sum::torch_mean_f32;
 
 /// Elements per NF4 block (bitsandbytes' default for 4-bit weights).
 pub const NF4_BLOCK: usize = 64;
@@ -50,33 +52,80 @@ pub struct Nf4Tensor {
     pub code: [f32; 16],
 }
 
-/// Nearest level of an ascending `code` (ties to the lower index, as `torch.argmin` picks the first).
-fn nearest(code: &[f32], v: f32) -> usize {
-    let mut best = 0;
-    let mut best_d = f32::INFINITY;
-    for (i, &c) in code.iter().enumerate() {
-        let d = (v - c).abs();
-        if d < best_d {
-            best = i;
-            best_d = d;
-        }
-    }
-    best
-}
-
-/// bitsandbytes blockwise quantization to an ascending `code`: per block `absmax = max |x|`,
-/// then each `clamp(x * (1 / absmax), -1, 1)` to the nearest level. Returns (indices, absmax).
-/// An all-zero block has absmax 0 and maps its elements (NaN after the scale) to index 0, as
-/// `argmin` over NaN distances does.
-fn quantize_blocks(x: &[f32], blocksize: usize, code: &[f32]) -> (Vec<u8>, Vec<f32>) {
+/// bitsandbytes 0.50 `quantize_4bit` (its default backend, which the CPU uses): per block
+/// `absmax = max |x|`; `scaled = clamp(x * (1 / max(absmax, 1e-38)), -1, 1)` (a multiply by the f32
+/// reciprocal, which rounds differently from a division); the index is the number of midpoints
+/// `(code[i] + code[i + 1]) / 2` strictly below `scaled` (`torch.bucketize`, so a value exactly on
+/// a midpoint takes the lower level). A trailing partial block divides by its absmax instead, and
+/// stores it clamped to 1e-38. An all-zero full block stores absmax 0 and the index of level 0.0.
+fn quantize_nf4_blocks(x: &[f32], blocksize: usize, code: &[f32; 16]) -> (Vec<u8>, Vec<f32>) {
+    let mids: [f32; 15] = std::array::from_fn(|i| (code[i] + code[i + 1]) * 0.5);
+    let bucket = |v: f32| mids.partition_point(|&m| m < v) as u8;
     let mut idx = Vec::with_capacity(x.len());
     let mut absmax = Vec::with_capacity(x.len().div_ceil(blocksize));
     for block in x.chunks(blocksize) {
         let m = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-        // bitsandbytes multiplies by the f32 reciprocal (not a division): it rounds differently.
-        let inv = 1.0 / m;
+        if block.len() == blocksize {
+            let inv = 1.0 / m.max(1e-38);
+            absmax.push(m);
+            idx.extend(block.iter().map(|&v| bucket((v * inv).clamp(-1.0, 1.0))));
+        } else {
+            let m = m.max(1e-38);
+            absmax.push(m);
+            idx.extend(block.iter().map(|&v| bucket((v / m).clamp(-1.0, 1.0))));
+        }
+    }
+    (idx, absmax)
+}
+
+/// Entries of the lookup table bitsandbytes' CPU `quantize_blockwise` maps a scaled value through.
+const DYNAMIC_LUT_SIZE: usize = 65536;
+
+/// bitsandbytes 0.50's CPU 8-bit quantizer (`quantize_cpu`, which double quantization calls) does
+/// not search the code for the nearest level: it cuts [-1, 1] into 65536 bins and maps each bin
+/// to a level once. Bin `i` stands for `(2i) / 65535 - 1` and takes the first level whose upper
+/// midpoint `(code[c] + code[c + 1]) * 0.5` is not below that value, so values within about half
+/// a bin (1.5e-5) of a midpoint can get the farther level; reproducing the table reproduces
+/// bitsandbytes' codes exactly.
+fn dynamic_lut() -> &'static [u8] {
+    static LUT: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    LUT.get_or_init(|| {
+        let mids: Vec<f32> = DYNAMIC_CODE.windows(2).map(|w| (w[0] + w[1]) * 0.5).collect();
+        let mut c = 0usize;
+        (0..DYNAMIC_LUT_SIZE)
+            .map(|i| {
+                let v = (i as f32 + i as f32) / (DYNAMIC_LUT_SIZE - 1) as f32 - 1.0;
+                while c < mids.len() && v > mids[c] {
+                    c += 1;
+                }
+                c as u8
+            })
+            .collect()
+    })
+}
+
+/// bitsandbytes 0.50 CPU `quantize_blockwise` (f32 input) to the dynamic code: per block
+/// `absmax = max |x|`, `v = clamp(x * (1 / absmax), -1, 1)`, bin `trunc(fma((v + 1) * 0.5, 65535,
+/// 0.5))` (the library's compiled code contracts the last multiply-add into one FMA, and the FMA
+/// rounds once: `f32::mul_add` does the same), level `dynamic_lut()[bin]`. An all-zero block stores
+/// absmax 0 and index 0. Returns (indices, absmax).
+fn quantize_dynamic_blocks(x: &[f32], blocksize: usize) -> (Vec<u8>, Vec<f32>) {
+    let lut = dynamic_lut();
+    let mut idx = Vec::with_capacity(x.len());
+    let mut absmax = Vec::with_capacity(x.len().div_ceil(blocksize));
+    for block in x.chunks(blocksize) {
+        let m = block.iter().fold(0f32, |m, v| m.max(v.abs()));
         absmax.push(m);
-        idx.extend(block.iter().map(|&v| nearest(code, (v * inv).clamp(-1.0, 1.0)) as u8));
+        if m == 0.0 {
+            idx.extend(std::iter::repeat_n(0u8, block.len()));
+            continue;
+        }
+        let inv = 1.0 / m;
+        idx.extend(block.iter().map(|&v| {
+            let t = ((v * inv).clamp(-1.0, 1.0) + 1.0) * 0.5;
+            // The library converts with truncation to i32 and keeps the low 16 bits.
+            lut[(t.mul_add((DYNAMIC_LUT_SIZE - 1) as f32, 0.5) as i32 as u16) as usize]
+        }));
     }
     (idx, absmax)
 }
@@ -90,7 +139,7 @@ impl Nf4Tensor {
     /// compress_statistics=double)`.
     pub fn quantize(data: &[f32], shape: &[usize], double: bool) -> Self {
         debug_assert_eq!(data.len(), shape.iter().product::<usize>());
-        let (idx, absmax) = quantize_blocks(data, NF4_BLOCK, &NF4_CODE);
+        let (idx, absmax) = quantize_nf4_blocks(data, NF4_BLOCK, &NF4_CODE);
         let packed = idx.chunks(2).map(|p| (p[0] << 4) | p.get(1).copied().unwrap_or(0)).collect();
         let absmax = if double { double_quantize(&absmax) } else { Absmax::Plain(absmax) };
         Nf4Tensor { shape: shape.to_vec(), blocksize: NF4_BLOCK, packed, absmax, code: NF4_CODE }
@@ -153,12 +202,12 @@ impl Nf4Tensor {
 }
 
 /// bitsandbytes' `compress_statistics`: `offset = mean(absmax)`, then `absmax - offset`
-/// quantized blockwise (256) to the signed dynamic code.
+/// quantized blockwise (256) to the signed dynamic code by the CPU quantizer
+/// (`quantize_dynamic_blocks`).
 fn double_quantize(absmax: &[f32]) -> Absmax {
-    // torch's float32 mean sums pairwise; an f64 sum rounded once agrees to the last bit or so.
-    let offset = (absmax.iter().map(|&a| a as f64).sum::<f64>() / absmax.len().max(1) as f64) as f32;
+    let offset = torch_mean_f32(absmax);
     let centred: Vec<f32> = absmax.iter().map(|&a| a - offset).collect();
-    let (q, nested_absmax) = quantize_blocks(&centred, NESTED_BLOCK, &DYNAMIC_CODE);
+    let (q, nested_absmax) = quantize_dynamic_blocks(&centred, NESTED_BLOCK);
     Absmax::Double { q, offset, nested_absmax, nested_blocksize: NESTED_BLOCK, code: Box::new(DYNAMIC_CODE) }
 }
 
@@ -181,5 +230,20 @@ mod tests {
     fn zero_block_dequantizes_to_zero() {
         let t = Nf4Tensor::quantize(&[0.0; 64], &[64], true);
         assert!(t.dequantize().iter().all(|v| *v == 0.0));
+        // bitsandbytes: index of level 0.0 (7) in both nibbles.
+        assert!(t.packed.iter().all(|&b| b == 0x77));
+    }
+
+    #[test]
+    fn nested_codes_follow_the_bitsandbytes_lookup_table_not_the_nearest_level() {
+        // From the t1 golden: 0.083126396 lies 1.4e-6 above the midpoint 0.083125 of levels 184
+        // (0.08171876) and 185 (0.08453125), inside the bin that bitsandbytes' table maps to 184.
+        let v = 0.083126396f32;
+        let (q, absmax) = quantize_dynamic_blocks(&[1.0, v, -1.0, 0.0], NESTED_BLOCK);
+        assert_eq!(absmax, [1.0]);
+        assert!((DYNAMIC_CODE[185] - v).abs() < (DYNAMIC_CODE[184] - v).abs(), "185 is the nearest level");
+        // 0.0 falls in bin 32768, which stands for 1.5e-5 and takes level 131 (3.05e-5), not the
+        // exact zero at 127 (checked against bitsandbytes 0.50.2's own quantize_blockwise).
+        assert_eq!(q, [255, 184, 0, 131]);
     }
 }

@@ -27,24 +27,49 @@ pub struct LoraSegmentRef<'a> {
 /// Checks that every segment fits `[t_rows, d_in] -> [t_rows, d_out]`, lies inside the batch,
 /// does not overlap the previous one, and has A, B of its rank. Shared with the CUDA path.
 pub fn validate_segments(segs: &[LoraSegmentRef<'_>], t_rows: usize, d_in: usize, d_out: usize, r_max: usize) -> Result<()> {
+    let shapes = segs.iter().map(|s| LoraSegmentShape { start: s.start, len: s.len, rank: s.rank, a_len: s.a.len(), b_len: s.b.len() });
+    validate_segment_shapes(shapes, t_rows, d_in, d_out, r_max)
+}
+
+/// What `validate_segment_shapes` needs of a segment: its rows, rank and the element counts of
+/// its A and B, wherever they live (host slices here, device buffers in `backend::cuda::lora`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoraSegmentShape {
+    pub start: usize,
+    pub len: usize,
+    pub rank: usize,
+    /// Elements of A, expected `rank * d_in`.
+    pub a_len: usize,
+    /// Elements of B, expected `d_out * rank`.
+    pub b_len: usize,
+}
+
+/// The checks of `validate_segments` on segment shapes alone.
+pub fn validate_segment_shapes(
+    segs: impl IntoIterator<Item = LoraSegmentShape>,
+    t_rows: usize,
+    d_in: usize,
+    d_out: usize,
+    r_max: usize,
+) -> Result<()> {
     let mut end = 0;
-    for (i, s) in segs.iter().enumerate() {
+    for (i, s) in segs.into_iter().enumerate() {
         let bad = |m: String| Err(Error::InvalidArgument(format!("lora segment {i}: {m}")));
         if s.start < end {
             return bad(format!("starts at row {} inside the previous segment (ends at {end})", s.start));
         }
-        end = s.start + s.len;
+        end = s.start.saturating_add(s.len);
         if end > t_rows {
             return bad(format!("rows {}..{end} are past the batch ({t_rows} rows)", s.start));
         }
         if s.rank == 0 || s.rank > r_max {
             return bad(format!("rank {} is outside 1..={r_max}", s.rank));
         }
-        if s.a.len() != s.rank * d_in {
-            return bad(format!("A has {} values, expected [{}, {d_in}]", s.a.len(), s.rank));
+        if s.a_len != s.rank * d_in {
+            return bad(format!("A has {} values, expected [{}, {d_in}]", s.a_len, s.rank));
         }
-        if s.b.len() != d_out * s.rank {
-            return bad(format!("B has {} values, expected [{d_out}, {}]", s.b.len(), s.rank));
+        if s.b_len != d_out * s.rank {
+            return bad(format!("B has {} values, expected [{d_out}, {}]", s.b_len, s.rank));
         }
     }
     Ok(())
@@ -80,18 +105,68 @@ pub fn lora_expand(v: &[f32], r_max: usize, segs: &[LoraSegmentRef<'_>], y: &mut
     }
 }
 
+/// Segments up to this many rows take the per-row path (decode: BGMV-like); longer ones the
+/// blocked matmul (prefill: SGMV-like).
+const ROWS_PER_ROW_PATH: usize = 4;
+
 /// Shrink then expand: `y += scale · (x Aᵀ) Bᵀ` per segment. Validates first.
+///
+/// Segments run in parallel (each owns its rows of `y`), so a decode batch of many one-token
+/// segments costs about one pass over the adapters' weights, not one thread fork per segment.
 pub fn lora_apply(x: &[f32], d_in: usize, segs: &[LoraSegmentRef<'_>], y: &mut [f32], d_out: usize) -> Result<()> {
+    use rayon::prelude::*;
     let t_rows = if d_in == 0 { 0 } else { x.len() / d_in };
     if x.len() != t_rows * d_in || y.len() != t_rows * d_out {
         return Err(Error::InvalidArgument(format!("lora: x has {} values, y {}, for d_in {d_in}, d_out {d_out}", x.len(), y.len())));
     }
     let r_max = segs.iter().map(|s| s.rank).max().unwrap_or(0);
     validate_segments(segs, t_rows, d_in, d_out, r_max)?;
-    let mut v = vec![0.0; t_rows * r_max];
-    lora_shrink(x, d_in, segs, &mut v, r_max);
-    lora_expand(&v, r_max, segs, y, d_out);
+    // Disjoint row ranges of y, one per segment, in order (validated: sorted, no overlap).
+    let mut parts: Vec<(&LoraSegmentRef<'_>, &mut [f32])> = Vec::with_capacity(segs.len());
+    let mut rest = y;
+    let mut row = 0;
+    for s in segs {
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut((s.start - row) * d_out);
+        let (mine, tail) = tail.split_at_mut(s.len * d_out);
+        parts.push((s, mine));
+        rest = tail;
+        row = s.start + s.len;
+    }
+    let (short, long): (Vec<_>, Vec<_>) = parts.into_iter().partition(|(s, _)| s.len <= ROWS_PER_ROW_PATH);
+    short.into_par_iter().for_each(|(s, y)| {
+        let mut v = [0f32; 256];
+        for (r, yr) in y.chunks_exact_mut(d_out).enumerate() {
+            let xr = &x[(s.start + r) * d_in..(s.start + r + 1) * d_in];
+            apply_row(xr, s, &mut v, yr);
+        }
+    });
+    for (s, y) in long {
+        let one = LoraSegmentRef { start: 0, ..*s };
+        let xs = &x[s.start * d_in..(s.start + s.len) * d_in];
+        let mut v = vec![0.0; s.len * s.rank];
+        lora_shrink(xs, d_in, &[one], &mut v, s.rank);
+        lora_expand(&v, s.rank, &[one], y, d_out);
+    }
     Ok(())
+}
+
+/// One row: `v = x · Aᵀ` (rank values), then `y += scale · v · Bᵀ`. Ranks above 256 take a
+/// heap buffer.
+fn apply_row(x: &[f32], s: &LoraSegmentRef<'_>, stack: &mut [f32; 256], y: &mut [f32]) {
+    let mut heap;
+    let v: &mut [f32] = if s.rank <= stack.len() {
+        &mut stack[..s.rank]
+    } else {
+        heap = vec![0.0; s.rank];
+        &mut heap
+    };
+    let d_in = x.len();
+    for (k, vk) in v.iter_mut().enumerate() {
+        *vk = s.scale * matmul::dot(x, &s.a[k * d_in..(k + 1) * d_in]);
+    }
+    for (yo, b) in y.iter_mut().zip(s.b.chunks_exact(s.rank)) {
+        *yo += matmul::dot(v, b);
+    }
 }
 
 #[cfg(test)]

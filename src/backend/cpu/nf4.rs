@@ -2,7 +2,10 @@
 //! bitsandbytes NF4 (flat blocks of `blocksize` elements, row-major). The whole dequantized
 //! matrix is never materialised: each rayon task dequantizes a tile of `TILE_ROWS` weight rows
 //! (`TILE_ROWS × k` f32, 147 KB for k = 576) into its own buffer and multiplies it with the dense
-//! kernel; for decode (≤ 4 rows) that kernel is the GEMV that dots each dequantized row once.
+//! kernel. Decode (≤ 4 rows, the usual layouts) takes the fused kernel in `gemv`, which dots the
+//! packed nibbles through the 16-level table without dequantizing even a tile.
+
+pub mod gemv;
 
 use rayon::prelude::*;
 
@@ -87,6 +90,10 @@ pub fn linear(x: &[f32], t: usize, w: &Nf4Matrix, out: &mut [f32]) {
     assert_eq!(out.len(), t * n, "out is not [t, n]");
     if t == 0 || n == 0 {
         return;
+    }
+    if t <= gemv::MAX_ROWS && gemv::supports(w) {
+        // Decode: the fused kernel reads each packed byte once and never writes a weight.
+        return gemv::linear(x, t, w, out);
     }
     // Each task: dequantize its tile, multiply into a task-local [t, rows] result; then scatter
     // (out is [t, n], so a tile's columns are strided).

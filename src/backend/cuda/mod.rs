@@ -12,6 +12,8 @@
 //! - `ffi`: the bindgen'd C ABI of `csrc/*.h`; `embedded`: the fatbins.
 //! - `attention`: paged attention (`CudaAttention`: `reshape_and_cache`, `paged_attention`),
 //!   `CudaKvCache`, and the pure checks `plan_attention`, `plan_reshape_and_cache`.
+//! - `nf4`: linear layers against bitsandbytes NF4 weights (`CudaNf4`, `CudaNf4Weight`: GEMV for
+//!   decode, tensor-core GEMM for prefill) and the pure check `plan_nf4_linear`.
 //! - `testing`: `test_device`, the device of the GPU tests or a loud skip.
 //!
 //! Everything here compiles without nvcc (no `has_kernels` cfg): `check_available` then reports
@@ -24,6 +26,8 @@ mod dtype;
 mod embedded;
 pub mod ffi;
 pub mod launch;
+pub mod nf4;
+pub mod lora;
 mod ops;
 mod testing;
 pub mod validate;
@@ -31,6 +35,7 @@ pub mod validate;
 pub use attention::{AttnDims, AttnKernel, AttnPlan, CudaAttention, CudaKvCache};
 pub use availability::{check_available, Unavailable};
 pub use device::CudaOps;
+pub use nf4::{CudaNf4, CudaNf4Weight};
 pub use dtype::{CudaElem, DType};
 pub use testing::{test_device, REQUIRE_GPU_ENV};
 pub use validate::RopeDims;

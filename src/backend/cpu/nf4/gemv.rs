@@ -1,0 +1,325 @@
+//! Fused NF4 GEMV for decode (1–4 activation rows): `out [t, n] = x [t, k] · Wᵀ` straight from the
+//! packed nibbles, never writing a dequantized weight anywhere. Per weight row and block of
+//! `blocksize` elements it accumulates `Σ code[q_i] · x_i` (the 16-level table, unscaled) and adds
+//! `absmax[block] ·` that to the row's total, so the scale costs one FMA per block, and each
+//! packed byte is read once for all `t` rows.
+//!
+//! Layout trick: a packed byte holds element `2i` (high nibble) and `2i + 1` (low nibble). Rather
+//! than interleave the decoded values, `x` is de-interleaved once per call into groups of 32
+//! elements `[x0, x2, .., x30, x1, x3, .., x31]`, so the 16 high nibbles of 16 bytes dot the first
+//! half and the 16 low nibbles the second.
+//!
+//! Kernels: AVX-512 (16 nibbles → 16 floats with one `vpermps` over the 16-entry table in a
+//! register), AVX2 (two 8-entry `vpermps` and a blend on bit 3), and a portable scalar loop;
+//! chosen at run time. All need `cols % blocksize == 0` and `blocksize % 32 == 0` (every block
+//! starts a 32-element group; bitsandbytes' 64 qualifies); `supports` says so, and other shapes
+//! take the tiled path in `nf4.rs`.
+
+use rayon::prelude::*;
+
+use super::Nf4Matrix;
+
+/// Elements per de-interleaved group (16 packed bytes).
+const GROUP: usize = 32;
+/// Weight rows per rayon task (64 rows of 576 columns = 18 KB of packed weights).
+const ROWS_PER_TASK: usize = 64;
+/// The most activation rows the fused kernels take (decode and small batches).
+pub const MAX_ROWS: usize = 4;
+
+/// Whether `w` has the layout the fused kernels need.
+pub fn supports(w: &Nf4Matrix) -> bool {
+    w.blocksize.is_multiple_of(GROUP) && w.cols.is_multiple_of(w.blocksize) && w.blocksize > 0
+}
+
+/// `x [t, k]` to groups of 32: `[x0, x2, .., x30, x1, x3, .., x31]` per group, rows after each other.
+fn deinterleave(x: &[f32], t: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0.0; t * k];
+    for (src, dst) in x.chunks_exact(k).zip(out.chunks_exact_mut(k)) {
+        for (s, d) in src.chunks_exact(GROUP).zip(dst.chunks_exact_mut(GROUP)) {
+            for i in 0..GROUP / 2 {
+                d[i] = s[2 * i];
+                d[GROUP / 2 + i] = s[2 * i + 1];
+            }
+        }
+    }
+    out
+}
+
+/// Which kernel the CPU runs (checked once per call; the check is cached by std).
+#[derive(Clone, Copy)]
+enum Isa {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+fn detect() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            return Isa::Avx512;
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Portable
+}
+
+/// `out [t, w.rows] = x [t, w.cols] · wᵀ` for `1 <= t <= MAX_ROWS` and `supports(w)`.
+pub fn linear(x: &[f32], t: usize, w: &Nf4Matrix, out: &mut [f32]) {
+    linear_with(detect(), x, t, w, out)
+}
+
+/// The portable kernel only (tests compare the SIMD kernels with it).
+pub fn linear_portable(x: &[f32], t: usize, w: &Nf4Matrix, out: &mut [f32]) {
+    linear_with(Isa::Portable, x, t, w, out)
+}
+
+fn linear_with(isa: Isa, x: &[f32], t: usize, w: &Nf4Matrix, out: &mut [f32]) {
+    let (n, k) = (w.rows, w.cols);
+    assert!(supports(w), "fused NF4 GEMV: cols {k} / blocksize {} not supported", w.blocksize);
+    assert!((1..=MAX_ROWS).contains(&t), "fused NF4 GEMV takes 1..={MAX_ROWS} rows, got {t}");
+    assert_eq!(x.len(), t * k, "x is not [t, k]");
+    assert_eq!(out.len(), t * n, "out is not [t, n]");
+    assert_eq!(w.packed.len(), n * k / 2, "packed is not [n, k / 2]");
+    assert_eq!(w.absmax.len(), n * k / w.blocksize, "absmax is not one per block");
+    let xd = deinterleave(x, t, k);
+    let row_bytes = k / 2;
+    let blocks_per_row = k / w.blocksize;
+    // One task computes ROWS_PER_TASK output columns for all t rows into [rows, t], then the
+    // results are scattered into out [t, n] (for t = 1 that is a plain copy).
+    let mut cols = vec![0f32; n * t];
+    cols.par_chunks_mut(ROWS_PER_TASK * t).enumerate().for_each(|(ci, chunk)| {
+        let r0 = ci * ROWS_PER_TASK;
+        for (jj, o) in chunk.chunks_exact_mut(t).enumerate() {
+            let j = r0 + jj;
+            let packed = &w.packed[j * row_bytes..(j + 1) * row_bytes];
+            let absmax = &w.absmax[j * blocks_per_row..(j + 1) * blocks_per_row];
+            let mut acc = [0f32; MAX_ROWS];
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: Avx512 is chosen only where the CPU has AVX-512F; the slices were
+                // checked above to hold k / 2 bytes, k / blocksize scales and t * k activations.
+                Isa::Avx512 => unsafe { x86::row_avx512(packed, absmax, &w.code, &xd, t, k, w.blocksize, &mut acc) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: Avx2 is chosen only where the CPU has AVX2 and FMA; lengths as above.
+                Isa::Avx2 => unsafe { x86::row_avx2(packed, absmax, &w.code, &xd, t, k, w.blocksize, &mut acc) },
+                Isa::Portable => row_portable(packed, absmax, &w.code, &xd, t, k, w.blocksize, &mut acc),
+            }
+            o.copy_from_slice(&acc[..t]);
+        }
+    });
+    if t == 1 {
+        out.copy_from_slice(&cols);
+    } else {
+        for j in 0..n {
+            for ti in 0..t {
+                out[ti * n + j] = cols[j * t + ti];
+            }
+        }
+    }
+}
+
+/// One weight row against `t` de-interleaved activation rows `xd [t, k]`.
+#[allow(clippy::too_many_arguments)]
+fn row_portable(
+    packed: &[u8],
+    absmax: &[f32],
+    code: &[f32; 16],
+    xd: &[f32],
+    t: usize,
+    k: usize,
+    blocksize: usize,
+    acc: &mut [f32; MAX_ROWS],
+) {
+    for (b, (bytes, &scale)) in packed.chunks_exact(blocksize / 2).zip(absmax).enumerate() {
+        let e0 = b * blocksize;
+        for (ti, a) in acc.iter_mut().enumerate().take(t) {
+            let x = &xd[ti * k + e0..ti * k + e0 + blocksize];
+            let mut block = 0f32;
+            for (g, xg) in bytes.chunks_exact(GROUP / 2).zip(x.chunks_exact(GROUP)) {
+                let (xe, xo) = xg.split_at(GROUP / 2);
+                for i in 0..GROUP / 2 {
+                    block += code[(g[i] >> 4) as usize] * xe[i] + code[(g[i] & 0xf) as usize] * xo[i];
+                }
+            }
+            *a += scale * block;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{GROUP, MAX_ROWS};
+    use std::arch::x86_64::*;
+
+    /// AVX-512: per 16 packed bytes, zero-extend to 16 dwords `d`; `vpermps` reads only the low
+    /// 4 bits of each index, so `d >> 4` picks the high-nibble levels and `d` itself the low.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn row_avx512(
+        packed: &[u8],
+        absmax: &[f32],
+        code: &[f32; 16],
+        xd: &[f32],
+        t: usize,
+        k: usize,
+        blocksize: usize,
+        acc: &mut [f32; MAX_ROWS],
+    ) {
+        let lut = _mm512_loadu_ps(code.as_ptr());
+        let mut total = [_mm512_setzero_ps(); MAX_ROWS];
+        let groups_per_block = blocksize / GROUP;
+        let px = xd.as_ptr();
+        for (b, &scale) in absmax.iter().enumerate() {
+            let mut block = [_mm512_setzero_ps(); MAX_ROWS];
+            for g in 0..groups_per_block {
+                let e0 = (b * groups_per_block + g) * GROUP;
+                // SAFETY: e0 / 2 + 16 <= k / 2 = packed.len() (the caller's layout check).
+                let d = _mm512_cvtepu8_epi32(_mm_loadu_si128(packed.as_ptr().add(e0 / 2) as *const __m128i));
+                let hi = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(d), lut);
+                let lo = _mm512_permutexvar_ps(d, lut);
+                for ti in 0..t {
+                    // SAFETY: ti * k + e0 + 32 <= t * k = xd.len().
+                    let xe = _mm512_loadu_ps(px.add(ti * k + e0));
+                    let xo = _mm512_loadu_ps(px.add(ti * k + e0 + 16));
+                    block[ti] = _mm512_fmadd_ps(hi, xe, _mm512_fmadd_ps(lo, xo, block[ti]));
+                }
+            }
+            let s = _mm512_set1_ps(scale);
+            for ti in 0..t {
+                total[ti] = _mm512_fmadd_ps(block[ti], s, total[ti]);
+            }
+        }
+        for ti in 0..t {
+            acc[ti] = _mm512_reduce_add_ps(total[ti]);
+        }
+    }
+
+    /// AVX2: 8 dwords at a time; the low 8 levels and the high 8 levels are each one `vpermps`
+    /// (index bits 0–2), and bit 3 of the nibble, shifted into the sign bit, blends them.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn row_avx2(
+        packed: &[u8],
+        absmax: &[f32],
+        code: &[f32; 16],
+        xd: &[f32],
+        t: usize,
+        k: usize,
+        blocksize: usize,
+        acc: &mut [f32; MAX_ROWS],
+    ) {
+        let lut_lo = _mm256_loadu_ps(code.as_ptr());
+        let lut_hi = _mm256_loadu_ps(code.as_ptr().add(8));
+        let mut total = [_mm256_setzero_ps(); MAX_ROWS];
+        let groups_per_block = blocksize / GROUP;
+        let px = xd.as_ptr();
+        for (b, &scale) in absmax.iter().enumerate() {
+            let mut block = [_mm256_setzero_ps(); MAX_ROWS];
+            for g in 0..groups_per_block {
+                let e0 = (b * groups_per_block + g) * GROUP;
+                for half in 0..2 {
+                    // 8 packed bytes: elements e0 + 16 * half .. + 16.
+                    // SAFETY: e0 / 2 + 8 * half + 8 <= k / 2 = packed.len().
+                    let raw = _mm_loadl_epi64(packed.as_ptr().add(e0 / 2 + 8 * half) as *const __m128i);
+                    let d = _mm256_cvtepu8_epi32(raw);
+                    let dh = _mm256_srli_epi32::<4>(d);
+                    // High nibble: bit 3 of d >> 4 is bit 7 of d; low nibble: bit 3 of d.
+                    let hi = _mm256_blendv_ps(
+                        _mm256_permutevar8x32_ps(lut_lo, dh),
+                        _mm256_permutevar8x32_ps(lut_hi, dh),
+                        _mm256_castsi256_ps(_mm256_slli_epi32::<24>(d)),
+                    );
+                    let lo = _mm256_blendv_ps(
+                        _mm256_permutevar8x32_ps(lut_lo, d),
+                        _mm256_permutevar8x32_ps(lut_hi, d),
+                        _mm256_castsi256_ps(_mm256_slli_epi32::<28>(d)),
+                    );
+                    for ti in 0..t {
+                        // SAFETY: ti * k + e0 + 8 * half + 24 <= t * k = xd.len().
+                        let base = px.add(ti * k + e0 + 8 * half);
+                        let xe = _mm256_loadu_ps(base);
+                        let xo = _mm256_loadu_ps(base.add(GROUP / 2));
+                        block[ti] = _mm256_fmadd_ps(hi, xe, _mm256_fmadd_ps(lo, xo, block[ti]));
+                    }
+                }
+            }
+            let s = _mm256_set1_ps(scale);
+            for ti in 0..t {
+                total[ti] = _mm256_fmadd_ps(block[ti], s, total[ti]);
+            }
+        }
+        for ti in 0..t {
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), total[ti]);
+            acc[ti] = lanes.iter().sum();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::matmul;
+    use crate::quant::Nf4Tensor;
+
+    fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    fn check(isa: Isa, what: &str) {
+        for (t, n, k) in [(1, 77, 576), (2, 130, 128), (3, 65, 1536), (4, 200, 64), (1, 1, 64)] {
+            let w = Nf4Tensor::quantize(&rand_vec(n * k, 1 + n as u64), &[n, k], true);
+            let m = Nf4Matrix::new(&w).unwrap();
+            assert!(supports(&m));
+            let x = rand_vec(t * k, 2 + t as u64);
+            let mut got = vec![f32::NAN; t * n];
+            linear_with(isa, &x, t, &m, &mut got);
+            let mut want = vec![0.0; t * n];
+            matmul::linear(&x, t, k, &w.dequantize(), n, &mut want);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{what} [{t}, {n}, {k}] [{i}]: {g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn portable_matches_dense_matmul_of_the_dequantized_matrix() {
+        check(Isa::Portable, "portable");
+    }
+
+    #[test]
+    fn simd_kernels_match_dense_matmul_where_the_cpu_has_them() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f") {
+                check(Isa::Avx512, "avx512");
+            } else {
+                eprintln!("SKIPPED avx512 kernel: the CPU has no AVX-512F");
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                check(Isa::Avx2, "avx2");
+            } else {
+                eprintln!("SKIPPED avx2 kernel: the CPU has no AVX2+FMA");
+            }
+        }
+        // Whatever the CPU, the dispatching entry point agrees too.
+        check(detect(), "detected");
+    }
+
+    #[test]
+    fn unsupported_layouts_are_reported() {
+        let w = Nf4Tensor::quantize(&rand_vec(100 * 77, 3), &[100, 77], false);
+        assert!(!supports(&Nf4Matrix::new(&w).unwrap()));
+    }
+}
