@@ -15,6 +15,7 @@ pub mod loadtest;
 pub mod lora;
 pub mod model;
 pub mod progress;
+pub mod server;
 pub mod quant;
 pub mod rng;
 pub mod tokenizer;

@@ -1,4 +1,5 @@
-//! The lorafleet command line: generate, score, convert, quantize, fetch-model, fetch-data, eval.
+//! The lorafleet command line: generate, score, convert, quantize, fetch-model, fetch-data, eval,
+//! serve, bench.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -45,6 +46,54 @@ enum Command {
     FetchData(FetchDataArgs),
     /// Generate greedily for every example of a task or data file and score the outputs.
     Eval(EvalArgs),
+    /// Serve the model and its LoRA adapters over HTTP (LoRAX /generate, OpenAI /v1/*).
+    #[command(long_about = "Serve the model and its LoRA adapters over HTTP.\n\n\
+    Endpoints: POST /generate, POST /generate_stream (LoRAX/TGI: {\"inputs\", \"parameters\": \
+    {\"adapter_id\", \"max_new_tokens\", \"do_sample\", \"temperature\", \"top_p\", \"top_k\", \"seed\", \
+    \"stop\", \"details\"}}); POST /v1/completions, POST /v1/chat/completions (OpenAI; \"model\" names \
+    an adapter, or the base: the model directory's name, \"base\" or empty); GET /v1/models; \
+    GET /health; GET /metrics (Prometheus).\n\n\
+    Example:\n  lorafleet serve --model models/smollm2-135m-instruct --adapter-dir adapters --port 8080\n  \
+    curl localhost:8080/generate -d '{\"inputs\": \"Hello\", \"parameters\": {\"adapter_id\": \"my-lora\"}}'")]
+    Serve(ServeArgs),
+}
+
+/// `lorafleet serve`: one engine (continuous batching over every request and adapter) behind an
+/// HTTP server.
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Directory of PEFT adapters, one folder each (the folder name is the adapter id).
+    #[arg(long)]
+    adapter_dir: Option<PathBuf>,
+    /// Adapters kept in host memory (the disk tier holds the rest).
+    #[arg(long, default_value_t = 64)]
+    max_host_adapters: usize,
+    /// Device memory for resident adapters (bytes; K, M, G suffixes).
+    #[arg(long, value_parser = parse_bytes, default_value = "1G")]
+    adapter_memory: usize,
+    /// Highest LoRA rank accepted; adapters above it fail to load.
+    #[arg(long, default_value_t = 128)]
+    max_lora_rank: usize,
+    /// KV cache size (bytes; K, M, G suffixes). Bounds the tokens of all running requests.
+    #[arg(long, value_parser = parse_bytes, default_value = "512M")]
+    kv_cache_bytes: usize,
+    /// Tokens per engine step (decode tokens + prefill chunks); long prompts are chunked to it.
+    #[arg(long, default_value_t = 512)]
+    max_batch_tokens: usize,
+    /// Sequences decoding together at most.
+    #[arg(long, default_value_t = 64)]
+    max_running: usize,
+    /// Distinct adapters in the running batch at most (the base counts as one).
+    #[arg(long, default_value_t = 32)]
+    max_active_adapters: usize,
+    /// Address to listen on (0.0.0.0 for every interface).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0 = any free one; the address is printed as `listening on http://ADDR`).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
 }
 
 #[derive(Args)]
@@ -269,6 +318,34 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::FetchData(a) => fetch_data(a),
         Command::Eval(a) => eval(a),
+        Command::Serve(a) => lorafleet::server::serve(a.into_options()),
+    }
+}
+
+impl ServeArgs {
+    fn into_options(self) -> lorafleet::server::ServeOptions {
+        use lorafleet::engine::{CacheOptions, EngineOptions};
+        let engine = EngineOptions {
+            kv_cache_bytes: self.kv_cache_bytes,
+            max_batch_tokens: self.max_batch_tokens,
+            max_running: self.max_running,
+            max_active_adapters: self.max_active_adapters,
+            cache: CacheOptions {
+                adapter_dir: self.adapter_dir,
+                max_host_adapters: self.max_host_adapters,
+                device_budget_bytes: self.adapter_memory,
+                max_rank: self.max_lora_rank,
+            },
+            ..EngineOptions::default()
+        };
+        lorafleet::server::ServeOptions {
+            model: self.model.model,
+            quantize: self.model.quantize,
+            threads: self.model.threads,
+            host: self.host,
+            port: self.port,
+            engine,
+        }
     }
 }
 

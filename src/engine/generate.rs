@@ -6,13 +6,13 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::sampler::{Sampler, SamplingParams};
-use super::stop::StopMatcher;
+use super::output::SeqOutput;
+use super::sampler::SamplingParams;
 use crate::backend::Backend;
 use crate::kv::{BatchLayout, BlockPool, BlockTable, DEFAULT_BLOCK_SIZE};
 use crate::lora::LoadedAdapter;
 use crate::model::Llama;
-use crate::tokenizer::{IncrementalDecoder, TextTokenizer};
+use crate::tokenizer::TextTokenizer;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone)]
@@ -61,13 +61,9 @@ pub struct GenerationOutput {
 
 struct Seq {
     table: BlockTable,
-    sampler: Sampler,
-    decoder: IncrementalDecoder,
-    stop: StopMatcher,
-    tokens: Vec<u32>,
+    out: SeqOutput,
     /// The token to feed next.
     next: u32,
-    finish: Option<FinishReason>,
     /// Set when the sequence failed alone (e.g. the KV cache ran out); its blocks are freed.
     error: Option<Error>,
     decode_ms: f64,
@@ -148,12 +144,8 @@ impl<'a, B: Backend> Generator<'a, B> {
             .iter()
             .map(|r| Seq {
                 table: BlockTable::new(&pool),
-                sampler: Sampler::new(r.options.sampling.clone()),
-                decoder: IncrementalDecoder::new(),
-                stop: StopMatcher::new(r.options.stop.clone()),
-                tokens: Vec::new(),
+                out: SeqOutput::new(r.options.clone()),
                 next: 0,
-                finish: if r.options.max_new_tokens == 0 { Some(FinishReason::Length) } else { None },
                 error: None,
                 decode_ms: 0.0,
             })
@@ -164,7 +156,7 @@ impl<'a, B: Backend> Generator<'a, B> {
         let mut active: Vec<usize> = Vec::new();
         let mut ids = Vec::new();
         for i in 0..reqs.len() {
-            if seqs[i].finish.is_some() {
+            if seqs[i].out.is_finished() {
                 continue;
             }
             if let Err(e) = seqs[i].table.reserve(reqs[i].prompt_ids.len()) {
@@ -188,7 +180,7 @@ impl<'a, B: Backend> Generator<'a, B> {
                 let n = reqs[i].prompt_ids.len();
                 seqs[i].table.advance(n);
                 let row = &logits[j * self.model.config.vocab_size..(j + 1) * self.model.config.vocab_size];
-                self.accept(&mut seqs[i], &reqs[i].options, eos, row, i, &mut on_text)?;
+                self.accept(&mut seqs[i], eos, row, i, &mut on_text)?;
             }
         }
         let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -199,7 +191,7 @@ impl<'a, B: Backend> Generator<'a, B> {
             let mut active: Vec<usize> = Vec::new();
             let mut ids = Vec::new();
             for (i, s) in seqs.iter_mut().enumerate() {
-                if s.finish.is_some() {
+                if s.out.is_finished() {
                     continue;
                 }
                 if let Err(e) = s.table.reserve(1) {
@@ -220,7 +212,7 @@ impl<'a, B: Backend> Generator<'a, B> {
             let v = self.model.config.vocab_size;
             for (j, &i) in active.iter().enumerate() {
                 seqs[i].table.advance(1);
-                self.accept(&mut seqs[i], &reqs[i].options, eos, &logits[j * v..(j + 1) * v], i, &mut on_text)?;
+                self.accept(&mut seqs[i], eos, &logits[j * v..(j + 1) * v], i, &mut on_text)?;
             }
             let dt = t.elapsed().as_secs_f64() * 1e3;
             for &i in &active {
@@ -235,12 +227,12 @@ impl<'a, B: Backend> Generator<'a, B> {
                 if let Some(e) = s.error {
                     return Err(e);
                 }
-                let n_dec = s.tokens.len().saturating_sub(1);
+                let n_dec = s.out.tokens.len().saturating_sub(1);
                 Ok(GenerationOutput {
                     prompt_ids: r.prompt_ids.clone(),
-                    text: s.stop.text().to_string(),
-                    token_ids: s.tokens,
-                    finish_reason: s.finish.unwrap_or(FinishReason::Length),
+                    text: s.out.text().to_string(),
+                    finish_reason: s.out.finish.unwrap_or(FinishReason::Length),
+                    token_ids: s.out.tokens,
                     prefill_ms,
                     decode_ms: s.decode_ms,
                     prefill_tokens_per_s: prompt_tokens as f64 / (prefill_ms / 1e3),
@@ -252,37 +244,11 @@ impl<'a, B: Backend> Generator<'a, B> {
 
     /// Samples from `logits`, records the token, streams its text and decides whether the
     /// sequence is done.
-    fn accept(
-        &self,
-        s: &mut Seq,
-        opt: &GenerateOptions,
-        eos: &[u32],
-        logits: &[f32],
-        i: usize,
-        on_text: &mut impl FnMut(usize, &str),
-    ) -> Result<()> {
-        let tok = s.sampler.sample(logits);
-        s.tokens.push(tok);
-        s.next = tok;
-        if !opt.ignore_eos && eos.contains(&tok) {
-            s.finish = Some(FinishReason::Eos);
-        } else if let Some(delta) = s.decoder.push(self.tokenizer, tok)? {
-            let (out, hit) = s.stop.push(&delta);
-            if !out.is_empty() {
-                on_text(i, &out);
-            }
-            if hit {
-                s.finish = Some(FinishReason::Stop);
-            }
-        }
-        if s.finish.is_none() && s.tokens.len() >= opt.max_new_tokens {
-            s.finish = Some(FinishReason::Length);
-        }
-        if s.finish.is_some() && s.finish != Some(FinishReason::Stop) {
-            let rest = s.stop.flush();
-            if !rest.is_empty() {
-                on_text(i, &rest);
-            }
+    fn accept(&self, s: &mut Seq, eos: &[u32], logits: &[f32], i: usize, on_text: &mut impl FnMut(usize, &str)) -> Result<()> {
+        let a = s.out.accept(self.tokenizer, eos, logits)?;
+        s.next = a.token;
+        if !a.text.is_empty() {
+            on_text(i, &a.text);
         }
         Ok(())
     }
@@ -290,7 +256,7 @@ impl<'a, B: Backend> Generator<'a, B> {
 
 /// Ends a sequence with an error of its own and gives its blocks back at once.
 fn fail(s: &mut Seq, e: Error) {
-    s.finish = Some(FinishReason::Length);
+    s.out.finish = Some(FinishReason::Length);
     s.error = Some(e);
     s.table.truncate(0);
 }

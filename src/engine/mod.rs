@@ -1,11 +1,21 @@
-//! Generation on top of the model: sampling, stop conditions, batched generation and scoring.
-//! (The continuous-batching engine thread and the scheduler come with the engine issue.)
+//! Generation on top of the model: sampling, stop conditions, batched generation, scoring, and
+//! the continuous-batching engine (`Engine`: one thread, many requests, many adapters).
 
+#[allow(clippy::module_inception)]
+pub mod engine;
 pub mod generate;
+pub mod output;
+pub mod request;
 pub mod sampler;
+pub mod scheduler;
 pub mod score;
+pub mod stats;
 pub mod stop;
 
+pub use engine::{CacheOptions, Engine, EngineOptions};
 pub use generate::{FinishReason, GenerateOptions, GenerationOutput, Generator, SeqRequest};
+pub use output::SeqOutput;
+pub use request::{Event, Finished, GenerateRequest, Prompt, Recv, RequestHandle};
 pub use sampler::{Sampler, SamplingParams};
 pub use score::{score, score_with_adapter, ScoreOutput};
+pub use stats::{EngineStats, Histogram};

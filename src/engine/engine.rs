@@ -1,0 +1,641 @@
+//! The engine: one thread owns the model, the paged KV cache and the adapter cache, and runs
+//! continuous batching over every submitted request. Clients call `Engine::submit` from any
+//! thread (tokenization and validation happen there) and read token events from the returned
+//! handle.
+//!
+//! Each step: take new requests and drop cancelled ones; ask the adapter cache for the adapters
+//! of waiting requests (a request whose adapter is loading stays queued and blocks nobody);
+//! plan the step with `scheduler::plan_step`; carry out preemptions and admissions; run one
+//! forward over the step's prefill chunks and decode tokens, sorted by adapter so each adapter
+//! is one LoRA segment; sample, stream, and retire finished sequences (their blocks go back to
+//! the pool and their adapter pin is released).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+
+use super::output::SeqOutput;
+use super::request::{Event, Finished, GenerateRequest, Prompt, RequestHandle};
+use super::scheduler::{plan_step, Limits, Plan, RunningView, SeqId, WaitingView};
+use super::stats::EngineStats;
+use crate::backend::Backend;
+use crate::kv::{BatchLayout, BlockPool, BlockTable, DEFAULT_BLOCK_SIZE};
+pub use crate::lora::cache::CacheOptions;
+use crate::lora::cache::{AdapterCache, AdapterStatus};
+use crate::lora::LoadedAdapter;
+use crate::model::config::ModelConfig;
+use crate::model::Llama;
+use crate::tokenizer::TextTokenizer;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// KV cache size in bytes (K and V of every layer; the CPU backend stores f32).
+    pub kv_cache_bytes: usize,
+    /// Exact number of KV blocks, overriding `kv_cache_bytes` (tests).
+    pub kv_blocks: Option<usize>,
+    pub block_size: usize,
+    /// Tokens per step (decode tokens + prefill chunks).
+    pub max_batch_tokens: usize,
+    /// Sequences running (holding KV blocks) at once.
+    pub max_running: usize,
+    /// Distinct adapters (the base counts as one) in the running batch.
+    pub max_active_adapters: usize,
+    pub cache: CacheOptions,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            kv_cache_bytes: 512 << 20,
+            kv_blocks: None,
+            block_size: DEFAULT_BLOCK_SIZE,
+            max_batch_tokens: 512,
+            max_running: 64,
+            max_active_adapters: 32,
+            cache: CacheOptions::default(),
+        }
+    }
+}
+
+enum Command {
+    Submit(Box<Submission>),
+    ListAdapters(Sender<Vec<String>>),
+    Shutdown,
+}
+
+struct Submission {
+    id: u64,
+    prompt: Vec<u32>,
+    adapter: Option<String>,
+    out: SeqOutput,
+    events: Sender<Event>,
+    cancel: Arc<AtomicBool>,
+    submitted: Instant,
+}
+
+/// The client side of the engine: cheap to share (`Arc<Engine>`); dropping it stops the thread.
+pub struct Engine {
+    commands: Sender<Command>,
+    stats: Arc<Mutex<EngineStats>>,
+    tokenizer: Arc<TextTokenizer>,
+    config: ModelConfig,
+    pool: BlockPool,
+    limits: Limits,
+    next_id: AtomicU64,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Engine {
+    /// Allocates the KV cache and starts the engine thread.
+    pub fn start<B: Backend>(be: Arc<B>, model: Arc<Llama<B>>, tokenizer: Arc<TextTokenizer>, opts: EngineOptions) -> Result<Engine> {
+        if opts.max_batch_tokens == 0 || opts.max_running == 0 || opts.max_active_adapters == 0 || opts.block_size == 0 {
+            return Err(Error::InvalidArgument("max batch tokens, max running, max active adapters and block size must be at least 1".into()));
+        }
+        let bs = opts.block_size;
+        let blocks = match opts.kv_blocks {
+            Some(n) if n > 0 => n,
+            Some(_) => return Err(Error::InvalidArgument("the KV cache needs at least one block".into())),
+            // The CPU backend stores K/V in f32 (as `Generator` assumes).
+            None => model.kv_layout(bs, 0).with_budget(opts.kv_cache_bytes, 4)?.num_blocks,
+        };
+        let pool = BlockPool::new(blocks, bs);
+        let kv = be.alloc_kv(model.kv_layout(bs, blocks))?;
+        let limits = Limits {
+            max_batch_tokens: opts.max_batch_tokens,
+            max_running: opts.max_running,
+            max_active_adapters: opts.max_active_adapters,
+            block_size: bs,
+            watermark_blocks: (blocks / 100).max(1),
+        };
+        let stats = Arc::new(Mutex::new(EngineStats::new(blocks)));
+        let (tx, rx) = unbounded();
+        let config = model.config.clone();
+        let worker_pool = pool.clone();
+        let worker_stats = stats.clone();
+        let worker_tok = tokenizer.clone();
+        let cache_opts = opts.cache.clone();
+        let thread = std::thread::Builder::new()
+            .name("lorafleet-engine".into())
+            .spawn(move || {
+                let cache = AdapterCache::new(be.clone(), model.config.clone(), cache_opts);
+                let mut w = Worker {
+                    be,
+                    model,
+                    tokenizer: worker_tok,
+                    pool: worker_pool,
+                    kv,
+                    cache,
+                    limits,
+                    commands: rx,
+                    queues: BTreeMap::new(),
+                    running: Vec::new(),
+                    rr_next: String::new(),
+                    loading_since: HashMap::new(),
+                    stats: EngineStats::new(blocks),
+                    shared: worker_stats,
+                };
+                w.run();
+            })
+            .map_err(|e| Error::InvalidArgument(format!("cannot start the engine thread: {e}")))?;
+        Ok(Engine { commands: tx, stats, tokenizer, config, pool, limits, next_id: AtomicU64::new(1), thread: Mutex::new(Some(thread)) })
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Tokens the KV cache holds in all (a request's prompt + max_new_tokens must fit).
+    pub fn kv_capacity_tokens(&self) -> usize {
+        self.pool.num_blocks() * self.pool.block_size()
+    }
+
+    /// Free KV blocks right now.
+    pub fn kv_free_blocks(&self) -> usize {
+        self.pool.num_free()
+    }
+
+    pub fn kv_total_blocks(&self) -> usize {
+        self.pool.num_blocks()
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Counters as of the end of the last step.
+    pub fn stats(&self) -> EngineStats {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Adapter ids under the adapter dir, sorted.
+    pub fn available_adapters(&self) -> Vec<String> {
+        let (tx, rx) = unbounded();
+        if self.commands.send(Command::ListAdapters(tx)).is_err() {
+            return Vec::new();
+        }
+        rx.recv().unwrap_or_default()
+    }
+
+    /// Tokens of a request's prompt (what `submit` would feed the model).
+    pub fn encode(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        match prompt {
+            Prompt::Text(t) => self.tokenizer.encode(t),
+            Prompt::Ids(ids) => Ok(ids.clone()),
+        }
+    }
+
+    /// Checks a request and queues it. Errors found here (empty prompt, prompt + new tokens
+    /// over the context or the KV cache, token ids outside the vocabulary, bad sampling
+    /// parameters) return at once without touching the engine; an unknown adapter or one that
+    /// fails to load comes back as the handle's `Event::Error`.
+    pub fn submit(&self, req: GenerateRequest) -> Result<RequestHandle> {
+        let prompt = self.encode(&req.prompt)?;
+        let o = &req.options;
+        if prompt.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        if o.max_new_tokens == 0 {
+            return Err(Error::BadRequest("max_new_tokens must be at least 1".into()));
+        }
+        let c = &self.config;
+        let limit = c.max_position_embeddings.min(self.kv_capacity_tokens());
+        if prompt.len() + o.max_new_tokens > limit {
+            return Err(Error::PromptTooLong { tokens: prompt.len(), max: limit.saturating_sub(o.max_new_tokens) });
+        }
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(Error::BadRequest(format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
+        }
+        o.sampling.validate()?;
+        let adapter = req.adapter.filter(|a| !a.is_empty());
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = unbounded();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let prompt_tokens = prompt.len();
+        let sub = Submission {
+            id,
+            prompt,
+            adapter,
+            out: SeqOutput::new(req.options),
+            events: tx,
+            cancel: cancel.clone(),
+            submitted: Instant::now(),
+        };
+        self.commands
+            .send(Command::Submit(Box::new(sub)))
+            .map_err(|_| Error::InvalidArgument("the engine has stopped".into()))?;
+        Ok(RequestHandle { id, prompt_tokens, events: rx, cancel })
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Shutdown);
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// How long an adapter may wait for its load before the engine stops admitting sequences of
+/// other adapters (so their pins drain and the adapter budget makes room for it).
+const STARVING_AFTER: Duration = Duration::from_secs(5);
+
+/// A request inside the engine: waiting in its adapter's queue, or running.
+struct Seq<B: Backend> {
+    id: SeqId,
+    /// "" = the base.
+    adapter_key: String,
+    /// The pin: set while running, dropped when the sequence finishes or is preempted.
+    adapter: Option<Arc<LoadedAdapter<B>>>,
+    /// Prompt, then every generated token.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    /// Blocks while running; None while waiting.
+    table: Option<BlockTable>,
+    out: SeqOutput,
+    events: Sender<Event>,
+    cancel: Arc<AtomicBool>,
+    submitted: Instant,
+    admitted: Option<Instant>,
+    first_token: Option<Instant>,
+    last_token: Option<Instant>,
+    preemptions: u32,
+}
+
+impl<B: Backend> Seq<B> {
+    fn kv_len(&self) -> usize {
+        self.table.as_ref().map_or(0, |t| t.len())
+    }
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+}
+
+struct Worker<B: Backend> {
+    be: Arc<B>,
+    model: Arc<Llama<B>>,
+    tokenizer: Arc<TextTokenizer>,
+    pool: BlockPool,
+    kv: B::Kv,
+    cache: AdapterCache<B>,
+    limits: Limits,
+    commands: Receiver<Command>,
+    /// Waiting sequences per adapter key, in queue order (preempted ones go to the front).
+    queues: BTreeMap<String, VecDeque<Seq<B>>>,
+    /// Running sequences in admission order (oldest first).
+    running: Vec<Seq<B>>,
+    /// Adapter key whose queue is served first next step (round-robin).
+    rr_next: String,
+    /// Since when each waiting adapter has been `Loading`.
+    loading_since: HashMap<String, Instant>,
+    stats: EngineStats,
+    shared: Arc<Mutex<EngineStats>>,
+}
+
+/// A copy of an error for each of several requests (`Error` holds an io::Error, not Clone).
+fn error_copy(e: &Error) -> Error {
+    match e {
+        Error::UnknownAdapter(id) => Error::UnknownAdapter(id.clone()),
+        Error::Adapter { id, msg } => Error::Adapter { id: id.clone(), msg: msg.clone() },
+        Error::PromptTooLong { tokens, max } => Error::PromptTooLong { tokens: *tokens, max: *max },
+        Error::BadRequest(m) => Error::BadRequest(m.clone()),
+        Error::Cuda(m) => Error::Cuda(m.clone()),
+        other => Error::InvalidArgument(other.to_string()),
+    }
+}
+
+impl<B: Backend> Worker<B> {
+    fn run(&mut self) {
+        loop {
+            if !self.take_commands() {
+                return;
+            }
+            if let Err(e) = self.step() {
+                // A failure of the whole step (the backend): every running request gets it,
+                // the engine goes on with the rest.
+                for s in std::mem::take(&mut self.running) {
+                    self.fail(s, error_copy(&e));
+                }
+            }
+            self.publish();
+        }
+    }
+
+    fn queued(&self) -> usize {
+        self.queues.values().map(VecDeque::len).sum()
+    }
+
+    /// Takes new commands: blocks while there is nothing to do, waits briefly while only
+    /// adapter loads are pending. Returns false on shutdown.
+    fn take_commands(&mut self) -> bool {
+        let mut first = if self.running.is_empty() && self.queues.is_empty() {
+            match self.commands.recv() {
+                Ok(c) => Some(c),
+                Err(_) => return false,
+            }
+        } else if self.running.is_empty() {
+            // Only waiting requests (adapters loading, or blocks held by nobody): poll.
+            match self.commands.recv_timeout(Duration::from_millis(2)) {
+                Ok(c) => Some(c),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return false,
+            }
+        } else {
+            None
+        };
+        loop {
+            let cmd = match first.take() {
+                Some(c) => c,
+                None => match self.commands.try_recv() {
+                    Ok(c) => c,
+                    Err(crossbeam::channel::TryRecvError::Empty) => return true,
+                    Err(crossbeam::channel::TryRecvError::Disconnected) => return false,
+                },
+            };
+            match cmd {
+                Command::Submit(s) => {
+                    let s = *s;
+                    let key = s.adapter.clone().unwrap_or_default();
+                    let prompt_len = s.prompt.len();
+                    let seq = Seq {
+                        id: s.id,
+                        adapter_key: key.clone(),
+                        adapter: None,
+                        tokens: s.prompt,
+                        prompt_len,
+                        table: None,
+                        out: s.out,
+                        events: s.events,
+                        cancel: s.cancel,
+                        submitted: s.submitted,
+                        admitted: None,
+                        first_token: None,
+                        last_token: None,
+                        preemptions: 0,
+                    };
+                    self.queues.entry(key).or_default().push_back(seq);
+                }
+                Command::ListAdapters(reply) => {
+                    let _ = reply.send(self.cache.available());
+                }
+                Command::Shutdown => return false,
+            }
+        }
+    }
+
+    fn fail(&mut self, s: Seq<B>, e: Error) {
+        self.stats.requests_failed += 1;
+        let _ = s.events.send(Event::Error(e));
+    }
+
+    /// Drops cancelled requests (their blocks return to the pool as their tables drop).
+    fn drop_cancelled(&mut self) {
+        let before = self.running.len();
+        self.running.retain(|s| !s.cancelled());
+        let mut n = before - self.running.len();
+        for q in self.queues.values_mut() {
+            let before = q.len();
+            q.retain(|s| !s.cancelled());
+            n += before - q.len();
+        }
+        self.queues.retain(|_, q| !q.is_empty());
+        self.stats.requests_cancelled += n as u64;
+    }
+
+    /// Asks the cache for every waiting adapter: the ready ones (with their Arc), in the order
+    /// their queues are served this step. Requests for adapters that failed get the error.
+    fn ready_adapters(&mut self) -> Vec<(String, Option<Arc<LoadedAdapter<B>>>)> {
+        // Adapters still loading are asked first, oldest first, while this step holds no Arc
+        // of another adapter (a held Arc is a pin: the cache could not evict it to make room).
+        let mut keys: Vec<String> = self.queues.keys().cloned().collect();
+        keys.sort_by_key(|k| self.loading_since.get(k).copied().map_or((1, None), |t| (0, Some(t))));
+        let mut ready = Vec::new();
+        for key in keys {
+            if key.is_empty() {
+                ready.push((key, None));
+                continue;
+            }
+            match self.cache.request(&key) {
+                Ok(AdapterStatus::Ready(a)) => {
+                    self.loading_since.remove(&key);
+                    ready.push((key, Some(a)));
+                }
+                Ok(AdapterStatus::Loading) => {
+                    self.loading_since.entry(key).or_insert_with(Instant::now);
+                }
+                Err(e) => {
+                    self.loading_since.remove(&key);
+                    let q = self.queues.remove(&key).unwrap_or_default();
+                    for s in q {
+                        self.fail(s, error_copy(&e));
+                    }
+                }
+            }
+        }
+        ready.sort_by(|a, b| a.0.cmp(&b.0));
+        self.loading_since.retain(|k, _| self.queues.contains_key(k));
+        // An adapter that has waited this long is most likely waiting for room in the adapter
+        // budget, which only running sequences of other adapters (their pins) hold: admit no
+        // more sequences of other adapters until it gets in, so it cannot starve.
+        if self.loading_since.values().any(|t| t.elapsed() > STARVING_AFTER) {
+            ready.retain(|(k, _)| k.is_empty());
+        }
+        // Round-robin: start at the first key >= rr_next, wrapping.
+        let at = ready.iter().position(|(k, _)| *k >= self.rr_next).unwrap_or(0);
+        ready.rotate_left(at);
+        ready
+    }
+
+    fn step(&mut self) -> Result<()> {
+        self.drop_cancelled();
+        let ready = self.ready_adapters();
+        let plan = {
+            let running: Vec<RunningView<'_>> = self
+                .running
+                .iter()
+                .map(|s| RunningView {
+                    id: s.id,
+                    adapter: &s.adapter_key,
+                    kv_len: s.kv_len(),
+                    pending: s.tokens.len() - s.kv_len(),
+                    blocks: s.table.as_ref().map_or(0, |t| t.blocks().len()),
+                })
+                .collect();
+            let waiting: Vec<Vec<WaitingView<'_>>> = ready
+                .iter()
+                .filter_map(|(k, _)| self.queues.get(k))
+                .map(|q| q.iter().map(|s| WaitingView { id: s.id, adapter: &s.adapter_key, tokens: s.tokens.len() }).collect())
+                .collect();
+            plan_step(&self.limits, &running, &waiting, self.pool.num_free())
+        };
+        // Next step starts with the queue after this step's first one.
+        if let Some((first, _)) = ready.first() {
+            self.rr_next = format!("{first}\u{0}");
+        }
+        self.apply(plan, &ready)
+    }
+
+    /// Carries out a plan: preemptions, admissions, then the forward step.
+    fn apply(&mut self, plan: Plan, ready: &[(String, Option<Arc<LoadedAdapter<B>>>)]) -> Result<()> {
+        let now = Instant::now();
+        for id in &plan.preempt {
+            let Some(i) = self.running.iter().position(|s| s.id == *id) else { continue };
+            let mut s = self.running.remove(i);
+            s.table = None;
+            s.adapter = None;
+            s.preemptions += 1;
+            self.stats.preemptions += 1;
+            self.queues.entry(s.adapter_key.clone()).or_default().push_front(s);
+        }
+        let mut skipped: Vec<SeqId> = Vec::new();
+        for id in &plan.admit {
+            let Some((key, q)) = self.queues.iter_mut().find(|(_, q)| q.iter().any(|s| s.id == *id)) else { continue };
+            let key = key.clone();
+            let i = q.iter().position(|s| s.id == *id).unwrap_or(0);
+            let Some(mut s) = q.remove(i) else { continue };
+            if q.is_empty() {
+                self.queues.remove(&key);
+            }
+            let mut table = BlockTable::new(&self.pool);
+            if table.reserve(s.tokens.len()).is_err() {
+                // The plan counted these blocks as free; cannot happen, but never lose a request.
+                skipped.push(s.id);
+                self.queues.entry(key).or_default().push_front(s);
+                continue;
+            }
+            s.table = Some(table);
+            s.adapter = ready.iter().find(|(k, _)| *k == key).and_then(|(_, a)| a.clone());
+            s.admitted.get_or_insert(now);
+            self.running.push(s);
+        }
+
+        // The step's work, sorted by adapter so each adapter is one LoRA segment.
+        let index: HashMap<SeqId, usize> = self.running.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
+        let mut work: Vec<(usize, usize)> = Vec::new();
+        for &(id, n) in &plan.work {
+            if skipped.contains(&id) {
+                continue;
+            }
+            let Some(&i) = index.get(&id) else { continue };
+            let s = &mut self.running[i];
+            let Some(t) = s.table.as_mut() else { continue };
+            if t.reserve(n).is_err() {
+                continue;
+            }
+            work.push((i, n));
+        }
+        if work.is_empty() {
+            return Ok(());
+        }
+        work.sort_by(|a, b| self.running[a.0].adapter_key.cmp(&self.running[b.0].adapter_key));
+
+        let mut ids: Vec<u32> = Vec::new();
+        let mut sample: Vec<bool> = Vec::with_capacity(work.len());
+        for &(i, n) in &work {
+            let s = &self.running[i];
+            let kv = s.kv_len();
+            ids.extend_from_slice(&s.tokens[kv..kv + n]);
+            sample.push(kv + n == s.tokens.len());
+        }
+        let batch = {
+            let parts: Vec<(&BlockTable, usize)> =
+                work.iter().filter_map(|&(i, n)| self.running[i].table.as_ref().map(|t| (t, n))).collect();
+            BatchLayout::new(self.limits.block_size, &parts)
+        };
+        let rows: Vec<usize> = batch.last_rows().into_iter().zip(&sample).filter(|(_, s)| **s).map(|(r, _)| r).collect();
+        let adapters: Vec<Option<&LoadedAdapter<B>>> = work.iter().map(|&(i, _)| self.running[i].adapter.as_deref()).collect();
+        let logits = if rows.is_empty() {
+            // Prefill chunks only: K/V are written, no logits are needed; still one row
+            // because the lm_head needs at least one.
+            self.model.forward_lora(&*self.be, &ids, &batch, &mut self.kv, &[0], &adapters)?;
+            Vec::new()
+        } else {
+            self.be.to_host(&self.model.forward_lora(&*self.be, &ids, &batch, &mut self.kv, &rows, &adapters)?)?
+        };
+        self.stats.steps += 1;
+
+        let v = self.model.config.vocab_size;
+        let eos = self.model.config.eos_token_ids.clone();
+        let mut row = 0;
+        let mut done: Vec<usize> = Vec::new();
+        for (j, &(i, n)) in work.iter().enumerate() {
+            let s = &mut self.running[i];
+            if let Some(t) = s.table.as_mut() {
+                t.advance(n);
+            }
+            if !sample[j] {
+                continue;
+            }
+            let a = s.out.accept(&self.tokenizer, &eos, &logits[row * v..(row + 1) * v]);
+            row += 1;
+            let a = match a {
+                Ok(a) => a,
+                Err(e) => {
+                    let _ = s.events.send(Event::Error(e));
+                    s.cancel.store(true, Ordering::Relaxed);
+                    self.stats.requests_failed += 1;
+                    done.push(i);
+                    continue;
+                }
+            };
+            s.tokens.push(a.token);
+            let t = Instant::now();
+            match s.last_token {
+                None => self.stats.ttft.observe((t - s.submitted).as_secs_f64()),
+                Some(prev) => self.stats.inter_token.observe((t - prev).as_secs_f64()),
+            }
+            s.first_token.get_or_insert(t);
+            s.last_token = Some(t);
+            self.stats.generated_tokens += 1;
+            let sent = s.events.send(Event::Token { id: a.token, text: a.text, special: a.special });
+            if sent.is_err() {
+                // The client went away: cancelled.
+                s.cancel.store(true, Ordering::Relaxed);
+                done.push(i);
+                self.stats.requests_cancelled += 1;
+                continue;
+            }
+            if let Some(reason) = s.out.finish {
+                let generated = s.tokens.len() - s.prompt_len;
+                let f = Finished {
+                    reason,
+                    prompt_tokens: s.prompt_len,
+                    generated_tokens: generated,
+                    token_ids: s.tokens[s.prompt_len..].to_vec(),
+                    text: s.out.text().to_string(),
+                    ttft: s.first_token.map_or(Duration::ZERO, |f| f - s.submitted),
+                    total: t - s.submitted,
+                    queue_time: s.admitted.map_or(Duration::ZERO, |a| a - s.submitted),
+                    preemptions: s.preemptions,
+                };
+                self.stats.requests_finished += 1;
+                self.stats.prompt_tokens += s.prompt_len as u64;
+                let _ = s.events.send(Event::Finished(f));
+                done.push(i);
+            }
+        }
+        done.sort_unstable();
+        for i in done.into_iter().rev() {
+            // Dropping the sequence frees its blocks and its adapter pin.
+            self.running.remove(i);
+        }
+        Ok(())
+    }
+
+    fn publish(&mut self) {
+        self.stats.queued = self.queued();
+        self.stats.running = self.running.len();
+        self.stats.kv_blocks_used = self.pool.num_blocks() - self.pool.num_free();
+        self.stats.resident_adapters = self.cache.resident();
+        *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = self.stats.clone();
+    }
+}

@@ -1,0 +1,78 @@
+//! One sequence's output side: sampling the next token, EOS / stop-string / length checks and
+//! incremental detokenization. Shared by the batch `Generator` and the continuous-batching
+//! engine, so both turn logits into tokens and text in exactly the same way.
+
+use super::generate::{FinishReason, GenerateOptions};
+use super::sampler::Sampler;
+use super::stop::StopMatcher;
+use crate::tokenizer::{IncrementalDecoder, TextTokenizer};
+use crate::Result;
+
+#[derive(Debug, Clone)]
+pub struct SeqOutput {
+    pub options: GenerateOptions,
+    sampler: Sampler,
+    decoder: IncrementalDecoder,
+    stop: StopMatcher,
+    /// Generated token ids so far.
+    pub tokens: Vec<u32>,
+    pub finish: Option<FinishReason>,
+}
+
+/// What one accepted token produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub token: u32,
+    /// Text released by this token (may be empty: an incomplete UTF-8 character, a possible
+    /// stop-string prefix held back, or an EOS token).
+    pub text: String,
+    /// The token is an end-of-sequence token (its text is never emitted).
+    pub special: bool,
+}
+
+impl SeqOutput {
+    pub fn new(options: GenerateOptions) -> Self {
+        let finish = if options.max_new_tokens == 0 { Some(FinishReason::Length) } else { None };
+        SeqOutput {
+            sampler: Sampler::new(options.sampling.clone()),
+            decoder: IncrementalDecoder::new(),
+            stop: StopMatcher::new(options.stop.clone()),
+            tokens: Vec::new(),
+            finish,
+            options,
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finish.is_some()
+    }
+
+    /// The text so far (cut before a stop string once one was hit).
+    pub fn text(&self) -> &str {
+        self.stop.text()
+    }
+
+    /// Samples from `logits`, records the token, and decides whether the sequence is done.
+    pub fn accept(&mut self, tokenizer: &TextTokenizer, eos: &[u32], logits: &[f32]) -> Result<Accepted> {
+        let tok = self.sampler.sample(logits);
+        self.tokens.push(tok);
+        let is_eos = eos.contains(&tok);
+        let mut text = String::new();
+        if !self.options.ignore_eos && is_eos {
+            self.finish = Some(FinishReason::Eos);
+        } else if let Some(delta) = self.decoder.push(tokenizer, tok)? {
+            let (out, hit) = self.stop.push(&delta);
+            text = out;
+            if hit {
+                self.finish = Some(FinishReason::Stop);
+            }
+        }
+        if self.finish.is_none() && self.tokens.len() >= self.options.max_new_tokens {
+            self.finish = Some(FinishReason::Length);
+        }
+        if self.finish.is_some() && self.finish != Some(FinishReason::Stop) {
+            text.push_str(&self.stop.flush());
+        }
+        Ok(Accepted { token: tok, text, special: is_eos })
+    }
+}

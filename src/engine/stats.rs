@@ -1,0 +1,104 @@
+//! Engine counters and latency histograms, snapshotted once per step for `/metrics` and the
+//! load test.
+
+use serde::Serialize;
+
+/// A Prometheus-style histogram: `counts[i]` observations `<= bounds[i]` and `> bounds[i-1]`;
+/// the last count is above every bound.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Histogram {
+    /// Upper bounds in seconds, increasing.
+    pub bounds: Vec<f64>,
+    pub counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &[f64]) -> Self {
+        Histogram { bounds: bounds.to_vec(), counts: vec![0; bounds.len() + 1], sum: 0.0, count: 0 }
+    }
+
+    /// Seconds-based buckets from 1 ms to 60 s.
+    pub fn latency() -> Self {
+        Self::new(&[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
+    }
+
+    pub fn observe(&mut self, seconds: f64) {
+        let i = self.bounds.iter().position(|&b| seconds <= b).unwrap_or(self.bounds.len());
+        self.counts[i] += 1;
+        self.sum += seconds;
+        self.count += 1;
+    }
+
+    /// Cumulative counts per bound (`le` buckets), then +Inf.
+    pub fn cumulative(&self) -> Vec<u64> {
+        self.counts
+            .iter()
+            .scan(0u64, |acc, &c| {
+                *acc += c;
+                Some(*acc)
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EngineStats {
+    /// Requests waiting (for KV blocks, a running slot, or their adapter to load).
+    pub queued: usize,
+    pub running: usize,
+    pub kv_blocks_total: usize,
+    pub kv_blocks_used: usize,
+    /// (adapter id, bytes) resident on the device.
+    pub resident_adapters: Vec<(String, usize)>,
+    pub steps: u64,
+    pub preemptions: u64,
+    pub requests_finished: u64,
+    pub requests_failed: u64,
+    pub requests_cancelled: u64,
+    pub prompt_tokens: u64,
+    pub generated_tokens: u64,
+    /// Submit to first token, seconds.
+    pub ttft: Histogram,
+    /// Between consecutive tokens of a request, seconds.
+    pub inter_token: Histogram,
+}
+
+impl EngineStats {
+    pub fn new(kv_blocks_total: usize) -> Self {
+        EngineStats {
+            queued: 0,
+            running: 0,
+            kv_blocks_total,
+            kv_blocks_used: 0,
+            resident_adapters: Vec::new(),
+            steps: 0,
+            preemptions: 0,
+            requests_finished: 0,
+            requests_failed: 0,
+            requests_cancelled: 0,
+            prompt_tokens: 0,
+            generated_tokens: 0,
+            ttft: Histogram::latency(),
+            inter_token: Histogram::latency(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_and_cumulates() {
+        let mut h = Histogram::new(&[0.1, 1.0]);
+        for x in [0.05, 0.1, 0.5, 3.0] {
+            h.observe(x);
+        }
+        assert_eq!(h.counts, vec![2, 1, 1]);
+        assert_eq!(h.cumulative(), vec![2, 3, 4]);
+        assert_eq!(h.count, 4);
+        assert!((h.sum - 3.65).abs() < 1e-12);
+    }
+}

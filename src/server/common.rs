@@ -1,0 +1,238 @@
+//! What every endpoint shares: the app state, JSON error responses, the bridge from an engine
+//! handle (crossbeam, blocking) to an async stream, SSE framing, and the one-line request log.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use crate::engine::{Engine, Event, FinishReason, Finished, GenerateRequest, Recv, RequestHandle};
+use crate::Error;
+
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    /// The base model's id: the model directory's name.
+    pub model_id: String,
+    next_id: AtomicU64,
+}
+
+pub type App = Arc<AppState>;
+
+impl AppState {
+    pub fn new(engine: Arc<Engine>, model_id: String) -> App {
+        Arc::new(AppState { engine, model_id, next_id: AtomicU64::new(1) })
+    }
+
+    /// A response id unique in this server's life.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The adapter a `model` / `adapter_id` field names: None for the base (its id, "base", or
+    /// empty), else the adapter id.
+    pub fn adapter_for(&self, name: Option<&str>) -> Option<String> {
+        match name.map(str::trim) {
+            None | Some("") | Some("base") => None,
+            Some(n) if n == self.model_id => None,
+            Some(n) => Some(n.to_string()),
+        }
+    }
+}
+
+/// A 4xx/5xx answer with a JSON body `{"error": message, "error_type": kind}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, kind, message: message.into() }
+    }
+
+    pub fn validation(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation", message)
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let (status, kind) = match &e {
+            Error::UnknownAdapter(_) => (StatusCode::NOT_FOUND, "unknown_adapter"),
+            Error::Adapter { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "adapter"),
+            Error::PromptTooLong { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "prompt_too_long"),
+            Error::EmptyPrompt | Error::BadRequest(_) | Error::Tokenize(_) | Error::ChatTemplate(_) | Error::InvalidArgument(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "validation")
+            }
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        ApiError::new(status, kind, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.message, "error_type": self.kind });
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// Parses a JSON body into `T`: 400 `invalid_json` when it is not JSON, 422 `validation` when
+/// the fields do not fit.
+pub fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON: {e}")))?;
+    serde_json::from_value(v).map_err(|e| ApiError::validation(format!("bad request body: {e}")))
+}
+
+/// A JSON answer.
+pub fn json_response(v: Value) -> Response {
+    (StatusCode::OK, axum::Json(v)).into_response()
+}
+
+/// One line per request on stderr, written when the request is over (dropped), whatever way it
+/// ended: method, path, status, adapter, prompt and generated tokens, TTFT, total time.
+pub struct RequestLog {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub status: u16,
+    pub adapter: Option<String>,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub ttft: Option<Duration>,
+    /// "ok", an error kind, or "cancelled" (the client went away mid-stream).
+    pub outcome: &'static str,
+    start: Instant,
+}
+
+impl RequestLog {
+    pub fn new(method: &'static str, path: &'static str) -> Self {
+        RequestLog { method, path, status: 200, adapter: None, prompt_tokens: 0, generated_tokens: 0, ttft: None, outcome: "ok", start: Instant::now() }
+    }
+
+    pub fn error(&mut self, e: &ApiError) {
+        self.status = e.status.as_u16();
+        self.outcome = e.kind;
+    }
+
+    pub fn finished(&mut self, f: &Finished) {
+        self.prompt_tokens = f.prompt_tokens;
+        self.generated_tokens = f.generated_tokens;
+        self.ttft = Some(f.ttft);
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        let ttft = self.ttft.map_or("-".to_string(), |t| format!("{:.1}", t.as_secs_f64() * 1e3));
+        eprintln!(
+            "{} {} status={} outcome={} adapter={} prompt_tokens={} generated_tokens={} ttft_ms={} total_ms={:.1}",
+            self.method,
+            self.path,
+            self.status,
+            self.outcome,
+            self.adapter.as_deref().unwrap_or("-"),
+            self.prompt_tokens,
+            self.generated_tokens,
+            ttft,
+            self.start.elapsed().as_secs_f64() * 1e3
+        );
+    }
+}
+
+/// Forwards a handle's events into an async channel from a blocking thread. When the receiver
+/// is dropped (the client disconnected), the thread drops the handle, which cancels the request.
+pub fn bridge(handle: RequestHandle) -> UnboundedReceiver<Event> {
+    let (tx, rx) = unbounded_channel();
+    tokio::task::spawn_blocking(move || loop {
+        match handle.recv_timeout(Duration::from_millis(50)) {
+            Recv::Event(ev) => {
+                let last = matches!(ev, Event::Finished(_) | Event::Error(_));
+                if tx.send(ev).is_err() || last {
+                    return;
+                }
+            }
+            Recv::Timeout if tx.is_closed() => return,
+            Recv::Timeout => {}
+            Recv::Closed => return,
+        }
+    });
+    rx
+}
+
+/// Submits a request and waits for its first event, so that errors found by the engine (an
+/// unknown adapter) become an HTTP error before any streaming starts. Returns the event stream
+/// with that first event, and the prompt length.
+pub async fn start(app: &App, req: GenerateRequest) -> Result<(Event, UnboundedReceiver<Event>, usize), ApiError> {
+    let handle = app.engine.submit(req)?;
+    let prompt_tokens = handle.prompt_tokens();
+    let mut rx = bridge(handle);
+    match rx.recv().await {
+        Some(Event::Error(e)) => Err(e.into()),
+        Some(ev) => Ok((ev, rx, prompt_tokens)),
+        None => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the engine stopped")),
+    }
+}
+
+/// Runs a request to its end: (token events as (id, text, special), how it finished).
+pub async fn collect(app: &App, req: GenerateRequest) -> Result<(Vec<(u32, String, bool)>, Finished), ApiError> {
+    let (first, mut rx, _) = start(app, req).await?;
+    let mut tokens = Vec::new();
+    let mut ev = Some(first);
+    loop {
+        match ev.take() {
+            Some(Event::Token { id, text, special }) => tokens.push((id, text, special)),
+            Some(Event::Finished(f)) => return Ok((tokens, f)),
+            Some(Event::Error(e)) => return Err(e.into()),
+            None => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the engine stopped")),
+        }
+        ev = rx.recv().await;
+    }
+}
+
+/// A `text/event-stream` response whose events come from `stream` (each item one full
+/// `data: ...\n\n` frame).
+pub fn sse_response(stream: impl futures_util::Stream<Item = String> + Send + 'static) -> Response {
+    use futures_util::StreamExt;
+    let body = Body::from_stream(stream.map(|s| Ok::<_, Infallible>(Bytes::from(s))));
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// One SSE frame.
+pub fn sse_data(v: &Value) -> String {
+    format!("data: {v}\n\n")
+}
+
+/// TGI / LoRAX names of finish reasons.
+pub fn tgi_finish_reason(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Length => "length",
+        FinishReason::Eos => "eos_token",
+        FinishReason::Stop => "stop_sequence",
+    }
+}
+
+/// OpenAI names of finish reasons.
+pub fn openai_finish_reason(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Length => "length",
+        FinishReason::Eos | FinishReason::Stop => "stop",
+    }
+}
+
+pub fn unix_time() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}

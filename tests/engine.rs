@@ -1,0 +1,374 @@
+//! The continuous-batching engine on the real SmolLM2-135M-Instruct (CPU backend): many
+//! concurrent requests over several adapters give exactly the tokens each gives alone; a
+//! dropped request frees its KV blocks; an unknown adapter fails only its own request; bad
+//! requests are refused at submit; a flood needing more KV than the pool holds completes
+//! (admission control + preemption), still with the right tokens.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::*;
+use lorafleet::backend::cpu::CpuBackend;
+use lorafleet::engine::{
+    CacheOptions, Engine, EngineOptions, Event, GenerateOptions, GenerateRequest, Generator, Prompt, SamplingParams, SeqRequest,
+};
+use lorafleet::lora::{LoadedAdapter, LoraAdapter, LoraModule};
+use lorafleet::model::Llama;
+use lorafleet::{Error, TextTokenizer};
+
+struct Fixture {
+    be: Arc<CpuBackend>,
+    model: Arc<Llama<CpuBackend>>,
+    tok: Arc<TextTokenizer>,
+    /// Golden adapters (linked) and three random ones (saved), one folder each.
+    adapter_dir: PathBuf,
+    adapter_ids: Vec<String>,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = model_dir();
+        let be = Arc::new(CpuBackend::new());
+        let model = Arc::new(Llama::load(&*be, &dir, false).expect("load model"));
+        let tok = Arc::new(TextTokenizer::from_dir(&dir).expect("load tokenizer"));
+        let adapter_dir = std::env::temp_dir().join(format!("lorafleet-engine-adapters-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&adapter_dir);
+        std::fs::create_dir_all(&adapter_dir).unwrap();
+        let mut ids = Vec::new();
+        for name in ["a_r8_all", "b_r16_qv_rslora"] {
+            std::os::unix::fs::symlink(golden_dir().join("adapters").join(name), adapter_dir.join(name)).unwrap();
+            ids.push(name.to_string());
+        }
+        let random: [(&str, usize, &[LoraModule]); 3] = [
+            ("r4_qkvo", 4, &[LoraModule::Q, LoraModule::K, LoraModule::V, LoraModule::O]),
+            ("r8_mlp", 8, &[LoraModule::Gate, LoraModule::Up, LoraModule::Down]),
+            ("r16_all", 16, &LoraModule::ALL),
+        ];
+        for (i, (name, r, modules)) in random.into_iter().enumerate() {
+            let a = LoraAdapter::random(name, &model.config, r, 2.0 * r as f32, modules, 100 + i as u64, 0.01);
+            a.save(&adapter_dir.join(name)).unwrap();
+            ids.push(name.to_string());
+        }
+        Fixture { be, model, tok, adapter_dir, adapter_ids: ids }
+    })
+}
+
+fn options(f: &Fixture) -> EngineOptions {
+    EngineOptions {
+        cache: CacheOptions { adapter_dir: Some(f.adapter_dir.clone()), max_host_adapters: 16, device_budget_bytes: 1 << 30, max_rank: 64 },
+        ..EngineOptions::default()
+    }
+}
+
+fn start(opts: EngineOptions) -> Engine {
+    let f = fixture();
+    Engine::start(f.be.clone(), f.model.clone(), f.tok.clone(), opts).expect("start engine")
+}
+
+fn greedy(max_new_tokens: usize) -> GenerateOptions {
+    GenerateOptions { max_new_tokens, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: true }
+}
+
+/// Prompts of varied lengths (3 to ~150 tokens).
+fn prompts(n: usize) -> Vec<Vec<u32>> {
+    let f = fixture();
+    let topics = ["the sea", "prime numbers", "a red bicycle", "Rust's borrow checker", "bread", "the moon landing", "jazz", "volcanoes"];
+    (0..n)
+        .map(|i| {
+            let t = topics[i % topics.len()];
+            let text = match i % 4 {
+                0 => format!("Tell me about {t}."),
+                1 => format!("Write one sentence about {t}:"),
+                2 => format!("Question: what is {t}? Answer in detail, with examples. {}", "Please be precise and clear. ".repeat(i % 7 + 1)),
+                _ => format!("{} Now summarise {t}.", "Here is some context that goes on for a while. ".repeat(12)),
+            };
+            f.tok.encode(&text).unwrap()
+        })
+        .collect()
+}
+
+/// What `Generator` gives for one sequence alone (the reference), memoized.
+struct Reference {
+    adapters: HashMap<String, LoadedAdapter<CpuBackend>>,
+    memo: HashMap<(Vec<u32>, Option<String>, usize), Vec<u32>>,
+}
+
+impl Reference {
+    fn new() -> Self {
+        Reference { adapters: HashMap::new(), memo: HashMap::new() }
+    }
+
+    fn tokens(&mut self, prompt: &[u32], adapter: Option<&str>, max_new: usize) -> Vec<u32> {
+        let f = fixture();
+        let key = (prompt.to_vec(), adapter.map(str::to_owned), max_new);
+        if let Some(t) = self.memo.get(&key) {
+            return t.clone();
+        }
+        if let Some(id) = adapter {
+            self.adapters.entry(id.to_string()).or_insert_with(|| {
+                let a = LoraAdapter::load(id, &f.adapter_dir.join(id), &f.model.config, 64).unwrap();
+                LoadedAdapter::upload(&*f.be, &a).unwrap()
+            });
+        }
+        let loaded = adapter.map(|id| &self.adapters[id]);
+        let g = Generator::new(&f.model, &*f.be, &f.tok);
+        let req = SeqRequest { prompt_ids: prompt.to_vec(), options: greedy(max_new) };
+        let out = g.generate_with_adapters(&[req], &[loaded], |_, _| {}).unwrap().remove(0).unwrap();
+        self.memo.insert(key, out.token_ids.clone());
+        out.token_ids
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn concurrent_requests_over_adapters_match_each_alone() {
+    let f = fixture();
+    // A small step budget so long prompts are chunked while others decode; few running slots
+    // and active adapters so sequences join and leave and the adapter limit bites.
+    let engine = start(EngineOptions { max_batch_tokens: 96, max_running: 24, max_active_adapters: 4, ..options(f) });
+    let choices: Vec<Option<String>> = std::iter::once(None).chain(f.adapter_ids.iter().cloned().map(Some)).collect();
+    assert_eq!(choices.len(), 6);
+    let ps = prompts(64);
+    let max_new = 8;
+    let handles: Vec<_> = ps
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let adapter = choices[(i * 7 + i / 6) % choices.len()].clone();
+            let h = engine.submit(GenerateRequest::new(Prompt::Ids(p.clone()), adapter.clone(), greedy(max_new))).unwrap();
+            (h, adapter)
+        })
+        .collect();
+    let mut outs = Vec::new();
+    for (h, adapter) in handles {
+        // Read the stream: the token events' text adds up to the final text.
+        let mut streamed = String::new();
+        let mut ids = Vec::new();
+        let fin = loop {
+            match h.recv().expect("event") {
+                Event::Token { id, text, .. } => {
+                    ids.push(id);
+                    streamed.push_str(&text);
+                }
+                Event::Finished(fin) => break fin,
+                Event::Error(e) => panic!("request failed: {e}"),
+            }
+        };
+        assert_eq!(ids, fin.token_ids);
+        assert_eq!(streamed, fin.text);
+        assert_eq!(fin.generated_tokens, max_new);
+        assert!(fin.ttft <= fin.total);
+        outs.push((fin.token_ids, adapter));
+    }
+    let mut reference = Reference::new();
+    let mut distinct = std::collections::HashSet::new();
+    for (i, (got, adapter)) in outs.iter().enumerate() {
+        let want = reference.tokens(&ps[i], adapter.as_deref(), max_new);
+        assert_eq!(got, &want, "request {i} (adapter {adapter:?}, {} prompt tokens)", ps[i].len());
+        distinct.insert((ps[i].clone(), got.clone()));
+    }
+    let s = engine.stats();
+    eprintln!("engine stats: {} steps, {} preemptions, {} finished", s.steps, s.preemptions, s.requests_finished);
+    assert_eq!(s.requests_finished, 64);
+    // Batching happened: far fewer steps than sequential decoding would take.
+    assert!(s.steps < 64 * max_new as u64 / 2, "{} steps", s.steps);
+    // The adapters matter (else this would not test the segments): some prompt's output
+    // depends on its adapter.
+    let per_prompt: HashMap<&Vec<u32>, std::collections::HashSet<&Vec<u32>>> =
+        outs.iter().enumerate().fold(HashMap::new(), |mut m, (i, (got, _))| {
+            m.entry(&ps[i]).or_default().insert(got);
+            m
+        });
+    assert!(per_prompt.values().any(|s| s.len() > 1), "no adapter changed any output");
+    wait_until("all blocks free", Duration::from_secs(5), || engine.kv_free_blocks() == engine.kv_total_blocks());
+}
+
+#[test]
+fn dropped_request_frees_its_blocks() {
+    let engine = start(EngineOptions { kv_blocks: Some(64), ..options(fixture()) });
+    let total = engine.kv_total_blocks();
+    assert_eq!(engine.kv_free_blocks(), total);
+    let p = prompts(4).pop().unwrap();
+    let h = engine.submit(GenerateRequest::new(Prompt::Ids(p.clone()), None, greedy(400))).unwrap();
+    match h.recv().unwrap() {
+        Event::Token { .. } => {}
+        e => panic!("expected a token, got {e:?}"),
+    }
+    assert!(engine.kv_free_blocks() < total, "a running request holds blocks");
+    drop(h);
+    wait_until("blocks back after cancel", Duration::from_secs(10), || engine.kv_free_blocks() == total);
+    wait_until("cancel counted", Duration::from_secs(5), || engine.stats().requests_cancelled >= 1);
+    // The engine goes on serving.
+    let fin = engine.submit(GenerateRequest::new(Prompt::Ids(p), None, greedy(3))).unwrap().wait().unwrap();
+    assert_eq!(fin.generated_tokens, 3);
+    wait_until("blocks back after finish", Duration::from_secs(5), || engine.kv_free_blocks() == total);
+}
+
+#[test]
+fn unknown_adapter_fails_alone() {
+    let engine = start(options(fixture()));
+    let p = prompts(1).pop().unwrap();
+    let submit = |a: Option<&str>| engine.submit(GenerateRequest::new(Prompt::Ids(p.clone()), a.map(str::to_owned), greedy(4))).unwrap();
+    let (base, bad, good) = (submit(None), submit(Some("no-such-adapter")), submit(Some("a_r8_all")));
+    match bad.wait() {
+        Err(Error::UnknownAdapter(id)) => assert_eq!(id, "no-such-adapter"),
+        other => panic!("expected UnknownAdapter, got {other:?}"),
+    }
+    assert_eq!(base.wait().unwrap().generated_tokens, 4);
+    assert_eq!(good.wait().unwrap().generated_tokens, 4);
+    assert!(engine.available_adapters().contains(&"a_r8_all".to_string()));
+}
+
+#[test]
+fn bad_requests_are_refused_at_submit() {
+    let f = fixture();
+    let engine = start(EngineOptions { kv_blocks: Some(8), ..options(f) });
+    let req = |ids: Vec<u32>, opts: GenerateOptions| GenerateRequest::new(Prompt::Ids(ids), None, opts);
+    // Over the model's context (8192).
+    let long = vec![1u32; f.model.config.max_position_embeddings - 4];
+    assert!(matches!(engine.submit(req(long, greedy(8))), Err(Error::PromptTooLong { .. })));
+    // Over what the KV cache holds (8 blocks = 128 tokens).
+    assert!(matches!(engine.submit(req(vec![1; 125], greedy(8))), Err(Error::PromptTooLong { max: 120, .. })));
+    assert!(matches!(engine.submit(req(vec![], greedy(8))), Err(Error::EmptyPrompt)));
+    assert!(matches!(engine.submit(req(vec![f.model.config.vocab_size as u32], greedy(8))), Err(Error::BadRequest(_))));
+    let hot = GenerateOptions { sampling: SamplingParams { temperature: -1.0, ..SamplingParams::greedy() }, ..greedy(8) };
+    assert!(matches!(engine.submit(req(vec![1, 2], hot)), Err(Error::BadRequest(_))));
+    assert!(matches!(engine.submit(req(vec![1, 2], greedy(0))), Err(Error::BadRequest(_))));
+    assert!(matches!(engine.submit(GenerateRequest::new(Prompt::Text(String::new()), None, greedy(4))), Err(Error::EmptyPrompt)));
+    // None of it reached the engine.
+    assert_eq!(engine.stats().steps, 0);
+}
+
+#[test]
+fn flood_beyond_kv_capacity_completes_with_preemption() {
+    let f = fixture();
+    // 16 blocks = 256 tokens of KV for 16 requests needing ~60 tokens each.
+    let engine = start(EngineOptions { kv_blocks: Some(16), max_batch_tokens: 128, ..options(f) });
+    let max_new = 20;
+    let ps: Vec<Vec<u32>> = prompts(16).into_iter().map(|mut p| {
+        p.truncate(40);
+        p
+    }).collect();
+    let adapters = [None, Some("a_r8_all".to_string())];
+    let handles: Vec<_> = ps
+        .iter()
+        .enumerate()
+        .map(|(i, p)| engine.submit(GenerateRequest::new(Prompt::Ids(p.clone()), adapters[i % 2].clone(), greedy(max_new))).unwrap())
+        .collect();
+    let outs: Vec<_> = handles.into_iter().map(|h| h.wait().expect("flood request failed")).collect();
+    let s = engine.stats();
+    eprintln!("flood: {} steps, {} preemptions", s.steps, s.preemptions);
+    assert!(s.preemptions > 0, "the flood should have forced preemptions");
+    assert!(outs.iter().any(|o| o.preemptions > 0));
+    let mut reference = Reference::new();
+    for (i, o) in outs.iter().enumerate() {
+        let want = reference.tokens(&ps[i], adapters[i % 2].as_deref(), max_new);
+        assert_eq!(o.token_ids, want, "request {i} ({} preemptions)", o.preemptions);
+    }
+    wait_until("all blocks free", Duration::from_secs(5), || engine.kv_free_blocks() == engine.kv_total_blocks());
+}
+
+/// Chunked prefill: while a 1000-token prompt is computed in chunks of the step budget, a
+/// request that is already decoding keeps getting a token every step.
+#[test]
+fn long_prefill_does_not_stall_running_decodes() {
+    let f = fixture();
+    let engine = start(EngineOptions { max_batch_tokens: 64, ..options(f) });
+    let short = prompts(1).pop().unwrap();
+    let decoding = engine.submit(GenerateRequest::new(Prompt::Ids(short), None, greedy(40))).unwrap();
+    // Wait until it decodes, then send the long prompt.
+    assert!(matches!(decoding.recv(), Some(Event::Token { .. })));
+    let long: Vec<u32> = f.tok.encode(&"The quick brown fox jumps over the lazy dog. ".repeat(100)).unwrap();
+    assert!(long.len() >= 900, "{} tokens", long.len());
+    let long_h = engine.submit(GenerateRequest::new(Prompt::Ids(long.clone()), None, greedy(2))).unwrap();
+    let long_first = std::thread::spawn(move || {
+        assert!(matches!(long_h.recv(), Some(Event::Token { .. })));
+        let t = Instant::now();
+        long_h.wait().unwrap();
+        t
+    });
+    let mut token_times = Vec::new();
+    loop {
+        match decoding.recv().expect("event") {
+            Event::Token { .. } => token_times.push(Instant::now()),
+            Event::Finished(_) => break,
+            Event::Error(e) => panic!("{e}"),
+        }
+    }
+    let first_of_long = long_first.join().unwrap();
+    let before = token_times.iter().filter(|&&t| t < first_of_long).count();
+    // The prompt takes >= 900 / 63 = 14 steps; each gives the decoding request a token.
+    eprintln!("{before} tokens of the running request while the {}-token prompt was prefilled", long.len());
+    assert!(before >= 10, "only {before} decode tokens during the long prefill");
+}
+
+/// An adapter budget that holds one of the two golden adapters at a time (a_r8_all ~9.8 MB,
+/// b_r16_qv_rslora ~3.7 MB) and a steady stream of a_r8_all requests that keeps it pinned:
+/// b's request still gets in (the engine stops admitting a_r8_all until b has loaded).
+#[test]
+fn an_adapter_waiting_for_budget_room_does_not_starve() {
+    let f = fixture();
+    let mut opts = options(f);
+    opts.cache.device_budget_bytes = 10_000_000;
+    let engine = Arc::new(start(opts));
+    let p = prompts(1).pop().unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feeder = {
+        let (engine, p, stop) = (engine.clone(), p.clone(), stop.clone());
+        std::thread::spawn(move || {
+            // Keep six a_r8_all requests of staggered lengths in flight, topping up within
+            // 10 ms of any finishing, so some a_r8_all sequence is always running (pinned).
+            let mut in_flight: Vec<lorafleet::engine::RequestHandle> = Vec::new();
+            let (mut done, mut sent) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                in_flight.retain(|h| {
+                    for ev in h.events().try_iter() {
+                        match ev {
+                            Event::Finished(_) => {
+                                done += 1;
+                                return false;
+                            }
+                            Event::Error(e) => panic!("a_r8_all request: {e}"),
+                            Event::Token { .. } => {}
+                        }
+                    }
+                    true
+                });
+                while in_flight.len() < 6 {
+                    sent += 1;
+                    let r = GenerateRequest::new(Prompt::Ids(p.clone()), Some("a_r8_all".into()), greedy(3 + sent % 7));
+                    in_flight.push(engine.submit(r).unwrap());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            done
+        })
+    };
+    // Let a_r8_all load and run first.
+    wait_until("a_r8_all resident", Duration::from_secs(60), || !engine.stats().resident_adapters.is_empty());
+    let t = Instant::now();
+    let b = engine.submit(GenerateRequest::new(Prompt::Ids(p), Some("b_r16_qv_rslora".into()), greedy(4))).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(b.wait());
+    });
+    let got = rx.recv_timeout(Duration::from_secs(60));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let a_done = feeder.join().unwrap();
+    let fin = got.expect("b_r16_qv_rslora starved").expect("b_r16_qv_rslora failed");
+    eprintln!("b got in after {:.1} s while {a_done} a_r8_all requests completed", t.elapsed().as_secs_f64());
+    assert_eq!(fin.generated_tokens, 4);
+    assert!(a_done > 0);
+}

@@ -1,0 +1,353 @@
+//! End to end: starts the built `lorafleet serve` on a loopback port with the golden adapters
+//! as `--adapter-dir`, and drives it over HTTP/1.1 (a small client on std's TcpStream):
+//! /health, /generate (greedy with `a_r8_all` = peft's golden greedy tokens, decoded),
+//! /generate_stream, /v1/completions, /v1/chat/completions (streamed and not), /v1/models,
+//! /metrics, the error cases (bad JSON, unknown adapter, over-long prompt), and a client that
+//! disconnects mid-stream.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::*;
+use lorafleet::TextTokenizer;
+use serde_json::{json, Value};
+
+/// The running server's address and its stderr lines so far (the request log).
+struct ServerInfo {
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// Kills the server when the test ends, passing or not.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+static SERVER: OnceLock<ServerInfo> = OnceLock::new();
+
+fn server() -> &'static ServerInfo {
+    SERVER.get().expect("server started")
+}
+
+fn start_server() -> KillOnDrop {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lorafleet"))
+        .args(["serve", "--model"])
+        .arg(model_dir())
+        .arg("--adapter-dir")
+        .arg(golden_dir().join("adapters"))
+        .args(["--port", "0", "--kv-cache-bytes", "64M", "--max-batch-tokens", "256"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start lorafleet serve");
+    let stderr = child.stderr.take().unwrap();
+    let guard = KillOnDrop(child);
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[server] {line}");
+            if let Some(a) = line.strip_prefix("listening on http://") {
+                let _ = tx.send(a.parse::<SocketAddr>().expect("address"));
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(300)).unwrap_or_else(|_| panic!("the server did not start: {:?}", log.lock().unwrap()));
+    let _ = SERVER.set(ServerInfo { addr, log });
+    guard
+}
+
+/// One server for every check (run in sequence; a few run requests concurrently), killed at
+/// the end whatever happens.
+#[test]
+fn serve_end_to_end() {
+    let _server = start_server();
+    health_models_and_metrics();
+    generate_with_golden_adapter_gives_peft_greedy_text();
+    generate_stream_sends_tokens_then_the_text();
+    chat_completions_stream_and_not();
+    completions_name_the_base_or_an_adapter();
+    errors_are_json_4xx();
+    concurrent_clients_get_their_own_answers();
+    a_client_that_disconnects_cancels_its_request();
+}
+
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+    /// The `data:` payloads of an SSE body.
+    fn events(&self) -> Vec<String> {
+        self.body.split("\n\n").filter_map(|f| f.strip_prefix("data: ")).map(str::to_owned).collect()
+    }
+}
+
+/// Decodes a `Transfer-Encoding: chunked` body.
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(nl) = raw.windows(2).position(|w| w == b"\r\n") else { return out };
+        let size = usize::from_str_radix(std::str::from_utf8(&raw[..nl]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&raw[nl + 2..nl + 2 + size]);
+        raw = &raw[nl + 2 + size + 2..];
+    }
+}
+
+fn request(method: &str, path: &str, body: &str) -> Reply {
+    let s = server();
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
+    write!(
+        c,
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        s.addr,
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    c.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("end of headers");
+    let headers = String::from_utf8(raw[..split].to_vec()).unwrap();
+    let body = &raw[split + 4..];
+    let body = if headers.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_vec() };
+    let status = headers.split(' ').nth(1).unwrap().parse().unwrap();
+    Reply { status, headers, body: String::from_utf8(body).unwrap() }
+}
+
+fn post(path: &str, body: Value) -> Reply {
+    request("POST", path, &body.to_string())
+}
+
+fn tokenizer() -> &'static TextTokenizer {
+    static T: OnceLock<TextTokenizer> = OnceLock::new();
+    T.get_or_init(|| TextTokenizer::from_dir(&model_dir()).unwrap())
+}
+
+/// The chat prompt of the goldens and its 24 greedy tokens under `a_r8_all`, as text.
+fn golden_chat() -> (String, String) {
+    let g = golden_json();
+    let p = &g["prompts"][1];
+    let text = p["text"].as_str().unwrap().to_string();
+    assert_eq!(tokenizer().encode(&text).unwrap(), ids(&p["ids"]), "the golden prompt's text encodes to its ids");
+    let want = ids(&p["a_r8_all_greedy24"]);
+    let gaps = floats(&p["a_r8_all_greedy24_gap"]);
+    assert!(gaps.iter().all(|&g| g > 1e-3), "no near-tie: all 24 tokens are comparable");
+    (text, tokenizer().decode(&want, false).unwrap())
+}
+
+fn health_models_and_metrics() {
+    let r = request("GET", "/health", "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let m = request("GET", "/v1/models", "").json();
+    let ids: Vec<&str> = m["data"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec![common::MODEL, "a_r8_all", "b_r16_qv_rslora"]);
+    // One request so the histograms have something.
+    assert_eq!(post("/generate", json!({"inputs": "Hi", "parameters": {"max_new_tokens": 2}})).status, 200);
+    let r = request("GET", "/metrics", "");
+    assert_eq!(r.status, 200);
+    assert!(r.headers.contains("text/plain"), "{}", r.headers);
+    for name in [
+        "lorafleet_queue_length ",
+        "lorafleet_running_sequences ",
+        "lorafleet_kv_blocks_used ",
+        "lorafleet_kv_blocks_total ",
+        "lorafleet_resident_adapters ",
+        "lorafleet_time_to_first_token_seconds_bucket{le=\"+Inf\"} ",
+        "lorafleet_inter_token_latency_seconds_count ",
+    ] {
+        assert!(r.body.contains(name), "{name} missing from /metrics:\n{}", r.body);
+    }
+    let finished: u64 = r.body.lines().find_map(|l| l.strip_prefix("lorafleet_requests_finished_total ")).unwrap().parse().unwrap();
+    assert!(finished >= 1);
+}
+
+fn generate_with_golden_adapter_gives_peft_greedy_text() {
+    let (prompt, want) = golden_chat();
+    let r = post("/generate", json!({"inputs": prompt, "parameters": {"adapter_id": "a_r8_all", "max_new_tokens": 24, "details": true}}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["generated_text"], json!(want));
+    assert_eq!(v["details"]["generated_tokens"], json!(24));
+    assert_eq!(v["details"]["finish_reason"], json!("length"));
+    let g = golden_json();
+    let tok_ids: Vec<u64> = v["details"]["tokens"].as_array().unwrap().iter().map(|t| t["id"].as_u64().unwrap()).collect();
+    let want_ids: Vec<u64> = ids(&g["prompts"][1]["a_r8_all_greedy24"]).into_iter().map(u64::from).collect();
+    assert_eq!(tok_ids, want_ids);
+    // The base gives something else for this prompt (the adapter was applied).
+    let base = post("/generate", json!({"inputs": prompt, "parameters": {"max_new_tokens": 24}})).json();
+    assert_ne!(base["generated_text"], v["generated_text"]);
+}
+
+fn generate_stream_sends_tokens_then_the_text() {
+    let (prompt, want) = golden_chat();
+    let r = post("/generate_stream", json!({"inputs": prompt, "parameters": {"adapter_id": "a_r8_all", "max_new_tokens": 24}}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.headers.contains("text/event-stream"), "{}", r.headers);
+    let events: Vec<Value> = r.events().iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert_eq!(events.len(), 24);
+    let mut text = String::new();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["index"], json!(i + 1));
+        assert!(e["token"]["id"].is_u64());
+        assert_eq!(e["token"]["logprob"], Value::Null);
+        text.push_str(e["token"]["text"].as_str().unwrap());
+        if i + 1 < events.len() {
+            assert_eq!(e["generated_text"], Value::Null);
+        }
+    }
+    assert_eq!(text, want);
+    assert_eq!(events.last().unwrap()["generated_text"], json!(want));
+}
+
+fn chat_completions_stream_and_not() {
+    // SmolLM2's template adds a system message, so the goldens do not apply: the chat answer
+    // must be what /generate gives for the templated prompt.
+    let user = "Classify the sentiment of this movie review as positive or negative: a gorgeous, witty, seductive movie.";
+    let msgs = [lorafleet::tokenizer::ChatMessage { role: "user".into(), content: user.into() }];
+    let templated = tokenizer().apply_chat_template(&msgs, true).unwrap();
+    assert!(templated.contains("<|im_start|>assistant\n"), "{templated}");
+    let want = post("/generate", json!({"inputs": templated, "parameters": {"adapter_id": "a_r8_all", "max_new_tokens": 24}})).json()
+        ["generated_text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(!want.is_empty());
+    let body = json!({"model": "a_r8_all", "messages": [{"role": "user", "content": user}], "temperature": 0, "max_tokens": 24});
+    let r = post("/v1/chat/completions", body.clone());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["object"], json!("chat.completion"));
+    assert_eq!(v["choices"][0]["message"]["content"], json!(want));
+    assert_eq!(v["choices"][0]["finish_reason"], json!("length"));
+    assert_eq!(v["usage"]["prompt_tokens"], json!(tokenizer().encode(&templated).unwrap().len()));
+    assert_eq!(v["usage"]["completion_tokens"], json!(24));
+
+    let mut sbody = body;
+    sbody["stream"] = json!(true);
+    let r = post("/v1/chat/completions", sbody);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let events = r.events();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], json!("assistant"));
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(text, want);
+    assert!(chunks.iter().all(|c| c["object"] == json!("chat.completion.chunk")));
+    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], json!("length"));
+}
+
+fn completions_name_the_base_or_an_adapter() {
+    let g = golden_json();
+    let p = &g["prompts"][1];
+    let prompt = p["text"].as_str().unwrap();
+    let want_base = tokenizer().decode(&ids(&p["base_greedy24"])[..8], false).unwrap();
+    for model in [common::MODEL, "base", ""] {
+        let r = post("/v1/completions", json!({"model": model, "prompt": prompt, "temperature": 0, "max_tokens": 8}));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["choices"][0]["text"], json!(want_base), "model {model:?}");
+    }
+    let r = post("/v1/completions", json!({"model": "a_r8_all", "prompt": prompt, "temperature": 0, "max_tokens": 8, "stream": true}));
+    let events = r.events();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let text: String = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(e).unwrap()["choices"][0]["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(text, tokenizer().decode(&ids(&p["a_r8_all_greedy24"])[..8], false).unwrap());
+}
+
+fn errors_are_json_4xx() {
+    let check = |r: Reply, status: u16, kind: &str| {
+        assert_eq!(r.status, status, "{}", r.body);
+        let v = r.json();
+        assert_eq!(v["error_type"], json!(kind), "{v}");
+        assert!(v["error"].as_str().is_some_and(|s| !s.is_empty()));
+    };
+    check(request("POST", "/generate", "{not json"), 400, "invalid_json");
+    check(request("POST", "/v1/chat/completions", "[1, 2"), 400, "invalid_json");
+    check(post("/generate", json!({"parameters": {}})), 422, "validation");
+    check(post("/generate", json!({"inputs": "Hi", "parameters": {"adapter_id": "no-such-adapter"}})), 404, "unknown_adapter");
+    check(post("/generate_stream", json!({"inputs": "Hi", "parameters": {"adapter_id": "no-such-adapter"}})), 404, "unknown_adapter");
+    check(post("/v1/chat/completions", json!({"model": "nope", "messages": [{"role": "user", "content": "Hi"}]})), 404, "unknown_adapter");
+    let long = "hello ".repeat(9000);
+    check(post("/generate", json!({"inputs": long, "parameters": {"max_new_tokens": 4}})), 422, "prompt_too_long");
+    check(post("/v1/completions", json!({"prompt": "Hi", "temperature": -1})), 422, "validation");
+    // The server still serves.
+    assert_eq!(post("/generate", json!({"inputs": "Hi", "parameters": {"max_new_tokens": 1}})).status, 200);
+    // Each request was logged in one line.
+    let log = server().log.lock().unwrap().clone();
+    assert!(log.iter().any(|l| l.starts_with("POST /generate status=404") && l.contains("adapter=no-such-adapter")), "{log:?}");
+}
+
+fn concurrent_clients_get_their_own_answers() {
+    let (prompt, want) = golden_chat();
+    let threads: Vec<_> = (0..6)
+        .map(|i| {
+            let prompt = prompt.clone();
+            std::thread::spawn(move || {
+                let adapter = if i % 2 == 0 { json!("a_r8_all") } else { Value::Null };
+                post("/generate", json!({"inputs": prompt, "parameters": {"adapter_id": adapter, "max_new_tokens": 24}})).json()
+            })
+        })
+        .collect();
+    let outs: Vec<Value> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    for (i, v) in outs.iter().enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(v["generated_text"], json!(want), "client {i}");
+        } else {
+            assert_eq!(v["generated_text"], outs[1]["generated_text"], "client {i}");
+        }
+    }
+}
+
+fn a_client_that_disconnects_cancels_its_request() {
+    let s = server();
+    let metric = |name: &str| -> u64 {
+        let r = request("GET", "/metrics", "");
+        r.body.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap())).unwrap()
+    };
+    let before = metric("lorafleet_requests_cancelled_total ");
+    let body = json!({"inputs": "Tell me a very long story.", "parameters": {"max_new_tokens": 1000, "ignore_eos_token": true}}).to_string();
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    write!(c, "POST /generate_stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    // Read until the first token arrives, then hang up.
+    let mut buf = [0u8; 4096];
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("data: ") {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(c);
+    let t = Instant::now();
+    while metric("lorafleet_requests_cancelled_total ") <= before {
+        assert!(t.elapsed() < Duration::from_secs(60), "the request was not cancelled");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let t = Instant::now();
+    while metric("lorafleet_kv_blocks_used ") != 0 || metric("lorafleet_running_sequences ") != 0 {
+        assert!(t.elapsed() < Duration::from_secs(60), "blocks not freed after the disconnect");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
