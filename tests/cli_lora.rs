@@ -84,3 +84,57 @@ fn bad_adapter_arguments_fail_cleanly() {
     assert!(err.contains("above the configured maximum 8"), "{err}");
     assert!(!err.contains("panicked"));
 }
+
+#[test]
+fn bench_in_process_with_synthetic_adapters_reports_every_point() {
+    let dir = model_dir();
+    let o = lorafleet(&[
+        "bench", "--model", dir.to_str().unwrap(), "--synthetic-adapters", "3", "--adapters", "3", "--concurrency", "1,3",
+        "--duration", "2", "--input-tokens", "30-40", "--output-tokens", "2-4", "--threads", "2", "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let json = out.lines().last().unwrap();
+    let points: Vec<serde_json::Value> = serde_json::from_str(json).unwrap();
+    assert_eq!(points.len(), 2);
+    for (p, users) in points.iter().zip([1, 3]) {
+        assert_eq!(p["concurrency"], users);
+        assert_eq!(p["adapters"], 3);
+        assert_eq!(p["errors"], 0, "{p}");
+        let n = p["requests"].as_u64().unwrap();
+        assert!(n >= 1, "{p}");
+        let toks = p["output_tokens"].as_u64().unwrap();
+        assert!(toks >= 2 * n && toks <= 4 * n, "output lengths are forced: {p}");
+        assert!(p["time_to_first_token"]["avg_ms"].as_f64().unwrap() > 0.0);
+        // Every request's total time includes its time to first token.
+        assert!(p["total_request"]["avg_ms"].as_f64().unwrap() >= p["time_to_first_token"]["avg_ms"].as_f64().unwrap());
+    }
+    assert!(out.contains("| users | adapters |"), "{out}");
+    // Asking for more adapters than exist is an error, not a silent base-only run.
+    let o = lorafleet(&["bench", "--model", dir.to_str().unwrap(), "--adapters", "5", "--duration", "1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("only 0 adapters"));
+}
+
+#[test]
+fn eval_with_an_adapter_runs_it() {
+    let dir = model_dir();
+    let data = std::env::temp_dir().join(format!("lorafleet-eval-lora-{}.jsonl", std::process::id()));
+    std::fs::write(&data, "{\"prompt\": \"The capital of France is\", \"completion\": \" Paris\"}\n").unwrap();
+    let run = |adapter: Option<&str>| {
+        let out = std::env::temp_dir().join(format!("lorafleet-eval-lora-out-{}-{}.jsonl", std::process::id(), adapter.unwrap_or("base")));
+        let mut args = vec!["eval", "--model", dir.to_str().unwrap(), "--data", data.to_str().unwrap(), "--max-new-tokens", "12", "--out", out.to_str().unwrap()];
+        let ad = adapters_dir();
+        if let Some(a) = adapter {
+            args.extend(["--adapter", a, "--adapter-dir", &ad]);
+        }
+        let o = lorafleet(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let line: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&out).unwrap().lines().next().unwrap()).unwrap();
+        line["output"].as_str().unwrap().to_string()
+    };
+    // b_r16_qv_rslora's greedy tokens on this prompt part from the base's at token 6 (goldens).
+    let (base, lora) = (run(None), run(Some("b_r16_qv_rslora")));
+    assert_ne!(base, lora, "the adapter did not change the output");
+    std::fs::remove_file(&data).ok();
+}

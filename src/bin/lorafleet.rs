@@ -56,6 +56,76 @@ enum Command {
     Example:\n  lorafleet serve --model models/smollm2-135m-instruct --adapter-dir adapters --port 8080\n  \
     curl localhost:8080/generate -d '{\"inputs\": \"Hello\", \"parameters\": {\"adapter_id\": \"my-lora\"}}'")]
     Serve(ServeArgs),
+    /// The LoRA Land load test: N concurrent users over K adapters, in process or over HTTP.
+    #[command(long_about = "The LoRA Land load test (the report's Tables 8 and 9).\n\n\
+    For each concurrency level, N users each send a request, wait for the whole streamed \
+    response, then send the next, for --duration seconds. Payloads are random token ids: \
+    --input-tokens (default 30-500) in, exactly --output-tokens (default 1-120) out (EOS ignored), \
+    spread uniformly over --adapters K adapters (0 = the base alone). Reports total request time, \
+    time to first token and token streaming time (average, p90) and throughput, as a table and \
+    (--json) as JSON.\n\n\
+    In process (the default) it starts an engine on --model; --synthetic-adapters makes K random \
+    rank---rank adapters for it. With --url it drives a running `lorafleet serve` (or LoRAX) over \
+    HTTP, and --model only supplies the tokenizer.\n\n\
+    Example:\n  lorafleet bench --model models/smollm2-135m-instruct --synthetic-adapters 25 --rank 8 \
+    --concurrency 1,5,10,20 --duration 30")]
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Concurrency levels, comma-separated.
+    #[arg(long, default_value = "1,5,10,20,50", value_delimiter = ',')]
+    concurrency: Vec<usize>,
+    /// Seconds per concurrency level.
+    #[arg(long, default_value_t = 120.0)]
+    duration: f64,
+    /// Prompt length range MIN-MAX (tokens).
+    #[arg(long, default_value = "30-500", value_parser = parse_range)]
+    input_tokens: (usize, usize),
+    /// Output length range MIN-MAX (tokens, forced).
+    #[arg(long, default_value = "1-120", value_parser = parse_range)]
+    output_tokens: (usize, usize),
+    /// Spread requests over this many adapters (0 = the base alone). In process they come from
+    /// --synthetic-adapters or the first K of --adapter-dir; over HTTP, from --adapter-dir names
+    /// or synthetic names `synthetic-I` the server must offer.
+    #[arg(long, default_value_t = 25)]
+    adapters: usize,
+    /// Make this many random adapters (seeded, all seven projections) instead of reading trained ones.
+    #[arg(long)]
+    synthetic_adapters: Option<usize>,
+    /// Rank of the synthetic adapters.
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// Directory of PEFT adapters (in process: the engine's adapter dir).
+    #[arg(long)]
+    adapter_dir: Option<PathBuf>,
+    /// Drive a server at this URL (http://HOST:PORT) instead of an in-process engine.
+    #[arg(long)]
+    url: Option<String>,
+    /// In process: KV cache bytes (K, M, G suffixes).
+    #[arg(long, value_parser = parse_bytes, default_value = "512M")]
+    kv_cache_bytes: usize,
+    /// In process: tokens per engine step.
+    #[arg(long, default_value_t = 512)]
+    max_batch_tokens: usize,
+    /// Seed of the payloads and synthetic adapters.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also print the results as JSON (one array) after the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// "30-500" -> (30, 500); "64" -> (64, 64).
+fn parse_range(s: &str) -> std::result::Result<(usize, usize), String> {
+    let p = |t: &str| t.trim().parse::<usize>().map_err(|e| format!("{s:?}: {e} (e.g. 30-500)"));
+    match s.split_once('-') {
+        Some((a, b)) => Ok((p(a)?, p(b)?)),
+        None => p(s).map(|n| (n, n)),
+    }
 }
 
 /// `lorafleet serve`: one engine (continuous batching over every request and adapter) behind an
@@ -250,9 +320,12 @@ struct FetchDataArgs {
 struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// LoRA adapter to evaluate (default: the base model).
+    /// LoRA adapter to evaluate: a folder name under --adapter-dir or a path (default: the base model).
     #[arg(long)]
     adapter: Option<String>,
+    /// Directory whose folders are adapters, offered by folder name.
+    #[arg(long)]
+    adapter_dir: Option<PathBuf>,
     /// LoRA Land harness task folder (metadata.yaml: data_path, prompt_template, target_col,
     /// metric_name, split_column, split_column_value).
     #[arg(long, conflicts_with = "data", required_unless_present = "data")]
@@ -319,6 +392,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::FetchData(a) => fetch_data(a),
         Command::Eval(a) => eval(a),
         Command::Serve(a) => lorafleet::server::serve(a.into_options()),
+        Command::Bench(a) => bench(a),
     }
 }
 
@@ -365,7 +439,9 @@ fn eval(a: EvalArgs) -> Result<()> {
     let set = EvalSet::load(a.task.as_deref(), a.data.as_deref(), a.prompt_template.as_deref(), &a.target_col, metric, a.limit)?;
     let opts = EvalOptions { metric: set.metric, max_new_tokens: a.max_new_tokens, batch_size: a.batch_size, adapter: a.adapter };
     let l = load(&a.model)?;
-    let g = Generator::new(&l.model, &l.be, &l.tok);
+    let lora = AdapterArgs { adapter: opts.adapter.clone(), adapter_dir: a.adapter_dir.clone(), max_lora_rank: 128 };
+    let adapter = load_adapters(&l, &lora, std::slice::from_ref(&lora.adapter)).pop().transpose()?.flatten();
+    let g = Generator::new(&l.model, &l.be, &l.tok).with_adapter(adapter.as_deref());
     let bar = lorafleet::progress::bar(std::io::stderr().is_terminal(), set.examples.len() as u64, "eval");
     eprintln!("eval: {} examples of {}, metric {}, up to {} new tokens", set.examples.len(), set.name, set.metric, a.max_new_tokens);
     let s = evaluate_to_file(&g, &set.examples, &opts, &bar, a.out.as_deref())?;
@@ -577,6 +653,100 @@ fn score(a: ScoreArgs) -> Result<()> {
             let text = l.tok.decode(&[*id], false)?;
             println!("  {id:>6} {logit:>9.4}  {text:?}");
         }
+    }
+    Ok(())
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    use lorafleet::loadtest::{self, engine_target::EngineTarget, http::HttpTarget, LoadTestConfig};
+    if !(a.duration > 0.0 && a.duration.is_finite()) {
+        return Err(Error::InvalidArgument("--duration must be a positive number of seconds".into()));
+    }
+    let tok = TextTokenizer::from_dir(&a.model.model)?;
+    let cfg_model = lorafleet::model::ModelConfig::from_file(&a.model.model.join("config.json"))?;
+    // Synthetic adapters: written once into a temporary adapter dir (removed at the end).
+    let mut adapter_dir = a.adapter_dir.clone();
+    let mut synthetic_dir = None;
+    let mut names: Vec<String> = Vec::new();
+    if let Some(k) = a.synthetic_adapters {
+        let dir = std::env::temp_dir().join(format!("lorafleet-bench-adapters-{}", std::process::id()));
+        let bar = lorafleet::progress::bar(std::io::stderr().is_terminal(), k as u64, "synthetic adapters");
+        for i in 0..k {
+            let id = format!("synthetic-{i}");
+            let ad = lorafleet::lora::LoraAdapter::random(&id, &cfg_model, a.rank, 2.0 * a.rank as f32, &lorafleet::lora::LoraModule::ALL, a.seed + i as u64, 0.004);
+            ad.save(&dir.join(&id))?;
+            names.push(id);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        adapter_dir = Some(dir.clone());
+        synthetic_dir = Some(dir);
+    } else if let Some(d) = &a.adapter_dir {
+        let cache_opts = CacheOptions { adapter_dir: Some(d.clone()), ..CacheOptions::default() };
+        names = AdapterCache::new(Arc::new(CpuBackend::new()), cfg_model.clone(), cache_opts).available();
+    } else if a.url.is_some() {
+        names = (0..a.adapters).map(|i| format!("synthetic-{i}")).collect();
+    }
+    if names.len() < a.adapters {
+        return Err(Error::InvalidArgument(format!(
+            "--adapters {} but only {} adapters are available (use --synthetic-adapters K or --adapter-dir)",
+            a.adapters,
+            names.len()
+        )));
+    }
+    names.truncate(a.adapters);
+    // Ordinary tokens: skip the special ones at the start of the vocabulary.
+    let lo = (cfg_model.vocab_size / 100).max(256).min(cfg_model.vocab_size.saturating_sub(1)) as u32;
+    let cfg = LoadTestConfig {
+        concurrency: a.concurrency.clone(),
+        duration: std::time::Duration::from_secs_f64(a.duration),
+        input_tokens: a.input_tokens,
+        output_tokens: a.output_tokens,
+        adapters: names,
+        token_range: (lo, cfg_model.vocab_size as u32 - 1),
+        seed: a.seed,
+    };
+    loadtest::validate(&cfg)?;
+    let engine;
+    let target: Box<dyn loadtest::LoadTarget> = match &a.url {
+        Some(url) => Box::new(HttpTarget { url: url.parse()?, tokenizer: tok, timeout: std::time::Duration::from_secs(600) }),
+        None => {
+            let l = load(&a.model)?;
+            let max_in = a.input_tokens.1 + a.output_tokens.1;
+            let opts = lorafleet::engine::EngineOptions {
+                kv_cache_bytes: a.kv_cache_bytes,
+                max_batch_tokens: a.max_batch_tokens,
+                cache: CacheOptions { adapter_dir, max_host_adapters: 64, device_budget_bytes: 1 << 30, max_rank: a.rank.max(128) },
+                ..lorafleet::engine::EngineOptions::default()
+            };
+            if max_in > l.model.config.max_position_embeddings {
+                return Err(Error::InvalidArgument(format!("payloads up to {max_in} tokens exceed the context {}", l.model.config.max_position_embeddings)));
+            }
+            engine = lorafleet::engine::Engine::start(Arc::new(l.be), Arc::new(l.model), Arc::new(l.tok), opts)?;
+            Box::new(EngineTarget { engine: &engine })
+        }
+    };
+    let mut points = Vec::new();
+    for &c in &cfg.concurrency {
+        let bar = lorafleet::progress::bar(std::io::stderr().is_terminal(), 0, "load test");
+        bar.set_message(format!("{c} users, {} adapters, {:.0} s: requests done", cfg.adapters.len(), a.duration));
+        let p = loadtest::run_point(&*target, &cfg, c, &|n| bar.set_position(n as u64));
+        bar.finish_and_clear();
+        eprintln!(
+            "{c} users: {} requests, {} errors, {:.1} tok/s{}",
+            p.requests,
+            p.errors,
+            p.throughput_tok_s,
+            p.first_error.as_ref().map_or(String::new(), |e| format!(" (first error: {e})"))
+        );
+        points.push(p);
+    }
+    print!("{}", loadtest::table(&points));
+    if a.json {
+        println!("{}", serde_json::to_string(&points).map_err(|e| Error::InvalidArgument(e.to_string()))?);
+    }
+    if let Some(d) = synthetic_dir {
+        let _ = std::fs::remove_dir_all(d);
     }
     Ok(())
 }

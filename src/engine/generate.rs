@@ -75,11 +75,19 @@ pub struct Generator<'a, B: Backend> {
     pub tokenizer: &'a TextTokenizer,
     /// KV cache size in bytes; None = exactly what the batch needs.
     pub kv_cache_bytes: Option<usize>,
+    /// The adapter of every request when `generate` is given none per request (None = base).
+    pub adapter: Option<&'a LoadedAdapter<B>>,
 }
 
 impl<'a, B: Backend> Generator<'a, B> {
     pub fn new(model: &'a Llama<B>, be: &'a B, tokenizer: &'a TextTokenizer) -> Self {
-        Generator { model, be, tokenizer, kv_cache_bytes: None }
+        Generator { model, be, tokenizer, kv_cache_bytes: None, adapter: None }
+    }
+
+    /// Runs every request through `adapter` (unless `generate_with_adapters` names others).
+    pub fn with_adapter(mut self, adapter: Option<&'a LoadedAdapter<B>>) -> Self {
+        self.adapter = adapter;
+        self
     }
 
     /// Sizes the KV pool from a byte budget instead of the batch's need. A sequence that then
@@ -128,7 +136,7 @@ impl<'a, B: Backend> Generator<'a, B> {
         if !adapters.is_empty() && adapters.len() != reqs.len() {
             return Err(Error::InvalidArgument(format!("{} adapters for {} requests", adapters.len(), reqs.len())));
         }
-        let adapter_of = |i: usize| adapters.get(i).copied().flatten();
+        let adapter_of = |i: usize| if adapters.is_empty() { self.adapter } else { adapters.get(i).copied().flatten() };
         // Sort key grouping sequences by adapter (the base first).
         let group = |i: usize| adapter_of(i).map_or(0, |a| a as *const LoadedAdapter<B> as usize);
         let bs = DEFAULT_BLOCK_SIZE;

@@ -76,10 +76,14 @@ pub fn evaluate<B: Backend>(
     progress: &ProgressBar,
     mut on_result: impl FnMut(&ExampleResult) -> Result<()>,
 ) -> Result<EvalSummary> {
-    if let Some(a) = &opts.adapter {
-        // The adapter plumbing (load PEFT adapters, route a request to one) lands with the
-        // multi-LoRA work; until then say so instead of silently evaluating the base.
-        return Err(Error::InvalidArgument(format!("--adapter is not supported yet (asked for `{a}`)")));
+    if opts.adapter.as_deref() != gen.adapter.map(|a| a.id.as_str()) {
+        // The generator runs the adapter; the option only names it. They must agree, or the
+        // report would name one model and score another.
+        return Err(Error::InvalidArgument(format!(
+            "eval: options name adapter {:?} but the generator runs {:?}",
+            opts.adapter,
+            gen.adapter.map(|a| &a.id)
+        )));
     }
     if opts.batch_size == 0 {
         return Err(Error::InvalidArgument("--batch-size must be at least 1".into()));

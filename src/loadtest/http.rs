@@ -123,7 +123,7 @@ pub struct HttpTarget {
 impl LoadTarget for HttpTarget {
     fn run(&self, req: &LoadRequest) -> Result<RequestTiming> {
         let inputs = self.tokenizer.decode(&req.prompt_ids, false)?;
-        let mut params = serde_json::json!({ "max_new_tokens": req.max_new_tokens, "do_sample": false, "ignore_eos": true });
+        let mut params = serde_json::json!({ "max_new_tokens": req.max_new_tokens, "do_sample": false, "ignore_eos_token": true });
         if let Some(a) = &req.adapter {
             params["adapter_id"] = a.clone().into();
         }
