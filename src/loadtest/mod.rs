@@ -114,7 +114,10 @@ fn payload(cfg: &LoadTestConfig, rng: &mut SplitMix64) -> LoadRequest {
     let (lo, hi) = cfg.token_range;
     let prompt_ids = (0..n_in).map(|_| rng.range(lo as usize, hi as usize) as u32).collect();
     let max_new_tokens = rng.range(cfg.output_tokens.0, cfg.output_tokens.1);
-    let adapter = if cfg.adapters.is_empty() { None } else { Some(cfg.adapters[rng.range(0, cfg.adapters.len() - 1)].clone()) };
+    // The adapter comes from its own draw, so the payload sequence is the same whatever K is
+    // (runs with and without adapters compare like with like).
+    let pick = rng.next_u64();
+    let adapter = if cfg.adapters.is_empty() { None } else { Some(cfg.adapters[(pick % cfg.adapters.len() as u64) as usize].clone()) };
     LoadRequest { prompt_ids, adapter, max_new_tokens }
 }
 
