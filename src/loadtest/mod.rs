@@ -276,6 +276,28 @@ mod tests {
     }
 
     #[test]
+    fn payloads_do_not_depend_on_the_adapter_count() {
+        let base = LoadTestConfig {
+            concurrency: vec![1],
+            duration: Duration::from_secs(1),
+            input_tokens: (30, 500),
+            output_tokens: (1, 120),
+            adapters: vec![],
+            token_range: (10, 1000),
+            seed: 9,
+        };
+        let with = LoadTestConfig { adapters: (0..25).map(|i| format!("a{i}")).collect(), ..base.clone() };
+        let (mut r1, mut r2) = (SplitMix64::new(4), SplitMix64::new(4));
+        let mut used = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let (a, b) = (payload(&base, &mut r1), payload(&with, &mut r2));
+            assert_eq!((a.prompt_ids, a.max_new_tokens, a.adapter), (b.prompt_ids, b.max_new_tokens, None));
+            used.insert(b.adapter.unwrap());
+        }
+        assert!(used.len() > 20, "adapters are spread: {}", used.len());
+    }
+
+    #[test]
     fn validate_rejects_bad_ranges() {
         let ok = LoadTestConfig {
             concurrency: vec![1],
