@@ -144,11 +144,11 @@ fn eval_task_folder_and_errors() {
     let score = v["score"].as_f64().unwrap();
     assert_eq!(score, Metric::RougeL.score(v["output"].as_str().unwrap(), "the quick brown fox"));
 
-    // --adapter is accepted but not wired yet: a clean error, no work done.
+    // An adapter that does not exist: a clean error, no work done (tests/cli_lora.rs runs a real one).
     let o = lorafleet(&["eval", "--model", s(&model_dir()), "--task", s(&task), "--adapter", "sst2", "--threads", "2"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("--adapter is not supported yet") && !err.contains("panicked"), "{err}");
+    assert!(err.starts_with("error: unknown adapter `sst2`") && !err.contains("panicked"), "{err}");
 
     // Neither --task nor --data; a bad metric; a data file that is not there.
     let o = lorafleet(&["eval", "--model", s(&model_dir())]);
