@@ -8,7 +8,10 @@ use lorafleet::quant::Quantization;
 use lorafleet::train::{Example, LoraGrads, StepOptions, TrainBatch, TrainModel};
 
 fn tiny(quantize: Option<Quantization>) -> TrainModel {
-    let dir = std::env::temp_dir().join(format!("lorafleet-tiny-model-{}-{:?}", std::process::id(), quantize));
+    // One directory per call: tests run in parallel and each removes its own when done.
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("lorafleet-tiny-model-{}-{:?}-{n}", std::process::id(), quantize));
     lorafleet::train::tiny::write_tiny_model(&dir, 11).expect("write tiny model");
     let m = TrainModel::load(&dir, quantize).expect("load tiny model");
     let _ = std::fs::remove_dir_all(&dir);
