@@ -244,6 +244,9 @@ def main():
     ap.add_argument("--max-new-tokens", type=int, default=3)
     ap.add_argument("--eval-only", action="store_true", help="no training: evaluate the base model")
     ap.add_argument("--no-eval", action="store_true", help="train only")
+    ap.add_argument("--quantize", choices=["nf4"], default=None,
+                    help="QLoRA: load the base's linear layers as bitsandbytes NF4 (double quantization, "
+                         "64-element blocks, f32 compute), as lorafleet-train --quantize nf4")
     args = ap.parse_args()
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -260,13 +263,29 @@ def main():
 
     load_before = load_avg()
     tok = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, attn_implementation="sdpa")
+    quant = None
+    if args.quantize == "nf4":
+        # The QLoRA base: every nn.Linear of the decoder (not the embedding / lm_head) in
+        # bitsandbytes 4-bit NF4 with the nested (double) quantization of the absmax, computing
+        # in f32. prepare_model_for_kbit_training is not called: it would turn on gradient
+        # checkpointing, which lorafleet-train does not do by default either.
+        from transformers import BitsAndBytesConfig
+
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                   bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32, attn_implementation="sdpa",
+                                                 quantization_config=quant, device_map="cpu" if quant else None)
     summary = {
         "model": args.model, "threads": args.threads, "seed": args.seed, "lr": args.lr,
         "batch_size": args.batch_size, "micro_batch": args.micro_batch, "rank": args.rank, "alpha": args.alpha,
         "torch": torch.__version__, "transformers": transformers.__version__,
         "cpu": platform.processor() or platform.machine(), "load_avg_before": load_before,
+        "quantize": args.quantize,
     }
+    if quant is not None:
+        import bitsandbytes
+
+        summary["bitsandbytes"] = bitsandbytes.__version__
     if not args.eval_only:
         import peft
         from peft import LoraConfig, get_peft_model

@@ -111,7 +111,7 @@ fn causal_attention_backward_matches_finite_differences() {
     let mut s = 4;
     // Two packed sequences (attention must not cross them), grouped-query heads 4 over 2.
     let (heads, kv, d) = (4usize, 2usize, 8usize);
-    let seqs = [(0usize, 5usize), (5, 3)];
+    let seqs = [bw::SeqSpan::new(0, 5), bw::SeqSpan::new(5, 3)];
     let t = 8;
     let q = rand(t * heads * d, &mut s);
     let k = rand(t * kv * d, &mut s);
@@ -130,6 +130,62 @@ fn causal_attention_backward_matches_finite_differences() {
             assert!((a - b).abs() < 1e-6, "row 0 must equal its own value row");
         }
     }
+}
+
+/// A shared context (a prompt prefix laid out once, `SeqSpan::with_context`): the backward
+/// matches finite differences, and forward and gradients equal those of the same sequences with
+/// the prefix repeated in each (the context rows' dk/dv = the sum of the copies').
+#[test]
+fn causal_attention_with_a_shared_context_equals_the_repeated_prefix() {
+    let mut s = 14;
+    let (heads, kv, d) = (4usize, 2usize, 8usize);
+    let (c, l1, l2) = (3usize, 4usize, 2usize);
+    // Shared layout: context rows 0..3, then sequence 1 (4 rows), sequence 2 (2 rows).
+    let shared = [bw::SeqSpan::new(0, c), bw::SeqSpan::with_context(c, l1, 0, c), bw::SeqSpan::with_context(c + l1, l2, 0, c)];
+    let t = c + l1 + l2;
+    let q = rand(t * heads * d, &mut s);
+    let k = rand(t * kv * d, &mut s);
+    let v = rand(t * kv * d, &mut s);
+    let r = rand(t * heads * d, &mut s);
+    let f = |q: &[f32], k: &[f32], v: &[f32]| weighted_sum(&bw::causal_attention_forward(q, k, v, &shared, heads, kv, d).0, &r);
+    let (out, lse) = bw::causal_attention_forward(&q, &k, &v, &shared, heads, kv, d);
+    let (dq, dk, dv) = bw::causal_attention_backward(&q, &k, &v, &out, &lse, &r, &shared, heads, kv, d);
+    assert_close("shared attention dq", &dq, &numeric_grad(&q, |q| f(q, &k, &v)));
+    assert_close("shared attention dk", &dk, &numeric_grad(&k, |k| f(&q, k, &v)));
+    assert_close("shared attention dv", &dv, &numeric_grad(&v, |v| f(&q, &k, v)));
+
+    // The repeated layout: [ctx, seq 1] then [ctx, seq 2], each a sequence of its own. The
+    // context rows' upstream gradient goes in the first copy (only one copy's output is counted).
+    let rows_of = |x: &[f32], w: usize, rows: &[usize]| rows.iter().flat_map(|&i| x[i * w..(i + 1) * w].to_vec()).collect::<Vec<f32>>();
+    let rows: Vec<usize> = (0..c).chain(c..c + l1).chain(0..c).chain(c + l1..t).collect();
+    let (qw, kw) = (heads * d, kv * d);
+    let (q2, k2, v2) = (rows_of(&q, qw, &rows), rows_of(&k, kw, &rows), rows_of(&v, kw, &rows));
+    let mut r2 = rows_of(&r, qw, &rows);
+    r2[(c + l1) * qw..(2 * c + l1) * qw].iter_mut().for_each(|x| *x = 0.0);
+    let repeated = [bw::SeqSpan::new(0, c + l1), bw::SeqSpan::new(c + l1, c + l2)];
+    let (out2, lse2) = bw::causal_attention_forward(&q2, &k2, &v2, &repeated, heads, kv, d);
+    let (dq2, dk2, dv2) = bw::causal_attention_backward(&q2, &k2, &v2, &out2, &lse2, &r2, &repeated, heads, kv, d);
+    let back = |x: &[f32], w: usize| -> Vec<f32> {
+        // Sum the copies of each original row.
+        let mut acc = vec![0.0f32; t * w];
+        for (j, &i) in rows.iter().enumerate() {
+            for (a, b) in acc[i * w..(i + 1) * w].iter_mut().zip(&x[j * w..(j + 1) * w]) {
+                *a += b;
+            }
+        }
+        acc
+    };
+    let close = |name: &str, a: &[f32], b: &[f32]| {
+        let (num, den) = a.iter().zip(b).fold((0.0f64, 0.0f64), |(n, d), (&x, &y)| (n + ((x - y) as f64).powi(2), d + (y as f64).powi(2)));
+        assert!(den > 0.0 && (num / den).sqrt() < 1e-5, "{name}: shared vs repeated rel L2 {}", (num / den).sqrt());
+    };
+    // Outputs: each original row once (the first copy of the context rows).
+    let first: Vec<usize> = (0..c + l1).chain(2 * c + l1..2 * c + l1 + l2).collect();
+    close("output", &out, &rows_of(&out2, qw, &first));
+    // The second copy of the context has no upstream gradient, so its dq is 0 and the sums are dq.
+    close("dq", &dq, &back(&dq2, qw));
+    close("dk", &dk, &back(&dk2, kw));
+    close("dv", &dv, &back(&dv2, kw));
 }
 
 #[test]

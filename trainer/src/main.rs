@@ -106,7 +106,7 @@ struct TrainArgs {
     max_grad_norm: f32,
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f32,
-    #[arg(long, value_enum, default_value_t = Batching::Packed)]
+    #[arg(long, value_enum, default_value_t = Batching::SharedPrefix)]
     batching: Batching,
     #[arg(long, default_value_t = 512)]
     max_seq_len: usize,

@@ -34,6 +34,9 @@ pub enum Batching {
     Packed,
     /// Every sequence right-padded to the micro-batch's longest.
     Padded,
+    /// Packed, with the prompt prefix common to the micro-batch's examples (an instruction
+    /// template) laid out and computed once; the same loss and gradients as packed.
+    SharedPrefix,
 }
 
 #[derive(Debug, Clone)]
@@ -206,10 +209,6 @@ pub fn train(model: &TrainModel, examples: &[Example], cfg: &TrainConfig) -> Res
     let started = Instant::now();
     let elapsed0 = state.elapsed_s;
     let end = cfg.stop_after.map_or(total, |s| s.min(total));
-    let pad = match cfg.batching {
-        Batching::Packed => None,
-        Batching::Padded => Some(cfg.pad_id),
-    };
     while state.step < end {
         let step_started = Instant::now();
         let lr = learning_rate(cfg.schedule, cfg.lr, state.step, total, warmup);
@@ -221,7 +220,11 @@ pub fn train(model: &TrainModel, examples: &[Example], cfg: &TrainConfig) -> Res
             let weight = 1.0 / labels as f32;
             for mb in &micro {
                 let exs: Vec<&Example> = mb.iter().map(|&i| &examples[i]).collect();
-                let batch = TrainBatch::new(&exs, pad);
+                let batch = match cfg.batching {
+                    Batching::Packed => TrainBatch::new(&exs, None),
+                    Batching::Padded => TrainBatch::new(&exs, Some(cfg.pad_id)),
+                    Batching::SharedPrefix => TrainBatch::shared_prefix(&exs),
+                };
                 tokens += exs.iter().map(|e| e.ids.len()).sum::<usize>();
                 loss += model.forward_backward(&adapter, &batch, weight, cfg.step, &mut grads)?;
             }

@@ -11,7 +11,8 @@ use lorafleet_trainer::train_loop::{train, Batching, TrainConfig};
 fn examples() -> Vec<Example> {
     (0..10u32)
         .map(|i| {
-            let prompt: Vec<u32> = (0..3 + i % 4).map(|k| 3 + (i * 7 + k * 5) % 60).collect();
+            // A common two-token start (as a prompt template), so shared-prefix batches share it.
+            let prompt: Vec<u32> = [1, 4].into_iter().chain((0..3 + i % 4).map(|k| 3 + (i * 7 + k * 5) % 60)).collect();
             Example::new(&prompt, &[10 + i % 3, 2])
         })
         .collect()
@@ -93,4 +94,9 @@ fn resumed_run_follows_the_same_loss_curve_f32_packed() {
 #[test]
 fn resumed_run_follows_the_same_loss_curve_nf4_padded() {
     check(Some(Quantization::Nf4), Batching::Padded);
+}
+
+#[test]
+fn resumed_run_follows_the_same_loss_curve_f32_shared_prefix() {
+    check(None, Batching::SharedPrefix);
 }

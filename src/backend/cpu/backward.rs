@@ -129,14 +129,51 @@ pub fn silu_mul_backward(gate: &[f32], up: &[f32], dout: &[f32], dgate: &mut [f3
     });
 }
 
-/// Where the sequences of a packed training batch lie: `(first row, rows)` each, in order,
-/// covering the batch. Attention never crosses from one to another.
-pub type SeqSpans<'a> = &'a [(usize, usize)];
+/// One sequence of a packed training batch: rows `start..start + len`, continuing the context
+/// rows `ctx_start..ctx_start + ctx_len` (`ctx_len = 0`: a sequence of its own).
+///
+/// A context is a prompt prefix shared by several sequences of the batch and laid out once:
+/// causal attention makes its hidden states the same in every sequence that starts with it, so
+/// computing them once (and summing their gradients, which the backward does by scattering
+/// every sequence's dk/dv for those rows into the same rows) gives the loss and gradients of
+/// the batch with the prefix repeated, for a fraction of the work. A row attends to every
+/// context row and causally to its own sequence's rows; never to any other row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqSpan {
+    pub start: usize,
+    pub len: usize,
+    pub ctx_start: usize,
+    pub ctx_len: usize,
+}
 
-/// The per-(sequence, head) slices of q/k/v gathered into contiguous `[len, head_dim]` buffers.
-fn gather_head(x: &[f32], width: usize, start: usize, len: usize, col: usize, head_dim: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(len * head_dim);
-    for t in start..start + len {
+impl SeqSpan {
+    /// A sequence with no shared context.
+    pub fn new(start: usize, len: usize) -> Self {
+        SeqSpan { start, len, ctx_start: 0, ctx_len: 0 }
+    }
+
+    /// A sequence continuing the context rows `ctx_start..ctx_start + ctx_len`.
+    pub fn with_context(start: usize, len: usize, ctx_start: usize, ctx_len: usize) -> Self {
+        SeqSpan { start, len, ctx_start, ctx_len }
+    }
+
+    /// The rows this sequence's queries may see, in order: its context, then its own rows.
+    fn key_rows(&self) -> impl Iterator<Item = usize> {
+        (self.ctx_start..self.ctx_start + self.ctx_len).chain(self.start..self.start + self.len)
+    }
+
+    fn in_bounds(&self, t: usize) -> bool {
+        self.start + self.len <= t && self.ctx_start + self.ctx_len <= t
+    }
+}
+
+/// Where the sequences of a packed training batch lie, in order, covering the batch.
+pub type SeqSpans<'a> = &'a [SeqSpan];
+
+/// The per-(sequence, head) slices of q/k/v gathered into contiguous `[rows, head_dim]` buffers.
+fn gather_head(x: &[f32], width: usize, rows: impl Iterator<Item = usize>, col: usize, head_dim: usize) -> Vec<f32> {
+    let mut out = Vec::new();
+    for t in rows {
         out.extend_from_slice(&x[t * width + col..t * width + col + head_dim]);
     }
     out
@@ -151,35 +188,37 @@ pub fn causal_attention_forward(q: &[f32], k: &[f32], v: &[f32], seqs: SeqSpans<
     let (qw, kw) = (n_heads * head_dim, n_kv * head_dim);
     let t = q.len() / qw.max(1);
     assert!(q.len() == t * qw && k.len() == t * kw && v.len() == t * kw && n_heads % n_kv == 0, "attention: shapes");
-    assert!(seqs.iter().all(|&(s, l)| s + l <= t), "attention: span past the batch");
+    assert!(seqs.iter().all(|s| s.in_bounds(t)), "attention: span past the batch");
     let group = n_heads / n_kv;
     let scale = 1.0 / (head_dim as f32).sqrt();
     let tasks: Vec<(usize, usize)> = (0..seqs.len()).flat_map(|s| (0..n_heads).map(move |h| (s, h))).collect();
     let parts: Vec<(Vec<f32>, Vec<f32>)> = tasks
         .par_iter()
         .map(|&(si, h)| {
-            let (start, len) = seqs[si];
+            let span = seqs[si];
+            let (start, len, c) = (span.start, span.len, span.ctx_len);
             let kvh = h / group;
-            let qh = gather_head(q, qw, start, len, h * head_dim, head_dim);
-            let kh = gather_head(k, kw, start, len, kvh * head_dim, head_dim);
-            let vh = gather_head(v, kw, start, len, kvh * head_dim, head_dim);
+            // Keys and values: the context rows, then the sequence's own; query i is key c + i.
+            let qh = gather_head(q, qw, start..start + len, h * head_dim, head_dim);
+            let kh = gather_head(k, kw, span.key_rows(), kvh * head_dim, head_dim);
+            let vh = gather_head(v, kw, span.key_rows(), kvh * head_dim, head_dim);
             let mut o = vec![0.0f32; len * head_dim];
             let mut lse = vec![0.0f32; len];
-            let mut p = vec![0.0f32; len];
+            let mut p = vec![0.0f32; c + len];
             for i in 0..len {
                 let qi = &qh[i * head_dim..(i + 1) * head_dim];
                 let mut m = f32::NEG_INFINITY;
-                for j in 0..=i {
+                for j in 0..=c + i {
                     p[j] = dot(qi, &kh[j * head_dim..(j + 1) * head_dim]) * scale;
                     m = m.max(p[j]);
                 }
                 let mut sum = 0.0f32;
-                for pj in &mut p[..=i] {
+                for pj in &mut p[..=c + i] {
                     *pj = (*pj - m).exp();
                     sum += *pj;
                 }
                 let oi = &mut o[i * head_dim..(i + 1) * head_dim];
-                for j in 0..=i {
+                for j in 0..=c + i {
                     let w = p[j] / sum;
                     for (ov, &vv) in oi.iter_mut().zip(&vh[j * head_dim..(j + 1) * head_dim]) {
                         *ov += w * vv;
@@ -193,7 +232,7 @@ pub fn causal_attention_forward(q: &[f32], k: &[f32], v: &[f32], seqs: SeqSpans<
     let mut out = vec![0.0f32; t * qw];
     let mut lse_all = vec![0.0f32; t * n_heads];
     for (&(si, h), (o, lse)) in tasks.iter().zip(parts) {
-        let (start, len) = seqs[si];
+        let (start, len) = (seqs[si].start, seqs[si].len);
         for i in 0..len {
             let row = start + i;
             out[row * qw + h * head_dim..row * qw + (h + 1) * head_dim].copy_from_slice(&o[i * head_dim..(i + 1) * head_dim]);
@@ -224,7 +263,7 @@ pub fn causal_attention_backward(
     let t = q.len() / qw.max(1);
     assert!(q.len() == t * qw && k.len() == t * kw && v.len() == t * kw && n_heads % n_kv == 0, "attention_backward: shapes");
     assert!(out.len() == q.len() && dout.len() == q.len() && lse.len() == t * n_heads, "attention_backward: shapes");
-    assert!(seqs.iter().all(|&(s, l)| s + l <= t), "attention_backward: span past the batch");
+    assert!(seqs.iter().all(|s| s.in_bounds(t)), "attention_backward: span past the batch");
     let group = n_heads / n_kv;
     let scale = 1.0 / (head_dim as f32).sqrt();
     let d = head_dim;
@@ -233,21 +272,24 @@ pub fn causal_attention_backward(
     let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = tasks
         .par_iter()
         .map(|&(si, h)| {
-            let (start, len) = seqs[si];
+            let span = seqs[si];
+            let (start, len, c) = (span.start, span.len, span.ctx_len);
             let kvh = h / group;
-            let qh = gather_head(q, qw, start, len, h * d, d);
-            let kh = gather_head(k, kw, start, len, kvh * d, d);
-            let vh = gather_head(v, kw, start, len, kvh * d, d);
-            let oh = gather_head(out, qw, start, len, h * d, d);
-            let doh = gather_head(dout, qw, start, len, h * d, d);
-            let (mut dq, mut dk, mut dv) = (vec![0.0f32; len * d], vec![0.0f32; len * d], vec![0.0f32; len * d]);
+            let own = || start..start + len;
+            let qh = gather_head(q, qw, own(), h * d, d);
+            let kh = gather_head(k, kw, span.key_rows(), kvh * d, d);
+            let vh = gather_head(v, kw, span.key_rows(), kvh * d, d);
+            let oh = gather_head(out, qw, own(), h * d, d);
+            let doh = gather_head(dout, qw, own(), h * d, d);
+            // dk, dv over the key rows (context first), as the forward laid them out.
+            let (mut dq, mut dk, mut dv) = (vec![0.0f32; len * d], vec![0.0f32; (c + len) * d], vec![0.0f32; (c + len) * d]);
             for i in 0..len {
                 let qi = &qh[i * d..(i + 1) * d];
                 let doi = &doh[i * d..(i + 1) * d];
                 let l = lse[(start + i) * n_heads + h];
                 let di = dot(doi, &oh[i * d..(i + 1) * d]);
                 let dqi = &mut dq[i * d..(i + 1) * d];
-                for j in 0..=i {
+                for j in 0..=c + i {
                     let kj = &kh[j * d..(j + 1) * d];
                     let p = (dot(qi, kj) * scale - l).exp();
                     let dp = dot(doi, &vh[j * d..(j + 1) * d]);
@@ -264,14 +306,17 @@ pub fn causal_attention_backward(
         .collect();
     let (mut dq_all, mut dk_all, mut dv_all) = (vec![0.0f32; t * qw], vec![0.0f32; t * kw], vec![0.0f32; t * kw]);
     for (&(si, h), (dq, dk, dv)) in tasks.iter().zip(parts) {
-        let (start, len) = seqs[si];
+        let span = seqs[si];
         let kvh = h / group;
-        for i in 0..len {
-            let row = start + i;
+        for i in 0..span.len {
+            let row = span.start + i;
             dq_all[row * qw + h * d..row * qw + (h + 1) * d].copy_from_slice(&dq[i * d..(i + 1) * d]);
+        }
+        // Every sequence sharing a context adds its part of the context rows' dk, dv.
+        for (j, row) in span.key_rows().enumerate() {
             for x in 0..d {
-                dk_all[row * kw + kvh * d + x] += dk[i * d + x];
-                dv_all[row * kw + kvh * d + x] += dv[i * d + x];
+                dk_all[row * kw + kvh * d + x] += dk[j * d + x];
+                dv_all[row * kw + kvh * d + x] += dv[j * d + x];
             }
         }
     }
