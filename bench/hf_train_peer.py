@@ -25,6 +25,7 @@ The recipe (the issue's, and what lorafleet-train is compared with):
     weight decay 0), lr 2e-4, cosine schedule with 3% linear warmup
     (transformers.get_cosine_schedule_with_warmup, warmup = ceil(0.03 * steps)),
     gradient clipping at norm 1.0, shuffled each epoch with random.Random(seed + epoch).
+  - --no-shuffle: file order instead (both trainers then see the same batches).
   - steps = ceil(len(train) / 16) * --epochs, or --max-steps (which, as in HF Trainer,
     also sets the schedule's length).
 
@@ -38,7 +39,7 @@ greedy, up to 3 new tokens, stopping at <|im_end|>, on the first --eval-limit te
 leading whitespace removed and lowercased, starts with the label and is not followed by a letter
 or digit). --eval-only skips training (the base model's accuracy).
 
-Outputs: OUT/loss.jsonl (one line per step: step, loss, lr, tokens, seconds, tokens_per_s),
+Outputs: OUT/init_adapter/ (the adapter before the first update), OUT/loss.jsonl (one line per step: step, loss, lr, tokens, seconds, tokens_per_s),
 OUT/eval.jsonl (id, output, label, score), OUT/summary.json.
 """
 import argparse
@@ -137,7 +138,8 @@ def train(args, torch, model, tok, out_dir):
         epoch = 0
         while True:
             idx = list(range(len(pairs)))
-            random.Random(args.seed + epoch).shuffle(idx)
+            if not args.no_shuffle:
+                random.Random(args.seed + epoch).shuffle(idx)
             yield from idx
             epoch += 1
 
@@ -238,6 +240,7 @@ def main():
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--alpha", type=float, default=16)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-shuffle", action="store_true", help="every epoch in file order (no seeded shuffle)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N test examples")
     ap.add_argument("--eval-batch", type=int, default=16)
@@ -277,7 +280,7 @@ def main():
                                                  quantization_config=quant, device_map="cpu" if quant else None)
     summary = {
         "model": args.model, "threads": args.threads, "seed": args.seed, "lr": args.lr,
-        "batch_size": args.batch_size, "micro_batch": args.micro_batch, "rank": args.rank, "alpha": args.alpha,
+        "batch_size": args.batch_size, "shuffle": not args.no_shuffle, "micro_batch": args.micro_batch, "rank": args.rank, "alpha": args.alpha,
         "torch": torch.__version__, "transformers": transformers.__version__,
         "cpu": platform.processor() or platform.machine(), "load_avg_before": load_before,
         "quantize": args.quantize,
@@ -293,6 +296,9 @@ def main():
         cfg = LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0, bias="none",
                          target_modules=PROJECTIONS, task_type="CAUSAL_LM")
         model = get_peft_model(model, cfg)
+        # The initial adapter (peft's init under torch.manual_seed(--seed)), so that another
+        # trainer can start from exactly these weights (lorafleet-train --init-adapter).
+        model.save_pretrained(os.path.join(args.out, "init_adapter"))
         summary["peft"] = peft.__version__
         summary.update(train(args, torch, model, tok, args.out))
     if not args.no_eval:

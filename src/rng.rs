@@ -31,6 +31,33 @@ impl SplitMix64 {
     pub fn range(&mut self, lo: usize, hi: usize) -> usize {
         lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
     }
+
+    /// Uniform integer in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// `n` test values of magnitude in [0.05, 1) · `scale` with random signs: never zero, so a
+    /// kernel that skips an element cannot match by accident.
+    pub fn nonzero(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                let m = (0.05 + 0.95 * self.unit()) * scale;
+                if self.next_u64() & 1 == 0 {
+                    m
+                } else {
+                    -m
+                }
+            })
+            .collect()
+    }
+
+    /// Fisher-Yates.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, self.below(i + 1));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -50,5 +77,12 @@ mod tests {
             b.range(5, 9);
         }
         assert_ne!(SplitMix64::new(3).next_u64(), SplitMix64::new(4).next_u64());
+        let v = a.nonzero(1000, 2.0);
+        assert!(v.iter().all(|x| (0.1..2.0).contains(&x.abs())) && v.iter().any(|&x| x < 0.0) && v.iter().any(|&x| x > 0.0));
+        let mut p: Vec<usize> = (0..50).collect();
+        a.shuffle(&mut p);
+        assert_ne!(p, (0..50).collect::<Vec<_>>());
+        p.sort();
+        assert_eq!(p, (0..50).collect::<Vec<_>>());
     }
 }

@@ -21,49 +21,10 @@ use lorafleet::backend::cuda::attention::{plan_attention, plan_reshape_and_cache
 use lorafleet::backend::cuda::{test_device, AttnDims, AttnKernel, CudaAttention, CudaElem, CudaKvCache, CudaOps};
 use lorafleet::kv::{BatchLayout, KvLayout, SeqView};
 use lorafleet::Error;
+use lorafleet::rng::SplitMix64 as Rng;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// SplitMix64, as tests/cuda_ops.rs.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    /// `n` values of magnitude in [0.05, scale) with random signs: never zero.
-    fn nonzero(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                let m = (0.05 + 0.95 * self.unit()) * scale;
-                if self.next_u64() & 1 == 0 {
-                    m
-                } else {
-                    -m
-                }
-            })
-            .collect()
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            v.swap(i, self.below(i + 1));
-        }
-    }
-}
 
 trait TestElem: CudaElem + cudarc::driver::ValidAsZeroBits + std::fmt::Debug {
     const NAME: &'static str;

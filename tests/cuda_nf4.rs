@@ -31,41 +31,10 @@ use lorafleet::quant::nf4::NF4_CODE;
 use lorafleet::quant::{Absmax, Nf4Tensor};
 use lorafleet::Error;
 use rayon::prelude::*;
+use lorafleet::rng::SplitMix64 as Rng;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// SplitMix64, as tests/cuda_ops.rs.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    /// `n` values of magnitude in [0.05, 1) with random signs: never zero.
-    fn nonzero(&mut self, n: usize) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                let m = 0.05 + 0.95 * self.unit();
-                if self.next_u64() & 1 == 0 {
-                    m
-                } else {
-                    -m
-                }
-            })
-            .collect()
-    }
-}
 
 trait TestElem: CudaElem + std::fmt::Debug {
     const NAME: &'static str;
@@ -168,7 +137,7 @@ struct Weight {
 }
 
 fn weight(rng: &mut Rng, n: usize, k: usize, double: bool) -> Weight {
-    let t = Nf4Tensor::quantize(&rng.nonzero(n * k), &[n, k], double);
+    let t = Nf4Tensor::quantize(&rng.nonzero(n * k, 1.0), &[n, k], double);
     let dense = t.dequantize();
     Weight { t, dense, n, k }
 }
@@ -203,7 +172,7 @@ fn case<T: TestElem>(
     how: How,
 ) -> Nf4Kernel {
     let (n, k) = (w.n, w.k);
-    let xs: Vec<T> = rng.nonzero(m * k).into_iter().map(T::from_f32).collect();
+    let xs: Vec<T> = rng.nonzero(m * k, 1.0).into_iter().map(T::from_f32).collect();
     let xf: Vec<f32> = xs.iter().map(|&v| v.to_f32()).collect();
     let want = reference(&xf, m, &w.dense, n, k);
 
@@ -380,7 +349,7 @@ fn linear_alloc_is_deterministic() {
     let w = weight(&mut rng, 257, 1024, true);
     let dev_w = CudaNf4Weight::upload(&ops, &w.t).expect("upload weight");
     for m in [1, 20] {
-        let x: Vec<bf16> = rng.nonzero(m * 1024).into_iter().map(bf16::from_f32).collect();
+        let x: Vec<bf16> = rng.nonzero(m * 1024, 1.0).into_iter().map(bf16::from_f32).collect();
         let dx = ops.upload(&x).expect("upload");
         let a = ops.download(&nf4.linear_alloc(&ops, &dx, m, &dev_w).expect("linear")).expect("download");
         let b = ops.download(&nf4.linear_alloc(&ops, &dx, m, &dev_w).expect("linear")).expect("download");

@@ -17,49 +17,10 @@ use half::bf16;
 use lorafleet::backend::cpu::ops as cpu;
 use lorafleet::backend::cuda::{test_device, validate, CudaElem, CudaOps, RopeDims};
 use lorafleet::Error;
+use lorafleet::rng::SplitMix64 as Rng;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// SplitMix64: a small seeded PRNG, so every run draws the same inputs and no crate is needed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    /// Uniform in [lo, hi).
-    fn range(&mut self, lo: f32, hi: f32) -> f32 {
-        lo + (hi - lo) * self.unit()
-    }
-    /// `n` values of magnitude in [0.05, scale) with random signs: never zero.
-    fn nonzero(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                let m = self.range(0.05, 1.0) * scale;
-                if self.next_u64() & 1 == 0 {
-                    m
-                } else {
-                    -m
-                }
-            })
-            .collect()
-    }
-    fn below(&mut self, n: u32) -> u32 {
-        (self.next_u64() % n as u64) as u32
-    }
-}
 
 /// A storage type under test: conversions to and from f32 and the parity tolerance.
 trait TestElem: CudaElem + PartialEq + std::fmt::Debug {
@@ -175,10 +136,10 @@ fn rms_norm_case<T: TestElem>(ops: &CudaOps, rng: &mut Rng, rows: usize, cols: u
     // Rows of very different scales: the norm must not depend on it.
     let mut x = Vec::with_capacity(rows * cols);
     for _ in 0..rows {
-        let scale = [1e-3f32, 1.0, 30.0][rng.below(3) as usize];
+        let scale = [1e-3f32, 1.0, 30.0][rng.below(3)];
         x.extend(rng.nonzero(cols, scale));
     }
-    let w: Vec<f32> = (0..cols).map(|_| rng.range(0.5, 1.5)).collect();
+    let w: Vec<f32> = (0..cols).map(|_| 0.5 + rng.unit()).collect();
     let eps = 1e-5;
     let (xt, xf) = quantize::<T>(&x);
     let (wt, wf) = quantize::<T>(&w);
@@ -246,7 +207,7 @@ fn rope_case<T: TestElem>(ops: &CudaOps, rng: &mut Rng, rows: usize, dims: RopeD
     let max_pos = 2048;
     let (cos, sin) = tables(head_dim, max_pos);
     // Random positions, with the first and the last table row always used.
-    let mut positions: Vec<u32> = (0..rows).map(|_| rng.below(max_pos as u32)).collect();
+    let mut positions: Vec<u32> = (0..rows).map(|_| rng.below(max_pos) as u32).collect();
     positions[0] = max_pos as u32 - 1;
     if rows > 1 {
         positions[1] = 0;
@@ -399,7 +360,7 @@ fn embedding_parity<T: TestElem>(ops: &CudaOps) {
                     let what = format!("embedding {} vocab {vocab} hidden {hidden} ids {n_ids} offset {off}", T::NAME);
                     let (tt, tf) = quantize::<T>(&rng.nonzero(vocab * hidden, 2.0));
                     // Random ids with repeats, the first and the last row always used.
-                    let mut ids: Vec<u32> = (0..n_ids).map(|_| rng.below(vocab as u32)).collect();
+                    let mut ids: Vec<u32> = (0..n_ids).map(|_| rng.below(vocab) as u32).collect();
                     ids[0] = vocab as u32 - 1;
                     if n_ids > 1 {
                         ids[1] = 0;

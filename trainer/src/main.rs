@@ -110,8 +110,16 @@ struct TrainArgs {
     batching: Batching,
     #[arg(long, default_value_t = 512)]
     max_seq_len: usize,
+    /// Seed of the LoRA init and of the data order.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Take the examples in file order every epoch instead of a seeded shuffle.
+    #[arg(long)]
+    no_shuffle: bool,
+    /// Start from this PEFT adapter (same rank, alpha and modules) instead of a fresh init, e.g.
+    /// the initial adapter of another trainer, to compare the two from the same weights.
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    init_adapter: Option<PathBuf>,
     /// Save a checkpoint every N updates (0: only at the end).
     #[arg(long, default_value_t = 0)]
     checkpoint_every: usize,
@@ -200,6 +208,8 @@ fn run_train(a: TrainArgs) -> Result<()> {
         batching: a.batching,
         pad_id,
         seed: a.seed,
+        shuffle: !a.no_shuffle,
+        init_adapter: a.init_adapter.clone(),
         checkpoint_every: a.checkpoint_every,
         step: step_options(&a.base),
         stop_after: a.stop_after,

@@ -59,6 +59,11 @@ pub struct TrainConfig {
     pub batching: Batching,
     pub pad_id: u32,
     pub seed: u64,
+    /// Shuffle the examples each epoch (seeded); off: every epoch in file order.
+    pub shuffle: bool,
+    /// Start from this PEFT adapter instead of a fresh init (its rank, alpha and modules must be
+    /// the run's): to train from exactly the initial weights of another trainer.
+    pub init_adapter: Option<PathBuf>,
     /// Save a checkpoint every this many updates (0: only at the end).
     pub checkpoint_every: usize,
     pub step: StepOptions,
@@ -114,13 +119,43 @@ pub fn init_adapter(model: &ModelConfig, rank: usize, alpha: f32, modules: &[Lor
     LoraAdapter { id: "trained".into(), config, layers }
 }
 
+/// The data order, as recorded in a checkpoint (a resumed run must use the same).
+fn order_rule(shuffle: bool) -> &'static str {
+    if shuffle {
+        "epoch e: SplitMix64(seed ^ (e+1)*0x9E3779B97F4A7C15) Fisher-Yates permutation"
+    } else {
+        "file order every epoch"
+    }
+}
+
+/// `--init-adapter`: a PEFT adapter whose rank, alpha and modules are this run's.
+fn load_init_adapter(dir: &Path, model: &TrainModel, cfg: &TrainConfig) -> Result<LoraAdapter> {
+    let mut a = LoraAdapter::load("init", dir, &model.config, usize::MAX)?;
+    let c = &a.config;
+    let modules: Vec<LoraModule> = LoraModule::ALL.into_iter().filter(|m| a.layers.iter().any(|l| l[m.index()].is_some())).collect();
+    let mut want = cfg.modules.clone();
+    want.sort_by_key(|m| m.index());
+    let uniform = a.pairs().all(|(_, _, p)| p.rank() == cfg.rank);
+    if c.r != cfg.rank || c.lora_alpha != cfg.alpha || c.use_rslora || !uniform || modules != want || a.layers.iter().any(|l| l.iter().flatten().count() != want.len()) {
+        return Err(Error::InvalidArgument(format!(
+            "{}: the initial adapter (r {}, alpha {}, rslora {}, modules {:?}, on every layer: {}) does not match this run (r {}, alpha {}, modules {:?})",
+            dir.display(), c.r, c.lora_alpha, c.use_rslora, modules, uniform, cfg.rank, cfg.alpha, want
+        )));
+    }
+    a.id = "trained".into();
+    a.config.base_model_name_or_path = cfg.base_model_name.clone();
+    Ok(a)
+}
+
 /// The examples (indices) of each micro-batch of update `step`.
-fn step_micro_batches(n: usize, micro_batch: usize, grad_accum: usize, seed: u64, step: usize) -> Vec<Vec<usize>> {
+fn step_micro_batches(n: usize, micro_batch: usize, grad_accum: usize, seed: u64, shuffle: bool, step: usize) -> Vec<Vec<usize>> {
     let mbs_per_epoch = n.div_ceil(micro_batch);
     let steps_per_epoch = mbs_per_epoch.div_ceil(grad_accum);
     let (epoch, k) = (step / steps_per_epoch, step % steps_per_epoch);
     let mut order: Vec<usize> = (0..n).collect();
-    SplitMix64::new(seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)).shuffle(&mut order);
+    if shuffle {
+        SplitMix64::new(seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)).shuffle(&mut order);
+    }
     (k * grad_accum..((k + 1) * grad_accum).min(mbs_per_epoch))
         .map(|j| order[j * micro_batch..((j + 1) * micro_batch).min(n)].to_vec())
         .collect()
@@ -174,6 +209,12 @@ pub fn train(model: &TrainModel, examples: &[Example], cfg: &TrainConfig) -> Res
         Some(dir) => {
             let dir = checkpoint::resolve(dir)?;
             let (mut adapter, opt, state) = checkpoint::load(&dir, &model.config, cfg.adamw)?;
+            if state.order_rule != order_rule(cfg.shuffle) {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: the checkpoint's data order is \"{}\"; this run's is \"{}\" (--no-shuffle must match)",
+                    dir.display(), state.order_rule, order_rule(cfg.shuffle)
+                )));
+            }
             if state.seed != cfg.seed || state.n_examples != n || state.total_steps != total || state.micro_batch != cfg.micro_batch || state.grad_accum != cfg.grad_accum {
                 return Err(Error::InvalidArgument(format!(
                     "{}: the checkpoint was taken with seed {}, {} examples, {} steps, micro-batch {}, accumulation {}; this run has seed {}, {n}, {total}, {}, {}",
@@ -185,7 +226,10 @@ pub fn train(model: &TrainModel, examples: &[Example], cfg: &TrainConfig) -> Res
             (adapter, opt, state, log)
         }
         None => {
-            let adapter = init_adapter(&model.config, cfg.rank, cfg.alpha, &cfg.modules, &mut rng, cfg.base_model_name.clone());
+            let adapter = match &cfg.init_adapter {
+                Some(dir) => load_init_adapter(dir, model, cfg)?,
+                None => init_adapter(&model.config, cfg.rank, cfg.alpha, &cfg.modules, &mut rng, cfg.base_model_name.clone()),
+            };
             let opt = AdamW::new(cfg.adamw, &LoraGrads::zeros_like(&adapter));
             let state = TrainerState {
                 step: 0,
@@ -195,7 +239,7 @@ pub fn train(model: &TrainModel, examples: &[Example], cfg: &TrainConfig) -> Res
                 n_examples: n,
                 micro_batch: cfg.micro_batch,
                 grad_accum: cfg.grad_accum,
-                order_rule: "epoch e: SplitMix64(seed ^ (e+1)*0x9E3779B97F4A7C15) Fisher-Yates permutation".into(),
+                order_rule: order_rule(cfg.shuffle).into(),
                 tokens_seen: 0,
                 elapsed_s: 0.0,
             };
@@ -212,7 +256,7 @@ pub fn train(model: &TrainModel, examples: &[Example], cfg: &TrainConfig) -> Res
     while state.step < end {
         let step_started = Instant::now();
         let lr = learning_rate(cfg.schedule, cfg.lr, state.step, total, warmup);
-        let micro = step_micro_batches(n, cfg.micro_batch, cfg.grad_accum, cfg.seed, state.step);
+        let micro = step_micro_batches(n, cfg.micro_batch, cfg.grad_accum, cfg.seed, cfg.shuffle, state.step);
         let labels: usize = micro.iter().flatten().map(|&i| examples[i].n_labels()).sum();
         grads.zero();
         let (mut loss, mut tokens) = (0.0f64, 0usize);

@@ -36,6 +36,8 @@ fn config(out: &std::path::Path, batching: Batching) -> TrainConfig {
         batching,
         pad_id: 2,
         seed: 7,
+        shuffle: true,
+        init_adapter: None,
         checkpoint_every: 2,
         step: StepOptions::default(),
         stop_after: None,

@@ -12,6 +12,8 @@
 //! - `ffi`: the bindgen'd C ABI of `csrc/*.h`; `embedded`: the fatbins.
 //! - `attention`: paged attention (`CudaAttention`: `reshape_and_cache`, `paged_attention`),
 //!   `CudaKvCache`, and the pure checks `plan_attention`, `plan_reshape_and_cache`.
+//! - `lora`, `lora_backward`: batched LoRA (SGMV/BGMV) and the fused LoRA backward of training,
+//!   each with its pure check (`plan_lora`, `plan_lora_backward`).
 //! - `nf4`: linear layers against bitsandbytes NF4 weights (`CudaNf4`, `CudaNf4Weight`: GEMV for
 //!   decode, tensor-core GEMM for prefill) and the pure check `plan_nf4_linear`.
 //! - `testing`: `test_device`, the device of the GPU tests or a loud skip.
@@ -28,6 +30,7 @@ pub mod ffi;
 pub mod launch;
 pub mod nf4;
 pub mod lora;
+pub mod lora_backward;
 mod ops;
 mod testing;
 pub mod validate;
