@@ -12,6 +12,7 @@
 //! - `ffi`: the bindgen'd C ABI of `csrc/*.h`; `embedded`: the fatbins.
 //! - `attention`: paged attention (`CudaAttention`: `reshape_and_cache`, `paged_attention`),
 //!   `CudaKvCache`, and the pure checks `plan_attention`, `plan_reshape_and_cache`.
+//! - `ops_backward`: the backward passes of RMSNorm, RoPE and SiLU·mul (training, f32).
 //! - `lora`, `lora_backward`: batched LoRA (SGMV/BGMV) and the fused LoRA backward of training,
 //!   each with its pure check (`plan_lora`, `plan_lora_backward`).
 //! - `nf4`: linear layers against bitsandbytes NF4 weights (`CudaNf4`, `CudaNf4Weight`: GEMV for
@@ -32,6 +33,7 @@ pub mod nf4;
 pub mod lora;
 pub mod lora_backward;
 mod ops;
+pub mod ops_backward;
 mod testing;
 pub mod validate;
 

@@ -1,0 +1,108 @@
+//! Benchmarks of the training kernels on one GPU (kernels/lora_backward.cu and
+//! kernels/ops_backward.cu); without a CUDA device it prints one `SKIP` line and exits.
+//!
+//! Shapes: 512 token rows of a Mistral-7B layer (hidden 4096, 32 + 8 heads of 128, intermediate
+//! 14336) and of SmolLM2-135M (576, 9 + 3 × 64, 1536); LoRA rank 16 (Mistral) / 8 (SmolLM2).
+//! `Throughput::Bytes` = what one call must move at least (kernels/NOTES.md gives the floors):
+//! - `lora backward`: dy and x read once, dx read and written, A, B, dA, dB, xa;
+//! - `rms_norm backward`: x, dy read, dx read and written (accumulating);
+//! - `rope backward`: dq, dk read and written;
+//! - `silu_mul backward`: gate, up, dout read, dgate, dup written.
+//! After criterion's groups a summary prints MB, µs and GB/s per call (median of 7 runs of 50
+//! launches), to set against the floors in kernels/NOTES.md. `cargo bench --bench train_gpu --
+//! --test` runs each once.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use cudarc::driver::CudaSlice;
+use lorafleet::backend::cpu::ops as cpu_ops;
+use lorafleet::backend::cuda::lora_backward::{CudaLoraBackward, LoraBackwardShape};
+use lorafleet::backend::cuda::ops_backward::CudaOpsBackward;
+use lorafleet::backend::cuda::{test_device, CudaOps, RopeDims};
+use lorafleet::rng::SplitMix64;
+
+const ROWS: usize = 512;
+
+/// (name, hidden, q heads, kv heads, head_dim, intermediate, lora rank)
+const MODELS: [(&str, usize, usize, usize, usize, usize, usize); 2] =
+    [("mistral-7b", 4096, 32, 8, 128, 14336, 16), ("smollm2-135m", 576, 9, 3, 64, 1536, 8)];
+
+fn up(ops: &CudaOps, rng: &mut SplitMix64, n: usize) -> CudaSlice<f32> {
+    ops.upload(&rng.nonzero(n, 1.0)).expect("upload")
+}
+
+fn seconds_per_call(ops: &CudaOps, mut f: impl FnMut()) -> f64 {
+    let run = |f: &mut dyn FnMut(), n: u32| {
+        ops.synchronize().expect("synchronize");
+        let t = Instant::now();
+        for _ in 0..n {
+            f();
+        }
+        ops.synchronize().expect("synchronize");
+        t.elapsed().as_secs_f64() / n as f64
+    };
+    run(&mut f, 10);
+    let mut v: Vec<f64> = (0..7).map(|_| run(&mut f, 50)).collect();
+    v.sort_by(f64::total_cmp);
+    v[3]
+}
+
+fn bench(c: &mut Criterion) {
+    let Some(ops) = test_device("bench train_gpu") else { return };
+    let lora = CudaLoraBackward::new(&ops).expect("lora_backward module");
+    let bw = CudaOpsBackward::new(&ops).expect("ops_backward module");
+    let mut rng = SplitMix64::new(5);
+    let mut summary = Vec::new();
+    let f = 4.0; // bytes per f32
+    for (name, h, nq, nk, hd, ff, r) in MODELS {
+        let mut g = c.benchmark_group(format!("train_gpu {name}"));
+        // LoRA backward of the MLP down projection (ff -> h): the largest d_in.
+        let s = LoraBackwardShape { rows: ROWS, d_in: ff, d_out: h, rank: r, scale: 2.0 };
+        let (x, xa, dy, a, b) = (up(&ops, &mut rng, ROWS * ff), up(&ops, &mut rng, ROWS * r), up(&ops, &mut rng, ROWS * h), up(&ops, &mut rng, r * ff), up(&ops, &mut rng, h * r));
+        let (mut da, mut db, mut dx) = (up(&ops, &mut rng, r * ff), up(&ops, &mut rng, h * r), up(&ops, &mut rng, ROWS * ff));
+        let bytes = f * (ROWS * h + ROWS * ff + 2 * ROWS * ff + ROWS * r + 3 * (r * ff + h * r)) as f64;
+        g.throughput(Throughput::Bytes(bytes as u64));
+        let mut call = || lora.run(&ops, &s, &x, &xa, &dy, &a, &b, &mut da, &mut db, Some(&mut dx)).expect("lora backward");
+        g.bench_function("lora backward (down proj)", |bn| bn.iter(|| black_box(call())));
+        summary.push((format!("{name} lora backward {ff}->{h} r{r}"), bytes, seconds_per_call(&ops, call)));
+        // RMSNorm backward, accumulating.
+        let (xr, w, dyr) = (up(&ops, &mut rng, ROWS * h), up(&ops, &mut rng, h), up(&ops, &mut rng, ROWS * h));
+        let mut dxr = up(&ops, &mut rng, ROWS * h);
+        let bytes = f * (4 * ROWS * h + h) as f64;
+        g.throughput(Throughput::Bytes(bytes as u64));
+        let mut call = || bw.rms_norm_backward(&ops, &xr, &w, &dyr, &mut dxr, ROWS, h, 1e-5, true).expect("rms_norm backward");
+        g.bench_function("rms_norm backward", |bn| bn.iter(|| black_box(call())));
+        summary.push((format!("{name} rms_norm backward"), bytes, seconds_per_call(&ops, call)));
+        // RoPE backward.
+        let inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / hd as f32)).collect();
+        let (cos, sin) = cpu_ops::rope_tables(&inv, 4096);
+        let (cg, sg) = (ops.upload(&cos).expect("upload"), ops.upload(&sin).expect("upload"));
+        let (mut dq, mut dk) = (up(&ops, &mut rng, ROWS * nq * hd), up(&ops, &mut rng, ROWS * nk * hd));
+        let positions: Vec<u32> = (0..ROWS as u32).collect();
+        let dims = RopeDims { n_q_heads: nq, n_k_heads: nk, head_dim: hd };
+        let bytes = f * (2 * ROWS * (nq + nk) * hd) as f64;
+        g.throughput(Throughput::Bytes(bytes as u64));
+        let mut call = || bw.rope_backward(&ops, &mut dq, &mut dk, &positions, &cg, &sg, dims).expect("rope backward");
+        g.bench_function("rope backward", |bn| bn.iter(|| black_box(call())));
+        summary.push((format!("{name} rope backward"), bytes, seconds_per_call(&ops, call)));
+        // SiLU·mul backward.
+        let n = ROWS * ff;
+        let (gt, u, d) = (up(&ops, &mut rng, n), up(&ops, &mut rng, n), up(&ops, &mut rng, n));
+        let (mut dg, mut du) = (up(&ops, &mut rng, n), up(&ops, &mut rng, n));
+        let bytes = f * (5 * n) as f64;
+        g.throughput(Throughput::Bytes(bytes as u64));
+        let mut call = || bw.silu_mul_backward(&ops, &gt, &u, &d, &mut dg, &mut du).expect("silu_mul backward");
+        g.bench_function("silu_mul backward", |bn| bn.iter(|| black_box(call())));
+        summary.push((format!("{name} silu_mul backward"), bytes, seconds_per_call(&ops, call)));
+        g.finish();
+    }
+    println!("\n{:<48} {:>10} {:>10} {:>9}", "kernel", "MB", "µs", "GB/s");
+    for (what, bytes, s) in summary {
+        println!("{what:<48} {:>10.2} {:>10.2} {:>9.0}", bytes / 1e6, s * 1e6, bytes / s / 1e9);
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
