@@ -19,15 +19,8 @@ use lorafleet::backend::cuda::{test_device, CudaOps};
 use lorafleet::Error;
 use lorafleet::rng::SplitMix64 as Rng;
 
-fn rel_l2(got: &[f32], want: &[f32], what: &str) -> f64 {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
-        panic!("{what}: element {i} is {}; want {}", got[i], want[i]);
-    }
-    let (num, den) = got.iter().zip(want).fold((0f64, 0f64), |(n, d), (&g, &w)| (n + (g as f64 - w as f64).powi(2), d + (w as f64).powi(2)));
-    assert!(den > 0.0, "{what}: the reference is all zeros: the test inputs are wrong");
-    (num / den).sqrt()
-}
+mod common;
+use common::rel_l2_f32 as rel_l2;
 
 fn minus(a: &[f32], b: &[f32]) -> Vec<f32> {
     a.iter().zip(b).map(|(x, y)| x - y).collect()

@@ -85,3 +85,15 @@ pub fn assert_greedy_matches(got: &[u32], want: &[u32], gaps: &[f64], what: &str
     assert!(got.len() >= n, "{what}: {} tokens, need {n}", got.len());
     assert_eq!(&got[..n], &want[..n], "{what}: greedy tokens differ (compared {n} of {})", want.len());
 }
+
+/// Relative L2 distance of `got` from `want` (the GPU parity tests' measure); panics on a
+/// non-finite element of `got` or an all-zero reference (the test inputs would be wrong).
+pub fn rel_l2_f32(got: &[f32], want: &[f32], what: &str) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
+        panic!("{what}: element {i} is {}; want {}", got[i], want[i]);
+    }
+    let (num, den) = got.iter().zip(want).fold((0f64, 0f64), |(n, d), (&g, &w)| (n + (g as f64 - w as f64).powi(2), d + (w as f64).powi(2)));
+    assert!(den > 0.0, "{what}: the reference is all zeros: the test inputs are wrong");
+    (num / den).sqrt()
+}
