@@ -12,6 +12,10 @@
 //! - `ffi`: the bindgen'd C ABI of `csrc/*.h`; `embedded`: the fatbins.
 //! - `attention`: paged attention (`CudaAttention`: `reshape_and_cache`, `paged_attention`),
 //!   `CudaKvCache`, and the pure checks `plan_attention`, `plan_reshape_and_cache`.
+//! - `attention_train`: causal attention over packed training batches, forward (keeping the
+//!   log-sum-exp) and backward (`CudaAttentionTrain`, pure check `plan_attention_train`).
+//! - `cross_entropy`: cross-entropy fused with the lm_head, chunked over the vocabulary
+//!   (`CudaCrossEntropy`, pure check `plan_cross_entropy`).
 //! - `ops_backward`: the backward passes of RMSNorm, RoPE and SiLU·mul (training, f32).
 //! - `lora`, `lora_backward`: batched LoRA (SGMV/BGMV) and the fused LoRA backward of training,
 //!   each with its pure check (`plan_lora`, `plan_lora_backward`).
@@ -23,6 +27,8 @@
 //! `Unavailable::NoKernels`.
 
 pub mod attention;
+pub mod attention_train;
+pub mod cross_entropy;
 mod availability;
 mod device;
 mod dtype;
