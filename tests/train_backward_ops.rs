@@ -1,12 +1,12 @@
 //! Finite-difference checks of every backward op of the CPU backend (`backend::cpu::backward`,
-//! `nf4_backward`) against its forward, on small random shapes. Each check builds a scalar
+//! `frozen`, NF4 and bf16) against its forward, on small random shapes. Each check builds a scalar
 //! `L = Σ r ⊙ f(x)` with random `r` (so every output element matters, with a different weight),
 //! takes the analytic gradient from the backward op (fed `dL/df = r`), and compares it with the
 //! central difference `(L(x + h e_i) − L(x − h e_i)) / 2h` of the f32 forward, accumulated in
 //! f64. Tolerance: relative L2 over the whole gradient < 5e-3 (f32 forward with h = 1e-2 gives
 //! ~1e-4..1e-3 of truncation and rounding error; a wrong term gives O(1)).
 
-use lorafleet::backend::cpu::{backward as bw, matmul, nf4, nf4_backward, ops};
+use lorafleet::backend::cpu::{backward as bw, frozen, matmul, nf4, ops};
 use lorafleet::quant::Nf4Tensor;
 
 const H: f32 = 1e-2;
@@ -206,7 +206,7 @@ fn linear_input_gradient_dense_and_nf4_match_finite_differences() {
     let q = Nf4Tensor::quantize(&w, &[n, k], true);
     let m = nf4::Nf4Matrix::new(&q).unwrap();
     let mut dx4 = vec![0.0; t * k];
-    nf4_backward::linear_backward_dx(&r, t, &m, &mut dx4, false);
+    frozen::linear_backward_dx(&r, t, &m, &mut dx4, false);
     let quant = |x: &[f32]| {
         let mut y = vec![0.0; t * n];
         nf4::linear(x, t, &m, &mut y);

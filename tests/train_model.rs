@@ -5,7 +5,7 @@
 
 use lorafleet::lora::{LoraAdapter, LoraModule};
 use lorafleet::quant::Quantization;
-use lorafleet::train::{Example, LoraGrads, StepOptions, TrainBatch, TrainModel};
+use lorafleet::train::{BaseFormat, Example, LoraGrads, StepOptions, TrainBatch, TrainModel};
 
 fn tiny(quantize: Option<Quantization>) -> TrainModel {
     // One directory per call: tests run in parallel and each removes its own when done.
@@ -148,4 +148,21 @@ fn shared_prefix_batches_give_the_packed_gradients() {
         }
         assert!((loss(&model, &a, &shared, 0.25) - l0).abs() < 1e-6 * l0.abs());
     }
+}
+
+#[test]
+fn lora_gradients_match_finite_differences_bf16_base() {
+    let dir = std::env::temp_dir().join(format!("lorafleet-tiny-model-{}-bf16", std::process::id()));
+    lorafleet::train::tiny::write_tiny_model(&dir, 11).expect("write tiny model");
+    let m = TrainModel::load_as(&dir, BaseFormat::Bf16).expect("load tiny model as bf16");
+    let f = TrainModel::load_as(&dir, BaseFormat::F32).expect("load tiny model as f32");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(m.linear_weight_bytes() * 2, f.linear_weight_bytes(), "bf16 holds half the bytes of f32");
+    // Rounded weights: a different loss, close to the f32 one.
+    let ex = examples();
+    let batch = TrainBatch::new(&ex.iter().collect::<Vec<_>>(), None);
+    let a = adapter(&m);
+    let (lb, lf) = (loss(&m, &a, &batch, 1.0), loss(&f, &a, &batch, 1.0));
+    assert!(lb != lf && ((lb - lf) / lf).abs() < 1e-2, "bf16 loss {lb} vs f32 {lf}");
+    check_against_finite_differences(&m);
 }

@@ -21,12 +21,14 @@ pub struct HostMatrix {
     pub data: Vec<f32>,
 }
 
-/// A weight matrix as handed to a backend: dense f32, or NF4-quantized (bitsandbytes layout,
-/// `[rows, cols]` = `tensor.shape`). Embeddings are always dense.
+/// A weight matrix as handed to a backend: dense f32, NF4-quantized (bitsandbytes layout,
+/// `[rows, cols]` = `tensor.shape`) or bf16. Embeddings are always dense f32.
 #[derive(Debug, Clone)]
 pub enum HostWeight {
     Dense(HostMatrix),
     Nf4 { name: String, tensor: crate::quant::Nf4Tensor },
+    /// `[rows, cols]` row-major bf16 bits (`backend::cpu::bf16::f32_to_bf16`).
+    Bf16 { name: String, rows: usize, cols: usize, data: Vec<u16> },
 }
 
 impl From<HostMatrix> for HostWeight {

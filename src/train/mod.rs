@@ -10,4 +10,4 @@ pub mod tiny;
 
 pub use batch::{Example, TrainBatch};
 pub use grads::LoraGrads;
-pub use model::{StepOptions, TrainModel};
+pub use model::{BaseFormat, StepOptions, TrainModel};

@@ -6,7 +6,7 @@
 //! paged KV cache and keeps nothing; training runs whole sequences at once (causal attention
 //! per sequence, no cache) and must keep, per layer, the activations each backward op reads.
 //! The ops are the same CPU functions (`backend::cpu::{ops, matmul, nf4}` forward,
-//! `backend::cpu::{backward, nf4_backward}` backward), so the two forwards compute the same
+//! `backend::cpu::{backward, frozen}` backward), so the two forwards compute the same
 //! function (the golden test checks this one against HF's loss and autograd gradients).
 //!
 //! Saved per layer (`LayerActs`), for `T` rows: the layer input `x_in` (always, it is the
@@ -19,7 +19,7 @@
 
 use std::path::Path;
 
-use crate::backend::cpu::{backward as bw, matmul, nf4, nf4_backward, ops, CpuBackend, CpuMatrix, CpuWeight};
+use crate::backend::cpu::{backward as bw, bf16, frozen, matmul, nf4, ops, CpuBackend, CpuMatrix, CpuWeight};
 use crate::backend::{Backend, HostMatrix, HostWeight};
 use crate::lora::{LoraAdapter, LoraModule, LoraPair};
 use crate::model::config::ModelConfig;
@@ -96,6 +96,7 @@ fn linear(x: &[f32], t: usize, w: &CpuMatrix) -> Vec<f32> {
     match &w.weight {
         CpuWeight::Dense(d) => matmul::linear(x, t, w.cols, d, w.rows, &mut y),
         CpuWeight::Nf4(m) => nf4::linear(x, t, m, &mut y),
+        CpuWeight::Bf16(m) => frozen::linear_tiled(x, t, m, &mut y),
     }
     y
 }
@@ -104,7 +105,8 @@ fn linear(x: &[f32], t: usize, w: &CpuMatrix) -> Vec<f32> {
 fn linear_dx(dy: &[f32], t: usize, w: &CpuMatrix, dx: &mut [f32], accumulate: bool) {
     match &w.weight {
         CpuWeight::Dense(d) => bw::gemm(t, w.cols, w.rows, dy, false, d, false, dx, accumulate, 1.0),
-        CpuWeight::Nf4(m) => nf4_backward::linear_backward_dx(dy, t, m, dx, accumulate),
+        CpuWeight::Nf4(m) => frozen::linear_backward_dx(dy, t, m, dx, accumulate),
+        CpuWeight::Bf16(m) => frozen::linear_backward_dx(dy, t, m, dx, accumulate),
     }
 }
 
@@ -153,16 +155,48 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     out
 }
 
+/// How the frozen base's decoder linear weights (q, k, v, o, gate, up, down) are held in memory;
+/// embeddings, norms and the lm_head stay f32. Weights stored as bitsandbytes NF4 in the
+/// checkpoint stay NF4 whatever this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BaseFormat {
+    /// f32 as loaded.
+    #[default]
+    F32,
+    /// Rounded to bf16 (nearest, ties to even) as they load: half the memory; the math stays f32.
+    Bf16,
+    /// Quantized to NF4 (block 64, double-quantized absmax) as they load: QLoRA.
+    Nf4,
+}
+
+impl From<Option<Quantization>> for BaseFormat {
+    fn from(q: Option<Quantization>) -> Self {
+        match q {
+            Some(Quantization::Nf4) => BaseFormat::Nf4,
+            None => BaseFormat::F32,
+        }
+    }
+}
+
 impl TrainModel {
     /// Loads an HF model directory; `quantize` NF4-quantizes the decoder's linear weights as
     /// they load (weights stored as bitsandbytes NF4 stay NF4 either way), as `Llama::load_with`.
     pub fn load(dir: &Path, quantize: Option<Quantization>) -> Result<Self> {
+        Self::load_as(dir, quantize.into())
+    }
+
+    /// Loads an HF model directory with its linear weights held as `format`.
+    pub fn load_as(dir: &Path, format: BaseFormat) -> Result<Self> {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let w = WeightFiles::open_dir(dir)?;
-        Self::from_weights(config, &w, quantize)
+        Self::from_weights_as(config, &w, format)
     }
 
     pub fn from_weights(config: ModelConfig, w: &WeightFiles, quantize: Option<Quantization>) -> Result<Self> {
+        Self::from_weights_as(config, w, quantize.into())
+    }
+
+    pub fn from_weights_as(config: ModelConfig, w: &WeightFiles, format: BaseFormat) -> Result<Self> {
         let be = CpuBackend::new();
         let c = &config;
         let (h, qd, kvd, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
@@ -175,9 +209,11 @@ impl TrainModel {
                 HostWeight::Nf4 { name: name.to_string(), tensor }
             } else {
                 let t = w.f32_shaped(name, &[rows, cols])?;
-                match quantize {
-                    Some(Quantization::Nf4) => HostWeight::Nf4 { name: name.to_string(), tensor: Nf4Tensor::quantize(&t.data, &[rows, cols], true) },
-                    None => HostWeight::Dense(HostMatrix { name: name.to_string(), rows, cols, data: t.data }),
+                let name = name.to_string();
+                match format {
+                    BaseFormat::Nf4 => HostWeight::Nf4 { name, tensor: Nf4Tensor::quantize(&t.data, &[rows, cols], true) },
+                    BaseFormat::Bf16 => HostWeight::Bf16 { name, rows, cols, data: t.data.iter().map(|&x| bf16::f32_to_bf16(x)).collect() },
+                    BaseFormat::F32 => HostWeight::Dense(HostMatrix { name, rows, cols, data: t.data }),
                 }
             };
             be.upload_matrix(weight)
@@ -337,6 +373,11 @@ impl TrainModel {
 
     /// The weighted loss `Σ_rows weight · CE` of a batch (forward only): every labelled row
     /// counts `weight` (1 / labelled rows gives the mean, as HF's causal-LM loss).
+    /// Bytes the decoder's frozen linear weights take in memory (what `BaseFormat` changes).
+    pub fn linear_weight_bytes(&self) -> usize {
+        self.layers.iter().flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]).map(|m| m.weight.bytes()).sum()
+    }
+
     pub fn loss(&self, adapter: &LoraAdapter, batch: &TrainBatch, weight: f32, opts: StepOptions) -> Result<f64> {
         self.check_adapter(adapter)?;
         self.check_batch(batch)?;

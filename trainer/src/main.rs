@@ -6,17 +6,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use lorafleet::lora::{LoraAdapter, LoraModule};
 use lorafleet::quant::Quantization;
-use lorafleet::train::{Example, StepOptions, TrainModel};
+use lorafleet::train::{BaseFormat, Example, StepOptions, TrainModel};
 use lorafleet::{Error, Result, TextTokenizer};
 use lorafleet_trainer::optim::{AdamWConfig, Schedule};
 use lorafleet_trainer::train_loop::{Batching, TrainConfig};
 use lorafleet_trainer::{data, gradients, train_loop};
 
 #[derive(Parser)]
-#[command(name = "lorafleet-train", version, about = "QLoRA trainer for lorafleet: LoRA adapters on a frozen (f32 or NF4) base, on the CPU")]
+#[command(name = "lorafleet-train", version, about = "QLoRA trainer for lorafleet: LoRA adapters on a frozen (f32, bf16 or NF4) base, on the CPU")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,6 +39,10 @@ struct BaseArgs {
     /// Quantize the base's linear weights to NF4 while loading (QLoRA).
     #[arg(long)]
     quantize: Option<Quantization>,
+    /// Hold the base's linear weights as bf16 (rounded to nearest even as they load: half the
+    /// memory of f32; the math stays f32). Embeddings, norms and lm_head stay f32.
+    #[arg(long, value_enum, default_value_t = BaseDtype::F32, conflicts_with = "quantize")]
+    base_dtype: BaseDtype,
     /// Keep only each layer's input during the forward and recompute the layer in the backward.
     #[arg(long)]
     checkpoint_activations: bool,
@@ -133,13 +137,31 @@ struct TrainArgs {
     no_progress: bool,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum BaseDtype {
+    F32,
+    Bf16,
+}
+
+/// Loads the frozen base as the flags say and reports what it holds.
+fn load_base(b: &BaseArgs) -> Result<TrainModel> {
+    let format = match (b.quantize, b.base_dtype) {
+        (Some(q), _) => BaseFormat::from(Some(q)),
+        (None, BaseDtype::Bf16) => BaseFormat::Bf16,
+        (None, BaseDtype::F32) => BaseFormat::F32,
+    };
+    let model = TrainModel::load_as(&b.model, format)?;
+    eprintln!("base {}: linear weights {format:?}, {:.1} MB", b.model.display(), model.linear_weight_bytes() as f64 / 1e6);
+    Ok(model)
+}
+
 fn step_options(b: &BaseArgs) -> StepOptions {
     StepOptions { checkpoint_activations: b.checkpoint_activations, vocab_chunk: b.vocab_chunk.max(1) }
 }
 
 fn run_gradients(a: GradientsArgs) -> Result<()> {
     let t0 = Instant::now();
-    let model = TrainModel::load(&a.base.model, a.base.quantize)?;
+    let model = load_base(&a.base)?;
     let (prompt, completion) = match (a.prompt_ids, a.completion_ids) {
         (Some(p), Some(c)) => (p, c),
         (p, c) => {
@@ -187,7 +209,7 @@ fn parse_modules(s: &str) -> Result<Vec<LoraModule>> {
 }
 
 fn run_train(a: TrainArgs) -> Result<()> {
-    let model = TrainModel::load(&a.base.model, a.base.quantize)?;
+    let model = load_base(&a.base)?;
     let tok = TextTokenizer::from_dir(&a.base.model)?;
     let examples = data::read_jsonl(&a.data, &tok, a.max_seq_len)?;
     let pad_id = model.config.eos_token_ids.first().copied().unwrap_or(0);

@@ -1,7 +1,10 @@
 //! `lorafleet-train gradients` against PyTorch autograd: on the golden `train` pair (fed as ids)
 //! with adapter `a_r8_all` on the f32 SmolLM2-135M-Instruct, the loss is within 1e-5 relative of
-//! HF's and every `grad.*` tensor of golden.safetensors is within 1e-4 relative L2. Runs the
-//! binary end to end (arguments, model and adapter loading, the file it writes).
+//! HF's and every `grad.*` tensor of golden.safetensors is within 1e-4 relative L2. The same on
+//! the bf16 base (`--base-dtype bf16`) against bf16base_train.safetensors (PyTorch with the
+//! decoder's linear weights rounded to bf16, scripts/golden_bf16_base.py): the loss, the kept
+//! layers' gradients and the global gradient norm. Runs the binary end to end (arguments, model
+//! and adapter loading, the file it writes).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -16,14 +19,14 @@ fn ids(v: &serde_json::Value) -> String {
     v.as_array().expect("ids").iter().map(|x| x.as_u64().expect("id").to_string()).collect::<Vec<_>>().join(",")
 }
 
-#[test]
-fn gradients_match_pytorch_autograd_on_the_golden_pair() {
+/// Runs `lorafleet-train gradients` on the golden pair with `extra` flags; returns the output.
+fn run_gradients(extra: &[&str], tag: &str) -> (WeightFiles, serde_json::Value, PathBuf) {
     let golden_dir = root().join("tests/golden/smollm2");
     let model = root().join("models/smollm2-135m-instruct");
     assert!(model.join("config.json").is_file(), "test model missing at {}", model.display());
     let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(golden_dir.join("golden.json")).unwrap()).unwrap();
-    let train = &golden["train"];
-    let out = std::env::temp_dir().join(format!("lorafleet-grads-{}.safetensors", std::process::id()));
+    let train = golden["train"].clone();
+    let out = std::env::temp_dir().join(format!("lorafleet-grads-{}-{tag}.safetensors", std::process::id()));
     let status = Command::new(env!("CARGO_BIN_EXE_lorafleet-train"))
         .args(["gradients", "--model"])
         .arg(&model)
@@ -31,32 +34,69 @@ fn gradients_match_pytorch_autograd_on_the_golden_pair() {
         .arg(golden_dir.join("adapters/a_r8_all"))
         .args(["--prompt-ids", &ids(&train["prompt_ids"]), "--completion-ids", &ids(&train["completion_ids"]), "--out"])
         .arg(&out)
+        .args(extra)
         .status()
         .expect("run lorafleet-train");
-    assert!(status.success(), "lorafleet-train gradients failed");
-    let got = WeightFiles::open_files(std::slice::from_ref(&out)).unwrap();
-    let want = WeightFiles::open_files(&[golden_dir.join("golden.safetensors")]).unwrap();
+    assert!(status.success(), "lorafleet-train gradients {extra:?} failed");
+    (WeightFiles::open_files(std::slice::from_ref(&out)).unwrap(), train, out)
+}
+
+/// Relative L2 distance of `got`'s `name` from `want`'s.
+fn rel_l2(got: &WeightFiles, want: &WeightFiles, name: &str) -> f64 {
+    let w = want.f32(name).unwrap();
+    let g = got.f32(name).unwrap_or_else(|e| panic!("{name} missing from the output: {e}"));
+    assert_eq!(g.shape, w.shape, "{name}");
+    let err: f64 = g.data.iter().zip(&w.data).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>().sqrt();
+    let norm: f64 = w.data.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
+    assert!(norm > 0.0, "{name}: golden gradient is zero");
+    err / norm
+}
+
+fn grad_names(w: &WeightFiles) -> Vec<String> {
+    w.names().filter(|n| n.starts_with("grad.")).map(str::to_string).collect()
+}
+
+#[test]
+fn gradients_match_pytorch_autograd_on_the_golden_pair() {
+    let (got, train, out) = run_gradients(&[], "f32");
+    let want = WeightFiles::open_files(&[root().join("tests/golden/smollm2/golden.safetensors")]).unwrap();
     let loss = got.f32("loss").unwrap().data[0] as f64;
     let want_loss = train["loss"].as_f64().unwrap();
     assert!((loss - want_loss).abs() <= 1e-5 * want_loss.abs(), "loss {loss} vs HF {want_loss}");
-    let names: Vec<String> = want.names().filter(|n| n.starts_with("grad.")).map(str::to_string).collect();
+    let names = grad_names(&want);
     assert_eq!(names.len(), 420, "golden grads");
     let mut worst = (0.0f64, String::new());
     for name in &names {
-        let w = want.f32(name).unwrap();
-        let g = got.f32(name).unwrap_or_else(|e| panic!("{name} missing from the output: {e}"));
-        assert_eq!(g.shape, w.shape, "{name}");
-        let err: f64 = g.data.iter().zip(&w.data).map(|(a, b)| (*a as f64 - *b as f64).powi(2)).sum::<f64>().sqrt();
-        let norm: f64 = w.data.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
-        assert!(norm > 0.0, "{name}: golden gradient is zero");
-        let rel = err / norm;
+        let rel = rel_l2(&got, &want, name);
         if rel > worst.0 {
             worst = (rel, name.clone());
         }
     }
-    let count = got.names().filter(|n| n.starts_with("grad.")).count();
-    assert_eq!(count, names.len(), "the output holds extra gradients");
+    assert_eq!(grad_names(&got).len(), names.len(), "the output holds extra gradients");
     eprintln!("loss {loss} (HF {want_loss}); worst grad rel L2 {:.3e} at {}", worst.0, worst.1);
     assert!(worst.0 < 1e-4, "grad rel L2 {:.3e} at {}", worst.0, worst.1);
+    let _ = std::fs::remove_file(&out);
+}
+
+#[test]
+fn bf16_base_gradients_match_pytorch_with_bf16_rounded_weights() {
+    let (got, train, out) = run_gradients(&["--base-dtype", "bf16"], "bf16");
+    let want = WeightFiles::open_files(&[root().join("tests/golden/smollm2/bf16base_train.safetensors")]).unwrap();
+    let loss = got.f32("loss").unwrap().data[0] as f64;
+    let want_loss = want.f32("loss").unwrap().data[0] as f64;
+    let f32_loss = train["loss"].as_f64().unwrap();
+    // The rounding is real: the bf16 base's loss is not the f32 base's.
+    assert!((want_loss - f32_loss).abs() > 1e-4 * f32_loss, "reference bf16 loss {want_loss} equals the f32 one {f32_loss}");
+    assert!((loss - want_loss).abs() <= 1e-5 * want_loss.abs(), "loss {loss} vs PyTorch {want_loss}");
+    let kept = grad_names(&want);
+    assert_eq!(kept.len(), 42, "layers 0, 15, 29 x 7 modules x A, B");
+    let worst = kept.iter().map(|n| (rel_l2(&got, &want, n), n)).max_by(|a, b| a.0.total_cmp(&b.0)).unwrap();
+    let all = grad_names(&got);
+    assert_eq!(all.len(), 420, "every LoRA parameter gets a gradient");
+    let norm: f64 = all.iter().flat_map(|n| got.f32(n).unwrap().data).map(|x| x as f64 * x as f64).sum::<f64>().sqrt();
+    let want_norm = want.f32("grad_norm").unwrap().data[0] as f64;
+    eprintln!("bf16 base: loss {loss} (PyTorch {want_loss}, f32 base {f32_loss}); worst kept grad rel L2 {:.3e} at {}; norm {norm} ({want_norm})", worst.0, worst.1);
+    assert!(worst.0 < 1e-4, "grad rel L2 {:.3e} at {}", worst.0, worst.1);
+    assert!((norm - want_norm).abs() <= 1e-4 * want_norm, "global grad norm {norm} vs PyTorch {want_norm}");
     let _ = std::fs::remove_file(&out);
 }

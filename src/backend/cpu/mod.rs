@@ -3,10 +3,11 @@
 
 pub mod attention;
 pub mod backward;
+pub mod bf16;
+pub mod frozen;
 pub mod lora;
 pub mod matmul;
 pub mod nf4;
-pub mod nf4_backward;
 pub mod ops;
 
 use super::{Backend, HostWeight, LoraSegment};
@@ -37,6 +38,19 @@ pub enum CpuWeight {
     Dense(Vec<f32>),
     /// NF4; `linear` dequantizes tiles on the fly, never the whole matrix.
     Nf4(nf4::Nf4Matrix),
+    /// bf16 (half of f32's memory), decoded a tile at a time as NF4 is.
+    Bf16(bf16::Bf16Matrix),
+}
+
+impl CpuWeight {
+    /// Bytes the stored weight takes (NF4: the packed codes plus the f32 block scales).
+    pub fn bytes(&self) -> usize {
+        match self {
+            CpuWeight::Dense(d) => d.len() * 4,
+            CpuWeight::Nf4(m) => m.packed.len() + m.absmax.len() * 4,
+            CpuWeight::Bf16(m) => m.bytes(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -88,6 +102,10 @@ impl Backend for CpuBackend {
                 let m = nf4::Nf4Matrix::new(&tensor).map_err(|e| Error::InvalidArgument(format!("{name}: {e}")))?;
                 Ok(CpuMatrix { rows: m.rows, cols: m.cols, weight: CpuWeight::Nf4(m) })
             }
+            HostWeight::Bf16 { name, rows, cols, data } => {
+                check(data.len() == rows * cols, || format!("{name}: data is not [{rows}, {cols}]"))?;
+                Ok(CpuMatrix { rows, cols, weight: CpuWeight::Bf16(bf16::Bf16Matrix { rows, cols, data }) })
+            }
         }
     }
 
@@ -124,7 +142,7 @@ impl Backend for CpuBackend {
         }
         let mut out = vec![0.0; ids.len() * table.cols];
         let CpuWeight::Dense(data) = &table.weight else {
-            return Err(Error::InvalidArgument("embedding: the table must be dense, not NF4".into()));
+            return Err(Error::InvalidArgument("embedding: the table must be dense f32, not NF4 or bf16".into()));
         };
         ops::embedding(data, table.cols, ids, &mut out);
         Ok(CpuTensor { data: out, rows: ids.len(), cols: table.cols })
@@ -143,6 +161,7 @@ impl Backend for CpuBackend {
         match &w.weight {
             CpuWeight::Dense(data) => matmul::linear(&x.data, x.rows, x.cols, data, w.rows, &mut out),
             CpuWeight::Nf4(m) => nf4::linear(&x.data, x.rows, m, &mut out),
+            CpuWeight::Bf16(m) => frozen::linear_tiled(&x.data, x.rows, m, &mut out),
         }
         if let Some(b) = bias {
             check(b.len() == w.rows, || "linear: bias length".into())?;

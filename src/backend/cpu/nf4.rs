@@ -1,19 +1,15 @@
 //! CPU matmul against an NF4 weight, `out [t, n] = x [t, k] · Wᵀ` with `W [n, k]` stored as
 //! bitsandbytes NF4 (flat blocks of `blocksize` elements, row-major). The whole dequantized
-//! matrix is never materialised: each rayon task dequantizes a tile of `TILE_ROWS` weight rows
+//! matrix is never materialised: each rayon task dequantizes a tile of `frozen::TILE_ROWS` weight rows
 //! (`TILE_ROWS × k` f32, 147 KB for k = 576) into its own buffer and multiplies it with the dense
 //! kernel. Decode (≤ 4 rows, the usual layouts) takes the fused kernel in `gemv`, which dots the
 //! packed nibbles through the 16-level table without dequantizing even a tile.
 
 pub mod gemv;
 
-use rayon::prelude::*;
-
-use super::matmul;
+use super::frozen;
 use crate::quant::Nf4Tensor;
 
-/// Weight rows dequantized per task.
-const TILE_ROWS: usize = 64;
 
 /// An NF4 matrix prepared for the CPU: double-quantized absmax resolved to f32 once at upload
 /// (`numel / blocksize` floats, 1/16 of the packed size at block 64).
@@ -102,37 +98,25 @@ pub fn linear(x: &[f32], t: usize, w: &Nf4Matrix, out: &mut [f32]) {
 /// multiply them with the dense kernel (`linear` uses it above 4 rows or for layouts the fused
 /// kernel does not take; public for benchmarks and as a reference).
 pub fn linear_tiled(x: &[f32], t: usize, w: &Nf4Matrix, out: &mut [f32]) {
-    let (n, k) = (w.rows, w.cols);
-    assert_eq!(x.len(), t * k, "x is not [t, k]");
-    assert_eq!(out.len(), t * n, "out is not [t, n]");
-    if t == 0 || n == 0 {
-        return;
+    frozen::linear_tiled(x, t, w, out)
+}
+
+impl frozen::DecodeRows for Nf4Matrix {
+    fn rows(&self) -> usize {
+        self.rows
     }
-    // Each task: dequantize its tile, multiply into a task-local [t, rows] result; then scatter
-    // (out is [t, n], so a tile's columns are strided).
-    let tiles: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(TILE_ROWS))
-        .into_par_iter()
-        .map_init(Vec::new, |buf: &mut Vec<f32>, ti| {
-            let r0 = ti * TILE_ROWS;
-            let rows = TILE_ROWS.min(n - r0);
-            buf.resize(rows * k, 0.0);
-            w.dequantize_rows(r0, buf);
-            let mut part = vec![0.0; t * rows];
-            matmul::linear(x, t, k, buf, rows, &mut part);
-            (r0, part)
-        })
-        .collect();
-    for (r0, part) in tiles {
-        let rows = part.len() / t;
-        for ti in 0..t {
-            out[ti * n + r0..ti * n + r0 + rows].copy_from_slice(&part[ti * rows..(ti + 1) * rows]);
-        }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn decode_rows(&self, r0: usize, out: &mut [f32]) {
+        self.dequantize_rows(r0, out)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::matmul;
 
     fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
