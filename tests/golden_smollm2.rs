@@ -1,6 +1,8 @@
 //! The CPU engine against HF transformers on the real SmolLM2-135M-Instruct: tokenizer ids,
 //! argmax at every position, last-position logits (rel L2 < 1e-4), 24 greedy tokens; and the
-//! golden prompts run as one ragged batch give what each gives alone.
+//! golden prompts run as one ragged batch give what each gives alone. Loaded with bf16 linear
+//! weights (`LoadOptions::bf16`), the last logits match PyTorch with the same weights rounded to
+//! bf16 (scripts/golden_bf16_base.py).
 
 mod common;
 
@@ -9,7 +11,8 @@ use lorafleet::backend::cpu::CpuBackend;
 use lorafleet::backend::Backend;
 use lorafleet::engine::{score, GenerateOptions, Generator, SamplingParams, SeqRequest};
 use lorafleet::kv::{BatchLayout, BlockPool, BlockTable};
-use lorafleet::model::Llama;
+use lorafleet::model::{Llama, LoadOptions};
+use lorafleet::model::weights::WeightFiles;
 use lorafleet::TextTokenizer;
 
 struct Fixture {
@@ -58,6 +61,21 @@ fn score_matches_hf_argmax_and_last_logits() {
         assert_eq!(s.top_logits.len(), 20);
         assert!(s.perplexity.is_some_and(|x| x.is_finite() && x > 1.0));
     }
+}
+
+#[test]
+fn bf16_base_matches_pytorch_with_rounded_weights() {
+    let f = fixture();
+    let model = Llama::load_with(&f.be, &model_dir(), LoadOptions { bf16: true, ..LoadOptions::default() }).expect("load as bf16");
+    let p = &prompts()[0];
+    let s = score(&model, &f.be, &ids(&p["ids"])).unwrap();
+    let want = WeightFiles::open_files(&[golden_dir().join("bf16base_train.safetensors")]).unwrap();
+    let want = want.f32("bf16base.p0.last_logits").unwrap().data;
+    let f32_logits = golden_tensors().f32("base.p0.last_logits").unwrap().data;
+    let (err, moved) = (rel_l2(&s.last_logits, &want), rel_l2(&want, &f32_logits));
+    eprintln!("bf16 base, prompt 0: last-logits rel L2 {err:.3e} from PyTorch's; the rounding moved them {moved:.3e} from f32");
+    assert!(moved > 1e-3, "the reference did not round: {moved}");
+    assert!(err < 1e-4, "rel L2 {err}");
 }
 
 #[test]

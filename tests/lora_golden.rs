@@ -192,7 +192,7 @@ fn nf4_base_with_adapter_matches_peft_on_bnb() {
     use lorafleet::model::LoadOptions;
     use lorafleet::quant::Quantization;
     let f = fixture();
-    let opts = LoadOptions { quantize: Some(Quantization::Nf4), progress: false };
+    let opts = LoadOptions { quantize: Some(Quantization::Nf4), ..LoadOptions::default() };
     let model = Llama::load_with(&f.be, &model_dir(), opts).expect("load NF4 model");
     let g = golden_tensors();
     for (i, p) in prompts().iter().enumerate() {

@@ -177,6 +177,16 @@ struct ModelArgs {
     /// Quantize the linear weights while loading (nf4). NF4 checkpoints load as NF4 without it.
     #[arg(long)]
     quantize: Option<lorafleet::quant::Quantization>,
+    /// Hold the dense linear weights as bf16 (half the memory of f32; the math stays f32), e.g.
+    /// to serve or evaluate an adapter trained with `lorafleet-train --base-dtype bf16`.
+    #[arg(long, value_enum, default_value_t = BaseDtype::F32, conflicts_with = "quantize")]
+    base_dtype: BaseDtype,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BaseDtype {
+    F32,
+    Bf16,
 }
 
 /// LoRA adapters for `generate` and `score`.
@@ -415,6 +425,7 @@ impl ServeArgs {
         lorafleet::server::ServeOptions {
             model: self.model.model,
             quantize: self.model.quantize,
+            bf16: self.model.base_dtype == BaseDtype::Bf16,
             threads: self.model.threads,
             host: self.host,
             port: self.port,
@@ -482,7 +493,7 @@ fn load(m: &ModelArgs) -> Result<Loaded> {
     }
     let be = CpuBackend::new();
     let tok = TextTokenizer::from_dir(&m.model)?;
-    let opts = lorafleet::model::LoadOptions { quantize: m.quantize, progress: std::io::stderr().is_terminal() };
+    let opts = lorafleet::model::LoadOptions { quantize: m.quantize, bf16: m.base_dtype == BaseDtype::Bf16, progress: std::io::stderr().is_terminal() };
     let model = Llama::load_with(&be, &m.model, opts)?;
     Ok(Loaded { be, model, tok })
 }

@@ -61,6 +61,10 @@ impl WeightSource for FileSource<'_> {
         } else if let Some(Quantization::Nf4) = self.opts.quantize {
             let t = w.f32_shaped(name, &[rows, cols])?;
             HostWeight::Nf4 { name: name.to_string(), tensor: Nf4Tensor::quantize(&t.data, &[rows, cols], true) }
+        } else if self.opts.bf16 {
+            let t = w.f32_shaped(name, &[rows, cols])?;
+            let data = t.data.iter().map(|&x| crate::backend::cpu::bf16::f32_to_bf16(x)).collect();
+            HostWeight::Bf16 { name: name.to_string(), rows, cols, data }
         } else {
             HostWeight::Dense(self.dense(name, rows, cols)?)
         })
@@ -91,13 +95,16 @@ pub struct LoadOptions {
     /// Quantize the decoder's dense linear weights while loading (weights already stored as
     /// bitsandbytes NF4 are used as they are, whatever this says).
     pub quantize: Option<Quantization>,
+    /// Hold the dense decoder linear weights as bf16 (rounded to nearest even while loading:
+    /// half the memory of f32, the math stays f32). `quantize` and NF4-stored weights win.
+    pub bf16: bool,
     pub progress: bool,
 }
 
 impl<B: Backend> Llama<B> {
     /// Loads `config.json` and the safetensors weights of an HF model directory.
     pub fn load(be: &B, dir: &Path, show_progress: bool) -> Result<Self> {
-        Self::load_with(be, dir, LoadOptions { quantize: None, progress: show_progress })
+        Self::load_with(be, dir, LoadOptions { progress: show_progress, ..LoadOptions::default() })
     }
 
     /// `load` with options (quantization while loading).
@@ -108,7 +115,7 @@ impl<B: Backend> Llama<B> {
     }
 
     pub fn from_weights(be: &B, config: ModelConfig, w: &WeightFiles, show_progress: bool) -> Result<Self> {
-        Self::from_weights_with(be, config, w, LoadOptions { quantize: None, progress: show_progress })
+        Self::from_weights_with(be, config, w, LoadOptions { progress: show_progress, ..LoadOptions::default() })
     }
 
     pub fn from_weights_with(be: &B, config: ModelConfig, w: &WeightFiles, opts: LoadOptions) -> Result<Self> {
