@@ -7,13 +7,17 @@
 #   prefix accuracy).
 #
 #   bench/rt_finetune.sh [N] [OUT] [which] [bases]
-#     which: matched (default) | lorafleet | peer | ablation;  bases: "f32 nf4" (default) or one
+#     which: matched (default) | lorafleet | peer | ablation | lorafleet-matched
+#     bases: "f32 nf4" (default), or any of f32, nf4, bf16 (bf16: lorafleet only)
 #
 #   matched:   the peer first (file order, no shuffle; it saves its initial adapter), then
 #              lorafleet-train from that same initial adapter (--init-adapter) in the same file
 #              order: both trainers see the same batches from the same weights, so the
 #              accuracies differ only by arithmetic. Dirs hf_<base>, lorafleet_<base>.
 #   lorafleet, peer: each with its own seeded init and shuffle (dirs *_<base>_own).
+#   lorafleet-matched: lorafleet-train alone, as in matched, from the initial adapter of an earlier
+#              matched run of the peer (hf_<base>, else hf_f32: the peer's init does not depend
+#              on the base), e.g. the bf16 base, which the peer does not run here.
 #   ablation:  lorafleet f32 as in matched but with plain packed batches (no shared prefix),
 #              training only: what the shared-prefix layout is worth.
 #
@@ -43,7 +47,7 @@ log() { echo "[$(date -u +%H:%M:%S) load $(cut -d' ' -f1 /proc/loadavg)] $*" | t
 # lorafleet DIR BASE [extra lorafleet-train flags...]: train, then evaluate (unless NO_EVAL=1).
 lorafleet() {
   local d=$1 base=$2; shift 2
-  local q=(); [ "$base" = nf4 ] && q=(--quantize nf4)
+  local q=(); [ "$base" = nf4 ] && q=(--quantize nf4); [ "$base" = bf16 ] && q=(--base-dtype bf16)
   rm -rf "$d"; mkdir -p "$d"
   log "lorafleet-train $d: start"
   $T -o "$d/train.time" target/release/lorafleet-train train --model $MODEL "${q[@]}" \
@@ -77,6 +81,10 @@ for base in $BASES; do
       ;;
     lorafleet) lorafleet "$OUT/lorafleet_${base}_own" "$base" ;;
     peer) peer "$OUT/hf_${base}_own" "$base" ;;
+    lorafleet-matched)
+      init="$OUT/hf_$base/init_adapter"; [ -d "$init" ] || init="$OUT/hf_f32/init_adapter"
+      lorafleet "$OUT/lorafleet_$base" "$base" --no-shuffle --init-adapter "$init"
+      ;;
     ablation)
       NO_EVAL=1 lorafleet "$OUT/lorafleet_${base}_packed" "$base" --batching packed --no-shuffle \
         --init-adapter "$OUT/hf_$base/init_adapter"

@@ -28,17 +28,26 @@ fn adapter(model: &TrainModel) -> LoraAdapter {
 }
 
 fn loss(model: &TrainModel, a: &LoraAdapter, batch: &TrainBatch, w: f32) -> f64 {
-    model.loss(a, batch, w, StepOptions::default()).unwrap()
+    loss_with(model, a, batch, w, StepOptions::default())
+}
+
+fn loss_with(model: &TrainModel, a: &LoraAdapter, batch: &TrainBatch, w: f32, opts: StepOptions) -> f64 {
+    model.loss(a, batch, w, opts).unwrap()
 }
 
 /// Central differences on a sample of coordinates of every A and B of every module.
 fn check_against_finite_differences(model: &TrainModel) {
+    check_against_finite_differences_with(model, StepOptions::default())
+}
+
+fn check_against_finite_differences_with(model: &TrainModel, opts: StepOptions) {
+    let loss = |model: &TrainModel, a: &LoraAdapter, batch: &TrainBatch, w: f32| loss_with(model, a, batch, w, opts);
     let ex = examples();
     let batch = TrainBatch::new(&ex.iter().collect::<Vec<_>>(), None);
     let w = 1.0 / batch.targets.len() as f32;
     let a = adapter(model);
     let mut grads = LoraGrads::zeros_like(&a);
-    let l0 = model.forward_backward(&a, &batch, w, StepOptions::default(), &mut grads).unwrap();
+    let l0 = model.forward_backward(&a, &batch, w, opts, &mut grads).unwrap();
     assert!((l0 - loss(model, &a, &batch, w)).abs() < 1e-6 * l0.abs(), "forward_backward and loss disagree");
     let h = 1e-2f32;
     let (mut num, mut ana) = (Vec::new(), Vec::new());
@@ -104,12 +113,12 @@ fn checkpointing_padding_and_vocab_chunks_do_not_change_the_gradients() {
     };
     let packed = TrainBatch::new(&refs, None);
     let (l0, g0) = run(&packed, StepOptions::default());
-    let (l1, g1) = run(&packed, StepOptions { checkpoint_activations: true, vocab_chunk: 8192 });
+    let (l1, g1) = run(&packed, StepOptions { checkpoint_activations: true, ..StepOptions::default() });
     assert_eq!(l0, l1);
     assert_eq!(max_rel_diff(&g0, &g1), 0.0, "recomputing a layer must give the same activations bit for bit");
     let (l2, g2) = run(&TrainBatch::new(&refs, Some(2)), StepOptions::default());
     assert!((l0 - l2).abs() < 1e-6 * l0.abs() && max_rel_diff(&g0, &g2) < 1e-5, "padded: loss {l2} vs {l0}, grads {}", max_rel_diff(&g0, &g2));
-    let (l3, g3) = run(&packed, StepOptions { checkpoint_activations: false, vocab_chunk: 7 });
+    let (l3, g3) = run(&packed, StepOptions { vocab_chunk: 7, ..StepOptions::default() });
     assert!((l0 - l3).abs() < 1e-6 * l0.abs() && max_rel_diff(&g0, &g3) < 1e-5, "vocab chunk 7: loss {l3} vs {l0}");
     // Two micro-batches accumulate to the gradient of the whole batch.
     let mut acc = LoraGrads::zeros_like(&a);
@@ -137,7 +146,7 @@ fn shared_prefix_batches_give_the_packed_gradients() {
         let a = adapter(&model);
         let run = |batch: &TrainBatch, checkpoint_activations: bool| {
             let mut g = LoraGrads::zeros_like(&a);
-            let l = model.forward_backward(&a, batch, 0.25, StepOptions { checkpoint_activations, vocab_chunk: 8192 }, &mut g).unwrap();
+            let l = model.forward_backward(&a, batch, 0.25, StepOptions { checkpoint_activations, ..StepOptions::default() }, &mut g).unwrap();
             (l, g)
         };
         let (l0, g0) = run(&TrainBatch::new(&refs, None), false);
@@ -165,4 +174,31 @@ fn lora_gradients_match_finite_differences_bf16_base() {
     let (lb, lf) = (loss(&m, &a, &batch, 1.0), loss(&f, &a, &batch, 1.0));
     assert!(lb != lf && ((lb - lf) / lf).abs() < 1e-2, "bf16 loss {lb} vs f32 {lf}");
     check_against_finite_differences(&m);
+}
+
+/// LoRA dropout: the gradients are those of the loss under the step's masks (finite differences
+/// with the same seed), the masks change the loss and differ between seeds, and a checkpointed
+/// layer's recompute draws the same masks as its forward.
+#[test]
+fn lora_dropout_gradients_match_finite_differences_under_the_same_masks() {
+    let model = tiny(None);
+    let opts = StepOptions { lora_dropout: 0.3, dropout_seed: 77, ..StepOptions::default() };
+    check_against_finite_differences_with(&model, opts);
+    let ex = examples();
+    let batch = TrainBatch::new(&ex.iter().collect::<Vec<_>>(), None);
+    let a = adapter(&model);
+    let l_none = loss_with(&model, &a, &batch, 1.0, StepOptions::default());
+    let l_77 = loss_with(&model, &a, &batch, 1.0, opts);
+    let l_78 = loss_with(&model, &a, &batch, 1.0, StepOptions { dropout_seed: 78, ..opts });
+    assert!(l_77 != l_none && l_78 != l_77, "dropout must change the loss and the masks must depend on the seed: {l_none} {l_77} {l_78}");
+    assert_eq!(l_77, loss_with(&model, &a, &batch, 1.0, opts), "same seed, same masks");
+    let run = |o: StepOptions| {
+        let mut g = LoraGrads::zeros_like(&a);
+        let l = model.forward_backward(&a, &batch, 0.25, o, &mut g).unwrap();
+        (l, g)
+    };
+    let (l1, g1) = run(opts);
+    let (l2, g2) = run(StepOptions { checkpoint_activations: true, ..opts });
+    assert!((l1 - l2).abs() < 1e-9 * l1.abs(), "checkpointing changed the loss: {l1} vs {l2}");
+    assert!(max_rel_diff(&g1, &g2) < 1e-6, "checkpointing changed the gradients under dropout");
 }

@@ -65,12 +65,37 @@ pub struct StepOptions {
     pub checkpoint_activations: bool,
     /// Vocabulary rows of the lm_head per chunk of the fused cross-entropy.
     pub vocab_chunk: usize,
+    /// LoRA dropout probability (PEFT's `lora_dropout`): each LoRA path sees its input with
+    /// elements zeroed with this probability and the rest scaled by 1 / (1 − p); the frozen path
+    /// sees it whole. 0: none.
+    pub lora_dropout: f32,
+    /// Seed of this step's dropout masks: one mask per (layer, module), drawn again from it in
+    /// the backward (and in a checkpointed layer's recompute) instead of being stored.
+    pub dropout_seed: u64,
 }
 
 impl Default for StepOptions {
     fn default() -> Self {
-        StepOptions { checkpoint_activations: false, vocab_chunk: 8192 }
+        StepOptions { checkpoint_activations: false, vocab_chunk: 8192, lora_dropout: 0.0, dropout_seed: 0 }
     }
+}
+
+/// The dropout mask of one LoRA path: `len` factors, 0 with probability `p`, else 1 / (1 − p).
+/// `None` when `p` is 0. A pure function of (seed, layer, module), so the backward redraws the
+/// forward's mask exactly.
+fn dropout_mask(opts: &StepOptions, layer: usize, m: LoraModule, len: usize) -> Option<Vec<f32>> {
+    if opts.lora_dropout <= 0.0 {
+        return None;
+    }
+    let p = opts.lora_dropout;
+    let keep = 1.0 / (1.0 - p);
+    let stream = opts.dropout_seed ^ ((layer as u64) << 8 | m.index() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut rng = crate::rng::SplitMix64::new(stream);
+    Some((0..len).map(|_| if rng.unit() < p { 0.0 } else { keep }).collect())
+}
+
+fn masked(x: &[f32], mask: &[f32]) -> Vec<f32> {
+    x.iter().zip(mask).map(|(a, b)| a * b).collect()
 }
 
 /// What one layer's backward reads (see the module comment).
@@ -110,8 +135,9 @@ fn linear_dx(dy: &[f32], t: usize, w: &CpuMatrix, dx: &mut [f32], accumulate: bo
     }
 }
 
-/// A targeted projection: `y = x Wᵀ (+ bias) + s · (x Aᵀ) Bᵀ`; returns y and `x Aᵀ`.
-fn project(x: &[f32], t: usize, w: &CpuMatrix, bias: Option<&Vec<f32>>, pair: Option<&LoraPair>) -> (Vec<f32>, Option<Vec<f32>>) {
+/// A targeted projection: `y = x Wᵀ (+ bias) + s · (x' Aᵀ) Bᵀ` with `x' = x ⊙ drop` (LoRA
+/// dropout; `x` without); returns y and `x' Aᵀ`.
+fn project(x: &[f32], t: usize, w: &CpuMatrix, bias: Option<&Vec<f32>>, pair: Option<&LoraPair>, drop: Option<&[f32]>) -> (Vec<f32>, Option<Vec<f32>>) {
     let mut y = linear(x, t, w);
     if let Some(b) = bias {
         for row in y.chunks_exact_mut(w.rows) {
@@ -123,14 +149,17 @@ fn project(x: &[f32], t: usize, w: &CpuMatrix, bias: Option<&Vec<f32>>, pair: Op
     let xa = pair.map(|p| {
         let r = p.rank();
         let mut xa = vec![0.0; t * r];
-        matmul::linear(x, t, w.cols, &p.a.data, r, &mut xa);
+        let xd = drop.map(|m| masked(x, m));
+        matmul::linear(xd.as_deref().unwrap_or(x), t, w.cols, &p.a.data, r, &mut xa);
         bw::gemm(t, w.rows, r, &xa, false, &p.b.data, true, &mut y, true, p.scale);
         xa
     });
     (y, xa)
 }
 
-/// Backward of `project`: `dx (+)= dy · W` plus the LoRA path, whose dA, dB accumulate.
+/// Backward of `project`: `dx (+)= dy · W` plus the LoRA path, whose dA, dB accumulate. With a
+/// dropout mask the LoRA path read `x ⊙ drop`: dA comes from that, and its input gradient is
+/// masked the same way before it joins dx.
 #[allow(clippy::too_many_arguments)]
 fn project_backward(
     dy: &[f32],
@@ -140,12 +169,22 @@ fn project_backward(
     pair: Option<&LoraPair>,
     xa: Option<&Vec<f32>>,
     grad: Option<&mut (Vec<f32>, Vec<f32>)>,
+    drop: Option<&[f32]>,
     dx: &mut [f32],
     accumulate: bool,
 ) {
     linear_dx(dy, t, w, dx, accumulate);
     if let (Some(p), Some(xa), Some((da, db))) = (pair, xa, grad) {
-        bw::lora_backward(x, xa, dy, t, &p.a.data, &p.b.data, p.rank(), p.scale, da, db, Some(dx));
+        match drop {
+            None => bw::lora_backward(x, xa, dy, t, &p.a.data, &p.b.data, p.rank(), p.scale, da, db, Some(dx)),
+            Some(mask) => {
+                let mut dxd = vec![0.0; dx.len()];
+                bw::lora_backward(&masked(x, mask), xa, dy, t, &p.a.data, &p.b.data, p.rank(), p.scale, da, db, Some(&mut dxd));
+                for ((d, g), m) in dx.iter_mut().zip(&dxd).zip(mask) {
+                    *d += g * m;
+                }
+            }
+        }
     }
 }
 
@@ -280,34 +319,36 @@ impl TrainModel {
     }
 
     /// One layer's forward from its input `x_in [T, hidden]`: the output and the saved activations.
-    fn layer_forward(&self, li: usize, x_in: &[f32], batch: &TrainBatch, adapter: &LoraAdapter) -> (Vec<f32>, LayerActs) {
+    fn layer_forward(&self, li: usize, x_in: &[f32], batch: &TrainBatch, adapter: &LoraAdapter, opts: &StepOptions) -> (Vec<f32>, LayerActs) {
         let c = &self.config;
         let l = &self.layers[li];
         let t = batch.ids.len();
         let pair = |m: LoraModule| adapter.layers[li][m.index()].as_ref();
+        let dropout = |m: LoraModule, width: usize| pair(m).and_then(|_| dropout_mask(opts, li, m, t * width));
+        let project = |x: &[f32], w: &CpuMatrix, bias: Option<&Vec<f32>>, m: LoraModule| project(x, t, w, bias, pair(m), dropout(m, w.cols).as_deref());
         let hn1 = rms_norm(x_in, &l.input_norm, c.rms_norm_eps);
         let mut lora_xa: [Option<Vec<f32>>; 7] = Default::default();
-        let (mut q, xa) = project(&hn1, t, &l.q, l.q_bias.as_ref(), pair(LoraModule::Q));
+        let (mut q, xa) = project(&hn1, &l.q, l.q_bias.as_ref(), LoraModule::Q);
         lora_xa[LoraModule::Q.index()] = xa;
-        let (mut k, xa) = project(&hn1, t, &l.k, l.k_bias.as_ref(), pair(LoraModule::K));
+        let (mut k, xa) = project(&hn1, &l.k, l.k_bias.as_ref(), LoraModule::K);
         lora_xa[LoraModule::K.index()] = xa;
-        let (v, xa) = project(&hn1, t, &l.v, l.v_bias.as_ref(), pair(LoraModule::V));
+        let (v, xa) = project(&hn1, &l.v, l.v_bias.as_ref(), LoraModule::V);
         lora_xa[LoraModule::V.index()] = xa;
         ops::rope_inplace(&mut q, &batch.positions, c.num_heads, c.head_dim, &self.rope_cos, &self.rope_sin);
         ops::rope_inplace(&mut k, &batch.positions, c.num_kv_heads, c.head_dim, &self.rope_cos, &self.rope_sin);
         let (attn, lse) = bw::causal_attention_forward(&q, &k, &v, &batch.seqs, c.num_heads, c.num_kv_heads, c.head_dim);
-        let (o, xa) = project(&attn, t, &l.o, None, pair(LoraModule::O));
+        let (o, xa) = project(&attn, &l.o, None, LoraModule::O);
         lora_xa[LoraModule::O.index()] = xa;
         let mut x_mid = x_in.to_vec();
         ops::add_assign(&mut x_mid, &o);
         let hn2 = rms_norm(&x_mid, &l.post_norm, c.rms_norm_eps);
-        let (gate, xa) = project(&hn2, t, &l.gate, None, pair(LoraModule::Gate));
+        let (gate, xa) = project(&hn2, &l.gate, None, LoraModule::Gate);
         lora_xa[LoraModule::Gate.index()] = xa;
-        let (up, xa) = project(&hn2, t, &l.up, None, pair(LoraModule::Up));
+        let (up, xa) = project(&hn2, &l.up, None, LoraModule::Up);
         lora_xa[LoraModule::Up.index()] = xa;
         let mut act = vec![0.0; gate.len()];
         ops::silu_mul(&gate, &up, &mut act);
-        let (down, xa) = project(&act, t, &l.down, None, pair(LoraModule::Down));
+        let (down, xa) = project(&act, &l.down, None, LoraModule::Down);
         lora_xa[LoraModule::Down.index()] = xa;
         let mut x_out = x_mid.clone();
         ops::add_assign(&mut x_out, &down);
@@ -317,31 +358,43 @@ impl TrainModel {
     /// One layer's backward: from `dx_out` (the gradient of the layer's output) to the gradient
     /// of its input, adding the layer's LoRA gradients into `grads`.
     #[allow(clippy::too_many_arguments)]
-    fn layer_backward(&self, li: usize, x_in: &[f32], a: &LayerActs, dx_out: Vec<f32>, batch: &TrainBatch, adapter: &LoraAdapter, grads: &mut LoraGrads) -> Vec<f32> {
+    fn layer_backward(
+        &self,
+        li: usize,
+        x_in: &[f32],
+        a: &LayerActs,
+        dx_out: Vec<f32>,
+        batch: &TrainBatch,
+        adapter: &LoraAdapter,
+        grads: &mut LoraGrads,
+        opts: &StepOptions,
+    ) -> Vec<f32> {
         let c = &self.config;
         let l = &self.layers[li];
         let t = batch.ids.len();
         let (h, qd, kvd, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
         let pair = |m: LoraModule| adapter.layers[li][m.index()].as_ref();
+        // The forward's dropout masks, drawn again (layer_forward's `dropout`).
+        let dropout = |m: LoraModule, width: usize| pair(m).and_then(|_| dropout_mask(opts, li, m, t * width));
         let g = &mut grads.layers[li];
         // MLP: x_out = x_mid + down(silu(gate(hn2)) · up(hn2)), hn2 = norm(x_mid).
         let mut d_act = vec![0.0; t * ff];
         let m = LoraModule::Down;
-        project_backward(&dx_out, &a.act, t, &l.down, pair(m), a.lora_xa[m.index()].as_ref(), g[m.index()].as_mut(), &mut d_act, false);
+        project_backward(&dx_out, &a.act, t, &l.down, pair(m), a.lora_xa[m.index()].as_ref(), g[m.index()].as_mut(), dropout(m, ff).as_deref(), &mut d_act, false);
         let (mut d_gate, mut d_up) = (vec![0.0; t * ff], vec![0.0; t * ff]);
         bw::silu_mul_backward(&a.gate, &a.up, &d_act, &mut d_gate, &mut d_up);
         drop(d_act);
         let mut d_hn2 = vec![0.0; t * h];
         let m = LoraModule::Gate;
-        project_backward(&d_gate, &a.hn2, t, &l.gate, pair(m), a.lora_xa[m.index()].as_ref(), g[m.index()].as_mut(), &mut d_hn2, false);
+        project_backward(&d_gate, &a.hn2, t, &l.gate, pair(m), a.lora_xa[m.index()].as_ref(), g[m.index()].as_mut(), dropout(m, h).as_deref(), &mut d_hn2, false);
         let m = LoraModule::Up;
-        project_backward(&d_up, &a.hn2, t, &l.up, pair(m), a.lora_xa[m.index()].as_ref(), g[m.index()].as_mut(), &mut d_hn2, true);
+        project_backward(&d_up, &a.hn2, t, &l.up, pair(m), a.lora_xa[m.index()].as_ref(), g[m.index()].as_mut(), dropout(m, h).as_deref(), &mut d_hn2, true);
         let mut dx_mid = dx_out;
         bw::rms_norm_backward(&a.x_mid, &l.post_norm, c.rms_norm_eps, &d_hn2, &mut dx_mid, true);
         // Attention: x_mid = x_in + o(attention(rope(q(hn1)), rope(k(hn1)), v(hn1))), hn1 = norm(x_in).
         let mut d_attn = vec![0.0; t * qd];
         let m = LoraModule::O;
-        project_backward(&dx_mid, &a.attn, t, &l.o, pair(m), a.lora_xa[m.index()].as_ref(), g[m.index()].as_mut(), &mut d_attn, false);
+        project_backward(&dx_mid, &a.attn, t, &l.o, pair(m), a.lora_xa[m.index()].as_ref(), g[m.index()].as_mut(), dropout(m, qd).as_deref(), &mut d_attn, false);
         let (mut dq, mut dk, dv) =
             bw::causal_attention_backward(&a.q, &a.k, &a.v, &a.attn, &a.lse, &d_attn, &batch.seqs, c.num_heads, c.num_kv_heads, c.head_dim);
         debug_assert_eq!(dk.len(), t * kvd);
@@ -349,7 +402,7 @@ impl TrainModel {
         bw::rope_backward_inplace(&mut dk, &batch.positions, c.num_kv_heads, c.head_dim, &self.rope_cos, &self.rope_sin);
         let mut d_hn1 = vec![0.0; t * h];
         for (m, w, dy, acc) in [(LoraModule::Q, &l.q, &dq, false), (LoraModule::K, &l.k, &dk, true), (LoraModule::V, &l.v, &dv, true)] {
-            project_backward(dy, &a.hn1, t, w, pair(m), a.lora_xa[m.index()].as_ref(), g[m.index()].as_mut(), &mut d_hn1, acc);
+            project_backward(dy, &a.hn1, t, w, pair(m), a.lora_xa[m.index()].as_ref(), g[m.index()].as_mut(), dropout(m, h).as_deref(), &mut d_hn1, acc);
         }
         let mut dx_in = dx_mid;
         bw::rms_norm_backward(x_in, &l.input_norm, c.rms_norm_eps, &d_hn1, &mut dx_in, true);
@@ -371,13 +424,14 @@ impl TrainModel {
         self.lm_head.as_deref().unwrap_or(&self.embed)
     }
 
-    /// The weighted loss `Σ_rows weight · CE` of a batch (forward only): every labelled row
-    /// counts `weight` (1 / labelled rows gives the mean, as HF's causal-LM loss).
     /// Bytes the decoder's frozen linear weights take in memory (what `BaseFormat` changes).
     pub fn linear_weight_bytes(&self) -> usize {
         self.layers.iter().flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]).map(|m| m.weight.bytes()).sum()
     }
 
+    /// The weighted loss `Σ_rows weight · CE` of a batch (forward only): every labelled row
+    /// counts `weight` (1 / labelled rows gives the mean, as HF's causal-LM loss). With
+    /// `opts.lora_dropout` it is the loss under the dropout masks `opts.dropout_seed` draws.
     pub fn loss(&self, adapter: &LoraAdapter, batch: &TrainBatch, weight: f32, opts: StepOptions) -> Result<f64> {
         self.check_adapter(adapter)?;
         self.check_batch(batch)?;
@@ -386,7 +440,7 @@ impl TrainModel {
         }
         let mut x = self.embed_rows(&batch.ids);
         for li in 0..self.layers.len() {
-            x = self.layer_forward(li, &x, batch, adapter).0;
+            x = self.layer_forward(li, &x, batch, adapter, &opts).0;
         }
         let (_, normed) = self.head_inputs(&x, batch);
         let weights = vec![weight; batch.targets.len()];
@@ -415,7 +469,7 @@ impl TrainModel {
         let mut saved: Vec<Option<LayerActs>> = Vec::with_capacity(self.layers.len());
         let mut x = self.embed_rows(&batch.ids);
         for li in 0..self.layers.len() {
-            let (x_out, acts) = self.layer_forward(li, &x, batch, adapter);
+            let (x_out, acts) = self.layer_forward(li, &x, batch, adapter, &opts);
             saved.push(if opts.checkpoint_activations { None } else { Some(acts) });
             inputs.push(std::mem::replace(&mut x, x_out));
         }
@@ -437,9 +491,9 @@ impl TrainModel {
             let x_in = inputs.pop().ok_or_else(|| Error::InvalidArgument("internal: missing layer input".into()))?;
             let acts = match saved.pop().flatten() {
                 Some(a) => a,
-                None => self.layer_forward(li, &x_in, batch, adapter).1,
+                None => self.layer_forward(li, &x_in, batch, adapter, &opts).1,
             };
-            dx = self.layer_backward(li, &x_in, &acts, dx, batch, adapter, grads);
+            dx = self.layer_backward(li, &x_in, &acts, dx, batch, adapter, grads, &opts);
         }
         Ok(loss)
     }

@@ -110,6 +110,10 @@ struct TrainArgs {
     max_grad_norm: f32,
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f32,
+    /// LoRA dropout (PEFT's lora_dropout): each LoRA path's input elements are zeroed with this
+    /// probability during training (the rest scaled by 1 / (1 - p)); fresh masks every micro-batch.
+    #[arg(long, default_value_t = 0.0)]
+    lora_dropout: f32,
     #[arg(long, value_enum, default_value_t = Batching::SharedPrefix)]
     batching: Batching,
     #[arg(long, default_value_t = 512)]
@@ -156,7 +160,7 @@ fn load_base(b: &BaseArgs) -> Result<TrainModel> {
 }
 
 fn step_options(b: &BaseArgs) -> StepOptions {
-    StepOptions { checkpoint_activations: b.checkpoint_activations, vocab_chunk: b.vocab_chunk.max(1) }
+    StepOptions { checkpoint_activations: b.checkpoint_activations, vocab_chunk: b.vocab_chunk.max(1), ..StepOptions::default() }
 }
 
 fn run_gradients(a: GradientsArgs) -> Result<()> {
@@ -209,6 +213,9 @@ fn parse_modules(s: &str) -> Result<Vec<LoraModule>> {
 }
 
 fn run_train(a: TrainArgs) -> Result<()> {
+    if !(0.0..1.0).contains(&a.lora_dropout) {
+        return Err(Error::InvalidArgument(format!("--lora-dropout {} is outside [0, 1)", a.lora_dropout)));
+    }
     let model = load_base(&a.base)?;
     let tok = TextTokenizer::from_dir(&a.base.model)?;
     let examples = data::read_jsonl(&a.data, &tok, a.max_seq_len)?;
@@ -233,7 +240,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         shuffle: !a.no_shuffle,
         init_adapter: a.init_adapter.clone(),
         checkpoint_every: a.checkpoint_every,
-        step: step_options(&a.base),
+        step: StepOptions { lora_dropout: a.lora_dropout, ..step_options(&a.base) },
         stop_after: a.stop_after,
         resume: a.resume.clone(),
         progress: !a.no_progress,

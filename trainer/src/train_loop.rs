@@ -148,6 +148,12 @@ fn load_init_adapter(dir: &Path, model: &TrainModel, cfg: &TrainConfig) -> Resul
 }
 
 /// The examples (indices) of each micro-batch of update `step`.
+/// The dropout seed of micro-batch `micro` of update `step`.
+fn dropout_seed(seed: u64, step: usize, micro: usize) -> u64 {
+    let mut r = lorafleet::rng::SplitMix64::new(seed ^ 0xd40f_0a7e ^ ((step as u64) << 20 | micro as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    r.next_u64()
+}
+
 fn step_micro_batches(n: usize, micro_batch: usize, grad_accum: usize, seed: u64, shuffle: bool, step: usize) -> Vec<Vec<usize>> {
     let mbs_per_epoch = n.div_ceil(micro_batch);
     let steps_per_epoch = mbs_per_epoch.div_ceil(grad_accum);
@@ -262,7 +268,7 @@ pub fn train(model: &TrainModel, examples: &[Example], cfg: &TrainConfig) -> Res
         let (mut loss, mut tokens) = (0.0f64, 0usize);
         if labels > 0 {
             let weight = 1.0 / labels as f32;
-            for mb in &micro {
+            for (mi, mb) in micro.iter().enumerate() {
                 let exs: Vec<&Example> = mb.iter().map(|&i| &examples[i]).collect();
                 let batch = match cfg.batching {
                     Batching::Packed => TrainBatch::new(&exs, None),
@@ -270,7 +276,10 @@ pub fn train(model: &TrainModel, examples: &[Example], cfg: &TrainConfig) -> Res
                     Batching::SharedPrefix => TrainBatch::shared_prefix(&exs),
                 };
                 tokens += exs.iter().map(|e| e.ids.len()).sum::<usize>();
-                loss += model.forward_backward(&adapter, &batch, weight, cfg.step, &mut grads)?;
+                // Fresh dropout masks per micro-batch, a function of (seed, update, micro-batch)
+                // only, so a resumed run draws the same ones.
+                let step_opts = StepOptions { dropout_seed: dropout_seed(cfg.seed, state.step, mi), ..cfg.step };
+                loss += model.forward_backward(&adapter, &batch, weight, step_opts, &mut grads)?;
             }
         }
         let grad_norm = grads.global_norm();

@@ -1,10 +1,10 @@
 //! A run interrupted after a checkpoint and resumed from it follows the same loss curve, and
-//! ends with the same adapter, as an uninterrupted run (tiny random Llama, f32 and NF4 bases,
-//! packed and padded batches, accumulation, clipping, cosine warm-up).
+//! ends with the same adapter, as an uninterrupted run (tiny random Llama, f32, NF4 and bf16 bases,
+//! packed, padded and shared-prefix batches, accumulation, clipping, cosine warm-up, LoRA dropout).
 
 use lorafleet::lora::LoraModule;
 use lorafleet::quant::Quantization;
-use lorafleet::train::{Example, StepOptions, TrainModel};
+use lorafleet::train::{BaseFormat, Example, StepOptions, TrainModel};
 use lorafleet_trainer::optim::{AdamWConfig, Schedule};
 use lorafleet_trainer::train_loop::{train, Batching, TrainConfig};
 
@@ -48,18 +48,26 @@ fn config(out: &std::path::Path, batching: Batching) -> TrainConfig {
 }
 
 fn check(quantize: Option<Quantization>, batching: Batching) {
-    let tmp = std::env::temp_dir().join(format!("lorafleet-resume-{}-{quantize:?}-{batching:?}", std::process::id()));
+    check_with(quantize.into(), batching, 0.0)
+}
+
+fn check_with(format: BaseFormat, batching: Batching, lora_dropout: f32) {
+    let tmp = std::env::temp_dir().join(format!("lorafleet-resume-{}-{format:?}-{batching:?}-{lora_dropout}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     lorafleet::train::tiny::write_tiny_model(&tmp.join("model"), 3).unwrap();
-    let model = TrainModel::load(&tmp.join("model"), quantize).unwrap();
+    let model = TrainModel::load_as(&tmp.join("model"), format).unwrap();
     let ex = examples();
     // Uninterrupted.
-    let full = train(&model, &ex, &config(&tmp.join("full"), batching)).unwrap();
+    let with_dropout = |mut c: TrainConfig| {
+        c.step.lora_dropout = lora_dropout;
+        c
+    };
+    let full = train(&model, &ex, &with_dropout(config(&tmp.join("full"), batching))).unwrap();
     assert_eq!(full.total_steps, 6, "10 examples, micro-batch 2, accumulation 2, 2 epochs");
     assert_eq!(full.log.len(), 6);
     assert!(full.log.last().unwrap().loss < full.log[0].loss, "the loss should fall: {:?}", full.log.iter().map(|e| e.loss).collect::<Vec<_>>());
     // Interrupted after update 3 (last checkpoint: 2), then resumed from the output directory.
-    let mut cfg = config(&tmp.join("split"), batching);
+    let mut cfg = with_dropout(config(&tmp.join("split"), batching));
     cfg.stop_after = Some(3);
     let first = train(&model, &ex, &cfg).unwrap();
     assert_eq!(first.log.len(), 3);
@@ -101,4 +109,11 @@ fn resumed_run_follows_the_same_loss_curve_nf4_padded() {
 #[test]
 fn resumed_run_follows_the_same_loss_curve_f32_shared_prefix() {
     check(None, Batching::SharedPrefix);
+}
+
+/// With LoRA dropout the masks are a function of (seed, update, micro-batch): a resumed run draws
+/// the same ones. On the bf16 base.
+#[test]
+fn resumed_run_follows_the_same_loss_curve_bf16_with_lora_dropout() {
+    check_with(BaseFormat::Bf16, Batching::SharedPrefix, 0.2);
 }
