@@ -94,6 +94,8 @@ pub struct LoraConfig {
     pub rank_pattern: BTreeMap<String, usize>,
     pub alpha_pattern: BTreeMap<String, f32>,
     pub base_model_name_or_path: Option<String>,
+    /// The dropout the adapter was trained with (recorded only: inference applies none).
+    pub lora_dropout: f32,
 }
 
 impl LoraConfig {
@@ -107,6 +109,7 @@ impl LoraConfig {
             rank_pattern: BTreeMap::new(),
             alpha_pattern: BTreeMap::new(),
             base_model_name_or_path: None,
+            lora_dropout: 0.0,
         }
     }
 
@@ -208,7 +211,8 @@ impl LoraConfig {
             _ => BTreeMap::new(),
         };
         let base_model_name_or_path = obj.get("base_model_name_or_path").and_then(Value::as_str).map(str::to_string);
-        Ok(LoraConfig { r, lora_alpha, use_rslora, target_modules, rank_pattern, alpha_pattern, base_model_name_or_path })
+        let lora_dropout = obj.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0) as f32;
+        Ok(LoraConfig { r, lora_alpha, use_rslora, target_modules, rank_pattern, alpha_pattern, base_model_name_or_path, lora_dropout })
     }
 
     /// The `adapter_config.json` peft writes for this config.
@@ -223,7 +227,7 @@ impl LoraConfig {
             "target_modules": self.target_modules,
             "rank_pattern": self.rank_pattern,
             "alpha_pattern": self.alpha_pattern,
-            "lora_dropout": 0.0,
+            "lora_dropout": self.lora_dropout,
             "bias": "none",
             "fan_in_fan_out": false,
             "use_dora": false,

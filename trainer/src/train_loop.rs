@@ -252,6 +252,8 @@ pub fn train(model: &TrainModel, examples: &[Example], cfg: &TrainConfig) -> Res
             (adapter, opt, state, Vec::new())
         }
     };
+    // What the adapter_config.json of every checkpoint and of the result records.
+    adapter.config.lora_dropout = cfg.step.lora_dropout;
     // Start the log afresh (or cut it back to the resumed step); lines are appended as we go.
     write_log(&log_path, &log)?;
     let mut grads = LoraGrads::zeros_like(&adapter);

@@ -89,6 +89,8 @@ fn check_with(format: BaseFormat, batching: Batching, lora_dropout: f32) {
     let text = std::fs::read_to_string(tmp.join("split/loss.jsonl")).unwrap();
     assert_eq!(text.lines().count(), 6);
     assert!(tmp.join("split/adapter/adapter_model.safetensors").is_file());
+    let cfg_json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.join("split/adapter/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg_json["lora_dropout"].as_f64().unwrap() as f32, lora_dropout, "adapter_config.json records the dropout");
     assert!(tmp.join("split/checkpoint-6/optimizer.safetensors").is_file());
     assert!(!tmp.join("split/checkpoint-6.tmp").exists());
     let png = std::fs::read(tmp.join("split/loss.png")).expect("loss.png");

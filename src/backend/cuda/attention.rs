@@ -9,14 +9,12 @@
 //! launch uses (parameter struct, flat metadata arrays), so a launch cannot use an unchecked value.
 
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::Ptx;
 
 use crate::kv::{BatchLayout, KvLayout};
-use crate::{Error, Result};
+use crate::Result;
 
 use super::device::{cuda_err, CudaOps};
 use super::dtype::{CudaElem, DType};
-use super::embedded;
 use super::ffi::{
     LfPagedAttnParams, LfReshapeCacheParams, LF_ATTN_MAX_HEADS_PER_BLOCK, LF_ATTN_MAX_HEAD_DIM, LF_ATTN_PARTITION,
     LF_ATTN_THREADS,
@@ -304,18 +302,8 @@ pub struct CudaAttention {
 
 impl CudaAttention {
     pub fn new(ops: &CudaOps) -> Result<Self> {
-        let fatbin = embedded::module("paged_attention").ok_or_else(|| {
-            Error::Cuda(
-                "the paged attention kernels (kernels/paged_attention.cu) are not embedded in this build".into(),
-            )
-        })?;
-        // A heap copy: cuModuleLoadData wants the fatbin aligned (see CudaOps::new).
-        let image = fatbin.to_vec();
-        let module =
-            ops.ctx.load_module(Ptx::from_binary(image)).map_err(cuda_err("loading the paged_attention module"))?;
-        let get = |name: String| {
-            module.load_function(&name).map_err(cuda_err(format!("loading kernel {name} from paged_attention")))
-        };
+        let module = ops.load_embedded("paged_attention", "paged attention")?;
+        let get = |name: String| module.function(&name);
         let fns = |d: DType| -> Result<AttnFns> {
             let s = d.suffix();
             Ok(AttnFns {

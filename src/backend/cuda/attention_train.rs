@@ -11,13 +11,11 @@
 //! shape, the grids within CUDA's limits. A launch only uses what it returned.
 
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::Ptx;
 
 use crate::backend::cpu::backward::SeqSpan;
 use crate::Result;
 
 use super::device::{cuda_err, CudaOps};
-use super::embedded;
 use super::ffi::{
     LfAttnTrainParams, LfSeqSpan, LF_ATTN_TRAIN_MAX_HEAD_DIM, LF_ATTN_TRAIN_MAX_TILE, LF_ATTN_TRAIN_THREADS,
     LF_ATTN_TRAIN_TILE_ELEMS,
@@ -171,13 +169,8 @@ fn block() -> (u32, u32, u32) {
 
 impl CudaAttentionTrain {
     pub fn new(ops: &CudaOps) -> Result<Self> {
-        let fatbin = embedded::module("attention_train").ok_or_else(|| {
-            crate::Error::Cuda("the training attention kernels (kernels/attention_train.cu) are not embedded in this build".into())
-        })?;
-        // A heap copy: cuModuleLoadData wants the fatbin aligned (see CudaOps::new).
-        let module =
-            ops.ctx.load_module(Ptx::from_binary(fatbin.to_vec())).map_err(cuda_err("loading the attention_train module"))?;
-        let get = |name: &str| module.load_function(name).map_err(cuda_err(format!("loading kernel {name} from attention_train")));
+        let module = ops.load_embedded("attention_train", "training attention")?;
+        let get = |name: &str| module.function(name);
         Ok(CudaAttentionTrain {
             fwd: get("lf_attn_train_fwd_f32")?,
             delta: get("lf_attn_train_delta_f32")?,

@@ -9,12 +9,10 @@
 //! within CUDA's limits. A launch only uses what it returned.
 
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::Ptx;
 
 use crate::Result;
 
 use super::device::{cuda_err, CudaOps};
-use super::embedded;
 use super::ffi::{LfCeParams, LfGemmParams, LF_CE_THREADS, LF_GEMM_TILE_M, LF_GEMM_TILE_N};
 use super::validate::{count_i32, invalid, mul};
 
@@ -96,13 +94,8 @@ fn row_cfg(rows: usize) -> LaunchConfig {
 
 impl CudaCrossEntropy {
     pub fn new(ops: &CudaOps) -> Result<Self> {
-        let fatbin = embedded::module("cross_entropy").ok_or_else(|| {
-            crate::Error::Cuda("the fused cross-entropy kernels (kernels/cross_entropy.cu) are not embedded in this build".into())
-        })?;
-        // A heap copy: cuModuleLoadData wants the fatbin aligned (see CudaOps::new).
-        let module =
-            ops.ctx.load_module(Ptx::from_binary(fatbin.to_vec())).map_err(cuda_err("loading the cross_entropy module"))?;
-        let get = |name: &str| module.load_function(name).map_err(cuda_err(format!("loading kernel {name} from cross_entropy")));
+        let module = ops.load_embedded("cross_entropy", "fused cross-entropy")?;
+        let get = |name: &str| module.function(name);
         Ok(CudaCrossEntropy {
             logits: get("lf_ce_logits_f32")?,
             chunk: get("lf_ce_chunk_f32")?,

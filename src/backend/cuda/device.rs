@@ -74,6 +74,19 @@ impl std::fmt::Debug for CudaOps {
     }
 }
 
+/// A kernels module of this build (`kernels/<stem>.cu`), loaded on one device.
+pub(crate) struct EmbeddedModule {
+    module: Arc<cudarc::driver::CudaModule>,
+    stem: &'static str,
+}
+
+impl EmbeddedModule {
+    /// The kernel `name` of this module.
+    pub(crate) fn function(&self, name: &str) -> Result<cudarc::driver::CudaFunction> {
+        self.module.load_function(name).map_err(cuda_err(format!("loading kernel {name} from {}", self.stem)))
+    }
+}
+
 impl CudaOps {
     /// Opens device `ordinal` and loads the embedded `ops` module. Fails with `Error::Cuda` saying
     /// why: CUDA unavailable here (see `check_available`), or a driver call failing.
@@ -108,6 +121,16 @@ impl CudaOps {
         let max_blocks = u32::try_from(sms).unwrap_or(1).max(1) * GRID_STRIDE_BLOCKS_PER_SM;
         let name = ctx.name().unwrap_or_else(|_| format!("CUDA device {ordinal}"));
         Ok(CudaOps { ctx, stream, kernels, max_blocks, name })
+    }
+
+    /// Loads the embedded fatbin of `kernels/<stem>.cu` (`what`: the kernels' name in the error
+    /// a build without them gives).
+    pub(crate) fn load_embedded(&self, stem: &'static str, what: &str) -> Result<EmbeddedModule> {
+        let fatbin = embedded::module(stem)
+            .ok_or_else(|| Error::Cuda(format!("the {what} kernels (kernels/{stem}.cu) are not embedded in this build")))?;
+        // A heap copy: cuModuleLoadData wants the fatbin aligned (see `new`).
+        let module = self.ctx.load_module(Ptx::from_binary(fatbin.to_vec())).map_err(cuda_err(format!("loading the {stem} module")))?;
+        Ok(EmbeddedModule { module, stem })
     }
 
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".

@@ -20,14 +20,12 @@
 use std::marker::PhantomData;
 
 use cudarc::driver::{CudaFunction, CudaSlice, CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::Ptx;
 
 use crate::backend::cpu::lora::{validate_segment_shapes, LoraSegmentShape};
-use crate::{Error, Result};
+use crate::Result;
 
 use super::device::{cuda_err, CudaOps};
 use super::dtype::{CudaElem, DType};
-use super::embedded;
 use super::ffi::{
     LfLoraParams, LfLoraSegment, LfLoraTile, LF_LORA_CHUNK_BYTES, LF_LORA_MAX_RANK, LF_LORA_MIN_CHUNK_BYTES,
     LF_LORA_TARGET_BLOCKS, LF_LORA_THREADS, LF_LORA_TILE_TOKENS,
@@ -327,15 +325,8 @@ impl<T: CudaElem> PreparedLora<'_, T> {
 
 impl CudaLora {
     pub fn new(ops: &CudaOps) -> Result<Self> {
-        let fatbin = embedded::module("lora_sgmv").ok_or_else(|| {
-            Error::Cuda("the batched LoRA kernels (kernels/lora_sgmv.cu) are not embedded in this build".into())
-        })?;
-        // A heap copy: cuModuleLoadData wants the fatbin aligned (see CudaOps::new).
-        let image = fatbin.to_vec();
-        let module = ops.ctx.load_module(Ptx::from_binary(image)).map_err(cuda_err("loading the lora_sgmv module"))?;
-        let get = |name: String| {
-            module.load_function(&name).map_err(cuda_err(format!("loading kernel {name} from lora_sgmv")))
-        };
+        let module = ops.load_embedded("lora_sgmv", "batched LoRA")?;
+        let get = |name: String| module.function(&name);
         let fns = |d: DType| -> Result<LoraFns> {
             let s = d.suffix();
             Ok(LoraFns {

@@ -13,12 +13,10 @@
 //! launch only uses what it returned.
 
 use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::Ptx;
 
 use crate::Result;
 
 use super::device::{cuda_err, CudaOps};
-use super::embedded;
 use super::ffi::{LfLoraBwdParams, LF_LORA_BWD_MAX_RANK, LF_LORA_BWD_ROWS, LF_LORA_BWD_THREADS, LF_LORA_BWD_TILE};
 use super::validate::{count_i32, invalid, mul};
 
@@ -136,13 +134,8 @@ pub struct CudaLoraBackward {
 
 impl CudaLoraBackward {
     pub fn new(ops: &CudaOps) -> Result<Self> {
-        let fatbin = embedded::module("lora_backward").ok_or_else(|| {
-            crate::Error::Cuda("the LoRA backward kernels (kernels/lora_backward.cu) are not embedded in this build".into())
-        })?;
-        // A heap copy: cuModuleLoadData wants the fatbin aligned (see CudaOps::new).
-        let module =
-            ops.ctx.load_module(Ptx::from_binary(fatbin.to_vec())).map_err(cuda_err("loading the lora_backward module"))?;
-        let get = |name: &str| module.load_function(name).map_err(cuda_err(format!("loading kernel {name} from lora_backward")));
+        let module = ops.load_embedded("lora_backward", "LoRA backward")?;
+        let get = |name: &str| module.function(name);
         Ok(CudaLoraBackward { dy_pass: get("lf_lora_bwd_dy_f32")?, x_pass: get("lf_lora_bwd_x_f32")? })
     }
 

@@ -19,14 +19,12 @@
 //! (k not a multiple of the blocksize: both kernels index blocks over the flattened W).
 
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::Ptx;
 
 use crate::quant::Nf4Tensor;
 use crate::{Error, Result};
 
 use super::device::{cuda_err, CudaOps};
 use super::dtype::{CudaElem, DType};
-use super::embedded;
 use super::ffi::{
     LfNf4GemmParams, LF_NF4_GEMM_BM, LF_NF4_GEMM_BN, LF_NF4_GEMM_THREADS, LF_NF4_GEMV_THREADS,
 };
@@ -270,14 +268,8 @@ fn dtype_index(d: DType) -> usize {
 
 impl CudaNf4 {
     pub fn new(ops: &CudaOps) -> Result<Self> {
-        let fatbin = embedded::module("nf4_gemm")
-            .ok_or_else(|| Error::Cuda("the NF4 kernels (kernels/nf4_gemm.cu) are not embedded in this build".into()))?;
-        // A heap copy: cuModuleLoadData wants the fatbin aligned (see CudaOps::new).
-        let module = ops.ctx.load_module(Ptx::from_binary(fatbin.to_vec())).map_err(cuda_err("loading the nf4_gemm module"))?;
-        let get = |k: Nf4Kernel| {
-            let name = k.name();
-            module.load_function(&name).map_err(cuda_err(format!("loading kernel {name} from nf4_gemm")))
-        };
+        let module = ops.load_embedded("nf4_gemm", "NF4")?;
+        let get = |k: Nf4Kernel| module.function(&k.name());
         let gemv_fns = |dtype: DType| -> Result<[[CudaFunction; 2]; 5]> {
             let mut v = Vec::with_capacity(5);
             for mt in GEMV_ROW_TILES {

@@ -5,13 +5,11 @@
 //! unsafe launch; launch geometry is the forward's (`launch.rs`).
 
 use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::Ptx;
 
 use crate::{Error, Result};
 
 use super::device::{cuda_err, CudaOps};
 use super::dtype::DType;
-use super::embedded;
 use super::ffi::{LfElementwiseParams, LfRmsNormBwdParams, LfRmsNormParams, LfRopeParams};
 use super::{launch, validate, validate::RopeDims};
 
@@ -48,13 +46,8 @@ pub struct CudaOpsBackward {
 
 impl CudaOpsBackward {
     pub fn new(ops: &CudaOps) -> Result<Self> {
-        let fatbin = embedded::module("ops_backward").ok_or_else(|| {
-            Error::Cuda("the backward ops kernels (kernels/ops_backward.cu) are not embedded in this build".into())
-        })?;
-        // A heap copy: cuModuleLoadData wants the fatbin aligned (see CudaOps::new).
-        let module =
-            ops.ctx.load_module(Ptx::from_binary(fatbin.to_vec())).map_err(cuda_err("loading the ops_backward module"))?;
-        let get = |name: &str| module.load_function(name).map_err(cuda_err(format!("loading kernel {name} from ops_backward")));
+        let module = ops.load_embedded("ops_backward", "backward ops")?;
+        let get = |name: &str| module.function(name);
         Ok(CudaOpsBackward {
             rms_norm: get("lf_rms_norm_bwd_f32")?,
             rope: get("lf_rope_bwd_f32")?,
