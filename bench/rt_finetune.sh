@@ -6,7 +6,7 @@
 #   examples), then evaluate the adapter on the 1000 test examples (greedy, up to 3 new tokens,
 #   prefix accuracy).
 #
-#   bench/rt_finetune.sh [N] [OUT] [which] [bases]
+#   [SEED=S] bench/rt_finetune.sh [N] [OUT] [which] [bases]
 #     which: matched (default) | lorafleet | peer | ablation | lorafleet-matched
 #     bases: "f32 nf4" (default), or any of f32, nf4, bf16 (bf16: lorafleet only)
 #
@@ -34,6 +34,9 @@ N=${1:-1600}
 OUT=${2:-bench/out/rt_finetune}
 WHICH=${3:-matched}
 BASES=${4:-f32 nf4}
+# The peer's seed (its LoRA init; matched runs start lorafleet from it). Not 0: dirs get _seed$SEED.
+SEED=${SEED:-0}
+SFX=""; [ "$SEED" != 0 ] && SFX="_seed$SEED"
 MODEL=models/smollm2-135m-instruct
 PY=${HF_PY:-/root/.cache/lorafleet/hf-venv/bin/python}
 DATA=$OUT/data
@@ -69,15 +72,15 @@ peer() {
   rm -rf "$d"; mkdir -p "$d"
   log "peer $d: start"
   $T -o "$d/run.time" $PY bench/hf_train_peer.py --model $MODEL --data "$DATA" --out "$d" \
-    --epochs 1 --micro-batch 16 --threads 2 --seed 0 "${q[@]}" "$@" > "$d/run.log" 2>&1
+    --epochs 1 --micro-batch 16 --threads 2 --seed "$SEED" "${q[@]}" "$@" > "$d/run.log" 2>&1
   log "peer $d: $(grep -E '"(train_seconds|tokens_per_s|accuracy|eval_seconds)"' "$d/summary.json" | tr -d '\n ') $(cat "$d/run.time")"
 }
 
 for base in $BASES; do
   case $WHICH in
     matched)
-      peer "$OUT/hf_$base" "$base" --no-shuffle
-      lorafleet "$OUT/lorafleet_$base" "$base" --no-shuffle --init-adapter "$OUT/hf_$base/init_adapter"
+      peer "$OUT/hf_$base$SFX" "$base" --no-shuffle
+      lorafleet "$OUT/lorafleet_$base$SFX" "$base" --no-shuffle --init-adapter "$OUT/hf_$base$SFX/init_adapter"
       ;;
     lorafleet) lorafleet "$OUT/lorafleet_${base}_own" "$base" ;;
     peer) peer "$OUT/hf_${base}_own" "$base" ;;
