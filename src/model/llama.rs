@@ -38,10 +38,11 @@ pub trait WeightSource {
     fn contains(&self, name: &str) -> bool;
 }
 
-/// A checkpoint: NF4 weights as stored, NF4 quantized while loading, or dense.
-struct FileSource<'a> {
-    w: &'a WeightFiles,
-    opts: LoadOptions,
+/// A checkpoint: NF4 weights as stored, NF4 quantized or bf16-rounded while loading, or dense.
+/// (The trainer's `TrainModel` loads its frozen base through it too.)
+pub(crate) struct FileSource<'a> {
+    pub(crate) w: &'a WeightFiles,
+    pub(crate) opts: LoadOptions,
 }
 
 impl WeightSource for FileSource<'_> {

@@ -19,12 +19,14 @@
 
 use std::path::Path;
 
-use crate::backend::cpu::{backward as bw, bf16, frozen, matmul, nf4, ops, CpuBackend, CpuMatrix, CpuWeight};
-use crate::backend::{Backend, HostMatrix, HostWeight};
+use crate::backend::cpu::{backward as bw, frozen, matmul, nf4, ops, CpuBackend, CpuMatrix, CpuWeight};
+use crate::backend::Backend;
 use crate::lora::{LoraAdapter, LoraModule, LoraPair};
 use crate::model::config::ModelConfig;
+use crate::model::llama::FileSource;
 use crate::model::weights::WeightFiles;
-use crate::quant::{bnb, Nf4Tensor, Quantization};
+use crate::model::{LoadOptions, WeightSource};
+use crate::quant::Quantization;
 use crate::{Error, Result};
 
 use super::batch::TrainBatch;
@@ -239,24 +241,13 @@ impl TrainModel {
         let be = CpuBackend::new();
         let c = &config;
         let (h, qd, kvd, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
-        let linear = |name: &str, rows: usize, cols: usize| -> Result<CpuMatrix> {
-            let weight = if bnb::is_nf4(w, name) {
-                let tensor = bnb::read(w, name)?;
-                if tensor.shape != [rows, cols] {
-                    return Err(Error::Shape { name: name.to_string(), expected: vec![rows, cols], found: tensor.shape });
-                }
-                HostWeight::Nf4 { name: name.to_string(), tensor }
-            } else {
-                let t = w.f32_shaped(name, &[rows, cols])?;
-                let name = name.to_string();
-                match format {
-                    BaseFormat::Nf4 => HostWeight::Nf4 { name, tensor: Nf4Tensor::quantize(&t.data, &[rows, cols], true) },
-                    BaseFormat::Bf16 => HostWeight::Bf16 { name, rows, cols, data: t.data.iter().map(|&x| bf16::f32_to_bf16(x)).collect() },
-                    BaseFormat::F32 => HostWeight::Dense(HostMatrix { name, rows, cols, data: t.data }),
-                }
-            };
-            be.upload_matrix(weight)
+        let (quantize, bf16) = match format {
+            BaseFormat::F32 => (None, false),
+            BaseFormat::Bf16 => (None, true),
+            BaseFormat::Nf4 => (Some(Quantization::Nf4), false),
         };
+        let source = FileSource { w, opts: LoadOptions { quantize, bf16, progress: false } };
+        let linear = |name: &str, rows: usize, cols: usize| -> Result<CpuMatrix> { be.upload_matrix(source.linear(name, rows, cols)?) };
         let vector = |name: &str, n: usize| -> Result<Vec<f32>> { Ok(w.f32_shaped(name, &[n])?.data) };
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {

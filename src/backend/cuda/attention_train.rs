@@ -73,8 +73,10 @@ pub fn tile_rows(head_dim: usize) -> usize {
     t
 }
 
-/// Checks a training attention over `spans` (see the module comment). `bufs`: `(name, length,
-/// expected)` pairs are derived here from the dims; callers pass each buffer's length by name.
+/// Checks a training attention over `spans` (see the module comment). `bufs`: each buffer's
+/// `(name, length)`; the length it must have follows from its name and the dims: `q`, `out`,
+/// `dout`, `dq` `[rows, n_heads * head_dim]`; `k`, `v`, `dk`, `dv` `[rows, n_kv_heads *
+/// head_dim]`; `lse`, `delta` `[rows, n_heads]`.
 pub fn plan_attention_train(dims: &AttnTrainDims, spans: &[SeqSpan], bufs: &[(&str, usize)]) -> Result<AttnTrainPlan> {
     const OP: &str = "attention (training)";
     let rows = count_i32(OP, "rows", dims.rows)?;
@@ -121,15 +123,16 @@ pub fn plan_attention_train(dims: &AttnTrainDims, spans: &[SeqSpan], bufs: &[(&s
     if let Some(w) = own.windows(2).find(|w| w[1].0 < w[0].1) {
         return Err(invalid(format!("{OP}: sequences overlap (rows {}..{} and {}..{})", w[0].0, w[0].1, w[1].0, w[1].1)));
     }
-    let expect = |name: &str| -> usize {
+    let expect = |name: &str| -> Result<usize> {
         match name {
-            "k" | "v" | "dk" | "dv" => dims.kv_len(),
-            "lse" | "delta" => dims.rows * dims.n_heads,
-            _ => dims.q_len(),
+            "q" | "out" | "dout" | "dq" => Ok(dims.q_len()),
+            "k" | "v" | "dk" | "dv" => Ok(dims.kv_len()),
+            "lse" | "delta" => Ok(dims.rows * dims.n_heads),
+            other => Err(invalid(format!("{OP}: no buffer is called `{other}`"))),
         }
     };
     for &(name, len) in bufs {
-        let want = expect(name);
+        let want = expect(name)?;
         if len != want {
             return Err(invalid(format!("{OP}: `{name}` has {len} elements; the dims {dims:?} need {want}")));
         }
@@ -352,6 +355,7 @@ mod tests {
             ("long dk", d, ok.to_vec(), vec![("dk", 161)]),
             ("short lse", d, ok.to_vec(), vec![("lse", 39)]),
             ("span start overflow", d, vec![SeqSpan::new(usize::MAX, 2)], vec![]),
+            ("unknown buffer", d, ok.to_vec(), vec![("x", 320)]),
         ];
         for (what, dd, spans, bufs) in cases {
             assert!(plan_attention_train(&dd, &spans, &bufs).is_err(), "{what} must be refused");
