@@ -19,7 +19,7 @@
 
 use std::path::Path;
 
-use crate::backend::cpu::{backward as bw, frozen, matmul, nf4, ops, CpuBackend, CpuMatrix, CpuWeight};
+use crate::backend::cpu::{backward as bw, bf16, frozen, matmul, nf4, ops, CpuBackend, CpuMatrix, CpuWeight};
 use crate::backend::Backend;
 use crate::lora::{LoraAdapter, LoraModule, LoraPair};
 use crate::model::config::ModelConfig;
@@ -123,7 +123,7 @@ fn linear(x: &[f32], t: usize, w: &CpuMatrix) -> Vec<f32> {
     match &w.weight {
         CpuWeight::Dense(d) => matmul::linear(x, t, w.cols, d, w.rows, &mut y),
         CpuWeight::Nf4(m) => nf4::linear(x, t, m, &mut y),
-        CpuWeight::Bf16(m) => frozen::linear_tiled(x, t, m, &mut y),
+        CpuWeight::Bf16(m) => bf16::linear(x, t, m, &mut y),
     }
     y
 }

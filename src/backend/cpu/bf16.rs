@@ -2,8 +2,20 @@
 //! mantissa), half the memory of f32, decoded to f32 a tile at a time for the products
 //! (`frozen::DecodeRows`). Rounding from f32 is round-to-nearest-even, as PyTorch's
 //! `tensor.to(torch.bfloat16)`; NaN stays NaN.
+//!
+//! `linear`: decode-sized inputs (≤ 4 rows) dot each packed row directly, converting in
+//! registers (`dot_bf16`: AVX-512 where the CPU has it), so decode reads half the bytes of f32
+//! and writes no decoded weight; more rows decode 64-row tiles for the dense GEMM
+//! (`frozen::linear_tiled`).
 
-use super::frozen::DecodeRows;
+use rayon::prelude::*;
+
+use super::frozen::{self, DecodeRows};
+
+/// Up to this many rows, `linear` streams each weight row once (the decode path).
+const GEMV_MAX_ROWS: usize = 4;
+/// Weight rows per rayon task on the GEMV path.
+const GEMV_ROWS_PER_TASK: usize = 32;
 
 /// f32 → bf16 bits, round to nearest, ties to even; NaN stays a (quiet) NaN.
 pub fn f32_to_bf16(x: f32) -> u16 {
@@ -59,6 +71,106 @@ impl DecodeRows for Bf16Matrix {
     }
 }
 
+/// `out [t, n] = x [t, k] · Wᵀ` for a bf16 `W [n, k]`.
+pub fn linear(x: &[f32], t: usize, w: &Bf16Matrix, out: &mut [f32]) {
+    let (n, k) = (w.rows, w.cols);
+    assert_eq!(x.len(), t * k, "x is not [t, k]");
+    assert_eq!(out.len(), t * n, "out is not [t, n]");
+    if t == 0 || n == 0 {
+        return;
+    }
+    if t > GEMV_MAX_ROWS {
+        return frozen::linear_tiled(x, t, w, out);
+    }
+    // Each task owns a range of output columns; out is [t, n], so compute [rows, t], then scatter.
+    let mut cols = vec![0.0f32; n * t];
+    cols.par_chunks_mut(GEMV_ROWS_PER_TASK * t).enumerate().for_each(|(ci, chunk)| {
+        let j0 = ci * GEMV_ROWS_PER_TASK;
+        for (jj, o) in chunk.chunks_exact_mut(t).enumerate() {
+            let wr = &w.data[(j0 + jj) * k..(j0 + jj + 1) * k];
+            for (ti, o) in o.iter_mut().enumerate() {
+                *o = dot_bf16(&x[ti * k..(ti + 1) * k], wr);
+            }
+        }
+    });
+    for j in 0..n {
+        for ti in 0..t {
+            out[ti * n + j] = cols[j * t + ti];
+        }
+    }
+}
+
+/// `Σ a[i] · bf16(b[i])`, SIMD where the CPU has it (checked at run time).
+#[inline]
+pub fn dot_bf16(a: &[f32], b: &[u16]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (checked just above).
+            return unsafe { x86::dot_bf16_avx512(a, b) };
+        }
+    }
+    dot_bf16_portable(a, b)
+}
+
+pub fn dot_bf16_portable(a: &[f32], b: &[u16]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * bf16_to_f32(y[i]);
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, &y) in ra.iter().zip(rb) {
+        s += x * bf16_to_f32(y);
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// 16 bf16 at `p` widened to f32: zero-extend to 32 bits, shift into the high half.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const u16) -> __m512 {
+        // SAFETY: the caller guarantees 16 readable u16 at p (32 bytes, unaligned load).
+        let h = unsafe { _mm256_loadu_si256(p as *const __m256i) };
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_bf16_avx512(a: &[f32], b: &[u16]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc0 = _mm512_setzero_ps();
+        let mut acc1 = _mm512_setzero_ps();
+        let mut i = 0;
+        // SAFETY (all loads): i + 32 <= n, resp. i + 16 <= n, so every lane read is in bounds.
+        unsafe {
+            while i + 32 <= n {
+                acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), load16(pb.add(i)), acc0);
+                acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16)), load16(pb.add(i + 16)), acc1);
+                i += 32;
+            }
+            while i + 16 <= n {
+                acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), load16(pb.add(i)), acc0);
+                i += 16;
+            }
+        }
+        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+        while i < n {
+            s += a[i] * super::bf16_to_f32(b[i]);
+            i += 1;
+        }
+        s
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +197,33 @@ mod tests {
         for x in rng.nonzero(10_000, 100.0) {
             let r = bf16_to_f32(f32_to_bf16(x));
             assert!(((r - x) / x).abs() <= 2f32.powi(-8), "{x} -> {r}");
+        }
+    }
+
+    #[test]
+    fn dot_paths_agree_and_linear_matches_the_decoded_matrix() {
+        let mut rng = crate::rng::SplitMix64::new(10);
+        for n in [0usize, 1, 7, 16, 31, 33, 576, 1001] {
+            let a = rng.nonzero(n, 1.0);
+            let b: Vec<u16> = rng.nonzero(n, 1.0).into_iter().map(f32_to_bf16).collect();
+            let want: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * bf16_to_f32(y) as f64).sum();
+            for (what, got) in [("dispatch", dot_bf16(&a, &b)), ("portable", dot_bf16_portable(&a, &b))] {
+                assert!((got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()), "{what} n {n}: {got} vs {want}");
+            }
+        }
+        // Decode (t <= 4, per-row dots) and prefill (t > 4, tiles) against f64 on the decoded W.
+        for (t, n, k) in [(1usize, 77usize, 100usize), (3, 130, 33), (4, 65, 576), (5, 200, 17), (9, 64, 64)] {
+            let w = Bf16Matrix::from_f32(&rng.nonzero(n * k, 0.5), n, k).unwrap();
+            let x = rng.nonzero(t * k, 1.0);
+            let mut out = vec![f32::NAN; t * n];
+            linear(&x, t, &w, &mut out);
+            for r in 0..t {
+                for j in 0..n {
+                    let want: f64 = (0..k).map(|c| x[r * k + c] as f64 * bf16_to_f32(w.data[j * k + c]) as f64).sum();
+                    let g = out[r * n + j] as f64;
+                    assert!((g - want).abs() <= 1e-5 * (1.0 + want.abs()), "[{t}, {n}, {k}] ({r}, {j}): {g} vs {want}");
+                }
+            }
         }
     }
 

@@ -161,7 +161,7 @@ impl Backend for CpuBackend {
         match &w.weight {
             CpuWeight::Dense(data) => matmul::linear(&x.data, x.rows, x.cols, data, w.rows, &mut out),
             CpuWeight::Nf4(m) => nf4::linear(&x.data, x.rows, m, &mut out),
-            CpuWeight::Bf16(m) => frozen::linear_tiled(&x.data, x.rows, m, &mut out),
+            CpuWeight::Bf16(m) => bf16::linear(&x.data, x.rows, m, &mut out),
         }
         if let Some(b) = bias {
             check(b.len() == w.rows, || "linear: bias length".into())?;
