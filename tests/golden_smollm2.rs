@@ -11,7 +11,7 @@ use lorafleet::backend::cpu::CpuBackend;
 use lorafleet::backend::Backend;
 use lorafleet::engine::{score, GenerateOptions, Generator, SamplingParams, SeqRequest};
 use lorafleet::kv::{BatchLayout, BlockPool, BlockTable};
-use lorafleet::model::{Llama, LoadOptions};
+use lorafleet::model::{BaseFormat, Llama, LoadOptions};
 use lorafleet::model::weights::WeightFiles;
 use lorafleet::TextTokenizer;
 
@@ -66,7 +66,7 @@ fn score_matches_hf_argmax_and_last_logits() {
 #[test]
 fn bf16_base_matches_pytorch_with_rounded_weights() {
     let f = fixture();
-    let model = Llama::load_with(&f.be, &model_dir(), LoadOptions { bf16: true, ..LoadOptions::default() }).expect("load as bf16");
+    let model = Llama::load_with(&f.be, &model_dir(), LoadOptions { format: BaseFormat::Bf16, ..LoadOptions::default() }).expect("load as bf16");
     let p = &prompts()[0];
     let s = score(&model, &f.be, &ids(&p["ids"])).unwrap();
     let want = WeightFiles::open_files(&[golden_dir().join("bf16base_train.safetensors")]).unwrap();

@@ -189,10 +189,9 @@ fn rejects_unsupported_and_mismatched_adapters() {
 /// logits on bitsandbytes' dequantized base within 1e-3 relative L2.
 #[test]
 fn nf4_base_with_adapter_matches_peft_on_bnb() {
-    use lorafleet::model::LoadOptions;
-    use lorafleet::quant::Quantization;
+    use lorafleet::model::{BaseFormat, LoadOptions};
     let f = fixture();
-    let opts = LoadOptions { quantize: Some(Quantization::Nf4), ..LoadOptions::default() };
+    let opts = LoadOptions { format: BaseFormat::Nf4, ..LoadOptions::default() };
     let model = Llama::load_with(&f.be, &model_dir(), opts).expect("load NF4 model");
     let g = golden_tensors();
     for (i, p) in prompts().iter().enumerate() {

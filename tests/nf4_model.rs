@@ -9,8 +9,7 @@ mod common;
 use common::*;
 use lorafleet::backend::cpu::CpuBackend;
 use lorafleet::engine::score;
-use lorafleet::model::{Llama, LoadOptions};
-use lorafleet::quant::Quantization;
+use lorafleet::model::{BaseFormat, Llama, LoadOptions};
 
 /// The bound. Measured with quantization bit-exact with bitsandbytes 0.50.2 (nested
 /// codes and torch's float32 mean included): 2.0e-6, 8.5e-7, 1.5e-6 on prompts 0-2, argmax 44/44.
@@ -19,7 +18,7 @@ const MAX_REL_L2: f64 = 1e-3;
 #[test]
 fn nf4_base_matches_bitsandbytes_logits() {
     let be = CpuBackend::new();
-    let opts = LoadOptions { quantize: Some(Quantization::Nf4), ..LoadOptions::default() };
+    let opts = LoadOptions { format: BaseFormat::Nf4, ..LoadOptions::default() };
     let model = Llama::load_with(&be, &model_dir(), opts).expect("load NF4 model");
     let g = golden_tensors();
     let golden = golden_json();
@@ -62,7 +61,7 @@ fn quantize_command_checkpoint_equals_quantize_while_loading() {
 
     let be = CpuBackend::new();
     let from_ckpt = Llama::load(&be, &out, false).unwrap();
-    let opts = LoadOptions { quantize: Some(Quantization::Nf4), ..LoadOptions::default() };
+    let opts = LoadOptions { format: BaseFormat::Nf4, ..LoadOptions::default() };
     let on_load = Llama::load_with(&be, &src, opts).unwrap();
     let ids = ids(&golden_json()["prompts"][1]["ids"]);
     let a = score(&from_ckpt, &be, &ids).unwrap();
@@ -88,7 +87,7 @@ fn quantize_command_checkpoint_equals_quantize_while_loading() {
 fn nf4_decode_agrees_with_nf4_full_forward() {
     use lorafleet::engine::{GenerateOptions, Generator, SamplingParams, SeqRequest};
     let be = CpuBackend::new();
-    let opts = LoadOptions { quantize: Some(Quantization::Nf4), ..LoadOptions::default() };
+    let opts = LoadOptions { format: BaseFormat::Nf4, ..LoadOptions::default() };
     let model = Llama::load_with(&be, &model_dir(), opts).expect("load NF4 model");
     let tok = lorafleet::TextTokenizer::from_dir(&model_dir()).expect("tokenizer");
     let prompt = ids(&golden_json()["prompts"][1]["ids"]);

@@ -189,6 +189,12 @@ enum BaseDtype {
     Bf16,
 }
 
+impl ModelArgs {
+    fn format(&self) -> lorafleet::model::BaseFormat {
+        lorafleet::model::BaseFormat::from_flags(self.quantize, self.base_dtype == BaseDtype::Bf16)
+    }
+}
+
 /// LoRA adapters for `generate` and `score`.
 #[derive(Args)]
 struct AdapterArgs {
@@ -422,10 +428,10 @@ impl ServeArgs {
             },
             ..EngineOptions::default()
         };
+        let format = self.model.format();
         lorafleet::server::ServeOptions {
             model: self.model.model,
-            quantize: self.model.quantize,
-            bf16: self.model.base_dtype == BaseDtype::Bf16,
+            format,
             threads: self.model.threads,
             host: self.host,
             port: self.port,
@@ -493,7 +499,7 @@ fn load(m: &ModelArgs) -> Result<Loaded> {
     }
     let be = CpuBackend::new();
     let tok = TextTokenizer::from_dir(&m.model)?;
-    let opts = lorafleet::model::LoadOptions { quantize: m.quantize, bf16: m.base_dtype == BaseDtype::Bf16, progress: std::io::stderr().is_terminal() };
+    let opts = lorafleet::model::LoadOptions { format: m.format(), progress: std::io::stderr().is_terminal() };
     let model = Llama::load_with(&be, &m.model, opts)?;
     Ok(Loaded { be, model, tok })
 }

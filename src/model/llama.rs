@@ -38,7 +38,7 @@ pub trait WeightSource {
     fn contains(&self, name: &str) -> bool;
 }
 
-/// A checkpoint: NF4 weights as stored, NF4 quantized or bf16-rounded while loading, or dense.
+/// A checkpoint: NF4 weights as stored, else the linear weights as `opts.format` says.
 /// (The trainer's `TrainModel` loads its frozen base through it too.)
 pub(crate) struct FileSource<'a> {
     pub(crate) w: &'a WeightFiles,
@@ -59,15 +59,19 @@ impl WeightSource for FileSource<'_> {
                 return Err(Error::Shape { name: name.to_string(), expected: vec![rows, cols], found: tensor.shape });
             }
             HostWeight::Nf4 { name: name.to_string(), tensor }
-        } else if let Some(Quantization::Nf4) = self.opts.quantize {
-            let t = w.f32_shaped(name, &[rows, cols])?;
-            HostWeight::Nf4 { name: name.to_string(), tensor: Nf4Tensor::quantize(&t.data, &[rows, cols], true) }
-        } else if self.opts.bf16 {
-            let t = w.f32_shaped(name, &[rows, cols])?;
-            let data = t.data.iter().map(|&x| crate::backend::cpu::bf16::f32_to_bf16(x)).collect();
-            HostWeight::Bf16 { name: name.to_string(), rows, cols, data }
         } else {
-            HostWeight::Dense(self.dense(name, rows, cols)?)
+            match self.opts.format {
+                BaseFormat::Nf4 => {
+                    let t = w.f32_shaped(name, &[rows, cols])?;
+                    HostWeight::Nf4 { name: name.to_string(), tensor: Nf4Tensor::quantize(&t.data, &[rows, cols], true) }
+                }
+                BaseFormat::Bf16 => {
+                    let t = w.f32_shaped(name, &[rows, cols])?;
+                    let data = t.data.iter().map(|&x| crate::backend::cpu::bf16::f32_to_bf16(x)).collect();
+                    HostWeight::Bf16 { name: name.to_string(), rows, cols, data }
+                }
+                BaseFormat::F32 => HostWeight::Dense(self.dense(name, rows, cols)?),
+            }
         })
     }
 
@@ -90,15 +94,42 @@ pub struct Llama<B: Backend> {
     rope: B::Rope,
 }
 
+/// How the decoder's linear weights (q, k, v, o, gate, up, down) are held in memory; embeddings,
+/// norms and the lm_head stay f32. Weights stored as bitsandbytes NF4 in the checkpoint stay NF4
+/// whatever this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BaseFormat {
+    /// f32 as loaded.
+    #[default]
+    F32,
+    /// Rounded to bf16 (nearest, ties to even) while loading: half the memory; the math stays f32.
+    Bf16,
+    /// Quantized to NF4 (block 64, double-quantized absmax) while loading: QLoRA.
+    Nf4,
+}
+
+impl BaseFormat {
+    /// From the command-line flags `--quantize` and `--base-dtype bf16` (a quantization wins).
+    pub fn from_flags(quantize: Option<Quantization>, bf16: bool) -> Self {
+        match (quantize, bf16) {
+            (Some(Quantization::Nf4), _) => BaseFormat::Nf4,
+            (None, true) => BaseFormat::Bf16,
+            (None, false) => BaseFormat::F32,
+        }
+    }
+}
+
+impl From<Option<Quantization>> for BaseFormat {
+    fn from(q: Option<Quantization>) -> Self {
+        BaseFormat::from_flags(q, false)
+    }
+}
+
 /// How `Llama::load_with` loads a checkpoint.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoadOptions {
-    /// Quantize the decoder's dense linear weights while loading (weights already stored as
-    /// bitsandbytes NF4 are used as they are, whatever this says).
-    pub quantize: Option<Quantization>,
-    /// Hold the dense decoder linear weights as bf16 (rounded to nearest even while loading:
-    /// half the memory of f32, the math stays f32). `quantize` and NF4-stored weights win.
-    pub bf16: bool,
+    /// How the dense decoder linear weights are held (quantized or rounded while loading).
+    pub format: BaseFormat,
     pub progress: bool,
 }
 

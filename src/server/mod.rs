@@ -23,17 +23,15 @@ pub use lorax::DEFAULT_MAX_NEW_TOKENS;
 
 use crate::backend::cpu::CpuBackend;
 use crate::engine::{Engine, EngineOptions};
-use crate::model::{Llama, LoadOptions};
-use crate::quant::Quantization;
+use crate::model::{BaseFormat, Llama, LoadOptions};
 use crate::tokenizer::TextTokenizer;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub model: PathBuf,
-    pub quantize: Option<Quantization>,
-    /// Hold the dense linear weights as bf16 (`LoadOptions::bf16`).
-    pub bf16: bool,
+    /// How the linear weights are held (`LoadOptions::format`).
+    pub format: BaseFormat,
     /// CPU threads for the model (None = all cores).
     pub threads: Option<usize>,
     pub host: String,
@@ -83,7 +81,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
     let be = Arc::new(CpuBackend::new());
     let tokenizer = Arc::new(TextTokenizer::from_dir(&opts.model)?);
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let model = Arc::new(Llama::load_with(&*be, &opts.model, LoadOptions { quantize: opts.quantize, bf16: opts.bf16, progress })?);
+    let model = Arc::new(Llama::load_with(&*be, &opts.model, LoadOptions { format: opts.format, progress })?);
     let engine = Arc::new(Engine::start(be, model, tokenizer, opts.engine.clone())?);
     eprintln!(
         "lorafleet serve: model {model_id}, KV cache {} blocks ({} tokens), max batch tokens {}, max running {}, adapters from {}",

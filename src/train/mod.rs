@@ -10,4 +10,5 @@ pub mod tiny;
 
 pub use batch::{Example, TrainBatch};
 pub use grads::LoraGrads;
-pub use model::{BaseFormat, StepOptions, TrainModel};
+pub use crate::model::BaseFormat;
+pub use model::{StepOptions, TrainModel};

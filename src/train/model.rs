@@ -25,7 +25,7 @@ use crate::lora::{LoraAdapter, LoraModule, LoraPair};
 use crate::model::config::ModelConfig;
 use crate::model::llama::FileSource;
 use crate::model::weights::WeightFiles;
-use crate::model::{LoadOptions, WeightSource};
+use crate::model::{BaseFormat, LoadOptions, WeightSource};
 use crate::quant::Quantization;
 use crate::{Error, Result};
 
@@ -82,11 +82,11 @@ impl Default for StepOptions {
     }
 }
 
-/// The dropout mask of one LoRA path: `len` factors, 0 with probability `p`, else 1 / (1 − p).
-/// `None` when `p` is 0. A pure function of (seed, layer, module), so the backward redraws the
-/// forward's mask exactly.
-fn dropout_mask(opts: &StepOptions, layer: usize, m: LoraModule, len: usize) -> Option<Vec<f32>> {
-    if opts.lora_dropout <= 0.0 {
+/// The dropout mask of the LoRA path (layer, m): `len` factors, 0 with probability `p`, else
+/// 1 / (1 − p). `None` when `p` is 0 or the adapter has no such path. A pure function of (seed,
+/// layer, module), so the backward redraws the forward's mask exactly.
+fn dropout_mask(adapter: &LoraAdapter, opts: &StepOptions, layer: usize, m: LoraModule, len: usize) -> Option<Vec<f32>> {
+    if opts.lora_dropout <= 0.0 || adapter.layers[layer][m.index()].is_none() {
         return None;
     }
     let p = opts.lora_dropout;
@@ -196,29 +196,6 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     out
 }
 
-/// How the frozen base's decoder linear weights (q, k, v, o, gate, up, down) are held in memory;
-/// embeddings, norms and the lm_head stay f32. Weights stored as bitsandbytes NF4 in the
-/// checkpoint stay NF4 whatever this says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum BaseFormat {
-    /// f32 as loaded.
-    #[default]
-    F32,
-    /// Rounded to bf16 (nearest, ties to even) as they load: half the memory; the math stays f32.
-    Bf16,
-    /// Quantized to NF4 (block 64, double-quantized absmax) as they load: QLoRA.
-    Nf4,
-}
-
-impl From<Option<Quantization>> for BaseFormat {
-    fn from(q: Option<Quantization>) -> Self {
-        match q {
-            Some(Quantization::Nf4) => BaseFormat::Nf4,
-            None => BaseFormat::F32,
-        }
-    }
-}
-
 impl TrainModel {
     /// Loads an HF model directory; `quantize` NF4-quantizes the decoder's linear weights as
     /// they load (weights stored as bitsandbytes NF4 stay NF4 either way), as `Llama::load_with`.
@@ -241,12 +218,7 @@ impl TrainModel {
         let be = CpuBackend::new();
         let c = &config;
         let (h, qd, kvd, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
-        let (quantize, bf16) = match format {
-            BaseFormat::F32 => (None, false),
-            BaseFormat::Bf16 => (None, true),
-            BaseFormat::Nf4 => (Some(Quantization::Nf4), false),
-        };
-        let source = FileSource { w, opts: LoadOptions { quantize, bf16, progress: false } };
+        let source = FileSource { w, opts: LoadOptions { format, progress: false } };
         let linear = |name: &str, rows: usize, cols: usize| -> Result<CpuMatrix> { be.upload_matrix(source.linear(name, rows, cols)?) };
         let vector = |name: &str, n: usize| -> Result<Vec<f32>> { Ok(w.f32_shaped(name, &[n])?.data) };
         let mut layers = Vec::with_capacity(c.num_layers);
@@ -315,7 +287,7 @@ impl TrainModel {
         let l = &self.layers[li];
         let t = batch.ids.len();
         let pair = |m: LoraModule| adapter.layers[li][m.index()].as_ref();
-        let dropout = |m: LoraModule, width: usize| pair(m).and_then(|_| dropout_mask(opts, li, m, t * width));
+        let dropout = |m: LoraModule, width: usize| dropout_mask(adapter, opts, li, m, t * width);
         let project = |x: &[f32], w: &CpuMatrix, bias: Option<&Vec<f32>>, m: LoraModule| project(x, t, w, bias, pair(m), dropout(m, w.cols).as_deref());
         let hn1 = rms_norm(x_in, &l.input_norm, c.rms_norm_eps);
         let mut lora_xa: [Option<Vec<f32>>; 7] = Default::default();
@@ -365,8 +337,8 @@ impl TrainModel {
         let t = batch.ids.len();
         let (h, qd, kvd, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
         let pair = |m: LoraModule| adapter.layers[li][m.index()].as_ref();
-        // The forward's dropout masks, drawn again (layer_forward's `dropout`).
-        let dropout = |m: LoraModule, width: usize| pair(m).and_then(|_| dropout_mask(opts, li, m, t * width));
+        // The forward's dropout masks, drawn again.
+        let dropout = |m: LoraModule, width: usize| dropout_mask(adapter, opts, li, m, t * width);
         let g = &mut grads.layers[li];
         // MLP: x_out = x_mid + down(silu(gate(hn2)) · up(hn2)), hn2 = norm(x_mid).
         let mut d_act = vec![0.0; t * ff];

@@ -141,7 +141,7 @@ struct TrainArgs {
     no_progress: bool,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum BaseDtype {
     F32,
     Bf16,
@@ -149,11 +149,7 @@ enum BaseDtype {
 
 /// Loads the frozen base as the flags say and reports what it holds.
 fn load_base(b: &BaseArgs) -> Result<TrainModel> {
-    let format = match (b.quantize, b.base_dtype) {
-        (Some(q), _) => BaseFormat::from(Some(q)),
-        (None, BaseDtype::Bf16) => BaseFormat::Bf16,
-        (None, BaseDtype::F32) => BaseFormat::F32,
-    };
+    let format = BaseFormat::from_flags(b.quantize, b.base_dtype == BaseDtype::Bf16);
     let model = TrainModel::load_as(&b.model, format)?;
     eprintln!("base {}: linear weights {format:?}, {:.1} MB", b.model.display(), model.linear_weight_bytes() as f64 / 1e6);
     Ok(model)

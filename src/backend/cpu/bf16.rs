@@ -8,14 +8,8 @@
 //! and writes no decoded weight; more rows decode 64-row tiles for the dense GEMM
 //! (`frozen::linear_tiled`).
 
-use rayon::prelude::*;
-
 use super::frozen::{self, DecodeRows};
-
-/// Up to this many rows, `linear` streams each weight row once (the decode path).
-const GEMV_MAX_ROWS: usize = 4;
-/// Weight rows per rayon task on the GEMV path.
-const GEMV_ROWS_PER_TASK: usize = 32;
+use super::matmul::{gemv_by_rows, GEMV_MAX_ROWS};
 
 /// f32 → bf16 bits, round to nearest, ties to even; NaN stays a (quiet) NaN.
 pub fn f32_to_bf16(x: f32) -> u16 {
@@ -82,22 +76,7 @@ pub fn linear(x: &[f32], t: usize, w: &Bf16Matrix, out: &mut [f32]) {
     if t > GEMV_MAX_ROWS {
         return frozen::linear_tiled(x, t, w, out);
     }
-    // Each task owns a range of output columns; out is [t, n], so compute [rows, t], then scatter.
-    let mut cols = vec![0.0f32; n * t];
-    cols.par_chunks_mut(GEMV_ROWS_PER_TASK * t).enumerate().for_each(|(ci, chunk)| {
-        let j0 = ci * GEMV_ROWS_PER_TASK;
-        for (jj, o) in chunk.chunks_exact_mut(t).enumerate() {
-            let wr = &w.data[(j0 + jj) * k..(j0 + jj + 1) * k];
-            for (ti, o) in o.iter_mut().enumerate() {
-                *o = dot_bf16(&x[ti * k..(ti + 1) * k], wr);
-            }
-        }
-    });
-    for j in 0..n {
-        for ti in 0..t {
-            out[ti * n + j] = cols[j * t + ti];
-        }
-    }
+    gemv_by_rows(t, n, out, |j, ti| dot_bf16(&x[ti * k..(ti + 1) * k], &w.data[j * k..(j + 1) * k]));
 }
 
 /// `Σ a[i] · bf16(b[i])`, SIMD where the CPU has it (checked at run time).

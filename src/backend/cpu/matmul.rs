@@ -5,7 +5,7 @@
 use rayon::prelude::*;
 
 /// Up to this many rows, each weight row is read once and dotted with every x row.
-const GEMV_MAX_ROWS: usize = 4;
+pub(crate) const GEMV_MAX_ROWS: usize = 4;
 /// Weight rows per rayon task on the GEMV path (64 rows of 576 f32 = 147 KB: fits L2).
 const GEMV_ROWS_PER_TASK: usize = 32;
 
@@ -49,15 +49,19 @@ pub fn linear(x: &[f32], t: usize, k: usize, w: &[f32], n: usize, out: &mut [f32
 }
 
 fn gemv(x: &[f32], t: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
-    // Each task owns a range of output columns j; out is [t, n] so a task writes t strided
-    // pieces. Compute into a task-local [rows, t] buffer, then scatter.
+    gemv_by_rows(t, n, out, |j, ti| dot(&x[ti * k..(ti + 1) * k], &w[j * k..(j + 1) * k]));
+}
+
+/// The GEMV loop of every weight format: `out [t, n]`, `out[ti, j] = dot_row(j, ti)` (weight row
+/// j against x row ti). Each task owns a range of output columns j; out is [t, n], so a task
+/// would write t strided pieces: it computes into a task-local [rows, t] block, scattered after.
+pub(crate) fn gemv_by_rows(t: usize, n: usize, out: &mut [f32], dot_row: impl Fn(usize, usize) -> f32 + Sync) {
     let mut cols: Vec<f32> = vec![0.0; n * t]; // [n, t]
     cols.par_chunks_mut(GEMV_ROWS_PER_TASK * t).enumerate().for_each(|(ci, chunk)| {
         let j0 = ci * GEMV_ROWS_PER_TASK;
         for (jj, o) in chunk.chunks_exact_mut(t).enumerate() {
-            let wr = &w[(j0 + jj) * k..(j0 + jj + 1) * k];
             for (ti, o) in o.iter_mut().enumerate() {
-                *o = dot(&x[ti * k..(ti + 1) * k], wr);
+                *o = dot_row(j0 + jj, ti);
             }
         }
     });
