@@ -92,7 +92,7 @@ fn bad_spans_fail_that_call_only() {
     let dims = AttnTrainDims { rows: 8, n_heads: 2, n_kv_heads: 1, head_dim: 16 };
     let q = ops.upload(&vec![0.5f32; 8 * 32]).unwrap();
     let kv = ops.upload(&vec![0.25f32; 8 * 16]).unwrap();
-    let err = k.forward(&ops, &dims, &[SeqSpan::new(4, 5)], &q, &kv, &kv).err().expect("a span past the batch is refused");
+    let err = k.forward(&ops, &dims, &[SeqSpan::new(4, 5)], &q, &kv, &kv).expect_err("a span past the batch is refused");
     assert!(err.to_string().contains("past the batch"), "{err}");
     // The device is still usable afterwards.
     let (out, _) = k.forward(&ops, &dims, &[SeqSpan::new(0, 8)], &q, &kv, &kv).expect("a good call after a bad one");

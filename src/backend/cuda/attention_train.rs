@@ -83,7 +83,7 @@ pub fn plan_attention_train(dims: &AttnTrainDims, spans: &[SeqSpan], bufs: &[(&s
     let n_heads = count_i32(OP, "n_heads", dims.n_heads)?;
     let n_kv = count_i32(OP, "n_kv_heads", dims.n_kv_heads)?;
     let d = count_i32(OP, "head_dim", dims.head_dim)?;
-    if dims.n_heads % dims.n_kv_heads != 0 {
+    if !dims.n_heads.is_multiple_of(dims.n_kv_heads) {
         return Err(invalid(format!("{OP}: n_kv_heads {} does not divide n_heads {}", dims.n_kv_heads, dims.n_heads)));
     }
     if dims.head_dim > LF_ATTN_TRAIN_MAX_HEAD_DIM as usize {

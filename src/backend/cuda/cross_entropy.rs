@@ -54,7 +54,7 @@ pub fn plan_cross_entropy(h_len: usize, w_len: usize, hidden: usize, targets: &[
     if h_len != want_h {
         return Err(invalid(format!("{OP}: `h` has {h_len} elements; [{rows}, {hidden}] needs {want_h}")));
     }
-    if w_len == 0 || w_len % hidden != 0 {
+    if w_len == 0 || !w_len.is_multiple_of(hidden) {
         return Err(invalid(format!("{OP}: `w` has {w_len} elements, not a positive multiple of hidden {hidden}")));
     }
     let vocab = w_len / hidden;
