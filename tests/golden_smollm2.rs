@@ -1,7 +1,7 @@
 //! The CPU engine against HF transformers on the real SmolLM2-135M-Instruct: tokenizer ids,
 //! argmax at every position, last-position logits (rel L2 < 1e-4), 24 greedy tokens; and the
 //! golden prompts run as one ragged batch give what each gives alone. Loaded with bf16 linear
-//! weights (`LoadOptions::bf16`), the last logits match PyTorch with the same weights rounded to
+//! weights (`BaseFormat::Bf16`), the last logits match PyTorch with the same weights rounded to
 //! bf16 (scripts/golden_bf16_base.py).
 
 mod common;

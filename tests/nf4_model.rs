@@ -1,6 +1,6 @@
 //! The NF4 base on the real SmolLM2-135M-Instruct against HF transformers + bitsandbytes
 //! (`nf4base.*` goldens): last-position logits within 1e-3 relative L2, argmax equal at ≥ 99% of
-//! positions (see MAX_REL_L2). The linear weights are quantized while loading (`LoadOptions::quantize`).
+//! positions (see MAX_REL_L2). The linear weights are quantized while loading (`LoadOptions::format`, `BaseFormat::Nf4`).
 //! Also: a `quantize` checkpoint loads to the same logits, and NF4 decode (fused GEMV) agrees with
 //! NF4 prefill (tiled path).
 
