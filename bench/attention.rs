@@ -14,12 +14,12 @@
 //! may have 2 cores). `cargo bench --bench attention -- --test` runs each once.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use half::bf16;
 use lorafleet::backend::cpu::attention as cpu;
-use lorafleet::backend::cuda::{test_device, CudaAttention, CudaKvCache, CudaOps};
+use lorafleet::backend::cuda::{bench_device, CudaAttention, CudaKvCache, CudaDevice};
 use lorafleet::kv::{BatchLayout, KvLayout, SeqView};
 
 const N_Q: usize = 32;
@@ -93,19 +93,14 @@ fn cpu_benches(c: &mut Criterion) {
     }
 }
 
-fn timed(ops: &CudaOps, iters: u64, mut f: impl FnMut()) -> Duration {
-    ops.synchronize().expect("synchronize");
-    let t = Instant::now();
-    for _ in 0..iters {
-        f();
-    }
-    ops.synchronize().expect("synchronize");
-    t.elapsed()
+/// `iters` launches and one synchronisation (`timed_launches`).
+fn timed(ops: &CudaDevice, iters: u64, f: impl FnMut()) -> Duration {
+    lorafleet::backend::cuda::timed_launches(ops, iters, f)
 }
 
 fn cuda_case(
     c: &mut Criterion,
-    ops: &CudaOps,
+    ops: &CudaDevice,
     attn: &CudaAttention,
     name: &str,
     seqs: &[(usize, usize)],
@@ -133,7 +128,7 @@ fn cuda_case(
 }
 
 fn cuda_benches(c: &mut Criterion) {
-    let Some(ops) = test_device("bench attention (CUDA)") else { return };
+    let Some(ops) = bench_device("bench attention (CUDA)") else { return };
     let attn = CudaAttention::new(&ops).expect("the paged_attention kernels load");
     let decode = vec![(2047, 1); 32];
     let kv_bytes = (32 * 2048 * N_KV * HEAD_DIM * 2 * 2) as u64;

@@ -20,7 +20,7 @@
 //! --test` runs each once.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use criterion::measurement::WallTime;
@@ -28,7 +28,7 @@ use cudarc::driver::CudaSlice;
 use half::bf16;
 use lorafleet::backend::cpu::lora::{self as cpu, LoraSegmentRef};
 use lorafleet::backend::cuda::lora::{CudaLora, CudaLoraSegment, LoraKernel, LoraShape};
-use lorafleet::backend::cuda::{test_device, CudaOps};
+use lorafleet::backend::cuda::{bench_device, CudaDevice};
 
 const TOKENS: usize = 64;
 const HIDDEN: usize = 4096;
@@ -101,20 +101,15 @@ fn cpu_benches(c: &mut Criterion) {
     g.finish();
 }
 
-fn timed(ops: &CudaOps, iters: u64, mut f: impl FnMut()) -> Duration {
-    ops.synchronize().expect("synchronize");
-    let t = Instant::now();
-    for _ in 0..iters {
-        f();
-    }
-    ops.synchronize().expect("synchronize");
-    t.elapsed()
+/// `iters` launches and one synchronisation (`timed_launches`).
+fn timed(ops: &CudaDevice, iters: u64, f: impl FnMut()) -> Duration {
+    lorafleet::backend::cuda::timed_launches(ops, iters, f)
 }
 
 #[allow(clippy::too_many_arguments)]
 fn cuda_case(
     g: &mut BenchmarkGroup<'_, WallTime>,
-    ops: &CudaOps,
+    ops: &CudaDevice,
     lora: &CudaLora,
     adapters: &[(CudaSlice<bf16>, CudaSlice<bf16>)],
     x: &CudaSlice<bf16>,
@@ -154,7 +149,7 @@ fn cuda_case(
 }
 
 fn cuda_benches(c: &mut Criterion) {
-    let Some(ops) = test_device("bench lora (CUDA)") else { return };
+    let Some(ops) = bench_device("bench lora (CUDA)") else { return };
     let lora = CudaLora::new(&ops).expect("the lora_sgmv kernels load");
     let up = |v: Vec<f32>| ops.upload(&v.into_iter().map(bf16::from_f32).collect::<Vec<_>>()).expect("upload");
     let x = up(data(TOKENS * HIDDEN, 1, 1.0));

@@ -21,14 +21,14 @@
 //! bitsandbytes' own 4-bit GEMV and torch's cuBLAS on the same shapes.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::CudaSlice;
 use half::bf16;
 use lorafleet::backend::cuda::nf4::{CudaNf4, CudaNf4Weight};
-use lorafleet::backend::cuda::{test_device, CudaOps};
+use lorafleet::backend::cuda::{bench_device, CudaDevice};
 use lorafleet::quant::Nf4Tensor;
 
 const SHAPES: [(usize, usize); 4] = [(4096, 14336), (14336, 4096), (4096, 4096), (576, 1536)];
@@ -51,18 +51,13 @@ fn bf16s(n: usize, seed: u32) -> Vec<bf16> {
     data(n, seed).into_iter().map(bf16::from_f32).collect()
 }
 
-fn timed(ops: &CudaOps, iters: u64, mut f: impl FnMut()) -> Duration {
-    ops.synchronize().expect("synchronize");
-    let t = Instant::now();
-    for _ in 0..iters {
-        f();
-    }
-    ops.synchronize().expect("synchronize");
-    t.elapsed()
+/// `iters` launches and one synchronisation (`timed_launches`).
+fn timed(ops: &CudaDevice, iters: u64, f: impl FnMut()) -> Duration {
+    lorafleet::backend::cuda::timed_launches(ops, iters, f)
 }
 
 /// Seconds per call: the median of 7 runs of 50 back-to-back calls, after a warm-up run.
-fn seconds_per_call(ops: &CudaOps, mut f: impl FnMut()) -> f64 {
+fn seconds_per_call(ops: &CudaDevice, mut f: impl FnMut()) -> f64 {
     timed(ops, 10, &mut f);
     let mut runs: Vec<f64> = (0..7).map(|_| timed(ops, 50, &mut f).as_secs_f64() / 50.0).collect();
     runs.sort_by(f64::total_cmp);
@@ -87,7 +82,7 @@ impl Row {
     }
 }
 
-fn nf4_weights(ops: &CudaOps, n: usize, k: usize) -> Vec<CudaNf4Weight> {
+fn nf4_weights(ops: &CudaDevice, n: usize, k: usize) -> Vec<CudaNf4Weight> {
     let t = Nf4Tensor::quantize(&data(n * k, (n ^ k) as u32), &[n, k], true);
     let one = CudaNf4Weight::upload(ops, &t).expect("upload weight");
     let count = copies(one.bytes());
@@ -99,7 +94,7 @@ fn nf4_weights(ops: &CudaOps, n: usize, k: usize) -> Vec<CudaNf4Weight> {
 }
 
 fn cuda_benches(c: &mut Criterion) {
-    let Some(ops) = test_device("bench nf4_gpu (CUDA)") else { return };
+    let Some(ops) = bench_device("bench nf4_gpu (CUDA)") else { return };
     let nf4 = CudaNf4::new(&ops).expect("the nf4_gemm kernels load");
     eprintln!("nf4_gpu: {}", ops.device_name());
     let mut summary: Vec<Row> = Vec::new();

@@ -11,12 +11,12 @@
 //! `cargo bench --bench ops`; `cargo bench --bench ops -- --test` runs each once.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use half::bf16;
 use lorafleet::backend::cpu::ops as cpu;
-use lorafleet::backend::cuda::{test_device, CudaElem, CudaOps, RopeDims};
+use lorafleet::backend::cuda::{bench_device, CudaElem, CudaDevice, RopeDims};
 
 const HIDDEN: usize = 4096;
 const INTER: usize = 14336;
@@ -110,19 +110,14 @@ fn cpu_benches(c: &mut Criterion) {
     }
 }
 
-/// Times `iters` launches of `op` and one synchronisation.
-fn timed(ops: &CudaOps, iters: u64, mut op: impl FnMut()) -> Duration {
-    let start = Instant::now();
-    for _ in 0..iters {
-        op();
-    }
-    ops.synchronize().expect("synchronize");
-    start.elapsed()
+/// `iters` launches and one synchronisation (`timed_launches`).
+fn timed(ops: &CudaDevice, iters: u64, f: impl FnMut()) -> Duration {
+    lorafleet::backend::cuda::timed_launches(ops, iters, f)
 }
 
 fn cuda_group<T: CudaElem>(
     g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
-    ops: &CudaOps,
+    ops: &CudaDevice,
     rows: usize,
     conv: fn(f32) -> T,
 ) {
@@ -170,7 +165,7 @@ fn cuda_group<T: CudaElem>(
 }
 
 fn cuda_benches(c: &mut Criterion) {
-    let Some(ops) = test_device("bench ops (CUDA)") else { return };
+    let Some(ops) = bench_device("bench ops (CUDA)") else { return };
     for rows in ROWS {
         let mut g = c.benchmark_group(format!("cuda_f32/rows={rows}"));
         cuda_group::<f32>(&mut g, &ops, rows, |v| v);

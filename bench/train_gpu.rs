@@ -29,7 +29,7 @@ use lorafleet::backend::cuda::attention_train::{AttnTrainDims, CudaAttentionTrai
 use lorafleet::backend::cuda::cross_entropy::CudaCrossEntropy;
 use lorafleet::backend::cuda::lora_backward::{CudaLoraBackward, LoraBackwardShape};
 use lorafleet::backend::cuda::ops_backward::CudaOpsBackward;
-use lorafleet::backend::cuda::{test_device, CudaOps, RopeDims};
+use lorafleet::backend::cuda::{bench_device, CudaDevice, RopeDims};
 use lorafleet::rng::SplitMix64;
 
 const ROWS: usize = 512;
@@ -45,11 +45,11 @@ enum Work {
     Flop(f64),
 }
 
-fn up(ops: &CudaOps, rng: &mut SplitMix64, n: usize) -> CudaSlice<f32> {
+fn up(ops: &CudaDevice, rng: &mut SplitMix64, n: usize) -> CudaSlice<f32> {
     ops.upload(&rng.nonzero(n, 1.0)).expect("upload")
 }
 
-fn seconds_per_call(ops: &CudaOps, mut f: impl FnMut()) -> f64 {
+fn seconds_per_call(ops: &CudaDevice, mut f: impl FnMut()) -> f64 {
     let run = |f: &mut dyn FnMut(), n: u32| {
         ops.synchronize().expect("synchronize");
         let t = Instant::now();
@@ -66,7 +66,7 @@ fn seconds_per_call(ops: &CudaOps, mut f: impl FnMut()) -> f64 {
 }
 
 fn bench(c: &mut Criterion) {
-    let Some(ops) = test_device("bench train_gpu") else { return };
+    let Some(ops) = bench_device("bench train_gpu") else { return };
     let lora = CudaLoraBackward::new(&ops).expect("lora_backward module");
     let bw = CudaOpsBackward::new(&ops).expect("ops_backward module");
     let attn = CudaAttentionTrain::new(&ops).expect("attention_train module");

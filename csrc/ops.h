@@ -43,10 +43,20 @@ typedef struct {
 /* Element-wise ops over a flat buffer of n elements:
  *   lf_silu_mul_*: out = silu(gate) * up, silu(g) = g / (1 + exp(-g)); gate, up, out: [n]
  *   lf_add_*:      x += y;                                              x, y: [n]
+ *   lf_cast_f32_bf16, lf_cast_bf16_f32: out = in converted (f32 -> bf16 rounds to nearest even,
+ *                  bf16 -> f32 is exact);                              in, out: [n]
  * A grid-stride loop covers any n. */
 typedef struct {
     int64_t n; /* number of elements of every buffer */
 } LfElementwiseParams;
+
+/* Bias add over rows (Qwen2's q/k/v biases after an NF4 product): y[r, c] += bias[c].
+ * y: [rows, cols] (f32 or bf16); bias: [cols] f32. Grid-stride over rows * cols. */
+typedef struct {
+    int64_t n;    /* rows * cols */
+    int32_t cols; /* length of bias and of each row of y */
+    int32_t reserved;
+} LfBiasParams;
 
 /* Embedding gather: out[i, :] = table[ids[i], :].
  * table: [vocab, hidden]; ids: [n_ids] uint32; out: [n_ids, hidden]. One block per id. An id >=

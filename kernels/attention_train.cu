@@ -24,6 +24,7 @@
 #include <stdint.h>
 
 #include "attention_train.h"
+#include "common.cuh"
 
 namespace {
 
@@ -52,17 +53,8 @@ __device__ __forceinline__ void load_tile(float* dst, const float* __restrict__ 
     }
 }
 
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
+using lf::warp_max;
+using lf::warp_sum;
 
 __device__ __forceinline__ float dot_padded(const float* a, const float* b, int d) {
     float acc = 0.0f;

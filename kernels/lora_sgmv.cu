@@ -27,94 +27,17 @@
 #include <cuda_bf16.h>
 #include <stdint.h>
 
+#include "common.cuh"
 #include "lora_sgmv.h"
 
 namespace {
 
 constexpr int kTile = LF_LORA_TILE_TOKENS;
 
-__device__ __forceinline__ bool aligned16(const void* p) {
-    return (reinterpret_cast<uintptr_t>(p) & (LF_LORA_VEC_BYTES - 1)) == 0;
-}
-
-// Element access for one storage type: scalar load/store and 16-byte vector load of N elements,
-// converting to f32 (as kernels/ops.cu).
-template <typename T>
-struct Elem;
-
-template <>
-struct Elem<float> {
-    static constexpr int N = LF_LORA_VEC_BYTES / sizeof(float);  // 4
-    static __device__ __forceinline__ float load1(const float* p) { return *p; }
-    static __device__ __forceinline__ void store1(float* p, float v) { *p = v; }
-    // p: [N], 16-byte aligned (global or shared).
-    static __device__ __forceinline__ void load(const float* p, float (&f)[N]) {
-        const uint4 u = *reinterpret_cast<const uint4*>(p);
-        f[0] = __uint_as_float(u.x);
-        f[1] = __uint_as_float(u.y);
-        f[2] = __uint_as_float(u.z);
-        f[3] = __uint_as_float(u.w);
-    }
-    // Global read-only loads (ld.global.nc): A and B addresses come from the metadata as integers,
-    // so without __ldg the compiler can only emit generic loads for them.
-    static __device__ __forceinline__ float ldg1(const float* p) { return __ldg(p); }
-    static __device__ __forceinline__ void unpack(const uint4& u, float (&f)[N]) {
-        f[0] = __uint_as_float(u.x);
-        f[1] = __uint_as_float(u.y);
-        f[2] = __uint_as_float(u.z);
-        f[3] = __uint_as_float(u.w);
-    }
-    static __device__ __forceinline__ void ldg(const float* p, float (&f)[N]) {
-        const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
-        f[0] = __uint_as_float(u.x);
-        f[1] = __uint_as_float(u.y);
-        f[2] = __uint_as_float(u.z);
-        f[3] = __uint_as_float(u.w);
-    }
-};
-
-template <>
-struct Elem<__nv_bfloat16> {
-    using T = __nv_bfloat16;
-    static constexpr int N = LF_LORA_VEC_BYTES / sizeof(T);  // 8
-    static __device__ __forceinline__ float load1(const T* p) { return __bfloat162float(*p); }
-    static __device__ __forceinline__ void store1(T* p, float v) { *p = __float2bfloat16_rn(v); }
-    // bf16 -> f32 is exact (the top 16 bits of the f32); the lower-addressed element of each
-    // 32-bit word is its low half (little endian).
-    static __device__ __forceinline__ void unpack2(uint32_t w, float& lo, float& hi) {
-        lo = __uint_as_float(w << 16);
-        hi = __uint_as_float(w & 0xffff0000u);
-    }
-    // p: [N], 16-byte aligned (global or shared).
-    static __device__ __forceinline__ void load(const T* p, float (&f)[N]) {
-        const uint4 u = *reinterpret_cast<const uint4*>(p);
-        unpack2(u.x, f[0], f[1]);
-        unpack2(u.y, f[2], f[3]);
-        unpack2(u.z, f[4], f[5]);
-        unpack2(u.w, f[6], f[7]);
-    }
-    // Global read-only loads, as Elem<float>::ldg.
-    static __device__ __forceinline__ float ldg1(const T* p) { return __bfloat162float(__ldg(p)); }
-    static __device__ __forceinline__ void unpack(const uint4& u, float (&f)[N]) {
-        unpack2(u.x, f[0], f[1]);
-        unpack2(u.y, f[2], f[3]);
-        unpack2(u.z, f[4], f[5]);
-        unpack2(u.w, f[6], f[7]);
-    }
-    static __device__ __forceinline__ void ldg(const T* p, float (&f)[N]) {
-        const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
-        unpack2(u.x, f[0], f[1]);
-        unpack2(u.y, f[2], f[3]);
-        unpack2(u.z, f[4], f[5]);
-        unpack2(u.w, f[6], f[7]);
-    }
-};
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
+static_assert(LF_LORA_VEC_BYTES == 16, "lf::Elem moves 16-byte vectors");
+using lf::aligned16;
+using lf::Elem;
+using lf::warp_sum;
 
 // Whether segment s is one the Rust side could have passed (it validates all of these); a block
 // given anything else writes nothing rather than reading or writing out of bounds.

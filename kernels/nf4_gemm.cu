@@ -30,59 +30,29 @@
 #include <cuda_bf16.h>
 #include <stdint.h>
 
+#include "mma_gemm.cuh"
 #include "nf4_gemm.h"
 
 namespace {
 
-typedef __nv_bfloat16 bf16;
+using lf::bf16;
 
 constexpr int GEMV_THREADS = LF_NF4_GEMV_THREADS;
 constexpr int GEMV_WARPS = GEMV_THREADS / 32;
 
-__device__ __forceinline__ float to_f(float v) { return v; }
-__device__ __forceinline__ float to_f(bf16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_f(float v);
-template <>
-__device__ __forceinline__ float from_f<float>(float v) {
-    return v;
-}
-template <>
-__device__ __forceinline__ bf16 from_f<bf16>(float v) {
-    return __float2bfloat16_rn(v);
-}
+using lf::from_f;
+using lf::load8;
+using lf::to_f;
 
 // 16 bytes of the weight stream: read-only (non-coherent path), read once, so no L1 allocation.
 __device__ __forceinline__ void ld_stream(const uint8_t* p, uint32_t (&w)[4]) {
+#ifdef LF_CUDA_EMU
+    ::lf_emu::ptx::ld_global_nc_v4_u32(p, w);
+#else
     asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
         : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
         : "l"(p));
-}
-
-// 8 consecutive elements of x (16-byte aligned) as f32, through the read-only cache.
-__device__ __forceinline__ void load8(const bf16* p, float (&f)[8]) {
-    const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        // bf16 -> f32 is exact: the 16 bits are the top half of the f32; the lower-addressed
-        // element is the low half of the word (little endian).
-        f[2 * i] = __uint_as_float(w[i] << 16);
-        f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-    }
-}
-__device__ __forceinline__ void load8(const float* p, float (&f)[8]) {
-    const float4 a = __ldg(reinterpret_cast<const float4*>(p));
-    const float4 b = __ldg(reinterpret_cast<const float4*>(p + 4));
-    f[0] = a.x;
-    f[1] = a.y;
-    f[2] = a.z;
-    f[3] = a.w;
-    f[4] = b.x;
-    f[5] = b.y;
-    f[6] = b.z;
-    f[7] = b.w;
+#endif
 }
 
 // The 8 levels of a little-endian 32-bit word of packed codes (elements 0..7: element 2j is the
@@ -307,33 +277,14 @@ __device__ __forceinline__ void gemv_generic(const uint8_t* __restrict__ packed,
 // ---------------------------------------------------------------------------------------------
 // GEMM on the tensor cores.
 
-constexpr int BM = LF_NF4_GEMM_BM;
-constexpr int BN = LF_NF4_GEMM_BN;
-constexpr int BK = LF_NF4_GEMM_BK;
+// The shared tensor-core GEMM (kernels/mma_gemm.cuh); the NF4 part is the tile loaders below,
+// which dequantize W (f32 code * absmax, rounded once to bf16) into shared memory.
+using lf::tc::LDS;
+using lf::tc::pack_bf16x2;
 constexpr int GEMM_THREADS = LF_NF4_GEMM_THREADS;
-constexpr int LDS = BK + 8;  // shared row stride in bf16: 144 bytes, 16-byte aligned, conflict-free ldmatrix
-static_assert(BM == 64 && BN == 128 && BK == 64 && GEMM_THREADS == 256, "the tile loaders assume this tiling");
-
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-    return (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(lo)) |
-           ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(hi)) << 16);
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const bf16* smem) {
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
-
-// c += a · b: a 16x16 (row-major fragment), b 16x8 (column-major fragment), c 16x8 f32.
-__device__ __forceinline__ void mma_bf16_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+static_assert(LF_NF4_GEMM_BM == lf::tc::BM && LF_NF4_GEMM_BN == lf::tc::BN && LF_NF4_GEMM_BK == lf::tc::BK &&
+                  GEMM_THREADS == lf::tc::THREADS,
+              "csrc/nf4_gemm.h describes mma_gemm.cuh's tiling");
 
 // The scalars of LfNf4GemmParams the tile loaders use (copied out, so no pointer to the kernel
 // parameter is taken: that would put the parameter struct on the stack).
@@ -355,11 +306,12 @@ struct FastLoader {
     const uint8_t* packed;
     const float* absmax;
     const bf16* x;
+    const float* code;  // the 16 levels, in shared memory
     Dims d;
     int m0, n0;
     uint32_t w[4];
     float s;
-    uint4 xv[2];
+    lf::tc::XTileFast xt;
 
     __device__ __forceinline__ void load(int64_t k0) {
         const int t = threadIdx.x;
@@ -373,20 +325,10 @@ struct FastLoader {
             w[0] = w[1] = w[2] = w[3] = 0u;
             s = 0.f;
         }
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const int idx = t + i * GEMM_THREADS;
-            const int m = m0 + (idx >> 3);
-            const int64_t kk = k0 + (idx & 7) * 8;
-            if (m < d.m && kk < d.k) {
-                xv[i] = __ldg(reinterpret_cast<const uint4*>(x + (int64_t)m * d.k + kk));
-            } else {
-                xv[i] = make_uint4(0u, 0u, 0u, 0u);
-            }
-        }
+        xt.load(x, d.m, d.k, m0, k0);
     }
 
-    __device__ __forceinline__ void store(bf16* sa, bf16* sb, const float* code) {
+    __device__ __forceinline__ void store(bf16* sa, bf16* sb) {
         const int t = threadIdx.x;
         bf16* row = sb + (t >> 1) * LDS + (t & 1) * 32;
 #pragma unroll
@@ -398,11 +340,7 @@ struct FastLoader {
             for (int i = 0; i < 4; ++i) o[i] = pack_bf16x2(c[2 * i] * s, c[2 * i + 1] * s);
             *reinterpret_cast<uint4*>(row + 8 * j) = make_uint4(o[0], o[1], o[2], o[3]);
         }
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const int idx = t + i * GEMM_THREADS;
-            *reinterpret_cast<uint4*>(sa + (idx >> 3) * LDS + (idx & 7) * 8) = xv[i];
-        }
+        xt.store(sa);
     }
 };
 
@@ -413,13 +351,14 @@ struct GenericLoader {
     const uint8_t* packed;
     const float* absmax;
     const bf16* x;
+    const float* code;  // the 16 levels, in shared memory
     Dims d;
     int m0, n0;
     int64_t k0;
 
     __device__ __forceinline__ void load(int64_t k) { k0 = k; }
 
-    __device__ __forceinline__ void store(bf16* sa, bf16* sb, const float* code) {
+    __device__ __forceinline__ void store(bf16* sa, bf16* sb) {
         const int t = threadIdx.x;
         const int64_t K = d.k;
         {
@@ -441,15 +380,7 @@ struct GenericLoader {
                 }
             }
         }
-        {
-            const int m = m0 + (t >> 2);
-            const int64_t kb = k0 + (t & 3) * 16;
-            bf16* row = sa + (t >> 2) * LDS + (t & 3) * 16;
-#pragma unroll 4
-            for (int i = 0; i < 16; ++i) {
-                row[i] = (m < d.m && kb + i < K) ? x[(int64_t)m * K + kb + i] : __float2bfloat16_rn(0.f);
-            }
-        }
+        lf::tc::store_x_tile_generic(sa, x, d.m, K, m0, k0);
     }
 };
 
@@ -457,93 +388,17 @@ struct GenericLoader {
 template <typename Loader>
 __device__ __forceinline__ void gemm(const uint8_t* __restrict__ packed, const float* __restrict__ absmax,
                                      const bf16* __restrict__ x, bf16* __restrict__ y, const LfNf4GemmParams& p) {
-    __shared__ __align__(16) bf16 sa[BM * LDS];
-    __shared__ __align__(16) bf16 sb[BN * LDS];
     __shared__ float s_code[16];
-    load_code(p, s_code);
-
-    const int m0 = blockIdx.y * BM;
-    const int n0 = blockIdx.x * BN;
-    const int lane = threadIdx.x & 31;
-    const int warp = threadIdx.x >> 5;
-    const int wm = (warp >> 2) * 32;  // warp's rows in the tile: 2 warps down
-    const int wn = (warp & 3) * 32;   // warp's columns: 4 warps across
-    const int ktiles = (p.k + BK - 1) / BK;
-
-    float acc[2][4][4];
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int q = 0; q < 4; ++q) acc[i][j][q] = 0.f;
-
+    load_code(p, s_code);  // lf::tc::gemm synchronises before the first store()
     Loader ld;
     ld.packed = packed;
     ld.absmax = absmax;
     ld.x = x;
+    ld.code = s_code;
     ld.d = Dims{p.m, p.n, (int64_t)p.k, p.blocksize, p.blocksize_log2};
-    ld.m0 = m0;
-    ld.n0 = n0;
-    ld.load(0);
-    __syncthreads();  // s_code
-    ld.store(sa, sb, s_code);
-    __syncthreads();
-
-    // ldmatrix lane addresses. A (x tile, [m][k]): matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7),
-    // (rows 0-7, k 8-15), (rows 8-15, k 8-15) = fragment registers a0..a3. B (W tile, [n][k], i.e.
-    // column-major B): (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15) = b0, b1
-    // of two n8 tiles.
-    const int a_row = lane & 15;
-    const int a_col = (lane >> 4) * 8;
-    const int b_row = (lane & 7) + ((lane >> 4) << 3);
-    const int b_col = ((lane >> 3) & 1) * 8;
-
-#pragma unroll 1
-    for (int kt = 0; kt < ktiles; ++kt) {
-        const bool more = kt + 1 < ktiles;
-        if (more) ld.load((int64_t)(kt + 1) * BK);
-#pragma unroll
-        for (int ks = 0; ks < BK; ks += 16) {
-            uint32_t af[2][4];
-#pragma unroll
-            for (int i = 0; i < 2; ++i) ldmatrix_x4(af[i], sa + (wm + i * 16 + a_row) * LDS + ks + a_col);
-            uint32_t bfr[2][4];
-#pragma unroll
-            for (int jj = 0; jj < 2; ++jj) ldmatrix_x4(bfr[jj], sb + (wn + jj * 16 + b_row) * LDS + ks + b_col);
-#pragma unroll
-            for (int i = 0; i < 2; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j)
-                    mma_bf16_16816(acc[i][j], af[i], bfr[j >> 1][(j & 1) * 2], bfr[j >> 1][(j & 1) * 2 + 1]);
-        }
-        __syncthreads();
-        if (more) {
-            ld.store(sa, sb, s_code);
-            __syncthreads();
-        }
-    }
-
-    // Accumulator layout: c0, c1 at (row g, cols 2t, 2t + 1), c2, c3 at (row g + 8, same cols),
-    // g = lane / 4, t = lane % 4.
-    const int g = lane >> 2;
-    const int tc = (lane & 3) * 2;
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int col = n0 + wn + j * 8 + tc;
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int row = m0 + wm + i * 16 + g + h * 8;
-                if (row < p.m) {
-                    bf16* yr = y + (int64_t)row * p.n;
-                    if (col < p.n) yr[col] = __float2bfloat16_rn(acc[i][j][2 * h]);
-                    if (col + 1 < p.n) yr[col + 1] = __float2bfloat16_rn(acc[i][j][2 * h + 1]);
-                }
-            }
-        }
-    }
+    ld.m0 = blockIdx.y * lf::tc::BM;
+    ld.n0 = blockIdx.x * lf::tc::BN;
+    lf::tc::gemm(ld, y, nullptr, p.m, p.n, (int64_t)p.k);
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include <cuda_bf16.h>
 #include <stdint.h>
 
+#include "common.cuh"
 #include "ops.h"
 
 namespace {
@@ -22,63 +23,9 @@ namespace {
 // passes one), so that a bypassed check shows up in the output instead of as a wild read.
 __device__ __forceinline__ float nan_f32() { return __int_as_float(0x7fc00000); }
 
-__device__ __forceinline__ bool aligned16(const void* p) {
-    return (reinterpret_cast<uintptr_t>(p) & (LF_OPS_VEC_BYTES - 1)) == 0;
-}
-
-// Element access for one storage type: scalar load/store and 16-byte vector load/store of N
-// elements, converting to and from f32.
-template <typename T>
-struct Elem;
-
-template <>
-struct Elem<float> {
-    static constexpr int N = LF_OPS_VEC_BYTES / sizeof(float);  // 4
-    static __device__ __forceinline__ float load1(const float* p) { return *p; }
-    static __device__ __forceinline__ void store1(float* p, float v) { *p = v; }
-    // p: [N], 16-byte aligned.
-    static __device__ __forceinline__ void load(const float* p, float (&f)[N]) {
-        const uint4 u = *reinterpret_cast<const uint4*>(p);
-        f[0] = __uint_as_float(u.x);
-        f[1] = __uint_as_float(u.y);
-        f[2] = __uint_as_float(u.z);
-        f[3] = __uint_as_float(u.w);
-    }
-    static __device__ __forceinline__ void store(float* p, const float (&f)[N]) {
-        *reinterpret_cast<uint4*>(p) =
-            make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
-    }
-};
-
-template <>
-struct Elem<__nv_bfloat16> {
-    using T = __nv_bfloat16;
-    static constexpr int N = LF_OPS_VEC_BYTES / sizeof(T);  // 8
-    static __device__ __forceinline__ float load1(const T* p) { return __bfloat162float(*p); }
-    static __device__ __forceinline__ void store1(T* p, float v) { *p = __float2bfloat16_rn(v); }
-    // bf16 -> f32 is exact: the 16 bits are the top half of the f32. Each 32-bit word holds two
-    // elements, the lower-addressed one in the low half (little endian).
-    static __device__ __forceinline__ void unpack2(uint32_t w, float& lo, float& hi) {
-        lo = __uint_as_float(w << 16);
-        hi = __uint_as_float(w & 0xffff0000u);
-    }
-    static __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-        return (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(lo)) |
-               ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(hi)) << 16);
-    }
-    // p: [N], 16-byte aligned.
-    static __device__ __forceinline__ void load(const T* p, float (&f)[N]) {
-        const uint4 u = *reinterpret_cast<const uint4*>(p);
-        unpack2(u.x, f[0], f[1]);
-        unpack2(u.y, f[2], f[3]);
-        unpack2(u.z, f[4], f[5]);
-        unpack2(u.w, f[6], f[7]);
-    }
-    static __device__ __forceinline__ void store(T* p, const float (&f)[N]) {
-        *reinterpret_cast<uint4*>(p) =
-            make_uint4(pack2(f[0], f[1]), pack2(f[2], f[3]), pack2(f[4], f[5]), pack2(f[6], f[7]));
-    }
-};
+static_assert(LF_OPS_VEC_BYTES == 16, "lf::Elem moves 16-byte vectors");
+using lf::aligned16;
+using lf::Elem;
 
 // M f32 values (M a multiple of 4) from a 16-byte aligned p, in 16-byte loads: the RoPE tables
 // are f32 whatever the activation type.
@@ -160,6 +107,32 @@ __device__ __forceinline__ void rms_norm(const T* __restrict__ x, const T* __res
             E::store1(orow + i, E::load1(w + i) * (E::load1(xr + i) * inv));
         }
     }
+}
+
+// RMSNorm from an f32 residual stream into bf16 activations (a bf16 backend keeps its residual in
+// f32): x, w f32; out bf16, one rounding per element. Same math as rms_norm<float>.
+// x: [rows, cols] f32; w: [cols] f32; out: [rows, cols] bf16.
+__device__ __forceinline__ void rms_norm_to_bf16(const float* __restrict__ x, const float* __restrict__ w,
+                                                 __nv_bfloat16* __restrict__ out, const LfRmsNormParams p) {
+    const int64_t row = blockIdx.x;
+    if (row >= p.rows) return;  // uniform over the block
+    const int64_t cols = p.cols;
+    const float* xr = x + row * cols;
+    __nv_bfloat16* orow = out + row * cols;
+    float ss = 0.f;
+    for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) {
+        const float v = xr[i];
+        ss += v * v;
+    }
+    const float inv = rsqrtf(block_sum(ss) / (float)cols + p.eps);
+    for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) orow[i] = __float2bfloat16_rn(w[i] * (xr[i] * inv));
+}
+
+// x += y with an f32 x (the residual stream) and bf16 y (a layer's output); x, y: [n].
+__device__ __forceinline__ void add_bf16_into_f32(float* __restrict__ x, const __nv_bfloat16* __restrict__ y,
+                                                  const LfElementwiseParams p) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += stride) x[i] += __bfloat162float(y[i]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -308,6 +281,26 @@ __device__ __forceinline__ void embedding(const T* __restrict__ table, const uin
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Casts between the storage types (grid-stride): f32 -> bf16 rounds to nearest even, bf16 -> f32
+// is exact. in, out: [n].
+template <typename TI, typename TO>
+__device__ __forceinline__ void cast(const TI* __restrict__ in, TO* __restrict__ out, const LfElementwiseParams p) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += stride) {
+        Elem<TO>::store1(out + i, Elem<TI>::load1(in + i));
+    }
+}
+
+// y[r, c] += bias[c]; y: [rows, cols] as n = rows * cols elements; bias: [cols] f32.
+template <typename T>
+__device__ __forceinline__ void bias_add(T* __restrict__ y, const float* __restrict__ bias, const LfBiasParams p) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += stride) {
+        Elem<T>::store1(y + i, Elem<T>::load1(y + i) + bias[i % p.cols]);
+    }
+}
+
 }  // namespace
 
 // =============================================================================================
@@ -396,4 +389,47 @@ extern "C" __global__ void __launch_bounds__(LF_OPS_THREADS)
                       __nv_bfloat16* __restrict__ out,          // [n_ids, hidden]
                       const LfEmbeddingParams p) {
     embedding(table, ids, out, p);
+}
+
+extern "C" __global__ void __launch_bounds__(LF_OPS_THREADS)
+    lf_cast_f32_bf16(const float* __restrict__ in,     // [n]
+                     __nv_bfloat16* __restrict__ out,  // [n]
+                     const LfElementwiseParams p) {
+    cast(in, out, p);
+}
+
+extern "C" __global__ void __launch_bounds__(LF_OPS_THREADS)
+    lf_cast_bf16_f32(const __nv_bfloat16* __restrict__ in,  // [n]
+                     float* __restrict__ out,               // [n]
+                     const LfElementwiseParams p) {
+    cast(in, out, p);
+}
+
+extern "C" __global__ void __launch_bounds__(LF_OPS_THREADS)
+    lf_bias_add_f32(float* __restrict__ y,           // [rows, cols], in place
+                    const float* __restrict__ bias,  // [cols]
+                    const LfBiasParams p) {
+    bias_add(y, bias, p);
+}
+
+extern "C" __global__ void __launch_bounds__(LF_OPS_THREADS)
+    lf_bias_add_bf16(__nv_bfloat16* __restrict__ y,  // [rows, cols], in place
+                     const float* __restrict__ bias, // [cols], f32
+                     const LfBiasParams p) {
+    bias_add(y, bias, p);
+}
+
+extern "C" __global__ void __launch_bounds__(LF_OPS_ROW_THREADS_MAX)
+    lf_rms_norm_f32_bf16(const float* __restrict__ x,      // [rows, cols] f32 (the residual stream)
+                         const float* __restrict__ w,      // [cols] f32
+                         __nv_bfloat16* __restrict__ out,  // [rows, cols] bf16
+                         const LfRmsNormParams p) {
+    rms_norm_to_bf16(x, w, out, p);
+}
+
+extern "C" __global__ void __launch_bounds__(LF_OPS_THREADS)
+    lf_add_f32_bf16(float* __restrict__ x,                // [n] f32, x += y
+                    const __nv_bfloat16* __restrict__ y,  // [n] bf16
+                    const LfElementwiseParams p) {
+    add_bf16_into_f32(x, y, p);
 }

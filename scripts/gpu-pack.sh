@@ -34,7 +34,7 @@ for t in .gpu/bin/cuda_*; do
   [[ $rc == 0 ]] || { fail=1; grep -A12 "panicked" "/tmp/$n.log" | head -n 60; }
 done
 if [[ ${1:-all} != tests ]]; then
-  for b in .gpu/bin/train_gpu-* .gpu/bin/nf4_gpu-* .gpu/bin/lora-* .gpu/bin/attention-*; do
+  for b in .gpu/bin/train_gpu-* .gpu/bin/nf4_gpu-* .gpu/bin/linear_gpu-* .gpu/bin/lora-* .gpu/bin/attention-*; do
     [[ -x $b ]] || continue
     n=bench_$(basename "$b" | sed 's/-[0-9a-f]*$//')
     echo "== $n"
@@ -43,10 +43,19 @@ if [[ ${1:-all} != tests ]]; then
     keep "/tmp/$n.log"
     tail -n 40 "/tmp/$n.log"
   done
+  # The CUDA backend end to end: 7B-shape decode vs its floor, the LoRA Land load test.
+  echo "== bench/gpu_bench.sh"
+  OUT=${OUT:-/tmp/gpu_bench} bash bench/gpu_bench.sh || fail=1
 fi
 exit $fail
 CHECK
 chmod +x .gpu/check.sh
+# bench/gpu_bench.sh needs a tokenizer (the weights are random): SmolLM2's, 2 MiB.
+tokdir=${LORAFLEET_MODEL_DIR:-models/smollm2-135m-instruct}
+[[ -f $tokdir/tokenizer.json ]] || { echo "gpu-pack: no $tokdir/tokenizer.json (lorafleet fetch-model smollm2-135m-instruct)" >&2; exit 2; }
+mkdir -p .gpu/tokenizer
+cp "$tokdir/tokenizer.json" .gpu/tokenizer/
+[[ -f $tokdir/tokenizer_config.json ]] && cp "$tokdir/tokenizer_config.json" .gpu/tokenizer/
 tar cf - .gpu | xz -9e -T1 > .gpu.tar.xz.tmp
 mv .gpu.tar.xz.tmp .gpu.tar.xz
 size=$(( $(stat -c %s .gpu.tar.xz) / 1048576 ))

@@ -30,6 +30,8 @@ pub enum Error {
     PromptTooLong { tokens: usize, max: usize },
     #[error("empty prompt: at least one token is needed")]
     EmptyPrompt,
+    #[error("the model produced non-finite logits (NaN or infinity) at generated token {step}: its weights or adapter overflow; no token was emitted")]
+    NonFiniteLogits { step: usize },
     #[error("bad request: {0}")]
     BadRequest(String),
     #[error(transparent)]

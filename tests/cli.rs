@@ -35,12 +35,13 @@ fn model_copy(name: &str, replace: &str, contents: &[u8]) -> PathBuf {
     d
 }
 
-/// Exit code 1, one line on stderr starting with "error:", and no panic.
+/// Exit code 1, one line on stderr starting with "error:" (besides the `device: ...` line a
+/// command that got as far as loading the model says), and no panic.
 fn assert_clean_error(o: &Output, what: &str, needle: &str) {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{what}: exit status {:?}, stderr {err}", o.status);
     assert!(!err.contains("panicked"), "{what}: panicked: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("device: ")).collect();
     assert_eq!(lines.len(), 1, "{what}: expected one line, got {err}");
     assert!(lines[0].starts_with("error: "), "{what}: {err}");
     assert!(lines[0].contains(needle), "{what}: {:?} does not mention {needle:?}", lines[0]);
@@ -141,4 +142,21 @@ fn bad_inputs_fail_cleanly() {
 
     let o = lorafleet(&["generate", "--model", md(&model_dir()), "--prompt-ids", "1,99999999"]);
     assert_clean_error(&o, "token id out of vocab", "vocabulary");
+
+    // A KV cache larger than the machine: a clear error, not an abort or the OOM killer.
+    let o = lorafleet(&["generate", "--model", md(&model_dir()), "--device", "cpu", "--prompt", "hi", "--kv-cache-bytes", "1000000G"]);
+    assert_clean_error(&o, "KV cache past memory", "memory available (--kv-cache-bytes)");
+
+    // A config.json lorafleet would compute wrongly or could not hold.
+    let good = std::fs::read_to_string(model_dir().join("config.json")).unwrap();
+    for (from, to, needle) in [
+        ("\"rms_norm_eps\": 0.00001", "\"rms_norm_eps\": -0.00001", "rms_norm_eps"),
+        ("\"num_hidden_layers\": 30", "\"num_hidden_layers\": 1000000000", "num_hidden_layers"),
+    ] {
+        let bad = good.replace(from, to);
+        assert_ne!(bad, good, "the model's config.json has {from}");
+        let d = model_copy("cfg", "config.json", bad.as_bytes());
+        let o = lorafleet(&["score", "--model", md(&d), "--prompt", "hi"]);
+        assert_clean_error(&o, to, needle);
+    }
 }

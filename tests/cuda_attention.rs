@@ -18,7 +18,7 @@ use cudarc::driver::CudaSlice;
 use half::bf16;
 use lorafleet::backend::cpu::attention as cpu;
 use lorafleet::backend::cuda::attention::{plan_attention, plan_reshape_and_cache};
-use lorafleet::backend::cuda::{test_device, AttnDims, AttnKernel, CudaAttention, CudaElem, CudaKvCache, CudaOps};
+use lorafleet::backend::cuda::{test_device, AttnDims, AttnKernel, CudaAttention, CudaElem, CudaKvCache, CudaDevice};
 use lorafleet::kv::{BatchLayout, KvLayout, SeqView};
 use lorafleet::Error;
 use lorafleet::rng::SplitMix64 as Rng;
@@ -121,7 +121,7 @@ fn make_batch(
 /// bit for bit against `write_kv`), runs attention for the new tokens, compares with the CPU.
 #[allow(clippy::too_many_arguments)]
 fn attn_case<T: TestElem>(
-    ops: &CudaOps,
+    ops: &CudaDevice,
     attn: &CudaAttention,
     rng: &mut Rng,
     block_size: usize,
@@ -187,13 +187,13 @@ fn attn_case<T: TestElem>(
     }
 }
 
-fn device(test: &str) -> Option<(CudaOps, CudaAttention)> {
+fn device(test: &str) -> Option<(CudaDevice, CudaAttention)> {
     let ops = test_device(test)?;
     let attn = CudaAttention::new(&ops).expect("the paged_attention kernels load");
     Some((ops, attn))
 }
 
-fn both<F: Fn(&CudaOps, &CudaAttention, &mut Rng, bool)>(test: &str, f: F) {
+fn both<F: Fn(&CudaDevice, &CudaAttention, &mut Rng, bool)>(test: &str, f: F) {
     let Some((ops, attn)) = device(test) else { return };
     let mut rng = Rng::new(0xa77e);
     f(&ops, &attn, &mut rng, false);

@@ -16,7 +16,7 @@
 
 use lorafleet::backend::cpu::backward::{self as bw, SeqSpan};
 use lorafleet::backend::cuda::attention_train::{AttnTrainDims, CudaAttentionTrain};
-use lorafleet::backend::cuda::{test_device, CudaOps};
+use lorafleet::backend::cuda::{test_device, CudaDevice};
 use lorafleet::rng::SplitMix64 as Rng;
 
 mod common;
@@ -39,7 +39,7 @@ fn batches() -> Vec<(&'static str, usize, Vec<SeqSpan>)> {
 
 const LAYOUTS: &[(usize, usize, usize)] = &[(9, 3, 64), (32, 8, 128), (4, 4, 7), (6, 2, 48)];
 
-fn device(test: &str) -> Option<(CudaOps, CudaAttentionTrain)> {
+fn device(test: &str) -> Option<(CudaDevice, CudaAttentionTrain)> {
     let ops = test_device(test)?;
     let k = CudaAttentionTrain::new(&ops).expect("the attention_train module loads");
     Some((ops, k))
@@ -79,6 +79,13 @@ fn attention_forward_and_backward_match_the_cpu_twins() {
                 k.backward(&ops, &dims, &spans, &qg, &kg, &vg, &up(&out_c), &up(&lse_c), &up(&dout)).expect("backward runs");
             for (n, g, c) in [("dq", dq_g, &dq_c), ("dk", dk_g, &dk_c), ("dv", dv_g, &dv_c)] {
                 let g = ops.download(&g).unwrap();
+                if c.iter().all(|&x| x == 0.0) {
+                    // A batch of one-row sequences: each row attends to itself only, so its
+                    // softmax is 1 and dS = P (dP - delta) = 0: dq and dk are exactly zero.
+                    let worst = g.iter().fold(0f32, |m, &x| m.max(x.abs()));
+                    assert!(worst < 1e-5, "{n} {what}: the reference is zero, the kernel gives up to {worst:e}");
+                    continue;
+                }
                 let e = rel_l2(&g, c, &format!("{n} {what}"));
                 assert!(e < 2e-5, "{n} {what}: rel L2 {e:.2e}");
             }

@@ -27,7 +27,7 @@ use lorafleet::backend::cuda::ffi::{LF_LORA_MAX_RANK, LF_LORA_TILE_TOKENS};
 use lorafleet::backend::cuda::lora::{
     plan_lora, CudaLora, CudaLoraSegment, LoraKernel, LoraSegmentDesc, LoraShape,
 };
-use lorafleet::backend::cuda::{test_device, CudaElem, CudaOps, DType};
+use lorafleet::backend::cuda::{test_device, CudaElem, CudaDevice, DType};
 use lorafleet::Error;
 use lorafleet::rng::SplitMix64 as Rng;
 
@@ -159,7 +159,7 @@ fn prefill_batch(rng: &mut Rng, t_rows: usize, n_adapters: usize, gaps: bool) ->
 
 /// Uploads `data` at element `off` of a buffer with `GUARD` elements after it, every other
 /// element `fill`.
-fn padded<T: TestElem>(ops: &CudaOps, data: &[T], off: usize, fill: T) -> CudaSlice<T> {
+fn padded<T: TestElem>(ops: &CudaDevice, data: &[T], off: usize, fill: T) -> CudaSlice<T> {
     let mut host = vec![fill; off + data.len() + GUARD];
     host[off..off + data.len()].copy_from_slice(data);
     ops.upload(&host).expect("upload")
@@ -169,7 +169,7 @@ fn padded<T: TestElem>(ops: &CudaOps, data: &[T], off: usize, fill: T) -> CudaSl
 /// after checking its guards.
 #[allow(clippy::too_many_arguments)]
 fn run_gpu<T: TestElem>(
-    ops: &CudaOps,
+    ops: &CudaDevice,
     lora: &CudaLora,
     shape: LoraShape,
     x: &[T],
@@ -226,7 +226,7 @@ fn run_gpu<T: TestElem>(
 /// against the CPU twin, and against each other.
 #[allow(clippy::too_many_arguments)]
 fn lora_case<T: TestElem>(
-    ops: &CudaOps,
+    ops: &CudaDevice,
     lora: &CudaLora,
     rng: &mut Rng,
     (d_in, d_out): (usize, usize),
@@ -291,14 +291,14 @@ fn lora_case<T: TestElem>(
     assert!(e < T::TOL, "{what}: SGMV and BGMV differ: relative L2 {e:.3e}");
 }
 
-fn device(test: &str) -> Option<(CudaOps, CudaLora)> {
+fn device(test: &str) -> Option<(CudaDevice, CudaLora)> {
     let ops = test_device(test)?;
     let lora = CudaLora::new(&ops).expect("the lora_sgmv kernels load");
     Some((ops, lora))
 }
 
 /// Runs `f` for f32 and then bf16 storage.
-fn both(test: &str, f: impl Fn(&CudaOps, &CudaLora, &mut Rng, bool)) {
+fn both(test: &str, f: impl Fn(&CudaDevice, &CudaLora, &mut Rng, bool)) {
     let Some((ops, lora)) = device(test) else { return };
     let mut rng = Rng::new(0x10_5a);
     f(&ops, &lora, &mut rng, false);

@@ -15,7 +15,7 @@
 
 use lorafleet::backend::cpu::backward as bw;
 use lorafleet::backend::cuda::lora_backward::{plan_lora_backward, CudaLoraBackward, LoraBackwardLens, LoraBackwardShape};
-use lorafleet::backend::cuda::{test_device, CudaOps};
+use lorafleet::backend::cuda::{test_device, CudaDevice};
 use lorafleet::Error;
 use lorafleet::rng::SplitMix64 as Rng;
 
@@ -26,13 +26,13 @@ fn minus(a: &[f32], b: &[f32]) -> Vec<f32> {
     a.iter().zip(b).map(|(x, y)| x - y).collect()
 }
 
-fn device(test: &str) -> Option<(CudaOps, CudaLoraBackward)> {
+fn device(test: &str) -> Option<(CudaDevice, CudaLoraBackward)> {
     let ops = test_device(test)?;
     let k = CudaLoraBackward::new(&ops).expect("the lora_backward module loads");
     Some((ops, k))
 }
 
-fn case(ops: &CudaOps, k: &CudaLoraBackward, rng: &mut Rng, rows: usize, d_in: usize, d_out: usize, rank: usize, with_dx: bool) {
+fn case(ops: &CudaDevice, k: &CudaLoraBackward, rng: &mut Rng, rows: usize, d_in: usize, d_out: usize, rank: usize, with_dx: bool) {
     let scale = 16.0 / rank as f32;
     let x = rng.nonzero(rows * d_in, 1.0);
     let a = rng.nonzero(rank * d_in, 1.0 / (d_in as f32).sqrt());

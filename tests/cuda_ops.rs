@@ -15,7 +15,7 @@
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use half::bf16;
 use lorafleet::backend::cpu::ops as cpu;
-use lorafleet::backend::cuda::{test_device, validate, CudaElem, CudaOps, RopeDims};
+use lorafleet::backend::cuda::{test_device, validate, CudaElem, CudaDevice, RopeDims};
 use lorafleet::Error;
 use lorafleet::rng::SplitMix64 as Rng;
 
@@ -69,7 +69,7 @@ const GUARD: usize = 24;
 const OFFSETS: [usize; 2] = [16, 1];
 
 /// A device buffer `[fill; off] ++ data ++ [fill; GUARD]`; the data is at `off..off + data.len()`.
-fn padded<T: TestElem>(ops: &CudaOps, data: &[T], off: usize, fill: T) -> CudaSlice<T> {
+fn padded<T: TestElem>(ops: &CudaDevice, data: &[T], off: usize, fill: T) -> CudaSlice<T> {
     let mut host = vec![fill; off];
     host.extend_from_slice(data);
     host.extend(std::iter::repeat_n(fill, GUARD));
@@ -86,7 +86,7 @@ fn view_mut<T>(buf: &mut CudaSlice<T>, off: usize, len: usize) -> CudaViewMut<'_
 
 /// Downloads a padded buffer, checks its guards still hold `fill` bit for bit (a kernel wrote
 /// outside its view otherwise) and returns the data as f32.
-fn unpad<T: TestElem>(ops: &CudaOps, buf: &CudaSlice<T>, off: usize, len: usize, fill: T, what: &str) -> Vec<f32> {
+fn unpad<T: TestElem>(ops: &CudaDevice, buf: &CudaSlice<T>, off: usize, len: usize, fill: T, what: &str) -> Vec<f32> {
     let host = ops.download(buf).expect("download");
     let bits_eq = |a: T, b: T| a.to_f32().to_bits() == b.to_f32().to_bits();
     for (i, &g) in host[..off].iter().chain(&host[off + len..]).enumerate() {
@@ -131,7 +131,7 @@ const COLS: [usize; 5] = [576, 1000, 1004, 4096, 7];
 // ---------------------------------------------------------------------------------------------
 // RMSNorm
 
-fn rms_norm_case<T: TestElem>(ops: &CudaOps, rng: &mut Rng, rows: usize, cols: usize, off: usize) {
+fn rms_norm_case<T: TestElem>(ops: &CudaDevice, rng: &mut Rng, rows: usize, cols: usize, off: usize) {
     let what = format!("rms_norm {} rows {rows} cols {cols} offset {off}", T::NAME);
     // Rows of very different scales: the norm must not depend on it.
     let mut x = Vec::with_capacity(rows * cols);
@@ -163,7 +163,7 @@ fn rms_norm_case<T: TestElem>(ops: &CudaOps, rng: &mut Rng, rows: usize, cols: u
     assert_close::<T>(&got, &want, &what);
 }
 
-fn rms_norm_parity<T: TestElem>(ops: &CudaOps) {
+fn rms_norm_parity<T: TestElem>(ops: &CudaDevice) {
     let mut rng = Rng::new(1);
     for rows in ROWS {
         for cols in COLS {
@@ -201,7 +201,7 @@ fn tables(head_dim: usize, max_pos: usize) -> (Vec<f32>, Vec<f32>) {
     cpu::rope_tables(&inv_freq, max_pos)
 }
 
-fn rope_case<T: TestElem>(ops: &CudaOps, rng: &mut Rng, rows: usize, dims: RopeDims, off: usize) {
+fn rope_case<T: TestElem>(ops: &CudaDevice, rng: &mut Rng, rows: usize, dims: RopeDims, off: usize) {
     let RopeDims { n_q_heads, n_k_heads, head_dim } = dims;
     let what = format!("rope {} rows {rows} heads {n_q_heads}/{n_k_heads} head_dim {head_dim} offset {off}", T::NAME);
     let max_pos = 2048;
@@ -239,7 +239,7 @@ fn rope_case<T: TestElem>(ops: &CudaOps, rng: &mut Rng, rows: usize, dims: RopeD
     assert_close::<T>(&got_k, &want_k, &format!("{what} k"));
 }
 
-fn rope_parity<T: TestElem>(ops: &CudaOps) {
+fn rope_parity<T: TestElem>(ops: &CudaDevice) {
     let mut rng = Rng::new(2);
     // head_dim 64, 96, 128: vector paths; 72: f32 vector, bf16 scalar (36 % 8 != 0); 6: scalar.
     for head_dim in [64, 96, 128, 72, 6] {
@@ -277,7 +277,7 @@ fn flat_lengths() -> Vec<usize> {
     v
 }
 
-fn silu_mul_case<T: TestElem>(ops: &CudaOps, rng: &mut Rng, n: usize, off: usize, scale: f32) {
+fn silu_mul_case<T: TestElem>(ops: &CudaDevice, rng: &mut Rng, n: usize, off: usize, scale: f32) {
     let what = format!("silu_mul {} n {n} offset {off} scale {scale}", T::NAME);
     let (gt, gf) = quantize::<T>(&rng.nonzero(n, scale));
     let (ut, uf) = quantize::<T>(&rng.nonzero(n, 2.0));
@@ -292,7 +292,7 @@ fn silu_mul_case<T: TestElem>(ops: &CudaOps, rng: &mut Rng, n: usize, off: usize
     assert_close::<T>(&got, &want, &what);
 }
 
-fn silu_mul_parity<T: TestElem>(ops: &CudaOps) {
+fn silu_mul_parity<T: TestElem>(ops: &CudaDevice) {
     let mut rng = Rng::new(3);
     for n in flat_lengths() {
         for off in OFFSETS {
@@ -318,7 +318,7 @@ fn silu_mul_matches_cpu() {
     ops.synchronize().expect("no asynchronous error");
 }
 
-fn add_parity<T: TestElem>(ops: &CudaOps) {
+fn add_parity<T: TestElem>(ops: &CudaDevice) {
     let mut rng = Rng::new(4);
     for n in flat_lengths() {
         for off in OFFSETS {
@@ -351,7 +351,7 @@ fn add_assign_matches_cpu() {
 // ---------------------------------------------------------------------------------------------
 // Embedding
 
-fn embedding_parity<T: TestElem>(ops: &CudaOps) {
+fn embedding_parity<T: TestElem>(ops: &CudaDevice) {
     let mut rng = Rng::new(5);
     for vocab in [1usize, 50, 1000] {
         for hidden in COLS {
@@ -414,7 +414,7 @@ fn wrappers_reject_bad_arguments_before_launching() {
     let x = ops.upload(&rng.nonzero(3 * 64, 1.0)).unwrap();
     let w = ops.upload(&rng.nonzero(64, 1.0)).unwrap();
     let mut out = ops.upload(&vec![nan; 3 * 64]).unwrap();
-    let untouched = |ops: &CudaOps, out: &CudaSlice<f32>| {
+    let untouched = |ops: &CudaDevice, out: &CudaSlice<f32>| {
         assert!(ops.download(out).unwrap().iter().all(|v| v.is_nan()), "a rejected op wrote its output");
     };
 

@@ -13,7 +13,7 @@
 
 use lorafleet::backend::cpu::{backward as bw, ops};
 use lorafleet::backend::cuda::ops_backward::CudaOpsBackward;
-use lorafleet::backend::cuda::{test_device, CudaOps, RopeDims};
+use lorafleet::backend::cuda::{test_device, CudaDevice, RopeDims};
 use lorafleet::rng::SplitMix64 as Rng;
 
 mod common;
@@ -24,7 +24,7 @@ fn check(got: &[f32], want: &[f32], what: &str) {
     assert!(e < 1e-5, "{what}: rel L2 {e:.2e}");
 }
 
-fn device(test: &str) -> Option<(CudaOps, CudaOpsBackward)> {
+fn device(test: &str) -> Option<(CudaDevice, CudaOpsBackward)> {
     let ops = test_device(test)?;
     let k = CudaOpsBackward::new(&ops).expect("the ops_backward module loads");
     Some((ops, k))

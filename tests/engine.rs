@@ -60,7 +60,7 @@ fn fixture() -> &'static Fixture {
 
 fn options(f: &Fixture) -> EngineOptions {
     EngineOptions {
-        cache: CacheOptions { adapter_dir: Some(f.adapter_dir.clone()), max_host_adapters: 16, device_budget_bytes: 1 << 30, max_rank: 64 },
+        cache: CacheOptions { adapter_dir: Some(f.adapter_dir.clone()), max_host_adapters: 16, device_budget_bytes: 1 << 30, max_rank: 64, allow_paths: true, synthetic: None },
         ..EngineOptions::default()
     }
 }

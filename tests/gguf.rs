@@ -736,6 +736,14 @@ fn bad_magic_version_and_missing_file() {
     let err = GgufFile::open(write(&dir, "oob.gguf", &b[..n])).unwrap_err();
     assert!(matches!(err, GgufError::TensorOutOfBounds { .. }), "{err}");
     assert!(err.to_string().contains("tensor t"), "{err}");
+
+    // A tensor whose info claims more data than it was given (retyped or resized) runs into the
+    // next one: overlapping extents are refused (they used to convert into a garbage model).
+    let mut g3 = Gguf { version: 3, ..Default::default() };
+    g3.tensors.push(RawTensor { name: "a".into(), dims: vec![64], ty: F32, data: vec![0; 128] });
+    g3.tensors.push(RawTensor { name: "b".into(), dims: vec![32], ty: F32, data: vec![0; 128] });
+    let err = GgufFile::open(write(&dir, "overlap.gguf", &g3.bytes().0)).unwrap_err().to_string();
+    assert!(err.contains("tensors a") && err.contains("and b") && err.contains("overlap"), "{err}");
 }
 
 #[test]
@@ -776,6 +784,23 @@ fn missing_key_tensor_and_unknown_arch() {
     let p = write(&dir, "nokey.gguf", &g.bytes().0);
     let err = convert_gguf(&p, &out, OutDType::F32, false).unwrap_err();
     assert!(matches!(&err, GgufError::MissingKey { key, .. } if key == "llama.block_count"), "{err}");
+
+    // Metadata that disagrees with the file or would give NaN logits: refused before any loop or
+    // allocation it sizes (a block_count of 1e9 used to run and grow memory without end).
+    for (key, val, needle) in [
+        ("llama.block_count", Val::U32(1_000_000_000), "block_count is 1000000000 but the file holds tensors of 2 layers"),
+        ("llama.attention.layer_norm_rms_epsilon", Val::F32(-1e-5), "rms_norm_eps"),
+        ("llama.rope.freq_base", Val::F32(0.0), "rope_theta"),
+        ("llama.context_length", Val::U32(u32::MAX), "max_position_embeddings"),
+    ] {
+        let (mut g, _) = tiny_model(true);
+        g.kv(key, val);
+        let p = write(&dir, "meta.gguf", &g.bytes().0);
+        let t = std::time::Instant::now();
+        let msg = convert_gguf(&p, &out, OutDType::F32, false).unwrap_err().to_string();
+        assert!(msg.contains(needle), "{key}: {msg}");
+        assert!(t.elapsed().as_secs() < 10, "{key}: took {:?}", t.elapsed());
+    }
 
     let (mut g, _) = tiny_model(true);
     g.tensors.retain(|t| t.name != "blk.1.ffn_up.weight");

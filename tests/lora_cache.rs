@@ -43,7 +43,7 @@ fn fixture() -> &'static Fixture {
 
 fn cache(budget_adapters: usize, max_host: usize) -> AdapterCache<CpuBackend> {
     let f = fixture();
-    let opts = CacheOptions { adapter_dir: Some(f.dir.clone()), max_host_adapters: max_host, device_budget_bytes: budget_adapters * f.bytes, max_rank: 64 };
+    let opts = CacheOptions { adapter_dir: Some(f.dir.clone()), max_host_adapters: max_host, device_budget_bytes: budget_adapters * f.bytes, max_rank: 64, allow_paths: true, synthetic: None };
     AdapterCache::new(f.be.clone(), f.model.config.clone(), opts)
 }
 
@@ -156,15 +156,49 @@ fn a_broken_adapter_fails_alone() {
     let w = dir.join("broken/adapter_model.safetensors");
     let len = std::fs::metadata(&w).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&w).unwrap().set_len(len / 2).unwrap();
-    let opts = CacheOptions { adapter_dir: Some(dir.clone()), max_host_adapters: 4, device_budget_bytes: 4 * f.bytes, max_rank: 64 };
+    let opts = CacheOptions { adapter_dir: Some(dir.clone()), max_host_adapters: 4, device_budget_bytes: 4 * f.bytes, max_rank: 64, allow_paths: true, synthetic: None };
     let mut c = AdapterCache::new(f.be.clone(), f.model.config.clone(), opts);
     let err = c.get_blocking("broken").err().expect("broken adapter loaded");
     assert!(err.to_string().contains("broken"), "{err}");
     assert!(c.get_blocking("good").is_ok());
     assert_eq!(c.stats().device_bytes, f.bytes, "the failed load released its reservation");
     // Rank above the configured maximum is refused too.
-    let opts = CacheOptions { adapter_dir: Some(dir.clone()), max_host_adapters: 4, device_budget_bytes: 4 * f.bytes, max_rank: 4 };
+    let opts = CacheOptions { adapter_dir: Some(dir.clone()), max_host_adapters: 4, device_budget_bytes: 4 * f.bytes, max_rank: 4, allow_paths: true, synthetic: None };
     let mut c = AdapterCache::new(f.be.clone(), f.model.config.clone(), opts);
     assert!(c.get_blocking("good").unwrap_err().to_string().contains("maximum"));
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `synthetic-I` adapters are made by the cache on the backend (no files): listed after the
+/// folders, seeded (the same id gives the same adapter), distinct ids differ, each moves the
+/// logits, ids outside 0..count (or not in canonical form) are unknown, and their bytes count
+/// against the budget like any other.
+#[test]
+fn synthetic_adapters_are_made_on_the_backend() {
+    use lorafleet::lora::SyntheticAdapters;
+    let f = fixture();
+    let synthetic = Some(SyntheticAdapters { count: 3, rank: 4, seed: 9 });
+    let opts = CacheOptions { adapter_dir: Some(f.dir.clone()), max_host_adapters: 4, device_budget_bytes: 1 << 30, max_rank: 64, allow_paths: true, synthetic };
+    let mut c = AdapterCache::new(f.be.clone(), f.model.config.clone(), opts.clone());
+    let listed = c.available();
+    assert_eq!(&listed[listed.len() - 3..], ["synthetic-0", "synthetic-1", "synthetic-2"]);
+    for bad in ["synthetic-3", "synthetic-01", "synthetic-", "synthetic--1"] {
+        assert!(matches!(c.request(bad), Err(Error::UnknownAdapter(_))), "{bad:?}");
+    }
+    let a = c.get_blocking("synthetic-1").unwrap();
+    let b = c.get_blocking("synthetic-2").unwrap();
+    assert_eq!((a.max_rank, a.layers.len()), (4, f.model.config.num_layers));
+    assert!(a.layers.iter().all(|l| l.iter().all(|p| p.as_ref().is_some_and(|p| p.rank == 4))), "all seven projections");
+    let base = score_with_adapter(&f.model, &f.be, &[504, 3575, 282, 4649, 314], None).unwrap().last_logits;
+    let (la, lb) = (last_logits(&a), last_logits(&b));
+    assert!(la != base && la != lb, "each synthetic adapter moves the logits its own way");
+    // Another cache, the same seed: the same adapter.
+    let mut c2 = AdapterCache::new(f.be.clone(), f.model.config.clone(), opts);
+    assert_eq!(last_logits(&c2.get_blocking("synthetic-1").unwrap()), la);
+    // Budget: the bytes of one, then a budget too small for one is refused with the reason.
+    let one = a.bytes;
+    let small = CacheOptions { device_budget_bytes: one - 1, allow_paths: true, synthetic, ..CacheOptions::default() };
+    let mut c3 = AdapterCache::new(f.be.clone(), f.model.config.clone(), small);
+    let e = c3.request("synthetic-0").err().expect("over the budget").to_string();
+    assert!(e.contains("adapter memory"), "{e}");
 }

@@ -179,6 +179,11 @@ fn rejects_unsupported_and_mismatched_adapters() {
     expect_reject(|c| c["target_modules"] = serde_json::json!(["q_proj"]), false, 128, "unexpected tensors");
     expect_reject(|_| {}, false, 4, "above the configured maximum");
     expect_reject(|_| {}, true, 128, "another base model");
+    // Scales that overflow the activations (lora_alpha 1e30 decoded NaN logits as token 0).
+    expect_reject(|c| c["lora_alpha"] = 1e30.into(), false, 128, "lora_alpha = 1000000000000000000000000000000 is outside");
+    expect_reject(|c| c["lora_alpha"] = (-16.0).into(), false, 128, "lora_alpha = -16 is outside");
+    expect_reject(|c| c["alpha_pattern"] = serde_json::json!({"q_proj": 1e9}), false, 128, "alpha_pattern[q_proj]");
+    expect_reject(|c| c["lora_dropout"] = 2.0.into(), false, 128, "lora_dropout = 2 is outside");
     // A directory without adapter files.
     let f = fixture();
     let err = LoraAdapter::load("none", &std::env::temp_dir(), &f.model.config, 128).unwrap_err();

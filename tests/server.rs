@@ -7,66 +7,40 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::server::{Reply, ServerHandle, TestServer};
 use common::*;
 use lorafleet::TextTokenizer;
 use serde_json::{json, Value};
 
-/// The running server's address and its stderr lines so far (the request log).
-struct ServerInfo {
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
+/// The server every check runs against (the process itself is owned by the test function).
+static SERVER: OnceLock<ServerHandle> = OnceLock::new();
 
-/// Kills the server when the test ends, passing or not.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-static SERVER: OnceLock<ServerInfo> = OnceLock::new();
-
-fn server() -> &'static ServerInfo {
+fn server() -> &'static ServerHandle {
     SERVER.get().expect("server started")
 }
 
-fn start_server() -> KillOnDrop {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lorafleet"))
-        .args(["serve", "--model"])
-        .arg(model_dir())
-        .arg("--adapter-dir")
-        .arg(golden_dir().join("adapters"))
-        .args(["--port", "0", "--kv-cache-bytes", "64M", "--max-batch-tokens", "256"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start lorafleet serve");
-    let stderr = child.stderr.take().unwrap();
-    let guard = KillOnDrop(child);
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[server] {line}");
-            if let Some(a) = line.strip_prefix("listening on http://") {
-                let _ = tx.send(a.parse::<SocketAddr>().expect("address"));
-            }
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(300)).unwrap_or_else(|_| panic!("the server did not start: {:?}", log.lock().unwrap()));
-    let _ = SERVER.set(ServerInfo { addr, log });
-    guard
+fn start_server() -> TestServer {
+    let args: Vec<std::ffi::OsString> = vec![
+        "--model".into(),
+        model_dir().into(),
+        "--adapter-dir".into(),
+        golden_dir().join("adapters").into(),
+        "--kv-cache-bytes".into(),
+        "64M".into(),
+        "--max-batch-tokens".into(),
+        "256".into(),
+        "--body-timeout".into(),
+        "2".into(),
+    ];
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let s = TestServer::start(&args, &[], Duration::from_secs(300));
+    let _ = SERVER.set(s.handle.clone());
+    s
 }
 
 /// One server for every check (run in sequence; a few run requests concurrently), killed at
@@ -82,61 +56,91 @@ fn serve_end_to_end() {
     errors_are_json_4xx();
     concurrent_clients_get_their_own_answers();
     a_client_that_disconnects_cancels_its_request();
+    bad_clients_are_contained();
 }
 
-struct Reply {
-    status: u16,
-    headers: String,
-    body: String,
-}
+/// Connections that send nothing or stop inside their headers are closed after the header timeout
+/// and never delay others; a body shorter than its Content-Length gets a 408 (it used to wait
+/// forever); an over-size body
+/// a JSON 413; a newline in `adapter_id` cannot forge a log line; a client that disconnects
+/// before a non-streaming answer is logged as cancelled, not `status=200 ok`.
+fn bad_clients_are_contained() {
+    let s = server();
+    // Short body: 10 bytes of a declared 100, then silence.
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(c, "POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"inputs\":").unwrap();
+    let t = Instant::now();
+    let mut raw = Vec::new();
+    let _ = c.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 408") && text.contains("body_timeout"), "short body: {text}");
+    assert!(t.elapsed() < Duration::from_secs(15), "the 408 came after {:?}", t.elapsed());
 
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    // 50 connections that send nothing do not stop /health; one that stops inside its headers
+    // (slow loris) is closed after the header timeout (10 s), as are the silent ones.
+    let idle: Vec<TcpStream> = (0..50).map(|_| TcpStream::connect(s.addr).unwrap()).collect();
+    let t = Instant::now();
+    assert_eq!(request("GET", "/health", "").status, 200);
+    assert!(t.elapsed() < Duration::from_secs(1), "/health took {:?} beside 50 idle connections", t.elapsed());
+    let mut slow = TcpStream::connect(s.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(slow, "GET /health HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let t = Instant::now();
+    let mut raw = Vec::new();
+    let _ = slow.read_to_end(&mut raw);
+    assert!(raw.is_empty() && t.elapsed() < Duration::from_secs(20), "slow headers: {:?} after {:?}", String::from_utf8_lossy(&raw), t.elapsed());
+    for mut c in idle {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 16];
+        assert!(matches!(c.read(&mut buf), Ok(0)), "a silent connection is closed by now");
     }
-    /// The `data:` payloads of an SSE body.
-    fn events(&self) -> Vec<String> {
-        self.body.split("\n\n").filter_map(|f| f.strip_prefix("data: ")).map(str::to_owned).collect()
-    }
-}
 
-/// Decodes a `Transfer-Encoding: chunked` body.
-fn dechunk(mut raw: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(nl) = raw.windows(2).position(|w| w == b"\r\n") else { return out };
-        let size = usize::from_str_radix(std::str::from_utf8(&raw[..nl]).unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            return out;
+    // Over-size body: JSON 413.
+    // (The server answers as soon as it sees the Content-Length, so the write may fail midway.)
+    let big = format!("{{\"inputs\": \"{}\"}}", "a".repeat(5 << 20));
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let _ = write!(c, "POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{big}", big.len());
+    let mut raw = Vec::new();
+    let _ = c.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 413") && text.contains("\"error_type\":\"body_too_large\""), "big body: {text}");
+
+    // A forged log line.
+    let evil = "nope\nPOST /generate status=200 outcome=ok adapter=forged";
+    let r = request("POST", "/generate", &json!({ "inputs": "hi", "parameters": { "adapter_id": evil, "max_new_tokens": 1 } }).to_string());
+    assert_eq!(r.status, 404, "{}", r.body);
+    std::thread::sleep(Duration::from_millis(200));
+    let log = s.log.lock().unwrap().clone();
+    assert!(!log.iter().any(|l| l.starts_with("POST /generate status=200 outcome=ok adapter=forged")), "a log line was forged: {log:?}");
+    assert!(log.iter().any(|l| l.contains("status=404") && l.contains("adapter=\"nope\\nPOST")), "the id is logged escaped: {log:?}");
+
+    // Non-streaming disconnect.
+    let before = s.log.lock().unwrap().len();
+    let body = json!({ "inputs": "Tell me a long story.", "parameters": { "max_new_tokens": 200, "ignore_eos_token": true } }).to_string();
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    write!(c, "POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let line = loop {
+        let log = s.log.lock().unwrap().clone();
+        if let Some(l) = log[before..].iter().find(|l| l.starts_with("POST /generate ")) {
+            break l.clone();
         }
-        out.extend_from_slice(&raw[nl + 2..nl + 2 + size]);
-        raw = &raw[nl + 2 + size + 2..];
-    }
+        assert!(Instant::now() < deadline, "no log line for the dropped request");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(line.contains("status=499") && line.contains("outcome=cancelled"), "{line}");
 }
 
 fn request(method: &str, path: &str, body: &str) -> Reply {
-    let s = server();
-    let mut c = TcpStream::connect(s.addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
-    write!(
-        c,
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        s.addr,
-        body.len()
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    c.read_to_end(&mut raw).unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("end of headers");
-    let headers = String::from_utf8(raw[..split].to_vec()).unwrap();
-    let body = &raw[split + 4..];
-    let body = if headers.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_vec() };
-    let status = headers.split(' ').nth(1).unwrap().parse().unwrap();
-    Reply { status, headers, body: String::from_utf8(body).unwrap() }
+    server().request(method, path, body)
 }
 
 fn post(path: &str, body: Value) -> Reply {
-    request("POST", path, &body.to_string())
+    server().post(path, body)
 }
 
 fn tokenizer() -> &'static TextTokenizer {
@@ -290,6 +294,12 @@ fn errors_are_json_4xx() {
     check(post("/generate", json!({"inputs": "Hi", "parameters": {"adapter_id": "no-such-adapter"}})), 404, "unknown_adapter");
     check(post("/generate_stream", json!({"inputs": "Hi", "parameters": {"adapter_id": "no-such-adapter"}})), 404, "unknown_adapter");
     check(post("/v1/chat/completions", json!({"model": "nope", "messages": [{"role": "user", "content": "Hi"}]})), 404, "unknown_adapter");
+    // A path, even to a real adapter folder (here the same one the name gives), is no adapter id
+    // unless the server runs with --allow-adapter-paths; nor is a name that walks out.
+    let real = golden_dir().join("adapters/a_r8_all");
+    for id in [real.to_string_lossy().into_owned(), "../adapters/a_r8_all".into(), "a_r8_all/.".into()] {
+        check(post("/generate", json!({"inputs": "Hi", "parameters": {"adapter_id": id, "max_new_tokens": 1}})), 404, "unknown_adapter");
+    }
     let long = "hello ".repeat(9000);
     check(post("/generate", json!({"inputs": long, "parameters": {"max_new_tokens": 4}})), 422, "prompt_too_long");
     check(post("/v1/completions", json!({"prompt": "Hi", "temperature": -1})), 422, "validation");

@@ -7,8 +7,15 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod device;
+pub mod layout;
+pub mod numeric;
+pub mod random;
+pub mod sampling;
 
 use crate::kv::{BatchLayout, KvLayout};
+use crate::lora::{LoadedAdapter, LoraModule};
+use crate::model::config::ModelConfig;
 use crate::Result;
 
 /// A weight matrix as loaded from disk, `[rows, cols]` row-major f32 (rows = output features
@@ -29,12 +36,48 @@ pub enum HostWeight {
     Nf4 { name: String, tensor: crate::quant::Nf4Tensor },
     /// `[rows, cols]` row-major bf16 bits (`backend::cpu::bf16::f32_to_bf16`).
     Bf16 { name: String, rows: usize, cols: usize, data: Vec<u16> },
+    /// Seeded random weights, created by the backend where they live (`backend::random`).
+    Random(random::RandomSpec),
 }
 
 impl From<HostMatrix> for HostWeight {
     fn from(m: HostMatrix) -> Self {
         HostWeight::Dense(m)
     }
+}
+
+/// Consecutive batch rows `start .. start + len` that share an adapter (a batch sorted by adapter
+/// has one run per adapter).
+pub struct LoraRun<'a, B: Backend> {
+    pub start: usize,
+    pub len: usize,
+    pub adapter: &'a LoadedAdapter<B>,
+}
+
+impl<B: Backend> Clone for LoraRun<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend> Copy for LoraRun<'_, B> {}
+
+/// What `Backend::begin_step` needs to know of a forward step.
+pub struct StepSpec<'s, 'a, B: Backend> {
+    pub config: &'s ModelConfig,
+    /// The model's id, unique in the process (`Llama::id`).
+    pub model_id: u64,
+    /// The KV cache's shape (`Backend::kv_layout`) and id (`Backend::kv_id`).
+    pub kv: KvLayout,
+    pub kv_id: u64,
+    pub batch: &'s BatchLayout,
+    /// `[n_tokens]` the step's new tokens.
+    pub ids: &'s [u32],
+    /// Rows whose logits the step returns, in order.
+    pub logit_rows: &'s [usize],
+    /// The LoRA runs (empty: the base for every row).
+    pub lora: &'s [LoraRun<'a, B>],
+    /// One row per logit row when the step samples on the device (`Backend::sample`); else empty.
+    pub samples: &'s [sampling::SampleRow],
 }
 
 pub trait Backend: Send + Sync + 'static {
@@ -48,28 +91,94 @@ pub trait Backend: Send + Sync + 'static {
     type Rope: Send + Sync;
     /// The paged K/V storage of every layer.
     type Kv: Send;
+    /// One forward step's metadata (token ids, positions, cache slots, block tables, logit rows,
+    /// LoRA segments), validated and, on a GPU, uploaded once by `begin_step`; every layer's ops
+    /// read it. It borrows the step's adapters.
+    type Step<'a>
+    where
+        Self: 'a;
 
     fn name(&self) -> String;
+
+    /// Bytes of one K or V element in this backend's cache (the KV pool is sized with it).
+    fn kv_elem_bytes(&self) -> usize;
+
+    /// (free, total) bytes of the device's memory; None on the host (the CPU backend).
+    fn device_memory(&self) -> Option<(usize, usize)> {
+        None
+    }
 
     /// Takes a `HostMatrix` (dense) or a `HostWeight` (dense or NF4). A backend may reject NF4
     /// where an op needs dense rows (e.g. an embedding table), at that op.
     fn upload_matrix(&self, m: impl Into<HostWeight>) -> Result<Self::Matrix>;
+    /// An embedding table or lm_head `[vocab, hidden]`: kept in f32 whatever the activation dtype
+    /// (bf16 activations still gather and project through f32 tables). Defaults to `upload_matrix`.
+    fn upload_table(&self, m: HostMatrix) -> Result<Self::Matrix> {
+        self.upload_matrix(m)
+    }
     fn upload_vector(&self, v: &[f32]) -> Result<Self::Vector>;
+    /// Measured copy bandwidth in GB/s (bytes read plus bytes written, per second, as CUDA's
+    /// bandwidthTest counts) over buffers of `bytes`: the roofline a decode step's weight reads
+    /// are held to. The default times a host `memcpy` on one thread.
+    fn copy_bandwidth(&self, bytes: usize) -> Result<f64> {
+        let src = vec![1u8; bytes.max(1)];
+        let mut dst = vec![0u8; bytes.max(1)];
+        dst.copy_from_slice(&src);
+        let reps = 5;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            dst.copy_from_slice(std::hint::black_box(&src));
+            std::hint::black_box(&mut dst);
+        }
+        Ok((2 * reps * bytes.max(1)) as f64 / t.elapsed().as_secs_f64().max(1e-9) / 1e9)
+    }
+
+    /// Bytes a stored matrix takes (what a matmul through it reads: NF4 codes and scales).
+    fn matrix_bytes(&self, m: &Self::Matrix) -> usize;
     /// cos, sin: `[max_pos, head_dim / 2]`.
     fn upload_rope(&self, cos: Vec<f32>, sin: Vec<f32>, half_dim: usize) -> Result<Self::Rope>;
     fn alloc_kv(&self, layout: KvLayout) -> Result<Self::Kv>;
+    fn kv_layout(&self, kv: &Self::Kv) -> KvLayout;
+    /// An id of the cache unique in the process (0 where the backend does not need one).
+    fn kv_id(&self, _kv: &Self::Kv) -> u64 {
+        0
+    }
+
+    /// Checks a step against the model and cache shapes and prepares its metadata (one upload on
+    /// a GPU). Bad ids, positions past the context, rows past the batch or adapters that do not
+    /// fit fail here, before any op runs.
+    fn begin_step<'a>(&'a self, spec: &StepSpec<'_, 'a, Self>) -> Result<Self::Step<'a>>
+    where
+        Self: Sized;
 
     fn tensor_from_host(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Tensor>;
     fn to_host(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
     fn dims(&self, t: &Self::Tensor) -> (usize, usize);
 
-    /// `[ids.len(), hidden]` rows of the table. Ids must be < vocab (checked).
-    fn embedding(&self, table: &Self::Matrix, ids: &[u32]) -> Result<Self::Tensor>;
+    /// The step's whole forward replayed as one unit (CUDA graphs of decode steps): `Some(logits)`
+    /// when the backend has a capture of this step's shape, and the model then runs none of its
+    /// ops. Default: never.
+    fn replay_forward(&self, _step: &mut Self::Step<'_>) -> Result<Option<Self::Tensor>> {
+        Ok(None)
+    }
+    /// Before the forward's first op (a backend may start capturing the ops).
+    fn begin_forward(&self, _step: &mut Self::Step<'_>) -> Result<()> {
+        Ok(())
+    }
+    /// The forward's logits, after its last op (a backend that captured the ops replays the
+    /// capture and returns its logits).
+    fn end_forward(&self, _step: &mut Self::Step<'_>, logits: Self::Tensor) -> Result<Self::Tensor> {
+        Ok(logits)
+    }
+
+    /// `[n_tokens, hidden]`: the rows of the table for the step's ids.
+    fn embedding(&self, table: &Self::Matrix, step: &Self::Step<'_>) -> Result<Self::Tensor>;
     fn rms_norm(&self, x: &Self::Tensor, w: &Self::Vector, eps: f32) -> Result<Self::Tensor>;
     /// `x [T, in] · wᵀ [in, out] (+ bias) -> [T, out]`.
     fn linear(&self, x: &Self::Tensor, w: &Self::Matrix, bias: Option<&Self::Vector>) -> Result<Self::Tensor>;
-    /// Rotates each head of `x [T, n_heads * head_dim]` in place at `positions [T]`.
-    fn rope(&self, x: &mut Self::Tensor, n_heads: usize, head_dim: usize, positions: &[u32], rope: &Self::Rope) -> Result<()>;
+    /// Rotates each head of `q [T, n_heads * head_dim]` and `k [T, n_kv_heads * head_dim]` in
+    /// place at the step's positions (one launch for both on the GPU).
+    fn rope(&self, q: &mut Self::Tensor, k: &mut Self::Tensor, step: &Self::Step<'_>, rope: &Self::Rope) -> Result<()>;
     fn silu_mul(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Result<Self::Tensor>;
     fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<()>;
     /// Writes the step's new `k, v [T, kv_heads * head_dim]` into the pages of `layer`, then
@@ -82,15 +191,26 @@ pub trait Backend: Send + Sync + 'static {
         v: &Self::Tensor,
         kv: &mut Self::Kv,
         layer: usize,
-        batch: &BatchLayout,
+        step: &mut Self::Step<'_>,
     ) -> Result<Self::Tensor>;
-    /// The selected rows of `x`, in order.
-    fn gather_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor>;
-    /// Batched LoRA (SGMV / BGMV): for each segment of consecutive rows sharing an adapter,
-    /// `y[rows] += scale · (x[rows] · Aᵀ) · Bᵀ`. `x [T, in]`, `y [T, out]`; A `[r, in]` and
-    /// B `[out, r]` are dense matrices uploaded with `upload_matrix`. Segments are in row
-    /// order and do not overlap; rows outside every segment are left alone.
-    fn lora_apply(&self, y: &mut Self::Tensor, x: &Self::Tensor, segments: &[LoraSegment<'_, Self::Matrix>]) -> Result<()>;
+    /// The step's logit rows of `x`, in order.
+    fn gather_logit_rows(&self, x: &Self::Tensor, step: &Self::Step<'_>) -> Result<Self::Tensor>;
+    /// The next token of each of the step's logit rows (`logits [rows, vocab]`), one sampler per
+    /// row. The default samples on the host with the samplers (`Sampler::sample`); a GPU samples
+    /// on the device with the rows `StepSpec::samples` uploaded, and syncs once for the ids.
+    fn sample(&self, logits: &Self::Tensor, _step: &mut Self::Step<'_>, samplers: &mut [&mut crate::engine::Sampler]) -> Result<Vec<u32>> {
+        let host = self.to_host(logits)?;
+        let (rows, vocab) = self.dims(logits);
+        if rows != samplers.len() || rows == 0 {
+            return Err(crate::Error::InvalidArgument(format!("sample: {rows} logit rows for {} samplers", samplers.len())));
+        }
+        Ok(host.chunks_exact(vocab).zip(samplers.iter_mut()).map(|(row, s)| s.sample(row)).collect())
+    }
+
+    /// Batched LoRA (SGMV / BGMV) for projection `module` of `layer`: for each of the step's runs
+    /// whose adapter targets it, `y[rows] += scale · (x[rows] · Aᵀ) · Bᵀ`. `x [T, in]`,
+    /// `y [T, out]`; rows outside every run are left alone.
+    fn lora_apply(&self, y: &mut Self::Tensor, x: &Self::Tensor, step: &mut Self::Step<'_>, layer: usize, module: LoraModule) -> Result<()>;
 }
 
 /// One segment of a batched LoRA step: rows `start..start + len` use the pair (`a`, `b`).

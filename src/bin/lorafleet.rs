@@ -8,12 +8,36 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use lorafleet::backend::cpu::CpuBackend;
+use lorafleet::backend::device::{open_backend, ActDtype, DeviceChoice, OpenedBackend};
+use lorafleet::backend::Backend;
 use lorafleet::engine::{GenerateOptions, Generator, SamplingParams, SeqRequest};
 use lorafleet::lora::{AdapterCache, CacheOptions, LoadedAdapter};
 use lorafleet::model::gguf::{convert_gguf, OutDType};
 use lorafleet::model::{fetch, Llama};
 use lorafleet::tokenizer::ChatMessage;
 use lorafleet::{Error, Result, TextTokenizer};
+
+/// Opens the backend `--device` names, loads the model on it (then says which device on stderr) and runs
+/// `$body` with `$l` bound to the `Loaded` model, generic over the backend.
+macro_rules! on_device {
+    ($m:expr, |$l:ident| $body:expr) => {{
+        check_model_args($m)?;
+        let (opened, note) = open_backend($m.device, $m.act_dtype, !$m.no_cuda_graphs)?;
+        // Said once the model is on the device (a load error stays one line).
+        match opened {
+            OpenedBackend::Cpu(be) => {
+                let $l = load($m, be)?;
+                eprintln!("{note}");
+                $body
+            }
+            OpenedBackend::Cuda(be) => {
+                let $l = load($m, be)?;
+                eprintln!("{note}");
+                $body
+            }
+        }
+    }};
+}
 
 #[derive(Parser)]
 #[command(
@@ -70,6 +94,35 @@ enum Command {
     Example:\n  lorafleet bench --model models/smollm2-135m-instruct --synthetic-adapters 25 --rank 8 \
     --concurrency 1,5,10,20 --duration 30")]
     Bench(BenchArgs),
+    /// Batch-1 decode ms/token beside its floor (weight bytes per token / measured copy bandwidth).
+    #[command(long_about = "Batch-1 decode speed beside its floor.\n\n    Measures the device's copy bandwidth (device to device on CUDA, a host memcpy on the CPU),     counts the weight bytes a decode step reads (the seven linear weights of every layer and the     lm_head), and times --reps requests of --new-tokens greedy tokens after one warm-up request:     ms/token is first token to last over new-tokens - 1 steps, the median over the requests.     The floor is bytes / bandwidth; the last column is how close to it the engine runs.\n\n    Example (a 7B shape, no checkpoint needed):\n  lorafleet decode-bench --model models/smollm2-135m-instruct     --random-weights mistral-7b --quantize nf4 --device cuda")]
+    DecodeBench(DecodeBenchArgs),
+}
+
+#[derive(Args)]
+struct DecodeBenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt length (random token ids).
+    #[arg(long, default_value_t = 16)]
+    prompt_tokens: usize,
+    /// Tokens per request.
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    /// Measured requests (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Size of each buffer of the copy-bandwidth measurement (K, M, G suffixes).
+    #[arg(long, value_parser = parse_bytes, default_value = "256M")]
+    copy_bytes: usize,
+    /// KV cache bytes (K, M, G suffixes).
+    #[arg(long, value_parser = parse_bytes, default_value = "256M")]
+    kv_cache_bytes: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print the result as one JSON object instead of a line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -93,7 +146,8 @@ struct BenchArgs {
     /// or synthetic names `synthetic-I` the server must offer.
     #[arg(long, default_value_t = 25)]
     adapters: usize,
-    /// Make this many random adapters (seeded, all seven projections) instead of reading trained ones.
+    /// Make this many random adapters (seeded, all seven projections; on the device, no files)
+    /// instead of reading trained ones.
     #[arg(long)]
     synthetic_adapters: Option<usize>,
     /// Rank of the synthetic adapters.
@@ -108,6 +162,9 @@ struct BenchArgs {
     /// In process: KV cache bytes (K, M, G suffixes).
     #[arg(long, value_parser = parse_bytes, default_value = "512M")]
     kv_cache_bytes: usize,
+    /// In process: device memory for resident adapters (K, M, G suffixes).
+    #[arg(long, value_parser = parse_bytes, default_value = "1G")]
+    adapter_memory: usize,
     /// In process: tokens per engine step.
     #[arg(long, default_value_t = 512)]
     max_batch_tokens: usize,
@@ -140,15 +197,31 @@ struct ServeArgs {
     /// Adapters kept in host memory (the disk tier holds the rest).
     #[arg(long, default_value_t = 64)]
     max_host_adapters: usize,
-    /// Device memory for resident adapters (bytes; K, M, G suffixes).
-    #[arg(long, value_parser = parse_bytes, default_value = "1G")]
-    adapter_memory: usize,
+    /// Device memory for resident adapters (bytes; K, M, G suffixes). Default: 1G on the CPU,
+    /// 10% of the device memory free after loading the model on CUDA.
+    #[arg(long, value_parser = parse_bytes)]
+    adapter_memory: Option<usize>,
     /// Highest LoRA rank accepted; adapters above it fail to load.
     #[arg(long, default_value_t = 128)]
     max_lora_rank: usize,
+    /// Let `adapter_id` / `model` name an adapter folder by path anywhere on this machine. Off by
+    /// default: adapters come from --adapter-dir by name only (no separators, no `..`).
+    #[arg(long)]
+    allow_adapter_paths: bool,
+    /// Also offer K seeded random adapters `synthetic-0` .. `synthetic-{K-1}` (all seven
+    /// projections), made on the device when first requested: load tests without adapter files.
+    #[arg(long, value_name = "K")]
+    synthetic_adapters: Option<usize>,
+    /// Rank of --synthetic-adapters.
+    #[arg(long, default_value_t = 8, requires = "synthetic_adapters")]
+    synthetic_rank: usize,
+    /// Seed of --synthetic-adapters (adapter i uses seed + i).
+    #[arg(long, default_value_t = 0, requires = "synthetic_adapters")]
+    synthetic_seed: u64,
     /// KV cache size (bytes; K, M, G suffixes). Bounds the tokens of all running requests.
-    #[arg(long, value_parser = parse_bytes, default_value = "512M")]
-    kv_cache_bytes: usize,
+    /// Default: 512M on the CPU, 60% of the device memory free after loading the model on CUDA.
+    #[arg(long, value_parser = parse_bytes)]
+    kv_cache_bytes: Option<usize>,
     /// Tokens per engine step (decode tokens + prefill chunks); long prompts are chunked to it.
     #[arg(long, default_value_t = 512)]
     max_batch_tokens: usize,
@@ -164,6 +237,22 @@ struct ServeArgs {
     /// Port (0 = any free one; the address is printed as `listening on http://ADDR`).
     #[arg(long, default_value_t = 8080)]
     port: u16,
+    /// Seconds a request body may take to arrive (a client sending less than its Content-Length
+    /// gets a 408 then, instead of holding the connection).
+    #[arg(long, default_value_t = 30.0)]
+    body_timeout: f64,
+    /// Require `Authorization: Bearer KEY` on every route but /health (a 401 otherwise). Read from
+    /// LORAFLEET_API_KEY when the flag is not given.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Requests admitted beyond --max-running (waiting in the engine); past them a request gets
+    /// 503 with Retry-After instead of holding a connection and a thread.
+    #[arg(long, default_value_t = 256)]
+    max_queued_requests: usize,
+    /// On SIGTERM or SIGINT: stop accepting, let running requests and streams finish for at most
+    /// this many seconds, then exit 0.
+    #[arg(long, default_value_t = 30.0)]
+    shutdown_timeout: f64,
 }
 
 #[derive(Args)]
@@ -181,6 +270,27 @@ struct ModelArgs {
     /// to serve or evaluate an adapter trained with `lorafleet-train --base-dtype bf16`.
     #[arg(long, value_enum, default_value_t = BaseDtype::F32, conflicts_with = "quantize")]
     base_dtype: BaseDtype,
+    /// Where to run: auto (CUDA device 0 if there is one, else the CPU; the choice is printed),
+    /// cpu, cuda, or cuda:N. LORAFLEET_CUDA_EMU=1 makes `cuda` the CPU emulator of the device.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// Activation dtype on CUDA: f32 (as the CPU) or bf16 (half the activation and KV memory; the
+    /// residual stream and the math stay f32). The CPU computes in f32.
+    #[arg(long, default_value = "f32")]
+    act_dtype: ActDtype,
+    /// Seeded random weights of a full-size shape instead of the checkpoint: mistral-7b,
+    /// llama-3-8b, smollm2-135m, or a config.json path. Linear weights are f32, bf16
+    /// (--base-dtype bf16) or NF4 (--quantize nf4), made on the device; --model then supplies
+    /// only the tokenizer (prompts must tokenize inside the shape's vocabulary). For benchmarks.
+    #[arg(long, value_name = "SHAPE|FILE")]
+    random_weights: Option<String>,
+    /// Seed of --random-weights.
+    #[arg(long, default_value_t = 0, requires = "random_weights")]
+    random_seed: u64,
+    /// Run every decode step's kernels eagerly instead of replaying a captured CUDA graph per
+    /// batch shape (graphs are on by default; this is for comparing the two).
+    #[arg(long)]
+    no_cuda_graphs: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -192,6 +302,19 @@ enum BaseDtype {
 impl ModelArgs {
     fn format(&self) -> lorafleet::model::BaseFormat {
         lorafleet::model::BaseFormat::from_flags(self.quantize, self.base_dtype == BaseDtype::Bf16)
+    }
+
+    /// `--random-weights` resolved (a bad shape name is an error before any device opens).
+    fn random(&self) -> Result<Option<lorafleet::model::random::RandomModel>> {
+        self.random_weights.as_deref().map(|n| lorafleet::model::random::RandomModel::new(n, self.random_seed)).transpose()
+    }
+
+    /// The model's shape: the random shape, else the directory's config.json.
+    fn config(&self) -> Result<lorafleet::model::ModelConfig> {
+        match self.random()? {
+            Some(r) => Ok(r.config),
+            None => lorafleet::model::ModelConfig::from_file(&self.model.join("config.json")),
+        }
     }
 }
 
@@ -407,36 +530,55 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::FetchData(a) => fetch_data(a),
         Command::Eval(a) => eval(a),
-        Command::Serve(a) => lorafleet::server::serve(a.into_options()),
+        Command::Serve(a) => lorafleet::server::serve(a.into_options()?),
         Command::Bench(a) => bench(a),
+        Command::DecodeBench(a) => decode_bench(a),
     }
 }
 
 impl ServeArgs {
-    fn into_options(self) -> lorafleet::server::ServeOptions {
+    fn into_options(self) -> Result<lorafleet::server::ServeOptions> {
         use lorafleet::engine::{CacheOptions, EngineOptions};
         let engine = EngineOptions {
-            kv_cache_bytes: self.kv_cache_bytes,
+            kv_cache_bytes: self.kv_cache_bytes.unwrap_or(512 << 20),
             max_batch_tokens: self.max_batch_tokens,
             max_running: self.max_running,
             max_active_adapters: self.max_active_adapters,
             cache: CacheOptions {
                 adapter_dir: self.adapter_dir,
                 max_host_adapters: self.max_host_adapters,
-                device_budget_bytes: self.adapter_memory,
+                device_budget_bytes: self.adapter_memory.unwrap_or(1 << 30),
                 max_rank: self.max_lora_rank,
+                allow_paths: self.allow_adapter_paths,
+                synthetic: self.synthetic_adapters.map(|count| lorafleet::lora::SyntheticAdapters { count, rank: self.synthetic_rank, seed: self.synthetic_seed }),
             },
             ..EngineOptions::default()
         };
         let format = self.model.format();
-        lorafleet::server::ServeOptions {
+        for (flag, v) in [("--body-timeout", self.body_timeout), ("--shutdown-timeout", self.shutdown_timeout)] {
+            if !(v.is_finite() && v > 0.0 && v < 1e6) {
+                return Err(Error::InvalidArgument(format!("{flag} {v} must be a positive number of seconds")));
+            }
+        }
+        let api_key = self.api_key.clone().or_else(|| std::env::var("LORAFLEET_API_KEY").ok()).filter(|k| !k.is_empty());
+        Ok(lorafleet::server::ServeOptions {
+            body_timeout: std::time::Duration::from_secs_f64(self.body_timeout),
+            api_key,
+            max_queued_requests: self.max_queued_requests,
+            shutdown_timeout: std::time::Duration::from_secs_f64(self.shutdown_timeout),
+            random_weights: self.model.random()?,
             model: self.model.model,
             format,
+            device: self.model.device,
+            act_dtype: self.model.act_dtype,
+            cuda_graphs: !self.model.no_cuda_graphs,
+            kv_from_device_memory: self.kv_cache_bytes.is_none(),
+            adapters_from_device_memory: self.adapter_memory.is_none(),
             threads: self.model.threads,
             host: self.host,
             port: self.port,
             engine,
-        }
+        })
     }
 }
 
@@ -451,17 +593,21 @@ fn fetch_data(a: FetchDataArgs) -> Result<()> {
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
-    use lorafleet::eval::{evaluate_to_file, EvalOptions, EvalSet, Metric};
+    use lorafleet::eval::{EvalOptions, EvalSet, Metric};
     let metric = a.metric.as_deref().map(str::parse::<Metric>).transpose()?;
     let set = EvalSet::load(a.task.as_deref(), a.data.as_deref(), a.prompt_template.as_deref(), &a.target_col, metric, a.limit)?;
-    let opts = EvalOptions { metric: set.metric, max_new_tokens: a.max_new_tokens, batch_size: a.batch_size, adapter: a.adapter };
-    let l = load(&a.model)?;
+    let opts = EvalOptions { metric: set.metric, max_new_tokens: a.max_new_tokens, batch_size: a.batch_size, adapter: a.adapter.clone() };
+    on_device!(&a.model, |l| eval_on(&a, &set, &opts, l))
+}
+
+fn eval_on<B: Backend>(a: &EvalArgs, set: &lorafleet::eval::EvalSet, opts: &lorafleet::eval::EvalOptions, l: Loaded<B>) -> Result<()> {
+    use lorafleet::eval::evaluate_to_file;
     let lora = AdapterArgs { adapter: opts.adapter.clone(), adapter_dir: a.adapter_dir.clone(), max_lora_rank: 128 };
     let adapter = load_adapters(&l, &lora, std::slice::from_ref(&lora.adapter)).pop().transpose()?.flatten();
-    let g = Generator::new(&l.model, &l.be, &l.tok).with_adapter(adapter.as_deref());
+    let g = Generator::new(&l.model, &*l.be, &l.tok).with_adapter(adapter.as_deref());
     let bar = lorafleet::progress::bar(std::io::stderr().is_terminal(), set.examples.len() as u64, "eval");
     eprintln!("eval: {} examples of {}, metric {}, up to {} new tokens", set.examples.len(), set.name, set.metric, a.max_new_tokens);
-    let s = evaluate_to_file(&g, &set.examples, &opts, &bar, a.out.as_deref())?;
+    let s = evaluate_to_file(&g, &set.examples, opts, &bar, a.out.as_deref())?;
     println!(
         "{}: {:.4} on {} examples ({} failed) in {:.1} s ({:.1} prompt tok/s)",
         s.metric,
@@ -477,13 +623,15 @@ fn eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-struct Loaded {
-    be: CpuBackend,
-    model: Llama<CpuBackend>,
+struct Loaded<B: Backend> {
+    be: Arc<B>,
+    model: Llama<B>,
     tok: TextTokenizer,
 }
 
-fn load(m: &ModelArgs) -> Result<Loaded> {
+/// Checks `--threads` and `--model` (before any device is opened, so a bad flag is one error
+/// line) and sizes the CPU thread pool.
+fn check_model_args(m: &ModelArgs) -> Result<()> {
     if let Some(n) = m.threads {
         if n == 0 {
             return Err(Error::InvalidArgument("--threads must be at least 1".into()));
@@ -491,17 +639,24 @@ fn load(m: &ModelArgs) -> Result<Loaded> {
         // Fails only if the pool was already built, which cannot happen this early.
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
     }
+    m.random()?;
     if !m.model.is_dir() {
         return Err(Error::InvalidArgument(format!(
             "--model {}: not a directory (get one with `lorafleet fetch-model smollm2-135m-instruct`)",
             m.model.display()
         )));
     }
-    let be = CpuBackend::new();
+    Ok(())
+}
+
+fn load<B: Backend>(m: &ModelArgs, be: B) -> Result<Loaded<B>> {
     let tok = TextTokenizer::from_dir(&m.model)?;
     let opts = lorafleet::model::LoadOptions { format: m.format(), progress: std::io::stderr().is_terminal() };
-    let model = Llama::load_with(&be, &m.model, opts)?;
-    Ok(Loaded { be, model, tok })
+    let model = match m.random()? {
+        Some(r) => r.load(&be, opts.format, opts.progress)?,
+        None => Llama::load_with(&be, &m.model, opts)?,
+    };
+    Ok(Loaded { be: Arc::new(be), model, tok })
 }
 
 fn prompt_text(tok: &TextTokenizer, text: &str, chat: bool) -> Result<String> {
@@ -533,9 +688,9 @@ fn read_prompts_file(path: &Path) -> Result<Vec<(String, Option<String>)>> {
 }
 
 /// Loads the adapters `ids` name (each once), through the adapter cache.
-fn load_adapters(l: &Loaded, a: &AdapterArgs, ids: &[Option<String>]) -> Vec<Result<Option<Arc<LoadedAdapter<CpuBackend>>>>> {
-    let opts = CacheOptions { adapter_dir: a.adapter_dir.clone(), max_host_adapters: 0, device_budget_bytes: usize::MAX, max_rank: a.max_lora_rank };
-    let mut cache = AdapterCache::new(Arc::new(l.be.clone()), l.model.config.clone(), opts);
+fn load_adapters<B: Backend>(l: &Loaded<B>, a: &AdapterArgs, ids: &[Option<String>]) -> Vec<Result<Option<Arc<LoadedAdapter<B>>>>> {
+    let opts = CacheOptions { adapter_dir: a.adapter_dir.clone(), max_host_adapters: 0, device_budget_bytes: usize::MAX, max_rank: a.max_lora_rank, allow_paths: true, synthetic: None };
+    let mut cache = AdapterCache::new(l.be.clone(), l.model.config.clone(), opts);
     ids.iter().map(|id| id.as_deref().map(|id| cache.get_blocking(id)).transpose()).collect()
 }
 
@@ -546,7 +701,10 @@ fn parse_ids(s: &str) -> Result<Vec<u32>> {
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
-    let l = load(&a.model)?;
+    on_device!(&a.model, |l| generate_on(&a, l))
+}
+
+fn generate_on<B: Backend>(a: &GenerateArgs, l: Loaded<B>) -> Result<()> {
     let mut texts: Vec<Option<String>> = a.prompt.iter().cloned().map(Some).collect();
     let mut adapter_ids: Vec<Option<String>> = vec![a.lora.adapter.clone(); texts.len()];
     if let Some(f) = &a.prompts_file {
@@ -578,9 +736,9 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let runnable: Vec<usize> = (0..prompts.len()).filter(|&i| adapters[i].is_ok()).collect();
     let reqs: Vec<SeqRequest> =
         runnable.iter().map(|&i| SeqRequest { prompt_ids: prompts[i].clone(), options: options.clone() }).collect();
-    let run_adapters: Vec<Option<&LoadedAdapter<CpuBackend>>> =
+    let run_adapters: Vec<Option<&LoadedAdapter<B>>> =
         runnable.iter().map(|&i| adapters[i].as_ref().ok().and_then(|a| a.as_deref())).collect();
-    let g = Generator::new(&l.model, &l.be, &l.tok).with_kv_cache_bytes(a.kv_cache_bytes);
+    let g = Generator::new(&l.model, &*l.be, &l.tok).with_kv_cache_bytes(a.kv_cache_bytes);
     let stream = !a.json && prompts.len() == 1;
     let mut stdout = std::io::stdout().lock();
     let mut ran = if reqs.is_empty() {
@@ -645,18 +803,20 @@ fn generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-impl Loaded {
+impl<B: Backend> Loaded<B> {
     fn be_name(&self) -> String {
-        use lorafleet::backend::Backend;
         self.be.name()
     }
 }
 
 fn score(a: ScoreArgs) -> Result<()> {
-    let l = load(&a.model)?;
+    on_device!(&a.model, |l| score_on(&a, l))
+}
+
+fn score_on<B: Backend>(a: &ScoreArgs, l: Loaded<B>) -> Result<()> {
     let ids = l.tok.encode(&prompt_text(&l.tok, &a.prompt, a.chat)?)?;
     let adapter = load_adapters(&l, &a.lora, std::slice::from_ref(&a.lora.adapter)).pop().transpose()?.flatten();
-    let s = lorafleet::engine::score_with_adapter(&l.model, &l.be, &ids, adapter.as_deref())?;
+    let s = lorafleet::engine::score_with_adapter(&l.model, &*l.be, &ids, adapter.as_deref())?;
     if a.json {
         println!("{}", serde_json::to_string(&s).map_err(|e| Error::InvalidArgument(e.to_string()))?);
     } else {
@@ -680,29 +840,19 @@ fn bench(a: BenchArgs) -> Result<()> {
         return Err(Error::InvalidArgument("--duration must be a positive number of seconds".into()));
     }
     let tok = TextTokenizer::from_dir(&a.model.model)?;
-    let cfg_model = lorafleet::model::ModelConfig::from_file(&a.model.model.join("config.json"))?;
-    // Synthetic adapters: written once into a temporary adapter dir (removed at the end).
-    let mut adapter_dir = a.adapter_dir.clone();
-    let mut synthetic_dir = None;
+    let cfg_model = a.model.config()?;
+    // Synthetic adapters: made by the engine's adapter cache on the device when first requested
+    // (no files); over HTTP the server must offer them (`serve --synthetic-adapters K`).
+    let adapter_dir = a.adapter_dir.clone();
+    let synthetic = a.synthetic_adapters.map(|count| lorafleet::lora::SyntheticAdapters { count, rank: a.rank, seed: a.seed });
     let mut names: Vec<String> = Vec::new();
-    if let Some(k) = a.synthetic_adapters {
-        let dir = std::env::temp_dir().join(format!("lorafleet-bench-adapters-{}", std::process::id()));
-        let bar = lorafleet::progress::bar(std::io::stderr().is_terminal(), k as u64, "synthetic adapters");
-        for i in 0..k {
-            let id = format!("synthetic-{i}");
-            let ad = lorafleet::lora::LoraAdapter::random(&id, &cfg_model, a.rank, 2.0 * a.rank as f32, &lorafleet::lora::LoraModule::ALL, a.seed + i as u64, 0.004);
-            ad.save(&dir.join(&id))?;
-            names.push(id);
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        adapter_dir = Some(dir.clone());
-        synthetic_dir = Some(dir);
+    if let Some(s) = &synthetic {
+        names = (0..s.count).map(lorafleet::lora::SyntheticAdapters::id).collect();
     } else if let Some(d) = &a.adapter_dir {
         let cache_opts = CacheOptions { adapter_dir: Some(d.clone()), ..CacheOptions::default() };
         names = AdapterCache::new(Arc::new(CpuBackend::new()), cfg_model.clone(), cache_opts).available();
     } else if a.url.is_some() {
-        names = (0..a.adapters).map(|i| format!("synthetic-{i}")).collect();
+        names = (0..a.adapters).map(lorafleet::lora::SyntheticAdapters::id).collect();
     }
     if names.len() < a.adapters {
         return Err(Error::InvalidArgument(format!(
@@ -728,18 +878,17 @@ fn bench(a: BenchArgs) -> Result<()> {
     let target: Box<dyn loadtest::LoadTarget> = match &a.url {
         Some(url) => Box::new(HttpTarget { url: url.parse()?, tokenizer: tok, timeout: std::time::Duration::from_secs(600) }),
         None => {
-            let l = load(&a.model)?;
             let max_in = a.input_tokens.1 + a.output_tokens.1;
             let opts = lorafleet::engine::EngineOptions {
                 kv_cache_bytes: a.kv_cache_bytes,
                 max_batch_tokens: a.max_batch_tokens,
-                cache: CacheOptions { adapter_dir, max_host_adapters: 64, device_budget_bytes: 1 << 30, max_rank: a.rank.max(128) },
+                cache: CacheOptions { adapter_dir, max_host_adapters: 64, device_budget_bytes: a.adapter_memory, max_rank: a.rank.max(128), allow_paths: true, synthetic },
                 ..lorafleet::engine::EngineOptions::default()
             };
-            if max_in > l.model.config.max_position_embeddings {
-                return Err(Error::InvalidArgument(format!("payloads up to {max_in} tokens exceed the context {}", l.model.config.max_position_embeddings)));
+            if max_in > cfg_model.max_position_embeddings {
+                return Err(Error::InvalidArgument(format!("payloads up to {max_in} tokens exceed the context {}", cfg_model.max_position_embeddings)));
             }
-            engine = lorafleet::engine::Engine::start(Arc::new(l.be), Arc::new(l.model), Arc::new(l.tok), opts)?;
+            engine = on_device!(&a.model, |l| lorafleet::engine::Engine::start(l.be, Arc::new(l.model), Arc::new(l.tok), opts))?;
             Box::new(EngineTarget { engine: &engine })
         }
     };
@@ -762,8 +911,47 @@ fn bench(a: BenchArgs) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string(&points).map_err(|e| Error::InvalidArgument(e.to_string()))?);
     }
-    if let Some(d) = synthetic_dir {
-        let _ = std::fs::remove_dir_all(d);
+    Ok(())
+}
+
+fn decode_bench(a: DecodeBenchArgs) -> Result<()> {
+    use lorafleet::loadtest::decode::{measure, DecodeBenchConfig, DecodeReport};
+    use lorafleet::loadtest::engine_target::EngineTarget;
+    let cfg_model = a.model.config()?;
+    if a.prompt_tokens + a.new_tokens > cfg_model.max_position_embeddings {
+        return Err(Error::InvalidArgument(format!(
+            "--prompt-tokens + --new-tokens = {} exceeds the context {}",
+            a.prompt_tokens + a.new_tokens,
+            cfg_model.max_position_embeddings
+        )));
+    }
+    let lo = (cfg_model.vocab_size / 100).max(256).min(cfg_model.vocab_size.saturating_sub(1)) as u32;
+    let cfg = DecodeBenchConfig {
+        prompt_tokens: a.prompt_tokens,
+        new_tokens: a.new_tokens,
+        reps: a.reps,
+        token_range: (lo, cfg_model.vocab_size as u32 - 1),
+        seed: a.seed,
+    };
+    let model_name = a.model.random_weights.clone().unwrap_or_else(|| a.model.model.display().to_string());
+    let format = format!("{:?}", a.model.format()).to_lowercase();
+    let report = on_device!(&a.model, |l| {
+        let bytes = l.model.decode_weight_bytes(&l.be);
+        let copy_gb_s = l.be.copy_bandwidth(a.copy_bytes)?;
+        let device = l.be.name();
+        let opts = lorafleet::engine::EngineOptions {
+            kv_cache_bytes: a.kv_cache_bytes,
+            max_batch_tokens: a.prompt_tokens.max(16),
+            ..lorafleet::engine::EngineOptions::default()
+        };
+        let engine = lorafleet::engine::Engine::start(l.be, Arc::new(l.model), Arc::new(l.tok), opts)?;
+        let times = measure(&EngineTarget { engine: &engine }, &cfg)?;
+        Ok::<_, Error>(DecodeReport::new(model_name, format, device, bytes, copy_gb_s, &cfg, times))
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report).map_err(|e| Error::InvalidArgument(e.to_string()))?);
+    } else {
+        println!("{}", report.line());
     }
     Ok(())
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 
 use super::output::SeqOutput;
+use super::sampler::Sampler;
 use super::request::{Event, Finished, GenerateRequest, Prompt, RequestHandle};
 use super::scheduler::{plan_step, Limits, Plan, RunningView, SeqId, WaitingView};
 use super::stats::EngineStats;
@@ -100,8 +101,8 @@ impl Engine {
         let blocks = match opts.kv_blocks {
             Some(n) if n > 0 => n,
             Some(_) => return Err(Error::InvalidArgument("the KV cache needs at least one block".into())),
-            // The CPU backend stores K/V in f32 (as `Generator` assumes).
-            None => model.kv_layout(bs, 0).with_budget(opts.kv_cache_bytes, 4)?.num_blocks,
+            // Sized in the backend's K/V element type (f32 on the CPU, the activation dtype on CUDA).
+            None => model.kv_layout(bs, 0).with_budget(opts.kv_cache_bytes, be.kv_elem_bytes())?.num_blocks,
         };
         let pool = BlockPool::new(blocks, bs);
         let kv = be.alloc_kv(model.kv_layout(bs, blocks))?;
@@ -147,6 +148,11 @@ impl Engine {
 
     pub fn tokenizer(&self) -> &TextTokenizer {
         &self.tokenizer
+    }
+
+    /// Whether the engine thread is still running (it ends only on a panic or at shutdown).
+    pub fn is_alive(&self) -> bool {
+        self.thread.lock().ok().is_some_and(|t| t.as_ref().is_some_and(|h| !h.is_finished()))
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -552,18 +558,23 @@ impl<B: Backend> Worker<B> {
             BatchLayout::new(self.limits.block_size, &parts)
         };
         let rows: Vec<usize> = batch.last_rows().into_iter().zip(&sample).filter(|(_, s)| **s).map(|(r, _)| r).collect();
-        let adapters: Vec<Option<&LoadedAdapter<B>>> = work.iter().map(|&(i, _)| self.running[i].adapter.as_deref()).collect();
-        let logits = if rows.is_empty() {
+        let held: Vec<Option<Arc<LoadedAdapter<B>>>> = work.iter().map(|&(i, _)| self.running[i].adapter.clone()).collect();
+        let adapters: Vec<Option<&LoadedAdapter<B>>> = held.iter().map(|a| a.as_deref()).collect();
+        let next = if rows.is_empty() {
             // Prefill chunks only: K/V are written, no logits are needed; still one row
             // because the lm_head needs at least one.
             self.model.forward_lora(&*self.be, &ids, &batch, &mut self.kv, &[0], &adapters)?;
             Vec::new()
         } else {
-            self.be.to_host(&self.model.forward_lora(&*self.be, &ids, &batch, &mut self.kv, &rows, &adapters)?)?
+            // The sampled sequences' samplers, in batch order; the backend samples (on the device
+            // on a GPU) and the step syncs once, for the ids.
+            let mut slots: Vec<Option<&mut Sampler>> = self.running.iter_mut().map(|s| Some(s.out.sampler_mut())).collect();
+            let mut samplers: Vec<&mut Sampler> =
+                work.iter().zip(&sample).filter(|(_, s)| **s).filter_map(|(&(i, _), _)| slots[i].take()).collect();
+            self.model.forward_sample(&*self.be, &ids, &batch, &mut self.kv, &rows, &adapters, &mut samplers)?
         };
         self.stats.steps += 1;
 
-        let v = self.model.config.vocab_size;
         let eos = self.model.config.eos_token_ids.clone();
         let mut row = 0;
         let mut done: Vec<usize> = Vec::new();
@@ -575,7 +586,7 @@ impl<B: Backend> Worker<B> {
             if !sample[j] {
                 continue;
             }
-            let a = s.out.accept(&self.tokenizer, &eos, &logits[row * v..(row + 1) * v]);
+            let a = s.out.accept_token(&self.tokenizer, &eos, next[row]);
             row += 1;
             let a = match a {
                 Ok(a) => a,

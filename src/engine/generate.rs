@@ -142,7 +142,7 @@ impl<'a, B: Backend> Generator<'a, B> {
         let bs = DEFAULT_BLOCK_SIZE;
         let blocks: usize = match self.kv_cache_bytes {
             // The CPU backend stores K/V in f32.
-            Some(bytes) => self.model.kv_layout(bs, 0).with_budget(bytes, 4)?.num_blocks,
+            Some(bytes) => self.model.kv_layout(bs, 0).with_budget(bytes, self.be.kv_elem_bytes())?.num_blocks,
             None => reqs.iter().map(|r| (r.prompt_ids.len() + r.options.max_new_tokens).div_ceil(bs)).sum::<usize>().max(1),
         };
         let pool = BlockPool::new(blocks, bs);
@@ -183,12 +183,15 @@ impl<'a, B: Backend> Generator<'a, B> {
             let parts: Vec<(&BlockTable, usize)> =
                 active.iter().map(|&i| (&seqs[i].table, reqs[i].prompt_ids.len())).collect();
             let batch = BatchLayout::new(bs, &parts);
-            let logits = self.be.to_host(&self.model.forward_lora(self.be, &ids, &batch, &mut kv, &batch.last_rows(), &step_adapters)?)?;
+            let next = self.forward_sample(&ids, &batch, &mut kv, &step_adapters, &active, &mut seqs)?;
             for (j, &i) in active.iter().enumerate() {
                 let n = reqs[i].prompt_ids.len();
                 seqs[i].table.advance(n);
-                let row = &logits[j * self.model.config.vocab_size..(j + 1) * self.model.config.vocab_size];
-                self.accept(&mut seqs[i], eos, row, i, &mut on_text)?;
+                // A sequence whose token cannot be taken (non-finite logits, a tokenizer error) fails
+                // alone.
+                if let Err(e) = self.accept(&mut seqs[i], eos, next[j], i, &mut on_text) {
+                    fail(&mut seqs[i], e);
+                }
             }
         }
         let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -216,11 +219,14 @@ impl<'a, B: Backend> Generator<'a, B> {
             let step_adapters: Vec<_> = active.iter().map(|&i| adapter_of(i)).collect();
             let parts: Vec<(&BlockTable, usize)> = active.iter().map(|&i| (&seqs[i].table, 1)).collect();
             let batch = BatchLayout::new(bs, &parts);
-            let logits = self.be.to_host(&self.model.forward_lora(self.be, &ids, &batch, &mut kv, &batch.last_rows(), &step_adapters)?)?;
-            let v = self.model.config.vocab_size;
+            let next = self.forward_sample(&ids, &batch, &mut kv, &step_adapters, &active, &mut seqs)?;
             for (j, &i) in active.iter().enumerate() {
                 seqs[i].table.advance(1);
-                self.accept(&mut seqs[i], eos, &logits[j * v..(j + 1) * v], i, &mut on_text)?;
+                // A sequence whose token cannot be taken (non-finite logits, a tokenizer error) fails
+                // alone.
+                if let Err(e) = self.accept(&mut seqs[i], eos, next[j], i, &mut on_text) {
+                    fail(&mut seqs[i], e);
+                }
             }
             let dt = t.elapsed().as_secs_f64() * 1e3;
             for &i in &active {
@@ -250,10 +256,25 @@ impl<'a, B: Backend> Generator<'a, B> {
             .collect())
     }
 
-    /// Samples from `logits`, records the token, streams its text and decides whether the
-    /// sequence is done.
-    fn accept(&self, s: &mut Seq, eos: &[u32], logits: &[f32], i: usize, on_text: &mut impl FnMut(usize, &str)) -> Result<()> {
-        let a = s.out.accept(self.tokenizer, eos, logits)?;
+    /// One step over the `active` sequences (in batch order): their next tokens, sampled with
+    /// each sequence's sampler (on the device on a GPU).
+    fn forward_sample(
+        &self,
+        ids: &[u32],
+        batch: &BatchLayout,
+        kv: &mut B::Kv,
+        adapters: &[Option<&LoadedAdapter<B>>],
+        active: &[usize],
+        seqs: &mut [Seq],
+    ) -> Result<Vec<u32>> {
+        let mut slots: Vec<Option<&mut super::sampler::Sampler>> = seqs.iter_mut().map(|s| Some(s.out.sampler_mut())).collect();
+        let mut samplers: Vec<&mut super::sampler::Sampler> = active.iter().filter_map(|&i| slots[i].take()).collect();
+        self.model.forward_sample(self.be, ids, batch, kv, &batch.last_rows(), adapters, &mut samplers)
+    }
+
+    /// Records a sampled token, streams its text and decides whether the sequence is done.
+    fn accept(&self, s: &mut Seq, eos: &[u32], token: u32, i: usize, on_text: &mut impl FnMut(usize, &str)) -> Result<()> {
+        let a = s.out.accept_token(self.tokenizer, eos, token)?;
         s.next = a.token;
         if !a.text.is_empty() {
             on_text(i, &a.text);

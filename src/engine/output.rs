@@ -55,6 +55,19 @@ impl SeqOutput {
     /// Samples from `logits`, records the token, and decides whether the sequence is done.
     pub fn accept(&mut self, tokenizer: &TextTokenizer, eos: &[u32], logits: &[f32]) -> Result<Accepted> {
         let tok = self.sampler.sample(logits);
+        self.accept_token(tokenizer, eos, tok)
+    }
+
+    /// The sequence's sampler (a backend samples with it: `Llama::forward_sample`).
+    pub fn sampler_mut(&mut self) -> &mut Sampler {
+        &mut self.sampler
+    }
+
+    /// Records a sampled token and decides whether the sequence is done.
+    pub fn accept_token(&mut self, tokenizer: &TextTokenizer, eos: &[u32], tok: u32) -> Result<Accepted> {
+        if tok == crate::backend::sampling::NON_FINITE {
+            return Err(crate::Error::NonFiniteLogits { step: self.tokens.len() });
+        }
         self.tokens.push(tok);
         let is_eos = eos.contains(&tok);
         let mut text = String::new();

@@ -87,20 +87,37 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// One sequence's sampler state.
+/// One sequence's sampler state: the CPU's generator, and the number of draws a device has
+/// made for it (a device draws from a counter-based generator: `backend::sampling`).
 #[derive(Debug, Clone)]
 pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
+    draws: u64,
 }
 
 impl Sampler {
     pub fn new(params: SamplingParams) -> Self {
         let rng = Rng::new(params.seed);
-        Sampler { params, rng }
+        Sampler { params, rng, draws: 0 }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// The device's parameters for this sequence's next draw (and counts the draw).
+    pub fn next_device_row(&mut self) -> crate::backend::sampling::SampleRow {
+        let d = self.draws;
+        self.draws += 1;
+        let p = &self.params;
+        crate::backend::sampling::SampleRow { temperature: p.temperature, top_k: p.top_k, top_p: p.top_p, seed: p.seed, draw: d }
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        if logits.iter().any(|v| !v.is_finite()) {
+            return crate::backend::sampling::NON_FINITE;
+        }
         let p = &self.params;
         if p.is_greedy() {
             return argmax(logits);

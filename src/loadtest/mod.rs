@@ -8,6 +8,7 @@
 //! The target is anything that runs one request and reports its timings: the engine in
 //! process, or a server over HTTP (`http.rs`).
 
+pub mod decode;
 pub mod engine_target;
 pub mod http;
 

@@ -210,8 +210,19 @@ impl LoraConfig {
                 .collect::<std::result::Result<_, _>>()?,
             _ => BTreeMap::new(),
         };
+        // A scale past this is no fine-tune: lora_alpha 1e30 overflowed the activations and the
+        // NaN logits decoded as token 0 forever.
+        const MAX_ALPHA: f32 = 65536.0;
+        for (what, a) in std::iter::once(("lora_alpha".to_string(), lora_alpha)).chain(alpha_pattern.iter().map(|(k, a)| (format!("alpha_pattern[{k}]"), *a))) {
+            if !(a.is_finite() && a > 0.0 && a <= MAX_ALPHA) {
+                return Err(format!("{what} = {a} is outside (0, {MAX_ALPHA}]"));
+            }
+        }
         let base_model_name_or_path = obj.get("base_model_name_or_path").and_then(Value::as_str).map(str::to_string);
         let lora_dropout = obj.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0) as f32;
+        if !(0.0..1.0).contains(&lora_dropout) {
+            return Err(format!("lora_dropout = {lora_dropout} is outside [0, 1)"));
+        }
         Ok(LoraConfig { r, lora_alpha, use_rslora, target_modules, rank_pattern, alpha_pattern, base_model_name_or_path, lora_dropout })
     }
 

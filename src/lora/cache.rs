@@ -32,11 +32,39 @@ pub struct CacheOptions {
     pub device_budget_bytes: usize,
     /// Largest LoRA rank accepted.
     pub max_rank: usize,
+    /// Let an adapter id be a path to an adapter folder anywhere on this machine (the CLI's
+    /// `--adapter PATH`). Off for servers unless `--allow-adapter-paths`: a client could
+    /// otherwise make the server read any directory.
+    pub allow_paths: bool,
+    /// Also offer `synthetic-0` .. `synthetic-{count-1}`: seeded random adapters made on the
+    /// backend when first requested (`LoadedAdapter::random`), for benchmarks.
+    pub synthetic: Option<SyntheticAdapters>,
+}
+
+/// `count` random adapters of rank `rank` on all seven projections (alpha = 2 rank), the i-th
+/// seeded with `seed + i`, offered as `synthetic-I`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyntheticAdapters {
+    pub count: usize,
+    pub rank: usize,
+    pub seed: u64,
+}
+
+impl SyntheticAdapters {
+    pub fn id(i: usize) -> String {
+        format!("synthetic-{i}")
+    }
+
+    /// The index `id` names, if it is one of these.
+    pub fn index(&self, id: &str) -> Option<usize> {
+        let i: usize = id.strip_prefix("synthetic-")?.parse().ok()?;
+        (i < self.count && Self::id(i) == id).then_some(i)
+    }
 }
 
 impl Default for CacheOptions {
     fn default() -> Self {
-        CacheOptions { adapter_dir: None, max_host_adapters: 64, device_budget_bytes: 1 << 30, max_rank: 128 }
+        CacheOptions { adapter_dir: None, max_host_adapters: 64, device_budget_bytes: 1 << 30, max_rank: 128, allow_paths: false, synthetic: None }
     }
 }
 
@@ -63,13 +91,20 @@ pub struct CacheStats {
 
 struct Job<B: Backend> {
     id: String,
-    path: PathBuf,
-    /// Set when the parsed adapter is already in host memory (only the upload is left).
-    host: Option<Arc<LoraAdapter>>,
+    source: JobSource,
     _backend: std::marker::PhantomData<B>,
 }
 
-type LoadResult<B> = (String, Result<(Arc<LoraAdapter>, LoadedAdapter<B>)>);
+enum JobSource {
+    /// A PEFT folder; `host` is set when the parsed adapter is already in host memory (only the
+    /// upload is left).
+    Disk { path: PathBuf, host: Option<Arc<LoraAdapter>> },
+    /// `synthetic-I`: made on the backend, never on the host.
+    Synthetic { rank: usize, seed: u64 },
+}
+
+/// A finished load: the parsed adapter (None for a synthetic one) and its upload.
+type LoadResult<B> = (String, Result<(Option<Arc<LoraAdapter>>, LoadedAdapter<B>)>);
 
 struct Resident<B: Backend> {
     adapter: Arc<LoadedAdapter<B>>,
@@ -107,13 +142,18 @@ impl<B: Backend> AdapterCache<B> {
             .spawn(move || {
                 // Ends when the cache (the job sender) is dropped.
                 for job in job_rx {
-                    let r = (|| {
-                        let host = match job.host {
-                            Some(h) => h,
-                            None => Arc::new(LoraAdapter::load(&job.id, &job.path, &cfg, max_rank)?),
-                        };
-                        let dev = LoadedAdapter::upload(&*be, &host)?;
-                        Ok((host, dev))
+                    let r = (|| match job.source {
+                        JobSource::Disk { path, host } => {
+                            let host = match host {
+                                Some(h) => h,
+                                None => Arc::new(LoraAdapter::load(&job.id, &path, &cfg, max_rank)?),
+                            };
+                            let dev = LoadedAdapter::upload(&*be, &host)?;
+                            Ok((Some(host), dev))
+                        }
+                        JobSource::Synthetic { rank, seed } => {
+                            Ok((None, LoadedAdapter::random(&*be, &job.id, &cfg, rank, 2.0 * rank as f32, seed, 0.004)?))
+                        }
                     })();
                     if res_tx.send((job.id, r)).is_err() {
                         break;
@@ -141,19 +181,25 @@ impl<B: Backend> AdapterCache<B> {
     }
 
     /// Adapter ids offered under `adapter_dir` (folders with an `adapter_config.json`), sorted.
+    /// Then the synthetic ones, in index order.
     pub fn available(&self) -> Vec<String> {
-        let Some(dir) = &self.opts.adapter_dir else { return Vec::new() };
-        let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
-        let mut ids: Vec<String> = rd
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().join("adapter_config.json").is_file())
-            .filter_map(|e| e.file_name().to_str().map(str::to_string))
-            .collect();
+        let mut ids: Vec<String> = match self.opts.adapter_dir.as_ref().and_then(|d| std::fs::read_dir(d).ok()) {
+            Some(rd) => rd
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().join("adapter_config.json").is_file())
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect(),
+            None => Vec::new(),
+        };
         ids.sort();
+        if let Some(s) = &self.opts.synthetic {
+            ids.extend((0..s.count).map(SyntheticAdapters::id));
+        }
         ids
     }
 
-    /// The folder an id names: `adapter_dir/<id>` first, then `id` as a path.
+    /// The folder an id names: `adapter_dir/<id>` (a plain name: no separators, no `..`), then,
+    /// with `allow_paths`, `id` as a path.
     pub fn resolve(&self, id: &str) -> Result<PathBuf> {
         let is_adapter = |p: &Path| p.join("adapter_config.json").is_file();
         if let Some(dir) = &self.opts.adapter_dir {
@@ -165,9 +211,11 @@ impl<B: Backend> AdapterCache<B> {
                 }
             }
         }
-        let p = PathBuf::from(id);
-        if !id.is_empty() && is_adapter(&p) {
-            return Ok(p);
+        if self.opts.allow_paths {
+            let p = PathBuf::from(id);
+            if !id.is_empty() && is_adapter(&p) {
+                return Ok(p);
+            }
         }
         Err(Error::UnknownAdapter(id.to_string()))
     }
@@ -200,17 +248,19 @@ impl<B: Backend> AdapterCache<B> {
         }
     }
 
-    fn take_result(&mut self, id: String, r: Result<(Arc<LoraAdapter>, LoadedAdapter<B>)>) {
+    fn take_result(&mut self, id: String, r: Result<(Option<Arc<LoraAdapter>>, LoadedAdapter<B>)>) {
         self.loading.remove(&id);
         match r {
             Ok((host, dev)) => {
                 let t = self.tick();
                 self.stats.device_loads += 1;
-                if !self.host.contains_key(&id) {
-                    self.stats.disk_loads += 1;
+                if let Some(host) = host {
+                    if !self.host.contains_key(&id) {
+                        self.stats.disk_loads += 1;
+                    }
+                    self.host.insert(id.clone(), HostEntry { adapter: host, last_used: t });
+                    self.trim_host();
                 }
-                self.host.insert(id.clone(), HostEntry { adapter: host, last_used: t });
-                self.trim_host();
                 self.device.insert(id, Resident { adapter: Arc::new(dev), last_used: t });
             }
             Err(e) => {
@@ -266,8 +316,25 @@ impl<B: Backend> AdapterCache<B> {
         if self.loading.contains_key(id) {
             return Ok(AdapterStatus::Loading);
         }
-        let path = self.resolve(id)?;
-        let bytes = self.estimate_bytes(id, &path)?;
+        let synthetic = self.opts.synthetic.and_then(|s| s.index(id).map(|i| (s, i)));
+        let (source, bytes) = match synthetic {
+            Some((s, i)) => {
+                if s.rank == 0 || s.rank > self.opts.max_rank {
+                    return Err(Error::Adapter { id: id.to_string(), msg: format!("rank {} is outside 1..={}", s.rank, self.opts.max_rank) });
+                }
+                let per_rank: usize = LoraModule::ALL.iter().map(|m| m.dims(&self.model)).map(|(o, i)| o + i).sum();
+                (JobSource::Synthetic { rank: s.rank, seed: s.seed.wrapping_add(i as u64) }, self.model.num_layers * s.rank * per_rank * 4)
+            }
+            None => {
+                let path = self.resolve(id)?;
+                let bytes = self.estimate_bytes(id, &path)?;
+                let host = self.host.get_mut(id).map(|e| {
+                    e.last_used = t;
+                    e.adapter.clone()
+                });
+                (JobSource::Disk { path, host }, bytes)
+            }
+        };
         if bytes > self.opts.device_budget_bytes {
             return Err(Error::Adapter {
                 id: id.to_string(),
@@ -278,11 +345,7 @@ impl<B: Backend> AdapterCache<B> {
             // Every resident adapter is in use: wait for a sequence to finish.
             return Ok(AdapterStatus::Loading);
         }
-        let host = self.host.get_mut(id).map(|e| {
-            e.last_used = t;
-            e.adapter.clone()
-        });
-        let job = Job { id: id.to_string(), path, host, _backend: std::marker::PhantomData };
+        let job = Job { id: id.to_string(), source, _backend: std::marker::PhantomData };
         match self.jobs.as_ref().map(|j| j.send(job)) {
             Some(Ok(())) => {
                 self.loading.insert(id.to_string(), bytes);

@@ -109,6 +109,21 @@ impl ModelConfig {
                 _ => vec![],
             }
         };
+        // The MLP activation: SiLU is what the forward pass computes (Llama, Mistral, Qwen2).
+        match v.get("hidden_act").or_else(|| v.get("hidden_activation")) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(a)) if a == "silu" || a == "swish" => {}
+            Some(other) => return Err(format!("hidden_act {other} is not supported (lorafleet computes silu)")),
+        }
+        // A number that is present must be one (a string or NaN-like value would silently become
+        // the default otherwise).
+        for k in ["rms_norm_eps", "rope_theta"] {
+            if let Some(x) = v.get(k) {
+                if !x.is_number() {
+                    return Err(format!("`{k}` is {x}, not a number"));
+                }
+            }
+        }
         let cfg = ModelConfig {
             arch,
             hidden_size,
@@ -147,6 +162,36 @@ impl ModelConfig {
         ];
         if let Some((k, _)) = nz.iter().find(|(_, v)| *v == 0) {
             return Err(format!("`{k}` must be positive"));
+        }
+        // Upper bounds, checked before anything is allocated from these sizes: far above every
+        // released model (Llama-3.1-405B: 126 layers, hidden 16384, intermediate 53248, vocab
+        // 128256; 1M-token contexts), far below what would exhaust memory by itself.
+        let caps = [
+            ("hidden_size", self.hidden_size, 1 << 17),
+            ("intermediate_size", self.intermediate_size, 1 << 20),
+            ("num_hidden_layers", self.num_layers, 1024),
+            ("num_attention_heads", self.num_heads, 1024),
+            ("num_key_value_heads", self.num_kv_heads, 1024),
+            ("head_dim", self.head_dim, 1024),
+            ("vocab_size", self.vocab_size, 1 << 22),
+            ("max_position_embeddings", self.max_position_embeddings, 1 << 21),
+        ];
+        if let Some((k, v, cap)) = caps.iter().find(|(_, v, cap)| v > cap) {
+            return Err(format!("`{k}` is {v}, above the limit of {cap}"));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
+            return Err(format!("`rms_norm_eps` is {}; it must be a finite number above 0", self.rms_norm_eps));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return Err(format!("`rope_theta` is {}; it must be a finite number above 0", self.rope_theta));
+        }
+        if let Some(r) = &self.rope_scaling {
+            let ok = [r.factor, r.low_freq_factor, r.high_freq_factor].iter().all(|x| x.is_finite() && *x > 0.0)
+                && r.high_freq_factor > r.low_freq_factor
+                && r.original_max_position_embeddings > 0;
+            if !ok {
+                return Err(format!("rope_scaling {r:?}: factors must be finite and positive, high_freq_factor above low_freq_factor"));
+            }
         }
         if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             return Err(format!(
@@ -212,6 +257,31 @@ mod tests {
         assert_eq!(inv.len(), 32);
         assert_eq!(inv[0], 1.0);
         assert!((inv[31] - 1.0 / 100000f32.powf(62.0 / 64.0)).abs() < 1e-12);
+    }
+
+    /// Sizes past sane caps (which would allocate without end), non-positive or non-finite
+    /// eps and theta (NaN logits), and an activation other than SiLU (silently wrong output) are
+    /// refused, naming the field.
+    #[test]
+    fn rejects_sizes_past_the_caps_bad_numerics_and_other_activations() {
+        for (from, to, needle) in [
+            ("\"num_hidden_layers\":30", "\"num_hidden_layers\":1000000000", "`num_hidden_layers` is 1000000000, above the limit"),
+            ("\"max_position_embeddings\":8192", "\"max_position_embeddings\":4611686018427387904", "`max_position_embeddings` is 4611686018427387904"),
+            ("\"vocab_size\":49152", "\"vocab_size\":100000000", "`vocab_size` is 100000000"),
+            ("\"rms_norm_eps\":1e-5", "\"rms_norm_eps\":-1e-5", "`rms_norm_eps` is -0.00001"),
+            ("\"rms_norm_eps\":1e-5", "\"rms_norm_eps\":\"small\"", "`rms_norm_eps` is \"small\", not a number"),
+            ("\"rope_theta\":100000.0", "\"rope_theta\":0", "`rope_theta` is 0"),
+            ("\"rope_theta\":100000.0", "\"rope_theta\":-5", "`rope_theta` is -5"),
+            ("\"rope_theta\":100000.0", "\"rope_theta\":1e300", "`rope_theta` is inf"),
+            ("\"model_type\":\"llama\"", "\"model_type\":\"llama\",\"hidden_act\":\"gelu\"", "hidden_act \"gelu\" is not supported"),
+        ] {
+            let bad = SMOL.replace(from, to);
+            assert_ne!(bad, SMOL, "{from}");
+            let e = ModelConfig::from_json_str(&bad).unwrap_err();
+            assert!(e.contains(needle), "{to}: {e}");
+        }
+        let silu = SMOL.replace("\"model_type\":\"llama\"", "\"model_type\":\"llama\",\"hidden_act\":\"silu\"");
+        ModelConfig::from_json_str(&silu).unwrap();
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use super::config::ModelConfig;
 use super::weights::WeightFiles;
-use crate::backend::cpu::ops::rope_tables;
-use crate::backend::{Backend, HostMatrix, HostWeight, LoraSegment};
+use crate::backend::numeric::rope_tables;
+use crate::backend::{Backend, HostMatrix, HostWeight, LoraRun, StepSpec};
 use crate::lora::{LoadedAdapter, LoraModule};
 use crate::quant::{bnb, Nf4Tensor, Quantization};
 use crate::kv::{BatchLayout, KvLayout};
@@ -67,7 +67,7 @@ impl WeightSource for FileSource<'_> {
                 }
                 BaseFormat::Bf16 => {
                     let t = w.f32_shaped(name, &[rows, cols])?;
-                    let data = t.data.iter().map(|&x| crate::backend::cpu::bf16::f32_to_bf16(x)).collect();
+                    let data = t.data.iter().map(|&x| crate::backend::numeric::f32_to_bf16(x)).collect();
                     HostWeight::Bf16 { name: name.to_string(), rows, cols, data }
                 }
                 BaseFormat::F32 => HostWeight::Dense(self.dense(name, rows, cols)?),
@@ -84,8 +84,13 @@ impl WeightSource for FileSource<'_> {
     }
 }
 
+/// Ids of loaded models, unique in the process (a backend may key what it caches per model).
+static NEXT_MODEL_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 pub struct Llama<B: Backend> {
     pub config: ModelConfig,
+    /// Unique in the process.
+    pub id: u64,
     /// `[vocab, hidden]`; also the lm_head when the embeddings are tied.
     embed: B::Matrix,
     lm_head: Option<B::Matrix>,
@@ -155,12 +160,24 @@ impl<B: Backend> Llama<B> {
         Self::from_source(be, config, &FileSource { w, opts }, progress)
     }
 
+    /// Weight bytes one decode step reads whatever its batch: every layer's seven linear
+    /// weights and the lm_head (norms, biases and the embedding rows are a rounding error). Over
+    /// the device's copy bandwidth this is batch-1 decode's floor.
+    pub fn decode_weight_bytes(&self, be: &B) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().map(|m| be.matrix_bytes(m)).sum::<usize>())
+            .sum();
+        layers + be.matrix_bytes(self.lm_head.as_ref().unwrap_or(&self.embed))
+    }
+
     /// Builds the model from any source of named weights (a checkpoint, or seeded random
     /// weights of a config's shape: `model::random`).
     pub fn from_source(be: &B, config: ModelConfig, src: &dyn WeightSource, show_progress: bool) -> Result<Self> {
         let c = &config;
         let (h, qd, kvd, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
-        let matrix = |name: &str, rows: usize, cols: usize| -> Result<B::Matrix> { be.upload_matrix(src.dense(name, rows, cols)?) };
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<B::Matrix> { be.upload_table(src.dense(name, rows, cols)?) };
         let linear = |name: &str, rows: usize, cols: usize| -> Result<B::Matrix> { be.upload_matrix(src.linear(name, rows, cols)?) };
         let vector = |name: &str, n: usize| -> Result<B::Vector> { be.upload_vector(&src.vector(name, n)?) };
         let bar = crate::progress::bar(show_progress, c.num_layers as u64, "loading layers");
@@ -201,7 +218,8 @@ impl<B: Backend> Llama<B> {
         let norm = vector("model.norm.weight", h)?;
         let (cos, sin) = rope_tables(&c.rope_inv_freq(), c.max_position_embeddings);
         let rope = be.upload_rope(cos, sin, c.head_dim / 2)?;
-        Ok(Llama { config, embed, lm_head, norm, layers, rope })
+        let id = NEXT_MODEL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Llama { config, id, embed, lm_head, norm, layers, rope })
     }
 
     /// The KV storage shape for this model.
@@ -233,6 +251,59 @@ impl<B: Backend> Llama<B> {
         logit_rows: &[usize],
         adapters: &[Option<&LoadedAdapter<B>>],
     ) -> Result<B::Tensor> {
+        let runs = self.check_step(ids, batch, adapters)?;
+        let spec = StepSpec {
+            config: &self.config,
+            model_id: self.id,
+            kv: be.kv_layout(kv),
+            kv_id: be.kv_id(kv),
+            batch,
+            ids,
+            logit_rows,
+            lora: &runs,
+            samples: &[],
+        };
+        let mut step = be.begin_step(&spec)?;
+        self.forward_step(be, &mut step, kv)
+    }
+
+    /// `forward_lora`, then the next token of each logit row, one sampler per row: on a GPU the
+    /// sampling runs on the device and the step syncs once, for the ids.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_sample(
+        &self,
+        be: &B,
+        ids: &[u32],
+        batch: &BatchLayout,
+        kv: &mut B::Kv,
+        logit_rows: &[usize],
+        adapters: &[Option<&LoadedAdapter<B>>],
+        samplers: &mut [&mut crate::engine::Sampler],
+    ) -> Result<Vec<u32>> {
+        if samplers.len() != logit_rows.len() {
+            return Err(Error::InvalidArgument(format!("{} samplers for {} logit rows", samplers.len(), logit_rows.len())));
+        }
+        let runs = self.check_step(ids, batch, adapters)?;
+        let samples: Vec<crate::backend::sampling::SampleRow> = samplers.iter_mut().map(|s| s.next_device_row()).collect();
+        let spec = StepSpec {
+            config: &self.config,
+            model_id: self.id,
+            kv: be.kv_layout(kv),
+            kv_id: be.kv_id(kv),
+            batch,
+            ids,
+            logit_rows,
+            lora: &runs,
+            samples: &samples,
+        };
+        let mut step = be.begin_step(&spec)?;
+        let logits = self.forward_step(be, &mut step, kv)?;
+        be.sample(&logits, &mut step, samplers)
+    }
+
+    /// Checks a step's arguments and returns its LoRA runs: consecutive sequences with the same
+    /// adapter form one run.
+    fn check_step<'a>(&self, ids: &[u32], batch: &BatchLayout, adapters: &[Option<&'a LoadedAdapter<B>>]) -> Result<Vec<LoraRun<'a, B>>> {
         let c = &self.config;
         if ids.len() != batch.n_tokens() {
             return Err(Error::InvalidArgument(format!("{} ids for a batch of {} tokens", ids.len(), batch.n_tokens())));
@@ -246,57 +317,55 @@ impl<B: Backend> Llama<B> {
         if let Some(&p) = batch.positions.iter().find(|&&p| p as usize >= c.max_position_embeddings) {
             return Err(Error::PromptTooLong { tokens: p as usize + 1, max: c.max_position_embeddings });
         }
-        // Runs of consecutive sequences sharing an adapter: (first row, rows, adapter).
-        let mut runs: Vec<(usize, usize, &LoadedAdapter<B>)> = Vec::new();
+        let mut runs: Vec<LoraRun<'a, B>> = Vec::new();
         for (s, a) in batch.seqs.iter().zip(adapters) {
             let Some(a) = a else { continue };
             match runs.last_mut() {
-                Some((start, len, prev)) if std::ptr::eq(*prev, *a) && *start + *len == s.token_start => *len += s.n_new,
-                _ => runs.push((s.token_start, s.n_new, a)),
+                Some(r) if std::ptr::eq(r.adapter, *a) && r.start + r.len == s.token_start => r.len += s.n_new,
+                _ => runs.push(LoraRun { start: s.token_start, len: s.n_new, adapter: a }),
             }
         }
-        // y += LoRA(x) for module m of layer li, over every run whose adapter targets it.
-        let lora = |y: &mut B::Tensor, x: &B::Tensor, li: usize, m: LoraModule| -> Result<()> {
-            let segs: Vec<LoraSegment<'_, B::Matrix>> = runs
-                .iter()
-                .filter_map(|&(start, len, a)| a.pair(li, m).map(|p| LoraSegment { start, len, a: &p.a, b: &p.b, scale: p.scale }))
-                .collect();
-            if segs.is_empty() {
-                Ok(())
-            } else {
-                be.lora_apply(y, x, &segs)
-            }
-        };
-        let mut x = be.embedding(&self.embed, ids)?;
+        Ok(runs)
+    }
+
+    /// The decoder over a begun step: the logits of its logit rows.
+    fn forward_step<'a>(&self, be: &'a B, step: &mut B::Step<'a>, kv: &mut B::Kv) -> Result<B::Tensor> {
+        let c = &self.config;
+        // A decode step of a shape the backend has captured (CUDA graphs) runs as one replay.
+        if let Some(logits) = be.replay_forward(step)? {
+            return Ok(logits);
+        }
+        be.begin_forward(step)?;
+        let mut x = be.embedding(&self.embed, step)?;
         for (li, l) in self.layers.iter().enumerate() {
             // Attention block.
             let hn = be.rms_norm(&x, &l.input_norm, c.rms_norm_eps)?;
             let mut q = be.linear(&hn, &l.q, l.q_bias.as_ref())?;
-            lora(&mut q, &hn, li, LoraModule::Q)?;
+            be.lora_apply(&mut q, &hn, step, li, LoraModule::Q)?;
             let mut k = be.linear(&hn, &l.k, l.k_bias.as_ref())?;
-            lora(&mut k, &hn, li, LoraModule::K)?;
+            be.lora_apply(&mut k, &hn, step, li, LoraModule::K)?;
             let mut v = be.linear(&hn, &l.v, l.v_bias.as_ref())?;
-            lora(&mut v, &hn, li, LoraModule::V)?;
-            be.rope(&mut q, c.num_heads, c.head_dim, &batch.positions, &self.rope)?;
-            be.rope(&mut k, c.num_kv_heads, c.head_dim, &batch.positions, &self.rope)?;
-            let a = be.attention(&q, &k, &v, kv, li, batch)?;
+            be.lora_apply(&mut v, &hn, step, li, LoraModule::V)?;
+            be.rope(&mut q, &mut k, step, &self.rope)?;
+            let a = be.attention(&q, &k, &v, kv, li, step)?;
             let mut o = be.linear(&a, &l.o, None)?;
-            lora(&mut o, &a, li, LoraModule::O)?;
+            be.lora_apply(&mut o, &a, step, li, LoraModule::O)?;
             be.add_assign(&mut x, &o)?;
             // MLP block.
             let hn = be.rms_norm(&x, &l.post_norm, c.rms_norm_eps)?;
             let mut g = be.linear(&hn, &l.gate, None)?;
-            lora(&mut g, &hn, li, LoraModule::Gate)?;
+            be.lora_apply(&mut g, &hn, step, li, LoraModule::Gate)?;
             let mut u = be.linear(&hn, &l.up, None)?;
-            lora(&mut u, &hn, li, LoraModule::Up)?;
+            be.lora_apply(&mut u, &hn, step, li, LoraModule::Up)?;
             let m = be.silu_mul(&g, &u)?;
             let mut d = be.linear(&m, &l.down, None)?;
-            lora(&mut d, &m, li, LoraModule::Down)?;
+            be.lora_apply(&mut d, &m, step, li, LoraModule::Down)?;
             be.add_assign(&mut x, &d)?;
         }
         // Only the rows whose logits are wanted go through the final norm and the lm_head.
-        let sel = be.gather_rows(&x, logit_rows)?;
+        let sel = be.gather_logit_rows(&x, step)?;
         let hn = be.rms_norm(&sel, &self.norm, c.rms_norm_eps)?;
-        be.linear(&hn, self.lm_head.as_ref().unwrap_or(&self.embed), None)
+        let logits = be.linear(&hn, self.lm_head.as_ref().unwrap_or(&self.embed), None)?;
+        be.end_forward(step, logits)
     }
 }

@@ -9,7 +9,7 @@
 use super::config::ModelConfig;
 use super::llama::WeightSource;
 use crate::backend::{HostMatrix, HostWeight};
-use crate::quant::nf4::{Absmax, Nf4Tensor, NF4_BLOCK, NF4_CODE};
+use crate::backend::random::{RandomFormat, RandomSpec};
 use crate::rng::SplitMix64;
 use crate::{Error, Result};
 
@@ -51,50 +51,64 @@ pub fn config_named_or_file(name_or_path: &str) -> Result<ModelConfig> {
         return ModelConfig::from_file(p);
     }
     let names: Vec<&str> = NAMED_SHAPES.iter().map(|(n, _)| *n).collect();
-    Err(Error::InvalidArgument(format!("--config {name_or_path:?}: not a file and not a known shape ({})", names.join(", "))))
+    Err(Error::InvalidArgument(format!("--random-weights {name_or_path:?}: not a file and not a known shape ({})", names.join(", "))))
 }
 
-/// Seeded random weights. Each tensor's values depend only on (seed, name), so two loads
-/// with the same seed are identical whatever the order.
+/// Seeded random weights. Each tensor's values depend only on (seed, name), so two loads with the
+/// same seed are identical whatever the order or the backend: decoder linear weights are
+/// described (`HostWeight::Random`) and created by the backend where they live (on the device for
+/// CUDA: kernels/random.cu), tables are made on the host with the same generator.
 pub struct RandomWeights {
     pub seed: u64,
-    /// Decoder linear weights in NF4 (else dense f32).
+    /// Decoder linear weights in NF4 (else dense f32, or bf16 with `bf16`).
     pub nf4: bool,
 }
 
 impl RandomWeights {
-    fn rng(&self, name: &str) -> SplitMix64 {
+    /// Linear weights in `format`.
+    pub fn with_format(seed: u64, format: RandomFormat) -> RandomFormatWeights {
+        RandomFormatWeights { seed, format }
+    }
+
+    fn seed_of(seed: u64, name: &str) -> u64 {
         // FNV-1a of the name, mixed with the seed.
         let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
-        SplitMix64::new(self.seed ^ h)
+        SplitMix64::new(seed ^ h).next_u64()
     }
+}
+
+/// Random weights whose linear layers are in any `RandomFormat` (NF4, bf16 or f32).
+pub struct RandomFormatWeights {
+    pub seed: u64,
+    pub format: RandomFormat,
+}
+
+fn dense_table(seed: u64, name: &str, rows: usize, cols: usize) -> HostMatrix {
+    // Embedding / lm_head scale.
+    let data = crate::backend::random::uniform(RandomWeights::seed_of(seed, name), rows * cols, -0.02, 0.04);
+    HostMatrix { name: name.to_string(), rows, cols, data }
+}
+
+fn random_linear(seed: u64, format: RandomFormat, name: &str, rows: usize, cols: usize) -> HostWeight {
+    HostWeight::Random(RandomSpec {
+        name: name.to_string(),
+        rows,
+        cols,
+        format,
+        seed: RandomWeights::seed_of(seed, name),
+        // U(-1, 1) / sqrt(in): activations stay O(1) through the layers; NF4 block scales span
+        // [0.75, 1] of it.
+        scale: 1.0 / (cols as f32).sqrt(),
+    })
 }
 
 impl WeightSource for RandomWeights {
     fn dense(&self, name: &str, rows: usize, cols: usize) -> Result<HostMatrix> {
-        let mut rng = self.rng(name);
-        // Embedding / lm_head scale.
-        let data = (0..rows * cols).map(|_| rng.uniform() * 0.02).collect();
-        Ok(HostMatrix { name: name.to_string(), rows, cols, data })
+        Ok(dense_table(self.seed, name, rows, cols))
     }
 
     fn linear(&self, name: &str, rows: usize, cols: usize) -> Result<HostWeight> {
-        let mut rng = self.rng(name);
-        let scale = 1.0 / (cols as f32).sqrt();
-        if !self.nf4 {
-            let data = (0..rows * cols).map(|_| rng.uniform() * scale).collect();
-            return Ok(HostWeight::Dense(HostMatrix { name: name.to_string(), rows, cols, data }));
-        }
-        let numel = rows * cols;
-        let mut packed = vec![0u8; numel.div_ceil(2)];
-        for chunk in packed.chunks_mut(8) {
-            let r = rng.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&r[..chunk.len()]);
-        }
-        // NF4 levels span [-1, 1] times absmax; absmax = scale keeps U(-1,1)/sqrt(in)'s range.
-        let absmax = (0..numel.div_ceil(NF4_BLOCK)).map(|_| scale * (0.75 + 0.25 * rng.unit())).collect();
-        let tensor = Nf4Tensor { shape: vec![rows, cols], blocksize: NF4_BLOCK, packed, absmax: Absmax::Plain(absmax), code: NF4_CODE };
-        Ok(HostWeight::Nf4 { name: name.to_string(), tensor })
+        Ok(random_linear(self.seed, if self.nf4 { RandomFormat::Nf4 } else { RandomFormat::F32 }, name, rows, cols))
     }
 
     fn vector(&self, _name: &str, n: usize) -> Result<Vec<f32>> {
@@ -107,9 +121,61 @@ impl WeightSource for RandomWeights {
     }
 }
 
+impl WeightSource for RandomFormatWeights {
+    fn dense(&self, name: &str, rows: usize, cols: usize) -> Result<HostMatrix> {
+        Ok(dense_table(self.seed, name, rows, cols))
+    }
+
+    fn linear(&self, name: &str, rows: usize, cols: usize) -> Result<HostWeight> {
+        Ok(random_linear(self.seed, self.format, name, rows, cols))
+    }
+
+    fn vector(&self, _name: &str, n: usize) -> Result<Vec<f32>> {
+        Ok(vec![1.0; n])
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        name == "lm_head.weight"
+    }
+}
+
+/// A whole model of seeded random weights (`--random-weights SHAPE --random-seed S`): full-size
+/// shapes where no checkpoint can be brought (benchmarks, memory sizing).
+#[derive(Debug, Clone)]
+pub struct RandomModel {
+    /// What `--random-weights` named (a built-in shape or a config.json path).
+    pub name: String,
+    pub config: ModelConfig,
+    pub seed: u64,
+}
+
+impl RandomModel {
+    /// `name_or_path`: a built-in shape (`NAMED_SHAPES`) or a `config.json` path.
+    pub fn new(name_or_path: &str, seed: u64) -> Result<Self> {
+        Ok(RandomModel { name: name_or_path.to_string(), config: config_named_or_file(name_or_path)?, seed })
+    }
+
+    /// The linear weights' format for a base format flag (f32, bf16 or NF4).
+    pub fn linear_format(format: crate::model::BaseFormat) -> RandomFormat {
+        match format {
+            crate::model::BaseFormat::F32 => RandomFormat::F32,
+            crate::model::BaseFormat::Bf16 => RandomFormat::Bf16,
+            crate::model::BaseFormat::Nf4 => RandomFormat::Nf4,
+        }
+    }
+
+    /// Builds the model on `be`: linear weights are created where they live (on a CUDA device by
+    /// kernels/random.cu), so a 7B NF4 model never passes through host memory.
+    pub fn load<B: crate::backend::Backend>(&self, be: &B, format: crate::model::BaseFormat, progress: bool) -> Result<crate::model::Llama<B>> {
+        let src = RandomWeights::with_format(self.seed, Self::linear_format(format));
+        crate::model::Llama::from_source(be, self.config.clone(), &src, progress)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::random::materialize;
 
     #[test]
     fn named_shapes_parse() {
@@ -123,14 +189,21 @@ mod tests {
     #[test]
     fn random_weights_are_seeded_per_name_and_nf4_valid() {
         let r = RandomWeights { seed: 5, nf4: true };
-        let HostWeight::Nf4 { tensor: a, .. } = r.linear("x", 100, 77).unwrap() else { panic!("not nf4") };
-        let HostWeight::Nf4 { tensor: b, .. } = r.linear("x", 100, 77).unwrap() else { panic!("not nf4") };
+        let nf4 = |w: HostWeight| match w {
+            HostWeight::Random(spec) => match materialize(&spec) {
+                HostWeight::Nf4 { tensor, .. } => tensor,
+                _ => panic!("not nf4"),
+            },
+            _ => panic!("not a random spec"),
+        };
+        let a = nf4(r.linear("x", 100, 77).unwrap());
+        let b = nf4(r.linear("x", 100, 77).unwrap());
         assert_eq!(a, b);
         a.validate().unwrap();
         let d = a.dequantize();
         assert!(d.iter().all(|v| v.abs() <= 1.0 / 77f32.sqrt() + 1e-6));
         assert!(d.iter().filter(|v| **v != 0.0).count() > d.len() / 2);
-        let HostWeight::Nf4 { tensor: c, .. } = r.linear("y", 100, 77).unwrap() else { panic!("not nf4") };
+        let c = nf4(r.linear("y", 100, 77).unwrap());
         assert_ne!(a.packed, c.packed);
     }
 

@@ -36,12 +36,46 @@ const COPIED: [&str; 6] = [
 ];
 
 /// Quantizes the model in `src` into `out` (created). `progress` shows a bar over the tensors.
+/// Every decoder linear weight of `cfg` is in `w` with its `[rows, cols]` (NF4 weights as stored
+/// by bitsandbytes carry their logical shape in their quant state, checked when loaded).
+fn check_linear_shapes(w: &WeightFiles, cfg: &crate::model::ModelConfig, src: &Path) -> Result<()> {
+    let (h, q, kv, ff) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+    for layer in 0..cfg.num_layers {
+        for (proj, rows, cols) in [
+            ("self_attn.q_proj", q, h),
+            ("self_attn.k_proj", kv, h),
+            ("self_attn.v_proj", kv, h),
+            ("self_attn.o_proj", h, q),
+            ("mlp.gate_proj", ff, h),
+            ("mlp.up_proj", ff, h),
+            ("mlp.down_proj", h, ff),
+        ] {
+            let name = format!("model.layers.{layer}.{proj}.weight");
+            if !w.contains(&name) {
+                return Err(Error::Config { path: src.to_path_buf(), msg: format!("tensor {name} is missing ({} layers in config.json)", cfg.num_layers) });
+            }
+            if bnb::is_nf4(w, &name) {
+                continue;
+            }
+            let (_, shape, _, _) = w.raw(&name)?;
+            if shape != [rows, cols] {
+                return Err(Error::Config { path: src.to_path_buf(), msg: format!("tensor {name} has shape {shape:?}; config.json gives [{rows}, {cols}]") });
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn quantize_dir(src: &Path, out: &Path, progress: bool) -> Result<()> {
     let cfg_path = src.join("config.json");
     let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
     let mut cfg: serde_json::Value = serde_json::from_str(&cfg_text)
         .map_err(|e| Error::Config { path: cfg_path.clone(), msg: format!("not valid JSON: {e}") })?;
+    // The config must be one lorafleet loads, and every decoder linear weight must be there with
+    // the shape it gives: a checkpoint is only written from a model that `score` would run.
+    let model_cfg = crate::model::ModelConfig::from_json_str(&cfg_text).map_err(|msg| Error::Config { path: cfg_path.clone(), msg })?;
     let w = WeightFiles::open_dir(src)?;
+    check_linear_shapes(&w, &model_cfg, src)?;
     let mut names: Vec<&str> = w.names().collect();
     names.sort_unstable();
     let bar = crate::progress::bar(progress, names.len() as u64, "quantizing");
@@ -93,4 +127,44 @@ pub fn quantize_dir(src: &Path, out: &Path, progress: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `quantize` writes nothing from a config lorafleet would refuse or from tensors whose
+    /// shapes disagree with it, and quantizes a valid model.
+    #[test]
+    fn quantize_refuses_invalid_configs_and_shapes() {
+        let tmp = std::env::temp_dir().join(format!("lorafleet-quantize-check-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let src = tmp.join("model");
+        crate::train::tiny::write_tiny_model(&src, 1).unwrap();
+        let cfg_path = src.join("config.json");
+        let good = std::fs::read_to_string(&cfg_path).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&good).unwrap();
+        let with = |k: &str, val: serde_json::Value| {
+            let mut v = v.clone();
+            v[k] = val;
+            v.to_string()
+        };
+        let ff = v["intermediate_size"].as_u64().unwrap();
+        for (bad, needle) in [
+            (with("rms_norm_eps", serde_json::json!(-1.0)), "rms_norm_eps"),
+            (with("hidden_act", serde_json::json!("gelu")), "hidden_act"),
+            (with("intermediate_size", serde_json::json!(ff + 8)), "config.json gives"),
+            (with("num_hidden_layers", serde_json::json!(v["num_hidden_layers"].as_u64().unwrap() + 1)), "is missing"),
+        ] {
+            std::fs::write(&cfg_path, &bad).unwrap();
+            let out = tmp.join("out-bad");
+            let e = quantize_dir(&src, &out, false).unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+            assert!(!out.exists(), "{needle}: nothing is written");
+        }
+        std::fs::write(&cfg_path, &good).unwrap();
+        quantize_dir(&src, &tmp.join("out"), false).unwrap();
+        assert!(tmp.join("out/model.safetensors").is_file());
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
 }

@@ -21,13 +21,42 @@ pub struct AppState {
     /// The base model's id: the model directory's name.
     pub model_id: String,
     next_id: AtomicU64,
+    /// Generation requests admitted and not yet ended (running or waiting in the engine).
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Past this many in flight, a request gets 503 with Retry-After (`--max-queued-requests`
+    /// plus the engine's running slots).
+    max_in_flight: usize,
 }
 
 pub type App = Arc<AppState>;
 
 impl AppState {
     pub fn new(engine: Arc<Engine>, model_id: String) -> App {
-        Arc::new(AppState { engine, model_id, next_id: AtomicU64::new(1) })
+        Self::with_limit(engine, model_id, usize::MAX)
+    }
+
+    /// With at most `max_in_flight` generation requests admitted at once.
+    pub fn with_limit(engine: Arc<Engine>, model_id: String, max_in_flight: usize) -> App {
+        Arc::new(AppState { engine, model_id, next_id: AtomicU64::new(1), in_flight: Arc::default(), max_in_flight })
+    }
+
+    /// Generation requests admitted and not yet ended.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Admits one more request, or refuses with 503 when `max_in_flight` are in flight.
+    fn admit(&self) -> Result<InFlight, ApiError> {
+        let n = self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight(self.in_flight.clone());
+        if n >= self.max_in_flight {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!("{n} requests are in flight, the most this server queues (--max-queued-requests); retry shortly"),
+            ));
+        }
+        Ok(guard)
     }
 
     /// A response id unique in this server's life.
@@ -70,6 +99,7 @@ impl From<Error> for ApiError {
             Error::UnknownAdapter(_) => (StatusCode::NOT_FOUND, "unknown_adapter"),
             Error::Adapter { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "adapter"),
             Error::PromptTooLong { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "prompt_too_long"),
+            Error::NonFiniteLogits { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "non_finite_logits"),
             Error::EmptyPrompt | Error::BadRequest(_) | Error::Tokenize(_) | Error::ChatTemplate(_) | Error::InvalidArgument(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "validation")
             }
@@ -82,7 +112,20 @@ impl From<Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": self.message, "error_type": self.kind });
-        (self.status, axum::Json(body)).into_response()
+        let mut r = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+/// One admitted request; the count drops when the request ends (its event bridge finishes).
+pub struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -115,8 +158,17 @@ pub struct RequestLog {
 }
 
 impl RequestLog {
+    /// Until the handler marks it done (`ok`) or failed (`error`), a request whose handler is
+    /// dropped (the client disconnected before the answer) is logged `status=499 cancelled`.
     pub fn new(method: &'static str, path: &'static str) -> Self {
-        RequestLog { method, path, status: 200, adapter: None, prompt_tokens: 0, generated_tokens: 0, ttft: None, outcome: "ok", start: Instant::now() }
+        RequestLog { method, path, status: 499, adapter: None, prompt_tokens: 0, generated_tokens: 0, ttft: None, outcome: "cancelled", start: Instant::now() }
+    }
+
+    /// The answer is complete (or, for a stream, its headers are sent: the stream's end sets the
+    /// outcome again).
+    pub fn ok(&mut self) {
+        self.status = 200;
+        self.outcome = "ok";
     }
 
     pub fn error(&mut self, e: &ApiError) {
@@ -140,7 +192,7 @@ impl Drop for RequestLog {
             self.path,
             self.status,
             self.outcome,
-            self.adapter.as_deref().unwrap_or("-"),
+            self.adapter.as_deref().map_or("-".into(), log_field),
             self.prompt_tokens,
             self.generated_tokens,
             ttft,
@@ -149,11 +201,73 @@ impl Drop for RequestLog {
     }
 }
 
+/// A client-given string as one log field: as is when it is plain (printable ASCII, no space,
+/// quote or backslash), else JSON-quoted, so a newline or a forged `key=value` cannot start a
+/// log line or a field of its own.
+pub fn log_field(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
+        s.to_string()
+    } else {
+        serde_json::to_string(s).unwrap_or_else(|_| "\"?\"".into())
+    }
+}
+
+/// Largest request body accepted (bytes); past it, a JSON 413.
+pub const MAX_BODY_BYTES: usize = 4 << 20;
+/// A request body must arrive within this (a client that sends fewer bytes than its
+/// Content-Length gets a 408 instead of holding a connection and a task forever); set once at
+/// start-up by `serve --body-timeout`.
+static BODY_TIMEOUT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(30_000);
+
+pub fn set_body_timeout(d: Duration) {
+    BODY_TIMEOUT_MS.store(d.as_millis().clamp(1, u64::MAX as u128) as u64, Ordering::Relaxed);
+}
+
+fn body_timeout() -> Duration {
+    Duration::from_millis(BODY_TIMEOUT_MS.load(Ordering::Relaxed))
+}
+
+/// Middleware: reads the whole body under `MAX_BODY_BYTES` and the body timeout, then hands the
+/// request on with the body in memory. Errors are the API's JSON errors (413, 408, 400).
+pub async fn read_body(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let too_big = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the request body is over {MAX_BODY_BYTES} bytes")).into_response();
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return too_big();
+    }
+    let timeout = body_timeout();
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Err(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", format!("the request body did not arrive within {:.1} s", timeout.as_secs_f64())).into_response(),
+        // Without a declared length, the limit is the likely reason; a broken body otherwise.
+        Ok(Err(_)) if declared.is_none() => too_big(),
+        Ok(Err(e)) => ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("the request body could not be read: {e}")).into_response(),
+        Ok(Ok(bytes)) => next.run(axum::extract::Request::from_parts(parts, Body::from(bytes))).await,
+    }
+}
+
+/// Middleware: every route but /health needs `Authorization: Bearer KEY` when the server has a key
+/// (`--api-key` or LORAFLEET_API_KEY); a missing or wrong key gets a JSON 401.
+pub async fn check_api_key(key: Arc<str>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if req.uri().path() == "/health" {
+        return next.run(req).await;
+    }
+    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+    // Compared in time independent of where the strings differ.
+    let ok = given.is_some_and(|g| g.len() == key.len() && g.bytes().zip(key.bytes()).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0);
+    if ok {
+        next.run(req).await
+    } else {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid API key is needed: `Authorization: Bearer KEY`").into_response()
+    }
+}
+
 /// Forwards a handle's events into an async channel from a blocking thread. When the receiver
 /// is dropped (the client disconnected), the thread drops the handle, which cancels the request.
-pub fn bridge(handle: RequestHandle) -> UnboundedReceiver<Event> {
+pub fn bridge(handle: RequestHandle, admitted: InFlight) -> UnboundedReceiver<Event> {
     let (tx, rx) = unbounded_channel();
     tokio::task::spawn_blocking(move || loop {
+        let _admitted = &admitted;
         match handle.recv_timeout(Duration::from_millis(50)) {
             Recv::Event(ev) => {
                 let last = matches!(ev, Event::Finished(_) | Event::Error(_));
@@ -173,9 +287,10 @@ pub fn bridge(handle: RequestHandle) -> UnboundedReceiver<Event> {
 /// unknown adapter) become an HTTP error before any streaming starts. Returns the event stream
 /// with that first event, and the prompt length.
 pub async fn start(app: &App, req: GenerateRequest) -> Result<(Event, UnboundedReceiver<Event>, usize), ApiError> {
+    let admitted = app.admit()?;
     let handle = app.engine.submit(req)?;
     let prompt_tokens = handle.prompt_tokens();
-    let mut rx = bridge(handle);
+    let mut rx = bridge(handle, admitted);
     match rx.recv().await {
         Some(Event::Error(e)) => Err(e.into()),
         Some(ev) => Ok((ev, rx, prompt_tokens)),

@@ -102,6 +102,7 @@ pub async fn generate(State(app): State<App>, body: Bytes) -> Response {
         let (req, params, sampling) = request(&app, &body, &mut log)?;
         let (tokens, f) = collect(&app, req).await?;
         log.finished(&f);
+        log.ok();
         let mut out = json!({ "generated_text": f.text });
         if params.details {
             let toks = tokens.iter().map(|(id, text, special)| token_json(*id, text, *special)).collect();
@@ -144,8 +145,9 @@ pub async fn generate_stream(State(app): State<App>, body: Bytes) -> Response {
         }
     };
     log.prompt_tokens = prompt_tokens;
-    // Until the stream ends normally, a dropped stream means the client went away.
-    log.outcome = "cancelled";
+    // Until the stream ends normally (its end sets the outcome), a dropped stream means the
+    // client went away: logged 200 (the headers went out) and cancelled.
+    log.status = 200;
     let st = StreamState { rx, next: Some(first), held: None, index: 0, details: params.details, sampling, done: false, log };
     let stream = futures_util::stream::unfold(st, |mut st| async move {
         if st.done {

@@ -21,7 +21,8 @@ use serde_json::json;
 pub use common::{AppState, App};
 pub use lorax::DEFAULT_MAX_NEW_TOKENS;
 
-use crate::backend::cpu::CpuBackend;
+use crate::backend::device::{open_backend, OpenedBackend};
+use crate::backend::Backend;
 use crate::engine::{Engine, EngineOptions};
 use crate::model::{BaseFormat, Llama, LoadOptions};
 use crate::tokenizer::TextTokenizer;
@@ -29,15 +30,48 @@ use crate::{Error, Result};
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// The model directory (with `random_weights`, only its tokenizer is read).
     pub model: PathBuf,
+    /// Serve seeded random weights of this shape instead of the directory's checkpoint.
+    pub random_weights: Option<crate::model::random::RandomModel>,
     /// How the linear weights are held (`LoadOptions::format`).
     pub format: BaseFormat,
     /// CPU threads for the model (None = all cores).
     pub threads: Option<usize>,
+    /// Where the model runs (`--device`) and, on CUDA, the activation dtype.
+    pub device: crate::backend::device::DeviceChoice,
+    pub act_dtype: crate::backend::device::ActDtype,
+    /// Decode steps replay as CUDA graphs (`--no-cuda-graphs` turns it off).
+    pub cuda_graphs: bool,
+    /// On a device, size the KV cache (60%) and the adapter budget (10%) from the memory free
+    /// after loading the model, instead of `engine.kv_cache_bytes` and the cache's budget.
+    pub kv_from_device_memory: bool,
+    pub adapters_from_device_memory: bool,
     pub host: String,
     /// 0 = any free port (the bound address is printed).
     pub port: u16,
     pub engine: EngineOptions,
+    /// A request body must arrive within this.
+    pub body_timeout: std::time::Duration,
+    /// Every route but /health needs `Authorization: Bearer KEY`.
+    pub api_key: Option<String>,
+    /// Requests admitted beyond the engine's running slots; past them, 503 with Retry-After.
+    pub max_queued_requests: usize,
+    /// On SIGTERM/SIGINT: stop accepting, let running requests finish for at most this, exit 0.
+    pub shutdown_timeout: std::time::Duration,
+}
+
+/// The routes over an app state (the engine plus the base model's id); with `api_key`, every route
+/// but /health needs it.
+pub fn router_with_key(app: App, api_key: Option<&str>) -> Router {
+    let r = router(app);
+    match api_key {
+        Some(k) => {
+            let k: Arc<str> = Arc::from(k);
+            r.layer(axum::middleware::from_fn(move |req, next| common::check_api_key(k.clone(), req, next)))
+        }
+        None => r,
+    }
 }
 
 /// The routes over an app state (the engine plus the base model's id).
@@ -48,17 +82,81 @@ pub fn router(app: App) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
-        .route("/health", get(|| async { axum::Json(json!({ "status": "ok" })) }))
+        .route("/health", get(health))
         .route("/metrics", get(metrics::metrics))
+        .layer(axum::middleware::from_fn(common::read_body))
+        // The middleware enforces the body limit (with a JSON 413); axum's own 2 MB default
+        // would answer in plain text first.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(app)
 }
 
-/// Serves `router(app)` on `listener` until the process ends.
-pub async fn serve_on(listener: tokio::net::TcpListener, app: App) -> Result<()> {
-    axum::serve(listener, router(app)).await.map_err(|e| Error::InvalidArgument(format!("HTTP server: {e}")))
+/// 200 `{"status": "ok"}` while the engine thread runs, else 503.
+async fn health(axum::extract::State(app): axum::extract::State<App>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if app.engine.is_alive() {
+        axum::Json(json!({ "status": "ok", "in_flight": app.in_flight() })).into_response()
+    } else {
+        (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "engine stopped" }))).into_response()
+    }
 }
 
-/// Loads the model (CPU backend), starts the engine and serves HTTP; runs until killed.
+/// Per connection: the request headers must arrive within this (a slow-loris client, or one that
+/// opens a connection and sends nothing, is closed instead of holding it), and an idle keep-alive
+/// connection is closed after it too.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `router(app)` on `listener` until the process ends: one task per connection, HTTP/1.1
+/// through hyper with a header-read timeout (`HEADER_TIMEOUT`, which also ends idle keep-alive
+/// connections: their next request's headers are what is waited for).
+pub async fn serve_on(listener: tokio::net::TcpListener, app: App) -> Result<()> {
+    serve_router(listener, router(app)).await
+}
+
+/// `serve_on` for a built router.
+async fn serve_router(listener: tokio::net::TcpListener, router: Router) -> Result<()> {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: say so, back off, keep serving.
+                eprintln!("lorafleet serve: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+            // Errors here are the connection's (a client gone, a timeout): nothing to report.
+            let _ = b.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+/// Loads the model on `be` and starts the engine.
+fn start_engine<B: Backend>(be: B, opts: &ServeOptions) -> Result<Engine> {
+    let be = Arc::new(be);
+    let tokenizer = Arc::new(TextTokenizer::from_dir(&opts.model)?);
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let model = Arc::new(match &opts.random_weights {
+        Some(r) => r.load(&*be, opts.format, progress)?,
+        None => Llama::load_with(&*be, &opts.model, LoadOptions { format: opts.format, progress })?,
+    });
+    let mut engine = opts.engine.clone();
+    if let Some((free, _total)) = be.device_memory() {
+        if opts.kv_from_device_memory {
+            engine.kv_cache_bytes = free / 10 * 6;
+        }
+        if opts.adapters_from_device_memory {
+            engine.cache.device_budget_bytes = free / 10;
+        }
+    }
+    Engine::start(be, model, tokenizer, engine)
+}
+
+/// Loads the model on the `--device` backend, starts the engine and serves HTTP; runs until killed.
 /// Prints `listening on http://ADDR` on stderr once the port is bound.
 pub fn serve(opts: ServeOptions) -> Result<()> {
     if let Some(n) = opts.threads {
@@ -78,11 +176,13 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "base".into());
-    let be = Arc::new(CpuBackend::new());
-    let tokenizer = Arc::new(TextTokenizer::from_dir(&opts.model)?);
-    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let model = Arc::new(Llama::load_with(&*be, &opts.model, LoadOptions { format: opts.format, progress })?);
-    let engine = Arc::new(Engine::start(be, model, tokenizer, opts.engine.clone())?);
+    let (opened, note) = open_backend(opts.device, opts.act_dtype, opts.cuda_graphs)?;
+    eprintln!("lorafleet serve: {note}");
+    let engine = match opened {
+        OpenedBackend::Cpu(be) => start_engine(be, &opts)?,
+        OpenedBackend::Cuda(be) => start_engine(be, &opts)?,
+    };
+    let engine = Arc::new(engine);
     eprintln!(
         "lorafleet serve: model {model_id}, KV cache {} blocks ({} tokens), max batch tokens {}, max running {}, adapters from {}",
         engine.kv_total_blocks(),
@@ -91,17 +191,53 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
         opts.engine.max_running,
         opts.engine.cache.adapter_dir.as_ref().map_or("(none)".into(), |d| d.display().to_string()),
     );
-    let app = AppState::new(engine, model_id);
+    common::set_body_timeout(opts.body_timeout);
+    let max_in_flight = opts.engine.max_running.saturating_add(opts.max_queued_requests);
+    let app = AppState::with_limit(engine, model_id, max_in_flight);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| Error::InvalidArgument(format!("tokio runtime: {e}")))?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let addr = format!("{}:{}", opts.host, opts.port);
         let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| Error::InvalidArgument(format!("cannot listen on {addr}: {e}")))?;
         let bound: SocketAddr = listener.local_addr().map_err(|e| Error::InvalidArgument(format!("{addr}: {e}")))?;
         eprintln!("listening on http://{bound}");
-        serve_on(listener, app).await
-    })
+        let router = router_with_key(app.clone(), opts.api_key.as_deref());
+        tokio::select! {
+            r = serve_router(listener, router) => r,
+            () = shutdown_signal() => {
+                // The accept loop is dropped with the other branch: no new connections. Running
+                // requests (and their streams) go on until they end or the timeout passes.
+                eprintln!("lorafleet serve: shutting down: {} requests in flight, waiting up to {:.0} s", app.in_flight(), opts.shutdown_timeout.as_secs_f64());
+                let deadline = tokio::time::Instant::now() + opts.shutdown_timeout;
+                while app.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                // A moment for the last frames to leave the sockets.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                eprintln!("lorafleet serve: stopped ({} requests cut)", app.in_flight());
+                Ok(())
+            }
+        }
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
+}
+
+/// SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
 }

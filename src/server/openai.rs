@@ -189,6 +189,7 @@ async fn run(app: App, prepared: Result<(GenerateRequest, bool, String), ApiErro
         return match collect(&app, req).await {
             Ok((_, f)) => {
                 log.finished(&f);
+                log.ok();
                 let choice = match kind {
                     Kind::Completion => json!({ "index": 0, "text": f.text, "logprobs": Value::Null, "finish_reason": openai_finish_reason(f.reason) }),
                     Kind::Chat => json!({
@@ -221,7 +222,8 @@ async fn run(app: App, prepared: Result<(GenerateRequest, bool, String), ApiErro
         }
     };
     log.prompt_tokens = prompt_tokens;
-    log.outcome = "cancelled";
+    // The headers go out now; the stream's end sets the outcome (cancelled until then).
+    log.status = 200;
     let chunk = move |choice: Value| json!({ "id": id, "object": kind.object(true), "created": created, "model": model, "choices": [choice] });
     // The chat stream opens with the assistant's role.
     let opening = (kind == Kind::Chat).then(|| sse_data(&chunk(json!({ "index": 0, "delta": { "role": "assistant", "content": "" }, "logprobs": Value::Null, "finish_reason": Value::Null }))));

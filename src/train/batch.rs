@@ -14,7 +14,7 @@
 //! let every sequence attend to it (`SeqSpan::with_context`): the same loss and gradients as
 //! packed, with that prefix's forward and backward computed once per micro-batch.
 
-use crate::backend::cpu::backward::SeqSpan;
+use crate::backend::layout::SeqSpan;
 use crate::{Error, Result};
 
 /// One training example.

@@ -7,6 +7,8 @@ use std::sync::OnceLock;
 
 use lorafleet::model::weights::WeightFiles;
 
+pub mod server;
+
 pub const MODEL: &str = "smollm2-135m-instruct";
 
 /// The converted SmolLM2-135M-Instruct directory: `$LORAFLEET_MODEL_DIR`, else
@@ -96,4 +98,17 @@ pub fn rel_l2_f32(got: &[f32], want: &[f32], what: &str) -> f64 {
     let (num, den) = got.iter().zip(want).fold((0f64, 0f64), |(n, d), (&g, &w)| (n + (g as f64 - w as f64).powi(2), d + (w as f64).powi(2)));
     assert!(den > 0.0, "{what}: the reference is all zeros: the test inputs are wrong");
     (num / den).sqrt()
+}
+
+/// A small random-weight Llama config (2 layers, hidden 64, 4 query heads over 2 KV heads of 16,
+/// vocabulary 97): the CUDA backend's tests run it on the emulator in seconds.
+pub fn tiny_config(attention_bias: bool, tied: bool) -> lorafleet::model::config::ModelConfig {
+    let json = format!(
+        r#"{{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
+            "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "vocab_size": 97, "max_position_embeddings": 256,
+            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": {tied},
+            "attention_bias": {attention_bias}, "bos_token_id": 1, "eos_token_id": 2}}"#
+    );
+    lorafleet::model::config::ModelConfig::from_json_str(&json).expect("tiny config")
 }

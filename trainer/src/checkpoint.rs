@@ -105,6 +105,24 @@ pub fn load(dir: &Path, model: &ModelConfig, adamw: AdamWConfig) -> Result<(Lora
         opt.exp_avg[i] = w.f32_shaped(&format!("exp_avg.{key}"), &shape[..])?.data;
         opt.exp_avg_sq[i] = w.f32_shaped(&format!("exp_avg_sq.{key}"), &shape[..])?.data;
     }
-    opt.step = w.f32_shaped("step", &[1])?.data[0] as u64;
+    let step = w.f32_shaped("step", &[1])?.data[0];
+    // The state must be one a run could have written: a step inside the run, the optimizer's
+    // step equal to it, finite moments and second moments that are not negative.
+    let bad = |m: String| Err(Error::InvalidArgument(format!("{}: {m}; the checkpoint is inconsistent", dir.display())));
+    if state.step == 0 || state.step > state.total_steps {
+        return bad(format!("trainer_state.json step {} is outside 1..={}", state.step, state.total_steps));
+    }
+    if !(step.is_finite() && step as u64 as f32 == step && step as usize == state.step) {
+        return bad(format!("the optimizer's step {step} differs from trainer_state.json's {}", state.step));
+    }
+    opt.step = step as u64;
+    for (i, (m, v)) in opt.exp_avg.iter().zip(&opt.exp_avg_sq).enumerate() {
+        if m.iter().any(|x| !x.is_finite()) || v.iter().any(|x| !x.is_finite() || *x < 0.0) {
+            return bad(format!("optimizer moment {i} holds a non-finite or negative value"));
+        }
+    }
+    if state.micro_batch == 0 || state.grad_accum == 0 || state.n_examples == 0 {
+        return bad("trainer_state.json has a zero micro_batch, grad_accum or n_examples".into());
+    }
     Ok((adapter, opt, state))
 }

@@ -212,11 +212,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
     if !(0.0..1.0).contains(&a.lora_dropout) {
         return Err(Error::InvalidArgument(format!("--lora-dropout {} is outside [0, 1)", a.lora_dropout)));
     }
-    let model = load_base(&a.base)?;
-    let tok = TextTokenizer::from_dir(&a.base.model)?;
-    let examples = data::read_jsonl(&a.data, &tok, a.max_seq_len)?;
-    let pad_id = model.config.eos_token_ids.first().copied().unwrap_or(0);
-    let cfg = TrainConfig {
+    let mut cfg = TrainConfig {
         out_dir: a.out.clone(),
         rank: a.rank,
         alpha: a.alpha,
@@ -231,7 +227,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         max_grad_norm: a.max_grad_norm,
         adamw: AdamWConfig { weight_decay: a.weight_decay, ..AdamWConfig::default() },
         batching: a.batching,
-        pad_id,
+        pad_id: 0, // set from the model below
         seed: a.seed,
         shuffle: !a.no_shuffle,
         init_adapter: a.init_adapter.clone(),
@@ -242,6 +238,12 @@ fn run_train(a: TrainArgs) -> Result<()> {
         progress: !a.no_progress,
         base_model_name: Some(a.base.model.display().to_string()),
     };
+    // Every count and rate, before anything loads.
+    cfg.validate()?;
+    let model = load_base(&a.base)?;
+    let tok = TextTokenizer::from_dir(&a.base.model)?;
+    let examples = data::read_jsonl(&a.data, &tok, a.max_seq_len)?;
+    cfg.pad_id = model.config.eos_token_ids.first().copied().unwrap_or(0);
     let tokens: usize = examples.iter().map(|e| e.ids.len()).sum();
     eprintln!("{} examples ({tokens} tokens) from {}; {} updates", examples.len(), a.data.display(), train_loop::total_steps(examples.len(), &cfg));
     let s = train_loop::train(&model, &examples, &cfg)?;

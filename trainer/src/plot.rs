@@ -35,6 +35,9 @@ fn plot_err(e: impl std::fmt::Display) -> Error {
 
 /// Draws loss against update for `log` into `path` (800 × 480 PNG).
 pub fn plot_loss(path: &Path, log: &[LogEntry]) -> Result<()> {
+    // Only finite points are drawn: a NaN or infinite loss has no place on an axis (and would
+    // make the axis range NaN).
+    let log: Vec<&LogEntry> = log.iter().filter(|e| e.loss.is_finite()).collect();
     if log.is_empty() {
         return Ok(());
     }

@@ -199,11 +199,59 @@ fn progress_bar(show: bool, total: usize, start: usize) -> indicatif::ProgressBa
     b
 }
 
+impl TrainConfig {
+    /// Every count at least 1 and every rate finite and in range, naming the flag at fault: a
+    /// zero batch would divide by zero, a NaN rate would train into NaN weights.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        for (flag, v) in [("--micro-batch", self.micro_batch), ("--grad-accum", self.grad_accum), ("--rank", self.rank)] {
+            if v == 0 {
+                return bad(format!("{flag} must be at least 1"));
+            }
+        }
+        // A rank past this is no adapter (it exceeds every projection of released models and
+        // would allocate gigabytes per layer before the first step).
+        if self.rank > 1024 {
+            return bad(format!("--rank {} is above the limit of 1024", self.rank));
+        }
+        if self.max_steps.is_none() && self.epochs == 0 {
+            return bad("--epochs must be at least 1 (or give --max-steps)".into());
+        }
+        if self.max_steps == Some(0) {
+            return bad("--max-steps must be at least 1".into());
+        }
+        if self.modules.is_empty() {
+            return bad("--target-modules names no module".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("--lr {} must be a finite number above 0", self.lr));
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return bad(format!("--alpha {} must be a finite number above 0", self.alpha));
+        }
+        if !(self.warmup_ratio.is_finite() && (0.0..=1.0).contains(&self.warmup_ratio)) {
+            return bad(format!("--warmup-ratio {} is outside [0, 1]", self.warmup_ratio));
+        }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
+            return bad(format!("--max-grad-norm {} must be finite and at least 0 (0: no clipping)", self.max_grad_norm));
+        }
+        if !(self.adamw.weight_decay.is_finite() && self.adamw.weight_decay >= 0.0) {
+            return bad(format!("--weight-decay {} must be finite and at least 0", self.adamw.weight_decay));
+        }
+        let p = self.step.lora_dropout;
+        if !(0.0..1.0).contains(&p) {
+            return bad(format!("--lora-dropout {p} is outside [0, 1)"));
+        }
+        Ok(())
+    }
+}
+
 /// Trains an adapter on `examples`; writes checkpoints, `loss.jsonl` and the final adapter
 /// (`adapter/`) under `cfg.out_dir`.
 pub fn train(model: &TrainModel, examples: &[Example], cfg: &TrainConfig) -> Result<TrainSummary> {
-    if examples.is_empty() || cfg.micro_batch == 0 || cfg.grad_accum == 0 || cfg.rank == 0 || cfg.modules.is_empty() {
-        return Err(Error::InvalidArgument("train: need examples, micro_batch > 0, grad_accum > 0, rank > 0 and target modules".into()));
+    cfg.validate()?;
+    if examples.is_empty() {
+        return Err(Error::InvalidArgument("train: no examples".into()));
     }
     std::fs::create_dir_all(&cfg.out_dir).map_err(|e| Error::io(&cfg.out_dir, e))?;
     let n = examples.len();
@@ -225,6 +273,18 @@ pub fn train(model: &TrainModel, examples: &[Example], cfg: &TrainConfig) -> Res
                 return Err(Error::InvalidArgument(format!(
                     "{}: the checkpoint was taken with seed {}, {} examples, {} steps, micro-batch {}, accumulation {}; this run has seed {}, {n}, {total}, {}, {}",
                     dir.display(), state.seed, state.n_examples, state.total_steps, state.micro_batch, state.grad_accum, cfg.seed, cfg.micro_batch, cfg.grad_accum
+                )));
+            }
+            // The adapter must be the one these flags would train.
+            let c = &adapter.config;
+            let mut modules: Vec<&str> = cfg.modules.iter().map(|m| m.name()).collect();
+            modules.sort_unstable();
+            let mut saved: Vec<&str> = LoraModule::ALL.iter().filter(|m| adapter.layers.iter().any(|l| l[m.index()].is_some())).map(|m| m.name()).collect();
+            saved.sort_unstable();
+            if c.r != cfg.rank || c.lora_alpha != cfg.alpha || saved != modules {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: the checkpoint's adapter has rank {}, alpha {} on {saved:?}; this run asks rank {}, alpha {} on {modules:?}",
+                    dir.display(), c.r, c.lora_alpha, cfg.rank, cfg.alpha
                 )));
             }
             adapter.id = "trained".into();
@@ -285,6 +345,13 @@ pub fn train(model: &TrainModel, examples: &[Example], cfg: &TrainConfig) -> Res
             }
         }
         let grad_norm = grads.global_norm();
+        // A diverged step stops the run before it reaches the weights (or the checkpoints).
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            return Err(Error::InvalidArgument(format!(
+                "update {}: the loss is {loss} and the gradient norm {grad_norm}: training diverged (lower --lr or --alpha, or check the data); the last checkpoint is intact",
+                state.step + 1
+            )));
+        }
         if cfg.max_grad_norm > 0.0 && grad_norm > cfg.max_grad_norm as f64 {
             // torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6).
             grads.scale((cfg.max_grad_norm as f64 / (grad_norm + 1e-6)) as f32);

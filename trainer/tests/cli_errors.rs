@@ -1,6 +1,7 @@
 //! `lorafleet-train` refuses bad input with one `error: ...` line and a failing exit status,
-//! before any training: a LoRA dropout outside [0, 1), a bf16 base asked together with NF4, a
-//! data file that does not exist, a JSONL line that is not an example.
+//! before any training: a LoRA dropout outside [0, 1), a bf16 base asked together with NF4, zero
+//! batch sizes or rank, NaN, infinite or negative rates, a warm-up ratio outside [0, 1], a data
+//! file that does not exist, a JSONL line that is not an example.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -44,6 +45,27 @@ fn bad_arguments_and_data_fail_with_one_clear_error() {
 
     refused(&train(&["--lora-dropout", "1.5"], &good, "dropout"), "dropout 1.5", "--lora-dropout 1.5 is outside [0, 1)");
     refused(&train(&["--base-dtype", "bf16", "--quantize", "nf4"], &good, "both"), "bf16 and nf4", "cannot be used with");
+    // Counts of zero divided by zero (a panic) and NaN or negative rates trained into NaN
+    // weights: each is refused, naming the flag.
+    for (args, needle) in [
+        (&["--micro-batch", "0"][..], "--micro-batch must be at least 1"),
+        (&["--grad-accum", "0"], "--grad-accum must be at least 1"),
+        (&["--rank", "0"], "--rank must be at least 1"),
+        (&["--rank", "100000"], "--rank 100000 is above the limit of 1024"),
+        (&["--lr", "NaN"], "--lr NaN must be a finite number above 0"),
+        (&["--lr", "inf"], "--lr inf must be a finite number above 0"),
+        (&["--lr=-1e-4"], "--lr -0.0001 must be a finite number above 0"),
+        (&["--alpha", "NaN"], "--alpha NaN must be"),
+        (&["--warmup-ratio", "1.5"], "--warmup-ratio 1.5 is outside [0, 1]"),
+        (&["--warmup-ratio=-0.1"], "--warmup-ratio -0.1 is outside [0, 1]"),
+        (&["--max-grad-norm", "NaN"], "--max-grad-norm NaN"),
+        (&["--weight-decay=-1"], "--weight-decay -1"),
+    ] {
+        let o = train(args, &good, "flags");
+        refused(&o, &args.join(" "), needle);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
     refused(&train(&[], &dir.join("missing.jsonl"), "missing"), "missing data", "missing.jsonl");
     let o = train(&[], &bad, "bad");
     refused(&o, "bad line", "bad.jsonl:2: no string field `prompt`");

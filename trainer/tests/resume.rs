@@ -119,3 +119,88 @@ fn resumed_run_follows_the_same_loss_curve_f32_shared_prefix() {
 fn resumed_run_follows_the_same_loss_curve_bf16_with_lora_dropout() {
     check_with(BaseFormat::Bf16, Batching::SharedPrefix, 0.2);
 }
+
+/// A run whose loss becomes non-finite (an absurd learning rate) stops with an error naming the
+/// update, instead of writing NaN weights; the checkpoint before it stays loadable; and the loss
+/// plot of a log holding a NaN is drawn from the finite points (it used to loop forever).
+#[test]
+fn a_diverged_run_stops_with_an_error() {
+    let tmp = std::env::temp_dir().join(format!("lorafleet-diverge-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    lorafleet::train::tiny::write_tiny_model(&tmp.join("model"), 3).unwrap();
+    let model = TrainModel::load_as(&tmp.join("model"), BaseFormat::F32).unwrap();
+    let mut cfg = config(&tmp.join("out"), Batching::Packed);
+    cfg.lr = 1e30;
+    cfg.warmup_ratio = 0.0;
+    cfg.max_grad_norm = 0.0;
+    cfg.checkpoint_every = 1;
+    let e = train(&model, &examples(), &cfg).err().expect("a diverged run must fail").to_string();
+    assert!(e.contains("training diverged"), "{e}");
+    let log = std::fs::read_to_string(tmp.join("out/loss.jsonl")).unwrap_or_default();
+    assert!(log.lines().all(|l| !l.contains("NaN") && !l.contains("null")), "no non-finite loss was logged: {log}");
+    // The plot skips non-finite points.
+    let mut entries = vec![lorafleet_trainer::train_loop::LogEntry { step: 1, epoch: 0.1, loss: 2.0, lr: 1e-3, grad_norm: 1.0, tokens: 10, tokens_per_s: 1.0, elapsed_s: 1.0 }];
+    entries.push(lorafleet_trainer::train_loop::LogEntry { step: 2, loss: f64::NAN, ..entries[0].clone() });
+    entries.push(lorafleet_trainer::train_loop::LogEntry { step: 3, loss: 1.5, ..entries[0].clone() });
+    let t = std::time::Instant::now();
+    lorafleet_trainer::plot::plot_loss(&tmp.join("nan.png"), &entries).unwrap();
+    assert!(t.elapsed().as_secs() < 30, "plotting took {:?}", t.elapsed());
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// `--resume` refuses checkpoints no run could have written (they used to resume): a step past
+/// the end, an optimizer step that disagrees with the trainer state, NaN moments, and an adapter
+/// of another rank than the flags ask.
+#[test]
+fn inconsistent_checkpoints_are_refused() {
+    use lorafleet::model::weights::WeightFiles;
+    let tmp = std::env::temp_dir().join(format!("lorafleet-bad-ckpt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    lorafleet::train::tiny::write_tiny_model(&tmp.join("model"), 3).unwrap();
+    let model = TrainModel::load_as(&tmp.join("model"), BaseFormat::F32).unwrap();
+    let mut cfg = config(&tmp.join("run"), Batching::Packed);
+    cfg.stop_after = Some(2);
+    train(&model, &examples(), &cfg).unwrap();
+    let ckpt = tmp.join("run/checkpoint-2");
+    let state_path = ckpt.join("trainer_state.json");
+    let good_state = std::fs::read_to_string(&state_path).unwrap();
+    let opt_path = ckpt.join("optimizer.safetensors");
+    let good_opt = std::fs::read(&opt_path).unwrap();
+    cfg.stop_after = None;
+    cfg.resume = Some(ckpt.clone());
+    let resume_err = |cfg: &TrainConfig| train(&model, &examples(), cfg).err().expect("must be refused").to_string();
+
+    let mut st: serde_json::Value = serde_json::from_str(&good_state).unwrap();
+    st["step"] = 999.into();
+    std::fs::write(&state_path, st.to_string()).unwrap();
+    let e = resume_err(&cfg);
+    assert!(e.contains("step 999 is outside"), "{e}");
+
+    st["step"] = 1.into();
+    std::fs::write(&state_path, st.to_string()).unwrap();
+    let e = resume_err(&cfg);
+    assert!(e.contains("differs from trainer_state.json"), "{e}");
+    std::fs::write(&state_path, &good_state).unwrap();
+
+    // NaN in one first moment.
+    let w = WeightFiles::open_files(std::slice::from_ref(&opt_path)).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = w.names().map(|n| { let t = w.f32(n).unwrap(); (n.to_string(), t.shape, t.data) }).collect();
+    drop(w);
+    let m = tensors.iter_mut().find(|t| t.0.starts_with("exp_avg.")).unwrap();
+    m.2[0] = f32::NAN;
+    let refs: Vec<(String, Vec<usize>, &[f32])> = tensors.iter().map(|(n, s, d)| (n.clone(), s.clone(), &d[..])).collect();
+    lorafleet::train::grads::write_f32_safetensors(&opt_path, &refs).unwrap();
+    let e = resume_err(&cfg);
+    assert!(e.contains("non-finite or negative"), "{e}");
+    std::fs::write(&opt_path, &good_opt).unwrap();
+
+    // Another rank than the checkpoint's.
+    let mut other = cfg.clone();
+    other.rank = 8;
+    let e = resume_err(&other);
+    assert!(e.contains("rank 4") && e.contains("rank 8"), "{e}");
+
+    // The untouched checkpoint still resumes.
+    train(&model, &examples(), &cfg).unwrap();
+    let _ = std::fs::remove_dir_all(&tmp);
+}

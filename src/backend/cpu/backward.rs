@@ -129,46 +129,7 @@ pub fn silu_mul_backward(gate: &[f32], up: &[f32], dout: &[f32], dgate: &mut [f3
     });
 }
 
-/// One sequence of a packed training batch: rows `start..start + len`, continuing the context
-/// rows `ctx_start..ctx_start + ctx_len` (`ctx_len = 0`: a sequence of its own).
-///
-/// A context is a prompt prefix shared by several sequences of the batch and laid out once:
-/// causal attention makes its hidden states the same in every sequence that starts with it, so
-/// computing them once (and summing their gradients, which the backward does by scattering
-/// every sequence's dk/dv for those rows into the same rows) gives the loss and gradients of
-/// the batch with the prefix repeated, for a fraction of the work. A row attends to every
-/// context row and causally to its own sequence's rows; never to any other row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SeqSpan {
-    pub start: usize,
-    pub len: usize,
-    pub ctx_start: usize,
-    pub ctx_len: usize,
-}
-
-impl SeqSpan {
-    /// A sequence with no shared context.
-    pub fn new(start: usize, len: usize) -> Self {
-        SeqSpan { start, len, ctx_start: 0, ctx_len: 0 }
-    }
-
-    /// A sequence continuing the context rows `ctx_start..ctx_start + ctx_len`.
-    pub fn with_context(start: usize, len: usize, ctx_start: usize, ctx_len: usize) -> Self {
-        SeqSpan { start, len, ctx_start, ctx_len }
-    }
-
-    /// The rows this sequence's queries may see, in order: its context, then its own rows.
-    fn key_rows(&self) -> impl Iterator<Item = usize> {
-        (self.ctx_start..self.ctx_start + self.ctx_len).chain(self.start..self.start + self.len)
-    }
-
-    fn in_bounds(&self, t: usize) -> bool {
-        self.start + self.len <= t && self.ctx_start + self.ctx_len <= t
-    }
-}
-
-/// Where the sequences of a packed training batch lie, in order, covering the batch.
-pub type SeqSpans<'a> = &'a [SeqSpan];
+pub use crate::backend::layout::{SeqSpan, SeqSpans};
 
 /// The per-(sequence, head) slices of q/k/v gathered into contiguous `[rows, head_dim]` buffers.
 fn gather_head(x: &[f32], width: usize, rows: impl Iterator<Item = usize>, col: usize, head_dim: usize) -> Vec<f32> {

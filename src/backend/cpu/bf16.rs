@@ -11,21 +11,7 @@
 use super::frozen::{self, DecodeRows};
 use super::matmul::{gemv_by_rows, GEMV_MAX_ROWS};
 
-/// f32 → bf16 bits, round to nearest, ties to even; NaN stays a (quiet) NaN.
-pub fn f32_to_bf16(x: f32) -> u16 {
-    let bits = x.to_bits();
-    if x.is_nan() {
-        return ((bits >> 16) as u16) | 0x0040;
-    }
-    // Adding 0x7fff plus the lowest kept bit rounds ties to even; a carry into the exponent is
-    // the correct rounding (up to the next binade, or to infinity past bf16's largest finite).
-    let bias = 0x7fff + ((bits >> 16) & 1);
-    (bits.wrapping_add(bias) >> 16) as u16
-}
-
-pub fn bf16_to_f32(b: u16) -> f32 {
-    f32::from_bits((b as u32) << 16)
-}
+pub use crate::backend::numeric::{bf16_to_f32, f32_to_bf16};
 
 /// A row-major `[rows, cols]` bf16 matrix.
 #[derive(Debug, Clone)]

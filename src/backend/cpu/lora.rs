@@ -31,49 +31,7 @@ pub fn validate_segments(segs: &[LoraSegmentRef<'_>], t_rows: usize, d_in: usize
     validate_segment_shapes(shapes, t_rows, d_in, d_out, r_max)
 }
 
-/// What `validate_segment_shapes` needs of a segment: its rows, rank and the element counts of
-/// its A and B, wherever they live (host slices here, device buffers in `backend::cuda::lora`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LoraSegmentShape {
-    pub start: usize,
-    pub len: usize,
-    pub rank: usize,
-    /// Elements of A, expected `rank * d_in`.
-    pub a_len: usize,
-    /// Elements of B, expected `d_out * rank`.
-    pub b_len: usize,
-}
-
-/// The checks of `validate_segments` on segment shapes alone.
-pub fn validate_segment_shapes(
-    segs: impl IntoIterator<Item = LoraSegmentShape>,
-    t_rows: usize,
-    d_in: usize,
-    d_out: usize,
-    r_max: usize,
-) -> Result<()> {
-    let mut end = 0;
-    for (i, s) in segs.into_iter().enumerate() {
-        let bad = |m: String| Err(Error::InvalidArgument(format!("lora segment {i}: {m}")));
-        if s.start < end {
-            return bad(format!("starts at row {} inside the previous segment (ends at {end})", s.start));
-        }
-        end = s.start.saturating_add(s.len);
-        if end > t_rows {
-            return bad(format!("rows {}..{end} are past the batch ({t_rows} rows)", s.start));
-        }
-        if s.rank == 0 || s.rank > r_max {
-            return bad(format!("rank {} is outside 1..={r_max}", s.rank));
-        }
-        if s.a_len != s.rank * d_in {
-            return bad(format!("A has {} values, expected [{}, {d_in}]", s.a_len, s.rank));
-        }
-        if s.b_len != d_out * s.rank {
-            return bad(format!("B has {} values, expected [{d_out}, {}]", s.b_len, s.rank));
-        }
-    }
-    Ok(())
-}
+pub use crate::backend::layout::{validate_segment_shapes, LoraSegmentShape};
 
 /// `v [T, r_max]`: each segment's rows get `x · Aᵀ` in their first `rank` columns; every other
 /// value of `v` is left as it was.

@@ -10,8 +10,9 @@ pub mod matmul;
 pub mod nf4;
 pub mod ops;
 
-use super::{Backend, HostWeight, LoraSegment};
+use super::{Backend, HostWeight, LoraRun, StepSpec};
 use crate::kv::{BatchLayout, KvLayout};
+use crate::lora::LoraModule;
 use crate::{Error, Result};
 
 #[derive(Debug, Default, Clone)]
@@ -60,6 +61,17 @@ pub struct CpuRope {
     max_pos: usize,
 }
 
+/// A forward step on the CPU: the batch layout, ids, logit rows, head layout and LoRA runs.
+pub struct CpuStep<'a> {
+    batch: BatchLayout,
+    ids: Vec<u32>,
+    rows: Vec<usize>,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    lora: Vec<LoraRun<'a, CpuBackend>>,
+}
+
 #[derive(Debug)]
 pub struct CpuKv {
     layout: KvLayout,
@@ -87,9 +99,18 @@ impl Backend for CpuBackend {
     type Vector = Vec<f32>;
     type Rope = CpuRope;
     type Kv = CpuKv;
+    type Step<'a> = CpuStep<'a>;
 
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn kv_elem_bytes(&self) -> usize {
+        4
+    }
+
+    fn matrix_bytes(&self, m: &CpuMatrix) -> usize {
+        m.weight.bytes()
     }
 
     fn upload_matrix(&self, m: impl Into<HostWeight>) -> Result<CpuMatrix> {
@@ -106,6 +127,7 @@ impl Backend for CpuBackend {
                 check(data.len() == rows * cols, || format!("{name}: data is not [{rows}, {cols}]"))?;
                 Ok(CpuMatrix { rows, cols, weight: CpuWeight::Bf16(bf16::Bf16Matrix { rows, cols, data }) })
             }
+            HostWeight::Random(spec) => self.upload_matrix(super::random::materialize(&spec)),
         }
     }
 
@@ -120,7 +142,41 @@ impl Backend for CpuBackend {
 
     fn alloc_kv(&self, layout: KvLayout) -> Result<CpuKv> {
         let n = layout.layer_elems();
+        // Refuse a cache the machine cannot hold (the allocation would abort the process or
+        // wake the OOM killer): checked against MemAvailable before anything is allocated.
+        let bytes = layout.bytes_per_block(4).checked_mul(layout.num_blocks);
+        let available = host_memory_available();
+        let fits = match (bytes, available) {
+            (None, _) => false,
+            (Some(b), Some(a)) => b <= a,
+            (Some(_), None) => true,
+        };
+        if !fits {
+            return Err(crate::Error::InvalidArgument(format!(
+                "a KV cache of {} blocks ({} bytes) does not fit in the {} bytes of memory available (--kv-cache-bytes)",
+                layout.num_blocks,
+                bytes.map_or("too many".into(), |b| b.to_string()),
+                available.map_or("unknown".into(), |a| a.to_string())
+            )));
+        }
         Ok(CpuKv { layout, layers: (0..layout.num_layers).map(|_| (vec![0.0; n], vec![0.0; n])).collect() })
+    }
+
+    fn kv_layout(&self, kv: &CpuKv) -> KvLayout {
+        kv.layout
+    }
+
+    fn begin_step<'a>(&'a self, spec: &StepSpec<'_, 'a, Self>) -> Result<CpuStep<'a>> {
+        let c = spec.config;
+        Ok(CpuStep {
+            batch: spec.batch.clone(),
+            ids: spec.ids.to_vec(),
+            rows: spec.logit_rows.to_vec(),
+            n_heads: c.num_heads,
+            n_kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+            lora: spec.lora.to_vec(),
+        })
     }
 
     fn tensor_from_host(&self, data: &[f32], rows: usize, cols: usize) -> Result<CpuTensor> {
@@ -136,7 +192,8 @@ impl Backend for CpuBackend {
         (t.rows, t.cols)
     }
 
-    fn embedding(&self, table: &CpuMatrix, ids: &[u32]) -> Result<CpuTensor> {
+    fn embedding(&self, table: &CpuMatrix, step: &CpuStep<'_>) -> Result<CpuTensor> {
+        let ids = &step.ids;
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= table.rows) {
             return Err(Error::InvalidArgument(format!("token id {bad} is outside the vocabulary of {}", table.rows)));
         }
@@ -174,13 +231,18 @@ impl Backend for CpuBackend {
         Ok(CpuTensor { data: out, rows: x.rows, cols: w.rows })
     }
 
-    fn rope(&self, x: &mut CpuTensor, n_heads: usize, head_dim: usize, positions: &[u32], rope: &CpuRope) -> Result<()> {
-        check(x.cols == n_heads * head_dim && positions.len() == x.rows, || "rope: shape".into())?;
+    fn rope(&self, q: &mut CpuTensor, k: &mut CpuTensor, step: &CpuStep<'_>, rope: &CpuRope) -> Result<()> {
+        let (n_heads, n_kv_heads, head_dim) = (step.n_heads, step.n_kv_heads, step.head_dim);
+        let positions = &step.batch.positions;
+        for (x, heads) in [(&*q, n_heads), (&*k, n_kv_heads)] {
+            check(x.cols == heads * head_dim && positions.len() == x.rows, || "rope: shape".into())?;
+        }
         check(head_dim / 2 * rope.max_pos == rope.cos.len(), || "rope: table width differs from head_dim".into())?;
         if let Some(&p) = positions.iter().find(|&&p| p as usize >= rope.max_pos) {
             return Err(Error::InvalidArgument(format!("position {p} is past the RoPE table ({})", rope.max_pos)));
         }
-        ops::rope_inplace(&mut x.data, positions, n_heads, head_dim, &rope.cos, &rope.sin);
+        ops::rope_inplace(&mut q.data, positions, n_heads, head_dim, &rope.cos, &rope.sin);
+        ops::rope_inplace(&mut k.data, positions, n_kv_heads, head_dim, &rope.cos, &rope.sin);
         Ok(())
     }
 
@@ -204,8 +266,9 @@ impl Backend for CpuBackend {
         v: &CpuTensor,
         kv: &mut CpuKv,
         layer: usize,
-        batch: &BatchLayout,
+        step: &mut CpuStep<'_>,
     ) -> Result<CpuTensor> {
+        let batch = &step.batch;
         let l = kv.layout;
         let kv_dim = l.num_kv_heads * l.head_dim;
         let t = batch.n_tokens();
@@ -233,7 +296,8 @@ impl Backend for CpuBackend {
         Ok(CpuTensor { data: out, rows: q.rows, cols: q.cols })
     }
 
-    fn gather_rows(&self, x: &CpuTensor, rows: &[usize]) -> Result<CpuTensor> {
+    fn gather_logit_rows(&self, x: &CpuTensor, step: &CpuStep<'_>) -> Result<CpuTensor> {
+        let rows = &step.rows;
         check(rows.iter().all(|&r| r < x.rows), || "gather_rows: row out of range".into())?;
         let mut data = Vec::with_capacity(rows.len() * x.cols);
         for &r in rows {
@@ -242,10 +306,18 @@ impl Backend for CpuBackend {
         Ok(CpuTensor { data, rows: rows.len(), cols: x.cols })
     }
 
-    fn lora_apply(&self, y: &mut CpuTensor, x: &CpuTensor, segments: &[LoraSegment<'_, CpuMatrix>]) -> Result<()> {
+    fn lora_apply(&self, y: &mut CpuTensor, x: &CpuTensor, step: &mut CpuStep<'_>, layer: usize, module: LoraModule) -> Result<()> {
         check(x.rows == y.rows, || format!("lora: x has {} rows, y {}", x.rows, y.rows))?;
+        let segments: Vec<super::LoraSegment<'_, CpuMatrix>> = step
+            .lora
+            .iter()
+            .filter_map(|r| r.adapter.pair(layer, module).map(|p| super::LoraSegment { start: r.start, len: r.len, a: &p.a, b: &p.b, scale: p.scale }))
+            .collect();
+        if segments.is_empty() {
+            return Ok(());
+        }
         let mut refs = Vec::with_capacity(segments.len());
-        for s in segments {
+        for s in &segments {
             let (CpuWeight::Dense(a), CpuWeight::Dense(b)) = (&s.a.weight, &s.b.weight) else {
                 return Err(Error::InvalidArgument("lora: A and B must be dense matrices, not NF4".into()));
             };
@@ -256,4 +328,13 @@ impl Backend for CpuBackend {
         }
         lora::lora_apply(&x.data, x.cols, &refs, &mut y.data, y.cols)
     }
+}
+
+/// Bytes of memory the kernel reports available for new allocations (`MemAvailable` of
+/// /proc/meminfo); None where there is no such file.
+pub fn host_memory_available() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }

@@ -101,19 +101,4 @@ pub fn add_assign(x: &mut [f32], y: &[f32]) {
     });
 }
 
-/// Cos/sin tables for RoPE, `[max_pos, head_dim / 2]` each, computed as HF does:
-/// `inv_freq[i] = 1 / theta^(2i / head_dim)` in f32 (or given, e.g. after Llama-3 scaling),
-/// angle = `pos * inv_freq[i]` in f32; cos and sin are evaluated in f64 and rounded.
-pub fn rope_tables(inv_freq: &[f32], max_pos: usize) -> (Vec<f32>, Vec<f32>) {
-    let half = inv_freq.len();
-    let mut cos = Vec::with_capacity(max_pos * half);
-    let mut sin = Vec::with_capacity(max_pos * half);
-    for pos in 0..max_pos {
-        for &f in inv_freq {
-            let angle = (pos as f32 * f) as f64;
-            cos.push(angle.cos() as f32);
-            sin.push(angle.sin() as f32);
-        }
-    }
-    (cos, sin)
-}
+pub use crate::backend::numeric::rope_tables;

@@ -8,12 +8,14 @@
 //! description and buffer lengths: they run, and are tested, on any machine. Each returns what the
 //! launch uses (parameter struct, flat metadata arrays), so a launch cannot use an unchecked value.
 
-use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
+
 
 use crate::kv::{BatchLayout, KvLayout};
 use crate::Result;
 
-use super::device::{cuda_err, CudaOps};
+use super::launch::launch_kernel;
+use super::device::{cuda_err, CudaDevice};
 use super::dtype::{CudaElem, DType};
 use super::ffi::{
     LfPagedAttnParams, LfReshapeCacheParams, LF_ATTN_MAX_HEADS_PER_BLOCK, LF_ATTN_MAX_HEAD_DIM, LF_ATTN_PARTITION,
@@ -106,6 +108,28 @@ pub fn plan_attention(
     q_len: usize,
     out_len: usize,
 ) -> Result<AttnPlan> {
+    plan_attention_padded(batch, dims, num_blocks, q_len, out_len, None)
+}
+
+/// Fixed table width and partition count for a plan that a CUDA graph replays over steps whose
+/// contexts differ (the kernel skips partitions past a row's context; the reduce reads only live
+/// ones).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AttnPad {
+    pub max_blocks: usize,
+    pub max_partitions: usize,
+}
+
+/// `plan_attention` with the block table `pad.max_blocks` wide and `pad.max_partitions` partitions
+/// (each at least what the batch needs), so that the launch parameters depend only on the pad.
+pub fn plan_attention_padded(
+    batch: &BatchLayout,
+    dims: AttnDims,
+    num_blocks: usize,
+    q_len: usize,
+    out_len: usize,
+    pad: Option<AttnPad>,
+) -> Result<AttnPlan> {
     const OP: &str = "paged_attention";
     let AttnDims { n_heads, n_kv_heads, head_dim } = dims;
     let nh = count_i32(OP, "n_heads", n_heads)?;
@@ -137,7 +161,13 @@ pub fn plan_attention(
     if batch.slots.len() != n_tokens {
         return Err(invalid(format!("{OP}: {} slots for {n_tokens} tokens", batch.slots.len())));
     }
-    let max_blocks = batch.seqs.iter().map(|s| s.blocks.len()).max().unwrap_or(0).max(1);
+    let mut max_blocks = batch.seqs.iter().map(|s| s.blocks.len()).max().unwrap_or(0).max(1);
+    if let Some(pad) = pad {
+        if pad.max_blocks < max_blocks {
+            return Err(invalid(format!("{OP}: a table of {max_blocks} blocks exceeds the pad of {}", pad.max_blocks)));
+        }
+        max_blocks = pad.max_blocks;
+    }
     let table_len = mul(OP, "num_seqs * max_blocks", batch.seqs.len(), max_blocks)?;
     count_i32(OP, "num_seqs * max_blocks", table_len)?;
     let mut plan = AttnPlan {
@@ -193,7 +223,13 @@ pub fn plan_attention(
         return Err(invalid(format!("{OP}: the sequences cover {} rows of {n_tokens}", plan.row_seq.len())));
     }
     plan.query_start.push(n_tokens as i32);
-    let max_partitions = max_keys.div_ceil(LF_ATTN_PARTITION as usize).max(1);
+    let mut max_partitions = max_keys.div_ceil(LF_ATTN_PARTITION as usize).max(1);
+    if let Some(pad) = pad {
+        if pad.max_partitions < max_partitions {
+            return Err(invalid(format!("{OP}: {max_partitions} partitions exceed the pad of {}", pad.max_partitions)));
+        }
+        max_partitions = pad.max_partitions;
+    }
     let hpb = heads_per_block(n_heads / n_kv_heads);
     if n_heads / hpb > 65535 || max_partitions > 65535 {
         return Err(invalid(format!(
@@ -253,7 +289,7 @@ pub struct CudaKvCache<T: CudaElem> {
 }
 
 impl<T: CudaElem> CudaKvCache<T> {
-    pub fn new(ops: &CudaOps, layout: KvLayout) -> Result<Self>
+    pub fn new(ops: &CudaDevice, layout: KvLayout) -> Result<Self>
     where
         T: cudarc::driver::ValidAsZeroBits,
     {
@@ -294,14 +330,14 @@ struct AttnFns {
     reduce: CudaFunction,
 }
 
-/// The paged-attention module loaded on a `CudaOps` device.
+/// The paged-attention module loaded on a `CudaDevice` device.
 pub struct CudaAttention {
     f32: AttnFns,
     bf16: AttnFns,
 }
 
 impl CudaAttention {
-    pub fn new(ops: &CudaOps) -> Result<Self> {
+    pub fn new(ops: &CudaDevice) -> Result<Self> {
         let module = ops.load_embedded("paged_attention", "paged attention")?;
         let get = |name: String| module.function(&name);
         let fns = |d: DType| -> Result<AttnFns> {
@@ -331,7 +367,7 @@ impl CudaAttention {
     /// of `layer` (as `cpu::attention::write_kv`).
     pub fn reshape_and_cache<T: CudaElem>(
         &self,
-        ops: &CudaOps,
+        ops: &CudaDevice,
         k: &impl DevicePtr<T>,
         v: &impl DevicePtr<T>,
         slots: &[u32],
@@ -343,9 +379,40 @@ impl CudaAttention {
         let l = cache.layout;
         let p =
             plan_reshape_and_cache(k.len(), v.len(), slots, l.num_kv_heads * l.head_dim, l.num_blocks * l.block_size)?;
+        let dev_slots = ops.upload(slots)?;
+        // SAFETY: `p` is plan_reshape_and_cache over exactly the slots uploaded into `dev_slots`,
+        // for this cache's layout.
+        unsafe { self.reshape_planned(ops, k, v, &dev_slots, cache, layer, &p) }
+    }
+
+    /// `reshape_and_cache` with the slots already on the device (a forward step's metadata).
+    ///
+    /// # Safety
+    /// `p` must be what `plan_reshape_and_cache` returned for `k.len()`, `v.len()`, the
+    /// `p.n_tokens` slots `slots` holds (each checked < cache rows), this cache's kv_dim and rows.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn reshape_planned<T: CudaElem>(
+        &self,
+        ops: &CudaDevice,
+        k: &impl DevicePtr<T>,
+        v: &impl DevicePtr<T>,
+        slots: &impl DevicePtr<u32>,
+        cache: &mut CudaKvCache<T>,
+        layer: usize,
+        p: &LfReshapeCacheParams,
+    ) -> Result<()> {
+        const OP: &str = "reshape_and_cache";
+        cache.check_layer(OP, layer)?;
+        let l = cache.layout;
+        if p.cache_rows as usize != l.num_blocks * l.block_size || p.kv_dim as usize != l.num_kv_heads * l.head_dim {
+            return Err(invalid(format!("{OP}: the plan was made for another cache layout")));
+        }
+        if slots.len() < p.n_tokens as usize {
+            return Err(invalid(format!("{OP}: {} slots on the device for {} tokens", slots.len(), p.n_tokens)));
+        }
         ops.check_context(OP, "k", k)?;
         ops.check_context(OP, "v", v)?;
-        let dev_slots = ops.upload(slots)?;
+        ops.check_context(OP, "slots", slots)?;
         let cfg = LaunchConfig {
             grid_dim: (p.n_tokens as u32, 1, 1),
             block_dim: (LF_ATTN_THREADS, 1, 1),
@@ -354,17 +421,16 @@ impl CudaAttention {
         let stream = &ops.stream;
         let (kp, _k) = k.device_ptr(stream);
         let (vp, _v) = v.device_ptr(stream);
-        let (sp, _s) = dev_slots.device_ptr(stream);
+        let (sp, _s) = slots.device_ptr(stream);
         let (kc, vc) = (&mut cache.k[layer], &mut cache.v[layer]);
         let (kcp, _kc) = kc.device_ptr_mut(stream);
         let (vcp, _vc) = vc.device_ptr_mut(stream);
-        let mut b = stream.launch_builder(&self.fns(T::DTYPE).reshape);
-        b.arg(&kp).arg(&vp).arg(&sp).arg(&kcp).arg(&vcp).arg(&p);
         // SAFETY: lf_reshape_and_cache_<T>(const T* k, const T* v, const uint32_t* slots, T* k_cache,
-        // T* v_cache, LfReshapeCacheParams). The plan checked k and v hold n_tokens * kv_dim
-        // elements, slots (uploaded just above, stream-ordered) has n_tokens entries each < cache_rows,
-        // and the caches are this layer's buffers of cache_rows * kv_dim elements, owned mutably here.
-        unsafe { b.launch(cfg) }.map_err(cuda_err("launching lf_reshape_and_cache"))?;
+        // T* v_cache, LfReshapeCacheParams). By this function's contract the plan checked k and v
+        // hold n_tokens * kv_dim elements and the n_tokens slots (on the device, stream-ordered
+        // before the kernel) are each < cache_rows, which is this layer's buffers' row count
+        // (checked above), owned mutably here.
+        unsafe { launch_kernel(stream, &self.fns(T::DTYPE).reshape, "lf_reshape_and_cache", cfg, &[&kp, &vp, &sp, &kcp, &vcp, p]) }?;
         Ok(())
     }
 
@@ -374,7 +440,7 @@ impl CudaAttention {
     #[allow(clippy::too_many_arguments)]
     pub fn paged_attention<T: CudaElem>(
         &self,
-        ops: &CudaOps,
+        ops: &CudaDevice,
         q: &impl DevicePtr<T>,
         cache: &CudaKvCache<T>,
         layer: usize,
@@ -393,25 +459,68 @@ impl CudaAttention {
         }
         let dims = AttnDims { n_heads, n_kv_heads: l.num_kv_heads, head_dim: l.head_dim };
         let plan = plan_attention(batch, dims, l.num_blocks, q.len(), out.len())?;
+        let meta = AttnMeta {
+            row_seq: ops.upload(&plan.row_seq)?,
+            row_pos: ops.upload(&plan.row_pos)?,
+            block_table: ops.upload(&plan.block_table)?,
+        };
+        let np = plan.partial_len();
+        let partials = if np > 0 { Some(ops.alloc_for_output::<f32>(attn_workspace_len(np, l.head_dim))?) } else { None };
+        // SAFETY: `plan` is plan_attention over this batch and cache layout; `meta` holds exactly
+        // its arrays; `partials` holds attn_workspace_len(partial_len, head_dim) f32 when it splits.
+        unsafe { self.attention_planned(ops, q, cache, layer, &plan.params, plan.kernel, &meta, partials.as_ref(), out) }
+    }
+
+    /// `paged_attention` with its metadata already on the device (a forward step's) and a
+    /// caller-owned workspace for the split's partial results.
+    ///
+    /// # Safety
+    /// `params` and `kernel` must come from `plan_attention` for this cache's layout, q's and
+    /// out's lengths; `meta` must hold that plan's row_seq, row_pos and block_table (at least as
+    /// many elements); when `params.max_partitions > 1`, `partials` must hold at least
+    /// `attn_workspace_len(partial_len, head_dim)` f32.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn attention_planned<T: CudaElem, M: DevicePtr<i32>>(
+        &self,
+        ops: &CudaDevice,
+        q: &impl DevicePtr<T>,
+        cache: &CudaKvCache<T>,
+        layer: usize,
+        params: &LfPagedAttnParams,
+        kernel: AttnKernel,
+        meta: &AttnMeta<M>,
+        partials: Option<&CudaSlice<f32>>,
+        out: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
+        const OP: &str = "paged_attention";
+        cache.check_layer(OP, layer)?;
+        let p = *params;
+        let l = cache.layout;
+        if p.head_dim as usize != l.head_dim || p.n_kv_heads as usize != l.num_kv_heads || p.block_size as usize != l.block_size {
+            return Err(invalid(format!("{OP}: the plan was made for another cache layout")));
+        }
+        let rows = p.n_rows as usize;
+        let width = p.n_heads as usize * l.head_dim;
+        if q.len() != rows * width || out.len() != rows * width {
+            return Err(invalid(format!("{OP}: q and out must be [{rows}, {width}] as planned")));
+        }
+        if meta.row_seq.len() < rows || meta.row_pos.len() < rows || meta.block_table.len() < p.num_seqs as usize * p.max_blocks as usize {
+            return Err(invalid(format!("{OP}: the device metadata is shorter than the plan")));
+        }
+        let np = if p.max_partitions == 1 { 0 } else { rows * p.n_heads as usize * p.max_partitions as usize };
+        if np > 0 && partials.is_none_or(|w| w.len() < attn_workspace_len(np, l.head_dim)) {
+            return Err(invalid(format!(
+                "{OP}: the split over {} partitions needs a workspace of {} f32",
+                p.max_partitions,
+                attn_workspace_len(np, l.head_dim)
+            )));
+        }
         ops.check_context(OP, "q", q)?;
         ops.check_context(OP, "out", out)?;
-        let p = plan.params;
-        let row_seq = ops.upload(&plan.row_seq)?;
-        let row_pos = ops.upload(&plan.row_pos)?;
-        let table = ops.upload(&plan.block_table)?;
-        let np = plan.partial_len();
-        let (pmax, psum, pout) = if np > 0 {
-            (
-                Some(ops.alloc_for_output::<f32>(np)?),
-                Some(ops.alloc_for_output::<f32>(np)?),
-                Some(ops.alloc_for_output::<f32>(np * l.head_dim)?),
-            )
-        } else {
-            (None, None, None)
-        };
+        ops.check_context(OP, "row_seq", &meta.row_seq)?;
         let stream = &ops.stream;
         let fns = self.fns(T::DTYPE);
-        let f = &fns.attn[match plan.kernel {
+        let f = &fns.attn[match kernel {
             AttnKernel::Hd64 => 0,
             AttnKernel::Hd96 => 1,
             AttnKernel::Hd128 => 2,
@@ -421,40 +530,59 @@ impl CudaAttention {
         let (kc, vc) = cache.layer(layer);
         let (kcp, _kc) = kc.device_ptr(stream);
         let (vcp, _vc) = vc.device_ptr(stream);
-        let (rsp, _rs) = row_seq.device_ptr(stream);
-        let (rpp, _rp) = row_pos.device_ptr(stream);
-        let (tp, _t) = table.device_ptr(stream);
+        let (rsp, _rs) = meta.row_seq.device_ptr(stream);
+        let (rpp, _rp) = meta.row_pos.device_ptr(stream);
+        let (tp, _t) = meta.block_table.device_ptr(stream);
         let (op, _o) = out.device_ptr_mut(stream);
-        let null = 0u64;
-        let ptr = |s: &Option<CudaSlice<f32>>| s.as_ref().map(|s| s.device_ptr(stream).0).unwrap_or(null);
-        let (mp, sp, pp) = (ptr(&pmax), ptr(&psum), ptr(&pout));
-        let cfg = LaunchConfig { grid_dim: plan.grid(), block_dim: (LF_ATTN_THREADS, 1, 1), shared_mem_bytes: 0 };
-        let mut b = stream.launch_builder(f);
-        b.arg(&qp).arg(&kcp).arg(&vcp).arg(&rsp).arg(&rpp).arg(&tp).arg(&op).arg(&mp).arg(&sp).arg(&pp).arg(&p);
+        let (wp, _w) = match partials {
+            Some(w) => {
+                let (p, s) = w.device_ptr(stream);
+                (p, Some(s))
+            }
+            None => (0u64, None),
+        };
+        // The workspace: part_max, part_sum, part_out, each starting on a 256-byte boundary.
+        let r = np.next_multiple_of(64) as u64;
+        let (mp, sp, pp) = if np > 0 { (wp, wp + 4 * r, wp + 8 * r) } else { (0, 0, 0) };
+        let cfg = LaunchConfig { grid_dim: (p.n_rows as u32, (p.n_heads / p.heads_per_block) as u32, p.max_partitions as u32), block_dim: (LF_ATTN_THREADS, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: lf_paged_attn_<T>_<kernel>(const T* q, const T* k_cache, const T* v_cache,
         // const int32_t* row_seq, const int32_t* row_pos, const int32_t* block_table, T* out,
-        // float* part_max, float* part_sum, float* part_out, LfPagedAttnParams). plan_attention
-        // checked q and out hold n_rows * n_heads * head_dim elements, every row's sequence and
-        // position, every table entry < num_blocks and every table covering its positions; the
-        // caches are this layer's num_blocks * block_size * kv_dim buffers; the metadata was
-        // uploaded just above (stream-ordered); the partial buffers hold n_rows * n_heads *
-        // max_partitions (* head_dim) f32 whenever max_partitions > 1 and are unused (null) otherwise.
-        unsafe { b.launch(cfg) }.map_err(cuda_err("launching lf_paged_attn"))?;
+        // float* part_max, float* part_sum, float* part_out, LfPagedAttnParams). By this
+        // function's contract plan_attention checked every row's sequence and position, every
+        // table entry < num_blocks and every table covering its positions, for this layout
+        // (re-checked above), and the metadata holds its arrays (lengths checked above); q and
+        // out hold n_rows * n_heads * head_dim elements (checked above); the caches are this
+        // layer's buffers; the workspace holds the partials whenever max_partitions > 1 (checked
+        // above) and is unused (null) otherwise.
+        unsafe { launch_kernel(stream, f, "lf_paged_attn", cfg, &[&qp, &kcp, &vcp, &rsp, &rpp, &tp, &op, &mp, &sp, &pp, &p]) }?;
         if np > 0 {
             let cfg = LaunchConfig {
                 grid_dim: (p.n_rows as u32, p.n_heads as u32, 1),
                 block_dim: (LF_ATTN_THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let mut b = stream.launch_builder(&fns.reduce);
-            b.arg(&rpp).arg(&mp).arg(&sp).arg(&pp).arg(&op).arg(&p);
             // SAFETY: lf_paged_attn_reduce_<T>(const int32_t* row_pos, const float* part_max,
             // const float* part_sum, const float* part_out, T* out, LfPagedAttnParams): the buffers
             // of the launch above, whose live partitions it wrote (stream-ordered before this).
-            unsafe { b.launch(cfg) }.map_err(cuda_err("launching lf_paged_attn_reduce"))?;
+            unsafe { launch_kernel(stream, &fns.reduce, "lf_paged_attn_reduce", cfg, &[&rpp, &mp, &sp, &pp, &op, &p]) }?;
         }
         Ok(())
     }
+}
+
+/// f32 elements of the workspace of an attention split with `np` partial rows (`AttnPlan::
+/// partial_len`): part_max `[np]`, part_sum `[np]` and part_out `[np, head_dim]`, each starting on
+/// a 256-byte boundary.
+pub fn attn_workspace_len(np: usize, head_dim: usize) -> usize {
+    2 * np.next_multiple_of(64) + np * head_dim
+}
+
+/// An attention plan's metadata on the device: `row_seq`, `row_pos` `[n_rows]`, `block_table`
+/// `[num_seqs, max_blocks]` (i32).
+pub struct AttnMeta<M> {
+    pub row_seq: M,
+    pub row_pos: M,
+    pub block_table: M,
 }
 
 #[cfg(test)]

@@ -10,12 +10,13 @@
 //! disjoint from every other span's (each output row has one writer), every buffer exactly its
 //! shape, the grids within CUDA's limits. A launch only uses what it returned.
 
-use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 
-use crate::backend::cpu::backward::SeqSpan;
+use crate::backend::layout::SeqSpan;
 use crate::Result;
 
-use super::device::{cuda_err, CudaOps};
+use super::launch::launch_kernel;
+use super::device::{cuda_err, CudaDevice};
 use super::ffi::{
     LfAttnTrainParams, LfSeqSpan, LF_ATTN_TRAIN_MAX_HEAD_DIM, LF_ATTN_TRAIN_MAX_TILE, LF_ATTN_TRAIN_THREADS,
     LF_ATTN_TRAIN_TILE_ELEMS,
@@ -159,7 +160,7 @@ pub fn plan_attention_train(dims: &AttnTrainDims, spans: &[SeqSpan], bufs: &[(&s
     })
 }
 
-/// The training-attention module loaded on a `CudaOps` device.
+/// The training-attention module loaded on a `CudaDevice` device.
 pub struct CudaAttentionTrain {
     fwd: CudaFunction,
     delta: CudaFunction,
@@ -171,7 +172,7 @@ fn block() -> (u32, u32, u32) {
 }
 
 impl CudaAttentionTrain {
-    pub fn new(ops: &CudaOps) -> Result<Self> {
+    pub fn new(ops: &CudaDevice) -> Result<Self> {
         let module = ops.load_embedded("attention_train", "training attention")?;
         let get = |name: &str| module.function(name);
         Ok(CudaAttentionTrain {
@@ -181,7 +182,7 @@ impl CudaAttentionTrain {
         })
     }
 
-    fn zeros(ops: &CudaOps, len: usize) -> Result<CudaSlice<f32>> {
+    fn zeros(ops: &CudaDevice, len: usize) -> Result<CudaSlice<f32>> {
         ops.stream.alloc_zeros::<f32>(len).map_err(cuda_err(format!("allocating {len} elements")))
     }
 
@@ -189,7 +190,7 @@ impl CudaAttentionTrain {
     /// every span are 0 in both, as the CPU twin leaves them.
     pub fn forward(
         &self,
-        ops: &CudaOps,
+        ops: &CudaDevice,
         dims: &AttnTrainDims,
         spans: &[SeqSpan],
         q: &impl DevicePtr<f32>,
@@ -213,8 +214,6 @@ impl CudaAttentionTrain {
             let (op, _o) = out.device_ptr_mut(s);
             let (lp, _l) = lse.device_ptr_mut(s);
             let p = plan.params;
-            let mut b = s.launch_builder(&self.fwd);
-            b.arg(&qp).arg(&kp).arg(&vp).arg(&sp).arg(&op).arg(&lp).arg(&p);
             let cfg = LaunchConfig { grid_dim: plan.fwd_grid, block_dim: block(), shared_mem_bytes: 0 };
             // SAFETY: lf_attn_train_fwd_f32(const float* q, const float* k, const float* v,
             // const LfSeqSpan* spans, float* out, float* lse, LfAttnTrainParams).
@@ -223,7 +222,7 @@ impl CudaAttentionTrain {
             // kernel) lies inside the rows with disjoint own rows, n_kv_heads divides n_heads and
             // tile * head_dim fits the kernel's static tiles; out and lse are fresh buffers of the
             // q and [rows, n_heads] shapes, owned here. The grid's z is the span count.
-            unsafe { b.launch(cfg) }.map_err(cuda_err("launching lf_attn_train_fwd_f32"))?;
+            unsafe { launch_kernel(s, &self.fwd, "lf_attn_train_fwd_f32", cfg, &[&qp, &kp, &vp, &sp, &op, &lp, &p]) }?;
         }
         Ok((out, lse))
     }
@@ -233,7 +232,7 @@ impl CudaAttentionTrain {
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
-        ops: &CudaOps,
+        ops: &CudaDevice,
         dims: &AttnTrainDims,
         spans: &[SeqSpan],
         q: &impl DevicePtr<f32>,
@@ -264,8 +263,6 @@ impl CudaAttentionTrain {
             let (op, _o) = out.device_ptr(s);
             let (gp, _g) = dout.device_ptr(s);
             let (dp, _d) = delta.device_ptr_mut(s);
-            let mut b = s.launch_builder(&self.delta);
-            b.arg(&op).arg(&gp).arg(&dp).arg(&p);
             let warps = dims.rows * dims.n_heads;
             let per_block = (LF_ATTN_TRAIN_THREADS / 32) as usize;
             let grid = warps.div_ceil(per_block).min(ops.max_blocks as usize).max(1) as u32;
@@ -274,7 +271,7 @@ impl CudaAttentionTrain {
             // LfAttnTrainParams). out and dout hold rows * n_heads * head_dim f32 (checked above)
             // and delta rows * n_heads (allocated here); the grid-stride loop over warps stays
             // below rows * n_heads.
-            unsafe { b.launch(cfg) }.map_err(cuda_err("launching lf_attn_train_delta_f32"))?;
+            unsafe { launch_kernel(s, &self.delta, "lf_attn_train_delta_f32", cfg, &[&op, &gp, &dp, &p]) }?;
         }
         {
             let (qp, _q) = q.device_ptr(s);
@@ -287,15 +284,13 @@ impl CudaAttentionTrain {
             let (dqp, _dq) = dq.device_ptr_mut(s);
             let (dkp, _dk) = dk.device_ptr_mut(s);
             let (dvp, _dv) = dv.device_ptr_mut(s);
-            let mut b = s.launch_builder(&self.bwd);
-            b.arg(&qp).arg(&kp).arg(&vp).arg(&gp).arg(&lp).arg(&dlp).arg(&sp).arg(&dqp).arg(&dkp).arg(&dvp).arg(&p);
             let cfg = LaunchConfig { grid_dim: plan.bwd_grid, block_dim: block(), shared_mem_bytes: 0 };
             // SAFETY: lf_attn_train_bwd_f32(q, k, v, dout, lse, delta, spans, dq, dk, dv,
             // LfAttnTrainParams). Shapes and spans checked by plan_attention_train as for the
             // forward; lse has rows * n_heads f32 (checked) and delta was written by the kernel
             // just above on the same stream; dq, dk, dv are fresh zeroed buffers owned here, only
             // added to with atomicAdd.
-            unsafe { b.launch(cfg) }.map_err(cuda_err("launching lf_attn_train_bwd_f32"))?;
+            unsafe { launch_kernel(s, &self.bwd, "lf_attn_train_bwd_f32", cfg, &[&qp, &kp, &vp, &gp, &lp, &dlp, &sp, &dqp, &dkp, &dvp, &p]) }?;
         }
         Ok((dq, dk, dv))
     }

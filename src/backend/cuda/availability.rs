@@ -6,7 +6,7 @@ use std::fmt;
 
 use cudarc::driver::{sys, CudaContext};
 
-use super::embedded;
+use super::{embedded, emu};
 
 /// Why the CUDA backend cannot run on this machine. Each is an expected state of a machine (a
 /// laptop, CI), not an error of the program: the CUDA tests skip on these and fail on anything
@@ -21,6 +21,8 @@ pub enum Unavailable {
     NoDevice { ordinal: usize, count: usize },
     /// The driver library loads but cannot initialise (e.g. a stub library, a driver too old).
     DriverInit(String),
+    /// `LORAFLEET_CUDA_EMU=1`, but the CPU emulator is not built or does not load.
+    Emulator(String),
 }
 
 impl fmt::Display for Unavailable {
@@ -36,13 +38,19 @@ impl fmt::Display for Unavailable {
                 write!(f, "no CUDA device {ordinal}: the driver reports {count} device(s)")
             }
             Unavailable::DriverInit(e) => write!(f, "the CUDA driver does not initialise: {e}"),
+            Unavailable::Emulator(e) => write!(f, "{}=1 but {e}", emu::EMU_ENV),
         }
     }
 }
 
 /// `Ok` when kernels are built in, the driver loads and device `ordinal` exists; otherwise the
-/// first reason it cannot run. Creates no context.
+/// first reason it cannot run. Creates no context. Under `LORAFLEET_CUDA_EMU=1` the driver and the
+/// kernels are the CPU emulator's.
 pub fn check_available(ordinal: usize) -> Result<(), Unavailable> {
+    // Under the emulator its driver must be loaded before cudarc looks for libcuda.so.
+    if emu::requested() {
+        emu::ensure_loaded().map_err(Unavailable::Emulator)?;
+    }
     if !embedded::built() {
         return Err(Unavailable::NoKernels);
     }

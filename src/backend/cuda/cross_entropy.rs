@@ -8,11 +8,12 @@
 //! target inside the vocabulary, every weight finite, h and w exactly their shapes, the grids
 //! within CUDA's limits. A launch only uses what it returned.
 
-use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 
 use crate::Result;
 
-use super::device::{cuda_err, CudaOps};
+use super::launch::launch_kernel;
+use super::device::{cuda_err, CudaDevice};
 use super::ffi::{LfCeParams, LfGemmParams, LF_CE_THREADS, LF_GEMM_TILE_M, LF_GEMM_TILE_N};
 use super::validate::{count_i32, invalid, mul};
 
@@ -72,7 +73,7 @@ pub fn plan_cross_entropy(h_len: usize, w_len: usize, hidden: usize, targets: &[
     Ok(CrossEntropyPlan { rows, hidden, vocab, chunk, chunks })
 }
 
-/// The fused cross-entropy module loaded on a `CudaOps` device.
+/// The fused cross-entropy module loaded on a `CudaDevice` device.
 pub struct CudaCrossEntropy {
     logits: CudaFunction,
     chunk: CudaFunction,
@@ -93,7 +94,7 @@ fn row_cfg(rows: usize) -> LaunchConfig {
 }
 
 impl CudaCrossEntropy {
-    pub fn new(ops: &CudaOps) -> Result<Self> {
+    pub fn new(ops: &CudaDevice) -> Result<Self> {
         let module = ops.load_embedded("cross_entropy", "fused cross-entropy")?;
         let get = |name: &str| module.function(name);
         Ok(CudaCrossEntropy {
@@ -109,7 +110,7 @@ impl CudaCrossEntropy {
     /// per step. dh is already weighted, as the CPU twin's.
     pub fn run(
         &self,
-        ops: &CudaOps,
+        ops: &CudaDevice,
         h: &impl DevicePtr<f32>,
         w: &impl DevicePtr<f32>,
         hidden: usize,
@@ -139,13 +140,11 @@ impl CudaCrossEntropy {
             {
                 let (ep, _e) = e.device_ptr_mut(s);
                 let gp = LfGemmParams { m: rows as i32, n: c as i32, k: hidden as i32 };
-                let mut b = s.launch_builder(&self.logits);
-                b.arg(&hp).arg(&wc).arg(&ep).arg(&gp);
                 // SAFETY: lf_ce_logits_f32(const float* h, const float* w_chunk, float* e,
                 // LfGemmParams{m, n, k}). h holds rows * hidden f32 and w_chunk points at c * hidden
                 // f32 inside w (plan_cross_entropy: w = vocab * hidden, v0 + c <= vocab); e holds
                 // rows * chunk >= rows * c f32, owned here; the kernel bounds-checks every tile edge.
-                unsafe { b.launch(gemm_cfg(rows, c)) }.map_err(cuda_err("launching lf_ce_logits_f32"))?;
+                unsafe { launch_kernel(s, &self.logits, "lf_ce_logits_f32", gemm_cfg(rows, c), &[&hp, &wc, &ep, &gp]) }?;
             }
             let cp = LfCeParams { rows: rows as i32, hidden: hidden as i32, v0: v0 as i32, chunk: c as i32 };
             {
@@ -154,26 +153,22 @@ impl CudaCrossEntropy {
                 let (zp, _z) = z.device_ptr_mut(s);
                 let (rp, _r) = rescale.device_ptr_mut(s);
                 let (lp, _l) = tlogit.device_ptr_mut(s);
-                let mut b = s.launch_builder(&self.chunk);
-                b.arg(&ep).arg(&tp).arg(&mp).arg(&zp).arg(&rp).arg(&lp).arg(&cp);
                 // SAFETY: lf_ce_chunk_f32(float* e, const uint32_t* targets, float* m, float* z,
                 // float* rescale, float* target_logit, LfCeParams). e holds rows * c f32 as laid out
                 // by the logits kernel (row stride c), the per-row buffers rows elements, all owned
                 // here; one block per row.
-                unsafe { b.launch(row_cfg(rows)) }.map_err(cuda_err("launching lf_ce_chunk_f32"))?;
+                unsafe { launch_kernel(s, &self.chunk, "lf_ce_chunk_f32", row_cfg(rows), &[&ep, &tp, &mp, &zp, &rp, &lp, &cp]) }?;
             }
             {
                 let (ep, _e) = e.device_ptr(s);
                 let (ap, _a) = acc.device_ptr_mut(s);
                 let (rp, _r) = rescale.device_ptr(s);
                 let gp = LfGemmParams { m: rows as i32, n: hidden as i32, k: c as i32 };
-                let mut b = s.launch_builder(&self.accumulate);
-                b.arg(&ep).arg(&wc).arg(&ap).arg(&rp).arg(&gp);
                 // SAFETY: lf_ce_accumulate_f32(const float* e, const float* w_chunk, float* s,
                 // const float* rescale, LfGemmParams{m, n, k}). e: rows * c f32 (row stride c),
                 // w_chunk: c * hidden f32 inside w, s: rows * hidden and rescale: rows, owned here;
                 // bounds-checked tiles.
-                unsafe { b.launch(gemm_cfg(rows, hidden)) }.map_err(cuda_err("launching lf_ce_accumulate_f32"))?;
+                unsafe { launch_kernel(s, &self.accumulate, "lf_ce_accumulate_f32", gemm_cfg(rows, hidden), &[&ep, &wc, &ap, &rp, &gp]) }?;
             }
         }
         {
@@ -184,13 +179,11 @@ impl CudaCrossEntropy {
             let (lp, _l) = tlogit.device_ptr(s);
             let (ap, _a) = acc.device_ptr_mut(s);
             let (op, _o) = loss.device_ptr_mut(s);
-            let mut b = s.launch_builder(&self.finish);
-            b.arg(&wp).arg(&tp).arg(&wtp).arg(&mp).arg(&zp).arg(&lp).arg(&ap).arg(&op).arg(&cp);
             // SAFETY: lf_ce_finish_f32(const float* w, const uint32_t* targets, const float* weights,
             // const float* m, const float* z, const float* target_logit, float* s, float* loss,
             // LfCeParams). Every target < vocab (checked), so w[target * hidden ..] is inside w; the
             // per-row buffers hold rows elements and s rows * hidden; one block per row.
-            unsafe { b.launch(row_cfg(rows)) }.map_err(cuda_err("launching lf_ce_finish_f32"))?;
+            unsafe { launch_kernel(s, &self.finish, "lf_ce_finish_f32", row_cfg(rows), &[&wp, &tp, &wtp, &mp, &zp, &lp, &ap, &op, &cp]) }?;
         }
         let per_row = ops.download(&loss)?;
         let total = per_row.iter().zip(weights).map(|(&l, &w)| w as f64 * l as f64).sum();

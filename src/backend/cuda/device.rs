@@ -1,4 +1,4 @@
-//! `CudaOps`: one CUDA device with the `ops` kernels loaded: its context, the stream every op
+//! `CudaDevice`: one CUDA device with the `ops` kernels loaded: its context, the stream every op
 //! runs on, and the kernel functions. The op wrappers are in `ops.rs`; this file makes the
 //! device and moves data to and from it.
 
@@ -26,6 +26,7 @@ pub(crate) fn cuda_err(what: impl Into<String>) -> impl FnOnce(DriverError) -> E
 }
 
 /// The f32 and bf16 instantiations of one op.
+#[derive(Clone)]
 pub(crate) struct PerDtype {
     f32: CudaFunction,
     bf16: CudaFunction,
@@ -49,17 +50,25 @@ impl PerDtype {
 }
 
 /// The kernels of `kernels/ops.cu`.
+#[derive(Clone)]
 pub(crate) struct OpsKernels {
     pub(crate) rms_norm: PerDtype,
     pub(crate) rope: PerDtype,
     pub(crate) silu_mul: PerDtype,
     pub(crate) add: PerDtype,
     pub(crate) embedding: PerDtype,
+    pub(crate) bias_add: PerDtype,
+    /// `lf_rms_norm_f32_bf16` and `lf_add_f32_bf16`: an f32 residual stream with bf16 activations.
+    pub(crate) rms_norm_f32_bf16: CudaFunction,
+    pub(crate) add_f32_bf16: CudaFunction,
+    /// `lf_cast_f32_bf16` and `lf_cast_bf16_f32`.
+    pub(crate) cast_to_bf16: CudaFunction,
+    pub(crate) cast_to_f32: CudaFunction,
 }
 
 /// A CUDA device ready to run the ops kernels. Every op is enqueued on `stream()`; results are
 /// ready after `synchronize()` or a download.
-pub struct CudaOps {
+pub struct CudaDevice {
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
     pub(crate) kernels: OpsKernels,
@@ -68,9 +77,9 @@ pub struct CudaOps {
     name: String,
 }
 
-impl std::fmt::Debug for CudaOps {
+impl std::fmt::Debug for CudaDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CudaOps").field("device", &self.name).field("ordinal", &self.ctx.ordinal()).finish()
+        f.debug_struct("CudaDevice").field("device", &self.name).field("ordinal", &self.ctx.ordinal()).finish()
     }
 }
 
@@ -87,7 +96,7 @@ impl EmbeddedModule {
     }
 }
 
-impl CudaOps {
+impl CudaDevice {
     /// Opens device `ordinal` and loads the embedded `ops` module. Fails with `Error::Cuda` saying
     /// why: CUDA unavailable here (see `check_available`), or a driver call failing.
     pub fn new(ordinal: usize) -> Result<Self> {
@@ -95,14 +104,12 @@ impl CudaOps {
         let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
             .map_err(|_| Error::Cuda(format!("creating a context on device {ordinal} panicked in cudarc")))?
             .map_err(cuda_err(format!("creating a context on device {ordinal}")))?;
-        let stream = ctx.default_stream();
-        let fatbin = embedded::module("ops")
-            .ok_or_else(|| Error::Cuda("the ops kernels (kernels/ops.cu) are not embedded in this build".into()))?;
-        // cuModuleLoadData reads the fatbin header in place: give it a heap copy, which the
-        // system allocator aligns to 16 bytes (include_bytes! data has no alignment guarantee).
-        let image = fatbin.to_vec();
+        // A stream of our own (not the legacy default stream): CUDA graphs capture from it.
+        let stream = ctx.new_stream().map_err(cuda_err("creating a stream"))?;
+        let image = embedded::module_image("ops")
+            .ok_or_else(|| Error::Cuda("the ops kernels (kernels/ops.cu) are not built for this driver".into()))?;
         if image.as_ptr().align_offset(8) != 0 {
-            return Err(Error::Cuda("the copy of the ops fatbin is not 8-byte aligned".into()));
+            return Err(Error::Cuda("the copy of the ops module image is not 8-byte aligned".into()));
         }
         let module = ctx.load_module(Ptx::from_binary(image)).map_err(cuda_err(
             "loading the ops module (kernels built for sm_80, sm_90a and compute_80 PTX; a driver older than the \
@@ -114,23 +121,42 @@ impl CudaOps {
             silu_mul: PerDtype::load(&module, "silu_mul")?,
             add: PerDtype::load(&module, "add")?,
             embedding: PerDtype::load(&module, "embedding")?,
+            bias_add: PerDtype::load(&module, "bias_add")?,
+            rms_norm_f32_bf16: module
+                .load_function("lf_rms_norm_f32_bf16")
+                .map_err(cuda_err("loading kernel lf_rms_norm_f32_bf16"))?,
+            add_f32_bf16: module.load_function("lf_add_f32_bf16").map_err(cuda_err("loading kernel lf_add_f32_bf16"))?,
+            cast_to_bf16: module.load_function("lf_cast_f32_bf16").map_err(cuda_err("loading kernel lf_cast_f32_bf16"))?,
+            cast_to_f32: module.load_function("lf_cast_bf16_f32").map_err(cuda_err("loading kernel lf_cast_bf16_f32"))?,
         };
         let sms = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(cuda_err("reading the SM count"))?;
         let max_blocks = u32::try_from(sms).unwrap_or(1).max(1) * GRID_STRIDE_BLOCKS_PER_SM;
         let name = ctx.name().unwrap_or_else(|_| format!("CUDA device {ordinal}"));
-        Ok(CudaOps { ctx, stream, kernels, max_blocks, name })
+        Ok(CudaDevice { ctx, stream, kernels, max_blocks, name })
     }
 
-    /// Loads the embedded fatbin of `kernels/<stem>.cu` (`what`: the kernels' name in the error
-    /// a build without them gives).
+    /// Loads the module of `kernels/<stem>.cu` (`what`: the kernels' name in the error a build
+    /// without them gives): its fatbin, or its emulated twin under the emulator.
     pub(crate) fn load_embedded(&self, stem: &'static str, what: &str) -> Result<EmbeddedModule> {
-        let fatbin = embedded::module(stem)
-            .ok_or_else(|| Error::Cuda(format!("the {what} kernels (kernels/{stem}.cu) are not embedded in this build")))?;
-        // A heap copy: cuModuleLoadData wants the fatbin aligned (see `new`).
-        let module = self.ctx.load_module(Ptx::from_binary(fatbin.to_vec())).map_err(cuda_err(format!("loading the {stem} module")))?;
+        let image = embedded::module_image(stem)
+            .ok_or_else(|| Error::Cuda(format!("the {what} kernels (kernels/{stem}.cu) are not built for this driver")))?;
+        let module = self.ctx.load_module(Ptx::from_binary(image)).map_err(cuda_err(format!("loading the {stem} module")))?;
         Ok(EmbeddedModule { module, stem })
+    }
+
+    /// The same device and kernels with work enqueued on a new stream of their own (e.g. uploads
+    /// beside a compute stream).
+    pub fn sibling(&self) -> Result<CudaDevice> {
+        let stream = self.ctx.new_stream().map_err(cuda_err("creating a stream"))?;
+        Ok(CudaDevice { ctx: self.ctx.clone(), stream, kernels: self.kernels.clone(), max_blocks: self.max_blocks, name: self.name.clone() })
+    }
+
+    /// The raw module of `kernels/<stem>.cu` (under the emulator also its self-test kernels,
+    /// stem `selftest`), for tests and tools that launch kernels directly.
+    pub fn raw_module(&self, stem: &'static str) -> Result<Arc<CudaModule>> {
+        Ok(self.load_embedded(stem, stem)?.module)
     }
 
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
@@ -193,6 +219,6 @@ mod tests {
     #[test]
     fn cuda_ops_is_send_and_sync() {
         fn assert_send_sync<T: Send + Sync>() {}
-        assert_send_sync::<super::CudaOps>();
+        assert_send_sync::<super::CudaDevice>();
     }
 }

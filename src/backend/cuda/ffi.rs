@@ -1,4 +1,5 @@
-//! The C ABI of `csrc/*.h`, as bindgen generates it at build time (`OUT_DIR/csrc_bindings.rs`):
+//! The C ABI of `csrc/*.h`, as bindgen generates it (`csrc_bindings.rs` beside this file, committed;
+//! build.rs regenerates it into `OUT_DIR` when libclang is present, see build.rs `bindings`):
 //! the parameter structs the kernels take by value and the constants they are compiled with.
 //! Built with or without nvcc, so argument validation compiles (and is tested) everywhere.
 
@@ -20,3 +21,13 @@ unsafe impl cudarc::driver::DeviceRepr for LfEmbeddingParams {}
 unsafe impl cudarc::driver::DeviceRepr for LfReshapeCacheParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for LfPagedAttnParams {}
+// SAFETY: as above (generated from csrc/linear.h: fixed-width integers only).
+unsafe impl cudarc::driver::DeviceRepr for LfLinearParams {}
+// SAFETY: as above (csrc/ops.h: fixed-width integers only).
+unsafe impl cudarc::driver::DeviceRepr for LfBiasParams {}
+// SAFETY: as above (csrc/sampling.h: fixed-width integers and f32 only).
+unsafe impl cudarc::driver::DeviceRepr for LfSampleRow {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for LfSampleParams {}
+// SAFETY: as above (csrc/random.h: fixed-width integers and f32 only).
+unsafe impl cudarc::driver::DeviceRepr for LfRandomParams {}

@@ -8,7 +8,9 @@
 //! Block sizes follow the work of one row, counted in vector items (16 bytes) when the row length
 //! allows the kernel's vector path, in elements otherwise.
 
-use cudarc::driver::LaunchConfig;
+use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+
+use crate::Result;
 
 use super::dtype::DType;
 use super::ffi::{
@@ -61,6 +63,42 @@ pub fn elementwise(p: &LfElementwiseParams, dtype: DType, max_blocks: u32) -> La
     let blocks = units.div_ceil(threads as usize);
     let blocks = u32::try_from(blocks).map_or(max_blocks, |b| b.min(max_blocks)).max(1);
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+}
+
+
+/// A value pushed by value into a kernel's argument list (a device pointer or a params struct).
+pub(crate) trait KernelArg {
+    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>);
+}
+
+impl<T: cudarc::driver::DeviceRepr> KernelArg for T {
+    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
+        b.arg(self);
+    }
+}
+
+/// The one launch of every kernel wrapper: enqueues `f` on `stream` with `args` in order, and
+/// wraps a driver error as "launching WHAT: ...".
+///
+/// # Safety
+/// `args` must be, in order, values whose types and meaning match `f`'s C parameters (device
+/// pointers as `CUdeviceptr`, parameter structs by value), every pointer valid on the stream's
+/// context for the extent the kernel touches given the parameters and `cfg`, and no buffer the
+/// kernel writes aliased by another argument. Each caller states why in its `// SAFETY:`.
+pub(crate) unsafe fn launch_kernel(
+    stream: &CudaStream,
+    f: &CudaFunction,
+    what: impl std::fmt::Display,
+    cfg: LaunchConfig,
+    args: &[&dyn KernelArg],
+) -> Result<()> {
+    let mut b = stream.launch_builder(f);
+    for a in args {
+        a.push(&mut b);
+    }
+    // SAFETY: forwarded from this function's contract.
+    unsafe { b.launch(cfg) }.map_err(|e| crate::Error::Cuda(format!("launching {what}: {e}")))?;
+    Ok(())
 }
 
 #[cfg(test)]

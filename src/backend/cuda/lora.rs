@@ -19,12 +19,13 @@
 
 use std::marker::PhantomData;
 
-use cudarc::driver::{CudaFunction, CudaSlice, CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaView, DevicePtr, DevicePtrMut, LaunchConfig};
 
-use crate::backend::cpu::lora::{validate_segment_shapes, LoraSegmentShape};
+use crate::backend::layout::{validate_segment_shapes, LoraSegmentShape};
 use crate::Result;
 
-use super::device::{cuda_err, CudaOps};
+use super::launch::launch_kernel;
+use super::device::CudaDevice;
 use super::dtype::{CudaElem, DType};
 use super::ffi::{
     LfLoraParams, LfLoraSegment, LfLoraTile, LF_LORA_CHUNK_BYTES, LF_LORA_MAX_RANK, LF_LORA_MIN_CHUNK_BYTES,
@@ -103,6 +104,8 @@ pub struct LoraSegmentDesc {
 /// (BGMV, `[t_rows]`, -1 for a base token).
 #[derive(Clone, Debug)]
 pub struct LoraPlan {
+    /// Launch even with no live segment (a plan a CUDA graph replays: see `pad_for_graph`).
+    pub always_launch: bool,
     pub params: LfLoraParams,
     pub kernel: LoraKernel,
     pub segments: Vec<LfLoraSegment>,
@@ -113,7 +116,29 @@ pub struct LoraPlan {
 impl LoraPlan {
     /// Whether there is nothing to launch (no non-empty segment).
     pub fn is_empty(&self) -> bool {
-        self.segments.is_empty()
+        self.segments.is_empty() && !self.always_launch
+    }
+
+    /// Makes a BGMV plan's launch parameters independent of the step's adapters, for a CUDA
+    /// graph replayed over decode steps with other adapters: `n_segments` segment slots (unused
+    /// ones zeroed; the token index never names them), `r_max` the largest rank any step may have,
+    /// and a launch even when no token has an adapter (every token index is then -1).
+    pub fn pad_for_graph(&mut self, n_segments: usize, r_max: usize) -> Result<()> {
+        if self.kernel != LoraKernel::Bgmv {
+            return Err(invalid("lora: only BGMV plans replay in a graph".into()));
+        }
+        if n_segments < self.segments.len() || r_max < self.params.r_max as usize || r_max > LF_LORA_MAX_RANK as usize {
+            return Err(invalid(format!(
+                "lora: pad ({n_segments} segments, rank {r_max}) below the step's ({}, {}) or above the kernel's rank limit",
+                self.segments.len(),
+                self.params.r_max
+            )));
+        }
+        self.segments.resize(n_segments, LfLoraSegment::default());
+        self.params.n_segments = count_i32("lora", "padded segments", n_segments)?;
+        self.params.r_max = r_max as i32;
+        self.always_launch = true;
+        Ok(())
     }
 
     /// Blocks along x: tiles (SGMV) or tokens (BGMV).
@@ -144,6 +169,15 @@ impl LoraPlan {
     /// (`LfLoraSegment`, 32 bytes each), then the tiles (SGMV, `LfLoraTile`, 8 bytes each) or
     /// `token_seg` (BGMV, int32). Returns the image and the byte offset of the second array
     /// (a multiple of 8).
+    /// Bytes of `metadata_bytes()`, without building it.
+    pub fn metadata_len(&self) -> usize {
+        self.segments.len() * SEGMENT_BYTES
+            + match self.kernel {
+                LoraKernel::Sgmv => self.tiles.len() * TILE_BYTES,
+                LoraKernel::Bgmv => self.token_seg.len() * 4,
+            }
+    }
+
     pub fn metadata_bytes(&self) -> (Vec<u8>, usize) {
         let index_bytes = match self.kernel {
             LoraKernel::Sgmv => self.tiles.len() * TILE_BYTES,
@@ -274,7 +308,8 @@ pub fn plan_lora(
         chunk: chunk as i32,
         n_chunks: n_chunks as i32,
     };
-    Ok(LoraPlan { params, kernel, segments, tiles, token_seg })
+    Ok(LoraPlan {
+        always_launch: false, params, kernel, segments, tiles, token_seg })
 }
 
 /// Elements of d_in per shrink chunk (split-K) when the shrink has `grid_x` tiles or tokens: the
@@ -296,7 +331,7 @@ struct LoraFns {
     bgmv_expand: CudaFunction,
 }
 
-/// The batched-LoRA module loaded on a `CudaOps` device.
+/// The batched-LoRA module loaded on a `CudaDevice` device.
 pub struct CudaLora {
     f32: LoraFns,
     bf16: LoraFns,
@@ -324,7 +359,7 @@ impl<T: CudaElem> PreparedLora<'_, T> {
 }
 
 impl CudaLora {
-    pub fn new(ops: &CudaOps) -> Result<Self> {
+    pub fn new(ops: &CudaDevice) -> Result<Self> {
         let module = ops.load_embedded("lora_sgmv", "batched LoRA")?;
         let get = |name: String| module.function(&name);
         let fns = |d: DType| -> Result<LoraFns> {
@@ -350,7 +385,7 @@ impl CudaLora {
     /// and allocates its workspace. `kernel`: `None` picks BGMV when every segment is one token.
     pub fn prepare<'a, T: CudaElem>(
         &self,
-        ops: &CudaOps,
+        ops: &CudaDevice,
         shape: LoraShape,
         segs: &'a [CudaLoraSegment<'a, T>],
         kernel: Option<LoraKernel>,
@@ -389,7 +424,7 @@ impl CudaLora {
 
     /// The shrink of a prepared step: `v = x · Aᵀ` per segment, as split-K partial sums in the
     /// step's workspace. x: `[t_rows, d_in]`.
-    pub fn shrink<T: CudaElem>(&self, ops: &CudaOps, x: &impl DevicePtr<T>, prep: &mut PreparedLora<'_, T>) -> Result<()> {
+    pub fn shrink<T: CudaElem>(&self, ops: &CudaDevice, x: &impl DevicePtr<T>, prep: &mut PreparedLora<'_, T>) -> Result<()> {
         const OP: &str = "lora shrink";
         let p = prep.plan.params;
         let want = p.t_rows as usize * p.d_in as usize;
@@ -412,8 +447,6 @@ impl CudaLora {
         let (pp, _p) = part.device_ptr_mut(stream);
         let _weights: Vec<_> = prep.segs.iter().map(|s| s.a.device_ptr(stream).1).collect();
         let cfg = LaunchConfig { grid_dim: prep.plan.shrink_grid(), block_dim: (LF_LORA_THREADS, 1, 1), shared_mem_bytes: 0 };
-        let mut b = stream.launch_builder(f);
-        b.arg(&xp).arg(&mp).arg(&ip).arg(&pp).arg(&p);
         // SAFETY: lf_lora_{sgmv,bgmv}_shrink_<T>(const T* x, const LfLoraSegment* segs,
         // const LfLoraTile* tiles | const int32_t* token_seg, float* part, LfLoraParams).
         // x holds t_rows * d_in elements of T (checked above) on this context; the metadata image
@@ -422,14 +455,14 @@ impl CudaLora {
         // <= r_max <= LF_LORA_MAX_RANK and A the address of a [rank, d_in] buffer of T that `segs`
         // keeps alive (plan_lora checked the lengths of the views, whose guards are held above);
         // part holds n_chunks * t_rows * r_max f32 and is owned by `prep`, borrowed mutably here.
-        unsafe { b.launch(cfg) }.map_err(cuda_err("launching lf_lora shrink"))?;
+        unsafe { launch_kernel(stream, f, "lf_lora shrink", cfg, &[&xp, &mp, &ip, &pp, &p]) }?;
         prep.shrunk = true;
         Ok(())
     }
 
     /// The expand of a prepared step whose shrink was enqueued: `y += scale · v · Bᵀ` per segment.
     /// y: `[t_rows, d_out]`.
-    pub fn expand<T: CudaElem>(&self, ops: &CudaOps, y: &mut impl DevicePtrMut<T>, prep: &PreparedLora<'_, T>) -> Result<()> {
+    pub fn expand<T: CudaElem>(&self, ops: &CudaDevice, y: &mut impl DevicePtrMut<T>, prep: &PreparedLora<'_, T>) -> Result<()> {
         const OP: &str = "lora expand";
         let p = prep.plan.params;
         let want = p.t_rows as usize * p.d_out as usize;
@@ -455,15 +488,69 @@ impl CudaLora {
         let ip = mp + *offset as u64;
         let _weights: Vec<_> = prep.segs.iter().map(|s| s.b.device_ptr(stream).1).collect();
         let cfg = LaunchConfig { grid_dim: prep.plan.expand_grid(), block_dim: (LF_LORA_THREADS, 1, 1), shared_mem_bytes: 0 };
-        let mut b = stream.launch_builder(f);
-        b.arg(&yp).arg(&pp).arg(&mp).arg(&ip).arg(&p);
         // SAFETY: lf_lora_{sgmv,bgmv}_expand_<T>(T* y, const float* part, const LfLoraSegment* segs,
         // const LfLoraTile* tiles | const int32_t* token_seg, LfLoraParams). y holds t_rows * d_out
         // elements of T (checked above) on this context, borrowed mutably so it aliases nothing
         // else here; part was filled by this step's shrink (enqueued before, same stream) for
         // exactly the (chunk, token, k < rank) entries this kernel reads; the metadata is as in
         // `shrink`, with B the address of a [d_out, rank] buffer of T kept alive by `segs`.
-        unsafe { b.launch(cfg) }.map_err(cuda_err("launching lf_lora expand"))?;
+        unsafe { launch_kernel(stream, f, "lf_lora expand", cfg, &[&yp, &pp, &mp, &ip, &p]) }?;
+        Ok(())
+    }
+
+    /// Shrink then expand of a plan whose metadata is already on the device (a forward step's)
+    /// with a caller-owned split-K workspace: `y[rows] += scale · (x[rows] · Aᵀ) · Bᵀ`.
+    ///
+    /// # Safety
+    /// `plan` must come from `plan_lora` for this dtype, x `[t_rows, d_in]` and y `[t_rows,
+    /// d_out]`; `meta` must hold `plan.metadata_bytes()` (the index array at `index_offset`
+    /// bytes); every segment's A and B addresses must stay allocated until both launches have
+    /// run; `part` must hold at least `plan.part_len()` f32.
+    pub unsafe fn apply_planned<T: CudaElem>(
+        &self,
+        ops: &CudaDevice,
+        y: &mut impl DevicePtrMut<T>,
+        x: &impl DevicePtr<T>,
+        plan: &LoraPlan,
+        meta: &impl DevicePtr<u8>,
+        index_offset: usize,
+        part: &mut impl DevicePtrMut<f32>,
+    ) -> Result<()> {
+        const OP: &str = "lora";
+        if plan.is_empty() {
+            return Ok(());
+        }
+        let p = plan.params;
+        if x.len() != p.t_rows as usize * p.d_in as usize || y.len() != p.t_rows as usize * p.d_out as usize {
+            return Err(invalid(format!("{OP}: x and y must be [{}, {}] and [{}, {}] as planned", p.t_rows, p.d_in, p.t_rows, p.d_out)));
+        }
+        let (bytes, offset) = (plan.metadata_len(), index_offset);
+        if meta.len() < bytes || part.len() < plan.part_len() {
+            return Err(invalid(format!("{OP}: the device metadata or workspace is shorter than the plan")));
+        }
+        ops.check_context(OP, "x", x)?;
+        ops.check_context(OP, "y", y)?;
+        ops.check_context(OP, "metadata", meta)?;
+        let stream = &ops.stream;
+        let fns = self.fns(T::DTYPE);
+        let (shrink, expand) = match plan.kernel {
+            LoraKernel::Sgmv => (&fns.sgmv_shrink, &fns.sgmv_expand),
+            LoraKernel::Bgmv => (&fns.bgmv_shrink, &fns.bgmv_expand),
+        };
+        let (xp, _x) = x.device_ptr(stream);
+        let (mp, _m) = meta.device_ptr(stream);
+        let ip = mp + offset as u64;
+        let (pp, _p) = part.device_ptr_mut(stream);
+        let cfg = LaunchConfig { grid_dim: plan.shrink_grid(), block_dim: (LF_LORA_THREADS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: as `shrink`: x holds t_rows * d_in elements (checked above); by this
+        // function's contract the metadata holds the plan's segments and index array and every A
+        // is alive; part holds n_chunks * t_rows * r_max f32 (checked above), borrowed mutably.
+        unsafe { launch_kernel(stream, shrink, "lf_lora shrink", cfg, &[&xp, &mp, &ip, &pp, &p]) }?;
+        let (yp, _y) = y.device_ptr_mut(stream);
+        let cfg = LaunchConfig { grid_dim: plan.expand_grid(), block_dim: (LF_LORA_THREADS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: as `expand`: y holds t_rows * d_out elements (checked above), a mutable borrow;
+        // part was filled by the shrink just enqueued on the same stream; every B is alive.
+        unsafe { launch_kernel(stream, expand, "lf_lora expand", cfg, &[&yp, &pp, &mp, &ip, &p]) }?;
         Ok(())
     }
 
@@ -471,7 +558,7 @@ impl CudaLora {
     /// `cpu::lora::lora_apply`). x `[t_rows, d_in]`, y `[t_rows, d_out]`.
     pub fn apply<T: CudaElem>(
         &self,
-        ops: &CudaOps,
+        ops: &CudaDevice,
         y: &mut impl DevicePtrMut<T>,
         x: &impl DevicePtr<T>,
         shape: LoraShape,

@@ -12,11 +12,12 @@
 //! tiles, the scale finite, each buffer exactly its shape, the grids within CUDA's limits. A
 //! launch only uses what it returned.
 
-use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, LaunchConfig};
 
 use crate::Result;
 
-use super::device::{cuda_err, CudaOps};
+use super::launch::launch_kernel;
+use super::device::{cuda_err, CudaDevice};
 use super::ffi::{LfLoraBwdParams, LF_LORA_BWD_MAX_RANK, LF_LORA_BWD_ROWS, LF_LORA_BWD_THREADS, LF_LORA_BWD_TILE};
 use super::validate::{count_i32, invalid, mul};
 
@@ -126,14 +127,14 @@ pub fn plan_lora_backward(s: &LoraBackwardShape, lens: &LoraBackwardLens) -> Res
     })
 }
 
-/// The LoRA backward module loaded on a `CudaOps` device.
+/// The LoRA backward module loaded on a `CudaDevice` device.
 pub struct CudaLoraBackward {
     dy_pass: CudaFunction,
     x_pass: CudaFunction,
 }
 
 impl CudaLoraBackward {
-    pub fn new(ops: &CudaOps) -> Result<Self> {
+    pub fn new(ops: &CudaDevice) -> Result<Self> {
         let module = ops.load_embedded("lora_backward", "LoRA backward")?;
         let get = |name: &str| module.function(name);
         Ok(CudaLoraBackward { dy_pass: get("lf_lora_bwd_dy_f32")?, x_pass: get("lf_lora_bwd_x_f32")? })
@@ -144,7 +145,7 @@ impl CudaLoraBackward {
     #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
-        ops: &CudaOps,
+        ops: &CudaDevice,
         shape: &LoraBackwardShape,
         x: &impl DevicePtr<f32>,
         xa: &impl DevicePtr<f32>,
@@ -179,8 +180,6 @@ impl CudaLoraBackward {
             let (bp, _b) = b.device_ptr(stream);
             let (gp, _g) = g.device_ptr_mut(stream);
             let (dbp, _db) = db.device_ptr_mut(stream);
-            let mut l = stream.launch_builder(&self.dy_pass);
-            l.arg(&dyp).arg(&xap).arg(&bp).arg(&gp).arg(&dbp).arg(&p);
             let cfg = LaunchConfig { grid_dim: plan.dy_grid, block_dim: block, shared_mem_bytes: 0 };
             // SAFETY: lf_lora_bwd_dy_f32(const float* dy, const float* xa, const float* b, float* g,
             // float* db, LfLoraBwdParams). plan_lora_backward checked dy = rows * d_out, xa = rows *
@@ -188,7 +187,7 @@ impl CudaLoraBackward {
             // shared tiles), all on this context; g (rows * rank, zeroed above) is owned here; dB
             // is borrowed mutably, so it aliases no input. The grid covers d_out by TILE columns and
             // rows by ROWS rows, as the kernel indexes; it bounds-checks every edge tile.
-            unsafe { l.launch(cfg) }.map_err(cuda_err("launching lf_lora_bwd_dy_f32"))?;
+            unsafe { launch_kernel(stream, &self.dy_pass, "lf_lora_bwd_dy_f32", cfg, &[&dyp, &xap, &bp, &gp, &dbp, &p]) }?;
         }
         let (xp, _x) = x.device_ptr(stream);
         let (gp, _g) = g.device_ptr(stream);
@@ -203,8 +202,6 @@ impl CudaLoraBackward {
             }
             None => 0, // the kernel skips dx on a null pointer
         };
-        let mut l = stream.launch_builder(&self.x_pass);
-        l.arg(&xp).arg(&gp).arg(&ap).arg(&dap).arg(&dxp).arg(&p);
         let cfg = LaunchConfig { grid_dim: plan.x_grid, block_dim: block, shared_mem_bytes: 0 };
         // SAFETY: lf_lora_bwd_x_f32(const float* x, const float* g, const float* a, float* da,
         // float* dx, LfLoraBwdParams). x = rows * d_in, A = dA = rank * d_in, dx (if not null) =
@@ -212,7 +209,7 @@ impl CudaLoraBackward {
         // pass 1, enqueued before on the same stream; dA and dx are borrowed mutably (distinct
         // buffers, no alias with the inputs); each block owns its dx cells, so the plain += in the
         // kernel does not race.
-        unsafe { l.launch(cfg) }.map_err(cuda_err("launching lf_lora_bwd_x_f32"))?;
+        unsafe { launch_kernel(stream, &self.x_pass, "lf_lora_bwd_x_f32", cfg, &[&xp, &gp, &ap, &dap, &dxp, &p]) }?;
         drop(dx_guard);
         Ok(())
     }

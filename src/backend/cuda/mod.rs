@@ -2,14 +2,16 @@
 //! and compute_80 PTX), loaded with cudarc and launched through typed wrappers that validate
 //! every argument in Rust first.
 //!
+//! - `backend`: `CudaBackend`, the `Backend` trait on the device (the whole forward pass).
 //! - `availability`: whether CUDA can run here, and why not (no kernels built, no driver, no
 //!   device); never panics.
-//! - `device`: `CudaOps`, one device with the ops module loaded, plus upload/download.
+//! - `device`: `CudaDevice`, one device with the ops module loaded, plus upload/download.
 //! - `ops`: the op wrappers (`rms_norm`, `rope`, `silu_mul`, `add_assign`, `embedding`), f32 and
 //!   bf16 (`CudaElem`).
 //! - `validate`, `launch`: the argument checks and launch geometry, pure functions tested
 //!   without a GPU.
-//! - `ffi`: the bindgen'd C ABI of `csrc/*.h`; `embedded`: the fatbins.
+//! - `ffi`: the bindgen'd C ABI of `csrc/*.h`; `embedded`: the fatbins (or the emulated modules).
+//! - `emu`: the CPU emulator of the driver and device (`LORAFLEET_CUDA_EMU=1`), kernels/emu.
 //! - `attention`: paged attention (`CudaAttention`: `reshape_and_cache`, `paged_attention`),
 //!   `CudaKvCache`, and the pure checks `plan_attention`, `plan_reshape_and_cache`.
 //! - `attention_train`: causal attention over packed training batches, forward (keeping the
@@ -19,39 +21,51 @@
 //! - `ops_backward`: the backward passes of RMSNorm, RoPE and SiLU·mul (training, f32).
 //! - `lora`, `lora_backward`: batched LoRA (SGMV/BGMV) and the fused LoRA backward of training,
 //!   each with its pure check (`plan_lora`, `plan_lora_backward`).
+//! - `linear`: dense linear layers, f32 or bf16 weights (`CudaLinear`, pure check `plan_linear`).
 //! - `nf4`: linear layers against bitsandbytes NF4 weights (`CudaNf4`, `CudaNf4Weight`: GEMV for
 //!   decode, tensor-core GEMM for prefill) and the pure check `plan_nf4_linear`.
-//! - `testing`: `test_device`, the device of the GPU tests or a loud skip.
+//! - `testing`: `test_device` (a GPU, else the CPU emulator, else a loud skip) and `bench_device`
+//!   (a GPU, or the emulator only when asked for).
 //!
 //! Everything here compiles without nvcc (no `has_kernels` cfg): `check_available` then reports
 //! `Unavailable::NoKernels`.
 
 pub mod attention;
+pub mod backend;
 pub mod attention_train;
 pub mod cross_entropy;
 mod availability;
 mod device;
 mod dtype;
 mod embedded;
+pub mod emu;
 pub mod ffi;
+mod graph;
 pub mod launch;
+pub mod linear;
 pub mod nf4;
 pub mod lora;
 pub mod lora_backward;
 mod ops;
 pub mod ops_backward;
+mod pool;
+pub mod random;
+pub mod sampling;
+pub mod step;
 mod testing;
 pub mod validate;
 
+pub use backend::{CudaBackend, CudaTensor};
 pub use attention::{AttnDims, AttnKernel, AttnPlan, CudaAttention, CudaKvCache};
 pub use availability::{check_available, Unavailable};
-pub use device::CudaOps;
+pub use device::CudaDevice;
 pub use nf4::{CudaNf4, CudaNf4Weight};
 pub use dtype::{CudaElem, DType};
-pub use testing::{test_device, REQUIRE_GPU_ENV};
+pub use testing::{bench_device, big_shapes, test_device, timed_launches, tests_on_emulator, BIG_SHAPES_ENV, REQUIRE_GPU_ENV};
 pub use validate::RopeDims;
 
-/// Whether this build embeds the CUDA kernels (build.rs found nvcc).
+/// Whether kernels exist for the driver in use: the fatbins (build.rs found nvcc), or under
+/// `LORAFLEET_CUDA_EMU=1` the emulated modules (build.rs found a C++ compiler).
 pub fn kernels_built() -> bool {
     embedded::built()
 }

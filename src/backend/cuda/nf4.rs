@@ -18,12 +18,13 @@
 //! generic one for every other case, including bitsandbytes blocks that span two rows of W
 //! (k not a multiple of the blocksize: both kernels index blocks over the flattened W).
 
-use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 
 use crate::quant::Nf4Tensor;
 use crate::{Error, Result};
 
-use super::device::{cuda_err, CudaOps};
+use super::launch::launch_kernel;
+use super::device::CudaDevice;
 use super::dtype::{CudaElem, DType};
 use super::ffi::{
     LfNf4GemmParams, LF_NF4_GEMM_BM, LF_NF4_GEMM_BN, LF_NF4_GEMM_THREADS, LF_NF4_GEMV_THREADS,
@@ -221,10 +222,20 @@ pub struct CudaNf4Weight {
 }
 
 impl CudaNf4Weight {
+    /// A weight from device buffers already holding `packed` (`ceil(n * k / 2)` bytes) and one
+    /// f32 `absmax` per block of `blocksize` elements.
+    pub(crate) fn from_parts(packed: CudaSlice<u8>, absmax: CudaSlice<f32>, shape: Nf4Shape, code: [f32; 16]) -> Result<Self> {
+        let numel = shape.n * shape.k;
+        if packed.len() != numel.div_ceil(2) || absmax.len() != numel.div_ceil(shape.blocksize) {
+            return Err(invalid(format!("CudaNf4Weight: buffers do not fit [{}, {}]", shape.n, shape.k)));
+        }
+        Ok(CudaNf4Weight { packed, absmax, shape, code })
+    }
+
     /// Uploads a 2-D NF4 tensor (as read from a bitsandbytes checkpoint or quantized here),
     /// resolving double-quantized statistics to one f32 per block. Fails on a tensor that is not
     /// 2-D or whose arrays do not match its shape.
-    pub fn upload(ops: &CudaOps, t: &Nf4Tensor) -> Result<Self> {
+    pub fn upload(ops: &CudaDevice, t: &Nf4Tensor) -> Result<Self> {
         let [n, k] = t.shape[..] else {
             return Err(invalid(format!("CudaNf4Weight: NF4 weight of shape {:?}; a linear weight is 2-D", t.shape)));
         };
@@ -241,6 +252,11 @@ impl CudaNf4Weight {
         })
     }
 
+    /// The packed codes and the f32 block scales, copied to the host (tests).
+    pub fn download_parts(&self, ops: &CudaDevice) -> Result<(Vec<u8>, Vec<f32>)> {
+        Ok((ops.download(&self.packed)?, ops.download(&self.absmax)?))
+    }
+
     pub fn shape(&self) -> Nf4Shape {
         self.shape
     }
@@ -251,7 +267,7 @@ impl CudaNf4Weight {
     }
 }
 
-/// The kernels of `kernels/nf4_gemm.cu` loaded on a `CudaOps` device.
+/// The kernels of `kernels/nf4_gemm.cu` loaded on a `CudaDevice` device.
 pub struct CudaNf4 {
     /// `[dtype: f32, bf16][GEMV_ROW_TILES index][generic, fast]`.
     gemv: [[[CudaFunction; 2]; 5]; 2],
@@ -267,7 +283,7 @@ fn dtype_index(d: DType) -> usize {
 }
 
 impl CudaNf4 {
-    pub fn new(ops: &CudaOps) -> Result<Self> {
+    pub fn new(ops: &CudaDevice) -> Result<Self> {
         let module = ops.load_embedded("nf4_gemm", "NF4")?;
         let get = |k: Nf4Kernel| module.function(&k.name());
         let gemv_fns = |dtype: DType| -> Result<[[CudaFunction; 2]; 5]> {
@@ -301,7 +317,7 @@ impl CudaNf4 {
     /// `ops.stream()`. x: `[m, k]`; y: `[m, n]`, fully overwritten.
     pub fn linear<T: CudaElem>(
         &self,
-        ops: &CudaOps,
+        ops: &CudaDevice,
         x: &impl DevicePtr<T>,
         m: usize,
         w: &CudaNf4Weight,
@@ -313,7 +329,7 @@ impl CudaNf4 {
     /// As `linear`, with a forced path or kernel; returns the kernel that ran.
     pub fn linear_with<T: CudaElem>(
         &self,
-        ops: &CudaOps,
+        ops: &CudaDevice,
         x: &impl DevicePtr<T>,
         m: usize,
         w: &CudaNf4Weight,
@@ -340,8 +356,6 @@ impl CudaNf4 {
         let (yp, _y) = y.device_ptr_mut(stream);
         let cfg = LaunchConfig { grid_dim: plan.grid, block_dim: (plan.block, 1, 1), shared_mem_bytes: 0 };
         let p = plan.params;
-        let mut b = stream.launch_builder(f);
-        b.arg(&pp).arg(&ap).arg(&xp).arg(&yp).arg(&p);
         // SAFETY: lf_nf4_<path>_<T>_..(const uint8_t* packed, const float* absmax, const T* x, T* y,
         // LfNf4GemmParams). `plan_nf4_linear` checked packed holds ceil(n * k / 2) bytes, absmax
         // ceil(n * k / blocksize) f32, x m * k and y m * n elements of T, every count positive
@@ -351,14 +365,14 @@ impl CudaNf4 {
         // buffers are on this context (checked above; the weight's were allocated on it); y is a
         // mutable borrow, so it aliases neither x nor the weight. The kernel writes every element
         // of y (each (row, feature) is owned by one block).
-        unsafe { b.launch(cfg) }.map_err(cuda_err(format!("launching {}", plan.kernel.name())))?;
+        unsafe { launch_kernel(stream, f, format_args!("{}", plan.kernel.name()), cfg, &[&pp, &ap, &xp, &yp, &p]) }?;
         Ok(plan.kernel)
     }
 
     /// `linear` into a new buffer `[m, n]`.
     pub fn linear_alloc<T: CudaElem>(
         &self,
-        ops: &CudaOps,
+        ops: &CudaDevice,
         x: &impl DevicePtr<T>,
         m: usize,
         w: &CudaNf4Weight,

@@ -4,11 +4,12 @@
 //! Arguments are validated by the forward ops' checks (`validate.rs`, same shapes) before each
 //! unsafe launch; launch geometry is the forward's (`launch.rs`).
 
-use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, LaunchConfig};
 
 use crate::{Error, Result};
 
-use super::device::{cuda_err, CudaOps};
+use super::launch::launch_kernel;
+use super::device::CudaDevice;
 use super::dtype::DType;
 use super::ffi::{LfElementwiseParams, LfRmsNormBwdParams, LfRmsNormParams, LfRopeParams};
 use super::{launch, validate, validate::RopeDims};
@@ -37,7 +38,7 @@ pub fn plan_rms_norm_backward(
     Ok(LfRmsNormBwdParams { rows: p.rows, cols: p.cols, eps: p.eps, accumulate: accumulate as i32 })
 }
 
-/// The ops-backward module loaded on a `CudaOps` device.
+/// The ops-backward module loaded on a `CudaDevice` device.
 pub struct CudaOpsBackward {
     rms_norm: CudaFunction,
     rope: CudaFunction,
@@ -45,7 +46,7 @@ pub struct CudaOpsBackward {
 }
 
 impl CudaOpsBackward {
-    pub fn new(ops: &CudaOps) -> Result<Self> {
+    pub fn new(ops: &CudaDevice) -> Result<Self> {
         let module = ops.load_embedded("ops_backward", "backward ops")?;
         let get = |name: &str| module.function(name);
         Ok(CudaOpsBackward {
@@ -60,7 +61,7 @@ impl CudaOpsBackward {
     #[allow(clippy::too_many_arguments)]
     pub fn rms_norm_backward(
         &self,
-        ops: &CudaOps,
+        ops: &CudaDevice,
         x: &impl DevicePtr<f32>,
         w: &impl DevicePtr<f32>,
         dy: &impl DevicePtr<f32>,
@@ -82,22 +83,20 @@ impl CudaOpsBackward {
         let (wp, _w) = w.device_ptr(s);
         let (dyp, _dy) = dy.device_ptr(s);
         let (dxp, _dx) = dx.device_ptr_mut(s);
-        let mut b = s.launch_builder(&self.rms_norm);
-        b.arg(&xp).arg(&wp).arg(&dyp).arg(&dxp).arg(&p);
         // SAFETY: lf_rms_norm_bwd_f32(const float* x, const float* w, const float* dy, float* dx,
         // LfRmsNormBwdParams). The checks above: x, dy, dx hold rows * cols f32 and w holds cols,
         // counts positive int32, all on this context; dx is borrowed mutably, so it aliases no
         // input; the grid is one block per row, blocks whole warps <= LF_OPS_ROW_THREADS_MAX (the
         // kernel's launch bound and block_sum2's assumption).
-        unsafe { b.launch(cfg) }.map_err(cuda_err("launching lf_rms_norm_bwd_f32"))?;
+        unsafe { launch_kernel(s, &self.rms_norm, "lf_rms_norm_bwd_f32", cfg, &[&xp, &wp, &dyp, &dxp, &p]) }?;
         Ok(())
     }
 
     /// RoPE backward in place on dq and dk (the rotation by −θ), token r at `positions[r]`
-    /// (host; copied to the device). Shapes as `CudaOps::rope`.
+    /// (host; copied to the device). Shapes as `CudaDevice::rope`.
     pub fn rope_backward(
         &self,
-        ops: &CudaOps,
+        ops: &CudaDevice,
         dq: &mut impl DevicePtrMut<f32>,
         dk: &mut impl DevicePtrMut<f32>,
         positions: &[u32],
@@ -125,14 +124,12 @@ impl CudaOpsBackward {
         let (pp, _p) = pos.device_ptr(s);
         let (cp, _c) = cos.device_ptr(s);
         let (sp, _s) = sin.device_ptr(s);
-        let mut b = s.launch_builder(&self.rope);
-        b.arg(&qp).arg(&kp).arg(&pp).arg(&cp).arg(&sp).arg(&p);
         // SAFETY: lf_rope_bwd_f32(float* dq, float* dk, const uint32_t* positions, const float* cos,
         // const float* sin, LfRopeParams). validate::rope checked dq and dk hold rows * heads *
         // head_dim f32, head_dim is even, cos and sin hold max_pos * head_dim / 2 f32 and every
         // position (uploaded just above, stream-ordered before the kernel) is < max_pos; dq and dk
         // are distinct mutable borrows; the grid is one block per row.
-        unsafe { b.launch(cfg) }.map_err(cuda_err("launching lf_rope_bwd_f32"))?;
+        unsafe { launch_kernel(s, &self.rope, "lf_rope_bwd_f32", cfg, &[&qp, &kp, &pp, &cp, &sp, &p]) }?;
         Ok(())
     }
 
@@ -140,7 +137,7 @@ impl CudaOpsBackward {
     /// dgate and dup overwritten.
     pub fn silu_mul_backward(
         &self,
-        ops: &CudaOps,
+        ops: &CudaDevice,
         gate: &impl DevicePtr<f32>,
         up: &impl DevicePtr<f32>,
         dout: &impl DevicePtr<f32>,
@@ -164,13 +161,11 @@ impl CudaOpsBackward {
         let (dp, _d) = dout.device_ptr(s);
         let (dgp, _dg) = dgate.device_ptr_mut(s);
         let (dup_, _du) = dup.device_ptr_mut(s);
-        let mut b = s.launch_builder(&self.silu_mul);
-        b.arg(&gp).arg(&up_).arg(&dp).arg(&dgp).arg(&dup_).arg(&p);
         // SAFETY: lf_silu_mul_bwd_f32(const float* gate, const float* up, const float* dout,
         // float* dgate, float* dup, LfElementwiseParams). validate::elementwise checked all five
         // hold n > 0 f32, all on this context; dgate and dup are distinct mutable borrows, so they
         // alias neither each other nor an input; the grid-stride loop stays below n.
-        unsafe { b.launch(cfg) }.map_err(cuda_err("launching lf_silu_mul_bwd_f32"))?;
+        unsafe { launch_kernel(s, &self.silu_mul, "lf_silu_mul_bwd_f32", cfg, &[&gp, &up_, &dp, &dgp, &dup_, &p]) }?;
         Ok(())
     }
 }

@@ -139,6 +139,17 @@ fn read_hparams(g: &GgufFile) -> Result<Hparams, GgufError> {
         return Err(model_err(g, "mixture-of-experts models are not supported".into()));
     }
     let n_layer = usize_key("block_count")?;
+    // The layers the file holds, from its tensor names: a block_count that disagrees (e.g. 1e9)
+    // must not drive any loop or allocation.
+    let present = g
+        .tensors()
+        .iter()
+        .filter_map(|t| t.name.strip_prefix("blk.")?.split_once('.')?.0.parse::<usize>().ok())
+        .max()
+        .map_or(0, |m| m + 1);
+    if n_layer != present {
+        return Err(model_err(g, format!("{a}.block_count is {n_layer} but the file holds tensors of {present} layers")));
+    }
     let hidden = usize_key("embedding_length")?;
     let ffn = usize_key("feed_forward_length")?;
     let n_head = usize_key("attention.head_count")?;
@@ -400,6 +411,8 @@ pub fn convert_gguf(gguf: &Path, out_dir: &Path, dtype: OutDType, show_progress:
     let h = read_hparams(&g)?;
     let planned = plan(&g, &h)?;
     let config = config_json(&h, &g, dtype)?;
+    // The config must be one lorafleet loads (sizes within the caps, finite positive eps and theta).
+    crate::model::ModelConfig::from_json_str(&config.to_string()).map_err(|msg| model_err(&g, format!("the converted config.json: {msg}")))?;
     let gen_config = generation_config_json(&g)?;
     let tokenizer = build_tokenizer_json(&g)?;
     let tokenizer_config = build_tokenizer_config_json(&g)?;

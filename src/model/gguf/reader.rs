@@ -383,6 +383,17 @@ impl GgufFile {
             }
         }
 
+        // No two tensors may share bytes: overlapping extents mean a retyped tensor (its size no
+        // longer matches the layout) or two tensors aliasing one another's data.
+        let mut extents: Vec<(u64, u64, &str)> = tensors.iter().filter_map(|t| t.n_bytes.map(|n| (t.offset, t.offset + n, t.name.as_str()))).collect();
+        extents.sort_unstable();
+        if let Some(w) = extents.windows(2).find(|w| w[1].0 < w[0].1 && w[0].1 > w[0].0 && w[1].1 > w[1].0) {
+            return Err(c.malformed(format!(
+                "tensors {} (bytes {}..{}) and {} (bytes {}..{}) overlap in the data section",
+                w[0].2, w[0].0, w[0].1, w[1].2, w[1].0, w[1].1
+            )));
+        }
+
         Ok(GgufFile { path: path.to_path_buf(), version, alignment, metadata, tensors, data_start, mmap })
     }
 

@@ -1,0 +1,757 @@
+//! `CudaBackend`: the `Backend` trait on the GPU, so the one forward pass of `model::llama` runs
+//! on the device. Activations are device tensors of one dtype per backend (f32, or bf16 with f32
+//! math inside every kernel): every linear layer's input and output, attention, the paged KV
+//! cache. The residual stream (the embeddings' rows and what `add_assign` accumulates into them)
+//! stays f32 on a bf16 backend: it is one `[tokens, hidden]` tensor, a sliver of the traffic, and
+//! keeping it exact halves the logits' error against f32 (tests/cuda_golden.rs). Weights are
+//! dense (embedding tables and the lm_head in f32, LoRA A/B and an f32 base's linears in the
+//! activation dtype), bf16 or NF4 on the device; LoRA runs through SGMV/BGMV. Each op validates
+//! its arguments (the launchers' pure plans) before any launch.
+//!
+//! What each trait op runs: embedding and `gather_rows` → `lf_embedding` (a gather of rows);
+//! `rms_norm`, `rope`, `silu_mul`, `add_assign` → kernels/ops.cu; `linear` → kernels/linear.cu
+//! (dense f32/bf16 weights, bias fused) or kernels/nf4_gemm.cu (+ `lf_bias_add`); `attention` →
+//! `lf_reshape_and_cache` then `lf_paged_attn` (+ its reduction); `lora_apply` → kernels/lora_sgmv.cu.
+
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaSlice, DevicePtr, ValidAsZeroBits};
+use half::bf16;
+
+use crate::backend::{Backend, HostMatrix, HostWeight, StepSpec};
+use crate::kv::KvLayout;
+use crate::lora::LoraModule;
+use crate::{Error, Result};
+
+use super::attention::{AttnMeta, CudaAttention, CudaKvCache};
+use super::device::CudaDevice;
+use super::dtype::{CudaElem, DType};
+use super::linear::CudaLinear;
+use super::lora::CudaLora;
+use super::nf4::{CudaNf4, CudaNf4Weight};
+use super::pool::{self, PooledBuf, SharedPool};
+use super::step::{CudaStep, StepArena};
+
+/// A weight's device buffer in one of the storage types (allocated once, exactly).
+pub enum DenseBuf {
+    F32(CudaSlice<f32>),
+    Bf16(CudaSlice<bf16>),
+}
+
+impl DenseBuf {
+    pub fn dtype(&self) -> DType {
+        match self {
+            DenseBuf::F32(_) => DType::F32,
+            DenseBuf::Bf16(_) => DType::Bf16,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            DenseBuf::F32(s) => s.len(),
+            DenseBuf::Bf16(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn device_address(&self, dev: &CudaDevice) -> u64 {
+        match self {
+            DenseBuf::F32(s) => s.device_ptr(dev.stream()).0,
+            DenseBuf::Bf16(s) => s.device_ptr(dev.stream()).0,
+        }
+    }
+}
+
+/// Activations `[rows, cols]` on the device, in a pooled buffer (returned to the pool on drop).
+pub struct CudaTensor {
+    buf: PooledBuf,
+    dtype: DType,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl CudaTensor {
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    fn view<T: CudaElem>(&self) -> Result<cudarc::driver::CudaView<'_, T>> {
+        if T::DTYPE != self.dtype {
+            return Err(invalid(format!("a {:?} tensor read as {:?}", self.dtype, T::DTYPE)));
+        }
+        self.buf.view::<T>(self.len())
+    }
+
+    fn view_mut<T: CudaElem>(&mut self) -> Result<cudarc::driver::CudaViewMut<'_, T>> {
+        if T::DTYPE != self.dtype {
+            return Err(invalid(format!("a {:?} tensor written as {:?}", self.dtype, T::DTYPE)));
+        }
+        let n = self.len();
+        self.buf.view_mut::<T>(n)
+    }
+
+    /// The device address of the tensor's buffer.
+    pub fn device_address(&self, dev: &CudaDevice) -> u64 {
+        self.buf.device_address(dev)
+    }
+}
+
+/// How a weight matrix is held on the device.
+pub enum CudaWeight {
+    /// `[rows, cols]`: f32 for embedding tables and the lm_head (`upload_table`), else the
+    /// activation dtype (LoRA A/B, an f32 base's linears).
+    Dense(DenseBuf),
+    /// `[rows, cols]` bf16 (a bf16 base's linear weights, whatever the activation dtype).
+    Bf16(CudaSlice<bf16>),
+    /// bitsandbytes NF4.
+    Nf4(CudaNf4Weight),
+}
+
+/// A weight matrix `[rows, cols]` on the device.
+pub struct CudaMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub weight: CudaWeight,
+}
+
+/// A 1-D parameter: f32 (biases are always added in f32), and its bf16 copy when activations are
+/// bf16 (the bf16 norm kernel reads weights in the activation type).
+pub struct CudaVector {
+    pub f32: CudaSlice<f32>,
+    pub bf16: Option<CudaSlice<bf16>>,
+}
+
+/// RoPE tables `[max_pos, half_dim]` f32.
+pub struct CudaRope {
+    cos: CudaSlice<f32>,
+    sin: CudaSlice<f32>,
+}
+
+/// The paged K/V cache of every layer, in the activation dtype, with an id unique in the process
+/// (a CUDA graph bakes in its addresses: graphs are keyed by it).
+pub enum CudaKv {
+    F32(CudaKvCache<f32>, u64),
+    Bf16(CudaKvCache<bf16>, u64),
+}
+
+static NEXT_KV_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl CudaKv {
+    pub fn layout(&self) -> KvLayout {
+        match self {
+            CudaKv::F32(c, _) => *c.layout(),
+            CudaKv::Bf16(c, _) => *c.layout(),
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        match self {
+            CudaKv::F32(_, id) | CudaKv::Bf16(_, id) => *id,
+        }
+    }
+}
+
+/// The GPU backend: one device, its kernel modules, the activation dtype, the activation buffer
+/// pool and the step buffers.
+pub struct CudaBackend {
+    /// The compute stream: a forward's kernels, and only those while a step runs (a CUDA graph
+    /// capture records everything enqueued on it).
+    dev: CudaDevice,
+    /// Weights, adapters and the KV cache are uploaded on their own stream, synchronized before
+    /// the upload returns, so they neither wait for nor leak into a decode step.
+    transfer: CudaDevice,
+    attn: CudaAttention,
+    nf4: CudaNf4,
+    lora: CudaLora,
+    linear: CudaLinear,
+    sampler: super::sampling::CudaSampler,
+    act: DType,
+    /// Where new tensors' buffers come from (a graph capture swaps in its private pool).
+    pool: Mutex<SharedPool>,
+    pub(crate) step_arena: Mutex<StepArena>,
+    /// Decode steps replay as CUDA graphs (`set_graphs`; `--no-cuda-graphs` turns them off).
+    graphs_on: std::sync::atomic::AtomicBool,
+    pub(crate) graphs: Mutex<super::graph::Graphs>,
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::InvalidArgument(msg.into())
+}
+
+/// Runs `$body` with `$t` bound to the Rust element type of `$dtype` (f32 or bf16).
+macro_rules! with_dtype {
+    ($dtype:expr, $t:ident => $body:expr) => {
+        match $dtype {
+            DType::F32 => {
+                type $t = f32;
+                $body
+            }
+            DType::Bf16 => {
+                type $t = bf16;
+                $body
+            }
+        }
+    };
+}
+
+/// The `CudaSlice<T>` of a weight buffer of the matching type, and host conversions.
+trait Typed: CudaElem + ValidAsZeroBits + bytemuck::Pod {
+    fn of(b: &DenseBuf) -> Result<&CudaSlice<Self>>;
+    fn wrap(s: CudaSlice<Self>) -> DenseBuf;
+    fn from_f32(v: &[f32]) -> Vec<Self>;
+    fn to_f32(v: &[Self]) -> Vec<f32>;
+}
+
+impl Typed for f32 {
+    fn of(b: &DenseBuf) -> Result<&CudaSlice<f32>> {
+        match b {
+            DenseBuf::F32(s) => Ok(s),
+            DenseBuf::Bf16(_) => Err(invalid("a bf16 weight where f32 was expected")),
+        }
+    }
+    fn wrap(s: CudaSlice<f32>) -> DenseBuf {
+        DenseBuf::F32(s)
+    }
+    fn from_f32(v: &[f32]) -> Vec<f32> {
+        v.to_vec()
+    }
+    fn to_f32(v: &[f32]) -> Vec<f32> {
+        v.to_vec()
+    }
+}
+
+impl Typed for bf16 {
+    fn of(b: &DenseBuf) -> Result<&CudaSlice<bf16>> {
+        match b {
+            DenseBuf::Bf16(s) => Ok(s),
+            DenseBuf::F32(_) => Err(invalid("an f32 weight where bf16 was expected")),
+        }
+    }
+    fn wrap(s: CudaSlice<bf16>) -> DenseBuf {
+        DenseBuf::Bf16(s)
+    }
+    fn from_f32(v: &[f32]) -> Vec<bf16> {
+        v.iter().map(|&x| bf16::from_f32(x)).collect()
+    }
+    fn to_f32(v: &[bf16]) -> Vec<f32> {
+        v.iter().map(|x| x.to_f32()).collect()
+    }
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal` (a GPU, or the CPU emulator under `LORAFLEET_CUDA_EMU=1`) with every
+    /// kernel module the forward pass needs, activations in `act`.
+    pub fn new(ordinal: usize, act: DType) -> Result<Self> {
+        let dev = CudaDevice::new(ordinal)?;
+        Self::with_device(dev, act)
+    }
+
+    /// The backend on an opened device.
+    pub fn with_device(dev: CudaDevice, act: DType) -> Result<Self> {
+        // Ordering between the two streams is explicit (uploads synchronize before they return;
+        // the compute stream is the only one a step uses), so cudarc's per-buffer events are not
+        // needed, and a capture must not wait on events recorded outside it.
+        // SAFETY: no buffer of this context is written on one stream and read on another without
+        // a synchronization in between (see `transfer`); turning the tracking off only removes
+        // cudarc's automatic waits.
+        unsafe { dev.context().disable_event_tracking() };
+        let transfer = dev.sibling()?;
+        let attn = CudaAttention::new(&dev)?;
+        let nf4 = CudaNf4::new(&dev)?;
+        let lora = CudaLora::new(&dev)?;
+        let linear = CudaLinear::new(&dev)?;
+        let sampler = super::sampling::CudaSampler::new(&dev)?;
+        Ok(CudaBackend {
+            dev,
+            transfer,
+            attn,
+            nf4,
+            lora,
+            linear,
+            sampler,
+            act,
+            pool: Mutex::new(Arc::new(Mutex::new(pool::BufPool::default()))),
+            step_arena: Mutex::new(StepArena::default()),
+            graphs_on: std::sync::atomic::AtomicBool::new(true),
+            graphs: Mutex::new(super::graph::Graphs::default()),
+        })
+    }
+
+    pub fn device(&self) -> &CudaDevice {
+        &self.dev
+    }
+
+    /// The activation (and KV cache) dtype.
+    pub fn act_dtype(&self) -> DType {
+        self.act
+    }
+
+    /// Whether decode steps replay as CUDA graphs (on by default).
+    pub fn set_graphs(&self, on: bool) {
+        self.graphs_on.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn graphs_enabled(&self) -> bool {
+        self.graphs_on.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Makes `pool` the source of new tensors; returns the previous one.
+    pub(crate) fn swap_pool(&self, pool: SharedPool) -> Result<SharedPool> {
+        let mut p = self.pool.lock().map_err(|_| Error::Cuda("the pool's lock is poisoned".into()))?;
+        Ok(std::mem::replace(&mut *p, pool))
+    }
+
+    /// A copy of `t` in a new tensor (device to device).
+    pub(crate) fn copy_tensor(&self, t: &CudaTensor) -> Result<CudaTensor> {
+        let mut out = self.new_tensor(t.dtype, t.rows, t.cols)?;
+        with_dtype!(t.dtype, T => {
+            let src = t.view::<T>()?;
+            let mut dst = out.view_mut::<T>()?;
+            self.dev.stream().memcpy_dtod(&src, &mut dst).map_err(super::device::cuda_err("copying a tensor on the device"))?;
+        });
+        Ok(out)
+    }
+
+    /// Buffers the current activation pool has allocated so far (steady steps allocate none).
+    pub fn pool_allocations(&self) -> usize {
+        self.pool.lock().ok().and_then(|p| p.lock().ok().map(|p| p.allocated)).unwrap_or(0)
+    }
+
+    /// Frees the activation buffers the pool caches (e.g. before loading more adapters).
+    pub fn trim_pool(&self) {
+        if let Ok(p) = self.pool.lock() {
+            pool::trim(&p);
+        }
+    }
+
+    fn upload_as<T: Typed>(&self, v: &[f32]) -> Result<DenseBuf> {
+        self.uploaded(|t| Ok(T::wrap(t.upload(&T::from_f32(v))?)))
+    }
+
+    /// Runs `f` on the transfer stream and waits for it: what it uploaded is ready for any stream.
+    fn uploaded<R>(&self, f: impl FnOnce(&CudaDevice) -> Result<R>) -> Result<R> {
+        let r = f(&self.transfer)?;
+        self.transfer.synchronize()?;
+        Ok(r)
+    }
+
+    /// A new tensor `[rows, cols]` of `dtype` from the pool; its contents are whatever the buffer
+    /// held: every caller overwrites it whole before anything reads it.
+    fn new_tensor(&self, dtype: DType, rows: usize, cols: usize) -> Result<CudaTensor> {
+        let n = rows.checked_mul(cols).ok_or_else(|| invalid(format!("a [{rows}, {cols}] tensor overflows")))?;
+        let pool = self.pool.lock().map_err(|_| Error::Cuda("the pool's lock is poisoned".into()))?.clone();
+        let buf = pool::take(&self.dev, &pool, n.max(1) * dtype.size())?;
+        Ok(CudaTensor { buf, dtype, rows, cols })
+    }
+
+    fn check_act(&self, what: &str, t: &CudaTensor) -> Result<()> {
+        if t.dtype != self.act {
+            return Err(invalid(format!("{what}: a {:?} tensor on a {:?} backend", t.dtype, self.act)));
+        }
+        Ok(())
+    }
+
+    fn linear_t<T: Typed>(&self, x: &CudaTensor, w: &CudaMatrix, bias: Option<&CudaVector>) -> Result<CudaTensor> {
+        let (m, k, n) = (x.rows, x.cols, w.rows);
+        if k != w.cols {
+            return Err(invalid(format!("linear: x has {k} columns, the weight [{}, {}] expects {}", w.rows, w.cols, w.cols)));
+        }
+        let mut y = self.new_tensor(T::DTYPE, m, n)?;
+        let xs = x.view::<T>()?;
+        let mut ys = y.view_mut::<T>()?;
+        let b = bias.map(|b| &b.f32);
+        match &w.weight {
+            CudaWeight::Dense(DenseBuf::F32(ws)) => {
+                self.linear.linear::<T, f32>(&self.dev, (m, n, k), &xs, ws, b, &mut ys, false)?;
+            }
+            CudaWeight::Dense(DenseBuf::Bf16(ws)) | CudaWeight::Bf16(ws) => {
+                self.linear.linear::<T, bf16>(&self.dev, (m, n, k), &xs, ws, b, &mut ys, false)?;
+            }
+            CudaWeight::Nf4(nw) => {
+                self.nf4.linear::<T>(&self.dev, &xs, m, nw, &mut ys)?;
+                if let Some(b) = b {
+                    self.dev.bias_add::<T>(&mut ys, b)?;
+                }
+            }
+        }
+        drop(ys);
+        Ok(y)
+    }
+
+    /// Rows of `table [vocab, cols]` for the `ids` at section `ids` of the step (`p` validated
+    /// at `begin_step`).
+    fn gather_t<T: Typed>(
+        &self,
+        table: &impl DevicePtr<T>,
+        cols: usize,
+        step: &CudaStep<'_>,
+        ids: super::step::Section,
+        p: &super::ffi::LfEmbeddingParams,
+    ) -> Result<CudaTensor> {
+        let n = p.n_ids as usize;
+        if p.hidden as usize != cols || table.len() != p.vocab as usize * cols {
+            return Err(invalid(format!("gather: the table is not [{}, {}] as the step planned", p.vocab, p.hidden)));
+        }
+        let mut out = self.new_tensor(T::DTYPE, n, cols)?;
+        let idv = step.view::<u32>(ids, n)?;
+        {
+            let mut ov = out.view_mut::<T>()?;
+            // SAFETY: `p` is validate::embedding (begin_step) over exactly the ids in this section
+            // of the step's uploaded metadata, for a [vocab, hidden] table (re-checked above) and
+            // an [n_ids, hidden] output (allocated above).
+            unsafe { self.dev.embedding_planned::<T>(table, &idv, &mut ov, p)? };
+        }
+        Ok(out)
+    }
+}
+
+impl Backend for CudaBackend {
+    type Tensor = CudaTensor;
+    type Matrix = CudaMatrix;
+    type Vector = CudaVector;
+    type Rope = CudaRope;
+    type Kv = CudaKv;
+    type Step<'a> = CudaStep<'a>;
+
+    fn name(&self) -> String {
+        format!("cuda ({}, {} activations)", self.dev.device_name(), self.act.suffix())
+    }
+
+    fn kv_elem_bytes(&self) -> usize {
+        self.act.size()
+    }
+
+    fn device_memory(&self) -> Option<(usize, usize)> {
+        self.dev.context().mem_get_info().ok()
+    }
+
+    fn copy_bandwidth(&self, bytes: usize) -> Result<f64> {
+        let bytes = bytes.max(1);
+        let err = super::device::cuda_err("measuring the copy bandwidth");
+        let stream = self.dev.stream();
+        let src = stream.alloc_zeros::<u8>(bytes).map_err(err)?;
+        let mut dst = stream.alloc_zeros::<u8>(bytes).map_err(super::device::cuda_err("measuring the copy bandwidth"))?;
+        let copy = |dst: &mut CudaSlice<u8>| stream.memcpy_dtod(&src, dst).map_err(super::device::cuda_err("measuring the copy bandwidth"));
+        // One warm-up copy, then the median of 5 runs of 10 back-to-back copies.
+        copy(&mut dst)?;
+        self.dev.synchronize()?;
+        let mut runs = Vec::with_capacity(5);
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            for _ in 0..10 {
+                copy(&mut dst)?;
+            }
+            self.dev.synchronize()?;
+            runs.push(t.elapsed().as_secs_f64() / 10.0);
+        }
+        runs.sort_by(f64::total_cmp);
+        Ok(2.0 * bytes as f64 / runs[2].max(1e-12) / 1e9)
+    }
+
+    fn matrix_bytes(&self, m: &CudaMatrix) -> usize {
+        match &m.weight {
+            CudaWeight::Dense(DenseBuf::F32(d)) => d.len() * 4,
+            CudaWeight::Dense(DenseBuf::Bf16(d)) | CudaWeight::Bf16(d) => d.len() * 2,
+            CudaWeight::Nf4(w) => w.bytes(),
+        }
+    }
+
+    fn upload_matrix(&self, m: impl Into<HostWeight>) -> Result<CudaMatrix> {
+        match m.into() {
+            HostWeight::Dense(m) => {
+                if m.data.len() != m.rows * m.cols {
+                    return Err(invalid(format!("{}: data is not [{}, {}]", m.name, m.rows, m.cols)));
+                }
+                let buf = with_dtype!(self.act, T => self.upload_as::<T>(&m.data))?;
+                Ok(CudaMatrix { rows: m.rows, cols: m.cols, weight: CudaWeight::Dense(buf) })
+            }
+            HostWeight::Bf16 { name, rows, cols, data } => {
+                if data.len() != rows * cols {
+                    return Err(invalid(format!("{name}: data is not [{rows}, {cols}]")));
+                }
+                let bits: Vec<bf16> = data.into_iter().map(bf16::from_bits).collect();
+                Ok(CudaMatrix { rows, cols, weight: CudaWeight::Bf16(self.uploaded(|t| t.upload(&bits))?) })
+            }
+            HostWeight::Nf4 { name, tensor } => {
+                let w = self.uploaded(|t| CudaNf4Weight::upload(t, &tensor)).map_err(|e| invalid(format!("{name}: {e}")))?;
+                let (rows, cols) = (tensor.shape[0], tensor.shape[1]);
+                Ok(CudaMatrix { rows, cols, weight: CudaWeight::Nf4(w) })
+            }
+            HostWeight::Random(spec) => self.uploaded(|t| super::random::create(t, &spec, self.act)),
+        }
+    }
+
+    fn upload_table(&self, m: HostMatrix) -> Result<CudaMatrix> {
+        if m.data.len() != m.rows * m.cols {
+            return Err(invalid(format!("{}: data is not [{}, {}]", m.name, m.rows, m.cols)));
+        }
+        Ok(CudaMatrix { rows: m.rows, cols: m.cols, weight: CudaWeight::Dense(self.upload_as::<f32>(&m.data)?) })
+    }
+
+    fn upload_vector(&self, v: &[f32]) -> Result<CudaVector> {
+        let bf16 = match self.act {
+            DType::F32 => None,
+            DType::Bf16 => Some(self.uploaded(|t| t.upload(&<bf16 as Typed>::from_f32(v)))?),
+        };
+        Ok(CudaVector { f32: self.uploaded(|t| t.upload(v))?, bf16 })
+    }
+
+    fn upload_rope(&self, cos: Vec<f32>, sin: Vec<f32>, half_dim: usize) -> Result<CudaRope> {
+        if half_dim == 0 || cos.len() != sin.len() || !cos.len().is_multiple_of(half_dim) {
+            return Err(invalid("bad rope tables"));
+        }
+        self.uploaded(|t| Ok(CudaRope { cos: t.upload(&cos)?, sin: t.upload(&sin)? }))
+    }
+
+    fn alloc_kv(&self, layout: KvLayout) -> Result<CudaKv> {
+        let id = NEXT_KV_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.uploaded(|t| {
+            Ok(match self.act {
+                DType::F32 => CudaKv::F32(CudaKvCache::new(t, layout)?, id),
+                DType::Bf16 => CudaKv::Bf16(CudaKvCache::new(t, layout)?, id),
+            })
+        })
+    }
+
+    fn kv_layout(&self, kv: &CudaKv) -> KvLayout {
+        kv.layout()
+    }
+
+    fn kv_id(&self, kv: &CudaKv) -> u64 {
+        kv.id()
+    }
+
+    fn begin_step<'a>(&'a self, spec: &StepSpec<'_, 'a, Self>) -> Result<CudaStep<'a>> {
+        self.begin_cuda_step(spec)
+    }
+
+    fn replay_forward(&self, step: &mut CudaStep<'_>) -> Result<Option<CudaTensor>> {
+        self.graph_replay(step)
+    }
+
+    fn begin_forward(&self, step: &mut CudaStep<'_>) -> Result<()> {
+        self.graph_begin(step)
+    }
+
+    fn end_forward(&self, step: &mut CudaStep<'_>, logits: CudaTensor) -> Result<CudaTensor> {
+        self.graph_end(step, logits)
+    }
+
+    fn tensor_from_host(&self, data: &[f32], rows: usize, cols: usize) -> Result<CudaTensor> {
+        if data.len() != rows * cols {
+            return Err(invalid(format!("{} values are not [{rows}, {cols}]", data.len())));
+        }
+        let mut t = self.new_tensor(self.act, rows, cols)?;
+        let _compute = self.step_arena.lock().map_err(|_| Error::Cuda("the step arena's lock is poisoned".into()))?;
+        with_dtype!(self.act, T => {
+            let host = <T as Typed>::from_f32(data);
+            let mut v = t.view_mut::<T>()?;
+            self.dev.stream().memcpy_htod(&host, &mut v).map_err(super::device::cuda_err("copying a tensor to the device"))?;
+        });
+        Ok(t)
+    }
+
+    fn to_host(&self, t: &CudaTensor) -> Result<Vec<f32>> {
+        // The compute stream belongs to a running step: wait for it (never call this inside one).
+        let _compute = self.step_arena.lock().map_err(|_| Error::Cuda("the step arena's lock is poisoned".into()))?;
+        with_dtype!(t.dtype, T => {
+            let v = t.view::<T>()?;
+            Ok(<T as Typed>::to_f32(&self.dev.download(&v)?))
+        })
+    }
+
+    fn dims(&self, t: &CudaTensor) -> (usize, usize) {
+        (t.rows, t.cols)
+    }
+
+    fn embedding(&self, table: &CudaMatrix, step: &CudaStep<'_>) -> Result<CudaTensor> {
+        let CudaWeight::Dense(buf) = &table.weight else {
+            return Err(invalid("embedding: the table must be dense, not NF4 or bf16-base weights"));
+        };
+        // The rows start the residual stream, which stays in the table's f32 (see `rms_norm`).
+        with_dtype!(buf.dtype(), T => self.gather_t::<T>(T::of(buf)?, table.cols, step, step.ids, &step.embedding))
+    }
+
+    fn rms_norm(&self, x: &CudaTensor, w: &CudaVector, eps: f32) -> Result<CudaTensor> {
+        // The input is the residual stream (f32 on every backend: see the module docs) or an
+        // activation; the output is in the activation dtype.
+        let mut out = self.new_tensor(self.act, x.rows, x.cols)?;
+        match (x.dtype, self.act) {
+            (DType::F32, DType::F32) => {
+                self.dev.rms_norm_into::<f32>(&x.view::<f32>()?, &w.f32, &mut out.view_mut::<f32>()?, x.rows, x.cols, eps)?
+            }
+            (DType::F32, DType::Bf16) => {
+                self.dev.rms_norm_f32_to_bf16(&x.view::<f32>()?, &w.f32, &mut out.view_mut::<bf16>()?, x.rows, x.cols, eps)?
+            }
+            (DType::Bf16, DType::Bf16) => {
+                let wb = w.bf16.as_ref().ok_or_else(|| invalid("rms_norm: the weight has no bf16 copy"))?;
+                self.dev.rms_norm_into::<bf16>(&x.view::<bf16>()?, wb, &mut out.view_mut::<bf16>()?, x.rows, x.cols, eps)?
+            }
+            (DType::Bf16, DType::F32) => return Err(invalid("rms_norm: a bf16 tensor on an f32 backend")),
+        }
+        Ok(out)
+    }
+
+    fn linear(&self, x: &CudaTensor, w: &CudaMatrix, bias: Option<&CudaVector>) -> Result<CudaTensor> {
+        self.check_act("linear", x)?;
+        with_dtype!(self.act, T => self.linear_t::<T>(x, w, bias))
+    }
+
+    fn rope(&self, q: &mut CudaTensor, k: &mut CudaTensor, step: &CudaStep<'_>, rope: &CudaRope) -> Result<()> {
+        self.check_act("rope", q)?;
+        self.check_act("rope", k)?;
+        let p = step.rope;
+        let cos_len = p.max_pos as usize * (p.head_dim as usize / 2);
+        if rope.cos.len() != cos_len || rope.sin.len() != cos_len {
+            return Err(invalid(format!("rope: the tables are not [{}, {}] as the step planned", p.max_pos, p.head_dim / 2)));
+        }
+        let rows = p.rows as usize;
+        if q.rows != rows || k.rows != rows || q.cols != (p.n_q_heads * p.head_dim) as usize || k.cols != (p.n_k_heads * p.head_dim) as usize {
+            return Err(invalid("rope: q and k are not the shapes the step planned"));
+        }
+        let pos = step.view::<u32>(step.positions, rows)?;
+        with_dtype!(self.act, T => {
+            let (mut qv, mut kv) = (q.view_mut::<T>()?, k.view_mut::<T>()?);
+            // SAFETY: `p` is validate::rope (begin_step) over exactly the positions in this section
+            // of the step's metadata, for q, k and tables of the shapes re-checked above.
+            unsafe { self.dev.rope_planned::<T>(&mut qv, &mut kv, &pos, &rope.cos, &rope.sin, &p) }
+        })
+    }
+
+    fn silu_mul(&self, gate: &CudaTensor, up: &CudaTensor) -> Result<CudaTensor> {
+        if gate.rows != up.rows || gate.cols != up.cols || gate.dtype != up.dtype {
+            return Err(invalid("silu_mul: shapes or dtypes differ"));
+        }
+        let mut out = self.new_tensor(gate.dtype, gate.rows, gate.cols)?;
+        with_dtype!(gate.dtype, T => self.dev.silu_mul_into::<T>(&gate.view::<T>()?, &up.view::<T>()?, &mut out.view_mut::<T>()?))?;
+        Ok(out)
+    }
+
+    fn add_assign(&self, x: &mut CudaTensor, y: &CudaTensor) -> Result<()> {
+        if x.rows != y.rows || x.cols != y.cols {
+            return Err(invalid("add: shapes differ"));
+        }
+        match (x.dtype, y.dtype) {
+            (DType::F32, DType::F32) => self.dev.add_assign::<f32>(&mut x.view_mut::<f32>()?, &y.view::<f32>()?),
+            (DType::Bf16, DType::Bf16) => self.dev.add_assign::<bf16>(&mut x.view_mut::<bf16>()?, &y.view::<bf16>()?),
+            // The f32 residual stream takes a bf16 layer output.
+            (DType::F32, DType::Bf16) => self.dev.add_bf16_into_f32(&mut x.view_mut::<f32>()?, &y.view::<bf16>()?),
+            (DType::Bf16, DType::F32) => Err(invalid("add: a bf16 x cannot take an f32 y")),
+        }
+    }
+
+    fn attention(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        kv: &mut CudaKv,
+        layer: usize,
+        step: &mut CudaStep<'_>,
+    ) -> Result<CudaTensor> {
+        let t = step.n_tokens;
+        if q.rows != t || k.rows != t || v.rows != t {
+            return Err(invalid("attention: q/k/v rows do not match the batch"));
+        }
+        for x in [q, k, v] {
+            self.check_act("attention", x)?;
+        }
+        let mut out = self.new_tensor(self.act, q.rows, q.cols)?;
+        let slots = step.view::<u32>(step.slots, t)?;
+        let meta = AttnMeta {
+            row_seq: step.view::<i32>(step.row_seq, t)?,
+            row_pos: step.view::<i32>(step.row_pos, t)?,
+            block_table: step.view::<i32>(step.block_table, (step.attn.num_seqs * step.attn.max_blocks) as usize)?,
+        };
+        let work = step.attn_work();
+        macro_rules! run {
+            ($cache:expr, $t:ty) => {{
+                let (ks, vs, qs) = (k.view::<$t>()?, v.view::<$t>()?, q.view::<$t>()?);
+                let mut ov = out.view_mut::<$t>()?;
+                // SAFETY: step.reshape and step.attn come from plan_reshape_and_cache and
+                // plan_attention (begin_step) for this batch, this cache's layout (re-checked by the
+                // planned launchers) and the model's head layout; the slots and the attention
+                // arrays are exactly those plans' arrays in the step's metadata; the workspace holds
+                // attn_workspace_len(partial_len, head_dim) f32 whenever the plan splits.
+                unsafe {
+                    self.attn.reshape_planned::<$t>(&self.dev, &ks, &vs, &slots, $cache, layer, &step.reshape)?;
+                    self.attn.attention_planned::<$t, _>(&self.dev, &qs, $cache, layer, &step.attn, step.attn_kernel, &meta, work, &mut ov)?;
+                }
+            }};
+        }
+        if Some(kv.id()) != step.kv_id {
+            return Err(invalid("attention: the KV cache is not the one the step was planned for"));
+        }
+        match kv {
+            CudaKv::F32(cache, _) => run!(cache, f32),
+            CudaKv::Bf16(cache, _) => run!(cache, bf16),
+        }
+        Ok(out)
+    }
+
+    fn gather_logit_rows(&self, x: &CudaTensor, step: &CudaStep<'_>) -> Result<CudaTensor> {
+        if x.rows != step.n_tokens {
+            return Err(invalid(format!("gather_rows: a {}-row tensor for a {}-token step", x.rows, step.n_tokens)));
+        }
+        with_dtype!(x.dtype, T => self.gather_t::<T>(&x.view::<T>()?, x.cols, step, step.rows, &step.gather))
+    }
+
+    fn sample(&self, logits: &CudaTensor, step: &mut CudaStep<'_>, _samplers: &mut [&mut crate::engine::Sampler]) -> Result<Vec<u32>> {
+        let sec = step.samples.ok_or_else(|| invalid("sample: the step was begun without sampling rows"))?;
+        let n = logits.rows;
+        let p = super::sampling::plan_sample(n, logits.cols, logits.len())?;
+        let (meta, out) = step.sample_buffers()?;
+        let rows = meta.slice(sec.offset..sec.offset + sec.bytes);
+        // SAFETY: the section holds `n` LfSampleRow (32 bytes each, packed at begin_step from rows
+        // that passed sample_row_c); transmute checks it is long enough.
+        let rows = unsafe { rows.transmute::<super::ffi::LfSampleRow>(n) }.ok_or_else(|| invalid("sample: the step's rows do not match the logits"))?;
+        with_dtype!(logits.dtype, T => {
+            // SAFETY: `p` is plan_sample for these logits; the rows passed sample_row_c.
+            unsafe { self.sampler.sample_planned::<T>(&self.dev, &logits.view::<T>()?, &rows, out, &p)? };
+        });
+        let ids = self.dev.download(&out.slice(0..n))?;
+        Ok(ids)
+    }
+
+    fn lora_apply(&self, y: &mut CudaTensor, x: &CudaTensor, step: &mut CudaStep<'_>, layer: usize, module: LoraModule) -> Result<()> {
+        let Some(Some(l)) = step.lora.get(layer * LoraModule::ALL.len() + module.index()) else {
+            return Ok(());
+        };
+        if x.rows != y.rows {
+            return Err(invalid(format!("lora: x has {} rows, y {}", x.rows, y.rows)));
+        }
+        self.check_act("lora", x)?;
+        self.check_act("lora", y)?;
+        let plan = l.plan.clone();
+        let (sec, index_offset) = (l.meta, l.index_offset);
+        let (meta, part) = step.lora_buffers()?;
+        let meta = meta.slice(sec.offset..sec.offset + sec.bytes);
+        with_dtype!(self.act, T => {
+            let (xs, mut ys) = (x.view::<T>()?, y.view_mut::<T>()?);
+            // SAFETY: `plan` is plan_lora (begin_step) for this layer and module over the step's
+            // runs, with x [t, d_in] and y [t, d_out] (re-checked by the launcher); its metadata is
+            // this section of the step's upload; the step borrows the adapters whose A and B
+            // addresses it holds; `part` holds at least the largest plan's part_len f32.
+            unsafe { self.lora.apply_planned::<T>(&self.dev, &mut ys, &xs, &plan, &meta, index_offset, part) }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cuda_backend_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<super::CudaBackend>();
+        fn assert_send<T: Send>() {}
+        assert_send::<super::CudaTensor>();
+        assert_send::<super::CudaKv>();
+    }
+}

@@ -1,0 +1,123 @@
+//! The continuous-batching engine on the CUDA backend, with a small random model (seconds on the
+//! emulator): concurrent requests over the base and several adapters give exactly the tokens each
+//! gives alone on the same backend; a flood needing more KV than the pool holds completes through
+//! preemption with the right tokens and every block back; bad requests and an unknown adapter fail
+//! alone. Runs on a GPU, else on the CPU emulator; skips only where neither exists.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::{model_dir, tiny_config};
+use lorafleet::backend::cuda::{test_device, CudaBackend, DType};
+use lorafleet::engine::{CacheOptions, Engine, EngineOptions, GenerateOptions, GenerateRequest, Generator, Prompt, SamplingParams, SeqRequest};
+use lorafleet::lora::{LoadedAdapter, LoraAdapter, LoraModule};
+use lorafleet::model::random::RandomWeights;
+use lorafleet::model::Llama;
+use lorafleet::TextTokenizer;
+
+struct Fixture {
+    be: Arc<CudaBackend>,
+    model: Arc<Llama<CudaBackend>>,
+    /// SmolLM2's tokenizer: only decodes the tiny model's ids (all < 97) into text.
+    tok: Arc<TextTokenizer>,
+    adapter_dir: PathBuf,
+    adapters: Vec<String>,
+}
+
+fn fixture(test: &str) -> Option<&'static Fixture> {
+    static F: OnceLock<Option<Fixture>> = OnceLock::new();
+    F.get_or_init(|| {
+        let ops = test_device(test)?;
+        let be = Arc::new(CudaBackend::with_device(ops, DType::F32).expect("the CUDA backend's kernels load"));
+        let cfg = tiny_config(false, false);
+        let model = Arc::new(Llama::from_source(&*be, cfg.clone(), &RandomWeights { seed: 11, nf4: true }, false).unwrap());
+        let tok = Arc::new(TextTokenizer::from_dir(&model_dir()).expect("tokenizer"));
+        let adapter_dir = std::env::temp_dir().join(format!("lorafleet-cuda-engine-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&adapter_dir);
+        let mut adapters = Vec::new();
+        for (i, (name, r, modules)) in [("r4_qv", 4, &[LoraModule::Q, LoraModule::V][..]), ("r8_all", 8, &LoraModule::ALL[..])].into_iter().enumerate() {
+            LoraAdapter::random(name, &cfg, r, 2.0 * r as f32, modules, 40 + i as u64, 0.3).save(&adapter_dir.join(name)).unwrap();
+            adapters.push(name.to_string());
+        }
+        Some(Fixture { be, model, tok, adapter_dir, adapters })
+    })
+    .as_ref()
+}
+
+fn greedy(n: usize) -> GenerateOptions {
+    GenerateOptions { max_new_tokens: n, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: true }
+}
+
+fn start(f: &Fixture, opts: EngineOptions) -> Engine {
+    let opts = EngineOptions {
+        cache: CacheOptions { adapter_dir: Some(f.adapter_dir.clone()), max_host_adapters: 8, device_budget_bytes: 1 << 26, max_rank: 64, allow_paths: true, synthetic: None },
+        ..opts
+    };
+    Engine::start(f.be.clone(), f.model.clone(), f.tok.clone(), opts).expect("start the engine")
+}
+
+/// Prompts of 3 to 44 tokens, ids within the tiny vocabulary.
+fn prompts(n: usize) -> Vec<Vec<u32>> {
+    (0..n).map(|i| (0..3 + (i * 13) % 42).map(|j| ((i * 31 + j * 7 + 3) % 94 + 3) as u32).collect()).collect()
+}
+
+/// What one request gives alone on the same backend.
+fn alone(f: &Fixture, prompt: &[u32], adapter: Option<&str>, n: usize) -> Vec<u32> {
+    let loaded = adapter.map(|id| {
+        let a = LoraAdapter::load(id, &f.adapter_dir.join(id), &f.model.config, 64).unwrap();
+        LoadedAdapter::upload(&*f.be, &a).unwrap()
+    });
+    let g = Generator::new(&f.model, &*f.be, &f.tok);
+    let req = SeqRequest { prompt_ids: prompt.to_vec(), options: greedy(n) };
+    g.generate_with_adapters(&[req], &[loaded.as_ref()], |_, _| {}).unwrap().remove(0).unwrap().token_ids
+}
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn flood_with_mixed_adapters_completes_with_preemption_and_solo_tokens() {
+    let Some(f) = fixture("cuda_engine::flood") else { return };
+    // 12 blocks = 192 tokens of KV for 12 requests needing up to ~60 tokens each.
+    let engine = start(f, EngineOptions { kv_blocks: Some(12), max_batch_tokens: 96, ..EngineOptions::default() });
+    let n = 16;
+    let ps = prompts(12);
+    let which: Vec<Option<String>> = (0..ps.len()).map(|i| match i % 3 { 0 => None, k => Some(f.adapters[k - 1].clone()) }).collect();
+    let handles: Vec<_> = ps
+        .iter()
+        .zip(&which)
+        .map(|(p, a)| engine.submit(GenerateRequest::new(Prompt::Ids(p.clone()), a.clone(), greedy(n))).unwrap())
+        .collect();
+    let outs: Vec<_> = handles.into_iter().map(|h| h.wait().expect("a flood request failed")).collect();
+    let s = engine.stats();
+    eprintln!("cuda flood: {} steps, {} preemptions", s.steps, s.preemptions);
+    assert!(s.preemptions > 0, "the flood should have forced preemptions");
+    for (i, o) in outs.iter().enumerate() {
+        assert_eq!(o.token_ids, alone(f, &ps[i], which[i].as_deref(), n), "request {i} ({:?}, {} preemptions)", which[i], o.preemptions);
+    }
+    wait_until("every block free", Duration::from_secs(10), || engine.kv_free_blocks() == engine.kv_total_blocks());
+}
+
+#[test]
+fn bad_requests_and_unknown_adapters_fail_alone() {
+    let Some(f) = fixture("cuda_engine::bad") else { return };
+    let engine = start(f, EngineOptions { kv_blocks: Some(32), ..EngineOptions::default() });
+    let good = engine.submit(GenerateRequest::new(Prompt::Ids(vec![5, 6, 7]), None, greedy(4))).unwrap();
+    let unknown = engine.submit(GenerateRequest::new(Prompt::Ids(vec![5, 6, 7]), Some("no-such".into()), greedy(4)));
+    let past_vocab = engine.submit(GenerateRequest::new(Prompt::Ids(vec![5, 600, 7]), None, greedy(4)));
+    let too_long = engine.submit(GenerateRequest::new(Prompt::Ids(vec![5; 300]), None, greedy(4)));
+    let failed = [unknown.and_then(|h| h.wait()).err(), past_vocab.and_then(|h| h.wait()).err(), too_long.and_then(|h| h.wait()).err()];
+    for (what, e) in ["unknown adapter", "id past the vocabulary", "prompt over the context"].iter().zip(&failed) {
+        assert!(e.is_some(), "{what}: should fail");
+        eprintln!("{what}: {}", e.as_ref().unwrap());
+    }
+    assert_eq!(good.wait().unwrap().token_ids, alone(f, &[5, 6, 7], None, 4), "the good request is unaffected");
+}

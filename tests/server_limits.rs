@@ -1,0 +1,119 @@
+//! The server under abuse, end to end (`lorafleet serve` on loopback, SmolLM2-135M on the CPU):
+//! an API key guards every route but /health; a flood past `--max-queued-requests` gets 503s with
+//! Retry-After while the admitted requests complete with their correct text; afterwards the engine
+//! is back at idle (/metrics: no running sequence, no KV block in use); SIGTERM during streams lets
+//! each stream end with its final event and the process exit 0 within `--shutdown-timeout`.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::server::TestServer;
+use common::*;
+use serde_json::{json, Value};
+
+const KEY: &str = "s3cret-key";
+const AUTH: &str = "Authorization: Bearer s3cret-key\r\n";
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.trim().parse().ok())).unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[test]
+fn api_key_queue_limit_and_graceful_shutdown() {
+    let args: Vec<std::ffi::OsString> = vec![
+        "--model".into(),
+        model_dir().into(),
+        "--device".into(),
+        "cpu".into(),
+        "--kv-cache-bytes".into(),
+        "64M".into(),
+        "--max-running".into(),
+        "2".into(),
+        "--max-queued-requests".into(),
+        "2".into(),
+        "--shutdown-timeout".into(),
+        "60".into(),
+    ];
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let mut server = TestServer::start(&args, &[("LORAFLEET_API_KEY", KEY)], Duration::from_secs(300));
+    let s = server.handle.clone();
+    let body = |prompt: &str, n: usize| json!({ "inputs": prompt, "parameters": { "max_new_tokens": n, "ignore_eos_token": true } }).to_string();
+
+    // The key, from the environment: needed everywhere but /health.
+    assert_eq!(s.request("GET", "/health", "").status, 200);
+    for headers in ["", "Authorization: Bearer wrong\r\n", "Authorization: s3cret-key\r\n"] {
+        let r = s.request_with("POST", "/generate", &body("Hi", 1), headers);
+        assert_eq!(r.status, 401, "{headers:?}: {}", r.body);
+        assert_eq!(r.json()["error_type"], "unauthorized");
+        assert_eq!(s.request_with("GET", "/metrics", "", headers).status, 401);
+    }
+    let solo = s.request_with("POST", "/generate", &body("The capital of France is", 12), AUTH);
+    assert_eq!(solo.status, 200, "{}", solo.body);
+    let want = solo.json()["generated_text"].as_str().unwrap().to_string();
+
+    // A flood: 24 at once against 2 running + 2 queued.
+    let (ok, busy) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    std::thread::scope(|sc| {
+        for _ in 0..24 {
+            sc.spawn(|| {
+                let r = s.request_with("POST", "/generate", &body("The capital of France is", 12), AUTH);
+                match r.status {
+                    200 => {
+                        assert_eq!(r.json()["generated_text"].as_str().unwrap(), want, "an admitted request's text");
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                    503 => {
+                        assert!(r.headers.to_ascii_lowercase().contains("retry-after: 1"), "{}", r.headers);
+                        assert_eq!(r.json()["error_type"], "overloaded");
+                        busy.fetch_add(1, Ordering::SeqCst);
+                    }
+                    other => panic!("status {other}: {}", r.body),
+                }
+            });
+        }
+    });
+    let (ok, busy) = (ok.into_inner(), busy.into_inner());
+    eprintln!("flood: {ok} answered, {busy} refused with 503");
+    assert!(ok >= 4 && busy >= 1 && ok + busy == 24, "{ok} answered, {busy} refused");
+    // Back at idle.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = s.request_with("GET", "/metrics", "", AUTH).body;
+        if metric(&m, "lorafleet_running_sequences") == 0.0 && metric(&m, "lorafleet_kv_blocks_used") == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not idle after the flood: {m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // SIGTERM during 3 streams: each ends with its final frame, then the process exits 0.
+    let started = AtomicUsize::new(0);
+    let finals: Vec<Value> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..3)
+            .map(|i| {
+                let (s, started) = (&s, &started);
+                sc.spawn(move || {
+                    started.fetch_add(1, Ordering::SeqCst);
+                    let r = s.request_with("POST", "/generate_stream", &body(&format!("Story {i}:"), 24), AUTH);
+                    assert_eq!(r.status, 200, "{}", r.body);
+                    let last = r.events().last().cloned().unwrap_or_default();
+                    serde_json::from_str::<Value>(&last).unwrap_or(Value::Null)
+                })
+            })
+            .collect();
+        while started.load(Ordering::SeqCst) < 3 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        let status = server.terminate(Duration::from_secs(90)).expect("the server exits within its shutdown timeout");
+        assert!(status.success(), "exit status {status}");
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for f in &finals {
+        assert!(f["generated_text"].is_string() && f["details"].is_null(), "each stream ends with its final frame: {f}");
+    }
+    let log = s.log.lock().unwrap().clone();
+    assert!(log.iter().any(|l| l.contains("shutting down")), "{log:?}");
+}
