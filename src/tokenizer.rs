@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
@@ -17,7 +17,35 @@ pub struct TextTokenizer {
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct ChatMessage {
     pub role: String,
+    /// A string, or (OpenAI's newer form) a list of content parts: the text parts are joined
+    /// with newlines; any other part (an image, audio) is refused.
+    #[serde(deserialize_with = "content_text")]
     pub content: String,
+}
+
+fn content_text<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    use serde::de::Error as _;
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Content {
+        Text(String),
+        Parts(Vec<serde_json::Map<String, serde_json::Value>>),
+        Null(()),
+    }
+    match Content::deserialize(d)? {
+        Content::Text(s) => Ok(s),
+        Content::Null(()) => Ok(String::new()),
+        Content::Parts(parts) => {
+            let mut texts = Vec::with_capacity(parts.len());
+            for p in parts {
+                match (p.get("type").and_then(|t| t.as_str()), p.get("text").and_then(|t| t.as_str())) {
+                    (Some("text"), Some(t)) => texts.push(t.to_string()),
+                    (ty, _) => return Err(D::Error::custom(format!("content part of type {:?}: only text parts are supported", ty.unwrap_or("?")))),
+                }
+            }
+            Ok(texts.join("\n"))
+        }
+    }
 }
 
 impl TextTokenizer {
@@ -63,6 +91,17 @@ impl TextTokenizer {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenize(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of `text` with each token's byte range in `text` (`/tokenize`).
+    pub fn encode_with_offsets(&self, text: &str) -> Result<Vec<(u32, std::ops::Range<usize>)>> {
+        let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenize(e.to_string()))?;
+        Ok(enc.get_ids().iter().zip(enc.get_offsets()).map(|(&id, &(a, b))| (id, a..b)).collect())
+    }
+
+    /// One token's own text (the piece a log-probability belongs to), special tokens included.
+    pub fn token_text(&self, id: u32) -> String {
+        self.inner.decode(&[id], false).unwrap_or_default()
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {

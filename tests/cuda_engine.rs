@@ -48,7 +48,7 @@ fn fixture(test: &str) -> Option<&'static Fixture> {
 }
 
 fn greedy(n: usize) -> GenerateOptions {
-    GenerateOptions { max_new_tokens: n, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: true }
+    GenerateOptions { max_new_tokens: n, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: true, logprobs: None, prompt_logprobs: false }
 }
 
 fn start(f: &Fixture, opts: EngineOptions) -> Engine {

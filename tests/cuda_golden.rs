@@ -52,7 +52,7 @@ fn prompts() -> Vec<serde_json::Value> {
 }
 
 fn greedy(max_new_tokens: usize) -> GenerateOptions {
-    GenerateOptions { max_new_tokens, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: true }
+    GenerateOptions { max_new_tokens, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: true, logprobs: None, prompt_logprobs: false }
 }
 
 #[test]

@@ -71,7 +71,7 @@ fn start(opts: EngineOptions) -> Engine {
 }
 
 fn greedy(max_new_tokens: usize) -> GenerateOptions {
-    GenerateOptions { max_new_tokens, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: true }
+    GenerateOptions { max_new_tokens, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: true, logprobs: None, prompt_logprobs: false }
 }
 
 /// Prompts of varied lengths (3 to ~150 tokens).
@@ -164,6 +164,7 @@ fn concurrent_requests_over_adapters_match_each_alone() {
                 }
                 Event::Finished(fin) => break fin,
                 Event::Error(e) => panic!("request failed: {e}"),
+                Event::Prompt { .. } => panic!("no prompt logprobs were asked for"),
             }
         };
         assert_eq!(ids, fin.token_ids);
@@ -305,6 +306,7 @@ fn long_prefill_does_not_stall_running_decodes() {
             Event::Token { .. } => token_times.push(Instant::now()),
             Event::Finished(_) => break,
             Event::Error(e) => panic!("{e}"),
+            Event::Prompt { .. } => panic!("no prompt logprobs were asked for"),
         }
     }
     let first_of_long = long_first.join().unwrap();
@@ -341,7 +343,7 @@ fn an_adapter_waiting_for_budget_room_does_not_starve() {
                                 return false;
                             }
                             Event::Error(e) => panic!("a_r8_all request: {e}"),
-                            Event::Token { .. } => {}
+                            Event::Token { .. } | Event::Prompt { .. } => {}
                         }
                     }
                     true

@@ -20,9 +20,11 @@ fn check<B: Backend>(be: &B, what: &str) {
     let bad = LoadedAdapter::random(be, "overflow", &rm.config, 4, 8.0, 1, 1e30).unwrap();
     let opts = |temperature: f32| GenerateOptions {
         max_new_tokens: 4,
-        sampling: SamplingParams { temperature, top_k: 0, top_p: 1.0, seed: 3 },
+        sampling: SamplingParams { temperature, top_k: 0, top_p: 1.0, seed: 3, penalties: Default::default() },
         stop: vec![],
         ignore_eos: true,
+        logprobs: None,
+        prompt_logprobs: false,
     };
     let reqs: Vec<SeqRequest> = [0.0, 0.0, 0.8, 0.8]
         .iter()

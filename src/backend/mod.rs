@@ -196,15 +196,17 @@ pub trait Backend: Send + Sync + 'static {
     /// The step's logit rows of `x`, in order.
     fn gather_logit_rows(&self, x: &Self::Tensor, step: &Self::Step<'_>) -> Result<Self::Tensor>;
     /// The next token of each of the step's logit rows (`logits [rows, vocab]`), one sampler per
-    /// row. The default samples on the host with the samplers (`Sampler::sample`); a GPU samples
-    /// on the device with the rows `StepSpec::samples` uploaded, and syncs once for the ids.
+    /// row. The default samples on the host with the samplers (`Sampler::sample_host`); a GPU
+    /// samples on the device with the rows `StepSpec::samples` uploaded, and syncs once for the
+    /// ids; rows whose sampler `needs_host_row` (penalties, log-probabilities) then come to the
+    /// host for `Sampler::sample_host`.
     fn sample(&self, logits: &Self::Tensor, _step: &mut Self::Step<'_>, samplers: &mut [&mut crate::engine::Sampler]) -> Result<Vec<u32>> {
         let host = self.to_host(logits)?;
         let (rows, vocab) = self.dims(logits);
         if rows != samplers.len() || rows == 0 {
             return Err(crate::Error::InvalidArgument(format!("sample: {rows} logit rows for {} samplers", samplers.len())));
         }
-        Ok(host.chunks_exact(vocab).zip(samplers.iter_mut()).map(|(row, s)| s.sample(row)).collect())
+        Ok(host.chunks_exact(vocab).zip(samplers.iter_mut()).map(|(row, s)| s.sample_host(row, None)).collect())
     }
 
     /// Batched LoRA (SGMV / BGMV) for projection `module` of `layer`: for each of the step's runs

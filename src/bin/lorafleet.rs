@@ -727,9 +727,11 @@ fn generate_on<B: Backend>(a: &GenerateArgs, l: Loaded<B>) -> Result<()> {
     }
     let options = GenerateOptions {
         max_new_tokens: a.max_new_tokens,
-        sampling: SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed },
+        sampling: SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed, penalties: Default::default() },
         stop: a.stop.clone(),
         ignore_eos: a.ignore_eos,
+        logprobs: None,
+        prompt_logprobs: false,
     };
     // A prompt whose adapter cannot be loaded fails alone; the others run as one batch.
     let adapters = load_adapters(&l, &a.lora, &adapter_ids);

@@ -33,6 +33,9 @@ use crate::model::Llama;
 use crate::tokenizer::TextTokenizer;
 use crate::{Error, Result};
 
+/// The most alternatives per token a request may ask log-probabilities for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     /// KV cache size in bytes (K and V of every layer; the CPU backend stores f32).
@@ -66,6 +69,9 @@ impl Default for EngineOptions {
 enum Command {
     Submit(Box<Submission>),
     ListAdapters(Sender<Vec<String>>),
+    /// Register a name for an adapter folder and load it (`AdapterCache::register`).
+    LoadAdapter { name: String, path: std::path::PathBuf, reply: Sender<Result<()>> },
+    UnloadAdapter { name: String, reply: Sender<Result<()>> },
     Shutdown,
 }
 
@@ -89,6 +95,8 @@ pub struct Engine {
     limits: Limits,
     next_id: AtomicU64,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// `Backend::name` of the backend the engine runs on.
+    backend_name: String,
 }
 
 impl Engine {
@@ -120,6 +128,7 @@ impl Engine {
         let worker_stats = stats.clone();
         let worker_tok = tokenizer.clone();
         let cache_opts = opts.cache.clone();
+        let backend_name = be.name();
         let thread = std::thread::Builder::new()
             .name("lorafleet-engine".into())
             .spawn(move || {
@@ -143,11 +152,16 @@ impl Engine {
                 w.run();
             })
             .map_err(|e| Error::InvalidArgument(format!("cannot start the engine thread: {e}")))?;
-        Ok(Engine { commands: tx, stats, tokenizer, config, pool, limits, next_id: AtomicU64::new(1), thread: Mutex::new(Some(thread)) })
+        Ok(Engine { commands: tx, stats, tokenizer, config, pool, limits, next_id: AtomicU64::new(1), thread: Mutex::new(Some(thread)), backend_name })
     }
 
     pub fn tokenizer(&self) -> &TextTokenizer {
         &self.tokenizer
+    }
+
+    /// The backend the engine runs on (`Backend::name`: "cpu", "cuda:0", ...).
+    pub fn backend_name(&self) -> &str {
+        &self.backend_name
     }
 
     /// Whether the engine thread is still running (it ends only on a panic or at shutdown).
@@ -191,6 +205,26 @@ impl Engine {
         rx.recv().unwrap_or_default()
     }
 
+    /// Serves the adapter folder `path` as `name` from now on (loaded before this returns; the
+    /// folder must lie under the adapter dir unless the cache allows paths). Blocks the engine
+    /// for the load.
+    pub fn load_adapter(&self, name: &str, path: &std::path::Path) -> Result<()> {
+        let (reply, rx) = unbounded();
+        self.commands
+            .send(Command::LoadAdapter { name: name.to_string(), path: path.to_path_buf(), reply })
+            .map_err(|_| Error::InvalidArgument("the engine has stopped".into()))?;
+        rx.recv().map_err(|_| Error::InvalidArgument("the engine has stopped".into()))?
+    }
+
+    /// Stops serving a name `load_adapter` gave (requests already running keep it to their end).
+    pub fn unload_adapter(&self, name: &str) -> Result<()> {
+        let (reply, rx) = unbounded();
+        self.commands
+            .send(Command::UnloadAdapter { name: name.to_string(), reply })
+            .map_err(|_| Error::InvalidArgument("the engine has stopped".into()))?;
+        rx.recv().map_err(|_| Error::InvalidArgument("the engine has stopped".into()))?
+    }
+
     /// Tokens of a request's prompt (what `submit` would feed the model).
     pub fn encode(&self, prompt: &Prompt) -> Result<Vec<u32>> {
         match prompt {
@@ -221,16 +255,20 @@ impl Engine {
             return Err(Error::BadRequest(format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
         }
         o.sampling.validate()?;
+        if let Some(n) = o.logprobs.filter(|&n| n > MAX_TOP_LOGPROBS) {
+            return Err(Error::BadRequest(format!("at most {MAX_TOP_LOGPROBS} alternatives per token can be reported, {n} were asked for")));
+        }
         let adapter = req.adapter.filter(|a| !a.is_empty());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = unbounded();
         let cancel = Arc::new(AtomicBool::new(false));
         let prompt_tokens = prompt.len();
+        let out = SeqOutput::new(req.options).with_prompt(&prompt);
         let sub = Submission {
             id,
             prompt,
             adapter,
-            out: SeqOutput::new(req.options),
+            out,
             events: tx,
             cancel: cancel.clone(),
             submitted: Instant::now(),
@@ -393,6 +431,12 @@ impl<B: Backend> Worker<B> {
                 Command::ListAdapters(reply) => {
                     let _ = reply.send(self.cache.available());
                 }
+                Command::LoadAdapter { name, path, reply } => {
+                    let _ = reply.send(self.cache.register(&name, &path));
+                }
+                Command::UnloadAdapter { name, reply } => {
+                    let _ = reply.send(self.cache.unregister(&name));
+                }
                 Command::Shutdown => return false,
             }
         }
@@ -521,6 +565,22 @@ impl<B: Backend> Worker<B> {
             s.table = Some(table);
             s.adapter = ready.iter().find(|(k, _)| *k == key).and_then(|(_, a)| a.clone());
             s.admitted.get_or_insert(now);
+            if s.out.options.prompt_logprobs && s.admitted == Some(now) && s.preemptions == 0 {
+                // Once, at the first admission: the prompt's log-probabilities by a forward of
+                // their own (the request asked for them; others are not slowed but by this step).
+                let prompt = s.tokens[..s.prompt_len].to_vec();
+                let top_n = s.out.options.logprobs.unwrap_or(0);
+                match super::score::prompt_logprobs(&*self.model, &*self.be, &prompt, s.adapter.as_deref(), top_n) {
+                    Ok(logprobs) => {
+                        let _ = s.events.send(Event::Prompt { ids: prompt, logprobs });
+                    }
+                    Err(e) => {
+                        let _ = s.events.send(Event::Error(e));
+                        self.stats.requests_failed += 1;
+                        continue;
+                    }
+                }
+            }
             self.running.push(s);
         }
 
@@ -586,6 +646,7 @@ impl<B: Backend> Worker<B> {
             if !sample[j] {
                 continue;
             }
+            let logprobs = s.out.sampler_mut().take_logprobs();
             let a = s.out.accept_token(&self.tokenizer, &eos, next[row]);
             row += 1;
             let a = match a {
@@ -607,7 +668,7 @@ impl<B: Backend> Worker<B> {
             s.first_token.get_or_insert(t);
             s.last_token = Some(t);
             self.stats.generated_tokens += 1;
-            let sent = s.events.send(Event::Token { id: a.token, text: a.text, special: a.special });
+            let sent = s.events.send(Event::Token { id: a.token, text: a.text, special: a.special, logprobs });
             if sent.is_err() {
                 // The client went away: cancelled.
                 s.cancel.store(true, Ordering::Relaxed);

@@ -22,11 +22,17 @@ pub struct GenerateOptions {
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
     pub ignore_eos: bool,
+    /// Report each generated token's log-probability and this many top alternatives
+    /// (`Event::Token::logprobs`); None: none.
+    pub logprobs: Option<usize>,
+    /// Report the prompt's log-probabilities (`Event::Prompt`) with `logprobs.unwrap_or(0)`
+    /// alternatives each: one extra forward over the prompt.
+    pub prompt_logprobs: bool,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_new_tokens: 64, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: false }
+        GenerateOptions { max_new_tokens: 64, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: false, logprobs: None, prompt_logprobs: false }
     }
 }
 
@@ -152,7 +158,7 @@ impl<'a, B: Backend> Generator<'a, B> {
             .iter()
             .map(|r| Seq {
                 table: BlockTable::new(&pool),
-                out: SeqOutput::new(r.options.clone()),
+                out: SeqOutput::new(r.options.clone()).with_prompt(&r.prompt_ids),
                 next: 0,
                 error: None,
                 decode_ms: 0.0,

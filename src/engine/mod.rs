@@ -16,6 +16,6 @@ pub use engine::{CacheOptions, Engine, EngineOptions};
 pub use generate::{FinishReason, GenerateOptions, GenerationOutput, Generator, SeqRequest};
 pub use output::SeqOutput;
 pub use request::{Event, Finished, GenerateRequest, Prompt, Recv, RequestHandle};
-pub use sampler::{Sampler, SamplingParams};
-pub use score::{score, score_with_adapter, ScoreOutput};
+pub use sampler::{Penalties, Sampler, SamplingParams, TokenLogprobs};
+pub use score::{prompt_logprobs, score, score_with_adapter, ScoreOutput};
 pub use stats::{EngineStats, Histogram};

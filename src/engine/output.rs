@@ -34,13 +34,19 @@ impl SeqOutput {
     pub fn new(options: GenerateOptions) -> Self {
         let finish = if options.max_new_tokens == 0 { Some(FinishReason::Length) } else { None };
         SeqOutput {
-            sampler: Sampler::new(options.sampling.clone()),
+            sampler: Sampler::new(options.sampling.clone()).with_logprobs(options.logprobs),
             decoder: IncrementalDecoder::new(),
             stop: StopMatcher::new(options.stop.clone()),
             tokens: Vec::new(),
             finish,
             options,
         }
+    }
+
+    /// The prompt (a repetition penalty counts its tokens).
+    pub fn with_prompt(mut self, ids: &[u32]) -> Self {
+        self.sampler.set_prompt(ids);
+        self
     }
 
     pub fn is_finished(&self) -> bool {
@@ -69,6 +75,7 @@ impl SeqOutput {
             return Err(crate::Error::NonFiniteLogits { step: self.tokens.len() });
         }
         self.tokens.push(tok);
+        self.sampler.observe(tok);
         let is_eos = eos.contains(&tok);
         let mut text = String::new();
         if !self.options.ignore_eos && is_eos {

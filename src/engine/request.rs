@@ -9,6 +9,7 @@ use crossbeam::channel::{Receiver, RecvTimeoutError};
 use serde::Serialize;
 
 use super::generate::{FinishReason, GenerateOptions};
+use super::sampler::TokenLogprobs;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +56,11 @@ pub struct Finished {
 #[derive(Debug)]
 pub enum Event {
     /// One generated token and the text it released (may be empty; see `output::Accepted`).
-    Token { id: u32, text: String, special: bool },
+    /// `logprobs` when the request asked for them (`GenerateOptions::logprobs`).
+    Token { id: u32, text: String, special: bool, logprobs: Option<TokenLogprobs> },
+    /// The prompt's ids and log-probabilities (the first is None), before the first token,
+    /// when the request asked for them (`GenerateOptions::prompt_logprobs`).
+    Prompt { ids: Vec<u32>, logprobs: Vec<Option<TokenLogprobs>> },
     Finished(Finished),
     /// This request failed alone (unknown adapter, adapter load error, ...); no more events.
     Error(Error),
@@ -116,7 +121,7 @@ impl RequestHandle {
     pub fn wait(self) -> Result<Finished> {
         loop {
             match self.events.recv() {
-                Ok(Event::Token { .. }) => {}
+                Ok(Event::Token { .. } | Event::Prompt { .. }) => {}
                 Ok(Event::Finished(f)) => return Ok(f),
                 Ok(Event::Error(e)) => return Err(e),
                 Err(_) => return Err(Error::InvalidArgument("the engine stopped before the request finished".into())),

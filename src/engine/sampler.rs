@@ -12,12 +12,80 @@ pub struct SamplingParams {
     /// 1.0 = off.
     pub top_p: f32,
     pub seed: u64,
+    /// Repetition / presence / frequency penalties (off by default). A row with any of them on
+    /// is sampled on the host from the penalized logits (`Sampler::sample_host`).
+    pub penalties: Penalties,
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0, penalties: Penalties::default() }
     }
+}
+
+/// Logit penalties for tokens already seen, applied before temperature / top-k / top-p.
+/// `repetition` is HF's / TGI's (prompt and generated tokens: a positive logit is divided by it,
+/// a negative one multiplied); `presence` and `frequency` are OpenAI's (generated tokens only:
+/// `logit -= presence·[count > 0] + frequency·count`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Penalties {
+    pub repetition: f32,
+    pub presence: f32,
+    pub frequency: f32,
+}
+
+impl Default for Penalties {
+    fn default() -> Self {
+        Penalties { repetition: 1.0, presence: 0.0, frequency: 0.0 }
+    }
+}
+
+impl Penalties {
+    pub fn is_off(&self) -> bool {
+        *self == Penalties::default()
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !(self.repetition > 0.0 && self.repetition <= 100.0) {
+            return Err(Error::BadRequest(format!("repetition_penalty must be in (0, 100], got {}", self.repetition)));
+        }
+        for (name, v) in [("presence_penalty", self.presence), ("frequency_penalty", self.frequency)] {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(Error::BadRequest(format!("{name} must be in [-2, 2], got {v}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The log-probabilities of one sampled token: its own, and the `n` most likely tokens of the
+/// same row (highest first), all `log_softmax` of the model's raw logits (before penalties and
+/// temperature, as vLLM and OpenAI report them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// `log_softmax(row)[token]` and the `n` largest entries, in f64 (max-shifted).
+pub fn token_logprobs(row: &[f32], token: u32, n: usize) -> TokenLogprobs {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+    let lp = |i: usize| (row[i] as f64 - lse) as f32;
+    let mut top = Vec::new();
+    if n > 0 {
+        let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+        let n = n.min(idx.len());
+        // Highest logit first; ties by the lower id (stable for clients comparing runs).
+        let order = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
+        if n < idx.len() {
+            idx.select_nth_unstable_by(n - 1, order);
+            idx.truncate(n);
+        }
+        idx.sort_unstable_by(order);
+        top = idx.into_iter().map(|i| (i, lp(i as usize))).collect();
+    }
+    TokenLogprobs { logprob: lp(token as usize), top }
 }
 
 impl SamplingParams {
@@ -32,7 +100,7 @@ impl SamplingParams {
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(Error::BadRequest(format!("top_p must be in (0, 1], got {}", self.top_p)));
         }
-        Ok(())
+        self.penalties.validate()
     }
 
     pub fn is_greedy(&self) -> bool {
@@ -94,12 +162,88 @@ pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
     draws: u64,
+    /// Report this many top alternatives with each token's log-probability (None: no logprobs).
+    logprobs: Option<usize>,
+    /// The last sampled token's log-probabilities, when `logprobs` is on.
+    last_logprobs: Option<TokenLogprobs>,
+    /// Generated tokens so far, by id (presence / frequency / repetition penalties).
+    generated: std::collections::HashMap<u32, u32>,
+    /// The prompt's distinct tokens, kept only for a repetition penalty.
+    prompt: std::collections::HashSet<u32>,
 }
 
 impl Sampler {
     pub fn new(params: SamplingParams) -> Self {
         let rng = Rng::new(params.seed);
-        Sampler { params, rng, draws: 0 }
+        Sampler { params, rng, draws: 0, logprobs: None, last_logprobs: None, generated: Default::default(), prompt: Default::default() }
+    }
+
+    /// Also compute each sampled token's log-probability and its `top_n` alternatives.
+    pub fn with_logprobs(mut self, top_n: Option<usize>) -> Self {
+        self.logprobs = top_n;
+        self
+    }
+
+    /// The prompt, for a repetition penalty (HF applies it to prompt and generated tokens).
+    pub fn set_prompt(&mut self, ids: &[u32]) {
+        if self.params.penalties.repetition != 1.0 {
+            self.prompt = ids.iter().copied().collect();
+        }
+    }
+
+    /// Records a token the sequence accepted (penalties count it from now on).
+    pub fn observe(&mut self, token: u32) {
+        if !self.params.penalties.is_off() {
+            *self.generated.entry(token).or_default() += 1;
+        }
+    }
+
+    /// The row must come to the host after a device draw: for penalties or log-probabilities.
+    pub fn needs_host_row(&self) -> bool {
+        self.logprobs.is_some() || !self.params.penalties.is_off()
+    }
+
+    /// The last sampled token's log-probabilities (taken: the next call gives None until the
+    /// next sample).
+    pub fn take_logprobs(&mut self) -> Option<TokenLogprobs> {
+        self.last_logprobs.take()
+    }
+
+    /// The host's part of sampling one row of raw logits: with penalties on, the draw is made
+    /// here from the penalized row (`device_id` is ignored); otherwise `device_id` is kept (or,
+    /// None, the host draws). Records the token's log-probabilities when asked for.
+    pub fn sample_host(&mut self, row: &[f32], device_id: Option<u32>) -> u32 {
+        let id = match device_id {
+            Some(id) if self.params.penalties.is_off() => id,
+            _ => self.sample(row),
+        };
+        if let Some(n) = self.logprobs {
+            let ok = id != crate::backend::sampling::NON_FINITE && (id as usize) < row.len();
+            self.last_logprobs = ok.then(|| token_logprobs(row, id, n));
+        }
+        id
+    }
+
+    /// `logits` with this sequence's penalties applied (a copy; None when they are off).
+    fn penalized(&self, logits: &[f32]) -> Option<Vec<f32>> {
+        let p = self.params.penalties;
+        if p.is_off() {
+            return None;
+        }
+        let mut l = logits.to_vec();
+        if p.repetition != 1.0 {
+            for &t in self.prompt.iter().chain(self.generated.keys()) {
+                if let Some(x) = l.get_mut(t as usize) {
+                    *x = if *x > 0.0 { *x / p.repetition } else { *x * p.repetition };
+                }
+            }
+        }
+        for (&t, &c) in &self.generated {
+            if let Some(x) = l.get_mut(t as usize) {
+                *x -= p.presence + p.frequency * c as f32;
+            }
+        }
+        Some(l)
     }
 
     pub fn params(&self) -> &SamplingParams {
@@ -114,10 +258,14 @@ impl Sampler {
         crate::backend::sampling::SampleRow { temperature: p.temperature, top_k: p.top_k, top_p: p.top_p, seed: p.seed, draw: d }
     }
 
+    /// A draw by the host's rule (sorted candidates, this sampler's generator), from the logits
+    /// after this sequence's penalties.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         if logits.iter().any(|v| !v.is_finite()) {
             return crate::backend::sampling::NON_FINITE;
         }
+        let penalized = self.penalized(logits);
+        let logits = penalized.as_deref().unwrap_or(logits);
         let p = &self.params;
         if p.is_greedy() {
             return argmax(logits);
@@ -177,7 +325,7 @@ mod tests {
     #[test]
     fn seeded_sampling_is_reproducible_and_respects_top_k() {
         let logits: Vec<f32> = (0..100).map(|i| ((i * 37) % 17) as f32 * 0.3).collect();
-        let p = SamplingParams { temperature: 1.0, top_k: 5, top_p: 1.0, seed: 42 };
+        let p = SamplingParams { temperature: 1.0, top_k: 5, top_p: 1.0, seed: 42, ..Default::default() };
         let a: Vec<u32> = { let mut s = Sampler::new(p.clone()); (0..50).map(|_| s.sample(&logits)).collect() };
         let b: Vec<u32> = { let mut s = Sampler::new(p.clone()); (0..50).map(|_| s.sample(&logits)).collect() };
         assert_eq!(a, b);
@@ -193,7 +341,7 @@ mod tests {
     #[test]
     fn tiny_top_p_is_greedy() {
         let logits = [0.0, 5.0, 1.0, 4.9];
-        let mut s = Sampler::new(SamplingParams { temperature: 0.7, top_k: 0, top_p: 1e-6, seed: 1 });
+        let mut s = Sampler::new(SamplingParams { temperature: 0.7, top_k: 0, top_p: 1e-6, seed: 1, ..Default::default() });
         for _ in 0..20 {
             assert_eq!(s.sample(&logits), 1);
         }
@@ -204,5 +352,57 @@ mod tests {
         assert!(SamplingParams { temperature: -1.0, ..Default::default() }.validate().is_err());
         assert!(SamplingParams { top_p: 0.0, ..Default::default() }.validate().is_err());
         assert!(SamplingParams { temperature: f32::NAN, ..Default::default() }.validate().is_err());
+        for p in [Penalties { repetition: 0.0, ..Default::default() }, Penalties { presence: 2.5, ..Default::default() }, Penalties { frequency: f32::NAN, ..Default::default() }] {
+            assert!(SamplingParams { penalties: p, ..Default::default() }.validate().is_err(), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn logprobs_are_log_softmax_with_the_top_alternatives() {
+        let row: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 1013) as f32 * 0.013 - 6.0).collect();
+        let lp = token_logprobs(&row, 17, 5);
+        let z: f64 = row.iter().map(|&x| (x as f64).exp()).sum();
+        assert!((lp.logprob as f64 - (row[17] as f64 - z.ln())).abs() < 1e-5);
+        let mut sorted: Vec<usize> = (0..row.len()).collect();
+        sorted.sort_by(|a, b| row[*b].total_cmp(&row[*a]).then(a.cmp(b)));
+        assert_eq!(lp.top.iter().map(|t| t.0 as usize).collect::<Vec<_>>(), sorted[..5].to_vec());
+        assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1));
+        let total: f64 = row.iter().map(|&x| ((x as f64) - z.ln()).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn penalties_push_seen_tokens_down() {
+        let row = [2.0f32, 1.9, -1.0, 0.5];
+        // Greedy picks 0; after seeing 0 with a presence penalty of 0.5 it picks 1.
+        let mut s = Sampler::new(SamplingParams { penalties: Penalties { presence: 0.5, ..Default::default() }, ..Default::default() });
+        assert_eq!(s.sample_host(&row, Some(0)), 0);
+        s.observe(0);
+        assert_eq!(s.sample_host(&row, Some(0)), 1, "the device's id is overridden when penalties are on");
+        // Frequency scales with the count: 0 seen twice at 0.04 -> 2.0 - 0.08 < 1.9 + 0.
+        let mut f = Sampler::new(SamplingParams { penalties: Penalties { frequency: 0.04, ..Default::default() }, ..Default::default() });
+        f.observe(0);
+        assert_eq!(f.sample(&row), 0);
+        f.observe(0);
+        f.observe(0);
+        assert_eq!(f.sample(&row), 1);
+        // Repetition (HF rule) on a prompt token: 2.0 / 1.1 < 1.9.
+        let mut r = Sampler::new(SamplingParams { penalties: Penalties { repetition: 1.1, ..Default::default() }, ..Default::default() });
+        r.set_prompt(&[0, 2]);
+        assert_eq!(r.sample(&row), 1);
+        // A negative logit is multiplied: -1.0 * 1.1.
+        assert_eq!(r.penalized(&row).unwrap()[2], -1.1);
+        // Off: the device's id stands and the row is not needed.
+        let mut off = Sampler::new(SamplingParams::greedy());
+        assert!(!off.needs_host_row());
+        assert_eq!(off.sample_host(&row, Some(3)), 3);
+        // Logprobs only: the device's id stands, its log-probability is recorded once.
+        let mut lp = Sampler::new(SamplingParams::greedy()).with_logprobs(Some(2));
+        assert!(lp.needs_host_row());
+        assert_eq!(lp.sample_host(&row, Some(3)), 3);
+        let got = lp.take_logprobs().unwrap();
+        assert_eq!(got, token_logprobs(&row, 3, 2));
+        assert_eq!(got.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![0, 1]);
+        assert!(lp.take_logprobs().is_none());
     }
 }

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::sampler::argmax;
+use super::sampler::{argmax, token_logprobs, TokenLogprobs};
 use crate::backend::Backend;
 use crate::kv::{BatchLayout, BlockPool, BlockTable, DEFAULT_BLOCK_SIZE};
 use crate::lora::LoadedAdapter;
@@ -26,8 +26,9 @@ pub fn score<B: Backend>(model: &Llama<B>, be: &B, ids: &[u32]) -> Result<ScoreO
     score_with_adapter(model, be, ids, None)
 }
 
-/// `score` with a LoRA adapter (None = the base).
-pub fn score_with_adapter<B: Backend>(model: &Llama<B>, be: &B, ids: &[u32], adapter: Option<&LoadedAdapter<B>>) -> Result<ScoreOutput> {
+/// The logits at every position of `ids` (`[ids.len(), vocab]`, row-major), in one forward over
+/// a KV cache of its own.
+fn all_logits<B: Backend>(model: &Llama<B>, be: &B, ids: &[u32], adapter: Option<&LoadedAdapter<B>>) -> Result<Vec<f32>> {
     if ids.is_empty() {
         return Err(Error::EmptyPrompt);
     }
@@ -41,7 +42,34 @@ pub fn score_with_adapter<B: Backend>(model: &Llama<B>, be: &B, ids: &[u32], ada
     table.reserve(ids.len())?;
     let batch = BatchLayout::new(DEFAULT_BLOCK_SIZE, &[(&table, ids.len())]);
     let rows: Vec<usize> = (0..ids.len()).collect();
-    let logits = be.to_host(&model.forward_lora(be, ids, &batch, &mut kv, &rows, &[adapter])?)?;
+    be.to_host(&model.forward_lora(be, ids, &batch, &mut kv, &rows, &[adapter])?)
+}
+
+/// Each prompt token's log-probability given the tokens before it (None for the first) and
+/// the `top_n` most likely tokens at its position: what LoRAX's `decoder_input_details` and
+/// OpenAI's `echo` + `logprobs` report. One extra forward over the prompt.
+pub fn prompt_logprobs<B: Backend>(
+    model: &Llama<B>,
+    be: &B,
+    ids: &[u32],
+    adapter: Option<&LoadedAdapter<B>>,
+    top_n: usize,
+) -> Result<Vec<Option<TokenLogprobs>>> {
+    let logits = all_logits(model, be, ids, adapter)?;
+    let v = model.config.vocab_size;
+    let mut out = vec![None];
+    for (row, &next) in logits.chunks_exact(v).zip(&ids[1..]) {
+        if row.iter().any(|x| !x.is_finite()) {
+            return Err(Error::NonFiniteLogits { step: out.len() });
+        }
+        out.push(Some(token_logprobs(row, next, top_n)));
+    }
+    Ok(out)
+}
+
+/// `score` with a LoRA adapter (None = the base).
+pub fn score_with_adapter<B: Backend>(model: &Llama<B>, be: &B, ids: &[u32], adapter: Option<&LoadedAdapter<B>>) -> Result<ScoreOutput> {
+    let logits = all_logits(model, be, ids, adapter)?;
     let v = model.config.vocab_size;
     let mut nll = 0f64;
     let mut am = Vec::with_capacity(ids.len());

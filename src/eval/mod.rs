@@ -99,6 +99,8 @@ pub fn evaluate<B: Backend>(
         sampling: SamplingParams::greedy(),
         stop: vec![],
         ignore_eos: false,
+        logprobs: None,
+        prompt_logprobs: false,
     };
     let (mut total, mut failed, mut prompt_tokens, mut generated_tokens) = (0.0f64, 0usize, 0usize, 0usize);
     let mut done = 0usize;

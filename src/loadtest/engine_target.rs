@@ -14,7 +14,7 @@ pub struct EngineTarget<'a> {
 
 impl LoadTarget for EngineTarget<'_> {
     fn run(&self, req: &LoadRequest) -> Result<RequestTiming> {
-        let options = GenerateOptions { max_new_tokens: req.max_new_tokens, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: true };
+        let options = GenerateOptions { max_new_tokens: req.max_new_tokens, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: true, logprobs: None, prompt_logprobs: false };
         let t0 = Instant::now();
         let h = self.engine.submit(GenerateRequest::new(Prompt::Ids(req.prompt_ids.clone()), req.adapter.clone(), options))?;
         let mut timing = RequestTiming::default();
@@ -26,6 +26,7 @@ impl LoadTarget for EngineTarget<'_> {
                     }
                     timing.output_tokens += 1;
                 }
+                Some(Event::Prompt { .. }) => {}
                 Some(Event::Finished(_)) => break,
                 Some(Event::Error(e)) => return Err(e),
                 None => return Err(Error::InvalidArgument("the engine stopped during the request".into())),

@@ -130,6 +130,8 @@ pub struct AdapterCache<B: Backend> {
     jobs: Option<Sender<Job<B>>>,
     results: Receiver<LoadResult<B>>,
     worker: Option<std::thread::JoinHandle<()>>,
+    /// Names registered at run time (vLLM's `/v1/load_lora_adapter`) and the folders they name.
+    aliases: HashMap<String, PathBuf>,
 }
 
 impl<B: Backend> AdapterCache<B> {
@@ -173,7 +175,48 @@ impl<B: Backend> AdapterCache<B> {
             jobs: Some(job_tx),
             results: res_rx,
             worker,
+            aliases: HashMap::new(),
         }
+    }
+
+    /// Registers `name` for the adapter folder `path` and loads it (vLLM's load_lora_adapter).
+    /// The folder must lie under `adapter_dir` unless `allow_paths`; a name already offered is
+    /// refused. Blocks until the adapter is on the backend, so a bad adapter fails here.
+    pub fn register(&mut self, name: &str, path: &Path) -> Result<()> {
+        if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." || name.chars().any(char::is_control) {
+            return Err(Error::BadRequest(format!("adapter name {name:?}: a plain name is needed (no path separators)")));
+        }
+        if self.aliases.contains_key(name) || self.resolve(name).is_ok() {
+            return Err(Error::BadRequest(format!("an adapter named {name:?} is already served")));
+        }
+        let canon = path.canonicalize().map_err(|_| Error::UnknownAdapter(path.display().to_string()))?;
+        let inside = self.opts.adapter_dir.as_ref().and_then(|d| d.canonicalize().ok()).is_some_and(|d| canon.starts_with(d));
+        if !inside && !self.opts.allow_paths {
+            return Err(Error::BadRequest("the adapter path is outside the server's --adapter-dir (start it with --allow-adapter-paths to load from anywhere)".into()));
+        }
+        if !canon.join("adapter_config.json").is_file() {
+            return Err(Error::UnknownAdapter(path.display().to_string()));
+        }
+        self.aliases.insert(name.to_string(), canon);
+        if let Err(e) = self.get_blocking(name) {
+            self.aliases.remove(name);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Forgets a name `register` gave, and its copies nobody holds (running requests keep
+    /// theirs to the end). Names under `adapter_dir` cannot be unregistered.
+    pub fn unregister(&mut self, name: &str) -> Result<()> {
+        if self.aliases.remove(name).is_none() {
+            return Err(Error::UnknownAdapter(name.to_string()));
+        }
+        self.poll();
+        if self.device.get(name).is_some_and(|r| Arc::strong_count(&r.adapter) == 1) {
+            self.device.remove(name);
+        }
+        self.host.remove(name);
+        Ok(())
     }
 
     pub fn options(&self) -> &CacheOptions {
@@ -191,7 +234,9 @@ impl<B: Backend> AdapterCache<B> {
                 .collect(),
             None => Vec::new(),
         };
+        ids.extend(self.aliases.keys().cloned());
         ids.sort();
+        ids.dedup();
         if let Some(s) = &self.opts.synthetic {
             ids.extend((0..s.count).map(SyntheticAdapters::id));
         }
@@ -202,6 +247,9 @@ impl<B: Backend> AdapterCache<B> {
     /// with `allow_paths`, `id` as a path.
     pub fn resolve(&self, id: &str) -> Result<PathBuf> {
         let is_adapter = |p: &Path| p.join("adapter_config.json").is_file();
+        if let Some(p) = self.aliases.get(id) {
+            return Ok(p.clone());
+        }
         if let Some(dir) = &self.opts.adapter_dir {
             // A plain name only: `..` or separators must not walk out of adapter_dir.
             if !id.is_empty() && !id.contains(['/', '\\']) && id != "." && id != ".." {

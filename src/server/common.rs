@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use crate::engine::{Engine, Event, FinishReason, Finished, GenerateRequest, Recv, RequestHandle};
+use crate::engine::{Engine, Event, FinishReason, Finished, GenerateRequest, Recv, RequestHandle, TokenLogprobs};
 use crate::Error;
 
 pub struct AppState {
@@ -75,22 +75,67 @@ impl AppState {
     }
 }
 
-/// A 4xx/5xx answer with a JSON body `{"error": message, "error_type": kind}`.
+/// A 4xx/5xx answer: `{"error": message, "error_type": kind}` (LoRAX / TGI) by default, or
+/// OpenAI's `{"error": {"message", "type", "param", "code"}}` on the `/v1/` routes (`respond`).
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub kind: &'static str,
     pub message: String,
+    /// The request field at fault, when one is.
+    pub param: Option<String>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, kind, message: message.into() }
+        ApiError { status, kind, message: message.into(), param: None }
     }
 
     pub fn validation(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation", message)
     }
+
+    /// A 422 about one field: the message names it.
+    pub fn field(param: &str, message: impl std::fmt::Display) -> Self {
+        ApiError { param: Some(param.to_string()), ..Self::validation(format!("{param}: {message}")) }
+    }
+
+    /// The response in OpenAI's error shape (`openai`) or LoRAX's.
+    pub fn respond(self, openai: bool) -> Response {
+        if !openai {
+            return self.into_response();
+        }
+        let ty = match self.status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            429 | 503 => "rate_limit_error",
+            400..=499 => "invalid_request_error",
+            _ => "server_error",
+        };
+        let body = json!({ "error": { "message": self.message, "type": ty, "param": self.param, "code": self.kind } });
+        self.with_headers((self.status, axum::Json(body)).into_response())
+    }
+
+    fn with_headers(&self, mut r: Response) -> Response {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+/// A seed for a sampling request that gives none: different for every request (time, a
+/// process-wide counter and the pid through splitmix64), so two requests in the same instant
+/// never share one.
+pub fn rand_seed() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let mut x = t ^ COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) ^ ((std::process::id() as u64) << 40);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    // Below 2^53: exact in the JSON numbers clients parse as doubles.
+    (x ^ (x >> 31)) >> 11
 }
 
 impl From<Error> for ApiError {
@@ -112,11 +157,7 @@ impl From<Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": self.message, "error_type": self.kind });
-        let mut r = (self.status, axum::Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        r
+        self.with_headers((self.status, axum::Json(body)).into_response())
     }
 }
 
@@ -231,17 +272,18 @@ fn body_timeout() -> Duration {
 /// request on with the body in memory. Errors are the API's JSON errors (413, 408, 400).
 pub async fn read_body(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let (parts, body) = req.into_parts();
+    let openai = parts.uri.path().starts_with("/v1/");
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    let too_big = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the request body is over {MAX_BODY_BYTES} bytes")).into_response();
+    let too_big = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the request body is over {MAX_BODY_BYTES} bytes")).respond(openai);
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return too_big();
     }
     let timeout = body_timeout();
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
-        Err(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", format!("the request body did not arrive within {:.1} s", timeout.as_secs_f64())).into_response(),
+        Err(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", format!("the request body did not arrive within {:.1} s", timeout.as_secs_f64())).respond(openai),
         // Without a declared length, the limit is the likely reason; a broken body otherwise.
         Ok(Err(_)) if declared.is_none() => too_big(),
-        Ok(Err(e)) => ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("the request body could not be read: {e}")).into_response(),
+        Ok(Err(e)) => ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("the request body could not be read: {e}")).respond(openai),
         Ok(Ok(bytes)) => next.run(axum::extract::Request::from_parts(parts, Body::from(bytes))).await,
     }
 }
@@ -258,7 +300,8 @@ pub async fn check_api_key(key: Arc<str>, req: axum::extract::Request, next: axu
     if ok {
         next.run(req).await
     } else {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid API key is needed: `Authorization: Bearer KEY`").into_response()
+        let openai = req.uri().path().starts_with("/v1/");
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid API key is needed: `Authorization: Bearer KEY`").respond(openai)
     }
 }
 
@@ -298,15 +341,36 @@ pub async fn start(app: &App, req: GenerateRequest) -> Result<(Event, UnboundedR
     }
 }
 
-/// Runs a request to its end: (token events as (id, text, special), how it finished).
-pub async fn collect(app: &App, req: GenerateRequest) -> Result<(Vec<(u32, String, bool)>, Finished), ApiError> {
+/// One generated token as an endpoint reports it.
+#[derive(Debug)]
+pub struct TokenOut {
+    pub id: u32,
+    /// The text this token released into the output (may be empty; `Accepted::text`).
+    pub text: String,
+    pub special: bool,
+    pub logprobs: Option<TokenLogprobs>,
+}
+
+/// A request run to its end.
+#[derive(Debug)]
+pub struct Collected {
+    /// The prompt's ids and log-probabilities, when asked for (`GenerateOptions::prompt_logprobs`).
+    pub prompt: Option<(Vec<u32>, Vec<Option<TokenLogprobs>>)>,
+    pub tokens: Vec<TokenOut>,
+    pub finished: Finished,
+}
+
+/// Runs a request to its end.
+pub async fn collect(app: &App, req: GenerateRequest) -> Result<Collected, ApiError> {
     let (first, mut rx, _) = start(app, req).await?;
     let mut tokens = Vec::new();
+    let mut prompt = None;
     let mut ev = Some(first);
     loop {
         match ev.take() {
-            Some(Event::Token { id, text, special }) => tokens.push((id, text, special)),
-            Some(Event::Finished(f)) => return Ok((tokens, f)),
+            Some(Event::Token { id, text, special, logprobs }) => tokens.push(TokenOut { id, text, special, logprobs }),
+            Some(Event::Prompt { ids, logprobs }) => prompt = Some((ids, logprobs)),
+            Some(Event::Finished(finished)) => return Ok(Collected { prompt, tokens, finished }),
             Some(Event::Error(e)) => return Err(e.into()),
             None => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the engine stopped")),
         }

@@ -1,6 +1,8 @@
-//! The HTTP server (`lorafleet serve`): LoRAX-style `/generate` and `/generate_stream`,
-//! OpenAI-style `/v1/completions`, `/v1/chat/completions` and `/v1/models`, `/health` and
-//! Prometheus `/metrics`, on tokio + axum in front of one `Engine`.
+//! The HTTP server (`lorafleet serve`): LoRAX's `/` (its client's route), `/generate`,
+//! `/generate_stream`, `/info` and `/tokenize`; OpenAI's `/v1/completions`,
+//! `/v1/chat/completions` and `/v1/models`; vLLM's `/v1/load_lora_adapter` and
+//! `/v1/unload_lora_adapter`; `/health` and Prometheus `/metrics`; on tokio + axum in front of
+//! one `Engine`.
 //!
 //! Every request is logged in one line on stderr when it ends. A client that disconnects
 //! mid-stream drops its event stream, which cancels its request in the engine.
@@ -77,11 +79,16 @@ pub fn router_with_key(app: App, api_key: Option<&str>) -> Router {
 /// The routes over an app state (the engine plus the base model's id).
 pub fn router(app: App) -> Router {
     Router::new()
+        .route("/", post(lorax::compat))
+        .route("/info", get(lorax::info))
+        .route("/tokenize", post(lorax::tokenize))
         .route("/generate", post(lorax::generate))
         .route("/generate_stream", post(lorax::generate_stream))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
+        .route("/v1/load_lora_adapter", post(openai::load_lora_adapter))
+        .route("/v1/unload_lora_adapter", post(openai::unload_lora_adapter))
         .route("/health", get(health))
         .route("/metrics", get(metrics::metrics))
         .layer(axum::middleware::from_fn(common::read_body))

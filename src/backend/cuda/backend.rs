@@ -246,6 +246,14 @@ impl Typed for bf16 {
 }
 
 impl CudaBackend {
+    /// `t` as f32 on the host (the device stream syncs in the download).
+    fn download_f32(&self, t: &CudaTensor) -> Result<Vec<f32>> {
+        with_dtype!(t.dtype, T => {
+            let v = t.view::<T>()?;
+            Ok(<T as Typed>::to_f32(&self.dev.download(&v)?))
+        })
+    }
+
     /// Opens device `ordinal` (a GPU, or the CPU emulator under `LORAFLEET_CUDA_EMU=1`) with every
     /// kernel module the forward pass needs, activations in `act`.
     pub fn new(ordinal: usize, act: DType) -> Result<Self> {
@@ -561,10 +569,7 @@ impl Backend for CudaBackend {
     fn to_host(&self, t: &CudaTensor) -> Result<Vec<f32>> {
         // The compute stream belongs to a running step: wait for it (never call this inside one).
         let _compute = self.step_arena.lock().map_err(|_| Error::Cuda("the step arena's lock is poisoned".into()))?;
-        with_dtype!(t.dtype, T => {
-            let v = t.view::<T>()?;
-            Ok(<T as Typed>::to_f32(&self.dev.download(&v)?))
-        })
+        self.download_f32(t)
     }
 
     fn dims(&self, t: &CudaTensor) -> (usize, usize) {
@@ -703,7 +708,7 @@ impl Backend for CudaBackend {
         with_dtype!(x.dtype, T => self.gather_t::<T>(&x.view::<T>()?, x.cols, step, step.rows, &step.gather))
     }
 
-    fn sample(&self, logits: &CudaTensor, step: &mut CudaStep<'_>, _samplers: &mut [&mut crate::engine::Sampler]) -> Result<Vec<u32>> {
+    fn sample(&self, logits: &CudaTensor, step: &mut CudaStep<'_>, samplers: &mut [&mut crate::engine::Sampler]) -> Result<Vec<u32>> {
         let sec = step.samples.ok_or_else(|| invalid("sample: the step was begun without sampling rows"))?;
         let n = logits.rows;
         let p = super::sampling::plan_sample(n, logits.cols, logits.len())?;
@@ -716,7 +721,21 @@ impl Backend for CudaBackend {
             // SAFETY: `p` is plan_sample for these logits; the rows passed sample_row_c.
             unsafe { self.sampler.sample_planned::<T>(&self.dev, &logits.view::<T>()?, &rows, out, &p)? };
         });
-        let ids = self.dev.download(&out.slice(0..n))?;
+        let mut ids = self.dev.download(&out.slice(0..n))?;
+        if samplers.len() != n {
+            return Err(invalid(format!("sample: {n} logit rows for {} samplers", samplers.len())));
+        }
+        // Penalties and log-probabilities need the row on the host: only then are the logits
+        // downloaded (one copy for the step), and only those rows are looked at.
+        if samplers.iter().any(|s| s.needs_host_row()) {
+            // Inside the step (it holds the arena): download directly, not through `to_host`.
+            let host = self.download_f32(logits)?;
+            for ((row, s), id) in host.chunks_exact(logits.cols).zip(samplers.iter_mut()).zip(ids.iter_mut()) {
+                if s.needs_host_row() {
+                    *id = s.sample_host(row, Some(*id));
+                }
+            }
+        }
         Ok(ids)
     }
 
