@@ -57,6 +57,29 @@ fn serve_on_cuda_answers_generate_and_completions() {
     let want: Vec<u32> = ids(&p["base_greedy24"])[..n].to_vec();
     assert_eq!(r.json()["choices"][0]["text"].as_str().unwrap(), tok.decode(&want, true).unwrap());
 
+    // Logprobs and alternatives come from the device's logits (one host copy of the step's rows
+    // when a request asks): equal to log-softmax of the CPU `score` logits (f32 activations).
+    let r = server.post(
+        "/generate",
+        json!({"inputs": prompt, "parameters": {"adapter_id": "a_r8_all", "max_new_tokens": n, "details": true, "return_k_alternatives": 2}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let want: Vec<u32> = ids(&p["a_r8_all_greedy24"])[..n].to_vec();
+    let scored = scored_logprobs(&ids(&p["ids"]), &want);
+    let toks = r.json()["details"]["tokens"].as_array().unwrap().clone();
+    assert_eq!(toks.len(), n);
+    for (t, w) in toks.iter().zip(&scored) {
+        let lp = t["logprob"].as_f64().unwrap();
+        assert!((lp - w).abs() < 1e-3, "device logprob {lp} vs the CPU's {w}");
+        assert_eq!(t["alternative_tokens"][0]["id"], t["id"], "greedy takes the most likely token");
+    }
+    // A penalized request is sampled on the host from the device's row: it changes the greedy
+    // text of a repetitive prompt and leaves the others in the step alone.
+    let rep = "1, 1, 1, 1, 1, 1, 1, 1,";
+    let plain = server.post("/v1/completions", json!({"prompt": rep, "max_tokens": 4, "temperature": 0.0})).json();
+    let pen = server.post("/v1/completions", json!({"prompt": rep, "max_tokens": 4, "temperature": 0.0, "repetition_penalty": 2.0, "presence_penalty": 1.0})).json();
+    assert_ne!(plain["choices"][0]["text"], pen["choices"][0]["text"], "{plain} / {pen}");
+
     // A bad request fails alone, as JSON.
     let r = server.post("/generate", json!({"inputs": prompt, "parameters": {"adapter_id": "no-such-adapter", "max_new_tokens": 2}}));
     assert!((400..500).contains(&r.status), "{} {}", r.status, r.body);

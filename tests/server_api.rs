@@ -12,39 +12,11 @@ use std::time::Duration;
 
 use common::server::TestServer;
 use common::*;
-use lorafleet::backend::cpu::CpuBackend;
-use lorafleet::engine::score_with_adapter;
-use lorafleet::lora::{LoadedAdapter, LoraAdapter};
-use lorafleet::model::Llama;
 use lorafleet::TextTokenizer;
 use serde_json::{json, Value};
 
 fn tokenizer() -> TextTokenizer {
     TextTokenizer::from_dir(&model_dir()).unwrap()
-}
-
-/// `log_softmax(logits)` in f64.
-fn log_softmax(row: &[f32]) -> Vec<f64> {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
-    row.iter().map(|&x| x as f64 - lse).collect()
-}
-
-/// The log-probability of each of `gen` after `prompt` with adapter `a_r8_all`, from the
-/// in-process CPU model's `score` (last-position logits of each prefix).
-fn scored_logprobs(prompt: &[u32], gen: &[u32]) -> Vec<f64> {
-    let be = CpuBackend::new();
-    let model = Llama::load(&be, &model_dir(), false).unwrap();
-    let a = LoraAdapter::load("a_r8_all", &golden_dir().join("adapters/a_r8_all"), &model.config, 128).unwrap();
-    let a = LoadedAdapter::upload(&be, &a).unwrap();
-    let mut ids = prompt.to_vec();
-    gen.iter()
-        .map(|&t| {
-            let s = score_with_adapter(&model, &be, &ids, Some(&a)).unwrap();
-            ids.push(t);
-            log_softmax(&s.last_logits)[t as usize]
-        })
-        .collect()
 }
 
 #[test]

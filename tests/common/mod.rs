@@ -112,3 +112,30 @@ pub fn tiny_config(attention_bias: bool, tied: bool) -> lorafleet::model::config
     );
     lorafleet::model::config::ModelConfig::from_json_str(&json).expect("tiny config")
 }
+
+/// `log_softmax(logits)` in f64.
+pub fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max + row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+    row.iter().map(|&x| x as f64 - lse).collect()
+}
+
+/// The log-probability of each of `gen` after `prompt` with the golden adapter `a_r8_all`,
+/// from the in-process CPU model's `score` (last-position logits of each prefix): what a
+/// server's reported logprobs must equal.
+pub fn scored_logprobs(prompt: &[u32], gen: &[u32]) -> Vec<f64> {
+    use lorafleet::backend::cpu::CpuBackend;
+    use lorafleet::lora::{LoadedAdapter, LoraAdapter};
+    let be = CpuBackend::new();
+    let model = lorafleet::model::Llama::load(&be, &model_dir(), false).unwrap();
+    let a = LoraAdapter::load("a_r8_all", &golden_dir().join("adapters/a_r8_all"), &model.config, 128).unwrap();
+    let a = LoadedAdapter::upload(&be, &a).unwrap();
+    let mut ids = prompt.to_vec();
+    gen.iter()
+        .map(|&t| {
+            let s = lorafleet::engine::score_with_adapter(&model, &be, &ids, Some(&a)).unwrap();
+            ids.push(t);
+            log_softmax(&s.last_logits)[t as usize]
+        })
+        .collect()
+}
