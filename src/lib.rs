@@ -6,6 +6,7 @@
 //! and evaluation examples, the rotten-tomatoes demo set), `eval` (metrics, `lorafleet eval`).
 
 pub mod backend;
+pub mod cli_env;
 pub mod data;
 pub mod engine;
 pub mod error;

@@ -103,6 +103,39 @@ fn chat_template_and_stop_string() {
 }
 
 #[test]
+fn every_flag_reads_its_lorafleet_variable() {
+    // The variable stands in for the flag; the flag, when given, wins.
+    let dir = model_dir();
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_lorafleet"));
+        c.args(["generate", "--model", md(&dir), "--prompt", "The capital of France is", "--ignore-eos", "--json"]).args(extra);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["token_ids"].as_array().unwrap().len()
+    };
+    assert_eq!(run(&[], &[("LORAFLEET_MAX_NEW_TOKENS", "3")]), 3);
+    assert_eq!(run(&["--max-new-tokens", "2"], &[("LORAFLEET_MAX_NEW_TOKENS", "3")]), 2);
+    // A bad value names the variable.
+    let o = Command::new(env!("CARGO_BIN_EXE_lorafleet"))
+        .args(["generate", "--model", md(&dir), "--prompt", "hi"])
+        .env("LORAFLEET_MAX_NEW_TOKENS", "many")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("many"), "{}", String::from_utf8_lossy(&o.stderr));
+    // --help lists the variables, for serve's flags too.
+    let o = lorafleet(&["serve", "--help"]);
+    let help = String::from_utf8_lossy(&o.stdout);
+    for var in ["LORAFLEET_KV_CACHE_BYTES", "LORAFLEET_API_KEY", "LORAFLEET_MAX_QUEUED_REQUESTS", "LORAFLEET_ADAPTER_DIR"] {
+        assert!(help.contains(var), "{var} missing from serve --help");
+    }
+}
+
+#[test]
 fn bad_inputs_fail_cleanly() {
     let o = lorafleet(&["generate", "--model", "/nonexistent/model", "--prompt", "hi"]);
     assert_clean_error(&o, "missing model dir", "not a directory");

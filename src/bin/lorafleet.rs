@@ -72,11 +72,16 @@ enum Command {
     Eval(EvalArgs),
     /// Serve the model and its LoRA adapters over HTTP (LoRAX /generate, OpenAI /v1/*).
     #[command(long_about = "Serve the model and its LoRA adapters over HTTP.\n\n\
-    Endpoints: POST /generate, POST /generate_stream (LoRAX/TGI: {\"inputs\", \"parameters\": \
-    {\"adapter_id\", \"max_new_tokens\", \"do_sample\", \"temperature\", \"top_p\", \"top_k\", \"seed\", \
-    \"stop\", \"details\"}}); POST /v1/completions, POST /v1/chat/completions (OpenAI; \"model\" names \
-    an adapter, or the base: the model directory's name, \"base\" or empty); GET /v1/models; \
-    GET /health; GET /metrics (Prometheus).\n\n\
+    Endpoints: POST /, POST /generate, POST /generate_stream, GET /info, POST /tokenize (LoRAX/TGI: \
+    {\"inputs\", \"parameters\": {\"adapter_id\", \"max_new_tokens\", \"do_sample\", \"temperature\", \
+    \"top_p\", \"top_k\", \"seed\", \"stop\", \"repetition_penalty\", \"truncate\", \"return_full_text\", \
+    \"details\", \"decoder_input_details\", \"return_k_alternatives\"}}); POST /v1/completions, \
+    POST /v1/chat/completions (OpenAI, with n, logprobs, echo, penalties, stream_options; \"model\" \
+    names an adapter, or the base: the model directory's name, \"base\" or empty); GET /v1/models; \
+    POST /v1/load_lora_adapter, POST /v1/unload_lora_adapter (vLLM); GET /health; GET /metrics \
+    (Prometheus).\n\n\
+    Every option can also be given as an environment variable: LORAFLEET_ and the option's name \
+    (--kv-cache-bytes: LORAFLEET_KV_CACHE_BYTES); the flag wins.\n\n\
     Example:\n  lorafleet serve --model models/smollm2-135m-instruct --adapter-dir adapters --port 8080\n  \
     curl localhost:8080/generate -d '{\"inputs\": \"Hello\", \"parameters\": {\"adapter_id\": \"my-lora\"}}'")]
     Serve(ServeArgs),
@@ -497,7 +502,7 @@ struct EvalArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = lorafleet::cli_env::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -560,7 +565,8 @@ impl ServeArgs {
                 return Err(Error::InvalidArgument(format!("{flag} {v} must be a positive number of seconds")));
             }
         }
-        let api_key = self.api_key.clone().or_else(|| std::env::var("LORAFLEET_API_KEY").ok()).filter(|k| !k.is_empty());
+        // `--api-key` or LORAFLEET_API_KEY (cli_env); an empty value means none.
+        let api_key = self.api_key.clone().filter(|k| !k.is_empty());
         Ok(lorafleet::server::ServeOptions {
             body_timeout: std::time::Duration::from_secs_f64(self.body_timeout),
             api_key,

@@ -263,7 +263,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = lorafleet::cli_env::parse();
     let r = match cli.command {
         Command::Gradients(a) => run_gradients(a),
         Command::Train(a) => run_train(a),
