@@ -252,19 +252,23 @@ impl<B: Backend> Llama<B> {
         adapters: &[Option<&LoadedAdapter<B>>],
     ) -> Result<B::Tensor> {
         let runs = self.check_step(ids, batch, adapters)?;
-        let spec = StepSpec {
-            config: &self.config,
-            model_id: self.id,
-            kv: be.kv_layout(kv),
-            kv_id: be.kv_id(kv),
-            batch,
-            ids,
-            logit_rows,
-            lora: &runs,
-            samples: &[],
-        };
-        let mut step = be.begin_step(&spec)?;
+        let mut step = be.begin_step(&self.step_spec(be, kv, ids, batch, logit_rows, &runs, &[]))?;
         self.forward_step(be, &mut step, kv)
+    }
+
+    /// The step's description for `Backend::begin_step` (shared by every forward entry point).
+    #[allow(clippy::too_many_arguments)]
+    fn step_spec<'s, 'a>(
+        &'s self,
+        be: &B,
+        kv: &B::Kv,
+        ids: &'s [u32],
+        batch: &'s BatchLayout,
+        logit_rows: &'s [usize],
+        runs: &'s [LoraRun<'a, B>],
+        samples: &'s [crate::backend::sampling::SampleRow],
+    ) -> StepSpec<'s, 'a, B> {
+        StepSpec { config: &self.config, model_id: self.id, kv: be.kv_layout(kv), kv_id: be.kv_id(kv), batch, ids, logit_rows, lora: runs, samples }
     }
 
     /// `forward_lora`, then the next token of each logit row, one sampler per row: on a GPU the
@@ -285,18 +289,7 @@ impl<B: Backend> Llama<B> {
         }
         let runs = self.check_step(ids, batch, adapters)?;
         let samples: Vec<crate::backend::sampling::SampleRow> = samplers.iter_mut().map(|s| s.next_device_row()).collect();
-        let spec = StepSpec {
-            config: &self.config,
-            model_id: self.id,
-            kv: be.kv_layout(kv),
-            kv_id: be.kv_id(kv),
-            batch,
-            ids,
-            logit_rows,
-            lora: &runs,
-            samples: &samples,
-        };
-        let mut step = be.begin_step(&spec)?;
+        let mut step = be.begin_step(&self.step_spec(be, kv, ids, batch, logit_rows, &runs, &samples))?;
         let logits = self.forward_step(be, &mut step, kv)?;
         be.sample(&logits, &mut step, samplers)
     }

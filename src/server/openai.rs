@@ -555,43 +555,38 @@ struct UnloadAdapterBody {
 /// vLLM's `POST /v1/load_lora_adapter` `{"lora_name", "lora_path"}`: serves the folder under
 /// that name from now on (under `--adapter-dir` unless `--allow-adapter-paths`).
 pub async fn load_lora_adapter(State(app): State<App>, body: Bytes) -> Response {
-    let mut log = RequestLog::new("POST", "/v1/load_lora_adapter");
-    let r = async {
-        let b: LoadAdapterBody = parse_body(&body)?;
-        log.adapter = Some(b.lora_name.clone());
-        let engine = app.engine.clone();
-        let name = b.lora_name.clone();
-        tokio::task::spawn_blocking(move || engine.load_adapter(&b.lora_name, std::path::Path::new(&b.lora_path)))
-            .await
-            .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
-        Ok::<_, ApiError>(format!("Success: LoRA adapter '{name}' added successfully."))
-    }
-    .await;
-    match r {
-        Ok(msg) => {
-            log.ok();
-            msg.into_response()
-        }
-        Err(e) => {
-            log.error(&e);
-            e.respond(true)
-        }
-    }
+    adapter_admin::<LoadAdapterBody>(app, body, "/v1/load_lora_adapter", |b| &b.lora_name, "added", |e, b| {
+        e.load_adapter(&b.lora_name, std::path::Path::new(&b.lora_path))
+    })
+    .await
 }
 
 /// vLLM's `POST /v1/unload_lora_adapter` `{"lora_name"}`: stops serving a name
 /// `load_lora_adapter` gave (running requests finish with it).
 pub async fn unload_lora_adapter(State(app): State<App>, body: Bytes) -> Response {
-    let mut log = RequestLog::new("POST", "/v1/unload_lora_adapter");
+    adapter_admin::<UnloadAdapterBody>(app, body, "/v1/unload_lora_adapter", |b| &b.lora_name, "removed", |e, b| e.unload_adapter(&b.lora_name)).await
+}
+
+/// Parses a body, runs `act` on the engine off the async threads (it blocks the engine for a
+/// load), and answers vLLM's plain-text success line or an OpenAI-shaped error.
+async fn adapter_admin<B: serde::de::DeserializeOwned + Send + 'static>(
+    app: App,
+    body: Bytes,
+    path: &'static str,
+    name: fn(&B) -> &String,
+    done: &'static str,
+    act: fn(&crate::engine::Engine, &B) -> crate::Result<()>,
+) -> Response {
+    let mut log = RequestLog::new("POST", path);
     let r = async {
-        let b: UnloadAdapterBody = parse_body(&body)?;
-        log.adapter = Some(b.lora_name.clone());
+        let b: B = parse_body(&body)?;
+        let n = name(&b).clone();
+        log.adapter = Some(n.clone());
         let engine = app.engine.clone();
-        let name = b.lora_name.clone();
-        tokio::task::spawn_blocking(move || engine.unload_adapter(&b.lora_name))
+        tokio::task::spawn_blocking(move || act(&engine, &b))
             .await
             .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
-        Ok::<_, ApiError>(format!("Success: LoRA adapter '{name}' removed successfully."))
+        Ok::<_, ApiError>(format!("Success: LoRA adapter '{n}' {done} successfully."))
     }
     .await;
     match r {
