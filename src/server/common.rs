@@ -2,7 +2,7 @@
 //! handle (crossbeam, blocking) to an async stream, SSE framing, and the one-line request log.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -224,20 +224,56 @@ impl RequestLog {
     }
 }
 
+/// Whether request logs are JSON lines (`serve --log-format json`): a client-given adapter id is
+/// then written raw (the JSON encoder escapes it) instead of through `log_field`.
+static JSON_LOGS: AtomicBool = AtomicBool::new(false);
+
+/// Which way the request log is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `TIME  INFO method=POST path=/generate status=200 ...`, one line per request.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, and each field under its name.
+    Json,
+}
+
+/// Installs the `tracing` subscriber that writes request logs to stderr (once per process; a
+/// program that embeds the server and installed its own keeps it).
+pub fn init_request_log(format: LogFormat) {
+    JSON_LOGS.store(format == LogFormat::Json, Ordering::Relaxed);
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// A client-given string as a log field: raw in JSON logs (the encoder escapes it), through
+/// `log_field` in text logs.
+fn client_text(s: &str) -> String {
+    if JSON_LOGS.load(Ordering::Relaxed) {
+        s.to_string()
+    } else {
+        log_field(s)
+    }
+}
+
 impl Drop for RequestLog {
     fn drop(&mut self) {
-        let ttft = self.ttft.map_or("-".to_string(), |t| format!("{:.1}", t.as_secs_f64() * 1e3));
-        eprintln!(
-            "{} {} status={} outcome={} adapter={} prompt_tokens={} generated_tokens={} ttft_ms={} total_ms={:.1}",
-            self.method,
-            self.path,
-            self.status,
-            self.outcome,
-            self.adapter.as_deref().map_or("-".into(), log_field),
-            self.prompt_tokens,
-            self.generated_tokens,
-            ttft,
-            self.start.elapsed().as_secs_f64() * 1e3
+        let adapter = self.adapter.as_deref().map_or_else(|| "-".to_string(), client_text);
+        let ttft_ms = self.ttft.map(|t| t.as_secs_f64() * 1e3);
+        tracing::info!(
+            target: "lorafleet::request",
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            outcome = %self.outcome,
+            adapter = %adapter,
+            prompt_tokens = self.prompt_tokens,
+            generated_tokens = self.generated_tokens,
+            ttft_ms,
+            total_ms = self.start.elapsed().as_secs_f64() * 1e3,
         );
     }
 }
@@ -301,6 +337,7 @@ pub async fn check_api_key(key: Arc<str>, req: axum::extract::Request, next: axu
         next.run(req).await
     } else {
         let openai = req.uri().path().starts_with("/v1/");
+        tracing::warn!(target: "lorafleet::request", method = %req.method(), path = %client_text(req.uri().path()), status = 401, outcome = "unauthorized");
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid API key is needed: `Authorization: Bearer KEY`").respond(openai)
     }
 }

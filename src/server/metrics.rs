@@ -1,64 +1,87 @@
-//! `GET /metrics` in the Prometheus text format (version 0.0.4), written by hand from
-//! `EngineStats`.
+//! `GET /metrics`: the engine's counters in the OpenMetrics text format, encoded by
+//! `prometheus-client`. The engine thread keeps `EngineStats` (one lock, no atomics per token);
+//! each scrape encodes a snapshot of it through a `Collector`, so the crate writes the names,
+//! `_total` suffixes, escaping, cumulative `le` buckets and the `# EOF` trailer.
 
-use std::fmt::Write;
+use std::fmt;
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use super::common::App;
 use crate::engine::{EngineStats, Histogram};
 
-fn gauge(out: &mut String, name: &str, help: &str, v: impl std::fmt::Display) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+/// The media type of `prometheus_client::encoding::text::encode`'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// One scrape's snapshot of the engine's statistics.
+#[derive(Debug)]
+struct Snapshot(EngineStats);
+
+fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: usize) -> fmt::Result {
+    let g = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
 }
 
-fn counter(out: &mut String, name: &str, help: &str, v: u64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+/// `name` without `_total`: the encoder appends it to counters.
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
 }
 
-fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-    let cum = h.cumulative();
-    for (b, c) in h.bounds.iter().zip(&cum) {
-        let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {c}");
+fn histogram(enc: &mut DescriptorEncoder, name: &str, help: &str, h: &Histogram) -> fmt::Result {
+    // Per-bucket counts (the encoder accumulates them); the last bucket is +Inf.
+    let buckets: Vec<(f64, u64)> =
+        h.bounds.iter().copied().chain([f64::INFINITY]).zip(h.counts.iter().copied()).collect();
+    enc.encode_descriptor(name, help, None, MetricType::Histogram)?.encode_histogram::<NoLabelSet>(h.sum, h.count, &buckets, None)
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let s = &self.0;
+        let e = &mut enc;
+        gauge(e, "lorafleet_queue_length", "Requests waiting for KV blocks, a running slot or their adapter.", s.queued)?;
+        gauge(e, "lorafleet_running_sequences", "Sequences in the running batch.", s.running)?;
+        gauge(e, "lorafleet_kv_blocks_used", "KV cache blocks in use.", s.kv_blocks_used)?;
+        gauge(e, "lorafleet_kv_blocks_total", "KV cache blocks in all.", s.kv_blocks_total)?;
+        gauge(e, "lorafleet_resident_adapters", "LoRA adapters resident on the device.", s.resident_adapters.len())?;
+        let mut family = e.encode_descriptor("lorafleet_adapter_bytes", "Bytes of each resident adapter.", None, MetricType::Gauge)?;
+        for (id, bytes) in &s.resident_adapters {
+            let labels = [("adapter", id.as_str())];
+            ConstGauge::new(i64::try_from(*bytes).unwrap_or(i64::MAX)).encode(family.encode_family(&labels)?)?;
+        }
+        counter(e, "lorafleet_steps", "Engine steps (forward passes).", s.steps)?;
+        counter(e, "lorafleet_preemptions", "Sequences preempted (blocks freed, recomputed later).", s.preemptions)?;
+        counter(e, "lorafleet_requests_finished", "Requests that finished.", s.requests_finished)?;
+        counter(e, "lorafleet_requests_failed", "Requests that failed in the engine.", s.requests_failed)?;
+        counter(e, "lorafleet_requests_cancelled", "Requests cancelled by their client.", s.requests_cancelled)?;
+        counter(e, "lorafleet_prompt_tokens", "Prompt tokens of finished requests.", s.prompt_tokens)?;
+        counter(e, "lorafleet_generated_tokens", "Tokens generated.", s.generated_tokens)?;
+        histogram(e, "lorafleet_time_to_first_token_seconds", "Submit to first token.", &s.ttft)?;
+        histogram(e, "lorafleet_inter_token_latency_seconds", "Time between consecutive tokens of a request.", &s.inter_token)
     }
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
-    let _ = writeln!(out, "{name}_sum {}\n{name}_count {}", h.sum, h.count);
 }
 
-/// Label values escape backslash, quote and newline.
-fn label(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
+/// The OpenMetrics text of one snapshot.
 pub fn render(s: &EngineStats) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Snapshot(s.clone())));
     let mut out = String::new();
-    gauge(&mut out, "lorafleet_queue_length", "Requests waiting for KV blocks, a running slot or their adapter.", s.queued);
-    gauge(&mut out, "lorafleet_running_sequences", "Sequences in the running batch.", s.running);
-    gauge(&mut out, "lorafleet_kv_blocks_used", "KV cache blocks in use.", s.kv_blocks_used);
-    gauge(&mut out, "lorafleet_kv_blocks_total", "KV cache blocks in all.", s.kv_blocks_total);
-    gauge(&mut out, "lorafleet_resident_adapters", "LoRA adapters resident on the device.", s.resident_adapters.len());
-    let _ = writeln!(out, "# HELP lorafleet_adapter_bytes Bytes of each resident adapter.\n# TYPE lorafleet_adapter_bytes gauge");
-    for (id, bytes) in &s.resident_adapters {
-        let _ = writeln!(out, "lorafleet_adapter_bytes{{adapter=\"{}\"}} {bytes}", label(id));
-    }
-    counter(&mut out, "lorafleet_steps_total", "Engine steps (forward passes).", s.steps);
-    counter(&mut out, "lorafleet_preemptions_total", "Sequences preempted (blocks freed, recomputed later).", s.preemptions);
-    counter(&mut out, "lorafleet_requests_finished_total", "Requests that finished.", s.requests_finished);
-    counter(&mut out, "lorafleet_requests_failed_total", "Requests that failed in the engine.", s.requests_failed);
-    counter(&mut out, "lorafleet_requests_cancelled_total", "Requests cancelled by their client.", s.requests_cancelled);
-    counter(&mut out, "lorafleet_prompt_tokens_total", "Prompt tokens of finished requests.", s.prompt_tokens);
-    counter(&mut out, "lorafleet_generated_tokens_total", "Tokens generated.", s.generated_tokens);
-    histogram(&mut out, "lorafleet_time_to_first_token_seconds", "Submit to first token.", &s.ttft);
-    histogram(&mut out, "lorafleet_inter_token_latency_seconds", "Time between consecutive tokens of a request.", &s.inter_token);
+    // Writing into a String cannot fail; an encoder error (none is known) leaves what was written.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
     out
 }
 
 pub async fn metrics(State(app): State<App>) -> Response {
     let mut r = render(&app.engine.stats()).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     r
 }
 
@@ -79,5 +102,8 @@ mod tests {
         assert!(t.contains("lorafleet_time_to_first_token_seconds_bucket{le=\"0.025\"} 1\n"), "{t}");
         assert!(t.contains("lorafleet_time_to_first_token_seconds_bucket{le=\"0.01\"} 0\n"), "{t}");
         assert!(t.contains("lorafleet_time_to_first_token_seconds_count 1\n"));
+        assert!(t.contains("lorafleet_time_to_first_token_seconds_bucket{le=\"+Inf\"} 1\n"), "{t}");
+        assert!(t.contains("# TYPE lorafleet_steps counter\nlorafleet_steps_total 0\n"), "{t}");
+        assert!(t.ends_with("# EOF\n"), "{t}");
     }
 }

@@ -20,7 +20,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
 
-pub use common::{AppState, App};
+pub use common::{init_request_log, AppState, App, LogFormat};
 pub use lorax::DEFAULT_MAX_NEW_TOKENS;
 
 use crate::backend::device::{open_backend, OpenedBackend};
@@ -61,6 +61,8 @@ pub struct ServeOptions {
     pub max_queued_requests: usize,
     /// On SIGTERM/SIGINT: stop accepting, let running requests finish for at most this, exit 0.
     pub shutdown_timeout: std::time::Duration,
+    /// How the one line per request is written to stderr.
+    pub log_format: LogFormat,
 }
 
 /// The routes over an app state (the engine plus the base model's id); with `api_key`, every route
@@ -199,6 +201,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
         opts.engine.cache.adapter_dir.as_ref().map_or("(none)".into(), |d| d.display().to_string()),
     );
     common::set_body_timeout(opts.body_timeout);
+    init_request_log(opts.log_format);
     let max_in_flight = opts.engine.max_running.saturating_add(opts.max_queued_requests);
     let app = AppState::with_limit(engine, model_id, max_in_flight);
     let rt = tokio::runtime::Builder::new_multi_thread()
