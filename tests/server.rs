@@ -56,7 +56,29 @@ fn serve_end_to_end() {
     errors_are_json_4xx();
     concurrent_clients_get_their_own_answers();
     a_client_that_disconnects_cancels_its_request();
+    the_http_load_test_drives_the_server();
     bad_clients_are_contained();
+}
+
+/// `lorafleet bench --url` (the load test's HTTP client, on pooled keep-alive connections)
+/// against this server: every request streams its forced number of tokens, none fails.
+fn the_http_load_test_drives_the_server() {
+    let url = format!("http://{}", server().addr);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_lorafleet"))
+        .args(["bench", "--model", model_dir().to_str().unwrap(), "--url", &url, "--adapters", "0", "--concurrency", "1,3"])
+        .args(["--duration", "2", "--input-tokens", "8-16", "--output-tokens", "2-4", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let points: Vec<Value> = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(points.len(), 2, "{out}");
+    for p in &points {
+        assert_eq!(p["errors"], 0, "{p}");
+        let n = p["requests"].as_u64().unwrap();
+        let toks = p["output_tokens"].as_u64().unwrap();
+        assert!(n >= 1 && toks >= 2 * n && toks <= 4 * n, "{p}");
+    }
 }
 
 /// Connections that send nothing or stop inside their headers are closed after the header timeout

@@ -889,7 +889,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     loadtest::validate(&cfg)?;
     let engine;
     let target: Box<dyn loadtest::LoadTarget> = match &a.url {
-        Some(url) => Box::new(HttpTarget { url: url.parse()?, tokenizer: tok, timeout: std::time::Duration::from_secs(600) }),
+        Some(url) => Box::new(HttpTarget::new(url.parse()?, tok, std::time::Duration::from_secs(600))),
         None => {
             let max_in = a.input_tokens.1 + a.output_tokens.1;
             let opts = lorafleet::engine::EngineOptions {

@@ -1,9 +1,8 @@
 //! The load test over HTTP: a LoRAX-compatible server's `POST /generate_stream` (SSE), read
-//! with a small HTTP/1.1 client on `std::net` (one connection per request, `Connection:
-//! close`; chunked or plain bodies), so the load generator needs no async runtime.
+//! with `ureq` (blocking, so the load generator's threads need no async runtime; keep-alive
+//! connections pooled across requests, as a real client fleet keeps them).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Read};
 use std::time::{Duration, Instant};
 
 use super::{LoadRequest, LoadTarget, RequestTiming};
@@ -36,88 +35,51 @@ impl std::str::FromStr for HttpUrl {
     }
 }
 
-/// A response body with `Transfer-Encoding: chunked` decoded.
-struct Chunked<R: BufRead> {
-    inner: R,
-    left: usize,
-    done: bool,
-}
-
-impl<R: BufRead> Read for Chunked<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.done {
-            return Ok(0);
-        }
-        if self.left == 0 {
-            let mut line = String::new();
-            self.inner.read_line(&mut line)?;
-            if line.trim().is_empty() {
-                // The CRLF after the previous chunk's data.
-                line.clear();
-                self.inner.read_line(&mut line)?;
-            }
-            let size = line.trim().split(';').next().unwrap_or("");
-            self.left = usize::from_str_radix(size, 16)
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad chunk size {size:?}")))?;
-            if self.left == 0 {
-                self.done = true;
-                return Ok(0);
-            }
-        }
-        let n = buf.len().min(self.left);
-        let n = self.inner.read(&mut buf[..n])?;
-        if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed inside a chunk"));
-        }
-        self.left -= n;
-        Ok(n)
+impl HttpUrl {
+    fn endpoint(&self, path: &str) -> String {
+        format!("http://{}:{}{}{path}", self.host, self.port, self.prefix)
     }
 }
 
-/// Sends one POST and returns (status, headers lowercased, body reader).
-pub fn post(url: &HttpUrl, path: &str, body: &str, timeout: Duration) -> Result<(u16, Vec<(String, String)>, Box<dyn BufRead>)> {
-    let io = |e: std::io::Error| Error::BadRequest(format!("http://{}:{}{}{path}: {e}", url.host, url.port, url.prefix));
-    let mut stream = TcpStream::connect((url.host.as_str(), url.port)).map_err(io)?;
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    let req = format!(
-        "POST {}{path} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\nAccept: text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        url.prefix,
-        url.host,
-        url.port,
-        body.len()
-    );
-    stream.write_all(req.as_bytes()).map_err(io)?;
-    let mut r = BufReader::new(stream);
-    let mut status_line = String::new();
-    r.read_line(&mut status_line).map_err(io)?;
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Error::BadRequest(format!("bad HTTP status line {status_line:?}")))?;
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        r.read_line(&mut line).map_err(io)?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = line.split_once(':') {
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
-    }
-    let chunked = headers.iter().any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-    let body: Box<dyn BufRead> = if chunked { Box::new(BufReader::new(Chunked { inner: r, left: 0, done: false })) } else { Box::new(r) };
-    Ok((status, headers, body))
+/// A client for one server: `timeout` bounds connecting and each read (a stalled stream fails
+/// that request); idle pooled connections are dropped after 5 s, before the server's 10 s idle
+/// timeout could close one under a request.
+pub fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(timeout))
+        .timeout_per_read(Some(timeout))
+        .max_idle_age(Duration::from_secs(5))
+        .build()
+        .into()
+}
+
+/// Sends one JSON POST and returns (status, body reader).
+pub fn post(agent: &ureq::Agent, url: &HttpUrl, path: &str, body: &str) -> Result<(u16, Box<dyn BufRead>)> {
+    let endpoint = url.endpoint(path);
+    let resp = agent
+        .post(&endpoint)
+        .header("Content-Type", "application/json")
+        .header("Accept", "text/event-stream")
+        .send(body)
+        .map_err(|e| Error::BadRequest(format!("{endpoint}: {e}")))?;
+    let status = resp.status().as_u16();
+    Ok((status, Box::new(BufReader::new(resp.into_body().into_reader()))))
 }
 
 /// `POST /generate_stream` on a LoRAX-compatible server. Prompt ids are decoded to text with
 /// the model's tokenizer (the server re-encodes them; the count can differ by a token or two).
 pub struct HttpTarget {
-    pub url: HttpUrl,
-    pub tokenizer: TextTokenizer,
-    pub timeout: Duration,
+    url: HttpUrl,
+    tokenizer: TextTokenizer,
+    agent: ureq::Agent,
+}
+
+impl HttpTarget {
+    /// `timeout`: the longest wait to connect and for each read of the stream.
+    pub fn new(url: HttpUrl, tokenizer: TextTokenizer, timeout: Duration) -> Self {
+        HttpTarget { url, tokenizer, agent: agent(timeout) }
+    }
 }
 
 impl LoadTarget for HttpTarget {
@@ -129,7 +91,7 @@ impl LoadTarget for HttpTarget {
         }
         let body = serde_json::json!({ "inputs": inputs, "parameters": params }).to_string();
         let t0 = Instant::now();
-        let (status, _, mut r) = post(&self.url, "/generate_stream", &body, self.timeout)?;
+        let (status, mut r) = post(&self.agent, &self.url, "/generate_stream", &body)?;
         if status != 200 {
             let mut text = String::new();
             let _ = r.read_to_string(&mut text);
@@ -178,19 +140,10 @@ mod tests {
         assert!("http://h:notaport".parse::<HttpUrl>().is_err());
     }
 
-    #[test]
-    fn decodes_chunked_bodies() {
-        let raw = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\n\r\n";
-        let mut out = String::new();
-        Chunked { inner: &raw[..], left: 0, done: false }.read_to_string(&mut out).unwrap();
-        assert_eq!(out, "hello, world");
-        let mut out = String::new();
-        assert!(Chunked { inner: &b"zz\r\n"[..], left: 0, done: false }.read_to_string(&mut out).is_err());
-    }
-
     /// Against a one-shot fake server on loopback: a chunked SSE stream of three tokens.
     #[test]
     fn streams_from_a_fake_server() {
+        use std::io::Write;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
@@ -202,9 +155,8 @@ mod tests {
             s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n{body}").as_bytes()).unwrap();
         });
         let url: HttpUrl = format!("http://127.0.0.1:{port}").parse().unwrap();
-        let (status, headers, mut r) = post(&url, "/generate_stream", "{}", Duration::from_secs(5)).unwrap();
+        let (status, mut r) = post(&agent(Duration::from_secs(5)), &url, "/generate_stream", "{}").unwrap();
         assert_eq!(status, 200);
-        assert!(headers.iter().any(|(k, _)| k == "content-type"));
         let mut text = String::new();
         r.read_to_string(&mut text).unwrap();
         assert_eq!(text.matches("data:").count(), 3);
