@@ -202,3 +202,38 @@ fn synthetic_adapters_are_made_on_the_backend() {
     let e = c3.request("synthetic-0").err().expect("over the budget").to_string();
     assert!(e.contains("adapter memory"), "{e}");
 }
+
+/// Train -> serve: a folder rewritten with a new version of its adapter (as the trainer's
+/// `LoraAdapter::save` writes it) is read again by the next request; a request that still holds
+/// the old version keeps it (counted against the budget until it lets go); a folder that is gone
+/// is an unknown adapter.
+#[test]
+fn a_rewritten_adapter_folder_is_reloaded() {
+    let f = fixture();
+    let tmp = tempfile::Builder::new().prefix("lorafleet-cache-rewrite-").tempdir().unwrap();
+    let version = |seed: u64| LoraAdapter::random("x", &f.model.config, 8, 16.0, &[LoraModule::Q, LoraModule::V, LoraModule::Down], seed, 0.05);
+    let want = |a: &LoraAdapter| last_logits(&LoadedAdapter::upload(&*f.be, a).unwrap());
+    let (v1, v2) = (version(501), version(502));
+    v1.save(&tmp.path().join("x")).unwrap();
+    let opts = CacheOptions { adapter_dir: Some(tmp.path().to_path_buf()), max_host_adapters: 4, device_budget_bytes: 4 * f.bytes, max_rank: 64, allow_paths: false, synthetic: None };
+    let mut c = AdapterCache::new(f.be.clone(), f.model.config.clone(), opts);
+    let old = c.get_blocking("x").unwrap();
+    assert!(rel_l2(&last_logits(&old), &want(&v1)) < 1e-6);
+    // Unchanged: the same resident copy.
+    assert!(Arc::ptr_eq(&old, &c.get_blocking("x").unwrap()));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    v2.save(&tmp.path().join("x")).unwrap();
+    let new = c.get_blocking("x").unwrap();
+    assert!(!Arc::ptr_eq(&old, &new));
+    let (got_old, got_new) = (last_logits(&old), last_logits(&new));
+    assert!(rel_l2(&got_new, &want(&v2)) < 1e-6, "the new version is served");
+    assert!(rel_l2(&got_old, &want(&v1)) < 1e-6 && rel_l2(&got_old, &got_new) > 1e-3, "the holder keeps the old one");
+    assert_eq!(c.stats().device_bytes, old.bytes + new.bytes, "the held old copy still counts");
+    drop(old);
+    c.poll();
+    assert_eq!(c.stats().device_bytes, new.bytes);
+    drop(new);
+    std::fs::remove_dir_all(tmp.path().join("x")).unwrap();
+    assert!(matches!(c.request("x"), Err(Error::UnknownAdapter(_))));
+    assert_eq!(c.stats().device_bytes, 0);
+}

@@ -132,6 +132,26 @@ pub struct AdapterCache<B: Backend> {
     worker: Option<std::thread::JoinHandle<()>>,
     /// Names registered at run time (vLLM's `/v1/load_lora_adapter`) and the folders they name.
     aliases: HashMap<String, PathBuf>,
+    /// For each adapter read from a folder: its folder and the files' stamp when the load
+    /// started. A later request that finds other files there (a trainer wrote a new version)
+    /// drops the cached copies and loads the new one; requests already running keep theirs.
+    stamps: HashMap<String, (PathBuf, FolderStamp)>,
+    /// Device copies of replaced versions still held by running requests: counted against the
+    /// budget until the last holder lets go.
+    retired: Vec<Arc<LoadedAdapter<B>>>,
+}
+
+/// Modification times and sizes of an adapter folder's two files. `LoraAdapter::save` writes
+/// the weights and then the config, each through a rename, so a changed stamp means a complete
+/// new version (or one being written: the config, renamed last, changes last).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FolderStamp([Option<(std::time::SystemTime, u64)>; 2]);
+
+impl FolderStamp {
+    fn of(dir: &Path) -> Self {
+        let stamp = |f: &str| std::fs::metadata(dir.join(f)).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+        FolderStamp([stamp("adapter_config.json"), stamp("adapter_model.safetensors")])
+    }
 }
 
 impl<B: Backend> AdapterCache<B> {
@@ -176,6 +196,8 @@ impl<B: Backend> AdapterCache<B> {
             results: res_rx,
             worker,
             aliases: HashMap::new(),
+            stamps: HashMap::new(),
+            retired: Vec::new(),
         }
     }
 
@@ -212,10 +234,7 @@ impl<B: Backend> AdapterCache<B> {
             return Err(Error::UnknownAdapter(name.to_string()));
         }
         self.poll();
-        if self.device.get(name).is_some_and(|r| Arc::strong_count(&r.adapter) == 1) {
-            self.device.remove(name);
-        }
-        self.host.remove(name);
+        self.forget(name);
         Ok(())
     }
 
@@ -289,10 +308,33 @@ impl<B: Backend> AdapterCache<B> {
         self.clock
     }
 
-    /// Takes in finished background loads.
+    /// Takes in finished background loads; frees replaced versions nobody holds any more.
     pub fn poll(&mut self) {
         while let Ok((id, r)) = self.results.try_recv() {
             self.take_result(id, r);
+        }
+        self.retired.retain(|a| Arc::strong_count(a) > 1);
+    }
+
+    /// Forgets the cached copies of `id` when its folder's files changed since they were read
+    /// (or the folder is gone): the next load reads the new version.
+    fn drop_if_changed(&mut self, id: &str) {
+        let Some((dir, stamp)) = self.stamps.get(id) else { return };
+        if FolderStamp::of(dir) == *stamp {
+            return;
+        }
+        self.forget(id);
+    }
+
+    /// Drops every cached copy of `id`; a device copy that running requests hold is retired
+    /// (still counted against the budget) until they end.
+    fn forget(&mut self, id: &str) {
+        self.stamps.remove(id);
+        self.host.remove(id);
+        if let Some(r) = self.device.remove(id) {
+            if Arc::strong_count(&r.adapter) > 1 {
+                self.retired.push(r.adapter);
+            }
         }
     }
 
@@ -326,7 +368,9 @@ impl<B: Backend> AdapterCache<B> {
     }
 
     fn used_bytes(&self) -> usize {
-        self.device.values().map(|r| r.adapter.bytes).sum::<usize>() + self.loading.values().sum::<usize>()
+        self.device.values().map(|r| r.adapter.bytes).sum::<usize>()
+            + self.loading.values().sum::<usize>()
+            + self.retired.iter().map(|a| a.bytes).sum::<usize>()
     }
 
     /// Evicts least recently used unpinned adapters until `need` more bytes fit. Returns false
@@ -353,6 +397,7 @@ impl<B: Backend> AdapterCache<B> {
     /// See `AdapterStatus`. Never blocks on a load.
     pub fn request(&mut self, id: &str) -> Result<AdapterStatus<B>> {
         self.poll();
+        self.drop_if_changed(id);
         let t = self.tick();
         if let Some(r) = self.device.get_mut(id) {
             r.last_used = t;
@@ -375,6 +420,7 @@ impl<B: Backend> AdapterCache<B> {
             }
             None => {
                 let path = self.resolve(id)?;
+                self.stamps.insert(id.to_string(), (path.clone(), FolderStamp::of(&path)));
                 let bytes = self.estimate_bytes(id, &path)?;
                 let host = self.host.get_mut(id).map(|e| {
                     e.last_used = t;
