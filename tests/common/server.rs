@@ -16,6 +16,18 @@ pub struct ServerHandle {
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
+/// The `lorafleet` binary: cargo's own path in this crate's tests; in the trainer's tests, the
+/// one built beside `lorafleet-train` (`cargo test --workspace` builds both).
+pub fn lorafleet_bin() -> std::path::PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_lorafleet") {
+        return p.into();
+    }
+    let train = std::path::PathBuf::from(option_env!("CARGO_BIN_EXE_lorafleet-train").expect("a test of lorafleet or lorafleet-trainer"));
+    let p = train.with_file_name("lorafleet");
+    assert!(p.is_file(), "{} is missing: build the workspace first (`cargo test --workspace` builds it)", p.display());
+    p
+}
+
 /// The server process, killed when this is dropped (passing or not).
 pub struct TestServer {
     pub handle: ServerHandle,
@@ -53,7 +65,7 @@ impl TestServer {
     /// Starts `lorafleet serve ARGS` (plus `--port 0`) with the extra environment `envs`, and
     /// waits up to `wait` for its `listening on http://ADDR` line.
     pub fn start(args: &[&std::ffi::OsStr], envs: &[(&str, &str)], wait: Duration) -> TestServer {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lorafleet"));
+        let mut cmd = Command::new(lorafleet_bin());
         cmd.arg("serve").args(args).args(["--port", "0"]).stdout(Stdio::null()).stderr(Stdio::piped());
         for (k, v) in envs {
             cmd.env(k, v);

@@ -81,6 +81,12 @@ struct TrainArgs {
     /// Output directory: checkpoints, loss.jsonl, loss.png, adapter/.
     #[arg(long)]
     out: PathBuf,
+    /// Also publish the final adapter to this folder, e.g. `ADAPTER_DIR/NAME` of a running
+    /// `lorafleet serve`: the weights are written first and the config last (each through a
+    /// rename), so the server sees the folder only when it is complete and serves NAME from its
+    /// next request (a folder it already served is read again: the new version).
+    #[arg(long)]
+    adapter_out: Option<PathBuf>,
     #[arg(long, default_value_t = 8)]
     rank: usize,
     #[arg(long, default_value_t = 16.0)]
@@ -258,6 +264,23 @@ fn run_train(a: TrainArgs) -> Result<()> {
             s.tokens as f64 / s.elapsed_s.max(1e-9),
             a.out.join("loss.jsonl").display()
         );
+    }
+    if let Some(dest) = &a.adapter_out {
+        publish_adapter(&a.out.join("adapter"), dest)?;
+        eprintln!("adapter published to {}", dest.display());
+    }
+    Ok(())
+}
+
+/// Copies the adapter folder `from` to `to`: weights first, config last, each file through a
+/// temporary file and a rename (a server watching `to` never reads half a file, and reads the
+/// folder as an adapter only once its config is there).
+fn publish_adapter(from: &std::path::Path, to: &std::path::Path) -> lorafleet::Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| lorafleet::Error::io(to, e))?;
+    for f in ["adapter_model.safetensors", "adapter_config.json"] {
+        let src = from.join(f);
+        let bytes = std::fs::read(&src).map_err(|e| lorafleet::Error::io(&src, e))?;
+        lorafleet::lora::adapter::write_atomic(&to.join(f), &bytes)?;
     }
     Ok(())
 }
