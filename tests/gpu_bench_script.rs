@@ -20,7 +20,8 @@ fn gpu_bench_script_runs_to_its_table_on_a_tiny_shape() {
     let tok = if Path::new(".gpu/tokenizer/tokenizer.json").exists() { PathBuf::from(".gpu/tokenizer") } else { common::model_dir() };
     let script = if root.join("bench/gpu_bench.sh").exists() { root.join("bench/gpu_bench.sh") } else { PathBuf::from("bench/gpu_bench.sh") };
     let shape = script.parent().and_then(Path::parent).map(|r| r.join("tests/golden/tiny_shape.json")).unwrap_or_default();
-    let out = std::env::temp_dir().join(format!("lorafleet-gpu-bench-{}", std::process::id()));
+    let out_guard = tempfile::Builder::new().prefix("lorafleet-gpu-bench-").tempdir().unwrap();
+    let out = out_guard.path().to_path_buf();
     let mut cmd = Command::new("bash");
     cmd.arg(&script)
         .env("LORAFLEET", &bin)

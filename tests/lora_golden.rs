@@ -133,7 +133,8 @@ fn mixed_adapter_batch_equals_each_alone() {
 fn save_then_load_round_trips() {
     let f = fixture();
     let a = LoraAdapter::load("b", &adapter_dir("b_r16_qv_rslora"), &f.model.config, 128).unwrap();
-    let dir = std::env::temp_dir().join(format!("lorafleet-adapter-rt-{}", std::process::id()));
+    let dir_guard = tempfile::Builder::new().prefix("lorafleet-adapter-rt-").tempdir().unwrap();
+    let dir = dir_guard.path().to_path_buf();
     a.save(&dir).unwrap();
     let back = LoraAdapter::load("b2", &dir, &f.model.config, 128).unwrap();
     assert_eq!(back.config.rank_and_scale(3, LoraModule::Q), a.config.rank_and_scale(3, LoraModule::Q));
@@ -148,11 +149,10 @@ fn save_then_load_round_trips() {
 /// Writes a copy of `a_r8_all` with its config edited (and, with `transpose_a`, layer 0's
 /// q_proj A stored as [in, r]) and expects a load error whose message contains `want`.
 fn expect_reject(edit_config: impl Fn(&mut serde_json::Value), transpose_a: bool, max_rank: usize, want: &str) {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let f = fixture();
     let src = adapter_dir("a_r8_all");
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let dir = std::env::temp_dir().join(format!("lorafleet-bad-adapter-{}-{n}", std::process::id()));
+    let dir_guard = tempfile::Builder::new().prefix("lorafleet-bad-adapter-").tempdir().unwrap();
+    let dir = dir_guard.path().to_path_buf();
     let mut a = LoraAdapter::load("tmp", &src, &f.model.config, 128).unwrap();
     if transpose_a {
         let p = a.layers[0][LoraModule::Q.index()].as_mut().unwrap();

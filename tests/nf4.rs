@@ -100,7 +100,8 @@ fn reads_bitsandbytes_serialization_of_a_real_weight() {
     assert_close(&ours.dequantize(), &read.dequantize(), "up_proj dequant");
 
     // Our writer, read back by our reader: the same tensor.
-    let dir = std::env::temp_dir().join(format!("lorafleet-nf4-{}", std::process::id()));
+    let dir_guard = tempfile::Builder::new().prefix("lorafleet-nf4-").tempdir().unwrap();
+    let dir = dir_guard.path().to_path_buf();
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("w.safetensors");
     bnb::write_safetensors(&path, &bnb::serialize(UP3, &ours, "float32")).unwrap();

@@ -42,7 +42,8 @@ fn nf4_base_matches_bitsandbytes_logits() {
 /// exactly the logits of quantizing while loading; the CLI's `score --quantize nf4` agrees too.
 #[test]
 fn quantize_command_checkpoint_equals_quantize_while_loading() {
-    let out = std::env::temp_dir().join(format!("lorafleet-nf4-ckpt-{}", std::process::id()));
+    let out_guard = tempfile::Builder::new().prefix("lorafleet-nf4-ckpt-").tempdir().unwrap();
+    let out = out_guard.path().to_path_buf();
     let _ = std::fs::remove_dir_all(&out);
     let src = model_dir();
     let bin = env!("CARGO_BIN_EXE_lorafleet");

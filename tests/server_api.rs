@@ -234,7 +234,8 @@ fn vllm_adapter_routes(s: &TestServer, prompt: &str, want_text: &str, adapters: 
     assert_eq!(c["choices"][0]["text"], json!(want_text), "the loaded name serves the adapter");
     // A second load of the name, and a folder outside --adapter-dir, are refused.
     assert_eq!(s.post("/v1/load_lora_adapter", json!({"lora_name": "mine", "lora_path": path})).status, 422);
-    let outside = std::env::temp_dir().join(format!("lorafleet-outside-{}", std::process::id()));
+    let outside_guard = tempfile::Builder::new().prefix("lorafleet-outside-").tempdir().unwrap();
+    let outside = outside_guard.path().to_path_buf();
     std::fs::create_dir_all(&outside).unwrap();
     std::fs::copy(path.join("adapter_config.json"), outside.join("adapter_config.json")).unwrap();
     let r = s.post("/v1/load_lora_adapter", json!({"lora_name": "evil", "lora_path": outside}));

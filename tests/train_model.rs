@@ -11,7 +11,8 @@ fn tiny(quantize: Option<Quantization>) -> TrainModel {
     // One directory per call: tests run in parallel and each removes its own when done.
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let dir = std::env::temp_dir().join(format!("lorafleet-tiny-model-{}-{:?}-{n}", std::process::id(), quantize));
+    let dir_guard = tempfile::Builder::new().prefix("lorafleet-tiny-model-").tempdir().unwrap();
+    let dir = dir_guard.path().to_path_buf();
     lorafleet::train::tiny::write_tiny_model(&dir, 11).expect("write tiny model");
     let m = TrainModel::load(&dir, quantize).expect("load tiny model");
     let _ = std::fs::remove_dir_all(&dir);
@@ -161,7 +162,8 @@ fn shared_prefix_batches_give_the_packed_gradients() {
 
 #[test]
 fn lora_gradients_match_finite_differences_bf16_base() {
-    let dir = std::env::temp_dir().join(format!("lorafleet-tiny-model-{}-bf16", std::process::id()));
+    let dir_guard = tempfile::Builder::new().prefix("lorafleet-tiny-model-").tempdir().unwrap();
+    let dir = dir_guard.path().to_path_buf();
     lorafleet::train::tiny::write_tiny_model(&dir, 11).expect("write tiny model");
     let m = TrainModel::load_as(&dir, BaseFormat::Bf16).expect("load tiny model as bf16");
     let f = TrainModel::load_as(&dir, BaseFormat::F32).expect("load tiny model as f32");

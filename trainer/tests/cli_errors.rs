@@ -12,8 +12,10 @@ fn model() -> PathBuf {
     m
 }
 
-fn train(extra: &[&str], data: &std::path::Path, tag: &str) -> Output {
-    let out = std::env::temp_dir().join(format!("lorafleet-cli-errors-{}-{tag}", std::process::id()));
+/// `tag` names the case (each run gets its own fresh output dir).
+fn train(extra: &[&str], data: &std::path::Path, _tag: &str) -> Output {
+    let out_guard = tempfile::Builder::new().prefix("lorafleet-cli-errors-").tempdir().unwrap();
+    let out = out_guard.path().to_path_buf();
     let o = Command::new(env!("CARGO_BIN_EXE_lorafleet-train"))
         .args(["train", "--no-progress", "--max-steps", "1", "--model"])
         .arg(model())
@@ -36,7 +38,8 @@ fn refused(o: &Output, what: &str, needle: &str) {
 
 #[test]
 fn bad_arguments_and_data_fail_with_one_clear_error() {
-    let dir = std::env::temp_dir().join(format!("lorafleet-cli-errors-{}", std::process::id()));
+    let dir_guard = tempfile::Builder::new().prefix("lorafleet-cli-errors-").tempdir().unwrap();
+    let dir = dir_guard.path().to_path_buf();
     std::fs::create_dir_all(&dir).unwrap();
     let good = dir.join("good.jsonl");
     std::fs::write(&good, "{\"prompt\": \"Is it good?\", \"completion\": \"yes\"}\n").unwrap();

@@ -72,7 +72,8 @@ fn fuzz_child() {
     }
     let seed: u64 = std::env::var("LORAFLEET_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let cases: usize = std::env::var("LORAFLEET_FUZZ_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(2000);
-    let dir = std::env::temp_dir().join(format!("lorafleet-fuzz-{}", std::process::id()));
+    let dir_guard = tempfile::Builder::new().prefix("lorafleet-fuzz-").tempdir().unwrap();
+    let dir = dir_guard.path().to_path_buf();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let seeds = Seeds::make(&dir);

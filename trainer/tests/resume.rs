@@ -52,7 +52,8 @@ fn check(quantize: Option<Quantization>, batching: Batching) {
 }
 
 fn check_with(format: BaseFormat, batching: Batching, lora_dropout: f32) {
-    let tmp = std::env::temp_dir().join(format!("lorafleet-resume-{}-{format:?}-{batching:?}-{lora_dropout}", std::process::id()));
+    let tmp_guard = tempfile::Builder::new().prefix("lorafleet-resume-").tempdir().unwrap();
+    let tmp = tmp_guard.path().to_path_buf();
     let _ = std::fs::remove_dir_all(&tmp);
     lorafleet::train::tiny::write_tiny_model(&tmp.join("model"), 3).unwrap();
     let model = TrainModel::load_as(&tmp.join("model"), format).unwrap();
@@ -125,7 +126,8 @@ fn resumed_run_follows_the_same_loss_curve_bf16_with_lora_dropout() {
 /// plot of a log holding a NaN is drawn from the finite points (it used to loop forever).
 #[test]
 fn a_diverged_run_stops_with_an_error() {
-    let tmp = std::env::temp_dir().join(format!("lorafleet-diverge-{}", std::process::id()));
+    let tmp_guard = tempfile::Builder::new().prefix("lorafleet-diverge-").tempdir().unwrap();
+    let tmp = tmp_guard.path().to_path_buf();
     let _ = std::fs::remove_dir_all(&tmp);
     lorafleet::train::tiny::write_tiny_model(&tmp.join("model"), 3).unwrap();
     let model = TrainModel::load_as(&tmp.join("model"), BaseFormat::F32).unwrap();
@@ -154,7 +156,8 @@ fn a_diverged_run_stops_with_an_error() {
 #[test]
 fn inconsistent_checkpoints_are_refused() {
     use lorafleet::model::weights::WeightFiles;
-    let tmp = std::env::temp_dir().join(format!("lorafleet-bad-ckpt-{}", std::process::id()));
+    let tmp_guard = tempfile::Builder::new().prefix("lorafleet-bad-ckpt-").tempdir().unwrap();
+    let tmp = tmp_guard.path().to_path_buf();
     let _ = std::fs::remove_dir_all(&tmp);
     lorafleet::train::tiny::write_tiny_model(&tmp.join("model"), 3).unwrap();
     let model = TrainModel::load_as(&tmp.join("model"), BaseFormat::F32).unwrap();
