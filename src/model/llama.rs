@@ -13,19 +13,20 @@ use crate::quant::{bnb, Nf4Tensor, Quantization};
 use crate::kv::{BatchLayout, KvLayout};
 use crate::{Error, Result};
 
-struct Layer<B: Backend> {
-    input_norm: B::Vector,
-    q: B::Matrix,
-    k: B::Matrix,
-    v: B::Matrix,
-    o: B::Matrix,
-    q_bias: Option<B::Vector>,
-    k_bias: Option<B::Vector>,
-    v_bias: Option<B::Vector>,
-    post_norm: B::Vector,
-    gate: B::Matrix,
-    up: B::Matrix,
-    down: B::Matrix,
+/// One decoder layer's weights (serving and the trainer's frozen base share it).
+pub(crate) struct Layer<B: Backend> {
+    pub(crate) input_norm: B::Vector,
+    pub(crate) q: B::Matrix,
+    pub(crate) k: B::Matrix,
+    pub(crate) v: B::Matrix,
+    pub(crate) o: B::Matrix,
+    pub(crate) q_bias: Option<B::Vector>,
+    pub(crate) k_bias: Option<B::Vector>,
+    pub(crate) v_bias: Option<B::Vector>,
+    pub(crate) post_norm: B::Vector,
+    pub(crate) gate: B::Matrix,
+    pub(crate) up: B::Matrix,
+    pub(crate) down: B::Matrix,
 }
 
 /// Where `Llama::from_source` gets its weights, by HF tensor name.
@@ -39,7 +40,6 @@ pub trait WeightSource {
 }
 
 /// A checkpoint: NF4 weights as stored, else the linear weights as `opts.format` says.
-/// (The trainer's `TrainModel` loads its frozen base through it too.)
 pub(crate) struct FileSource<'a> {
     pub(crate) w: &'a WeightFiles,
     pub(crate) opts: LoadOptions,
@@ -92,11 +92,11 @@ pub struct Llama<B: Backend> {
     /// Unique in the process.
     pub id: u64,
     /// `[vocab, hidden]`; also the lm_head when the embeddings are tied.
-    embed: B::Matrix,
-    lm_head: Option<B::Matrix>,
-    norm: B::Vector,
-    layers: Vec<Layer<B>>,
-    rope: B::Rope,
+    pub(crate) embed: B::Matrix,
+    pub(crate) lm_head: Option<B::Matrix>,
+    pub(crate) norm: B::Vector,
+    pub(crate) layers: Vec<Layer<B>>,
+    pub(crate) rope: B::Rope,
 }
 
 /// How the decoder's linear weights (q, k, v, o, gate, up, down) are held in memory; embeddings,

@@ -20,44 +20,23 @@
 use std::path::Path;
 
 use crate::backend::cpu::{backward as bw, bf16, frozen, matmul, nf4, ops, CpuBackend, CpuMatrix, CpuWeight};
-use crate::backend::Backend;
 use crate::lora::{LoraAdapter, LoraModule, LoraPair};
 use crate::model::config::ModelConfig;
-use crate::model::llama::FileSource;
+use crate::model::llama::{Layer, Llama};
 use crate::model::weights::WeightFiles;
-use crate::model::{BaseFormat, LoadOptions, WeightSource};
+use crate::model::{BaseFormat, LoadOptions};
 use crate::quant::Quantization;
 use crate::{Error, Result};
 
 use super::batch::TrainBatch;
 use super::grads::LoraGrads;
 
-struct TrainLayer {
-    input_norm: Vec<f32>,
-    q: CpuMatrix,
-    k: CpuMatrix,
-    v: CpuMatrix,
-    o: CpuMatrix,
-    q_bias: Option<Vec<f32>>,
-    k_bias: Option<Vec<f32>>,
-    v_bias: Option<Vec<f32>>,
-    post_norm: Vec<f32>,
-    gate: CpuMatrix,
-    up: CpuMatrix,
-    down: CpuMatrix,
-}
-
-/// The frozen base on the CPU, dense f32 or NF4 per linear weight.
+/// The frozen base on the CPU: the serving decoder's own weights (`model::llama::Llama` on the
+/// CPU backend: one loader and one layer struct for serving and training), dense f32, bf16 or
+/// NF4 per linear weight.
 pub struct TrainModel {
     pub config: ModelConfig,
-    /// `[vocab, hidden]`; the lm_head too when tied.
-    embed: Vec<f32>,
-    lm_head: Option<Vec<f32>>,
-    norm: Vec<f32>,
-    layers: Vec<TrainLayer>,
-    /// `[max_pos, head_dim / 2]` each.
-    rope_cos: Vec<f32>,
-    rope_sin: Vec<f32>,
+    base: Llama<CpuBackend>,
 }
 
 /// How one forward + backward runs.
@@ -190,6 +169,15 @@ fn project_backward(
     }
 }
 
+/// The f32 data of a dense table (embeddings, lm_head: `Llama` uploads them with
+/// `upload_table`, which the CPU backend keeps dense).
+fn dense(m: &CpuMatrix) -> &[f32] {
+    match &m.weight {
+        CpuWeight::Dense(d) => d,
+        CpuWeight::Nf4(_) | CpuWeight::Bf16(_) => unreachable!("the CPU backend keeps tables dense"),
+    }
+}
+
 fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     let mut out = vec![0.0; x.len()];
     ops::rms_norm(x, w, eps, &mut out);
@@ -215,46 +203,26 @@ impl TrainModel {
     }
 
     pub fn from_weights_as(config: ModelConfig, w: &WeightFiles, format: BaseFormat) -> Result<Self> {
-        let be = CpuBackend::new();
-        let c = &config;
-        let (h, qd, kvd, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
-        let source = FileSource { w, opts: LoadOptions { format, progress: false } };
-        let linear = |name: &str, rows: usize, cols: usize| -> Result<CpuMatrix> { be.upload_matrix(source.linear(name, rows, cols)?) };
-        let vector = |name: &str, n: usize| -> Result<Vec<f32>> { Ok(w.f32_shaped(name, &[n])?.data) };
-        let mut layers = Vec::with_capacity(c.num_layers);
-        for i in 0..c.num_layers {
-            let p = format!("model.layers.{i}");
-            let bias = |n: &str, len: usize| -> Result<Option<Vec<f32>>> {
-                if c.attention_bias {
-                    vector(&format!("{p}.self_attn.{n}_proj.bias"), len).map(Some)
-                } else {
-                    Ok(None)
-                }
-            };
-            layers.push(TrainLayer {
-                input_norm: vector(&format!("{p}.input_layernorm.weight"), h)?,
-                q: linear(&format!("{p}.self_attn.q_proj.weight"), qd, h)?,
-                k: linear(&format!("{p}.self_attn.k_proj.weight"), kvd, h)?,
-                v: linear(&format!("{p}.self_attn.v_proj.weight"), kvd, h)?,
-                o: linear(&format!("{p}.self_attn.o_proj.weight"), h, qd)?,
-                q_bias: bias("q", qd)?,
-                k_bias: bias("k", kvd)?,
-                v_bias: bias("v", kvd)?,
-                post_norm: vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
-                gate: linear(&format!("{p}.mlp.gate_proj.weight"), ff, h)?,
-                up: linear(&format!("{p}.mlp.up_proj.weight"), ff, h)?,
-                down: linear(&format!("{p}.mlp.down_proj.weight"), h, ff)?,
-            });
-        }
-        let embed = w.f32_shaped("model.embed_tokens.weight", &[c.vocab_size, h])?.data;
-        let lm_head = if c.tie_word_embeddings && !w.contains("lm_head.weight") {
-            None
-        } else {
-            Some(w.f32_shaped("lm_head.weight", &[c.vocab_size, h])?.data)
-        };
-        let norm = vector("model.norm.weight", h)?;
-        let (rope_cos, rope_sin) = ops::rope_tables(&c.rope_inv_freq(), c.max_position_embeddings);
-        Ok(TrainModel { config, embed, lm_head, norm, layers, rope_cos, rope_sin })
+        let base = Llama::from_weights_with(&CpuBackend::new(), config.clone(), w, LoadOptions { format, progress: false })?;
+        Ok(TrainModel { config, base })
+    }
+
+    fn layer(&self, li: usize) -> &Layer<CpuBackend> {
+        &self.base.layers[li]
+    }
+
+    fn num_layers(&self) -> usize {
+        self.base.layers.len()
+    }
+
+    /// `[max_pos, head_dim / 2]` cos and sin tables.
+    fn rope(&self) -> (&[f32], &[f32]) {
+        self.base.rope.tables()
+    }
+
+    /// `[vocab, hidden]` f32 (the loader keeps embeddings and lm_head dense).
+    fn embed(&self) -> &[f32] {
+        dense(&self.base.embed)
     }
 
     fn check_adapter(&self, adapter: &LoraAdapter) -> Result<()> {
@@ -284,7 +252,8 @@ impl TrainModel {
     /// One layer's forward from its input `x_in [T, hidden]`: the output and the saved activations.
     fn layer_forward(&self, li: usize, x_in: &[f32], batch: &TrainBatch, adapter: &LoraAdapter, opts: &StepOptions) -> (Vec<f32>, LayerActs) {
         let c = &self.config;
-        let l = &self.layers[li];
+        let l = self.layer(li);
+        let (rope_cos, rope_sin) = self.rope();
         let t = batch.ids.len();
         let pair = |m: LoraModule| adapter.layers[li][m.index()].as_ref();
         let dropout = |m: LoraModule, width: usize| dropout_mask(adapter, opts, li, m, t * width);
@@ -297,8 +266,8 @@ impl TrainModel {
         lora_xa[LoraModule::K.index()] = xa;
         let (v, xa) = project(&hn1, &l.v, l.v_bias.as_ref(), LoraModule::V);
         lora_xa[LoraModule::V.index()] = xa;
-        ops::rope_inplace(&mut q, &batch.positions, c.num_heads, c.head_dim, &self.rope_cos, &self.rope_sin);
-        ops::rope_inplace(&mut k, &batch.positions, c.num_kv_heads, c.head_dim, &self.rope_cos, &self.rope_sin);
+        ops::rope_inplace(&mut q, &batch.positions, c.num_heads, c.head_dim, rope_cos, rope_sin);
+        ops::rope_inplace(&mut k, &batch.positions, c.num_kv_heads, c.head_dim, rope_cos, rope_sin);
         let (attn, lse) = bw::causal_attention_forward(&q, &k, &v, &batch.seqs, c.num_heads, c.num_kv_heads, c.head_dim);
         let (o, xa) = project(&attn, &l.o, None, LoraModule::O);
         lora_xa[LoraModule::O.index()] = xa;
@@ -333,7 +302,8 @@ impl TrainModel {
         opts: &StepOptions,
     ) -> Vec<f32> {
         let c = &self.config;
-        let l = &self.layers[li];
+        let l = self.layer(li);
+        let (rope_cos, rope_sin) = self.rope();
         let t = batch.ids.len();
         let (h, qd, kvd, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
         let pair = |m: LoraModule| adapter.layers[li][m.index()].as_ref();
@@ -361,8 +331,8 @@ impl TrainModel {
         let (mut dq, mut dk, dv) =
             bw::causal_attention_backward(&a.q, &a.k, &a.v, &a.attn, &a.lse, &d_attn, &batch.seqs, c.num_heads, c.num_kv_heads, c.head_dim);
         debug_assert_eq!(dk.len(), t * kvd);
-        bw::rope_backward_inplace(&mut dq, &batch.positions, c.num_heads, c.head_dim, &self.rope_cos, &self.rope_sin);
-        bw::rope_backward_inplace(&mut dk, &batch.positions, c.num_kv_heads, c.head_dim, &self.rope_cos, &self.rope_sin);
+        bw::rope_backward_inplace(&mut dq, &batch.positions, c.num_heads, c.head_dim, rope_cos, rope_sin);
+        bw::rope_backward_inplace(&mut dk, &batch.positions, c.num_kv_heads, c.head_dim, rope_cos, rope_sin);
         let mut d_hn1 = vec![0.0; t * h];
         for (m, w, dy, acc) in [(LoraModule::Q, &l.q, &dq, false), (LoraModule::K, &l.k, &dk, true), (LoraModule::V, &l.v, &dv, true)] {
             project_backward(dy, &a.hn1, t, w, pair(m), a.lora_xa[m.index()].as_ref(), g[m.index()].as_mut(), dropout(m, h).as_deref(), &mut d_hn1, acc);
@@ -379,17 +349,17 @@ impl TrainModel {
         for &r in &batch.label_rows {
             sel.extend_from_slice(&x[r * h..(r + 1) * h]);
         }
-        let normed = rms_norm(&sel, &self.norm, self.config.rms_norm_eps);
+        let normed = rms_norm(&sel, &self.base.norm, self.config.rms_norm_eps);
         (sel, normed)
     }
 
     fn lm_head(&self) -> &[f32] {
-        self.lm_head.as_deref().unwrap_or(&self.embed)
+        self.base.lm_head.as_ref().map_or_else(|| self.embed(), dense)
     }
 
     /// Bytes the decoder's frozen linear weights take in memory (what `BaseFormat` changes).
     pub fn linear_weight_bytes(&self) -> usize {
-        self.layers.iter().flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]).map(|m| m.weight.bytes()).sum()
+        self.base.layers.iter().flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]).map(|m| m.weight.bytes()).sum()
     }
 
     /// The weighted loss `Σ_rows weight · CE` of a batch (forward only): every labelled row
@@ -402,7 +372,7 @@ impl TrainModel {
             return Ok(0.0);
         }
         let mut x = self.embed_rows(&batch.ids);
-        for li in 0..self.layers.len() {
+        for li in 0..self.num_layers() {
             x = self.layer_forward(li, &x, batch, adapter, &opts).0;
         }
         let (_, normed) = self.head_inputs(&x, batch);
@@ -413,7 +383,7 @@ impl TrainModel {
     fn embed_rows(&self, ids: &[u32]) -> Vec<f32> {
         let h = self.config.hidden_size;
         let mut x = vec![0.0; ids.len() * h];
-        ops::embedding(&self.embed, h, ids, &mut x);
+        ops::embedding(self.embed(), h, ids, &mut x);
         x
     }
 
@@ -428,10 +398,10 @@ impl TrainModel {
         }
         let (h, t) = (self.config.hidden_size, batch.ids.len());
         // Forward, keeping each layer's input (and, unless checkpointing, its activations).
-        let mut inputs: Vec<Vec<f32>> = Vec::with_capacity(self.layers.len());
-        let mut saved: Vec<Option<LayerActs>> = Vec::with_capacity(self.layers.len());
+        let mut inputs: Vec<Vec<f32>> = Vec::with_capacity(self.num_layers());
+        let mut saved: Vec<Option<LayerActs>> = Vec::with_capacity(self.num_layers());
         let mut x = self.embed_rows(&batch.ids);
-        for li in 0..self.layers.len() {
+        for li in 0..self.num_layers() {
             let (x_out, acts) = self.layer_forward(li, &x, batch, adapter, &opts);
             saved.push(if opts.checkpoint_activations { None } else { Some(acts) });
             inputs.push(std::mem::replace(&mut x, x_out));
@@ -442,7 +412,7 @@ impl TrainModel {
         let weights = vec![weight; batch.targets.len()];
         let (loss, d_normed) = bw::cross_entropy_lm_head(&normed, self.lm_head(), h, &batch.targets, &weights, opts.vocab_chunk);
         let mut d_sel = vec![0.0; sel.len()];
-        bw::rms_norm_backward(&sel, &self.norm, self.config.rms_norm_eps, &d_normed, &mut d_sel, false);
+        bw::rms_norm_backward(&sel, &self.base.norm, self.config.rms_norm_eps, &d_normed, &mut d_sel, false);
         let mut dx = vec![0.0; t * h];
         for (i, &r) in batch.label_rows.iter().enumerate() {
             for (d, &v) in dx[r * h..(r + 1) * h].iter_mut().zip(&d_sel[i * h..(i + 1) * h]) {
@@ -450,7 +420,7 @@ impl TrainModel {
             }
         }
         // Backward, last layer first, freeing each layer's activations once used.
-        for li in (0..self.layers.len()).rev() {
+        for li in (0..self.num_layers()).rev() {
             let x_in = inputs.pop().ok_or_else(|| Error::InvalidArgument("internal: missing layer input".into()))?;
             let acts = match saved.pop().flatten() {
                 Some(a) => a,

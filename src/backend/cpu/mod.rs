@@ -61,6 +61,13 @@ pub struct CpuRope {
     max_pos: usize,
 }
 
+impl CpuRope {
+    /// `[max_pos, half_dim]` cos and sin tables (the trainer's RoPE and its backward read them).
+    pub(crate) fn tables(&self) -> (&[f32], &[f32]) {
+        (&self.cos, &self.sin)
+    }
+}
+
 /// A forward step on the CPU: the batch layout, ids, logit rows, head layout and LoRA runs.
 pub struct CpuStep<'a> {
     batch: BatchLayout,
