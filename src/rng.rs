@@ -1,6 +1,16 @@
 //! SplitMix64: a tiny seeded generator for reproducible random weights, adapters, test inputs
 //! and load-test payloads (no dependency; not for anything that needs real randomness).
 
+/// One SplitMix64 step on a bare state word (Steele, Lea and Flood's constants): advances
+/// `state` and returns the next output. Shared with the trainer's checkpointed generator.
+pub fn splitmix64_next(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 #[derive(Debug, Clone)]
 pub struct SplitMix64(u64);
 
@@ -10,11 +20,7 @@ impl SplitMix64 {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        splitmix64_next(&mut self.0)
     }
 
     /// Uniform in [0, 1), 24 bits.
