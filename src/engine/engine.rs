@@ -564,8 +564,9 @@ impl<B: Backend> Worker<B> {
             }
             s.table = Some(table);
             s.adapter = ready.iter().find(|(k, _)| *k == key).and_then(|(_, a)| a.clone());
+            let first_admission = s.admitted.is_none();
             s.admitted.get_or_insert(now);
-            if s.out.options.prompt_logprobs && s.admitted == Some(now) && s.preemptions == 0 {
+            if s.out.options.prompt_logprobs && first_admission {
                 // Once, at the first admission: the prompt's log-probabilities by a forward of
                 // their own (the request asked for them; others are not slowed but by this step).
                 let prompt = s.tokens[..s.prompt_len].to_vec();
