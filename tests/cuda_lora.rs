@@ -27,73 +27,15 @@ use lorafleet::backend::cuda::ffi::{LF_LORA_MAX_RANK, LF_LORA_TILE_TOKENS};
 use lorafleet::backend::cuda::lora::{
     plan_lora, CudaLora, CudaLoraSegment, LoraKernel, LoraSegmentDesc, LoraShape,
 };
-use lorafleet::backend::cuda::{test_device, CudaElem, CudaDevice, DType};
-use lorafleet::Error;
+use lorafleet::backend::cuda::{test_device, CudaDevice, DType};
 use lorafleet::rng::SplitMix64 as Rng;
+
+mod common;
+use common::cuda_elem::{is_invalid_argument, quantize, TestElem, GUARD};
+use common::rel_l2_f32 as rel_l2;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-trait TestElem: CudaElem + cudarc::driver::ValidAsZeroBits + std::fmt::Debug + PartialEq {
-    const NAME: &'static str;
-    const TOL: f64;
-    fn from_f32(v: f32) -> Self;
-    fn to_f32(self) -> f32;
-}
-
-impl TestElem for f32 {
-    const NAME: &'static str = "f32";
-    const TOL: f64 = 1e-5;
-    fn from_f32(v: f32) -> Self {
-        v
-    }
-    fn to_f32(self) -> f32 {
-        self
-    }
-}
-
-impl TestElem for bf16 {
-    const NAME: &'static str = "bf16";
-    const TOL: f64 = 1e-2;
-    fn from_f32(v: f32) -> Self {
-        bf16::from_f32(v)
-    }
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
-}
-
-/// The values in T, and the same values back in f32 (what the CPU twin is given).
-fn quantize<T: TestElem>(v: &[f32]) -> (Vec<T>, Vec<f32>) {
-    let t: Vec<T> = v.iter().map(|&x| T::from_f32(x)).collect();
-    let f = t.iter().map(|&x| x.to_f32()).collect();
-    (t, f)
-}
-
-fn rel_l2(got: &[f32], want: &[f32], what: &str) -> f64 {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
-        panic!("{what}: element {i} is {} (overflowed or garbage); want {}", got[i], want[i]);
-    }
-    let (mut num, mut den) = (0f64, 0f64);
-    for (&g, &w) in got.iter().zip(want) {
-        num += (g as f64 - w as f64).powi(2);
-        den += (w as f64).powi(2);
-    }
-    assert!(den > 0.0, "{what}: the reference is all zeros: the test inputs are wrong");
-    (num / den).sqrt()
-}
-
-fn is_invalid_argument<T>(r: lorafleet::Result<T>, needle: &str) {
-    match r {
-        Err(Error::InvalidArgument(m)) => assert!(m.contains(needle), "message {m:?} lacks {needle:?}"),
-        Err(e) => panic!("expected InvalidArgument containing {needle:?}, got {e}"),
-        Ok(_) => panic!("expected InvalidArgument containing {needle:?}, got Ok"),
-    }
-}
-
-/// Guard elements before and after every x and y view.
-const GUARD: usize = 24;
 
 /// One adapter: A `[rank, d_in]`, B `[d_out, rank]` in T and f32, and its scale.
 struct Adapter<T> {

@@ -26,54 +26,17 @@ use half::bf16;
 use lorafleet::backend::cuda::nf4::{
     plan_nf4_linear, CudaNf4, CudaNf4Weight, Nf4Buffers, Nf4Kernel, Nf4Override, Nf4Path, Nf4Shape,
 };
-use lorafleet::backend::cuda::{big_shapes, test_device, CudaElem, CudaDevice, DType, BIG_SHAPES_ENV};
+use lorafleet::backend::cuda::{big_shapes, test_device, CudaDevice, DType, BIG_SHAPES_ENV};
 use lorafleet::quant::nf4::NF4_CODE;
 use lorafleet::quant::{Absmax, Nf4Tensor};
-use lorafleet::Error;
 use rayon::prelude::*;
 use lorafleet::rng::SplitMix64 as Rng;
 
+mod common;
+use common::cuda_elem::{is_invalid_argument, TestElem, GUARD};
+
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-trait TestElem: CudaElem + std::fmt::Debug {
-    const NAME: &'static str;
-    /// Relative L2 bound of the output.
-    const TOL: f64;
-    fn from_f32(v: f32) -> Self;
-    fn to_f32(self) -> f32;
-    fn nan() -> Self;
-}
-
-impl TestElem for f32 {
-    const NAME: &'static str = "f32";
-    const TOL: f64 = 1e-5;
-    fn from_f32(v: f32) -> Self {
-        v
-    }
-    fn to_f32(self) -> f32 {
-        self
-    }
-    fn nan() -> Self {
-        f32::NAN
-    }
-}
-
-impl TestElem for bf16 {
-    const NAME: &'static str = "bf16";
-    const TOL: f64 = 1e-2;
-    fn from_f32(v: f32) -> Self {
-        bf16::from_f32(v)
-    }
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
-    fn nan() -> Self {
-        bf16::NAN
-    }
-}
-
-const GUARD: usize = 24;
 
 /// `y [m, n] = x [m, k] · wᵀ`, f64 accumulation (w: the dequantized `[n, k]`).
 fn reference(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> Vec<f32> {
@@ -381,14 +344,6 @@ fn linear_alloc_is_deterministic() {
         let xf: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
         let got: Vec<f32> = a.iter().map(|v| v.to_f32()).collect();
         check_close(&got, &reference(&xf, m, &w.dense, 257, 1024), 1e-2, true, &format!("linear_alloc m {m}"));
-    }
-}
-
-fn is_invalid_argument<T>(r: lorafleet::Result<T>, needle: &str) {
-    match r {
-        Err(Error::InvalidArgument(m)) => assert!(m.contains(needle), "message {m:?} lacks {needle:?}"),
-        Err(e) => panic!("expected InvalidArgument containing {needle:?}, got {e}"),
-        Ok(_) => panic!("expected InvalidArgument containing {needle:?}, got Ok"),
     }
 }
 

@@ -15,54 +15,15 @@
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use half::bf16;
 use lorafleet::backend::cpu::ops as cpu;
-use lorafleet::backend::cuda::{test_device, validate, CudaElem, CudaDevice, RopeDims};
-use lorafleet::Error;
+use lorafleet::backend::cuda::{test_device, validate, CudaDevice, RopeDims};
 use lorafleet::rng::SplitMix64 as Rng;
+
+mod common;
+use common::cuda_elem::{is_invalid_argument, quantize, TestElem, GUARD};
+use common::rel_l2_f32 as rel_l2;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// A storage type under test: conversions to and from f32 and the parity tolerance.
-trait TestElem: CudaElem + PartialEq + std::fmt::Debug {
-    const NAME: &'static str;
-    /// Relative L2 error allowed against the f32 CPU twin.
-    const TOL: f64;
-    fn from_f32(v: f32) -> Self;
-    fn to_f32(self) -> f32;
-}
-
-impl TestElem for f32 {
-    const NAME: &'static str = "f32";
-    const TOL: f64 = 1e-5;
-    fn from_f32(v: f32) -> Self {
-        v
-    }
-    fn to_f32(self) -> f32 {
-        self
-    }
-}
-
-impl TestElem for bf16 {
-    const NAME: &'static str = "bf16";
-    const TOL: f64 = 1e-2;
-    fn from_f32(v: f32) -> Self {
-        bf16::from_f32(v)
-    }
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
-}
-
-/// Values rounded to the storage type (the host copy of what the GPU gets), and back to f32
-/// (what the CPU twin gets).
-fn quantize<T: TestElem>(v: &[f32]) -> (Vec<T>, Vec<f32>) {
-    let t: Vec<T> = v.iter().map(|&x| T::from_f32(x)).collect();
-    let f = t.iter().map(|&x| x.to_f32()).collect();
-    (t, f)
-}
-
-/// Guard elements on each side of every buffer a kernel sees.
-const GUARD: usize = 24;
 
 /// Offsets of a view in its allocation: 16 elements (16-byte aligned for f32 and bf16: the vector
 /// path where the length allows) and 1 element (misaligned: the scalar path).
@@ -95,33 +56,9 @@ fn unpad<T: TestElem>(ops: &CudaDevice, buf: &CudaSlice<T>, off: usize, len: usi
     host[off..off + len].iter().map(|&x| x.to_f32()).collect()
 }
 
-/// Relative L2 error of `got` against `want`, failing on any non-finite element of `got` (an
-/// element left NaN-poisoned).
-fn rel_l2(got: &[f32], want: &[f32], what: &str) -> f64 {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
-        panic!("{what}: element {i} is {} (unwritten or overflowed); want {}", got[i], want[i]);
-    }
-    let (mut num, mut den) = (0f64, 0f64);
-    for (&g, &w) in got.iter().zip(want) {
-        num += (g as f64 - w as f64).powi(2);
-        den += (w as f64).powi(2);
-    }
-    assert!(den > 0.0, "{what}: the reference is all zeros: the test inputs are wrong");
-    (num / den).sqrt()
-}
-
 fn assert_close<T: TestElem>(got: &[f32], want: &[f32], what: &str) {
     let e = rel_l2(got, want, what);
     assert!(e < T::TOL, "{what}: relative L2 error {e:.3e} >= {:.0e}", T::TOL);
-}
-
-fn is_invalid_argument<T>(r: lorafleet::Result<T>, needle: &str) {
-    match r {
-        Err(Error::InvalidArgument(m)) => assert!(m.contains(needle), "message {m:?} lacks {needle:?}"),
-        Err(e) => panic!("expected InvalidArgument containing {needle:?}, got {e}"),
-        Ok(_) => panic!("expected InvalidArgument containing {needle:?}, got Ok"),
-    }
 }
 
 const ROWS: [usize; 3] = [1, 3, 77];

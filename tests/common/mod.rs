@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 use lorafleet::model::weights::WeightFiles;
 
+pub mod cuda_elem;
 pub mod server;
 
 pub const MODEL: &str = "smollm2-135m-instruct";
