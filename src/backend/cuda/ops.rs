@@ -9,11 +9,11 @@
 //!
 //! `T` is the storage type (f32 or bf16, `CudaElem`); RoPE tables are f32 for both.
 
-use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, DeviceSlice, LaunchConfig};
 
 use crate::Result;
 
-use super::ffi::{LfBiasParams, LfElementwiseParams, LfEmbeddingParams, LfRopeParams};
+use super::ffi::{LfBiasParams, LfElementwiseParams, LfEmbeddingParams, LfRmsNormParams, LfRopeParams};
 
 use super::device::CudaDevice;
 use super::dtype::{CudaElem, DType};
@@ -31,6 +31,24 @@ impl CudaDevice {
         unsafe { launch_kernel(&self.stream, f, name, cfg, args) }
     }
 
+    /// The checks every RMSNorm launch makes before it runs: the shapes (`validate::rms_norm`)
+    /// and that the three buffers live on this device's context.
+    fn rms_norm_params<X, W, O>(
+        &self,
+        x: &impl DeviceSlice<X>,
+        w: &impl DeviceSlice<W>,
+        out: &impl DeviceSlice<O>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<LfRmsNormParams> {
+        let p = validate::rms_norm(x.len(), w.len(), out.len(), rows, cols, eps)?;
+        self.check_context("rms_norm", "x", x)?;
+        self.check_context("rms_norm", "w", w)?;
+        self.check_context("rms_norm", "out", out)?;
+        Ok(p)
+    }
+
     /// RMSNorm into `out`: `out[r] = w * (x[r] * rsqrt(mean(x[r]^2) + eps))`.
     /// x, out: `[rows, cols]`; w: `[cols]`.
     pub fn rms_norm_into<T: CudaElem>(
@@ -42,10 +60,7 @@ impl CudaDevice {
         cols: usize,
         eps: f32,
     ) -> Result<()> {
-        let p = validate::rms_norm(x.len(), w.len(), out.len(), rows, cols, eps)?;
-        self.check_context("rms_norm", "x", x)?;
-        self.check_context("rms_norm", "w", w)?;
-        self.check_context("rms_norm", "out", out)?;
+        let p = self.rms_norm_params(x, w, out, rows, cols, eps)?;
         let cfg = launch::rms_norm(&p, T::DTYPE);
         let (xp, _x) = x.device_ptr(&self.stream);
         let (wp, _w) = w.device_ptr(&self.stream);
@@ -262,10 +277,7 @@ impl CudaDevice {
         cols: usize,
         eps: f32,
     ) -> Result<()> {
-        let p = validate::rms_norm(x.len(), w.len(), out.len(), rows, cols, eps)?;
-        self.check_context("rms_norm", "x", x)?;
-        self.check_context("rms_norm", "w", w)?;
-        self.check_context("rms_norm", "out", out)?;
+        let p = self.rms_norm_params(x, w, out, rows, cols, eps)?;
         let cfg = launch::rms_norm(&p, DType::F32);
         let (xp, _x) = x.device_ptr(&self.stream);
         let (wp, _w) = w.device_ptr(&self.stream);
