@@ -8,11 +8,11 @@ mod common;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{model_dir, tiny_config};
+use common::{greedy, model_dir, solo_tokens, tiny_config, wait_until};
 use lorafleet::backend::cuda::{test_device, CudaBackend, DType};
-use lorafleet::engine::{CacheOptions, Engine, EngineOptions, GenerateOptions, GenerateRequest, Generator, Prompt, SamplingParams, SeqRequest};
+use lorafleet::engine::{CacheOptions, Engine, EngineOptions, GenerateRequest, Prompt};
 use lorafleet::lora::{LoadedAdapter, LoraAdapter, LoraModule};
 use lorafleet::model::random::RandomWeights;
 use lorafleet::model::Llama;
@@ -47,10 +47,6 @@ fn fixture(test: &str) -> Option<&'static Fixture> {
     .as_ref()
 }
 
-fn greedy(n: usize) -> GenerateOptions {
-    GenerateOptions { max_new_tokens: n, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: true, logprobs: None, prompt_logprobs: false }
-}
-
 fn start(f: &Fixture, opts: EngineOptions) -> Engine {
     let opts = EngineOptions {
         cache: CacheOptions { adapter_dir: Some(f.adapter_dir.clone()), max_host_adapters: 8, device_budget_bytes: 1 << 26, max_rank: 64, allow_paths: true, synthetic: None },
@@ -70,17 +66,7 @@ fn alone(f: &Fixture, prompt: &[u32], adapter: Option<&str>, n: usize) -> Vec<u3
         let a = LoraAdapter::load(id, &f.adapter_dir.join(id), &f.model.config, 64).unwrap();
         LoadedAdapter::upload(&*f.be, &a).unwrap()
     });
-    let g = Generator::new(&f.model, &*f.be, &f.tok);
-    let req = SeqRequest { prompt_ids: prompt.to_vec(), options: greedy(n) };
-    g.generate_with_adapters(&[req], &[loaded.as_ref()], |_, _| {}).unwrap().remove(0).unwrap().token_ids
-}
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !cond() {
-        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    solo_tokens(&f.model, &*f.be, &f.tok, prompt, loaded.as_ref(), n)
 }
 
 #[test]

@@ -13,7 +13,7 @@ mod common;
 
 use common::*;
 use lorafleet::backend::cuda::{test_device, CudaBackend, DType};
-use lorafleet::engine::{score, score_with_adapter, GenerateOptions, Generator, SamplingParams, SeqRequest};
+use lorafleet::engine::{score, score_with_adapter, Generator, SeqRequest};
 use lorafleet::lora::{LoadedAdapter, LoraAdapter};
 use lorafleet::model::{BaseFormat, Llama, LoadOptions};
 use lorafleet::TextTokenizer;
@@ -49,10 +49,6 @@ fn load(test: &str, act: DType, format: BaseFormat, with_adapters: bool) -> Opti
 
 fn prompts() -> Vec<serde_json::Value> {
     golden_json()["prompts"].as_array().unwrap().clone()
-}
-
-fn greedy(max_new_tokens: usize) -> GenerateOptions {
-    GenerateOptions { max_new_tokens, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: true, logprobs: None, prompt_logprobs: false }
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use lorafleet::backend::cpu::CpuBackend;
 use lorafleet::engine::{
-    CacheOptions, Engine, EngineOptions, Event, GenerateOptions, GenerateRequest, Generator, Prompt, SamplingParams, SeqRequest,
+    CacheOptions, Engine, EngineOptions, Event, GenerateOptions, GenerateRequest, Prompt, SamplingParams,
 };
 use lorafleet::lora::{LoadedAdapter, LoraAdapter, LoraModule};
 use lorafleet::model::Llama;
@@ -70,10 +70,6 @@ fn start(opts: EngineOptions) -> Engine {
     Engine::start(f.be.clone(), f.model.clone(), f.tok.clone(), opts).expect("start engine")
 }
 
-fn greedy(max_new_tokens: usize) -> GenerateOptions {
-    GenerateOptions { max_new_tokens, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: true, logprobs: None, prompt_logprobs: false }
-}
-
 /// Prompts of varied lengths (3 to ~150 tokens).
 fn prompts(n: usize) -> Vec<Vec<u32>> {
     let f = fixture();
@@ -116,19 +112,9 @@ impl Reference {
             });
         }
         let loaded = adapter.map(|id| &self.adapters[id]);
-        let g = Generator::new(&f.model, &*f.be, &f.tok);
-        let req = SeqRequest { prompt_ids: prompt.to_vec(), options: greedy(max_new) };
-        let out = g.generate_with_adapters(&[req], &[loaded], |_, _| {}).unwrap().remove(0).unwrap();
-        self.memo.insert(key, out.token_ids.clone());
-        out.token_ids
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !cond() {
-        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
+        let out = solo_tokens(&f.model, &*f.be, &f.tok, prompt, loaded, max_new);
+        self.memo.insert(key, out.clone());
+        out
     }
 }
 

@@ -140,3 +140,39 @@ pub fn scored_logprobs(prompt: &[u32], gen: &[u32]) -> Vec<f64> {
         })
         .collect()
 }
+
+/// Greedy generation of exactly `max_new_tokens` (EOS ignored): the engine tests' requests.
+pub fn greedy(max_new_tokens: usize) -> lorafleet::engine::GenerateOptions {
+    lorafleet::engine::GenerateOptions {
+        max_new_tokens,
+        sampling: lorafleet::engine::SamplingParams::greedy(),
+        stop: vec![],
+        ignore_eos: true,
+        logprobs: None,
+        prompt_logprobs: false,
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds; fails the test after `timeout`.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The tokens `Generator` gives one sequence alone, greedy, on any backend: the reference the
+/// engine's batched answers are held to.
+pub fn solo_tokens<B: lorafleet::backend::Backend>(
+    model: &lorafleet::model::Llama<B>,
+    be: &B,
+    tok: &lorafleet::TextTokenizer,
+    prompt: &[u32],
+    adapter: Option<&lorafleet::lora::LoadedAdapter<B>>,
+    max_new_tokens: usize,
+) -> Vec<u32> {
+    let g = lorafleet::engine::Generator::new(model, be, tok);
+    let req = lorafleet::engine::SeqRequest { prompt_ids: prompt.to_vec(), options: greedy(max_new_tokens) };
+    g.generate_with_adapters(&[req], &[adapter], |_, _| {}).expect("generate").remove(0).expect("the sequence").token_ids
+}
