@@ -8,15 +8,11 @@ use lorafleet::quant::Quantization;
 use lorafleet::train::{BaseFormat, Example, LoraGrads, StepOptions, TrainBatch, TrainModel};
 
 fn tiny(quantize: Option<Quantization>) -> TrainModel {
-    // One directory per call: tests run in parallel and each removes its own when done.
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    // One fresh directory per call (tests run in parallel), removed when the guard drops.
     let dir_guard = tempfile::Builder::new().prefix("lorafleet-tiny-model-").tempdir().unwrap();
     let dir = dir_guard.path().to_path_buf();
     lorafleet::train::tiny::write_tiny_model(&dir, 11).expect("write tiny model");
-    let m = TrainModel::load(&dir, quantize).expect("load tiny model");
-    let _ = std::fs::remove_dir_all(&dir);
-    m
+    TrainModel::load(&dir, quantize).expect("load tiny model")
 }
 
 fn examples() -> Vec<Example> {
