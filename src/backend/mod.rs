@@ -12,6 +12,7 @@ pub mod layout;
 pub mod numeric;
 pub mod random;
 pub mod sampling;
+pub mod train;
 
 use crate::kv::{BatchLayout, KvLayout};
 use crate::lora::{LoadedAdapter, LoraModule};

@@ -9,6 +9,7 @@ pub mod lora;
 pub mod matmul;
 pub mod nf4;
 pub mod ops;
+pub mod train;
 
 use super::{Backend, HostWeight, LoraRun, StepSpec};
 use crate::kv::{BatchLayout, KvLayout};
@@ -59,13 +60,6 @@ pub struct CpuRope {
     cos: Vec<f32>,
     sin: Vec<f32>,
     max_pos: usize,
-}
-
-impl CpuRope {
-    /// `[max_pos, half_dim]` cos and sin tables (the trainer's RoPE and its backward read them).
-    pub(crate) fn tables(&self) -> (&[f32], &[f32]) {
-        (&self.cos, &self.sin)
-    }
 }
 
 /// A forward step on the CPU: the batch layout, ids, logit rows, head layout and LoRA runs.

@@ -1,0 +1,91 @@
+//! The training half of a backend: the ops the QLoRA trainer (`crate::train::TrainModel`) needs
+//! beyond the serving forward. The trainer's forward is the serving ops (`Backend::linear`,
+//! `rms_norm`, `silu_mul`, `add_assign`) plus the few that differ in training (whole sequences
+//! of a packed batch instead of a paged cache, saved log-sum-exps, LoRA with its `x·Aᵀ` kept),
+//! and its backward is the ops here. The CPU backend implements them with the functions of
+//! `backend::cpu::backward` (the reference); a GPU backend with its training kernels.
+//!
+//! Shapes: activations `[T, width]` for the batch's `T` rows; q `[T, heads · head_dim]`,
+//! k and v `[T, kv_heads · head_dim]`; LoRA A `[r, in]`, B `[out, r]` as tensors (the trainer
+//! uploads the adapter each step: it changes at every update); the frozen base never gets a
+//! gradient, only its inputs do.
+
+use super::Backend;
+use crate::model::config::ModelConfig;
+use crate::train::TrainBatch;
+use crate::Result;
+
+pub trait TrainBackend: Backend {
+    /// A packed training batch on the backend: ids, positions, sequence spans, labelled rows and
+    /// targets, with the head layout; validated and (on a GPU) uploaded once per batch.
+    type Batch: Send;
+
+    /// Checks `batch` against the model (ids in the vocabulary, positions in the RoPE table,
+    /// spans inside the batch, labelled rows and targets in range) and prepares it.
+    fn begin_batch(&self, batch: &TrainBatch, config: &ModelConfig) -> Result<Self::Batch>;
+
+    /// `[T, hidden]`: the rows of `table` for the batch's ids.
+    fn embed_batch(&self, table: &Self::Matrix, batch: &Self::Batch) -> Result<Self::Tensor>;
+    /// Rotates q and k in place at the batch's positions; `backward`: by the inverse rotation
+    /// (RoPE's backward: the transpose of a rotation is its inverse), for dq and dk.
+    fn rope_batch(&self, q: &mut Self::Tensor, k: &mut Self::Tensor, batch: &Self::Batch, rope: &Self::Rope, backward: bool) -> Result<()>;
+    /// Causal attention of each sequence over its context and itself: `(out [T, heads · d],
+    /// lse [T, heads])`, the softmax rows' log-sum-exp the backward recomputes them from.
+    fn causal_attention(&self, q: &Self::Tensor, k: &Self::Tensor, v: &Self::Tensor, batch: &Self::Batch) -> Result<(Self::Tensor, Self::Tensor)>;
+    /// `(dq, dk, dv)` of `causal_attention` given `dout`.
+    #[allow(clippy::too_many_arguments)]
+    fn causal_attention_backward(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        out: &Self::Tensor,
+        lse: &Self::Tensor,
+        dout: &Self::Tensor,
+        batch: &Self::Batch,
+    ) -> Result<(Self::Tensor, Self::Tensor, Self::Tensor)>;
+
+    /// `dx [T, in] (+)= dy [T, out] · W`: the input gradient through a frozen weight (dense,
+    /// bf16 or NF4, as `Backend::linear` reads it).
+    fn linear_dx(&self, dy: &Self::Tensor, w: &Self::Matrix, dx: &mut Self::Tensor, accumulate: bool) -> Result<()>;
+    /// RMSNorm backward, weight frozen: `dx (+)= d norm(x) / dx · dy`.
+    fn rms_norm_backward(&self, x: &Self::Tensor, w: &Self::Vector, eps: f32, dy: &Self::Tensor, dx: &mut Self::Tensor, accumulate: bool) -> Result<()>;
+    /// `(dgate, dup)` of `silu(gate) · up`.
+    fn silu_mul_backward(&self, gate: &Self::Tensor, up: &Self::Tensor, dout: &Self::Tensor) -> Result<(Self::Tensor, Self::Tensor)>;
+
+    /// One LoRA path: `xa = x · Aᵀ [T, r]`, `y += scale · xa · Bᵀ`; returns `xa` (its backward
+    /// reads it).
+    fn lora_forward(&self, y: &mut Self::Tensor, x: &Self::Tensor, a: &Self::Tensor, b: &Self::Tensor, scale: f32) -> Result<Self::Tensor>;
+    /// Backward of `lora_forward`: `dB += s · dyᵀ · xa`, `dA += (s · dy · B)ᵀ · x`,
+    /// `dx += s · dy · B · A`. dA, dB, dx accumulate.
+    #[allow(clippy::too_many_arguments)]
+    fn lora_backward(
+        &self,
+        x: &Self::Tensor,
+        xa: &Self::Tensor,
+        dy: &Self::Tensor,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        scale: f32,
+        da: &mut Self::Tensor,
+        db: &mut Self::Tensor,
+        dx: &mut Self::Tensor,
+    ) -> Result<()>;
+
+    /// `x ⊙ mask`, elementwise (LoRA dropout).
+    fn mul(&self, x: &Self::Tensor, mask: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `[labelled rows, width]`: the batch's labelled rows of `x`, in order.
+    fn gather_label_rows(&self, x: &Self::Tensor, batch: &Self::Batch) -> Result<Self::Tensor>;
+    /// `[T, width]`: zeros, with row `i` of `d` at the batch's `i`-th labelled row.
+    fn scatter_label_rows(&self, d: &Self::Tensor, batch: &Self::Batch) -> Result<Self::Tensor>;
+    /// Cross-entropy fused with the lm_head over the labelled rows, never holding `[rows,
+    /// vocab]` logits: `h [labelled rows, hidden]` against the batch's targets, each row weighing
+    /// `weight`; the vocabulary is walked `chunk` rows of `table` at a time. Returns `(Σ weight ·
+    /// CE, dh)` with dh already weighted.
+    fn cross_entropy(&self, h: &Self::Tensor, table: &Self::Matrix, batch: &Self::Batch, weight: f32, chunk: usize) -> Result<(f64, Self::Tensor)>;
+
+    /// `[rows, cols]` of zeros.
+    fn zeros(&self, rows: usize, cols: usize) -> Result<Self::Tensor>;
+    /// A copy of `x`.
+    fn copy(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+}
