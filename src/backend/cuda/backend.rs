@@ -82,14 +82,14 @@ impl CudaTensor {
         self.rows * self.cols
     }
 
-    fn view<T: CudaElem>(&self) -> Result<cudarc::driver::CudaView<'_, T>> {
+    pub(crate) fn view<T: CudaElem>(&self) -> Result<cudarc::driver::CudaView<'_, T>> {
         if T::DTYPE != self.dtype {
             return Err(invalid(format!("a {:?} tensor read as {:?}", self.dtype, T::DTYPE)));
         }
         self.buf.view::<T>(self.len())
     }
 
-    fn view_mut<T: CudaElem>(&mut self) -> Result<cudarc::driver::CudaViewMut<'_, T>> {
+    pub(crate) fn view_mut<T: CudaElem>(&mut self) -> Result<cudarc::driver::CudaViewMut<'_, T>> {
         if T::DTYPE != self.dtype {
             return Err(invalid(format!("a {:?} tensor written as {:?}", self.dtype, T::DTYPE)));
         }
@@ -130,8 +130,8 @@ pub struct CudaVector {
 
 /// RoPE tables `[max_pos, half_dim]` f32.
 pub struct CudaRope {
-    cos: CudaSlice<f32>,
-    sin: CudaSlice<f32>,
+    pub(crate) cos: CudaSlice<f32>,
+    pub(crate) sin: CudaSlice<f32>,
 }
 
 /// The paged K/V cache of every layer, in the activation dtype, with an id unique in the process
@@ -179,6 +179,8 @@ pub struct CudaBackend {
     /// Decode steps replay as CUDA graphs (`set_graphs`; `--no-cuda-graphs` turns them off).
     graphs_on: std::sync::atomic::AtomicBool,
     pub(crate) graphs: Mutex<super::graph::Graphs>,
+    /// The training kernels, loaded by the first training batch (`TrainBackend`).
+    pub(crate) train: std::sync::OnceLock<super::train::TrainKernels>,
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -289,6 +291,7 @@ impl CudaBackend {
             step_arena: Mutex::new(StepArena::default()),
             graphs_on: std::sync::atomic::AtomicBool::new(true),
             graphs: Mutex::new(super::graph::Graphs::default()),
+            train: std::sync::OnceLock::new(),
         })
     }
 
@@ -352,7 +355,7 @@ impl CudaBackend {
 
     /// A new tensor `[rows, cols]` of `dtype` from the pool; its contents are whatever the buffer
     /// held: every caller overwrites it whole before anything reads it.
-    fn new_tensor(&self, dtype: DType, rows: usize, cols: usize) -> Result<CudaTensor> {
+    pub(crate) fn new_tensor(&self, dtype: DType, rows: usize, cols: usize) -> Result<CudaTensor> {
         let n = rows.checked_mul(cols).ok_or_else(|| invalid(format!("a [{rows}, {cols}] tensor overflows")))?;
         let pool = self.pool.lock().map_err(|_| Error::Cuda("the pool's lock is poisoned".into()))?.clone();
         let buf = pool::take(&self.dev, &pool, n.max(1) * dtype.size())?;

@@ -24,6 +24,8 @@
 //! - `linear`: dense linear layers, f32 or bf16 weights (`CudaLinear`, pure check `plan_linear`).
 //! - `nf4`: linear layers against bitsandbytes NF4 weights (`CudaNf4`, `CudaNf4Weight`: GEMV for
 //!   decode, tensor-core GEMM for prefill) and the pure check `plan_nf4_linear`.
+//! - `train`: `TrainBackend` on the device (the trainer's forward and backward ops), over the
+//!   training kernels above and kernels/train_ops.cu (GEMM, NF4 dequantization, row scatter).
 //! - `testing`: `test_device` (a GPU, else the CPU emulator, else a loud skip) and `bench_device`
 //!   (a GPU, or the emulator only when asked for).
 //!
@@ -53,6 +55,7 @@ pub mod random;
 pub mod sampling;
 pub mod step;
 mod testing;
+pub mod train;
 pub mod validate;
 
 pub use backend::{CudaBackend, CudaTensor};

@@ -261,6 +261,12 @@ impl CudaNf4Weight {
         self.shape
     }
 
+    /// The packed codes, the f32 block scales and the 16 levels, on the device (the trainer
+    /// dequantizes them for the input gradient, `backend::cuda::train`).
+    pub(crate) fn parts(&self) -> (&CudaSlice<u8>, &CudaSlice<f32>, &[f32; 16]) {
+        (&self.packed, &self.absmax, &self.code)
+    }
+
     /// Bytes one full read of the weight moves: packed codes plus f32 absmax.
     pub fn bytes(&self) -> usize {
         self.packed.len() + 4 * self.absmax.len()
