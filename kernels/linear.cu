@@ -117,6 +117,14 @@ __device__ __forceinline__ void gemm(const TX* __restrict__ x, const TW* __restr
             ws[c][r] = (n0 + r < p.n && kk < K) ? to_f(__ldg(w + (int64_t)(n0 + r) * K + kk)) : 0.f;
         }
         __syncthreads();
+        // Two-level sum: the tile's 16 products into `part`, then `part` into `acc`, so the
+        // rounding error grows with 16 + K / 16 additions instead of K (f32 activations are the
+        // trainer's: its gradients are held to PyTorch's within 1e-4).
+        float part[4][4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) part[i][j] = 0.f;
 #pragma unroll
         for (int kk = 0; kk < BK; ++kk) {
             float a[4], b[4];
@@ -127,8 +135,12 @@ __device__ __forceinline__ void gemm(const TX* __restrict__ x, const TW* __restr
 #pragma unroll
             for (int i = 0; i < 4; ++i)
 #pragma unroll
-                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+                for (int j = 0; j < 4; ++j) part[i][j] = fmaf(a[i], b[j], part[i][j]);
         }
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) acc[i][j] += part[i][j];
         __syncthreads();
     }
 #pragma unroll

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use lorafleet::backend::device::{open_backend, ActDtype, DeviceChoice, OpenedBackend};
+use lorafleet::backend::train::TrainBackend;
 use lorafleet::lora::{LoraAdapter, LoraModule};
 use lorafleet::quant::Quantization;
 use lorafleet::train::{BaseFormat, Example, StepOptions, TrainModel};
@@ -16,7 +18,7 @@ use lorafleet_trainer::train_loop::{Batching, TrainConfig};
 use lorafleet_trainer::{data, gradients, train_loop};
 
 #[derive(Parser)]
-#[command(name = "lorafleet-train", version, about = "QLoRA trainer for lorafleet: LoRA adapters on a frozen (f32, bf16 or NF4) base, on the CPU")]
+#[command(name = "lorafleet-train", version, about = "QLoRA trainer for lorafleet: LoRA adapters on a frozen (f32, bf16 or NF4) base, on the CPU or a CUDA GPU")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -49,6 +51,11 @@ struct BaseArgs {
     /// Vocabulary rows per chunk of the fused lm_head + cross-entropy.
     #[arg(long, default_value_t = 8192)]
     vocab_chunk: usize,
+    /// Where the forward and backward run: auto (CUDA device 0 when one is available, else the
+    /// CPU, saying why), cpu, cuda or cuda:N. The same trainer on either: the CUDA run's loss and
+    /// gradients are the CPU's within f32 rounding (f32 activations).
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
 }
 
 #[derive(Args)]
@@ -153,12 +160,31 @@ enum BaseDtype {
     Bf16,
 }
 
-/// Loads the frozen base as the flags say and reports what it holds.
-fn load_base(b: &BaseArgs) -> Result<TrainModel> {
+/// Loads the frozen base as the flags say onto `backend` and reports what it holds.
+fn load_base<B: TrainBackend>(b: &BaseArgs, backend: B) -> Result<TrainModel<B>> {
     let format = BaseFormat::from_flags(b.quantize, b.base_dtype == BaseDtype::Bf16);
-    let model = TrainModel::load_as(&b.model, format)?;
+    let model = TrainModel::load_on(backend, &b.model, format)?;
     eprintln!("base {}: linear weights {format:?}, {:.1} MB", b.model.display(), model.linear_weight_bytes() as f64 / 1e6);
     Ok(model)
+}
+
+/// Runs `$body` with `$model` the base loaded on the backend `--device` opens (f32 activations:
+/// the trainer's math is f32 on every backend).
+macro_rules! on_device {
+    ($args:expr, $model:ident => $body:expr) => {{
+        let (opened, note) = open_backend($args.device, ActDtype::F32, false)?;
+        eprintln!("{note}");
+        match opened {
+            OpenedBackend::Cpu(be) => {
+                let $model = load_base(&$args, be)?;
+                $body
+            }
+            OpenedBackend::Cuda(be) => {
+                let $model = load_base(&$args, be)?;
+                $body
+            }
+        }
+    }};
 }
 
 fn step_options(b: &BaseArgs) -> StepOptions {
@@ -167,8 +193,11 @@ fn step_options(b: &BaseArgs) -> StepOptions {
 
 fn run_gradients(a: GradientsArgs) -> Result<()> {
     let t0 = Instant::now();
-    let model = load_base(&a.base)?;
-    let (prompt, completion) = match (a.prompt_ids, a.completion_ids) {
+    on_device!(a.base, model => gradients_on(&model, &a, t0))
+}
+
+fn gradients_on<B: TrainBackend>(model: &TrainModel<B>, a: &GradientsArgs, t0: Instant) -> Result<()> {
+    let (prompt, completion) = match (a.prompt_ids.clone(), a.completion_ids.clone()) {
         (Some(p), Some(c)) => (p, c),
         (p, c) => {
             let tok = TextTokenizer::from_dir(&a.base.model)?;
@@ -187,7 +216,7 @@ fn run_gradients(a: GradientsArgs) -> Result<()> {
     let adapter = LoraAdapter::load(&id, &a.adapter, &model.config, usize::MAX)?;
     let loaded = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let (loss, grads) = gradients::gradients(&model, &adapter, &Example::new(&prompt, &completion), step_options(&a.base))?;
+    let (loss, grads) = gradients::gradients(model, &adapter, &Example::new(&prompt, &completion), step_options(&a.base))?;
     let step = t1.elapsed().as_secs_f64();
     gradients::write(&a.out, loss, &grads, &adapter)?;
     eprintln!(
@@ -218,7 +247,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
     if !(0.0..1.0).contains(&a.lora_dropout) {
         return Err(Error::InvalidArgument(format!("--lora-dropout {} is outside [0, 1)", a.lora_dropout)));
     }
-    let mut cfg = TrainConfig {
+    let cfg = TrainConfig {
         out_dir: a.out.clone(),
         rank: a.rank,
         alpha: a.alpha,
@@ -246,13 +275,16 @@ fn run_train(a: TrainArgs) -> Result<()> {
     };
     // Every count and rate, before anything loads.
     cfg.validate()?;
-    let model = load_base(&a.base)?;
+    on_device!(a.base, model => train_on(&model, &a, cfg))
+}
+
+fn train_on<B: TrainBackend>(model: &TrainModel<B>, a: &TrainArgs, mut cfg: TrainConfig) -> Result<()> {
     let tok = TextTokenizer::from_dir(&a.base.model)?;
     let examples = data::read_jsonl(&a.data, &tok, a.max_seq_len)?;
     cfg.pad_id = model.config.eos_token_ids.first().copied().unwrap_or(0);
     let tokens: usize = examples.iter().map(|e| e.ids.len()).sum();
     eprintln!("{} examples ({tokens} tokens) from {}; {} updates", examples.len(), a.data.display(), train_loop::total_steps(examples.len(), &cfg));
-    let s = train_loop::train(&model, &examples, &cfg)?;
+    let s = train_loop::train(model, &examples, &cfg)?;
     if let Some(last) = s.log.last() {
         eprintln!(
             "step {}/{}: loss {:.4}; {} tokens in {:.1}s ({:.1} tokens/s); log {}",

@@ -20,6 +20,7 @@ use std::time::Instant;
 use lorafleet::lora::{LoraAdapter, LoraConfig, LoraModule, LoraPair};
 use lorafleet::backend::HostMatrix;
 use lorafleet::model::config::ModelConfig;
+use lorafleet::backend::train::TrainBackend;
 use lorafleet::train::{Example, LoraGrads, StepOptions, TrainBatch, TrainModel};
 use lorafleet::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -129,7 +130,7 @@ fn order_rule(shuffle: bool) -> &'static str {
 }
 
 /// `--init-adapter`: a PEFT adapter whose rank, alpha and modules are this run's.
-fn load_init_adapter(dir: &Path, model: &TrainModel, cfg: &TrainConfig) -> Result<LoraAdapter> {
+fn load_init_adapter<B: TrainBackend>(dir: &Path, model: &TrainModel<B>, cfg: &TrainConfig) -> Result<LoraAdapter> {
     let mut a = LoraAdapter::load("init", dir, &model.config, usize::MAX)?;
     let c = &a.config;
     let modules: Vec<LoraModule> = LoraModule::ALL.into_iter().filter(|m| a.layers.iter().any(|l| l[m.index()].is_some())).collect();
@@ -248,7 +249,7 @@ impl TrainConfig {
 
 /// Trains an adapter on `examples`; writes checkpoints, `loss.jsonl` and the final adapter
 /// (`adapter/`) under `cfg.out_dir`.
-pub fn train(model: &TrainModel, examples: &[Example], cfg: &TrainConfig) -> Result<TrainSummary> {
+pub fn train<B: TrainBackend>(model: &TrainModel<B>, examples: &[Example], cfg: &TrainConfig) -> Result<TrainSummary> {
     cfg.validate()?;
     if examples.is_empty() {
         return Err(Error::InvalidArgument("train: no examples".into()));

@@ -3,8 +3,10 @@
 //! HF's and every `grad.*` tensor of golden.safetensors is within 1e-4 relative L2. The same on
 //! the bf16 base (`--base-dtype bf16`) against bf16base_train.safetensors (PyTorch with the
 //! decoder's linear weights rounded to bf16, scripts/golden_bf16_base.py): the loss, the kept
-//! layers' gradients and the global gradient norm. Runs the binary end to end (arguments, model
-//! and adapter loading, the file it writes).
+//! layers' gradients and the global gradient norm. With `--device cuda` (a GPU, else the CPU
+//! emulator of kernels/emu): the f32 base against PyTorch autograd at the same bounds, and the
+//! NF4 base against the CPU's NF4 run (loss 1e-5, every gradient 1e-4). Runs the binary end to end
+//! (arguments, device choice, model and adapter loading, the file it writes).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -21,6 +23,17 @@ fn ids(v: &serde_json::Value) -> String {
 
 /// Runs `lorafleet-train gradients` on the golden pair with `extra` flags; returns the output.
 fn run_gradients(extra: &[&str], tag: &str) -> (WeightFiles, serde_json::Value, PathBuf) {
+    run_gradients_env(extra, tag, &[])
+}
+
+/// The child's environment for `--device cuda`: the emulator's switch when the tests run on it;
+/// None (the test skips, or fails under LORAFLEET_REQUIRE_GPU=1) where there is no device.
+fn cuda_env(test: &str) -> Option<Vec<(&'static str, &'static str)>> {
+    lorafleet::backend::cuda::test_device(test)?;
+    Some(if lorafleet::backend::cuda::tests_on_emulator() { vec![("LORAFLEET_CUDA_EMU", "1")] } else { Vec::new() })
+}
+
+fn run_gradients_env(extra: &[&str], tag: &str, env: &[(&str, &str)]) -> (WeightFiles, serde_json::Value, PathBuf) {
     let golden_dir = root().join("tests/golden/smollm2");
     let model = root().join("models/smollm2-135m-instruct");
     assert!(model.join("config.json").is_file(), "test model missing at {}", model.display());
@@ -35,6 +48,7 @@ fn run_gradients(extra: &[&str], tag: &str) -> (WeightFiles, serde_json::Value, 
         .args(["--prompt-ids", &ids(&train["prompt_ids"]), "--completion-ids", &ids(&train["completion_ids"]), "--out"])
         .arg(&out)
         .args(extra)
+        .envs(env.iter().copied())
         .status()
         .expect("run lorafleet-train");
     assert!(status.success(), "lorafleet-train gradients {extra:?} failed");
@@ -58,7 +72,35 @@ fn grad_names(w: &WeightFiles) -> Vec<String> {
 
 #[test]
 fn gradients_match_pytorch_autograd_on_the_golden_pair() {
-    let (got, train, out) = run_gradients(&[], "f32");
+    check_f32_against_pytorch(&run_gradients(&["--device", "cpu"], "f32"));
+}
+
+#[test]
+fn cuda_gradients_match_pytorch_autograd_on_the_golden_pair() {
+    let Some(env) = cuda_env("gradients --device cuda (f32 base)") else { return };
+    check_f32_against_pytorch(&run_gradients_env(&["--device", "cuda"], "cuda-f32", &env));
+}
+
+#[test]
+fn cuda_gradients_match_the_cpu_on_the_nf4_base() {
+    let Some(env) = cuda_env("gradients --device cuda (NF4 base)") else { return };
+    let (cpu, _, cpu_out) = run_gradients(&["--device", "cpu", "--quantize", "nf4"], "cpu-nf4");
+    let (cuda, _, cuda_out) = run_gradients_env(&["--device", "cuda", "--quantize", "nf4"], "cuda-nf4", &env);
+    let (l_cpu, l_cuda) = (cpu.f32("loss").unwrap().data[0] as f64, cuda.f32("loss").unwrap().data[0] as f64);
+    assert!((l_cuda - l_cpu).abs() <= 1e-5 * l_cpu.abs(), "NF4 loss {l_cuda} on CUDA vs {l_cpu} on the CPU");
+    let names = grad_names(&cpu);
+    assert_eq!(names.len(), 420, "every LoRA parameter gets a gradient");
+    assert_eq!(grad_names(&cuda).len(), 420);
+    let worst = names.iter().map(|n| (rel_l2(&cuda, &cpu, n), n)).max_by(|a, b| a.0.total_cmp(&b.0)).unwrap();
+    eprintln!("NF4 base: loss {l_cuda} on CUDA, {l_cpu} on the CPU; worst grad rel L2 {:.3e} at {}", worst.0, worst.1);
+    assert!(worst.0 < 1e-4, "grad rel L2 {:.3e} at {}", worst.0, worst.1);
+    let _ = std::fs::remove_file(&cpu_out);
+    let _ = std::fs::remove_file(&cuda_out);
+}
+
+/// The loss within 1e-5 relative of HF's and all 420 gradients within 1e-4 relative L2 of
+/// PyTorch autograd's (golden.safetensors).
+fn check_f32_against_pytorch((got, train, out): &(WeightFiles, serde_json::Value, PathBuf)) {
     let want = WeightFiles::open_files(&[root().join("tests/golden/smollm2/golden.safetensors")]).unwrap();
     let loss = got.f32("loss").unwrap().data[0] as f64;
     let want_loss = train["loss"].as_f64().unwrap();
@@ -67,7 +109,7 @@ fn gradients_match_pytorch_autograd_on_the_golden_pair() {
     assert_eq!(names.len(), 420, "golden grads");
     let mut worst = (0.0f64, String::new());
     for name in &names {
-        let rel = rel_l2(&got, &want, name);
+        let rel = rel_l2(got, &want, name);
         if rel > worst.0 {
             worst = (rel, name.clone());
         }
@@ -75,12 +117,12 @@ fn gradients_match_pytorch_autograd_on_the_golden_pair() {
     assert_eq!(grad_names(&got).len(), names.len(), "the output holds extra gradients");
     eprintln!("loss {loss} (HF {want_loss}); worst grad rel L2 {:.3e} at {}", worst.0, worst.1);
     assert!(worst.0 < 1e-4, "grad rel L2 {:.3e} at {}", worst.0, worst.1);
-    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(out);
 }
 
 #[test]
 fn bf16_base_gradients_match_pytorch_with_bf16_rounded_weights() {
-    let (got, train, out) = run_gradients(&["--base-dtype", "bf16"], "bf16");
+    let (got, train, out) = run_gradients(&["--device", "cpu", "--base-dtype", "bf16"], "bf16");
     let want = WeightFiles::open_files(&[root().join("tests/golden/smollm2/bf16base_train.safetensors")]).unwrap();
     let loss = got.f32("loss").unwrap().data[0] as f64;
     let want_loss = want.f32("loss").unwrap().data[0] as f64;
