@@ -14,6 +14,10 @@
 //!   per visible (query, key) pair (QKᵀ, PV; then S, dP, dV, dK, dQ);
 //! - `cross-entropy`: the 512 rows against the whole lm_head (vocab 32000 / 49152), chunks of
 //!   8192: 4·rows·vocab·hidden FLOP (the logits and S += e·W).
+//! - `linear_dx` (kernels/train_ops.cu through `TrainBackend`): dx = dy · W of the down projection
+//!   `[hidden, intermediate]`, 2·rows·hidden·intermediate FLOP, f32 weights and NF4 weights (NF4:
+//!   dequantized to f32 first, counted in the time, not in the FLOP);
+//! - `lora forward`: x·Aᵀ then y += s·xa·Bᵀ on the down projection, 2·rows·r·(in + out) FLOP.
 //! After criterion's groups a summary prints, per call (median of 7 runs of 50 launches), MB and
 //! GB/s or GFLOP and TFLOP/s, to set against the floors in kernels/NOTES.md. `cargo bench --bench train_gpu --
 //! --test` runs each once.
@@ -29,7 +33,9 @@ use lorafleet::backend::cuda::attention_train::{AttnTrainDims, CudaAttentionTrai
 use lorafleet::backend::cuda::cross_entropy::CudaCrossEntropy;
 use lorafleet::backend::cuda::lora_backward::{CudaLoraBackward, LoraBackwardShape};
 use lorafleet::backend::cuda::ops_backward::CudaOpsBackward;
-use lorafleet::backend::cuda::{bench_device, CudaDevice, RopeDims};
+use lorafleet::backend::cuda::{bench_device, CudaBackend, CudaDevice, DType, RopeDims};
+use lorafleet::backend::train::TrainBackend;
+use lorafleet::backend::{Backend, HostMatrix, HostWeight};
 use lorafleet::rng::SplitMix64;
 
 const ROWS: usize = 512;
@@ -71,6 +77,8 @@ fn bench(c: &mut Criterion) {
     let bw = CudaOpsBackward::new(&ops).expect("ops_backward module");
     let attn = CudaAttentionTrain::new(&ops).expect("attention_train module");
     let ce = CudaCrossEntropy::new(&ops).expect("cross_entropy module");
+    // The trainer's own ops run through the backend (its own stream on the same device).
+    let be = CudaBackend::with_device(ops.sibling().expect("a second stream"), DType::F32).expect("the CUDA backend");
     let mut rng = SplitMix64::new(5);
     let mut summary = Vec::new();
     let f = 4.0; // bytes per f32
@@ -139,6 +147,31 @@ fn bench(c: &mut Criterion) {
         let call = || ce.run(&ops, &hs, &w, h, &targets, &weights, 8192).expect("cross-entropy");
         g.bench_function("cross-entropy (lm_head)", |bn| bn.iter(|| black_box(call())));
         summary.push((format!("{name} cross-entropy vocab {vocab}"), Work::Flop(flop), seconds_per_call(&ops, || drop(call()))));
+        // dx = dy · W through the frozen down projection W [h, ff], f32 and NF4.
+        let wd = rng.nonzero(h * ff, 0.05);
+        let dy_t = be.tensor_from_host(&rng.nonzero(ROWS * h, 1.0), ROWS, h).expect("upload");
+        let mut dx_t = be.zeros(ROWS, ff).expect("zeros");
+        let flop = 2.0 * (ROWS * h * ff) as f64;
+        g.throughput(Throughput::Elements(flop as u64));
+        for (kind, hw) in [
+            ("f32", HostWeight::Dense(HostMatrix { name: "down".into(), rows: h, cols: ff, data: wd.clone() })),
+            ("nf4", HostWeight::Nf4 { name: "down".into(), tensor: lorafleet::quant::Nf4Tensor::quantize(&wd, &[h, ff], true) }),
+        ] {
+            let w = be.upload_matrix(hw).expect("upload weight");
+            let mut call = || be.linear_dx(&dy_t, &w, &mut dx_t, false).expect("linear_dx");
+            g.bench_function(format!("linear_dx {kind} (down proj)"), |bn| bn.iter(|| black_box(call())));
+            summary.push((format!("{name} linear_dx {kind} {h}x{ff}"), Work::Flop(flop), seconds_per_call(be.device(), call)));
+        }
+        // LoRA forward on the down projection, keeping x·Aᵀ.
+        let x_t = be.tensor_from_host(&rng.nonzero(ROWS * ff, 1.0), ROWS, ff).expect("upload");
+        let a_t = be.tensor_from_host(&rng.nonzero(r * ff, 0.05), r, ff).expect("upload");
+        let b_t = be.tensor_from_host(&rng.nonzero(h * r, 0.05), h, r).expect("upload");
+        let mut y_t = be.zeros(ROWS, h).expect("zeros");
+        let flop = 2.0 * (ROWS * r * (ff + h)) as f64;
+        g.throughput(Throughput::Elements(flop as u64));
+        let mut call = || be.lora_forward(&mut y_t, &x_t, &a_t, &b_t, 2.0).expect("lora forward");
+        g.bench_function("lora forward (down proj)", |bn| bn.iter(|| black_box(drop(call()))));
+        summary.push((format!("{name} lora forward {ff}->{h} r{r}"), Work::Flop(flop), seconds_per_call(be.device(), || drop(call()))));
         g.finish();
     }
     println!("\n{:<48} {:>14} {:>10} {:>14}", "kernel", "MB | GFLOP", "µs", "GB/s | TFLOP/s");
