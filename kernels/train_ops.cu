@@ -2,7 +2,8 @@
 // (lora_backward.cu, ops_backward.cu, attention_train.cu, cross_entropy.cu): a general f32 GEMM
 // (the input gradient through a frozen weight, dx = dy · W, and the LoRA forward that keeps
 // x · Aᵀ), NF4 dequantization into f32 (so an NF4 base's dx goes through that GEMM), an
-// elementwise product (LoRA dropout masks) and the scatter of the labelled rows' gradient (their
+// elementwise product (LoRA dropout masks), AdamW on the device, a sum of squares (the global
+// gradient norm) and the scatter of the labelled rows' gradient (their
 // gather is lf_embedding's).
 // Launcher and argument checks: src/backend/cuda/train.rs (every argument is a scalar or a
 // pointer, checked there before the launch). CPU twins: src/backend/cpu/train.rs.
@@ -79,4 +80,41 @@ extern "C" __global__ void __launch_bounds__(256)
     if (r >= rows) return;
     float* dst = out + (int64_t)idx[r] * width;
     for (int c = threadIdx.x; c < width; c += blockDim.x) dst[c] = d[r * width + c];
+}
+
+// One AdamW update (PyTorch's torch.optim.AdamW; the scalars come from the host, per update),
+// in place over n elements of a parameter p, its gradient g and its moments m, v. Grid-stride.
+// The arithmetic is backend::train::AdamWStep::apply's (nvcc may fuse its multiply-adds: the
+// last bit can differ from the CPU's).
+extern "C" __global__ void __launch_bounds__(256)
+    lf_train_adamw_f32(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m, float* __restrict__ v,
+                       int64_t n, float beta1, float beta2, float eps, float step_size, float bc2_sqrt, float decay,
+                       float grad_scale) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const float gi = g[i] * grad_scale;
+        const float mi = beta1 * m[i] + (1.0f - beta1) * gi;
+        const float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+        p[i] = p[i] * decay - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+
+// partial [gridDim.x] = per block, the f64 sum of x² over its grid-stride share of n elements
+// (the host adds the partials). Block 256.
+extern "C" __global__ void __launch_bounds__(256)
+    lf_train_sum_squares_f32(const float* __restrict__ x, double* __restrict__ partial, int64_t n) {
+    __shared__ double s[256];
+    double acc = 0.0;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const double xi = x[i];
+        acc += xi * xi;
+    }
+    s[threadIdx.x] = acc;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if (threadIdx.x < w) s[threadIdx.x] += s[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[blockIdx.x] = s[0];
 }

@@ -111,3 +111,30 @@ fn labelled_rows_gather_and_scatter_match_the_cpu() {
     bad.targets[0] = cfg.vocab_size as u32;
     assert!(gpu.begin_batch(&bad, &cfg).is_err(), "a target outside the vocabulary is refused");
 }
+
+#[test]
+fn adamw_and_sum_squares_match_the_cpu() {
+    let Some(gpu) = cuda("train ops: adamw, sum_squares") else { return };
+    let cpu = CpuBackend::new();
+    let mut rng = SplitMix64::new(6);
+    let step = lorafleet::backend::train::AdamWStep { beta1: 0.9, beta2: 0.999, eps: 1e-8, step_size: 2e-3, bc2_sqrt: 0.0447, decay: 0.9999, grad_scale: 0.37 };
+    for (rows, cols) in [(8, 576), (3, 17), (1537, 8)] {
+        let (_, mut pc, mut pg) = pair(&cpu, &gpu, &mut rng, rows, cols);
+        let (_, gc, gg) = pair(&cpu, &gpu, &mut rng, rows, cols);
+        let mv = rng.nonzero(rows * cols, 0.01);
+        let vv: Vec<f32> = rng.nonzero(rows * cols, 0.01).iter().map(|x| x * x).collect();
+        let (mut mc, mut mg) = (cpu.tensor_from_host(&mv, rows, cols).unwrap(), gpu.tensor_from_host(&mv, rows, cols).unwrap());
+        let (mut vc, mut vg) = (cpu.tensor_from_host(&vv, rows, cols).unwrap(), gpu.tensor_from_host(&vv, rows, cols).unwrap());
+        for _ in 0..3 {
+            cpu.adamw_step(&mut pc, &gc, &mut mc, &mut vc, &step).unwrap();
+            gpu.adamw_step(&mut pg, &gg, &mut mg, &mut vg, &step).unwrap();
+        }
+        for (what, g, c) in [("p", &pg, &pc), ("m", &mg, &mc), ("v", &vg, &vc)] {
+            let e = rel_l2(&gpu.to_host(g).unwrap(), &c.data);
+            assert!(e < TOL, "adamw [{rows}, {cols}] {what}: {e:.2e}");
+        }
+        let (sc, sg) = (cpu.sum_squares(&gc).unwrap(), gpu.sum_squares(&gg).unwrap());
+        assert!((sc - sg).abs() <= 1e-12 * sc, "sum_squares [{rows}, {cols}]: {sg} vs {sc}");
+        assert!(gpu.adamw_step(&mut pg, &gg, &mut mg, &mut gpu.zeros(rows, cols + 1).unwrap(), &step).is_err(), "a moment of another shape is refused");
+    }
+}

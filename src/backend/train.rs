@@ -15,6 +15,35 @@ use crate::model::config::ModelConfig;
 use crate::train::TrainBatch;
 use crate::Result;
 
+/// One AdamW update's scalars (PyTorch's `torch.optim.AdamW`, computed once per update on the
+/// host): per element, `g' = grad_scale · g`, `m = β1·m + (1 − β1)·g'`, `v = β2·v + (1 − β2)·g'²`,
+/// `p = decay · p`, `p −= step_size · m / (√v / bc2_sqrt + eps)`, with `step_size = lr / (1 −
+/// β1^t)`, `bc2_sqrt = √(1 − β2^t)`, `decay = 1 − lr · weight_decay` and `grad_scale` the
+/// gradient clipping factor (1: none).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWStep {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub step_size: f32,
+    pub bc2_sqrt: f32,
+    pub decay: f32,
+    pub grad_scale: f32,
+}
+
+impl AdamWStep {
+    /// The update of one element (the CPU twin of the device kernel, and the host optimizer's
+    /// arithmetic): returns the new `(p, m, v)`.
+    #[inline]
+    pub fn apply(&self, p: f32, g: f32, m: f32, v: f32) -> (f32, f32, f32) {
+        let g = g * self.grad_scale;
+        let m = self.beta1 * m + (1.0 - self.beta1) * g;
+        let v = self.beta2 * v + (1.0 - self.beta2) * g * g;
+        let p = p * self.decay;
+        (p - self.step_size * m / (v.sqrt() / self.bc2_sqrt + self.eps), m, v)
+    }
+}
+
 pub trait TrainBackend: Backend {
     /// A packed training batch on the backend: ids, positions, sequence spans, labelled rows and
     /// targets, with the head layout; validated and (on a GPU) uploaded once per batch.
@@ -83,6 +112,12 @@ pub trait TrainBackend: Backend {
     /// `weight`; the vocabulary is walked `chunk` rows of `table` at a time. Returns `(Σ weight ·
     /// CE, dh)` with dh already weighted.
     fn cross_entropy(&self, h: &Self::Tensor, table: &Self::Matrix, batch: &Self::Batch, weight: f32, chunk: usize) -> Result<(f64, Self::Tensor)>;
+
+    /// One AdamW update of a parameter tensor `p` from its gradient `g` and moments `m`, `v`
+    /// (all one shape), in place (`AdamWStep::apply` per element).
+    fn adamw_step(&self, p: &mut Self::Tensor, g: &Self::Tensor, m: &mut Self::Tensor, v: &mut Self::Tensor, step: &AdamWStep) -> Result<()>;
+    /// `Σ x²` over the tensor, summed in f64 (the global gradient norm's part).
+    fn sum_squares(&self, x: &Self::Tensor) -> Result<f64>;
 
     /// `[rows, cols]` of zeros.
     fn zeros(&self, rows: usize, cols: usize) -> Result<Self::Tensor>;

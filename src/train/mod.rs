@@ -6,9 +6,11 @@
 pub mod batch;
 pub mod grads;
 pub mod model;
+pub mod resident;
 pub mod tiny;
 
 pub use batch::{Example, TrainBatch};
 pub use grads::LoraGrads;
 pub use crate::model::BaseFormat;
 pub use model::{StepOptions, TrainModel};
+pub use resident::ResidentLora;

@@ -77,23 +77,27 @@ fn dropout_mask(adapter: &LoraAdapter, opts: &StepOptions, layer: usize, m: Lora
     Some((0..len).map(|_| if rng.unit() < p { 0.0 } else { keep }).collect())
 }
 
-/// One LoRA pair on the backend for a step: A `[r, in]`, B `[out, r]`.
-struct StepPair<B: Backend> {
-    a: B::Tensor,
-    b: B::Tensor,
-    scale: f32,
+/// One LoRA pair on the backend: A `[r, in]`, B `[out, r]`.
+pub(super) struct StepPair<B: Backend> {
+    pub(super) a: B::Tensor,
+    pub(super) b: B::Tensor,
+    pub(super) scale: f32,
 }
 
-/// Per layer, per `LoraModule::index`: what a step has on the backend.
-type PerModule<X> = Vec<[Option<X>; 7]>;
+/// Per layer, per `LoraModule::index`: what the backend holds of an adapter.
+pub(super) type PerModule<X> = Vec<[Option<X>; 7]>;
 
-/// One forward (+ backward) on the backend: the batch, the adapter uploaded, the options.
+/// One forward (+ backward) on the backend: the batch, the adapter's pairs on the backend (an
+/// upload for this step, or the resident copy of `ResidentLora`), the options.
 struct Step<'s, B: TrainBackend> {
     batch: B::Batch,
     /// Rows of the batch.
     t: usize,
+    /// Labelled rows of the batch.
+    labels: usize,
+    /// The adapter's layout (which modules it has: the dropout masks); its values are `lora`'s.
     adapter: &'s LoraAdapter,
-    lora: PerModule<StepPair<B>>,
+    lora: &'s PerModule<StepPair<B>>,
     opts: StepOptions,
 }
 
@@ -174,12 +178,11 @@ impl<B: TrainBackend> TrainModel<B> {
         Ok(())
     }
 
-    /// Checks the adapter and the batch and puts both on the backend.
-    fn begin<'s>(&self, adapter: &'s LoraAdapter, batch: &TrainBatch, opts: StepOptions) -> Result<Step<'s, B>> {
+    /// The adapter's pairs on the backend.
+    pub(super) fn upload_pairs(&self, adapter: &LoraAdapter) -> Result<PerModule<StepPair<B>>> {
         self.check_adapter(adapter)?;
         let be = &self.backend;
-        let step_batch = be.begin_batch(batch, &self.config)?;
-        let lora = adapter
+        adapter
             .layers
             .iter()
             .map(|ll| {
@@ -193,8 +196,35 @@ impl<B: TrainBackend> TrainModel<B> {
                 }
                 Ok(out)
             })
-            .collect::<Result<_>>()?;
-        Ok(Step { batch: step_batch, t: batch.ids.len(), adapter, lora, opts })
+            .collect()
+    }
+
+    /// Zeros shaped like every A and B of `pairs`: `(dA, dB)`.
+    pub(super) fn zeros_like(&self, pairs: &PerModule<StepPair<B>>) -> Result<PerModule<(B::Tensor, B::Tensor)>> {
+        let be = &self.backend;
+        pairs
+            .iter()
+            .map(|ll| {
+                let mut out: [Option<(B::Tensor, B::Tensor)>; 7] = Default::default();
+                for (slot, p) in out.iter_mut().zip(ll) {
+                    if let Some(p) = p {
+                        let ((ar, ac), (br, bc)) = (be.dims(&p.a), be.dims(&p.b));
+                        *slot = Some((be.zeros(ar, ac)?, be.zeros(br, bc)?));
+                    }
+                }
+                Ok(out)
+            })
+            .collect()
+    }
+
+    /// Checks the batch against the adapter's pairs and puts it on the backend.
+    fn begin<'s>(&self, adapter: &'s LoraAdapter, lora: &'s PerModule<StepPair<B>>, batch: &TrainBatch, opts: StepOptions) -> Result<Step<'s, B>> {
+        let fits = lora.len() == adapter.layers.len() && lora.iter().zip(&adapter.layers).all(|(l, a)| l.iter().zip(a).all(|(l, a)| l.is_some() == a.is_some()));
+        if !fits {
+            return Err(Error::Adapter { id: adapter.id.clone(), msg: "the adapter on the backend has other modules than its layout".into() });
+        }
+        let step_batch = self.backend.begin_batch(batch, &self.config)?;
+        Ok(Step { batch: step_batch, t: batch.ids.len(), labels: batch.label_rows.len(), adapter, lora, opts })
     }
 
     /// The dropout mask of (layer, module) over `[T, width]` on the backend, or None.
@@ -339,8 +369,9 @@ impl<B: TrainBackend> TrainModel<B> {
     /// counts `weight` (1 / labelled rows gives the mean, as HF's causal-LM loss). With
     /// `opts.lora_dropout` it is the loss under the dropout masks `opts.dropout_seed` draws.
     pub fn loss(&self, adapter: &LoraAdapter, batch: &TrainBatch, weight: f32, opts: StepOptions) -> Result<f64> {
-        let s = self.begin(adapter, batch, opts)?;
-        if batch.label_rows.is_empty() {
+        let pairs = self.upload_pairs(adapter)?;
+        let s = self.begin(adapter, &pairs, batch, opts)?;
+        if s.labels == 0 {
             return Ok(0.0);
         }
         let mut x = self.backend.embed_batch(&self.base.embed, &s.batch)?;
@@ -352,36 +383,56 @@ impl<B: TrainBackend> TrainModel<B> {
     }
 
     /// One forward + backward: adds `d (Σ weight · CE) / d θ` for every LoRA parameter θ of
-    /// `adapter` into `grads` (so micro-batches accumulate) and returns the weighted loss.
+    /// `adapter` into `grads` (so micro-batches accumulate) and returns the weighted loss. The
+    /// adapter goes to the backend and the gradients come back for this call; a training loop
+    /// keeps both on the backend instead (`ResidentLora`).
     pub fn forward_backward(&self, adapter: &LoraAdapter, batch: &TrainBatch, weight: f32, opts: StepOptions, grads: &mut LoraGrads) -> Result<f64> {
         grads.check_fits(adapter)?;
-        let s = self.begin(adapter, batch, opts)?;
-        if batch.label_rows.is_empty() {
-            return Ok(0.0);
-        }
+        let pairs = self.upload_pairs(adapter)?;
+        let mut step_grads = self.zeros_like(&pairs)?;
+        let s = self.begin(adapter, &pairs, batch, opts)?;
+        let loss = self.forward_backward_step(&s, weight, &mut step_grads)?;
+        // The step's gradients join the caller's (which may hold earlier micro-batches').
         let be = &self.backend;
-        let mut step_grads: PerModule<(B::Tensor, B::Tensor)> = Vec::with_capacity(s.lora.len());
-        for ll in &s.lora {
-            let mut out: [Option<(B::Tensor, B::Tensor)>; 7] = Default::default();
-            for (slot, p) in out.iter_mut().zip(ll) {
-                if let Some(p) = p {
-                    let ((ar, ac), (br, bc)) = (be.dims(&p.a), be.dims(&p.b));
-                    *slot = Some((be.zeros(ar, ac)?, be.zeros(br, bc)?));
+        for (host, dev) in grads.layers.iter_mut().zip(&step_grads) {
+            for (h, d) in host.iter_mut().zip(dev) {
+                if let (Some((ha, hb)), Some((da, db))) = (h.as_mut(), d) {
+                    for (dst, src) in [(ha, da), (hb, db)] {
+                        for (o, v) in dst.iter_mut().zip(be.to_host(src)?) {
+                            *o += v;
+                        }
+                    }
                 }
             }
-            step_grads.push(out);
         }
+        Ok(loss)
+    }
+
+    /// `forward_backward` on the backend's own copy of the adapter, adding into its gradients.
+    pub fn forward_backward_resident(&self, adapter: &LoraAdapter, r: &mut super::ResidentLora<B>, batch: &TrainBatch, weight: f32, opts: StepOptions) -> Result<f64> {
+        let (pairs, grads) = r.pairs_and_grads();
+        let s = self.begin(adapter, pairs, batch, opts)?;
+        self.forward_backward_step(&s, weight, grads)
+    }
+
+    /// The forward + backward of one step, adding into `step_grads` (shaped like the step's pairs).
+    fn forward_backward_step(&self, s: &Step<'_, B>, weight: f32, step_grads: &mut PerModule<(B::Tensor, B::Tensor)>) -> Result<f64> {
+        if s.labels == 0 {
+            return Ok(0.0);
+        }
+        let opts = s.opts;
+        let be = &self.backend;
         // Forward, keeping each layer's input (and, unless checkpointing, its activations).
         let mut inputs: Vec<B::Tensor> = Vec::with_capacity(self.num_layers());
         let mut saved: Vec<Option<LayerActs<B::Tensor>>> = Vec::with_capacity(self.num_layers());
         let mut x = be.embed_batch(&self.base.embed, &s.batch)?;
         for li in 0..self.num_layers() {
-            let (x_out, acts) = self.layer_forward(&s, li, &x)?;
+            let (x_out, acts) = self.layer_forward(s, li, &x)?;
             saved.push(if opts.checkpoint_activations { None } else { Some(acts) });
             inputs.push(std::mem::replace(&mut x, x_out));
         }
         // Head: final norm + lm_head + cross-entropy on the labelled rows only.
-        let (sel, normed) = self.head_inputs(&s, &x)?;
+        let (sel, normed) = self.head_inputs(s, &x)?;
         drop(x);
         let (loss, d_normed) = be.cross_entropy(&normed, self.lm_head(), &s.batch, weight, opts.vocab_chunk)?;
         let (rows, cols) = be.dims(&sel);
@@ -393,21 +444,9 @@ impl<B: TrainBackend> TrainModel<B> {
             let x_in = inputs.pop().ok_or_else(|| Error::InvalidArgument("internal: missing layer input".into()))?;
             let acts = match saved.pop().flatten() {
                 Some(a) => a,
-                None => self.layer_forward(&s, li, &x_in)?.1,
+                None => self.layer_forward(s, li, &x_in)?.1,
             };
-            dx = self.layer_backward(&s, li, &x_in, &acts, dx, &mut step_grads)?;
-        }
-        // The step's gradients join the caller's (which may hold earlier micro-batches').
-        for (host, dev) in grads.layers.iter_mut().zip(&step_grads) {
-            for (h, d) in host.iter_mut().zip(dev) {
-                if let (Some((ha, hb)), Some((da, db))) = (h.as_mut(), d) {
-                    for (dst, src) in [(ha, da), (hb, db)] {
-                        for (o, v) in dst.iter_mut().zip(be.to_host(src)?) {
-                            *o += v;
-                        }
-                    }
-                }
-            }
+            dx = self.layer_backward(s, li, &x_in, &acts, dx, step_grads)?;
         }
         Ok(loss)
     }

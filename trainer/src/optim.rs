@@ -1,6 +1,7 @@
 //! AdamW with f32 moments and decoupled weight decay (PyTorch's `torch.optim.AdamW`), and the
 //! learning-rate schedules of HF transformers (`get_{cosine,linear,constant}_schedule_with_warmup`).
 
+use lorafleet::backend::train::AdamWStep;
 use lorafleet::lora::LoraAdapter;
 use lorafleet::train::LoraGrads;
 use lorafleet::{Error, Result};
@@ -41,31 +42,40 @@ impl AdamW {
         AdamW { config, step: 0, exp_avg: zeros.clone(), exp_avg_sq: zeros }
     }
 
-    /// One update of every parameter with learning rate `lr`:
+    /// Counts one more update and returns its scalars (PyTorch's: `step_size = lr / (1 − β1^t)`,
+    /// `√(1 − β2^t)`, `1 − lr·wd`), with `grad_scale` the clipping factor (1: none); the update
+    /// itself runs where the parameters are (`ResidentLora::adamw`, or `update` on the host).
+    pub fn next_step(&mut self, lr: f32, grad_scale: f32) -> AdamWStep {
+        self.step += 1;
+        let c = self.config;
+        let bc1 = 1.0 - (c.beta1 as f64).powi(self.step as i32);
+        let bc2 = 1.0 - (c.beta2 as f64).powi(self.step as i32);
+        AdamWStep {
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            // torch: step_size = lr / bc1; denom = sqrt(v) / sqrt(bc2) + eps.
+            step_size: (lr as f64 / bc1) as f32,
+            bc2_sqrt: bc2.sqrt() as f32,
+            decay: 1.0 - lr * c.weight_decay,
+            grad_scale,
+        }
+    }
+
+    /// One update of every parameter with learning rate `lr`, on the host:
     /// `p ← p − lr·wd·p`, then `p ← p − lr · m̂ / (√v̂ + eps)`.
     pub fn update(&mut self, adapter: &mut LoraAdapter, grads: &LoraGrads, lr: f32) -> Result<()> {
         let n = grads.buffers().count();
         if n != self.exp_avg.len() {
             return Err(Error::InvalidArgument(format!("optimizer state holds {} tensors, the adapter {n}", self.exp_avg.len())));
         }
-        self.step += 1;
-        let c = self.config;
-        let bc1 = 1.0 - (c.beta1 as f64).powi(self.step as i32);
-        let bc2 = 1.0 - (c.beta2 as f64).powi(self.step as i32);
-        // torch: step_size = lr / bc1; denom = sqrt(v) / sqrt(bc2) + eps.
-        let step_size = (lr as f64 / bc1) as f32;
-        let bc2_sqrt = bc2.sqrt() as f32;
-        let decay = 1.0 - lr * c.weight_decay;
+        let step = self.next_step(lr, 1.0);
         for (((p, g), m), v) in params_mut(adapter).zip(grads.buffers()).zip(&mut self.exp_avg).zip(&mut self.exp_avg_sq) {
             if p.len() != g.len() || m.len() != g.len() {
                 return Err(Error::InvalidArgument("optimizer state does not match the adapter's shapes".into()));
             }
             for i in 0..p.len() {
-                let gi = g[i];
-                m[i] = c.beta1 * m[i] + (1.0 - c.beta1) * gi;
-                v[i] = c.beta2 * v[i] + (1.0 - c.beta2) * gi * gi;
-                p[i] *= decay;
-                p[i] -= step_size * m[i] / (v[i].sqrt() / bc2_sqrt + c.eps);
+                (p[i], m[i], v[i]) = step.apply(p[i], g[i], m[i], v[i]);
             }
         }
         Ok(())

@@ -21,7 +21,7 @@ use lorafleet::lora::{LoraAdapter, LoraConfig, LoraModule, LoraPair};
 use lorafleet::backend::HostMatrix;
 use lorafleet::model::config::ModelConfig;
 use lorafleet::backend::train::TrainBackend;
-use lorafleet::train::{Example, LoraGrads, StepOptions, TrainBatch, TrainModel};
+use lorafleet::train::{Example, LoraGrads, ResidentLora, StepOptions, TrainBatch, TrainModel};
 use lorafleet::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -317,7 +317,11 @@ pub fn train<B: TrainBackend>(model: &TrainModel<B>, examples: &[Example], cfg: 
     adapter.config.lora_dropout = cfg.step.lora_dropout;
     // Start the log afresh (or cut it back to the resumed step); lines are appended as we go.
     write_log(&log_path, &log)?;
-    let mut grads = LoraGrads::zeros_like(&adapter);
+    // Names and shapes of the checkpoints' tensors; the values live on the backend.
+    let grads = LoraGrads::zeros_like(&adapter);
+    // The adapter, its gradients and AdamW's moments stay on the backend for the whole run; the
+    // host copies are brought up to date for each checkpoint and the final adapter.
+    let mut resident = ResidentLora::upload(model, &adapter, &opt.exp_avg, &opt.exp_avg_sq)?;
     let bar = progress_bar(cfg.progress, total, state.step);
     let started = Instant::now();
     let elapsed0 = state.elapsed_s;
@@ -327,7 +331,7 @@ pub fn train<B: TrainBackend>(model: &TrainModel<B>, examples: &[Example], cfg: 
         let lr = learning_rate(cfg.schedule, cfg.lr, state.step, total, warmup);
         let micro = step_micro_batches(n, cfg.micro_batch, cfg.grad_accum, cfg.seed, cfg.shuffle, state.step);
         let labels: usize = micro.iter().flatten().map(|&i| examples[i].n_labels()).sum();
-        grads.zero();
+        resident.zero_grads(model)?;
         let (mut loss, mut tokens) = (0.0f64, 0usize);
         if labels > 0 {
             let weight = 1.0 / labels as f32;
@@ -342,10 +346,10 @@ pub fn train<B: TrainBackend>(model: &TrainModel<B>, examples: &[Example], cfg: 
                 // Fresh dropout masks per micro-batch, a function of (seed, update, micro-batch)
                 // only, so a resumed run draws the same ones.
                 let step_opts = StepOptions { dropout_seed: dropout_seed(cfg.seed, state.step, mi), ..cfg.step };
-                loss += model.forward_backward(&adapter, &batch, weight, step_opts, &mut grads)?;
+                loss += model.forward_backward_resident(&adapter, &mut resident, &batch, weight, step_opts)?;
             }
         }
-        let grad_norm = grads.global_norm();
+        let grad_norm = resident.grad_norm(model)?;
         // A diverged step stops the run before it reaches the weights (or the checkpoints).
         if !loss.is_finite() || !grad_norm.is_finite() {
             return Err(Error::InvalidArgument(format!(
@@ -353,11 +357,9 @@ pub fn train<B: TrainBackend>(model: &TrainModel<B>, examples: &[Example], cfg: 
                 state.step + 1
             )));
         }
-        if cfg.max_grad_norm > 0.0 && grad_norm > cfg.max_grad_norm as f64 {
-            // torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6).
-            grads.scale((cfg.max_grad_norm as f64 / (grad_norm + 1e-6)) as f32);
-        }
-        opt.update(&mut adapter, &grads, lr)?;
+        // torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6).
+        let clip = if cfg.max_grad_norm > 0.0 && grad_norm > cfg.max_grad_norm as f64 { (cfg.max_grad_norm as f64 / (grad_norm + 1e-6)) as f32 } else { 1.0 };
+        resident.adamw(model, &opt.next_step(lr, clip))?;
         state.step += 1;
         state.tokens_seen += tokens as u64;
         let dt = step_started.elapsed().as_secs_f64();
@@ -379,11 +381,13 @@ pub fn train<B: TrainBackend>(model: &TrainModel<B>, examples: &[Example], cfg: 
         append_log(&log_path, &entry)?;
         log.push(entry);
         if (cfg.checkpoint_every > 0 && state.step.is_multiple_of(cfg.checkpoint_every)) || state.step == total {
+            resident.download(model, &mut adapter, &mut opt.exp_avg, &mut opt.exp_avg_sq)?;
             checkpoint::save(&cfg.out_dir, &adapter, &opt, &grads, &state)?;
             draw_plot(&cfg.out_dir, &log);
         }
     }
     bar.finish_and_clear();
+    resident.download(model, &mut adapter, &mut opt.exp_avg, &mut opt.exp_avg_sq)?;
     if state.step == total {
         adapter.save(&cfg.out_dir.join("adapter"))?;
     }

@@ -4,7 +4,7 @@
 
 use super::{backward as bw, check, frozen, matmul, ops, CpuBackend, CpuMatrix, CpuRope, CpuTensor, CpuWeight};
 use crate::backend::layout::SeqSpan;
-use crate::backend::train::TrainBackend;
+use crate::backend::train::{AdamWStep, TrainBackend};
 use crate::model::config::ModelConfig;
 use crate::train::TrainBatch;
 use crate::{Error, Result};
@@ -214,6 +214,20 @@ impl TrainBackend for CpuBackend {
         let weights = vec![weight; b.targets.len()];
         let (loss, dh) = bw::cross_entropy_lm_head(&h.data, w, h.cols, &b.targets, &weights, chunk);
         Ok((loss, tensor(dh, h.rows, h.cols)))
+    }
+
+    fn adamw_step(&self, p: &mut CpuTensor, g: &CpuTensor, m: &mut CpuTensor, v: &mut CpuTensor, step: &AdamWStep) -> Result<()> {
+        same_shape("adamw: gradient", g, p)?;
+        same_shape("adamw: first moment", m, p)?;
+        same_shape("adamw: second moment", v, p)?;
+        for (((p, &g), m), v) in p.data.iter_mut().zip(&g.data).zip(m.data.iter_mut()).zip(v.data.iter_mut()) {
+            (*p, *m, *v) = step.apply(*p, g, *m, *v);
+        }
+        Ok(())
+    }
+
+    fn sum_squares(&self, x: &CpuTensor) -> Result<f64> {
+        Ok(x.data.iter().map(|&v| v as f64 * v as f64).sum())
     }
 
     fn zeros(&self, rows: usize, cols: usize) -> Result<CpuTensor> {

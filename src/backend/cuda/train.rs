@@ -23,7 +23,7 @@ use super::lora_backward::{CudaLoraBackward, LoraBackwardShape};
 use super::ops_backward::CudaOpsBackward;
 use super::validate::{count_i32, RopeDims};
 use crate::backend::layout::SeqSpan;
-use crate::backend::train::TrainBackend;
+use crate::backend::train::{AdamWStep, TrainBackend};
 use crate::model::config::ModelConfig;
 use crate::train::TrainBatch;
 use crate::{Error, Result};
@@ -43,6 +43,8 @@ pub struct TrainKernels {
     nf4_dequant: CudaFunction,
     mul: CudaFunction,
     scatter_rows: CudaFunction,
+    adamw: CudaFunction,
+    sum_squares: CudaFunction,
     ops: CudaOpsBackward,
     lora: CudaLoraBackward,
     attention: CudaAttentionTrain,
@@ -57,6 +59,8 @@ impl TrainKernels {
             nf4_dequant: m.function("lf_train_nf4_dequant_f32")?,
             mul: m.function("lf_train_mul_f32")?,
             scatter_rows: m.function("lf_train_scatter_rows_f32")?,
+            adamw: m.function("lf_train_adamw_f32")?,
+            sum_squares: m.function("lf_train_sum_squares_f32")?,
             ops: CudaOpsBackward::new(dev)?,
             lora: CudaLoraBackward::new(dev)?,
             attention: CudaAttentionTrain::new(dev)?,
@@ -472,6 +476,65 @@ impl TrainBackend for CudaBackend {
         let weights = vec![weight; b.targets.len()];
         let (loss, dh) = self.train_kernels()?.cross_entropy.run(self.device(), &h.view::<f32>()?, ws, h.cols, &b.targets, &weights, chunk)?;
         Ok((loss, self.tensor_of(&dh, h.rows, h.cols)?))
+    }
+
+    fn adamw_step(&self, p: &mut CudaTensor, g: &CudaTensor, m: &mut CudaTensor, v: &mut CudaTensor, step: &AdamWStep) -> Result<()> {
+        self.check_f32("adamw", &[p, g, m, v])?;
+        same_shape("adamw: gradient", g, p)?;
+        same_shape("adamw: first moment", m, p)?;
+        same_shape("adamw: second moment", v, p)?;
+        let n = p.rows * p.cols;
+        if n == 0 {
+            return Ok(());
+        }
+        let dev = self.device();
+        let kern = self.train_kernels()?;
+        let (mut pv, gv, mut mv, mut vv) = (p.view_mut::<f32>()?, g.view::<f32>()?, m.view_mut::<f32>()?, v.view_mut::<f32>()?);
+        let s = dev.stream();
+        let (pp, _p) = pv.device_ptr_mut(s);
+        let (gp, _g) = gv.device_ptr(s);
+        let (mp, _m) = mv.device_ptr_mut(s);
+        let (vp, _v) = vv.device_ptr_mut(s);
+        let n64 = n as i64;
+        let a = step;
+        // SAFETY: lf_train_adamw_f32(float* p, const float* g, float* m, float* v, int64 n, float
+        // beta1, beta2, eps, step_size, bc2_sqrt, decay, grad_scale): p, g, m, v are four distinct
+        // tensors of n f32 each (shapes checked above; p, m, v mutable borrows); grid-stride
+        // over i < n.
+        unsafe {
+            launch_kernel(
+                s,
+                &kern.adamw,
+                "lf_train_adamw_f32",
+                grid_stride(n, dev),
+                &[&pp, &gp, &mp, &vp, &n64, &a.beta1, &a.beta2, &a.eps, &a.step_size, &a.bc2_sqrt, &a.decay, &a.grad_scale],
+            )
+        }
+    }
+
+    fn sum_squares(&self, x: &CudaTensor) -> Result<f64> {
+        self.check_f32("sum_squares", &[x])?;
+        let n = x.rows * x.cols;
+        if n == 0 {
+            return Ok(0.0);
+        }
+        let dev = self.device();
+        let kern = self.train_kernels()?;
+        let cfg = grid_stride(n, dev);
+        let blocks = cfg.grid_dim.0 as usize;
+        let mut partial = dev.stream().alloc_zeros::<f64>(blocks).map_err(cuda_err("allocating the partial sums"))?;
+        {
+            let xv = x.view::<f32>()?;
+            let s = dev.stream();
+            let (xp, _x) = xv.device_ptr(s);
+            let (pp, _p) = partial.device_ptr_mut(s);
+            let n64 = n as i64;
+            // SAFETY: lf_train_sum_squares_f32(const float* x, double* partial, int64 n): x holds n
+            // f32, partial one f64 per block of this grid (allocated above); blocks of 256
+            // threads (the kernel's shared array), grid-stride over i < n.
+            unsafe { launch_kernel(s, &kern.sum_squares, "lf_train_sum_squares_f32", cfg, &[&xp, &pp, &n64]) }?;
+        }
+        Ok(dev.download(&partial)?.iter().sum())
     }
 
     fn zeros(&self, rows: usize, cols: usize) -> Result<CudaTensor> {
