@@ -11,6 +11,7 @@ pub mod data;
 pub mod engine;
 pub mod error;
 pub mod eval;
+pub mod heap;
 pub mod kv;
 pub mod loadtest;
 pub mod lora;

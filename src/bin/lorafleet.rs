@@ -506,6 +506,8 @@ struct EvalArgs {
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: freed activation buffers stay in the process (src/heap.rs).
+    lorafleet::heap::keep_freed_memory();
     let cli: Cli = lorafleet::cli_env::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

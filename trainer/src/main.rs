@@ -318,6 +318,8 @@ fn publish_adapter(from: &std::path::Path, to: &std::path::Path) -> lorafleet::R
 }
 
 fn main() -> ExitCode {
+    // Before any thread starts: freed activation buffers stay in the process (src/heap.rs).
+    lorafleet::heap::keep_freed_memory();
     let cli: Cli = lorafleet::cli_env::parse();
     let r = match cli.command {
         Command::Gradients(a) => run_gradients(a),
