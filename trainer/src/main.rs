@@ -321,10 +321,11 @@ fn main() -> ExitCode {
     // Before any thread starts: freed activation buffers stay in the process (src/heap.rs).
     lorafleet::heap::keep_freed_memory();
     let cli: Cli = lorafleet::cli_env::parse();
-    let r = match cli.command {
+    // The whole run on a thread of the CPU backend's pool (why: backend::cpu::on_pool).
+    let r = lorafleet::backend::cpu::on_pool(|| match cli.command {
         Command::Gradients(a) => run_gradients(a),
         Command::Train(a) => run_train(a),
-    };
+    });
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

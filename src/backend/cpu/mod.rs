@@ -339,3 +339,12 @@ pub fn host_memory_available() -> Option<usize> {
     let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
     kib.checked_mul(1024)
 }
+
+/// Runs `work` on a thread of rayon's global pool and waits for it. Every CPU op is a parallel
+/// loop (`par_chunks`, `gemm` with `Parallelism::Rayon`); issued from a thread outside the pool,
+/// each one is injected into the pool's queue and the caller sleeps on a latch until it is done,
+/// hundreds of hand-offs per training step, and the caller itself runs `gemm`'s first share as a
+/// third thread on two cores. Issued from a pool thread, a loop is split in place.
+pub fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| work())
+}
