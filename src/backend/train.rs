@@ -121,6 +121,8 @@ pub trait TrainBackend: Backend {
 
     /// `[rows, cols]` of zeros.
     fn zeros(&self, rows: usize, cols: usize) -> Result<Self::Tensor>;
+    /// Sets every element of `x` to zero, in place (gradients between updates).
+    fn fill_zero(&self, x: &mut Self::Tensor) -> Result<()>;
     /// A copy of `x`.
     fn copy(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
 }

@@ -15,6 +15,7 @@
 //! packed, with that prefix's forward and backward computed once per micro-batch.
 
 use crate::backend::layout::SeqSpan;
+use crate::model::config::ModelConfig;
 use crate::{Error, Result};
 
 /// One training example.
@@ -137,6 +138,31 @@ impl TrainBatch {
         }
         if self.label_rows.iter().any(|&r| r >= self.ids.len()) {
             return bad("label row past the batch");
+        }
+        Ok(())
+    }
+
+    /// [`validate`](Self::validate), then the batch against the model every backend's
+    /// `begin_batch` runs it on: ids and targets inside the vocabulary, positions under the
+    /// context, labelled rows in increasing order (one writer per row in a scatter), whole
+    /// kv-head groups.
+    pub fn check_against(&self, c: &ModelConfig) -> Result<()> {
+        self.validate()?;
+        if let Some(&bad) = self.ids.iter().find(|&&i| i as usize >= c.vocab_size) {
+            return Err(Error::InvalidArgument(format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
+        }
+        if let Some(&p) = self.positions.iter().find(|&&p| p as usize >= c.max_position_embeddings) {
+            return Err(Error::PromptTooLong { tokens: p as usize + 1, max: c.max_position_embeddings });
+        }
+        let bad = |m: &str| Err(Error::InvalidArgument(format!("training batch: {m}")));
+        if self.label_rows.windows(2).any(|w| w[0] >= w[1]) {
+            return bad("labelled rows must be increasing");
+        }
+        if self.targets.iter().any(|&i| i as usize >= c.vocab_size) {
+            return bad("a target outside the vocabulary");
+        }
+        if c.num_kv_heads == 0 || !c.num_heads.is_multiple_of(c.num_kv_heads) {
+            return bad("q heads are not a multiple of kv heads");
         }
         Ok(())
     }

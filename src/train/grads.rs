@@ -59,14 +59,6 @@ impl LoraGrads {
         self.buffers().flat_map(|b| b.iter()).map(|&v| v as f64 * v as f64).sum::<f64>().sqrt()
     }
 
-    pub fn scale(&mut self, s: f32) {
-        for b in self.buffers_mut() {
-            for v in b.iter_mut() {
-                *v *= s;
-            }
-        }
-    }
-
     /// `(grad.<PEFT key>, shape, values)` for every parameter, as `gradients` writes them.
     pub fn named<'a>(&'a self, adapter: &'a LoraAdapter) -> Vec<(String, [usize; 2], &'a [f32])> {
         let mut out = Vec::new();

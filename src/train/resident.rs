@@ -66,7 +66,11 @@ impl<B: TrainBackend> ResidentLora<B> {
 
     /// Sets every gradient to zero (before an update's first micro-batch).
     pub fn zero_grads(&mut self, model: &TrainModel<B>) -> Result<()> {
-        self.grads = model.zeros_like(&self.pairs)?;
+        let be = model.backend();
+        for (da, db) in self.grads.iter_mut().flatten().flatten() {
+            be.fill_zero(da)?;
+            be.fill_zero(db)?;
+        }
         Ok(())
     }
 

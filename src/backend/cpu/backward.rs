@@ -190,8 +190,8 @@ pub fn causal_attention_forward(q: &[f32], k: &[f32], v: &[f32], seqs: SeqSpans<
             (o, lse)
         })
         .collect();
-    let mut out = vec![0.0f32; t * qw];
-    let mut lse_all = vec![0.0f32; t * n_heads];
+    let mut out = super::zeroed(t * qw);
+    let mut lse_all = super::zeroed(t * n_heads);
     for (&(si, h), (o, lse)) in tasks.iter().zip(parts) {
         let (start, len) = (seqs[si].start, seqs[si].len);
         for i in 0..len {
@@ -265,7 +265,7 @@ pub fn causal_attention_backward(
             (dq, dk, dv)
         })
         .collect();
-    let (mut dq_all, mut dk_all, mut dv_all) = (vec![0.0f32; t * qw], vec![0.0f32; t * kw], vec![0.0f32; t * kw]);
+    let (mut dq_all, mut dk_all, mut dv_all) = (super::zeroed(t * qw), super::zeroed(t * kw), super::zeroed(t * kw));
     for (&(si, h), (dq, dk, dv)) in tasks.iter().zip(parts) {
         let span = seqs[si];
         let kvh = h / group;

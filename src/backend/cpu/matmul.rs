@@ -9,6 +9,63 @@ pub(crate) const GEMV_MAX_ROWS: usize = 4;
 /// Weight rows per rayon task on the GEMV path (64 rows of 576 f32 = 147 KB: fits L2).
 const GEMV_ROWS_PER_TASK: usize = 32;
 
+/// [`linear`] into a new `[t, n]` buffer. On the GEMM path the buffer is never zeroed first:
+/// `gemm` writes every element without reading `dst`, so a fresh allocation goes straight to it
+/// (a `vec![0.0; ..]` would cost a serial memset of the whole output: the heap reuses freed
+/// blocks, see `heap`, so calloc cannot hand out kernel-zeroed pages).
+pub fn linear_new(x: &[f32], t: usize, k: usize, w: &[f32], n: usize) -> Vec<f32> {
+    assert_eq!(x.len(), t * k, "x is not [t, k]");
+    assert_eq!(w.len(), n * k, "w is not [n, k]");
+    if t <= GEMV_MAX_ROWS || n == 0 {
+        let mut out = vec![0.0; t * n];
+        linear(x, t, k, w, n, &mut out);
+        return out;
+    }
+    let mut out = Vec::<f32>::with_capacity(t * n);
+    // SAFETY: `out` has capacity for t * n f32; gemm with read_dst = false (the 7th argument)
+    // writes each of the t * n elements of dst [t, n] (row stride n, col stride 1) through the
+    // raw pointer and reads none, so all are initialised before set_len. The inputs are the
+    // buffers checked above, with the strides of `linear`.
+    unsafe {
+        gemm_f32_raw(out.as_mut_ptr(), x, t, k, w, n);
+        out.set_len(t * n);
+    }
+    out
+}
+
+/// `dst [t, n] = x [t, k] · wᵀ` through `gemm`, `dst` not read.
+///
+/// # Safety
+/// `dst` must be valid for writes of `t * n` f32 and not overlap `x` or `w`; `x` is `[t, k]`,
+/// `w` is `[n, k]`.
+unsafe fn gemm_f32_raw(dst: *mut f32, x: &[f32], t: usize, k: usize, w: &[f32], n: usize) {
+    // SAFETY: the caller's contract: dst [t, n] row-major (row stride n, col stride 1), lhs x
+    // [t, k] (row stride k), rhs wᵀ [k, n] read from w [n, k] (row stride 1, col stride k).
+    unsafe {
+        gemm::gemm(
+            t,
+            n,
+            k,
+            dst,
+            1,
+            n as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        )
+    }
+}
+
 pub fn linear(x: &[f32], t: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
     assert_eq!(x.len(), t * k, "x is not [t, k]");
     assert_eq!(w.len(), n * k, "w is not [n, k]");
@@ -19,32 +76,8 @@ pub fn linear(x: &[f32], t: usize, k: usize, w: &[f32], n: usize, out: &mut [f32
     if t <= GEMV_MAX_ROWS {
         gemv(x, t, k, w, n, out);
     } else {
-        // SAFETY: the strides below describe exactly the buffers checked above: dst [t, n]
-        // row-major (row stride n, col stride 1), lhs x [t, k] (row stride k), rhs wᵀ [k, n]
-        // read from w [n, k] (row stride 1, col stride k). dst and the inputs do not overlap.
-        unsafe {
-            gemm::gemm(
-                t,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr(),
-                k as isize,
-                1,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(rayon::current_num_threads()),
-            )
-        }
+        // SAFETY: out is [t, n] (checked above), a unique borrow, so it cannot overlap x or w.
+        unsafe { gemm_f32_raw(out.as_mut_ptr(), x, t, k, w, n) }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod nf4;
 pub mod ops;
 pub mod train;
 
+use rayon::iter::ParallelExtend;
 use super::{Backend, HostWeight, LoraRun, StepSpec};
 use crate::kv::{BatchLayout, KvLayout};
 use crate::lora::LoraModule;
@@ -198,7 +199,7 @@ impl Backend for CpuBackend {
         if let Some(&bad) = ids.iter().find(|&&i| i as usize >= table.rows) {
             return Err(Error::InvalidArgument(format!("token id {bad} is outside the vocabulary of {}", table.rows)));
         }
-        let mut out = vec![0.0; ids.len() * table.cols];
+        let mut out = zeroed(ids.len() * table.cols);
         let CpuWeight::Dense(data) = &table.weight else {
             return Err(Error::InvalidArgument("embedding: the table must be dense f32, not NF4 or bf16".into()));
         };
@@ -208,19 +209,26 @@ impl Backend for CpuBackend {
 
     fn rms_norm(&self, x: &CpuTensor, w: &Vec<f32>, eps: f32) -> Result<CpuTensor> {
         check(w.len() == x.cols, || format!("rms_norm: weight {} vs row {}", w.len(), x.cols))?;
-        let mut out = vec![0.0; x.data.len()];
+        let mut out = zeroed(x.data.len());
         ops::rms_norm(&x.data, w, eps, &mut out);
         Ok(CpuTensor { data: out, rows: x.rows, cols: x.cols })
     }
 
     fn linear(&self, x: &CpuTensor, w: &CpuMatrix, bias: Option<&Vec<f32>>) -> Result<CpuTensor> {
         check(x.cols == w.cols, || format!("linear: x has {} columns, weight expects {}", x.cols, w.cols))?;
-        let mut out = vec![0.0; x.rows * w.rows];
-        match &w.weight {
-            CpuWeight::Dense(data) => matmul::linear(&x.data, x.rows, x.cols, data, w.rows, &mut out),
-            CpuWeight::Nf4(m) => nf4::linear(&x.data, x.rows, m, &mut out),
-            CpuWeight::Bf16(m) => bf16::linear(&x.data, x.rows, m, &mut out),
-        }
+        let mut out = match &w.weight {
+            CpuWeight::Dense(data) => matmul::linear_new(&x.data, x.rows, x.cols, data, w.rows),
+            CpuWeight::Nf4(m) => {
+                let mut out = zeroed(x.rows * w.rows);
+                nf4::linear(&x.data, x.rows, m, &mut out);
+                out
+            }
+            CpuWeight::Bf16(m) => {
+                let mut out = zeroed(x.rows * w.rows);
+                bf16::linear(&x.data, x.rows, m, &mut out);
+                out
+            }
+        };
         if let Some(b) = bias {
             check(b.len() == w.rows, || "linear: bias length".into())?;
             for row in out.chunks_exact_mut(w.rows) {
@@ -249,7 +257,7 @@ impl Backend for CpuBackend {
 
     fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor) -> Result<CpuTensor> {
         check(gate.rows == up.rows && gate.cols == up.cols, || "silu_mul: shapes differ".into())?;
-        let mut out = vec![0.0; gate.data.len()];
+        let mut out = zeroed(gate.data.len());
         ops::silu_mul(&gate.data, &up.data, &mut out);
         Ok(CpuTensor { data: out, rows: gate.rows, cols: gate.cols })
     }
@@ -292,7 +300,7 @@ impl Backend for CpuBackend {
         let (kc, vc) = &mut kv.layers[layer];
         attention::write_kv(&k.data, &v.data, &batch.slots, kv_dim, kc, vc);
         let n_heads = q.cols / l.head_dim;
-        let mut out = vec![0.0; q.data.len()];
+        let mut out = zeroed(q.data.len());
         attention::paged_attention(&q.data, kc, vc, batch, n_heads, l.num_kv_heads, l.head_dim, &mut out);
         Ok(CpuTensor { data: out, rows: q.rows, cols: q.cols })
     }
@@ -347,4 +355,19 @@ pub fn host_memory_available() -> Option<usize> {
 /// third thread on two cores. Issued from a pool thread, a loop is split in place.
 pub fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| work())
+}
+
+/// `n` zeros; large buffers are cleared by the pool's threads. The heap keeps freed blocks for
+/// reuse (`heap::keep_freed_memory`), so calloc clears a reused block with a memset on the
+/// calling thread while the pool waits: activations of 1-10 MB each, several per layer.
+pub(crate) fn zeroed(n: usize) -> Vec<f32> {
+    /// Below this, one thread's memset is shorter than a hand-off.
+    const PARALLEL_MIN: usize = 1 << 16;
+    if n < PARALLEL_MIN {
+        return vec![0.0; n];
+    }
+    let mut v = Vec::with_capacity(n);
+    // An indexed iterator: rayon writes each part straight into the spare capacity.
+    v.par_extend(rayon::iter::repeat_n(0.0f32, n));
+    v
 }

@@ -2,7 +2,7 @@
 //! `matmul`, `frozen`), each argument checked here so that a bad shape is an error, never one of
 //! those functions' asserts.
 
-use super::{backward as bw, check, frozen, matmul, ops, CpuBackend, CpuMatrix, CpuRope, CpuTensor, CpuWeight};
+use super::{backward as bw, check, frozen, matmul, ops, zeroed, CpuBackend, CpuMatrix, CpuRope, CpuTensor, CpuWeight};
 use crate::backend::layout::SeqSpan;
 use crate::backend::train::{AdamWStep, TrainBackend};
 use crate::model::config::ModelConfig;
@@ -47,18 +47,7 @@ impl TrainBackend for CpuBackend {
     type Batch = CpuTrainBatch;
 
     fn begin_batch(&self, batch: &TrainBatch, c: &ModelConfig) -> Result<CpuTrainBatch> {
-        batch.validate()?;
-        let t = batch.ids.len();
-        if let Some(&bad) = batch.ids.iter().find(|&&i| i as usize >= c.vocab_size) {
-            return Err(Error::InvalidArgument(format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
-        }
-        if let Some(&p) = batch.positions.iter().find(|&&p| p as usize >= c.max_position_embeddings) {
-            return Err(Error::PromptTooLong { tokens: p as usize + 1, max: c.max_position_embeddings });
-        }
-        check(batch.seqs.iter().all(|s| s.in_bounds(t)), || "training batch: a span past the batch".into())?;
-        check(batch.label_rows.iter().all(|&r| r < t), || "training batch: a labelled row past the batch".into())?;
-        check(batch.targets.iter().all(|&i| (i as usize) < c.vocab_size), || "training batch: a target outside the vocabulary".into())?;
-        check(c.num_kv_heads > 0 && c.num_heads.is_multiple_of(c.num_kv_heads), || "training batch: q heads are not a multiple of kv heads".into())?;
+        batch.check_against(c)?;
         Ok(CpuTrainBatch {
             ids: batch.ids.clone(),
             positions: batch.positions.clone(),
@@ -74,7 +63,7 @@ impl TrainBackend for CpuBackend {
     fn embed_batch(&self, table: &CpuMatrix, b: &CpuTrainBatch) -> Result<CpuTensor> {
         let data = dense_table("embedding", table)?;
         check(b.ids.iter().all(|&i| (i as usize) < table.rows), || "embedding: a token id past the table".into())?;
-        let mut out = vec![0.0; b.rows() * table.cols];
+        let mut out = zeroed(b.rows() * table.cols);
         ops::embedding(data, table.cols, &b.ids, &mut out);
         Ok(tensor(out, b.rows(), table.cols))
     }
@@ -143,7 +132,7 @@ impl TrainBackend for CpuBackend {
     fn silu_mul_backward(&self, gate: &CpuTensor, up: &CpuTensor, dout: &CpuTensor) -> Result<(CpuTensor, CpuTensor)> {
         same_shape("silu_mul_backward: up", up, gate)?;
         same_shape("silu_mul_backward: dout", dout, gate)?;
-        let (mut dg, mut du) = (vec![0.0; gate.data.len()], vec![0.0; gate.data.len()]);
+        let (mut dg, mut du) = (zeroed(gate.data.len()), zeroed(gate.data.len()));
         bw::silu_mul_backward(&gate.data, &up.data, &dout.data, &mut dg, &mut du);
         Ok((tensor(dg, gate.rows, gate.cols), tensor(du, gate.rows, gate.cols)))
     }
@@ -196,7 +185,7 @@ impl TrainBackend for CpuBackend {
     fn scatter_label_rows(&self, d: &CpuTensor, b: &CpuTrainBatch) -> Result<CpuTensor> {
         check(d.rows == b.label_rows.len(), || format!("scatter_label_rows: {} rows for {} labelled rows", d.rows, b.label_rows.len()))?;
         let w = d.cols;
-        let mut out = vec![0.0; b.rows() * w];
+        let mut out = zeroed(b.rows() * w);
         for (i, &r) in b.label_rows.iter().enumerate() {
             for (o, &v) in out[r * w..(r + 1) * w].iter_mut().zip(&d.data[i * w..(i + 1) * w]) {
                 *o += v;
@@ -231,7 +220,12 @@ impl TrainBackend for CpuBackend {
     }
 
     fn zeros(&self, rows: usize, cols: usize) -> Result<CpuTensor> {
-        Ok(tensor(vec![0.0; rows * cols], rows, cols))
+        Ok(tensor(zeroed(rows * cols), rows, cols))
+    }
+
+    fn fill_zero(&self, x: &mut CpuTensor) -> Result<()> {
+        x.data.fill(0.0);
+        Ok(())
     }
 
     fn copy(&self, x: &CpuTensor) -> Result<CpuTensor> {

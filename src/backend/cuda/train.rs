@@ -230,22 +230,8 @@ impl TrainBackend for CudaBackend {
 
     fn begin_batch(&self, batch: &TrainBatch, c: &ModelConfig) -> Result<CudaTrainBatch> {
         self.check_f32("training batch", &[])?;
-        batch.validate()?;
-        let t = batch.ids.len();
-        count_i32("training batch", "rows", t)?;
-        if let Some(&bad) = batch.ids.iter().find(|&&i| i as usize >= c.vocab_size) {
-            return Err(invalid(format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
-        }
-        if let Some(&p) = batch.positions.iter().find(|&&p| p as usize >= c.max_position_embeddings) {
-            return Err(Error::PromptTooLong { tokens: p as usize + 1, max: c.max_position_embeddings });
-        }
-        // Distinct, in order, inside the batch: the scatter kernel writes each row from one block.
-        if batch.label_rows.windows(2).any(|w| w[0] >= w[1]) || batch.label_rows.last().is_some_and(|&r| r >= t) {
-            return Err(invalid("training batch: labelled rows must be increasing and inside the batch"));
-        }
-        if batch.targets.iter().any(|&i| i as usize >= c.vocab_size) {
-            return Err(invalid("training batch: a target outside the vocabulary"));
-        }
+        batch.check_against(c)?;
+        count_i32("training batch", "rows", batch.ids.len())?;
         self.train_kernels()?;
         Ok(CudaTrainBatch {
             ids: batch.ids.clone(),
@@ -539,6 +525,12 @@ impl TrainBackend for CudaBackend {
 
     fn zeros(&self, rows: usize, cols: usize) -> Result<CudaTensor> {
         self.zeros_f32(rows, cols)
+    }
+
+    fn fill_zero(&self, x: &mut CudaTensor) -> Result<()> {
+        self.check_f32("fill_zero", &[x])?;
+        let mut v = x.view_mut::<f32>()?;
+        self.device().stream().memset_zeros(&mut v).map_err(cuda_err("zeroing a tensor"))
     }
 
     fn copy(&self, x: &CudaTensor) -> Result<CudaTensor> {
