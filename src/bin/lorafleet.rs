@@ -25,11 +25,13 @@ macro_rules! on_device {
         let (opened, note) = open_backend($m.device, $m.act_dtype, !$m.no_cuda_graphs)?;
         // Said once the model is on the device (a load error stays one line).
         match opened {
-            OpenedBackend::Cpu(be) => {
+            // On a thread of the CPU pool: each op's parallel loop is split in place rather than
+            // handed from this thread to the pool and waited on (backend::cpu::on_pool).
+            OpenedBackend::Cpu(be) => lorafleet::backend::cpu::on_pool(|| {
                 let $l = load($m, be)?;
                 eprintln!("{note}");
                 $body
-            }
+            }),
             OpenedBackend::Cuda(be) => {
                 let $l = load($m, be)?;
                 eprintln!("{note}");
