@@ -20,8 +20,63 @@ pub fn write_kv(k: &[f32], v: &[f32], slots: &[u32], kv_dim: usize, k_cache: &mu
 /// Causal attention of `q [T, n_heads * head_dim]` over each sequence's cached context
 /// (positions `0..=p` for a new token at position `p`), GQA: query head `h` reads kv head
 /// `h / (n_heads / n_kv_heads)`. f32 softmax, scale `1/sqrt(head_dim)`. `out [T, n_heads * head_dim]`.
+///
+/// One task per (token, query head). Each task gathers its keys' cache offsets once, then runs
+/// the AVX-512 kernel (`x86::attend`: scores, a vector exp, the weighted sum of V, head_dim in
+/// registers) where the CPU has it and `head_dim` is a supported multiple of 16, else the scalar
+/// twin `attend_portable`. [`paged_attention_reference`] is the plain loop both are tested against.
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    batch: &BatchLayout,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    out: &mut [f32],
+) {
+    paged_attention_with(detect(head_dim), q, k_cache, v_cache, batch, n_heads, n_kv_heads, head_dim, out)
+}
+
+/// [`paged_attention`] on the scalar kernel only (tests compare the SIMD kernel with it).
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention_portable(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    batch: &BatchLayout,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    out: &mut [f32],
+) {
+    paged_attention_with(Kernel::Portable, q, k_cache, v_cache, batch, n_heads, n_kv_heads, head_dim, out)
+}
+
+/// Which attention kernel runs.
+#[derive(Clone, Copy)]
+enum Kernel {
+    Portable,
+    /// AVX-512 with `head_dim / 16` vectors per row.
+    #[cfg(target_arch = "x86_64")]
+    Avx512(usize),
+}
+
+fn detect(head_dim: usize) -> Kernel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if head_dim.is_multiple_of(16) && x86::supported_vectors(head_dim / 16) && is_x86_feature_detected!("avx512f") {
+            return Kernel::Avx512(head_dim / 16);
+        }
+    }
+    let _ = head_dim;
+    Kernel::Portable
+}
+
+#[allow(clippy::too_many_arguments)]
+fn paged_attention_with(
+    kernel: Kernel,
     q: &[f32],
     k_cache: &[f32],
     v_cache: &[f32],
@@ -44,35 +99,295 @@ pub fn paged_attention(
     for (si, s) in batch.seqs.iter().enumerate() {
         seq_of[s.token_start..s.token_start + s.n_new].fill(si);
     }
+    // Every key's cache row offset checked once here, so the kernels index without checks:
+    // rows of K and V are kv_dim wide, a head's slice head_dim wide within it.
+    let rows = k_cache.len() / kv_dim.max(1);
+    assert!(k_cache.len() == v_cache.len() && k_cache.len() == rows * kv_dim, "k/v caches are not [rows, kv_dim]");
     // One task per (token, head): out is [T, n_heads, head_dim].
-    out.par_chunks_mut(head_dim).enumerate().for_each_init(Vec::<f32>::new, |scores, (i, o)| {
+    out.par_chunks_mut(head_dim).enumerate().for_each_init(Scratch::default, |sc, (i, o)| {
         let (row, h) = (i / n_heads, i % n_heads);
         let seq = &batch.seqs[seq_of[row]];
         let pos = seq.context_len + (row - seq.token_start);
         let kvh = h / group;
         let qv = &q[row * q_dim + h * head_dim..row * q_dim + (h + 1) * head_dim];
-        let slot = |p: usize| seq.blocks[p / bs] as usize * bs + p % bs;
-        scores.clear();
-        let mut max = f32::NEG_INFINITY;
-        for p in 0..=pos {
-            let off = slot(p) * kv_dim + kvh * head_dim;
-            let s = dot(qv, &k_cache[off..off + head_dim]) * scale;
-            max = max.max(s);
-            scores.push(s);
-        }
-        let mut sum = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        let inv = 1.0 / sum;
-        o.fill(0.0);
-        for (p, &w) in scores.iter().enumerate() {
-            let off = slot(p) * kv_dim + kvh * head_dim;
-            let w = w * inv;
-            for (o, &vv) in o.iter_mut().zip(&v_cache[off..off + head_dim]) {
-                *o += w * vv;
-            }
+        sc.offs.clear();
+        sc.offs.extend((0..=pos).map(|p| {
+            let r = seq.blocks[p / bs] as usize * bs + p % bs;
+            assert!(r < rows, "cache row {r} of {rows}");
+            r * kv_dim + kvh * head_dim
+        }));
+        match kernel {
+            Kernel::Portable => attend_portable(qv, k_cache, v_cache, &sc.offs, scale, &mut sc.scores, o),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Avx512(c) is chosen only where the CPU has AVX-512F and head_dim = 16 c
+            // (detect); every offset is r * kv_dim + kvh * head_dim with r < rows and
+            // kvh < n_kv_heads, so off + head_dim <= k_cache.len() = v_cache.len(); qv and o are
+            // head_dim long.
+            Kernel::Avx512(c) => unsafe { x86::attend(c, qv, k_cache, v_cache, &sc.offs, scale, &mut sc.scores, o) },
         }
     });
+}
+
+/// A task's reusable buffers: the keys' cache offsets and their scores.
+#[derive(Default)]
+struct Scratch {
+    offs: Vec<usize>,
+    scores: Vec<f32>,
+}
+
+/// One query head against the keys at `offs` (element offsets of each key's head slice in the
+/// caches): `o = softmax(q · K^T · scale) · V`.
+fn attend_portable(qv: &[f32], k_cache: &[f32], v_cache: &[f32], offs: &[usize], scale: f32, scores: &mut Vec<f32>, o: &mut [f32]) {
+    let hd = qv.len();
+    scores.clear();
+    let mut max = f32::NEG_INFINITY;
+    for &off in offs {
+        let s = dot(qv, &k_cache[off..off + hd]) * scale;
+        max = max.max(s);
+        scores.push(s);
+    }
+    let mut sum = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
+    o.fill(0.0);
+    for (&off, &w) in offs.iter().zip(scores.iter()) {
+        let w = w * inv;
+        for (o, &vv) in o.iter_mut().zip(&v_cache[off..off + hd]) {
+            *o += w * vv;
+        }
+    }
+}
+
+/// The plain loop (one dot per key, scalar softmax): the reference the kernels are tested
+/// against and the CPU twin the CUDA tests read.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention_reference(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    batch: &BatchLayout,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    out: &mut [f32],
+) {
+    let t = batch.n_tokens();
+    let q_dim = n_heads * head_dim;
+    let kv_dim = n_kv_heads * head_dim;
+    assert_eq!(q.len(), t * q_dim);
+    assert_eq!(out.len(), t * q_dim);
+    let group = n_heads / n_kv_heads;
+    let bs = batch.block_size;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let mut scores = Vec::new();
+    for seq in &batch.seqs {
+        for row in seq.token_start..seq.token_start + seq.n_new {
+            let pos = seq.context_len + (row - seq.token_start);
+            for h in 0..n_heads {
+                let kvh = h / group;
+                let qv = &q[row * q_dim + h * head_dim..row * q_dim + (h + 1) * head_dim];
+                let offs: Vec<usize> = (0..=pos).map(|p| (seq.blocks[p / bs] as usize * bs + p % bs) * kv_dim + kvh * head_dim).collect();
+                let o = &mut out[row * q_dim + h * head_dim..row * q_dim + (h + 1) * head_dim];
+                attend_portable(qv, k_cache, v_cache, &offs, scale, &mut scores, o);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Head sizes (in 16-float vectors) the kernel is instantiated for: 32..256 in steps that
+    /// real models use.
+    pub fn supported_vectors(c: usize) -> bool {
+        matches!(c, 1 | 2 | 3 | 4 | 5 | 6 | 8 | 16)
+    }
+
+    /// `attend_n::<C>` for `c` vectors of 16 floats per head.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; `supported_vectors(c)`; `qv` and `o` are `16 c` long; every
+    /// `off + 16 c <= k.len()` and `<= v.len()`.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn attend(c: usize, qv: &[f32], k: &[f32], v: &[f32], offs: &[usize], scale: f32, scores: &mut Vec<f32>, o: &mut [f32]) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match c {
+                1 => attend_n::<1>(qv, k, v, offs, scale, scores, o),
+                2 => attend_n::<2>(qv, k, v, offs, scale, scores, o),
+                3 => attend_n::<3>(qv, k, v, offs, scale, scores, o),
+                4 => attend_n::<4>(qv, k, v, offs, scale, scores, o),
+                5 => attend_n::<5>(qv, k, v, offs, scale, scores, o),
+                6 => attend_n::<6>(qv, k, v, offs, scale, scores, o),
+                8 => attend_n::<8>(qv, k, v, offs, scale, scores, o),
+                16 => attend_n::<16>(qv, k, v, offs, scale, scores, o),
+                _ => unreachable!("unsupported head size {c} x 16"),
+            }
+        }
+    }
+
+    /// `e^x` for x <= 0 (softmax after subtracting the max), 16 lanes: x = n ln2 + r with
+    /// |r| <= ln2 / 2, Cephes' degree-6 polynomial for e^r (about 1 ulp), `scalef` by 2^n, which
+    /// flushes to 0 below the f32 range as expf does.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn exp_neg(x: __m512) -> __m512 {
+        let x = _mm512_max_ps(x, _mm512_set1_ps(-104.0));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let e = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+        _mm512_scalef_ps(e, n)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn attend_n<const C: usize>(qv: &[f32], k: &[f32], v: &[f32], offs: &[usize], scale: f32, scores: &mut Vec<f32>, o: &mut [f32]) {
+        let n = offs.len();
+        // SAFETY (all loads and stores): qv and o hold 16 C floats, and each off + 16 C is within
+        // k and v (the caller's contract); scores has n + 15 floats after the resize below.
+        unsafe {
+            let pq = qv.as_ptr();
+            let qr: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(pq.add(16 * c)));
+            // Scores, each key's dot reduced across lanes; rounded up to whole vectors (the pad
+            // lanes become -inf, so they add 0 to the softmax).
+            scores.clear();
+            scores.resize(n.div_ceil(16) * 16, f32::NEG_INFINITY);
+            let ps = scores.as_mut_ptr();
+            let mut maxv = _mm512_set1_ps(f32::NEG_INFINITY);
+            for (i, &off) in offs.iter().enumerate() {
+                let pk = k.as_ptr().add(off);
+                let mut acc = _mm512_mul_ps(qr[0], _mm512_loadu_ps(pk));
+                for (c, q) in qr.iter().enumerate().skip(1) {
+                    acc = _mm512_fmadd_ps(*q, _mm512_loadu_ps(pk.add(16 * c)), acc);
+                }
+                *ps.add(i) = _mm512_reduce_add_ps(acc) * scale;
+            }
+            for i in (0..n).step_by(16) {
+                maxv = _mm512_max_ps(maxv, _mm512_loadu_ps(ps.add(i)));
+            }
+            let max = _mm512_set1_ps(_mm512_reduce_max_ps(maxv));
+            let mut sumv = _mm512_setzero_ps();
+            for i in (0..n).step_by(16) {
+                let e = exp_neg(_mm512_sub_ps(_mm512_loadu_ps(ps.add(i)), max));
+                _mm512_storeu_ps(ps.add(i), e);
+                sumv = _mm512_add_ps(sumv, e);
+            }
+            let inv = 1.0 / _mm512_reduce_add_ps(sumv);
+            let mut acc = [_mm512_setzero_ps(); C];
+            for (i, &off) in offs.iter().enumerate() {
+                let pv = v.as_ptr().add(off);
+                let w = _mm512_set1_ps(*ps.add(i));
+                for (c, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(w, _mm512_loadu_ps(pv.add(16 * c)), *a);
+                }
+            }
+            let invv = _mm512_set1_ps(inv);
+            let po = o.as_mut_ptr();
+            for (c, a) in acc.iter().enumerate() {
+                _mm512_storeu_ps(po.add(16 * c), _mm512_mul_ps(*a, invv));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::SeqView;
+    use crate::rng::SplitMix64;
+
+    /// Sequences `(context_len, n_new)` over a shuffled block table of block size `bs`.
+    fn layout(seqs: &[(usize, usize)], bs: usize) -> (BatchLayout, usize) {
+        let need: usize = seqs.iter().map(|&(c, n)| (c + n).div_ceil(bs)).sum();
+        let num_blocks = need + 3;
+        // i -> i * 5 mod num_blocks is a permutation when 5 does not divide num_blocks.
+        let stride = if num_blocks.is_multiple_of(5) { 1 } else { 5 };
+        let ids: Vec<u32> = (0..num_blocks).map(|i| ((i * stride) % num_blocks) as u32).collect();
+        let mut l = BatchLayout { block_size: bs, ..Default::default() };
+        let mut next = 0;
+        for &(ctx, n_new) in seqs {
+            let nb = (ctx + n_new).div_ceil(bs);
+            let blocks = ids[next..next + nb].to_vec();
+            next += nb;
+            let token_start = l.positions.len();
+            for p in ctx..ctx + n_new {
+                l.positions.push(p as u32);
+                l.slots.push(blocks[p / bs] * bs as u32 + (p % bs) as u32);
+            }
+            l.seqs.push(SeqView { token_start, n_new, context_len: ctx, blocks });
+        }
+        (l, num_blocks)
+    }
+
+    #[test]
+    fn kernels_match_the_reference_on_odd_shapes() {
+        let mut rng = SplitMix64::new(77);
+        // (head_dim, heads, kv heads, block size, sequences): decode, prefill, mixed, GQA and
+        // MHA, head sizes with and without a SIMD kernel (24, 40 take the portable one).
+        let cases: &[(usize, usize, usize, usize, &[(usize, usize)])] = &[
+            (64, 9, 3, 16, &[(0, 37)]),
+            (64, 9, 3, 16, &[(130, 1), (0, 1), (17, 1)]),
+            (128, 4, 1, 7, &[(5, 3), (40, 19)]),
+            (16, 2, 2, 1, &[(0, 5), (3, 2)]),
+            (48, 6, 2, 5, &[(11, 4)]),
+            (80, 3, 3, 16, &[(33, 2)]),
+            (256, 2, 1, 16, &[(0, 18)]),
+            (24, 4, 2, 3, &[(9, 4)]),
+            (40, 2, 1, 8, &[(1, 30)]),
+        ];
+        for &(hd, nh, nkv, bs, seqs) in cases {
+            let (b, nb) = layout(seqs, bs);
+            let kv_dim = nkv * hd;
+            // Spread scores (scale up q) so the softmax is far from uniform.
+            let kc = rng.nonzero(nb * bs * kv_dim, 1.0);
+            let vc = rng.nonzero(nb * bs * kv_dim, 1.0);
+            let q: Vec<f32> = rng.nonzero(b.n_tokens() * nh * hd, 1.0).iter().map(|x| x * 4.0).collect();
+            let mut want = vec![f32::NAN; q.len()];
+            paged_attention_reference(&q, &kc, &vc, &b, nh, nkv, hd, &mut want);
+            let mut fast = vec![f32::NAN; q.len()];
+            paged_attention(&q, &kc, &vc, &b, nh, nkv, hd, &mut fast);
+            let mut portable = vec![f32::NAN; q.len()];
+            paged_attention_portable(&q, &kc, &vc, &b, nh, nkv, hd, &mut portable);
+            assert_eq!(portable, want, "hd {hd}: the portable kernel is the reference's loop");
+            for (i, (f, w)) in fast.iter().zip(&want).enumerate() {
+                assert!((f - w).abs() <= 2e-6 * (1.0 + w.abs()), "hd {hd} heads {nh}/{nkv} bs {bs} {seqs:?} [{i}]: {f} vs {w}");
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_exp_is_within_two_ulp_of_expf() {
+        if !is_x86_feature_detected!("avx512f") {
+            eprintln!("SKIP: no AVX-512F on this CPU");
+            return;
+        }
+        use std::arch::x86_64::*;
+        let mut xs: Vec<f32> = (0..=2000).map(|i| -(i as f32) * 0.05).collect();
+        xs.extend([-0.0, -1e-7, -87.0, -88.5, -103.0, -150.0, f32::NEG_INFINITY]);
+        for chunk in xs.chunks(16) {
+            let mut lanes = [0f32; 16];
+            lanes[..chunk.len()].copy_from_slice(chunk);
+            let mut got = [0f32; 16];
+            // SAFETY: AVX-512F checked above; both arrays hold 16 floats.
+            unsafe { _mm512_storeu_ps(got.as_mut_ptr(), x86::exp_neg(_mm512_loadu_ps(lanes.as_ptr()))) };
+            for (&x, &g) in chunk.iter().zip(&got) {
+                let want = x.exp();
+                if want < 1e-37 {
+                    assert!(g < 1e-37, "exp({x}) = {g}, want {want}");
+                } else {
+                    assert!((g - want).abs() <= 2.0 * f32::EPSILON * want, "exp({x}) = {g}, want {want}");
+                }
+            }
+        }
+    }
 }
