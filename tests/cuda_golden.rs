@@ -31,7 +31,7 @@ fn load(test: &str, act: DType, format: BaseFormat, with_adapters: bool) -> Opti
     let ops = test_device(test)?;
     let be = CudaBackend::with_device(ops, act).expect("the CUDA backend's kernels load");
     let dir = model_dir();
-    let model = Llama::load_with(&be, &dir, LoadOptions { format, progress: false }).expect("load SmolLM2 on the device");
+    let model = Llama::load_with(&be, &dir, LoadOptions { format, ..LoadOptions::default() }).expect("load SmolLM2 on the device");
     let tok = TextTokenizer::from_dir(&dir).expect("tokenizer");
     let adapters = if with_adapters {
         ADAPTERS

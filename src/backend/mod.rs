@@ -117,6 +117,14 @@ pub trait Backend: Send + Sync + 'static {
     fn upload_table(&self, m: HostMatrix) -> Result<Self::Matrix> {
         self.upload_matrix(m)
     }
+    /// The lm_head `[vocab, hidden]` held as `format` says (`--lm-head`): f32 is `upload_table`,
+    /// bf16 a bf16 weight; a backend without a format refuses it here, at load.
+    fn upload_head(&self, m: HostMatrix, format: crate::model::HeadFormat) -> Result<Self::Matrix>
+    where
+        Self: Sized,
+    {
+        upload_head_default(self, m, format)
+    }
     fn upload_vector(&self, v: &[f32]) -> Result<Self::Vector>;
     /// Measured copy bandwidth in GB/s (bytes read plus bytes written, per second, as CUDA's
     /// bandwidthTest counts) over buffers of `bytes`: the roofline a decode step's weight reads
@@ -226,4 +234,21 @@ pub struct LoraSegment<'a, M> {
     /// `[out, rank]`.
     pub b: &'a M,
     pub scale: f32,
+}
+
+/// `Backend::upload_head` for the formats every backend has (f32, bf16).
+pub fn upload_head_default<B: Backend>(be: &B, m: HostMatrix, format: crate::model::HeadFormat) -> Result<B::Matrix> {
+    use crate::model::HeadFormat;
+    match format {
+        HeadFormat::F32 => be.upload_table(m),
+        HeadFormat::Bf16 => {
+            let data = m.data.iter().map(|&x| numeric::f32_to_bf16(x)).collect();
+            be.upload_matrix(HostWeight::Bf16 { name: m.name, rows: m.rows, cols: m.cols, data })
+        }
+        HeadFormat::Q8 => Err(crate::Error::InvalidArgument(format!(
+            "{}: --lm-head q8 is a CPU format; the {} backend holds the lm_head as f32 or bf16",
+            m.name,
+            be.name()
+        ))),
+    }
 }

@@ -281,6 +281,12 @@ struct ModelArgs {
     /// to serve or evaluate an adapter trained with `lorafleet-train --base-dtype bf16`.
     #[arg(long, value_enum, default_value_t = BaseDtype::F32, conflicts_with = "quantize")]
     base_dtype: BaseDtype,
+    /// How the lm_head (the vocabulary projection, read whole by every decode step) is held:
+    /// f32 (exact, the default), bf16 (half the bytes) or q8 (8-bit with a scale per 32 values,
+    /// CPU only; about 28% of f32's bytes). The logits' error against the f32 head is measured
+    /// in bench/RESULTS.md. A tied head gets its own copy; the input embeddings stay f32.
+    #[arg(long, default_value = "f32", value_name = "f32|bf16|q8", conflicts_with = "random_weights")]
+    lm_head: lorafleet::model::HeadFormat,
     /// Where to run: auto (CUDA device 0 if there is one, else the CPU; the choice is printed),
     /// cpu, cuda, or cuda:N. LORAFLEET_CUDA_EMU=1 makes `cuda` the CPU emulator of the device.
     #[arg(long, default_value = "auto")]
@@ -584,6 +590,7 @@ impl ServeArgs {
             random_weights: self.model.random()?,
             model: self.model.model,
             format,
+            lm_head: self.model.lm_head,
             device: self.model.device,
             act_dtype: self.model.act_dtype,
             cuda_graphs: !self.model.no_cuda_graphs,
@@ -666,7 +673,7 @@ fn check_model_args(m: &ModelArgs) -> Result<()> {
 
 fn load<B: Backend>(m: &ModelArgs, be: B) -> Result<Loaded<B>> {
     let tok = TextTokenizer::from_dir(&m.model)?;
-    let opts = lorafleet::model::LoadOptions { format: m.format(), progress: std::io::stderr().is_terminal() };
+    let opts = lorafleet::model::LoadOptions { format: m.format(), head: m.lm_head, progress: std::io::stderr().is_terminal() };
     let model = match m.random()? {
         Some(r) => r.load(&be, opts.format, opts.progress)?,
         None => Llama::load_with(&be, &m.model, opts)?,

@@ -10,4 +10,4 @@ pub mod weights;
 
 
 pub use config::ModelConfig;
-pub use llama::{BaseFormat, Llama, LoadOptions, WeightSource};
+pub use llama::{BaseFormat, HeadFormat, Llama, LoadOptions, WeightSource};

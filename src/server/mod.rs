@@ -38,6 +38,8 @@ pub struct ServeOptions {
     pub random_weights: Option<crate::model::random::RandomModel>,
     /// How the linear weights are held (`LoadOptions::format`).
     pub format: BaseFormat,
+    /// How the lm_head is held (`LoadOptions::head`).
+    pub lm_head: crate::model::HeadFormat,
     /// CPU threads for the model (None = all cores).
     pub threads: Option<usize>,
     /// Where the model runs (`--device`) and, on CUDA, the activation dtype.
@@ -151,7 +153,7 @@ fn start_engine<B: Backend>(be: B, opts: &ServeOptions) -> Result<Engine> {
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let model = Arc::new(match &opts.random_weights {
         Some(r) => r.load(&*be, opts.format, progress)?,
-        None => Llama::load_with(&*be, &opts.model, LoadOptions { format: opts.format, progress })?,
+        None => Llama::load_with(&*be, &opts.model, LoadOptions { format: opts.format, head: opts.lm_head, progress })?,
     });
     let mut engine = opts.engine.clone();
     if let Some((free, _total)) = be.device_memory() {

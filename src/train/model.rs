@@ -149,7 +149,7 @@ impl<B: TrainBackend> TrainModel<B> {
     }
 
     pub fn from_weights_on(backend: B, config: ModelConfig, w: &WeightFiles, format: BaseFormat) -> Result<Self> {
-        let base = Llama::from_weights_with(&backend, config.clone(), w, LoadOptions { format, progress: false })?;
+        let base = Llama::from_weights_with(&backend, config.clone(), w, LoadOptions { format, head: crate::model::HeadFormat::F32, progress: false })?;
         Ok(TrainModel { config, backend, base })
     }
 

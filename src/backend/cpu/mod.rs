@@ -9,6 +9,7 @@ pub mod lora;
 pub mod matmul;
 pub mod nf4;
 pub mod ops;
+pub mod q8;
 pub mod train;
 
 use rayon::iter::ParallelExtend;
@@ -43,6 +44,8 @@ pub enum CpuWeight {
     Nf4(nf4::Nf4Matrix),
     /// bf16 (half of f32's memory), decoded a tile at a time as NF4 is.
     Bf16(bf16::Bf16Matrix),
+    /// 8-bit codes with a scale per 32 values (an lm_head option, `--lm-head q8`).
+    Q8(q8::Q8Matrix),
 }
 
 impl CpuWeight {
@@ -52,6 +55,7 @@ impl CpuWeight {
             CpuWeight::Dense(d) => d.len() * 4,
             CpuWeight::Nf4(m) => m.packed.len() + m.absmax.len() * 4,
             CpuWeight::Bf16(m) => m.bytes(),
+            CpuWeight::Q8(m) => m.bytes(),
         }
     }
 }
@@ -130,6 +134,16 @@ impl Backend for CpuBackend {
                 Ok(CpuMatrix { rows, cols, weight: CpuWeight::Bf16(bf16::Bf16Matrix { rows, cols, data }) })
             }
             HostWeight::Random(spec) => self.upload_matrix(super::random::materialize(&spec)),
+        }
+    }
+
+    fn upload_head(&self, m: super::HostMatrix, format: crate::model::HeadFormat) -> Result<CpuMatrix> {
+        match format {
+            crate::model::HeadFormat::Q8 => {
+                let q = q8::Q8Matrix::from_f32(&m.data, m.rows, m.cols).map_err(|e| Error::InvalidArgument(format!("{}: {e}", m.name)))?;
+                Ok(CpuMatrix { rows: m.rows, cols: m.cols, weight: CpuWeight::Q8(q) })
+            }
+            _ => super::upload_head_default(self, m, format),
         }
     }
 
@@ -226,6 +240,11 @@ impl Backend for CpuBackend {
             CpuWeight::Bf16(m) => {
                 let mut out = zeroed(x.rows * w.rows);
                 bf16::linear(&x.data, x.rows, m, &mut out);
+                out
+            }
+            CpuWeight::Q8(m) => {
+                let mut out = zeroed(x.rows * w.rows);
+                q8::linear(&x.data, x.rows, m, &mut out);
                 out
             }
         };

@@ -39,7 +39,7 @@ fn same_shape(what: &str, a: &CpuTensor, b: &CpuTensor) -> Result<()> {
 fn dense_table<'m>(op: &str, m: &'m CpuMatrix) -> Result<&'m [f32]> {
     match &m.weight {
         CpuWeight::Dense(d) => Ok(d),
-        CpuWeight::Nf4(_) | CpuWeight::Bf16(_) => Err(Error::InvalidArgument(format!("{op}: the table must be dense f32, not NF4 or bf16"))),
+        CpuWeight::Nf4(_) | CpuWeight::Bf16(_) | CpuWeight::Q8(_) => Err(Error::InvalidArgument(format!("{op}: the table must be dense f32, not NF4, bf16 or Q8"))),
     }
 }
 
@@ -117,6 +117,7 @@ impl TrainBackend for CpuBackend {
             CpuWeight::Dense(d) => bw::gemm(t, w.cols, w.rows, &dy.data, false, d, false, &mut dx.data, accumulate, 1.0),
             CpuWeight::Nf4(m) => frozen::linear_backward_dx(&dy.data, t, m, &mut dx.data, accumulate),
             CpuWeight::Bf16(m) => frozen::linear_backward_dx(&dy.data, t, m, &mut dx.data, accumulate),
+            CpuWeight::Q8(m) => frozen::linear_backward_dx(&dy.data, t, m, &mut dx.data, accumulate),
         }
         Ok(())
     }
