@@ -7,6 +7,9 @@
 //! and ~5 s of system time in a 128-example run, measured; bench/RESULTS.md). Raising the mmap
 //! threshold to glibc's ceiling and keeping freed memory in the process makes the next step reuse
 //! it: 0.32 M faults, system time halved, wall 0.93x (farm-bench, 4 pairs).
+//!
+//! `lorafleet` (not the trainer) also restarts itself once with glibc's `hugetlb` tunable so its
+//! heap, and the weights in it, sit on 2 MiB pages (`restart_with_huge_pages`).
 
 /// Keep large freed blocks in the process for reuse (glibc only; a no-op elsewhere). Call once,
 /// first thing in `main`, before threads start. Returns whether the allocator took the settings.
@@ -37,54 +40,47 @@ pub fn keep_freed_memory() -> bool {
     }
 }
 
-/// Backs the process's anonymous memory (the heap and the large mmapped blocks, where a loaded
-/// model's weights live) with 2 MiB pages: `madvise(MADV_HUGEPAGE)` then `MADV_COLLAPSE`
-/// (Linux 6.1+) on every anonymous read-write mapping of at least 2 MiB. A decode step streams
-/// every weight once; with 4 KiB pages that is a TLB miss per 4 KiB and the hardware prefetcher
-/// stops at every page boundary. Call once after loading. Returns the bytes the kernel collapsed
-/// (0 where it cannot: another OS, THP disabled, an older kernel); never fails.
-pub fn collapse_to_huge_pages() -> usize {
-    #[cfg(target_os = "linux")]
+/// Restarts the process (same pid, arguments and environment) with glibc's
+/// `glibc.malloc.hugetlb=1` tunable when the kernel's transparent huge pages are in `madvise`
+/// mode, so the heap and its large blocks (where a loaded model's weights live) are backed by
+/// 2 MiB pages from the first touch. A decode step streams every weight once: with 4 KiB pages
+/// that is a TLB miss per 4 KiB and a prefetcher restart at every page boundary. Measured: f32
+/// decode +12%, NF4 +11% (bench/RESULTS.md); load time unchanged (collapsing the pages after
+/// loading instead, `MADV_COLLAPSE`, cost 2 s of copying on this VM). glibc reads tunables only
+/// at start, hence the exec. Call first thing in `main`, before any thread starts. Returns only
+/// when no restart is needed or possible: already set, `LORAFLEET_NO_HUGE_PAGES=1`, THP `never`
+/// or `always`, not glibc, or the exec failed (the process then runs as it would have).
+pub fn restart_with_huge_pages() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        const HUGE: usize = 2 << 20;
-        const MADV_HUGEPAGE: std::os::raw::c_int = 14;
-        const MADV_COLLAPSE: std::os::raw::c_int = 25;
-        unsafe extern "C" {
-            fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: std::os::raw::c_int) -> std::os::raw::c_int;
+        use std::os::unix::process::CommandExt;
+        let current = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+        if std::env::var_os("LORAFLEET_NO_HUGE_PAGES").is_some_and(|v| v != "0") {
+            return;
         }
-        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return 0 };
-        let mut collapsed = 0;
-        for line in maps.lines() {
-            // "start-end perms offset dev inode [path]": anonymous private rw memory only (no
-            // file, or the [heap]); never stacks or special mappings.
-            let mut f = line.split_whitespace();
-            let (Some(range), Some(perms)) = (f.next(), f.next()) else { continue };
-            let path = f.nth(3).unwrap_or("");
-            if !perms.starts_with("rw") || !(path.is_empty() || path == "[heap]") {
-                continue;
-            }
-            let Some((a, b)) = range.split_once('-') else { continue };
-            let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else { continue };
-            let (start, end) = (a.next_multiple_of(HUGE), b / HUGE * HUGE);
-            if end <= start {
-                continue;
-            }
-            // SAFETY: [start, end) lies inside a mapping of this process (read from its own maps);
-            // MADV_HUGEPAGE and MADV_COLLAPSE change only how the pages are backed, never their
-            // contents, so no Rust object in the range is affected.
-            unsafe {
-                madvise(start as *mut _, end - start, MADV_HUGEPAGE);
-                if madvise(start as *mut _, end - start, MADV_COLLAPSE) == 0 {
-                    collapsed += end - start;
-                }
-            }
+        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+        let Some(tunables) = hugetlb_tunables(&current, &thp) else { return };
+        let mut args = std::env::args_os();
+        let argv0 = args.next();
+        let mut cmd = std::process::Command::new("/proc/self/exe");
+        cmd.args(args).env("GLIBC_TUNABLES", tunables);
+        if let Some(a0) = argv0 {
+            cmd.arg0(a0);
         }
-        collapsed
+        // exec returns only on failure; the process then carries on without the tunable.
+        let _ = cmd.exec();
     }
-    #[cfg(not(target_os = "linux"))]
-    {
-        0
+}
+
+/// The `GLIBC_TUNABLES` value to restart with, or None when the current one already has the
+/// setting or the kernel's THP mode (`/sys/kernel/mm/transparent_hugepage/enabled`) makes it
+/// moot (`[always]`: every large mapping is huge already; `[never]`: none can be).
+fn hugetlb_tunables(current: &str, thp_mode: &str) -> Option<String> {
+    const KEY: &str = "glibc.malloc.hugetlb";
+    if current.contains(KEY) || !thp_mode.contains("[madvise]") {
+        return None;
     }
+    Some(if current.is_empty() { format!("{KEY}=1") } else { format!("{current}:{KEY}=1") })
 }
 
 #[cfg(test)]
@@ -101,14 +97,14 @@ mod tests {
     }
 
     #[test]
-    #[cfg(target_os = "linux")]
-    fn collapsing_keeps_every_byte() {
-        // 8 MiB of known contents (at least one whole 2 MiB page inside); whatever the kernel
-        // collapses, the values must read back the same.
-        let v: Vec<u32> = (0..(2u32 << 20)).map(|i| i.wrapping_mul(2654435761)).collect();
-        let n = super::collapse_to_huge_pages();
-        eprintln!("collapsed {} MiB", n >> 20);
-        assert!(n % (2 << 20) == 0, "only whole 2 MiB pages are collapsed: {n}");
-        assert!(v.iter().enumerate().all(|(i, &x)| x == (i as u32).wrapping_mul(2654435761)));
+    fn the_tunable_is_added_once_and_only_in_madvise_mode() {
+        let madvise = "always [madvise] never";
+        assert_eq!(super::hugetlb_tunables("", madvise).as_deref(), Some("glibc.malloc.hugetlb=1"));
+        assert_eq!(super::hugetlb_tunables("glibc.malloc.arena_max=2", madvise).as_deref(), Some("glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"));
+        // Already set (the restarted process): no second restart.
+        assert_eq!(super::hugetlb_tunables("glibc.malloc.hugetlb=1", madvise), None);
+        assert_eq!(super::hugetlb_tunables("", "[always] madvise never"), None);
+        assert_eq!(super::hugetlb_tunables("", "always madvise [never]"), None);
+        assert_eq!(super::hugetlb_tunables("", ""), None);
     }
 }

@@ -155,10 +155,6 @@ fn start_engine<B: Backend>(be: B, opts: &ServeOptions) -> Result<Engine> {
         Some(r) => r.load(&*be, opts.format, progress)?,
         None => Llama::load_with(&*be, &opts.model, LoadOptions { format: opts.format, head: opts.lm_head, progress })?,
     });
-    if be.device_memory().is_none() {
-        // Weights in host memory: 2 MiB pages for the decode steps' weight streams.
-        crate::heap::collapse_to_huge_pages();
-    }
     let mut engine = opts.engine.clone();
     if let Some((free, _total)) = be.device_memory() {
         if opts.kv_from_device_memory {
