@@ -21,10 +21,10 @@ pub fn write_kv(k: &[f32], v: &[f32], slots: &[u32], kv_dim: usize, k_cache: &mu
 /// (positions `0..=p` for a new token at position `p`), GQA: query head `h` reads kv head
 /// `h / (n_heads / n_kv_heads)`. f32 softmax, scale `1/sqrt(head_dim)`. `out [T, n_heads * head_dim]`.
 ///
-/// One task per (token, query head). Each task gathers its keys' cache offsets once, then runs
-/// the AVX-512 kernel (`x86::attend`: scores, a vector exp, the weighted sum of V, head_dim in
-/// registers) where the CPU has it and `head_dim` is a supported multiple of 16, else the scalar
-/// twin `attend_portable`. [`paged_attention_reference`] is the plain loop both are tested against.
+/// One task per (token, query head), over its sequence's key offsets (computed once per
+/// sequence and call). A task runs the AVX-512 kernel (`x86::attend`: scores, a vector exp, the
+/// weighted sum of V, head_dim in registers) where the CPU has it and `head_dim` is a supported
+/// multiple of 16, else the scalar twin `attend_portable`. [`paged_attention_reference`] is the plain loop both are tested against.
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention(
     q: &[f32],
@@ -99,40 +99,44 @@ fn paged_attention_with(
     for (si, s) in batch.seqs.iter().enumerate() {
         seq_of[s.token_start..s.token_start + s.n_new].fill(si);
     }
-    // Every key's cache row offset checked once here, so the kernels index without checks:
-    // rows of K and V are kv_dim wide, a head's slice head_dim wide within it.
+    // Every key's cache row, per sequence, computed and checked once here (not per token and
+    // head), as the element offset of the row: rows of K and V are kv_dim wide.
     let rows = k_cache.len() / kv_dim.max(1);
     assert!(k_cache.len() == v_cache.len() && k_cache.len() == rows * kv_dim, "k/v caches are not [rows, kv_dim]");
+    let seq_rows: Vec<Vec<usize>> = batch
+        .seqs
+        .iter()
+        .map(|s| {
+            (0..s.context_len + s.n_new)
+                .map(|p| {
+                    let r = s.blocks[p / bs] as usize * bs + p % bs;
+                    assert!(r < rows, "cache row {r} of {rows}");
+                    r * kv_dim
+                })
+                .collect()
+        })
+        .collect();
     // One task per (token, head): out is [T, n_heads, head_dim].
-    out.par_chunks_mut(head_dim).enumerate().for_each_init(Scratch::default, |sc, (i, o)| {
+    out.par_chunks_mut(head_dim).enumerate().for_each_init(Vec::new, |scores, (i, o)| {
         let (row, h) = (i / n_heads, i % n_heads);
-        let seq = &batch.seqs[seq_of[row]];
+        let si = seq_of[row];
+        let seq = &batch.seqs[si];
         let pos = seq.context_len + (row - seq.token_start);
         let kvh = h / group;
         let qv = &q[row * q_dim + h * head_dim..row * q_dim + (h + 1) * head_dim];
-        sc.offs.clear();
-        sc.offs.extend((0..=pos).map(|p| {
-            let r = seq.blocks[p / bs] as usize * bs + p % bs;
-            assert!(r < rows, "cache row {r} of {rows}");
-            r * kv_dim + kvh * head_dim
-        }));
+        let keys = &seq_rows[si][..=pos];
+        // The head's slice of a cache row.
+        let head = kvh * head_dim;
         match kernel {
-            Kernel::Portable => attend_portable(qv, k_cache, v_cache, &sc.offs, scale, &mut sc.scores, o),
+            Kernel::Portable => attend_portable(qv, &k_cache[head..], &v_cache[head..], keys, scale, scores, o),
             #[cfg(target_arch = "x86_64")]
             // SAFETY: Avx512(c) is chosen only where the CPU has AVX-512F and head_dim = 16 c
-            // (detect); every offset is r * kv_dim + kvh * head_dim with r < rows and
-            // kvh < n_kv_heads, so off + head_dim <= k_cache.len() = v_cache.len(); qv and o are
-            // head_dim long.
-            Kernel::Avx512(c) => unsafe { x86::attend(c, qv, k_cache, v_cache, &sc.offs, scale, &mut sc.scores, o) },
+            // (detect); every key offset is r * kv_dim with r < rows, and head + head_dim <=
+            // kv_dim, so off + head_dim <= k_cache.len() - head = v_cache.len() - head; qv and o
+            // are head_dim long.
+            Kernel::Avx512(c) => unsafe { x86::attend(c, qv, &k_cache[head..], &v_cache[head..], keys, scale, scores, o) },
         }
     });
-}
-
-/// A task's reusable buffers: the keys' cache offsets and their scores.
-#[derive(Default)]
-struct Scratch {
-    offs: Vec<usize>,
-    scores: Vec<f32>,
 }
 
 /// One query head against the keys at `offs` (element offsets of each key's head slice in the

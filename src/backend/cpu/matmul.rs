@@ -27,20 +27,22 @@ pub fn linear_new(x: &[f32], t: usize, k: usize, w: &[f32], n: usize) -> Vec<f32
     // raw pointer and reads none, so all are initialised before set_len. The inputs are the
     // buffers checked above, with the strides of `linear`.
     unsafe {
-        gemm_f32_raw(out.as_mut_ptr(), x, t, k, w, n);
+        gemm_f32_raw(out.as_mut_ptr(), n, x, t, k, w, n);
         out.set_len(t * n);
     }
     out
 }
 
-/// `dst [t, n] = x [t, k] · wᵀ` through `gemm`, `dst` not read.
+/// `dst [t, n] = x [t, k] · wᵀ` through `gemm`, `dst` not read; dst's rows are `dst_stride`
+/// apart (`n` for a whole output, wider for a block of columns of one).
 ///
 /// # Safety
-/// `dst` must be valid for writes of `t * n` f32 and not overlap `x` or `w`; `x` is `[t, k]`,
-/// `w` is `[n, k]`.
-unsafe fn gemm_f32_raw(dst: *mut f32, x: &[f32], t: usize, k: usize, w: &[f32], n: usize) {
-    // SAFETY: the caller's contract: dst [t, n] row-major (row stride n, col stride 1), lhs x
-    // [t, k] (row stride k), rhs wᵀ [k, n] read from w [n, k] (row stride 1, col stride k).
+/// `dst` must be valid for writes of `t` rows of `n` f32, `dst_stride >= n` apart, and not overlap
+/// `x` or `w`; `x` is `[t, k]`, `w` is `[n, k]`.
+pub(crate) unsafe fn gemm_f32_raw(dst: *mut f32, dst_stride: usize, x: &[f32], t: usize, k: usize, w: &[f32], n: usize) {
+    debug_assert!(x.len() == t * k && w.len() == n * k && dst_stride >= n);
+    // SAFETY: the caller's contract: dst [t, n] row-major (row stride dst_stride, col stride 1),
+    // lhs x [t, k] (row stride k), rhs wᵀ [k, n] read from w [n, k] (row stride 1, col stride k).
     unsafe {
         gemm::gemm(
             t,
@@ -48,7 +50,7 @@ unsafe fn gemm_f32_raw(dst: *mut f32, x: &[f32], t: usize, k: usize, w: &[f32], 
             k,
             dst,
             1,
-            n as isize,
+            dst_stride as isize,
             false,
             x.as_ptr(),
             1,
@@ -77,7 +79,7 @@ pub fn linear(x: &[f32], t: usize, k: usize, w: &[f32], n: usize, out: &mut [f32
         gemv(x, t, k, w, n, out);
     } else {
         // SAFETY: out is [t, n] (checked above), a unique borrow, so it cannot overlap x or w.
-        unsafe { gemm_f32_raw(out.as_mut_ptr(), x, t, k, w, n) }
+        unsafe { gemm_f32_raw(out.as_mut_ptr(), n, x, t, k, w, n) }
     }
 }
 
