@@ -185,12 +185,39 @@ mod x86 {
         blocksize: usize,
         acc: &mut [f32; MAX_ROWS],
     ) {
+        // SAFETY: forwarded from the caller; T = t.
+        unsafe {
+            match t {
+                1 => row_avx512_n::<1>(packed, absmax, code, xd, k, blocksize, acc),
+                2 => row_avx512_n::<2>(packed, absmax, code, xd, k, blocksize, acc),
+                3 => row_avx512_n::<3>(packed, absmax, code, xd, k, blocksize, acc),
+                _ => row_avx512_n::<4>(packed, absmax, code, xd, k, blocksize, acc),
+            }
+        }
+    }
+
+    /// `row_avx512` for `T` activation rows: with `T` a constant the per-row accumulators are
+    /// whole registers (with a run-time `t` they were arrays on the stack, and every FMA's
+    /// accumulator went through a store and a reload). hi and lo nibbles accumulate separately,
+    /// two independent FMA chains per row.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn row_avx512_n<const T: usize>(
+        packed: &[u8],
+        absmax: &[f32],
+        code: &[f32; 16],
+        xd: &[f32],
+        k: usize,
+        blocksize: usize,
+        acc: &mut [f32; MAX_ROWS],
+    ) {
         let lut = _mm512_loadu_ps(code.as_ptr());
-        let mut total = [_mm512_setzero_ps(); MAX_ROWS];
+        let mut total = [_mm512_setzero_ps(); T];
         let groups_per_block = blocksize / GROUP;
         let px = xd.as_ptr();
         for (b, &scale) in absmax.iter().enumerate() {
-            let mut block = [_mm512_setzero_ps(); MAX_ROWS];
+            let mut block_hi = [_mm512_setzero_ps(); T];
+            let mut block_lo = [_mm512_setzero_ps(); T];
             for g in 0..groups_per_block {
                 let e0 = (b * groups_per_block + g) * GROUP;
                 // SAFETY: e0 < absmax.len() * blocksize = 2 * packed.len() (the caller's slices), so
@@ -198,19 +225,20 @@ mod x86 {
                 let d = _mm512_cvtepu8_epi32(_mm_loadu_si128(packed.as_ptr().add(e0 / 2) as *const __m128i));
                 let hi = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(d), lut);
                 let lo = _mm512_permutexvar_ps(d, lut);
-                for (ti, acc_t) in block.iter_mut().enumerate().take(t) {
+                for ti in 0..T {
                     // SAFETY: ti * k + e0 + 32 <= (t - 1) * k + 2 * packed.len() <= xd.len() (caller).
                     let xe = _mm512_loadu_ps(px.add(ti * k + e0));
                     let xo = _mm512_loadu_ps(px.add(ti * k + e0 + 16));
-                    *acc_t = _mm512_fmadd_ps(hi, xe, _mm512_fmadd_ps(lo, xo, *acc_t));
+                    block_hi[ti] = _mm512_fmadd_ps(hi, xe, block_hi[ti]);
+                    block_lo[ti] = _mm512_fmadd_ps(lo, xo, block_lo[ti]);
                 }
             }
             let s = _mm512_set1_ps(scale);
-            for ti in 0..t {
-                total[ti] = _mm512_fmadd_ps(block[ti], s, total[ti]);
+            for ti in 0..T {
+                total[ti] = _mm512_fmadd_ps(_mm512_add_ps(block_hi[ti], block_lo[ti]), s, total[ti]);
             }
         }
-        for ti in 0..t {
+        for ti in 0..T {
             acc[ti] += _mm512_reduce_add_ps(total[ti]);
         }
     }
