@@ -10,6 +10,7 @@ pub mod matmul;
 pub mod nf4;
 pub mod ops;
 pub mod q8;
+pub mod simd;
 pub mod train;
 
 use rayon::iter::ParallelExtend;
