@@ -24,7 +24,7 @@ pub fn write_kv(k: &[f32], v: &[f32], slots: &[u32], kv_dim: usize, k_cache: &mu
 /// One task per (token, query head), over its sequence's key offsets (computed once per
 /// sequence and call). A task runs the AVX-512 kernel (`x86::attend`: scores, a vector exp, the
 /// weighted sum of V, head_dim in registers) where the CPU has it and `head_dim` is a supported
-/// multiple of 16, else the scalar twin `attend_portable`. [`paged_attention_reference`] is the plain loop both are tested against.
+/// multiple of 16, else the scalar twin `attend_portable`; the tests hold both to an f64 loop.
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention(
     q: &[f32],
@@ -161,42 +161,6 @@ fn attend_portable(qv: &[f32], k_cache: &[f32], v_cache: &[f32], offs: &[usize],
         let w = w * inv;
         for (o, &vv) in o.iter_mut().zip(&v_cache[off..off + hd]) {
             *o += w * vv;
-        }
-    }
-}
-
-/// The plain loop (one dot per key, scalar softmax): the reference the kernels are tested
-/// against and the CPU twin the CUDA tests read.
-#[allow(clippy::too_many_arguments)]
-pub fn paged_attention_reference(
-    q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
-    batch: &BatchLayout,
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
-    out: &mut [f32],
-) {
-    let t = batch.n_tokens();
-    let q_dim = n_heads * head_dim;
-    let kv_dim = n_kv_heads * head_dim;
-    assert_eq!(q.len(), t * q_dim);
-    assert_eq!(out.len(), t * q_dim);
-    let group = n_heads / n_kv_heads;
-    let bs = batch.block_size;
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    let mut scores = Vec::new();
-    for seq in &batch.seqs {
-        for row in seq.token_start..seq.token_start + seq.n_new {
-            let pos = seq.context_len + (row - seq.token_start);
-            for h in 0..n_heads {
-                let kvh = h / group;
-                let qv = &q[row * q_dim + h * head_dim..row * q_dim + (h + 1) * head_dim];
-                let offs: Vec<usize> = (0..=pos).map(|p| (seq.blocks[p / bs] as usize * bs + p % bs) * kv_dim + kvh * head_dim).collect();
-                let o = &mut out[row * q_dim + h * head_dim..row * q_dim + (h + 1) * head_dim];
-                attend_portable(qv, k_cache, v_cache, &offs, scale, &mut scores, o);
-            }
         }
     }
 }
@@ -358,6 +322,29 @@ mod tests {
         (l, num_blocks)
     }
 
+    /// Causal attention in f64, walking each sequence's block table directly: the oracle.
+    fn reference_f64(q: &[f32], kc: &[f32], vc: &[f32], b: &BatchLayout, nh: usize, nkv: usize, hd: usize) -> Vec<f64> {
+        let (q_dim, kv_dim, group) = (nh * hd, nkv * hd, nh / nkv);
+        let mut out = vec![0f64; q.len()];
+        for seq in &b.seqs {
+            for row in seq.token_start..seq.token_start + seq.n_new {
+                let pos = seq.context_len + (row - seq.token_start);
+                for h in 0..nh {
+                    let qv = &q[row * q_dim + h * hd..][..hd];
+                    let off = |p: usize| (seq.blocks[p / b.block_size] as usize * b.block_size + p % b.block_size) * kv_dim + (h / group) * hd;
+                    let s: Vec<f64> = (0..=pos).map(|p| (0..hd).map(|d| qv[d] as f64 * kc[off(p) + d] as f64).sum::<f64>() / (hd as f64).sqrt()).collect();
+                    let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    for d in 0..hd {
+                        out[row * q_dim + h * hd + d] = (0..=pos).map(|p| e[p] / sum * vc[off(p) + d] as f64).sum();
+                    }
+                }
+            }
+        }
+        out
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn reduce16_sums_each_vector_into_its_lane() {
@@ -404,15 +391,15 @@ mod tests {
             let kc = rng.nonzero(nb * bs * kv_dim, 1.0);
             let vc = rng.nonzero(nb * bs * kv_dim, 1.0);
             let q: Vec<f32> = rng.nonzero(b.n_tokens() * nh * hd, 1.0).iter().map(|x| x * 4.0).collect();
-            let mut want = vec![f32::NAN; q.len()];
-            paged_attention_reference(&q, &kc, &vc, &b, nh, nkv, hd, &mut want);
+            let want = reference_f64(&q, &kc, &vc, &b, nh, nkv, hd);
             let mut fast = vec![f32::NAN; q.len()];
             paged_attention(&q, &kc, &vc, &b, nh, nkv, hd, &mut fast);
             let mut portable = vec![f32::NAN; q.len()];
             paged_attention_portable(&q, &kc, &vc, &b, nh, nkv, hd, &mut portable);
-            assert_eq!(portable, want, "hd {hd}: the portable kernel is the reference's loop");
-            for (i, (f, w)) in fast.iter().zip(&want).enumerate() {
-                assert!((f - w).abs() <= 2e-6 * (1.0 + w.abs()), "hd {hd} heads {nh}/{nkv} bs {bs} {seqs:?} [{i}]: {f} vs {w}");
+            for (what, got) in [("simd", &fast), ("portable", &portable)] {
+                for (i, (f, w)) in got.iter().zip(&want).enumerate() {
+                    assert!((*f as f64 - w).abs() <= 2e-6 * (1.0 + w.abs()), "{what} hd {hd} heads {nh}/{nkv} bs {bs} {seqs:?} [{i}]: {f} vs {w}");
+                }
             }
         }
     }

@@ -9,7 +9,6 @@
 //! (`frozen::linear_tiled`).
 
 use super::frozen::{self, DecodeRows};
-use super::matmul::{gemv_by_rows, GEMV_MAX_ROWS};
 
 pub use crate::backend::numeric::{bf16_to_f32, f32_to_bf16};
 
@@ -53,16 +52,8 @@ impl DecodeRows for Bf16Matrix {
 
 /// `out [t, n] = x [t, k] · Wᵀ` for a bf16 `W [n, k]`.
 pub fn linear(x: &[f32], t: usize, w: &Bf16Matrix, out: &mut [f32]) {
-    let (n, k) = (w.rows, w.cols);
-    assert_eq!(x.len(), t * k, "x is not [t, k]");
-    assert_eq!(out.len(), t * n, "out is not [t, n]");
-    if t == 0 || n == 0 {
-        return;
-    }
-    if t > GEMV_MAX_ROWS {
-        return frozen::linear_tiled(x, t, w, out);
-    }
-    gemv_by_rows(t, n, out, |j, ti| dot_bf16(&x[ti * k..(ti + 1) * k], &w.data[j * k..(j + 1) * k]));
+    let k = w.cols;
+    frozen::linear_by_rows(x, t, w, out, |xr, j| dot_bf16(xr, &w.data[j * k..(j + 1) * k]));
 }
 
 /// `Σ a[i] · bf16(b[i])`, SIMD where the CPU has it (checked at run time).

@@ -13,7 +13,6 @@
 //! decode 64-row tiles for the dense GEMM (`frozen::linear_tiled`).
 
 use super::frozen::{self, DecodeRows};
-use super::matmul::{gemv_by_rows, GEMV_MAX_ROWS};
 
 /// Values per scale.
 pub const BLOCK: usize = 32;
@@ -88,17 +87,8 @@ impl DecodeRows for Q8Matrix {
 
 /// `out [t, n] = x [t, k] · Wᵀ` for a Q8 `W [n, k]`.
 pub fn linear(x: &[f32], t: usize, w: &Q8Matrix, out: &mut [f32]) {
-    let (n, k) = (w.rows, w.cols);
-    assert_eq!(x.len(), t * k, "x is not [t, k]");
-    assert_eq!(out.len(), t * n, "out is not [t, n]");
-    if t == 0 || n == 0 {
-        return;
-    }
-    if t > GEMV_MAX_ROWS {
-        return frozen::linear_tiled(x, t, w, out);
-    }
-    let bpr = w.blocks_per_row();
-    gemv_by_rows(t, n, out, |j, ti| dot_q8(&x[ti * k..(ti + 1) * k], &w.q[j * k..(j + 1) * k], &w.scales[j * bpr..(j + 1) * bpr]))
+    let (k, bpr) = (w.cols, w.blocks_per_row());
+    frozen::linear_by_rows(x, t, w, out, |xr, j| dot_q8(xr, &w.q[j * k..(j + 1) * k], &w.scales[j * bpr..(j + 1) * bpr]))
 }
 
 /// `Σ a[i] · q[i] · scales[i / BLOCK]`, SIMD where the CPU has it (checked at run time).
