@@ -36,22 +36,7 @@ pub fn paged_attention(
     head_dim: usize,
     out: &mut [f32],
 ) {
-    paged_attention_with(detect(head_dim), q, k_cache, v_cache, batch, n_heads, n_kv_heads, head_dim, out)
-}
-
-/// [`paged_attention`] on the scalar kernel only (tests compare the SIMD kernel with it).
-#[allow(clippy::too_many_arguments)]
-pub fn paged_attention_portable(
-    q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
-    batch: &BatchLayout,
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
-    out: &mut [f32],
-) {
-    paged_attention_with(Kernel::Portable, q, k_cache, v_cache, batch, n_heads, n_kv_heads, head_dim, out)
+    paged_attention_with(detect(head_dim), None, q, k_cache, v_cache, batch, n_heads, n_kv_heads, head_dim, out)
 }
 
 /// Which attention kernel runs.
@@ -77,6 +62,7 @@ fn detect(head_dim: usize) -> Kernel {
 #[allow(clippy::too_many_arguments)]
 fn paged_attention_with(
     kernel: Kernel,
+    grouped: Option<bool>,
     q: &[f32],
     k_cache: &[f32],
     v_cache: &[f32],
@@ -94,11 +80,6 @@ fn paged_attention_with(
     let group = n_heads / n_kv_heads;
     let bs = batch.block_size;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    // Row -> sequence index.
-    let mut seq_of = vec![0usize; t];
-    for (si, s) in batch.seqs.iter().enumerate() {
-        seq_of[s.token_start..s.token_start + s.n_new].fill(si);
-    }
     // Every key's cache row, per sequence, computed and checked once here (not per token and
     // head), as the element offset of the row: rows of K and V are kv_dim wide.
     let rows = k_cache.len() / kv_dim.max(1);
@@ -116,27 +97,103 @@ fn paged_attention_with(
                 .collect()
         })
         .collect();
-    // One task per (token, head): out is [T, n_heads, head_dim].
-    out.par_chunks_mut(head_dim).enumerate().for_each_init(Vec::new, |scores, (i, o)| {
-        let (row, h) = (i / n_heads, i % n_heads);
-        let si = seq_of[row];
-        let seq = &batch.seqs[si];
-        let pos = seq.context_len + (row - seq.token_start);
-        let kvh = h / group;
-        let qv = &q[row * q_dim + h * head_dim..row * q_dim + (h + 1) * head_dim];
-        let keys = &seq_rows[si][..=pos];
+    let grouped = grouped.unwrap_or(t * n_kv_heads >= 4 * rayon::current_num_threads());
+    let tasks = plan_tasks(batch, n_heads, group, grouped);
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    tasks.par_iter().for_each_init(Scratch::default, |scratch, task| {
+        let seq = &batch.seqs[task.seq];
+        let pos = |row: usize| seq.context_len + (row - seq.token_start);
+        let kvh = task.h0 / group;
         // The head's slice of a cache row.
         let head = kvh * head_dim;
+        let keys = &seq_rows[task.seq][..=pos(task.row0 + task.rows - 1)];
+        scratch.queries.clear();
+        for row in task.row0..task.row0 + task.rows {
+            for h in task.h0..task.h0 + task.heads {
+                scratch.queries.push(Query { q: row * q_dim + h * head_dim, n_keys: pos(row) + 1 });
+            }
+        }
+        let Scratch { queries, scores } = scratch;
+        // SAFETY: the tasks partition the (row, head) pairs of out [T, n_heads, head_dim]
+        // (plan_tasks), so the head_dim outputs at each query's offset (+ head_dim <= T q_dim =
+        // out.len()) are written by this task alone, and nothing else touches out while the tasks run.
+        let mut outs: Vec<&mut [f32]> =
+            queries.iter().map(|qr| unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(qr.q), head_dim) }).collect();
         match kernel {
-            Kernel::Portable => attend_portable(qv, &k_cache[head..], &v_cache[head..], keys, scale, scores, o),
+            Kernel::Portable => {
+                for (qr, o) in queries.iter().zip(outs.iter_mut()) {
+                    attend_portable(&q[qr.q..qr.q + head_dim], &k_cache[head..], &v_cache[head..], &keys[..qr.n_keys], scale, scores, o);
+                }
+            }
             #[cfg(target_arch = "x86_64")]
             // SAFETY: Avx512(c) is chosen only where the CPU has AVX-512F and head_dim = 16 c
             // (detect); every key offset is r * kv_dim with r < rows, and head + head_dim <=
-            // kv_dim, so off + head_dim <= k_cache.len() - head = v_cache.len() - head; qv and o
-            // are head_dim long.
-            Kernel::Avx512(c) => unsafe { x86::attend(c, qv, &k_cache[head..], &v_cache[head..], keys, scale, scores, o) },
+            // kv_dim, so off + head_dim <= k_cache.len() - head = v_cache.len() - head; each query
+            // offset + head_dim <= q.len(), each n_keys <= keys.len(), each out is head_dim long.
+            Kernel::Avx512(c) => unsafe { x86::attend_group(c, q, queries, &k_cache[head..], &v_cache[head..], keys, scale, scores, &mut outs) },
         }
     });
+}
+
+/// Consecutive tokens of one sequence a task takes when heads are grouped.
+const TILE_TOKENS: usize = 4;
+
+/// One task: rows `row0 .. row0 + rows` (tokens of sequence `seq`) times query heads
+/// `h0 .. h0 + heads`, all reading one kv head.
+#[derive(Clone, Copy, Debug)]
+struct Task {
+    seq: usize,
+    row0: usize,
+    rows: usize,
+    h0: usize,
+    heads: usize,
+}
+
+/// The tasks of a call: each K and V row a task loads from the cache serves all of its queries,
+/// so with enough work (prefill, batched decode) a task takes the `n_heads / n_kv_heads` query
+/// heads of a kv head for `TILE_TOKENS` tokens (12 queries for SmolLM2: a twelfth of the K reads
+/// and a quarter of the V reads of one task per query). With few tokens (a single decode) that
+/// would leave a thread idle, so tasks stay one per (token, head) (`grouped` false).
+fn plan_tasks(batch: &BatchLayout, n_heads: usize, group: usize, grouped: bool) -> Vec<Task> {
+    let (tile, heads) = if grouped { (TILE_TOKENS, group.max(1)) } else { (1, 1) };
+    let mut tasks = Vec::new();
+    for (seq, s) in batch.seqs.iter().enumerate() {
+        for row0 in (s.token_start..s.token_start + s.n_new).step_by(tile) {
+            let rows = tile.min(s.token_start + s.n_new - row0);
+            for h0 in (0..n_heads).step_by(heads) {
+                tasks.push(Task { seq, row0, rows, h0, heads });
+            }
+        }
+    }
+    tasks
+}
+
+/// A query of a task: its offset in `q` (and in `out`, the same `[T, n_heads, head_dim]` layout)
+/// and how many of the task's keys it sees (causal: its position + 1).
+#[derive(Clone, Copy)]
+struct Query {
+    q: usize,
+    n_keys: usize,
+}
+
+/// A task's reusable buffers (one per rayon worker, kept across tasks).
+#[derive(Default)]
+struct Scratch {
+    queries: Vec<Query>,
+    scores: Vec<f32>,
+}
+
+/// The output's base pointer, shared by the tasks, which write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: only used to form the disjoint per-query output slices of paged_attention_with's tasks.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
 }
 
 /// One query head against the keys at `offs` (element offsets of each key's head slice in the
@@ -175,24 +232,35 @@ mod x86 {
         matches!(c, 1 | 2 | 3 | 4 | 5 | 6 | 8 | 16)
     }
 
-    /// `attend_n::<C>` for `c` vectors of 16 floats per head.
+    /// `attend_queries::<C>` for `c` vectors of 16 floats per head.
     ///
     /// # Safety
-    /// The CPU has AVX-512F; `supported_vectors(c)`; `qv` and `o` are `16 c` long; every
+    /// The CPU has AVX-512F; `supported_vectors(c)`; each query's `q + 16 c <= q_all.len()` and
+    /// `n_keys <= offs.len()`; `outs` has one `16 c`-long slice per query; every
     /// `off + 16 c <= k.len()` and `<= v.len()`.
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn attend(c: usize, qv: &[f32], k: &[f32], v: &[f32], offs: &[usize], scale: f32, scores: &mut Vec<f32>, o: &mut [f32]) {
+    pub unsafe fn attend_group(
+        c: usize,
+        q_all: &[f32],
+        queries: &[super::Query],
+        k: &[f32],
+        v: &[f32],
+        offs: &[usize],
+        scale: f32,
+        scores: &mut Vec<f32>,
+        outs: &mut [&mut [f32]],
+    ) {
         // SAFETY: forwarded from the caller.
         unsafe {
             match c {
-                1 => attend_n::<1>(qv, k, v, offs, scale, scores, o),
-                2 => attend_n::<2>(qv, k, v, offs, scale, scores, o),
-                3 => attend_n::<3>(qv, k, v, offs, scale, scores, o),
-                4 => attend_n::<4>(qv, k, v, offs, scale, scores, o),
-                5 => attend_n::<5>(qv, k, v, offs, scale, scores, o),
-                6 => attend_n::<6>(qv, k, v, offs, scale, scores, o),
-                8 => attend_n::<8>(qv, k, v, offs, scale, scores, o),
-                16 => attend_n::<16>(qv, k, v, offs, scale, scores, o),
+                1 => attend_queries::<1>(q_all, queries, k, v, offs, scale, scores, outs),
+                2 => attend_queries::<2>(q_all, queries, k, v, offs, scale, scores, outs),
+                3 => attend_queries::<3>(q_all, queries, k, v, offs, scale, scores, outs),
+                4 => attend_queries::<4>(q_all, queries, k, v, offs, scale, scores, outs),
+                5 => attend_queries::<5>(q_all, queries, k, v, offs, scale, scores, outs),
+                6 => attend_queries::<6>(q_all, queries, k, v, offs, scale, scores, outs),
+                8 => attend_queries::<8>(q_all, queries, k, v, offs, scale, scores, outs),
+                16 => attend_queries::<16>(q_all, queries, k, v, offs, scale, scores, outs),
                 _ => unreachable!("unsupported head size {c} x 16"),
             }
         }
@@ -214,61 +282,149 @@ mod x86 {
         pairs(pairs(c[0], c[1]), pairs(c[2], c[3]))
     }
 
+    /// The queries of one task (all reading the same kv head) against the keys at `offs`, query
+    /// `i` seeing the first `queries[i].n_keys`: `o = softmax(q · Kᵀ · scale) · V` for each.
+    ///
+    /// Scores: per block of 16 keys (whose K rows then sit in L1), every query's 16 dots, reduced
+    /// together (`reduce16`, ~3 instructions a score instead of ~9 for one reduction each); a
+    /// query's keys past its own count stay -inf, so they weigh 0. The weighted sum of V: sets
+    /// of up to `qmax` queries accumulate together, so each V row is loaded once per set.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn attend_n<const C: usize>(qv: &[f32], k: &[f32], v: &[f32], offs: &[usize], scale: f32, scores: &mut Vec<f32>, o: &mut [f32]) {
+    unsafe fn attend_queries<const C: usize>(
+        q_all: &[f32],
+        queries: &[super::Query],
+        k: &[f32],
+        v: &[f32],
+        offs: &[usize],
+        scale: f32,
+        scores: &mut Vec<f32>,
+        outs: &mut [&mut [f32]],
+    ) {
         let n = offs.len();
-        // SAFETY (all loads and stores): qv and o hold 16 C floats, and each off + 16 C is within
-        // k and v (the caller's contract); scores has n + 15 floats after the resize below.
+        // Score rows are whole vectors: the pad lanes stay -inf.
+        let stride = n.div_ceil(16) * 16;
+        // SAFETY (all loads and stores): queries' q offsets + 16 C are within q_all, each off +
+        // 16 C within k and v, each out 16 C long (the caller's contract); scores holds
+        // queries.len() rows of `stride` floats after the resize, and key indices stay below n.
         unsafe {
-            let pq = qv.as_ptr();
-            let qr: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(pq.add(16 * c)));
-            // Scores, each key's dot reduced across lanes; rounded up to whole vectors (the pad
-            // lanes become -inf, so they add 0 to the softmax).
             scores.clear();
-            scores.resize(n.div_ceil(16) * 16, f32::NEG_INFINITY);
+            scores.resize(queries.len() * stride, f32::NEG_INFINITY);
             let ps = scores.as_mut_ptr();
-            let mut maxv = _mm512_set1_ps(f32::NEG_INFINITY);
-            let dot = |off: usize| {
-                let pk = k.as_ptr().add(off);
-                let mut acc = _mm512_mul_ps(qr[0], _mm512_loadu_ps(pk));
-                for (c, q) in qr.iter().enumerate().skip(1) {
-                    acc = _mm512_fmadd_ps(*q, _mm512_loadu_ps(pk.add(16 * c)), acc);
-                }
-                acc
-            };
-            // 16 keys at a time: their 16 lane-vectors reduced together into one vector of 16
-            // scores (`reduce16`, ~3 instructions a score instead of ~9 for one reduction each).
-            let whole = n / 16 * 16;
             let scalev = _mm512_set1_ps(scale);
-            for i in (0..whole).step_by(16) {
-                let a: [__m512; 16] = std::array::from_fn(|j| dot(*offs.get_unchecked(i + j)));
-                _mm512_storeu_ps(ps.add(i), _mm512_mul_ps(reduce16(&a), scalev));
-            }
-            for (i, &off) in offs.iter().enumerate().skip(whole) {
-                *ps.add(i) = _mm512_reduce_add_ps(dot(off)) * scale;
-            }
             for i in (0..n).step_by(16) {
-                maxv = _mm512_max_ps(maxv, _mm512_loadu_ps(ps.add(i)));
+                for (qi, qr) in queries.iter().enumerate() {
+                    let valid = qr.n_keys.saturating_sub(i).min(16);
+                    if valid == 0 {
+                        continue;
+                    }
+                    let pq = q_all.as_ptr().add(qr.q);
+                    let qv: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(pq.add(16 * c)));
+                    let dot = |j: usize| {
+                        if j >= valid {
+                            return _mm512_setzero_ps();
+                        }
+                        let pk = k.as_ptr().add(*offs.get_unchecked(i + j));
+                        let mut acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(pk));
+                        for (c, q) in qv.iter().enumerate().skip(1) {
+                            acc = _mm512_fmadd_ps(*q, _mm512_loadu_ps(pk.add(16 * c)), acc);
+                        }
+                        acc
+                    };
+                    let a: [__m512; 16] = std::array::from_fn(dot);
+                    let mask = if valid == 16 { !0 } else { ((1u32 << valid) - 1) as __mmask16 };
+                    _mm512_mask_storeu_ps(ps.add(qi * stride + i), mask, _mm512_mul_ps(reduce16(&a), scalev));
+                }
             }
-            let max = _mm512_set1_ps(_mm512_reduce_max_ps(maxv));
-            let mut sumv = _mm512_setzero_ps();
-            for i in (0..n).step_by(16) {
-                let e = crate::backend::cpu::simd::exp(_mm512_sub_ps(_mm512_loadu_ps(ps.add(i)), max));
-                _mm512_storeu_ps(ps.add(i), e);
-                sumv = _mm512_add_ps(sumv, e);
+            // Softmax of each query's row, unnormalised; 1 / sum kept for the end.
+            let mut inv = Vec::with_capacity(queries.len());
+            for (qi, qr) in queries.iter().enumerate() {
+                let row = ps.add(qi * stride);
+                let used = qr.n_keys.div_ceil(16) * 16;
+                let mut maxv = _mm512_set1_ps(f32::NEG_INFINITY);
+                for i in (0..used).step_by(16) {
+                    maxv = _mm512_max_ps(maxv, _mm512_loadu_ps(row.add(i)));
+                }
+                let max = _mm512_set1_ps(_mm512_reduce_max_ps(maxv));
+                let mut sumv = _mm512_setzero_ps();
+                for i in (0..stride).step_by(16) {
+                    // Blocks past the query's keys become exact zeros (exp(-inf)).
+                    let e = if i < used { crate::backend::cpu::simd::exp(_mm512_sub_ps(_mm512_loadu_ps(row.add(i)), max)) } else { _mm512_setzero_ps() };
+                    _mm512_storeu_ps(row.add(i), e);
+                    sumv = _mm512_add_ps(sumv, e);
+                }
+                inv.push(1.0 / _mm512_reduce_add_ps(sumv));
             }
-            let inv = 1.0 / _mm512_reduce_add_ps(sumv);
-            // The weighted sum of V over two sets of accumulators (even and odd keys): with one
-            // set each accumulator is a chain of one FMA per key, and the FMA's latency, not
-            // its throughput, bounds the loop.
+            let qmax = match C {
+                1..=4 => 4,
+                5..=6 => 3,
+                7..=8 => 2,
+                _ => 1,
+            };
+            let mut s = 0;
+            while s < queries.len() {
+                let m = (queries.len() - s).min(qmax);
+                let n_set = queries[s..s + m].iter().map(|qr| qr.n_keys).max().unwrap_or(0);
+                let (w, inv, o) = (ps.add(s * stride), &inv[s..s + m], &mut outs[s..s + m]);
+                match m {
+                    1 => weigh_v_one::<C>(v, &offs[..n_set], w, inv[0], o),
+                    2 => weigh_v::<C, 2>(v, &offs[..n_set], w, stride, inv, o),
+                    3 => weigh_v::<C, 3>(v, &offs[..n_set], w, stride, inv, o),
+                    _ => weigh_v::<C, 4>(v, &offs[..n_set], w, stride, inv, o),
+                }
+                s += m;
+            }
+        }
+    }
+
+    /// `o[q] = inv[q] · Σ_j w[q][j] V[offs[j]]` for `Q` queries at once (weight rows `stride`
+    /// apart from `w`): each V row is loaded once and feeds `Q · C` independent FMA chains.
+    ///
+    /// # Safety
+    /// AVX-512F; `w` holds `Q` rows of at least `offs.len()` floats, `stride` apart; each
+    /// `off + 16 C <= v.len()`; `inv` and `o` have `Q` entries, each `o` 16 C long.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn weigh_v<const C: usize, const Q: usize>(v: &[f32], offs: &[usize], w: *const f32, stride: usize, inv: &[f32], o: &mut [&mut [f32]]) {
+        // SAFETY: the contract above.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); C]; Q];
+            for (j, &off) in offs.iter().enumerate() {
+                let pv = v.as_ptr().add(off);
+                let vr: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(pv.add(16 * c)));
+                for (q, a) in acc.iter_mut().enumerate() {
+                    let wq = _mm512_set1_ps(*w.add(q * stride + j));
+                    for c in 0..C {
+                        a[c] = _mm512_fmadd_ps(wq, vr[c], a[c]);
+                    }
+                }
+            }
+            for q in 0..Q {
+                let invv = _mm512_set1_ps(inv[q]);
+                let po = o[q].as_mut_ptr();
+                for (c, a) in acc[q].iter().enumerate() {
+                    _mm512_storeu_ps(po.add(16 * c), _mm512_mul_ps(*a, invv));
+                }
+            }
+        }
+    }
+
+    /// [`weigh_v`] for one query, over two sets of accumulators (even and odd keys): with one set
+    /// each accumulator is a chain of one FMA per key, and the FMA's latency, not its
+    /// throughput, bounds the loop.
+    ///
+    /// # Safety
+    /// As `weigh_v` with `Q = 1`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn weigh_v_one<const C: usize>(v: &[f32], offs: &[usize], w: *const f32, inv: f32, o: &mut [&mut [f32]]) {
+        // SAFETY: the contract above.
+        unsafe {
+            let n = offs.len();
             let mut acc = [_mm512_setzero_ps(); C];
             let mut acc2 = [_mm512_setzero_ps(); C];
-            let pairs = n / 2;
-            for p in 0..pairs {
+            for p in 0..n / 2 {
                 let (o0, o1) = (*offs.get_unchecked(2 * p), *offs.get_unchecked(2 * p + 1));
                 let (pv0, pv1) = (v.as_ptr().add(o0), v.as_ptr().add(o1));
-                let (w0, w1) = (_mm512_set1_ps(*ps.add(2 * p)), _mm512_set1_ps(*ps.add(2 * p + 1)));
+                let (w0, w1) = (_mm512_set1_ps(*w.add(2 * p)), _mm512_set1_ps(*w.add(2 * p + 1)));
                 for c in 0..C {
                     acc[c] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(pv0.add(16 * c)), acc[c]);
                     acc2[c] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(pv1.add(16 * c)), acc2[c]);
@@ -276,18 +432,15 @@ mod x86 {
             }
             if n % 2 == 1 {
                 let pv = v.as_ptr().add(*offs.get_unchecked(n - 1));
-                let w = _mm512_set1_ps(*ps.add(n - 1));
+                let wv = _mm512_set1_ps(*w.add(n - 1));
                 for (c, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(w, _mm512_loadu_ps(pv.add(16 * c)), *a);
+                    *a = _mm512_fmadd_ps(wv, _mm512_loadu_ps(pv.add(16 * c)), *a);
                 }
             }
-            for c in 0..C {
-                acc[c] = _mm512_add_ps(acc[c], acc2[c]);
-            }
             let invv = _mm512_set1_ps(inv);
-            let po = o.as_mut_ptr();
-            for (c, a) in acc.iter().enumerate() {
-                _mm512_storeu_ps(po.add(16 * c), _mm512_mul_ps(*a, invv));
+            let po = o[0].as_mut_ptr();
+            for c in 0..C {
+                _mm512_storeu_ps(po.add(16 * c), _mm512_mul_ps(_mm512_add_ps(acc[c], acc2[c]), invv));
             }
         }
     }
@@ -383,6 +536,8 @@ mod tests {
             (256, 2, 1, 16, &[(0, 18)]),
             (24, 4, 2, 3, &[(9, 4)]),
             (40, 2, 1, 8, &[(1, 30)]),
+            (96, 6, 2, 16, &[(20, 7), (0, 2)]),
+            (64, 9, 3, 16, &[(5, 6), (40, 9), (3, 1)]),
         ];
         for &(hd, nh, nkv, bs, seqs) in cases {
             let (b, nb) = layout(seqs, bs);
@@ -392,11 +547,20 @@ mod tests {
             let vc = rng.nonzero(nb * bs * kv_dim, 1.0);
             let q: Vec<f32> = rng.nonzero(b.n_tokens() * nh * hd, 1.0).iter().map(|x| x * 4.0).collect();
             let want = reference_f64(&q, &kc, &vc, &b, nh, nkv, hd);
-            let mut fast = vec![f32::NAN; q.len()];
-            paged_attention(&q, &kc, &vc, &b, nh, nkv, hd, &mut fast);
-            let mut portable = vec![f32::NAN; q.len()];
-            paged_attention_portable(&q, &kc, &vc, &b, nh, nkv, hd, &mut portable);
-            for (what, got) in [("simd", &fast), ("portable", &portable)] {
+            let mut runs = Vec::new();
+            // Both task plans (one task per (token, head), and grouped heads x token tiles) on
+            // both kernels, whatever the thread count picks by default.
+            for grouped in [false, true] {
+                for (kernel, name) in [(detect(hd), "detected"), (Kernel::Portable, "portable")] {
+                    let mut got = vec![f32::NAN; q.len()];
+                    paged_attention_with(kernel, Some(grouped), &q, &kc, &vc, &b, nh, nkv, hd, &mut got);
+                    runs.push((format!("{name} grouped={grouped}"), got));
+                }
+            }
+            let mut default = vec![f32::NAN; q.len()];
+            paged_attention(&q, &kc, &vc, &b, nh, nkv, hd, &mut default);
+            runs.push(("default".into(), default));
+            for (what, got) in &runs {
                 for (i, (f, w)) in got.iter().zip(&want).enumerate() {
                     assert!((*f as f64 - w).abs() <= 2e-6 * (1.0 + w.abs()), "{what} hd {hd} heads {nh}/{nkv} bs {bs} {seqs:?} [{i}]: {f} vs {w}");
                 }
