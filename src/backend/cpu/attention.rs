@@ -266,22 +266,6 @@ mod x86 {
         }
     }
 
-    /// Lane `j` of the result is the sum of the 16 lanes of `a[j]`: a transpose-and-add tree
-    /// (pairs within 128-bit lanes, then quads, then across the four 128-bit lanes).
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    pub fn reduce16(a: &[__m512; 16]) -> __m512 {
-        // b[p], per 128-bit lane: [x0+x2, y0+y2, x1+x3, y1+y3] for x = a[2p], y = a[2p+1].
-        let b: [__m512; 8] = std::array::from_fn(|p| _mm512_add_ps(_mm512_unpacklo_ps(a[2 * p], a[2 * p + 1]), _mm512_unpackhi_ps(a[2 * p], a[2 * p + 1])));
-        // c[q], per 128-bit lane: that lane's sums of a[4q], a[4q+1], a[4q+2], a[4q+3].
-        let c: [__m512; 4] = std::array::from_fn(|q| {
-            _mm512_add_ps(_mm512_shuffle_ps::<0b01_00_01_00>(b[2 * q], b[2 * q + 1]), _mm512_shuffle_ps::<0b11_10_11_10>(b[2 * q], b[2 * q + 1]))
-        });
-        // Sum the four 128-bit lanes: e0 = [c0.L0+L1, c0.L2+L3, c1.L0+L1, c1.L2+L3], e1 likewise.
-        let pairs = |x: __m512, y: __m512| _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(x, y), _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y));
-        pairs(pairs(c[0], c[1]), pairs(c[2], c[3]))
-    }
-
     /// The queries of one task (all reading the same kv head) against the keys at `offs`, query
     /// `i` seeing the first `queries[i].n_keys`: `o = softmax(q · Kᵀ · scale) · V` for each.
     ///
@@ -333,7 +317,7 @@ mod x86 {
                     };
                     let a: [__m512; 16] = std::array::from_fn(dot);
                     let mask = if valid == 16 { !0 } else { ((1u32 << valid) - 1) as __mmask16 };
-                    _mm512_mask_storeu_ps(ps.add(qi * stride + i), mask, _mm512_mul_ps(reduce16(&a), scalev));
+                    _mm512_mask_storeu_ps(ps.add(qi * stride + i), mask, _mm512_mul_ps(crate::backend::cpu::simd::reduce16(&a), scalev));
                 }
             }
             // Softmax of each query's row, unnormalised; 1 / sum kept for the end.
@@ -512,7 +496,7 @@ mod tests {
         let got = unsafe {
             let a: [__m512; 16] = std::array::from_fn(|j| _mm512_loadu_ps(vals.as_ptr().add(16 * j)));
             let mut out = [0f32; 16];
-            _mm512_storeu_ps(out.as_mut_ptr(), x86::reduce16(&a));
+            _mm512_storeu_ps(out.as_mut_ptr(), crate::backend::cpu::simd::reduce16(&a));
             out
         };
         for j in 0..16 {

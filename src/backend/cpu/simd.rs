@@ -1,4 +1,5 @@
-//! Vector math the CPU kernels share (AVX-512, chosen at run time by their callers): `exp`, and
+//! Vector math the CPU kernels share (AVX-512, chosen at run time by their callers): `exp`,
+//! `reduce16` (16 horizontal sums at once), and
 //! the SwiGLU gate built on it. Each has a scalar twin the tests hold it to.
 
 /// `out = silu(gate) * up` with `silu(g) = g / (1 + e^-g)`, all `[n]`: AVX-512 where the CPU has
@@ -22,11 +23,28 @@ pub fn silu_mul_portable(gate: &[f32], up: &[f32], out: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub use x86::exp;
+pub use x86::{exp, reduce16};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// Lane `j` of the result is the sum of the 16 lanes of `a[j]`: a transpose-and-add tree
+    /// (pairs within 128-bit lanes, then quads, then across the four 128-bit lanes).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub fn reduce16(a: &[__m512; 16]) -> __m512 {
+        // b[p], per 128-bit lane: [x0+x2, y0+y2, x1+x3, y1+y3] for x = a[2p], y = a[2p+1].
+        let b: [__m512; 8] = std::array::from_fn(|p| _mm512_add_ps(_mm512_unpacklo_ps(a[2 * p], a[2 * p + 1]), _mm512_unpackhi_ps(a[2 * p], a[2 * p + 1])));
+        // c[q], per 128-bit lane: that lane's sums of a[4q], a[4q+1], a[4q+2], a[4q+3].
+        let c: [__m512; 4] = std::array::from_fn(|q| {
+            _mm512_add_ps(_mm512_shuffle_ps::<0b01_00_01_00>(b[2 * q], b[2 * q + 1]), _mm512_shuffle_ps::<0b11_10_11_10>(b[2 * q], b[2 * q + 1]))
+        });
+        // Sum the four 128-bit lanes: e0 = [c0.L0+L1, c0.L2+L3, c1.L0+L1, c1.L2+L3], e1 likewise.
+        let pairs = |x: __m512, y: __m512| _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(x, y), _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y));
+        pairs(pairs(c[0], c[1]), pairs(c[2], c[3]))
+    }
+
 
     /// `e^x`, 16 lanes, within 2 ulp of `expf` over [-87, 88]: x = n ln2 + r with |r| <= ln2 / 2
     /// (ln2 split in two for an exact product), Cephes' degree-6 polynomial for e^r, `scalef` by
