@@ -88,6 +88,21 @@ impl DecodeRows for Q8Matrix {
 /// `out [t, n] = x [t, k] · Wᵀ` for a Q8 `W [n, k]`.
 pub fn linear(x: &[f32], t: usize, w: &Q8Matrix, out: &mut [f32]) {
     let (k, bpr) = (w.cols, w.blocks_per_row());
+    #[cfg(target_arch = "x86_64")]
+    if t == 1 && k.is_multiple_of(BLOCK) && x.len() == k && out.len() == w.rows && is_x86_feature_detected!("avx512f") {
+        // Decode of one sequence (the lm_head's usual call: 49,152 rows): 16 rows per kernel
+        // call, reduced together, each task a run of ROWS_PER_TASK output values.
+        const ROWS_PER_TASK: usize = 64;
+        use rayon::prelude::*;
+        out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(ci, o)| {
+            for (gi, o16) in o.chunks_mut(16).enumerate() {
+                // SAFETY: AVX-512F checked above; rows ci * 64 + gi * 16 + o16.len() <= w.rows
+                // (out is [w.rows] and o16 is its slice at that row); k % BLOCK == 0 and x is [k].
+                unsafe { x86::rows16_avx512(w, x, ci * ROWS_PER_TASK + gi * 16, o16) };
+            }
+        });
+        return;
+    }
     frozen::linear_by_rows(x, t, w, out, |xr, j| dot_q8(xr, &w.q[j * k..(j + 1) * k], &w.scales[j * bpr..(j + 1) * bpr]))
 }
 
@@ -135,6 +150,35 @@ mod x86 {
     unsafe fn load16(p: *const i8) -> __m512 {
         // SAFETY: the caller guarantees 16 readable bytes at p (unaligned load).
         _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(unsafe { _mm_loadu_si128(p as *const __m128i) }))
+    }
+
+    /// `out[r] = dot_q8(x, row j0 + r)` for the `out.len() <= 16` rows from `j0`, their vectors
+    /// reduced together (`reduce16`), with no call or horizontal sum per row.
+    ///
+    /// # Safety
+    /// AVX-512F; `out.len() <= 16`; `j0 + out.len() <= w.rows`; `w.cols % 32 == 0` and
+    /// `x.len() == w.cols`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn rows16_avx512(w: &super::Q8Matrix, x: &[f32], j0: usize, out: &mut [f32]) {
+        let (k, blocks) = (w.cols, w.cols / super::BLOCK);
+        let px = x.as_ptr();
+        // SAFETY (all loads): row j's codes are q[j k .. (j + 1) k] and its scales
+        // scales[j blocks ..][..blocks] for j < w.rows; x has k values (the contract).
+        unsafe {
+            let mut totals = [_mm512_setzero_ps(); 16];
+            for (r, total) in totals.iter_mut().enumerate().take(out.len()) {
+                let pq = w.q.as_ptr().add((j0 + r) * k);
+                let ps = w.scales.as_ptr().add((j0 + r) * blocks);
+                for b in 0..blocks {
+                    let e0 = 32 * b;
+                    let blk = _mm512_fmadd_ps(_mm512_loadu_ps(px.add(e0)), load16(pq.add(e0)), _mm512_mul_ps(_mm512_loadu_ps(px.add(e0 + 16)), load16(pq.add(e0 + 16))));
+                    *total = _mm512_fmadd_ps(blk, _mm512_set1_ps(*ps.add(b)), *total);
+                }
+            }
+            let mut sums = [0f32; 16];
+            _mm512_storeu_ps(sums.as_mut_ptr(), crate::backend::cpu::simd::reduce16(&totals));
+            out.copy_from_slice(&sums[..out.len()]);
+        }
     }
 
     /// # Safety
@@ -211,7 +255,7 @@ mod tests {
             }
         }
         // Decode (t <= 4, per-row dots) and prefill (t > 4, tiles) against f64 on the decoded W.
-        for (t, n, k) in [(1usize, 77usize, 100usize), (3, 130, 33), (4, 65, 576), (5, 200, 17), (9, 64, 64)] {
+        for (t, n, k) in [(1usize, 77usize, 100usize), (1, 141, 96), (3, 130, 33), (4, 65, 576), (5, 200, 17), (9, 64, 64)] {
             let w = Q8Matrix::from_f32(&rng.nonzero(n * k, 0.5), n, k).unwrap();
             let mut dec = vec![0.0; n * k];
             w.decode_rows(0, &mut dec);
