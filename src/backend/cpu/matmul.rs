@@ -107,6 +107,19 @@ pub(crate) fn gemv_by_rows(t: usize, n: usize, out: &mut [f32], dot_row: impl Fn
     }
 }
 
+/// One activation row's GEMV (`out [n]`, a decode step of one sequence) for kernels that take
+/// 16 weight rows per call (`rows16(j0, o)` fills `o`, at most 16 values, for rows `j0 ..`):
+/// tasks of 64 rows, each 4 kernel calls. The kernels reduce their 16 rows' vectors together
+/// (`simd::reduce16`) rather than one horizontal sum and one call per row.
+pub(crate) fn gemv1_by_16_rows(out: &mut [f32], rows16: impl Fn(usize, &mut [f32]) + Sync) {
+    const ROWS_PER_TASK: usize = 64;
+    out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(ci, o)| {
+        for (gi, o16) in o.chunks_mut(16).enumerate() {
+            rows16(ci * ROWS_PER_TASK + gi * 16, o16);
+        }
+    });
+}
+
 /// Dot product, SIMD where the CPU has it (checked at run time, so one binary runs anywhere).
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {

@@ -90,17 +90,10 @@ pub fn linear(x: &[f32], t: usize, w: &Q8Matrix, out: &mut [f32]) {
     let (k, bpr) = (w.cols, w.blocks_per_row());
     #[cfg(target_arch = "x86_64")]
     if t == 1 && k.is_multiple_of(BLOCK) && x.len() == k && out.len() == w.rows && is_x86_feature_detected!("avx512f") {
-        // Decode of one sequence (the lm_head's usual call: 49,152 rows): 16 rows per kernel
-        // call, reduced together, each task a run of ROWS_PER_TASK output values.
-        const ROWS_PER_TASK: usize = 64;
-        use rayon::prelude::*;
-        out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(ci, o)| {
-            for (gi, o16) in o.chunks_mut(16).enumerate() {
-                // SAFETY: AVX-512F checked above; rows ci * 64 + gi * 16 + o16.len() <= w.rows
-                // (out is [w.rows] and o16 is its slice at that row); k % BLOCK == 0 and x is [k].
-                unsafe { x86::rows16_avx512(w, x, ci * ROWS_PER_TASK + gi * 16, o16) };
-            }
-        });
+        // Decode of one sequence (the lm_head's usual call: 49,152 rows).
+        // SAFETY: AVX-512F checked above; matmul hands each call j0 + o.len() <= out.len() =
+        // w.rows; k % BLOCK == 0 and x is [k].
+        super::matmul::gemv1_by_16_rows(out, |j0, o| unsafe { x86::rows16_avx512(w, x, j0, o) });
         return;
     }
     frozen::linear_by_rows(x, t, w, out, |xr, j| dot_q8(xr, &w.q[j * k..(j + 1) * k], &w.scales[j * bpr..(j + 1) * bpr]))
@@ -169,11 +162,18 @@ mod x86 {
             for (r, total) in totals.iter_mut().enumerate().take(out.len()) {
                 let pq = w.q.as_ptr().add((j0 + r) * k);
                 let ps = w.scales.as_ptr().add((j0 + r) * blocks);
+                // The row's sum in locals, two chains (see bf16's rows16_avx512), stored once.
+                let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
                 for b in 0..blocks {
                     let e0 = 32 * b;
                     let blk = _mm512_fmadd_ps(_mm512_loadu_ps(px.add(e0)), load16(pq.add(e0)), _mm512_mul_ps(_mm512_loadu_ps(px.add(e0 + 16)), load16(pq.add(e0 + 16))));
-                    *total = _mm512_fmadd_ps(blk, _mm512_set1_ps(*ps.add(b)), *total);
+                    if b % 2 == 0 {
+                        acc0 = _mm512_fmadd_ps(blk, _mm512_set1_ps(*ps.add(b)), acc0);
+                    } else {
+                        acc1 = _mm512_fmadd_ps(blk, _mm512_set1_ps(*ps.add(b)), acc1);
+                    }
                 }
+                *total = _mm512_add_ps(acc0, acc1);
             }
             let mut sums = [0f32; 16];
             _mm512_storeu_ps(sums.as_mut_ptr(), crate::backend::cpu::simd::reduce16(&totals));

@@ -210,6 +210,8 @@ mod x86 {
             for (r, total) in totals.iter_mut().enumerate().take(acc.len()) {
                 let pp = w.packed.as_ptr().add((j0 + r) * row_bytes + c0 / 2);
                 let pa = w.absmax.as_ptr().add((j0 + r) * blocks_per_row + c0 / bs);
+                // The row's sum in a local, stored once (`totals` may live on the stack).
+                let mut row_total = _mm512_setzero_ps();
                 for b in 0..blocks {
                     let mut hi_acc = _mm512_setzero_ps();
                     let mut lo_acc = _mm512_setzero_ps();
@@ -219,8 +221,9 @@ mod x86 {
                         hi_acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32::<4>(d), lut), _mm512_loadu_ps(px.add(e0)), hi_acc);
                         lo_acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(d, lut), _mm512_loadu_ps(px.add(e0 + 16)), lo_acc);
                     }
-                    *total = _mm512_fmadd_ps(_mm512_add_ps(hi_acc, lo_acc), _mm512_set1_ps(*pa.add(b)), *total);
+                    row_total = _mm512_fmadd_ps(_mm512_add_ps(hi_acc, lo_acc), _mm512_set1_ps(*pa.add(b)), row_total);
                 }
+                *total = row_total;
             }
             let mut sums = [0f32; 16];
             _mm512_storeu_ps(sums.as_mut_ptr(), crate::backend::cpu::simd::reduce16(&totals));
