@@ -185,6 +185,13 @@ pub trait Backend: Send + Sync + 'static {
     fn rms_norm(&self, x: &Self::Tensor, w: &Self::Vector, eps: f32) -> Result<Self::Tensor>;
     /// `x [T, in] · wᵀ [in, out] (+ bias) -> [T, out]`.
     fn linear(&self, x: &Self::Tensor, w: &Self::Matrix, bias: Option<&Self::Vector>) -> Result<Self::Tensor>;
+    /// `linear` of one input through several weights of its width (a layer's q, k, v; its gate
+    /// and up): one result per weight, in order. A backend may run them as one product (the CPU
+    /// does for decode on NF4 weights: one parallel loop over all their rows); the default runs
+    /// `linear` for each.
+    fn linears(&self, x: &Self::Tensor, ws: &[(&Self::Matrix, Option<&Self::Vector>)]) -> Result<Vec<Self::Tensor>> {
+        ws.iter().map(|&(w, b)| self.linear(x, w, b)).collect()
+    }
     /// Rotates each head of `q [T, n_heads * head_dim]` and `k [T, n_kv_heads * head_dim]` in
     /// place at the step's positions (one launch for both on the GPU).
     fn rope(&self, q: &mut Self::Tensor, k: &mut Self::Tensor, step: &Self::Step<'_>, rope: &Self::Rope) -> Result<()>;

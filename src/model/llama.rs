@@ -372,11 +372,9 @@ impl<B: Backend> Llama<B> {
         for (li, l) in self.layers.iter().enumerate() {
             // Attention block.
             let hn = be.rms_norm(&x, &l.input_norm, c.rms_norm_eps)?;
-            let mut q = be.linear(&hn, &l.q, l.q_bias.as_ref())?;
+            let [mut q, mut k, mut v] = exactly(be.linears(&hn, &[(&l.q, l.q_bias.as_ref()), (&l.k, l.k_bias.as_ref()), (&l.v, l.v_bias.as_ref())])?)?;
             be.lora_apply(&mut q, &hn, step, li, LoraModule::Q)?;
-            let mut k = be.linear(&hn, &l.k, l.k_bias.as_ref())?;
             be.lora_apply(&mut k, &hn, step, li, LoraModule::K)?;
-            let mut v = be.linear(&hn, &l.v, l.v_bias.as_ref())?;
             be.lora_apply(&mut v, &hn, step, li, LoraModule::V)?;
             be.rope(&mut q, &mut k, step, &self.rope)?;
             let a = be.attention(&q, &k, &v, kv, li, step)?;
@@ -385,9 +383,8 @@ impl<B: Backend> Llama<B> {
             be.add_assign(&mut x, &o)?;
             // MLP block.
             let hn = be.rms_norm(&x, &l.post_norm, c.rms_norm_eps)?;
-            let mut g = be.linear(&hn, &l.gate, None)?;
+            let [mut g, mut u] = exactly(be.linears(&hn, &[(&l.gate, None), (&l.up, None)])?)?;
             be.lora_apply(&mut g, &hn, step, li, LoraModule::Gate)?;
-            let mut u = be.linear(&hn, &l.up, None)?;
             be.lora_apply(&mut u, &hn, step, li, LoraModule::Up)?;
             let m = be.silu_mul(&g, &u)?;
             let mut d = be.linear(&m, &l.down, None)?;
@@ -400,4 +397,11 @@ impl<B: Backend> Llama<B> {
         let logits = be.linear(&hn, self.lm_head.as_ref().unwrap_or(&self.embed), None)?;
         be.end_forward(step, logits)
     }
+}
+
+/// The results of a `Backend::linears` call of `N` weights, or an error if the backend returned
+/// another count.
+fn exactly<T, const N: usize>(v: Vec<T>) -> Result<[T; N]> {
+    let got = v.len();
+    v.try_into().map_err(|_| crate::Error::InvalidArgument(format!("linears returned {got} results for {N} weights")))
 }

@@ -249,15 +249,32 @@ impl Backend for CpuBackend {
                 out
             }
         };
-        if let Some(b) = bias {
-            check(b.len() == w.rows, || "linear: bias length".into())?;
-            for row in out.chunks_exact_mut(w.rows) {
-                for (o, &bv) in row.iter_mut().zip(b) {
-                    *o += bv;
-                }
-            }
-        }
+        add_bias(&mut out, w.rows, bias)?;
         Ok(CpuTensor { data: out, rows: x.rows, cols: w.rows })
+    }
+
+    /// Decode through NF4 weights (a layer's q, k, v; gate, up) runs as one parallel loop over
+    /// all their rows (`gemv::linear_many`); everything else is one `linear` per weight.
+    fn linears(&self, x: &CpuTensor, ws: &[(&CpuMatrix, Option<&Vec<f32>>)]) -> Result<Vec<CpuTensor>> {
+        let nf4: Option<Vec<&nf4::Nf4Matrix>> = ws
+            .iter()
+            .map(|(w, _)| match &w.weight {
+                CpuWeight::Nf4(m) if m.cols == x.cols && nf4::gemv::supports(m) => Some(m),
+                _ => None,
+            })
+            .collect();
+        let Some(ms) = nf4.filter(|ms| ms.len() > 1 && (1..=nf4::gemv::MAX_ROWS).contains(&x.rows)) else {
+            return ws.iter().map(|&(w, b)| self.linear(x, w, b)).collect();
+        };
+        let mut data: Vec<Vec<f32>> = ms.iter().map(|m| zeroed(x.rows * m.rows)).collect();
+        let mut outs: Vec<&mut [f32]> = data.iter_mut().map(|d| d.as_mut_slice()).collect();
+        nf4::gemv::linear_many(&x.data, x.rows, &ms, &mut outs);
+        let mut tensors = Vec::with_capacity(ws.len());
+        for (mut d, &(w, bias)) in data.into_iter().zip(ws) {
+            add_bias(&mut d, w.rows, bias)?;
+            tensors.push(CpuTensor { data: d, rows: x.rows, cols: w.rows });
+        }
+        Ok(tensors)
     }
 
     fn rope(&self, q: &mut CpuTensor, k: &mut CpuTensor, step: &CpuStep<'_>, rope: &CpuRope) -> Result<()> {
@@ -366,6 +383,19 @@ pub fn host_memory_available() -> Option<usize> {
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
     kib.checked_mul(1024)
+}
+
+/// `out [T, cols] += bias [cols]` on every row (nothing without a bias).
+fn add_bias(out: &mut [f32], cols: usize, bias: Option<&Vec<f32>>) -> Result<()> {
+    if let Some(b) = bias {
+        check(b.len() == cols, || format!("linear: bias of {} for {cols} outputs", b.len()))?;
+        for row in out.chunks_exact_mut(cols) {
+            for (o, &bv) in row.iter_mut().zip(b) {
+                *o += bv;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs `work` on a thread of rayon's global pool and waits for it. Every CPU op is a parallel

@@ -21,8 +21,10 @@ use super::Nf4Matrix;
 
 /// Elements per de-interleaved group (16 packed bytes).
 const GROUP: usize = 32;
-/// Weight rows per rayon task (64 rows of 576 columns = 18 KB of packed weights).
-const ROWS_PER_TASK: usize = 64;
+/// Weight rows per rayon task (32 rows of 576 columns = 9 KB of packed weights): small enough
+/// that SmolLM2's 192- and 576-row products split evenly over two threads (6 and 18 tasks; with
+/// 64 rows, 3 and 9 tasks left one thread a task more than the other).
+const ROWS_PER_TASK: usize = 32;
 /// Activation columns per pass over a task's rows (a multiple of the block is used).
 const K_CHUNK: usize = 1024;
 /// The most activation rows the fused kernels take (decode and small batches).
@@ -72,81 +74,107 @@ fn detect() -> Isa {
 
 /// `out [t, w.rows] = x [t, w.cols] · wᵀ` for `1 <= t <= MAX_ROWS` and `supports(w)`.
 pub fn linear(x: &[f32], t: usize, w: &Nf4Matrix, out: &mut [f32]) {
-    linear_with(detect(), x, t, w, out)
+    linear_many_with(detect(), x, t, &[w], &mut [out])
+}
+
+/// [`linear`] of one `x` through several matrices of its width at once (a layer's q, k, v; its
+/// gate and up): `outs[i] [t, ws[i].rows]`. One parallel loop over all their rows instead of
+/// one per matrix: a decode step's small products (k and v are 192 rows for SmolLM2, ~10 µs)
+/// each paid a fork and a join, and a loop of a few tasks left a thread idle at its end.
+pub fn linear_many(x: &[f32], t: usize, ws: &[&Nf4Matrix], outs: &mut [&mut [f32]]) {
+    linear_many_with(detect(), x, t, ws, outs)
 }
 
 /// The portable kernel only (tests compare the SIMD kernels with it).
 pub fn linear_portable(x: &[f32], t: usize, w: &Nf4Matrix, out: &mut [f32]) {
-    linear_with(Isa::Portable, x, t, w, out)
+    linear_many_with(Isa::Portable, x, t, &[w], &mut [out])
 }
 
-fn linear_with(isa: Isa, x: &[f32], t: usize, w: &Nf4Matrix, out: &mut [f32]) {
-    let (n, k) = (w.rows, w.cols);
-    assert!(supports(w), "fused NF4 GEMV: cols {k} / blocksize {} not supported", w.blocksize);
+fn linear_many_with(isa: Isa, x: &[f32], t: usize, ws: &[&Nf4Matrix], outs: &mut [&mut [f32]]) {
+    assert_eq!(ws.len(), outs.len(), "one output per matrix");
+    let Some(k) = ws.first().map(|w| w.cols) else { return };
     assert!((1..=MAX_ROWS).contains(&t), "fused NF4 GEMV takes 1..={MAX_ROWS} rows, got {t}");
     assert_eq!(x.len(), t * k, "x is not [t, k]");
-    assert_eq!(out.len(), t * n, "out is not [t, n]");
-    assert_eq!(w.packed.len(), n * k / 2, "packed is not [n, k / 2]");
-    assert_eq!(w.absmax.len(), n * k / w.blocksize, "absmax is not one per block");
+    for (w, out) in ws.iter().zip(outs.iter()) {
+        let n = w.rows;
+        assert!(supports(w), "fused NF4 GEMV: cols {} / blocksize {} not supported", w.cols, w.blocksize);
+        assert_eq!(w.cols, k, "matrices of different widths");
+        assert_eq!(out.len(), t * n, "out is not [t, n]");
+        assert_eq!(w.packed.len(), n * k / 2, "packed is not [n, k / 2]");
+        assert_eq!(w.absmax.len(), n * k / w.blocksize, "absmax is not one per block");
+    }
     let xd = deinterleave(x, t, k);
+    // One task computes ROWS_PER_TASK output columns of one matrix for all t rows into its
+    // [rows, t] block of that matrix's `cols`; the blocks are scattered into out [t, n] at the
+    // end (for t = 1 that is a plain copy).
+    let mut cols: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.rows * t]).collect();
+    let tasks: Vec<(&Nf4Matrix, usize, &mut [f32])> = ws
+        .iter()
+        .zip(cols.iter_mut())
+        .flat_map(|(&w, c)| c.chunks_mut(ROWS_PER_TASK * t).enumerate().map(move |(ci, chunk)| (w, ci * ROWS_PER_TASK, chunk)))
+        .collect();
+    tasks.into_par_iter().for_each(|(w, r0, chunk)| task(isa, &xd, t, w, r0, chunk));
+    for (c, out) in cols.iter().zip(outs.iter_mut()) {
+        if t == 1 {
+            out.copy_from_slice(c);
+        } else {
+            let n = c.len() / t;
+            for j in 0..n {
+                for ti in 0..t {
+                    out[ti * n + j] = c[j * t + ti];
+                }
+            }
+        }
+    }
+}
+
+/// Rows `r0 .. r0 + chunk.len() / t` of `w` against the `t` de-interleaved activation rows
+/// `xd [t, k]`, into `chunk [rows, t]`.
+fn task(isa: Isa, xd: &[f32], t: usize, w: &Nf4Matrix, r0: usize, chunk: &mut [f32]) {
+    let k = w.cols;
     let row_bytes = k / 2;
     let blocks_per_row = k / w.blocksize;
     // Columns per pass: a task runs its rows over one chunk of k, then the next, so the t
     // activation rows of a chunk (t * K_CHUNK * 4 bytes, 16 KB at t = 4) stay in L1 while the
     // weights stream; with whole rows, 4 rows of x at k = 4096 (64 KB) spill to L2.
     let chunk_len = w.blocksize * (K_CHUNK / w.blocksize).max(1);
-    // One task computes ROWS_PER_TASK output columns for all t rows into [rows, t], then the
-    // results are scattered into out [t, n] (for t = 1 that is a plain copy).
-    let mut cols = vec![0f32; n * t];
-    cols.par_chunks_mut(ROWS_PER_TASK * t).enumerate().for_each(|(ci, chunk)| {
-        let r0 = ci * ROWS_PER_TASK;
-        let mut acc = [[0f32; MAX_ROWS]; ROWS_PER_TASK];
-        for c0 in (0..k).step_by(chunk_len) {
-            let c1 = (c0 + chunk_len).min(k);
-            // Offsets into x stay relative to c0: the kernels index xd[ti * k + e] for e < c1 - c0.
-            let xd = &xd[c0..];
-            let rows = chunk.len() / t;
-            #[cfg(target_arch = "x86_64")]
-            if let (Isa::Avx512, 1) = (isa, t) {
-                for jj in (0..rows).step_by(16) {
-                    let m = 16.min(rows - jj);
-                    // SAFETY: Avx512 is chosen only where the CPU has AVX-512F; rows r0 + jj ..
-                    // r0 + jj + m <= n (this task's rows); c0 < c1 <= k, whole blocks; xd, from
-                    // c0, holds k - c0 >= c1 - c0 activations; packed and absmax are [n, k/2]
-                    // and [n, k/blocksize] (asserted above).
-                    unsafe { x86::rows16_t1_avx512(w, xd, r0 + jj, c0, c1, &mut acc[jj..jj + m]) };
-                }
-                continue;
+    let rows = chunk.len() / t;
+    let mut acc = [[0f32; MAX_ROWS]; ROWS_PER_TASK];
+    for c0 in (0..k).step_by(chunk_len) {
+        let c1 = (c0 + chunk_len).min(k);
+        // Offsets into x stay relative to c0: the kernels index xd[ti * k + e] for e < c1 - c0.
+        let xd = &xd[c0..];
+        #[cfg(target_arch = "x86_64")]
+        if let (Isa::Avx512, 1) = (isa, t) {
+            for jj in (0..rows).step_by(16) {
+                let m = 16.min(rows - jj);
+                // SAFETY: Avx512 is chosen only where the CPU has AVX-512F; rows r0 + jj ..
+                // r0 + jj + m <= n (this task's rows); c0 < c1 <= k, whole blocks; xd, from
+                // c0, holds k - c0 >= c1 - c0 activations; packed and absmax are [n, k/2]
+                // and [n, k/blocksize] (asserted by the caller).
+                unsafe { x86::rows16_t1_avx512(w, xd, r0 + jj, c0, c1, &mut acc[jj..jj + m]) };
             }
-            for (jj, a) in acc.iter_mut().enumerate().take(rows) {
-                let j = r0 + jj;
-                let packed = &w.packed[j * row_bytes + c0 / 2..j * row_bytes + c1 / 2];
-                let absmax = &w.absmax[j * blocks_per_row + c0 / w.blocksize..j * blocks_per_row + c1 / w.blocksize];
-                match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: Avx512 is chosen only where the CPU has AVX-512F; packed holds
-                    // (c1 - c0) / 2 bytes, absmax (c1 - c0) / blocksize scales, and xd, from c0,
-                    // (t - 1) * k + (k - c0) >= (t - 1) * k + (c1 - c0) activations.
-                    Isa::Avx512 => unsafe { x86::row_avx512(packed, absmax, &w.code, xd, t, k, w.blocksize, a) },
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: Avx2 is chosen only where the CPU has AVX2 and FMA; lengths as above.
-                    Isa::Avx2 => unsafe { x86::row_avx2(packed, absmax, &w.code, xd, t, k, w.blocksize, a) },
-                    Isa::Portable => row_portable(packed, absmax, &w.code, xd, t, k, w.blocksize, a),
-                }
+            continue;
+        }
+        for (jj, a) in acc.iter_mut().enumerate().take(rows) {
+            let j = r0 + jj;
+            let packed = &w.packed[j * row_bytes + c0 / 2..j * row_bytes + c1 / 2];
+            let absmax = &w.absmax[j * blocks_per_row + c0 / w.blocksize..j * blocks_per_row + c1 / w.blocksize];
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: Avx512 is chosen only where the CPU has AVX-512F; packed holds
+                // (c1 - c0) / 2 bytes, absmax (c1 - c0) / blocksize scales, and xd, from c0,
+                // (t - 1) * k + (k - c0) >= (t - 1) * k + (c1 - c0) activations.
+                Isa::Avx512 => unsafe { x86::row_avx512(packed, absmax, &w.code, xd, t, k, w.blocksize, a) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: Avx2 is chosen only where the CPU has AVX2 and FMA; lengths as above.
+                Isa::Avx2 => unsafe { x86::row_avx2(packed, absmax, &w.code, xd, t, k, w.blocksize, a) },
+                Isa::Portable => row_portable(packed, absmax, &w.code, xd, t, k, w.blocksize, a),
             }
         }
-        for (o, a) in chunk.chunks_exact_mut(t).zip(&acc) {
-            o.copy_from_slice(&a[..t]);
-        }
-    });
-    if t == 1 {
-        out.copy_from_slice(&cols);
-    } else {
-        for j in 0..n {
-            for ti in 0..t {
-                out[ti * n + j] = cols[j * t + ti];
-            }
-        }
+    }
+    for (o, a) in chunk.chunks_exact_mut(t).zip(&acc) {
+        o.copy_from_slice(&a[..t]);
     }
 }
 
@@ -390,7 +418,7 @@ mod tests {
             assert!(supports(&m));
             let x = rand_vec(t * k, 2 + t as u64);
             let mut got = vec![f32::NAN; t * n];
-            linear_with(isa, &x, t, &m, &mut got);
+            linear_many_with(isa, &x, t, &[&m], &mut [&mut got]);
             let mut want = vec![0.0; t * n];
             matmul::linear(&x, t, k, &w.dequantize(), n, &mut want);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -421,6 +449,26 @@ mod tests {
         }
         // Whatever the CPU, the dispatching entry point agrees too.
         check(detect(), "detected");
+    }
+
+    #[test]
+    fn many_matrices_at_once_match_one_at_a_time() {
+        for t in [1, 3] {
+            let k = 128;
+            let ms: Vec<Nf4Matrix> = [70usize, 33, 200]
+                .iter()
+                .map(|&n| Nf4Matrix::new(&Nf4Tensor::quantize(&rand_vec(n * k, 7 + n as u64), &[n, k], true)).unwrap())
+                .collect();
+            let x = rand_vec(t * k, 11);
+            let mut many: Vec<Vec<f32>> = ms.iter().map(|m| vec![f32::NAN; t * m.rows]).collect();
+            let mut outs: Vec<&mut [f32]> = many.iter_mut().map(|v| v.as_mut_slice()).collect();
+            linear_many(&x, t, &ms.iter().collect::<Vec<_>>(), &mut outs);
+            for (m, got) in ms.iter().zip(&many) {
+                let mut want = vec![f32::NAN; t * m.rows];
+                linear(&x, t, m, &mut want);
+                assert_eq!(got, &want, "t {t}, {} rows", m.rows);
+            }
+        }
     }
 
     #[test]
