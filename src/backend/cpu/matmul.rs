@@ -120,6 +120,23 @@ pub(crate) fn gemv1_by_16_rows(out: &mut [f32], rows16: impl Fn(usize, &mut [f32
     });
 }
 
+/// Asks for the cache lines of the `len` bytes that lie `PREFETCH_BYTES` after `p` (the weights
+/// a GEMV kernel reads a few rows from now): weights that stream from memory outrun the hardware
+/// prefetcher, which stops at each 4 KB page. A prefetch never faults, so the addresses may lie
+/// past the matrix.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn prefetch_ahead(p: *const u8, len: usize) {
+    const PREFETCH_BYTES: usize = 4096;
+    let mut off = 0;
+    while off < len {
+        // SAFETY: prefetch reads nothing architecturally and never faults, whatever the address
+        // (wrapping_add computes it without creating an out-of-bounds reference).
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(PREFETCH_BYTES + off) as *const i8) };
+        off += 64;
+    }
+}
+
 /// Dot product, SIMD where the CPU has it (checked at run time, so one binary runs anywhere).
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {

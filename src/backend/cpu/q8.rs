@@ -162,6 +162,8 @@ mod x86 {
             for (r, total) in totals.iter_mut().enumerate().take(out.len()) {
                 let pq = w.q.as_ptr().add((j0 + r) * k);
                 let ps = w.scales.as_ptr().add((j0 + r) * blocks);
+                crate::backend::cpu::matmul::prefetch_ahead(pq as *const u8, k);
+                crate::backend::cpu::matmul::prefetch_ahead(ps as *const u8, 4 * blocks);
                 // The row's sum in locals, two chains (see bf16's rows16_avx512), stored once.
                 let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
                 for b in 0..blocks {

@@ -238,6 +238,8 @@ mod x86 {
             for (r, total) in totals.iter_mut().enumerate().take(acc.len()) {
                 let pp = w.packed.as_ptr().add((j0 + r) * row_bytes + c0 / 2);
                 let pa = w.absmax.as_ptr().add((j0 + r) * blocks_per_row + c0 / bs);
+                crate::backend::cpu::matmul::prefetch_ahead(pp, (c1 - c0) / 2);
+                crate::backend::cpu::matmul::prefetch_ahead(pa as *const u8, 4 * blocks);
                 // The row's sum in a local, stored once (`totals` may live on the stack).
                 let mut row_total = _mm512_setzero_ps();
                 for b in 0..blocks {
