@@ -21,10 +21,12 @@ pub fn write_kv(k: &[f32], v: &[f32], slots: &[u32], kv_dim: usize, k_cache: &mu
 /// (positions `0..=p` for a new token at position `p`), GQA: query head `h` reads kv head
 /// `h / (n_heads / n_kv_heads)`. f32 softmax, scale `1/sqrt(head_dim)`. `out [T, n_heads * head_dim]`.
 ///
-/// One task per (token, query head), over its sequence's key offsets (computed once per
-/// sequence and call). A task runs the AVX-512 kernel (`x86::attend`: scores, a vector exp, the
-/// weighted sum of V, head_dim in registers) where the CPU has it and `head_dim` is a supported
-/// multiple of 16, else the scalar twin `attend_portable`; the tests hold both to an f64 loop.
+/// Tasks (`plan_tasks`): with enough tokens, the query heads of one kv head for up to 4 tokens of
+/// a sequence (each K and V row loaded serves all of them); else one per (token, query head).
+/// Key offsets are computed once per sequence and call. A task runs the AVX-512 kernel
+/// (`x86::attend_group`: scores, a vector exp, the weighted sum of V, head_dim in registers)
+/// where the CPU has it and `head_dim` is a supported multiple of 16, else the scalar twin
+/// `attend_portable` per query; the tests hold both, under both plans, to an f64 loop.
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention(
     q: &[f32],
