@@ -164,7 +164,8 @@ mod x86 {
                 let ps = w.scales.as_ptr().add((j0 + r) * blocks);
                 crate::backend::cpu::matmul::prefetch_ahead(pq as *const u8, k);
                 crate::backend::cpu::matmul::prefetch_ahead(ps as *const u8, 4 * blocks);
-                // The row's sum in locals, two chains (see bf16's rows16_avx512), stored once.
+                // The row's sum in two local chains (one FMA latency per block would bound a single
+                // chain; `totals` may live on the stack), stored once.
                 let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
                 for b in 0..blocks {
                     let e0 = 32 * b;
