@@ -3,10 +3,10 @@
 //! (`frozen::DecodeRows`). Rounding from f32 is round-to-nearest-even, as PyTorch's
 //! `tensor.to(torch.bfloat16)`; NaN stays NaN.
 //!
-//! `linear`: decode-sized inputs (≤ 4 rows) dot each packed row directly, converting in
-//! registers (`dot_bf16`: AVX-512 where the CPU has it), so decode reads half the bytes of f32
-//! and writes no decoded weight; more rows decode 64-row tiles for the dense GEMM
-//! (`frozen::linear_tiled`).
+//! `linear`: decode-sized inputs (≤ 16 rows) dot each packed row directly, converting in
+//! registers (`dot_bf16`, or 4 x rows per weight vector in `matmul::gemv_blocked`: AVX-512 where
+//! the CPU has it), so decode reads half the bytes of f32 and writes no decoded weight; more rows
+//! decode 64-row tiles for the dense GEMM (`frozen::linear_tiled`).
 
 use super::frozen::{self, DecodeRows};
 
@@ -53,6 +53,13 @@ impl DecodeRows for Bf16Matrix {
 /// `out [t, n] = x [t, k] · Wᵀ` for a bf16 `W [n, k]`.
 pub fn linear(x: &[f32], t: usize, w: &Bf16Matrix, out: &mut [f32]) {
     let k = w.cols;
+    #[cfg(target_arch = "x86_64")]
+    {
+        // A batched decode step: each widened weight vector serves 4 x rows.
+        if (2..=super::matmul::GEMV_MAX_ROWS).contains(&t) && x.len() == t * k && out.len() == t * w.rows && is_x86_feature_detected!("avx512f") {
+            return super::matmul::gemv_blocked(x, t, k, &w.data, w.rows, out);
+        }
+    }
     frozen::linear_by_rows(x, t, w, out, |xr, j| dot_bf16(xr, &w.data[j * k..(j + 1) * k]));
 }
 
@@ -94,9 +101,8 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn load16(p: *const u16) -> __m512 {
-        // SAFETY: the caller guarantees 16 readable u16 at p (32 bytes, unaligned load).
-        let h = unsafe { _mm256_loadu_si256(p as *const __m256i) };
-        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        // SAFETY: the caller guarantees 16 readable u16 at p; the CPU has AVX-512F (this fn's feature).
+        unsafe { <u16 as crate::backend::cpu::matmul::x86::Lanes16>::load16(p) }
     }
 
     #[target_feature(enable = "avx512f")]
@@ -169,8 +175,8 @@ mod tests {
                 assert!((got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()), "{what} n {n}: {got} vs {want}");
             }
         }
-        // Decode (t <= 4, per-row dots) and prefill (t > 4, tiles) against f64 on the decoded W.
-        for (t, n, k) in [(1usize, 77usize, 100usize), (3, 130, 33), (4, 65, 576), (5, 200, 17), (9, 64, 64)] {
+        // Decode (t <= 16: per-row dots, 4x4 blocks) and prefill (t > 16, tiles) against f64 on the decoded W.
+        for (t, n, k) in [(1usize, 77usize, 100usize), (2, 33, 576), (3, 130, 33), (4, 65, 576), (5, 200, 17), (9, 64, 64), (16, 37, 100), (17, 40, 40)] {
             let w = Bf16Matrix::from_f32(&rng.nonzero(n * k, 0.5), n, k).unwrap();
             let x = rng.nonzero(t * k, 1.0);
             let mut out = vec![f32::NAN; t * n];

@@ -4,8 +4,11 @@
 
 use rayon::prelude::*;
 
-/// Up to this many rows, each weight row is read once and dotted with every x row.
-pub(crate) const GEMV_MAX_ROWS: usize = 4;
+/// Up to this many rows (a decode step of up to 16 sequences), each weight row is read once and
+/// dotted with every x row. The `gemm` crate packs all of W on every call, which at these row
+/// counts costs more than the product: a step of 8 sequences spent ~half its time packing (perf),
+/// 155 ms per token at the old bound of 4 rows, 73 ms at 16 (in-process `lorafleet bench`).
+pub(crate) const GEMV_MAX_ROWS: usize = 16;
 /// Weight rows per rayon task on the GEMV path (64 rows of 576 f32 = 147 KB: fits L2).
 const GEMV_ROWS_PER_TASK: usize = 32;
 
@@ -84,7 +87,51 @@ pub fn linear(x: &[f32], t: usize, k: usize, w: &[f32], n: usize, out: &mut [f32
 }
 
 fn gemv(x: &[f32], t: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if t >= 2 && is_x86_feature_detected!("avx512f") {
+            return gemv_blocked(x, t, k, w, n, out);
+        }
+    }
     gemv_by_rows(t, n, out, |j, ti| dot(&x[ti * k..(ti + 1) * k], &w[j * k..(j + 1) * k]));
+}
+
+/// Several activation rows (a batched decode step, 2 ..= `GEMV_MAX_ROWS`) through a weight
+/// `w [n, k]` stored as f32 or bf16 (`x86::Lanes16`): blocks of 4 weight rows × 4 x rows, 16
+/// running sums reduced together at the end. Each weight vector loaded (and widened) serves 4 x
+/// rows (the per-pair dot loaded one weight and one x vector per FMA, and reduced each pair on
+/// its own). Edge blocks repeat the last row and drop its sums. The caller checks AVX-512F.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn gemv_blocked<E: x86::Lanes16>(x: &[f32], t: usize, k: usize, w: &[E], n: usize, out: &mut [f32]) {
+    assert!(x.len() == t * k && w.len() == n * k && out.len() == t * n, "gemv_blocked: shapes differ");
+    assert!(is_x86_feature_detected!("avx512f"), "gemv_blocked: the CPU lacks AVX-512F");
+    if t == 0 || n == 0 {
+        return;
+    }
+    let mut cols: Vec<f32> = vec![0.0; n * t]; // [n, t]
+    cols.par_chunks_mut(GEMV_ROWS_PER_TASK * t).enumerate().for_each(|(ci, chunk)| {
+        let (j0, rows) = (ci * GEMV_ROWS_PER_TASK, chunk.len() / t);
+        for jb in (0..rows).step_by(4) {
+            let wr: [&[E]; 4] = std::array::from_fn(|r| {
+                let j = j0 + (jb + r).min(rows - 1);
+                &w[j * k..(j + 1) * k]
+            });
+            for tb in (0..t).step_by(4) {
+                let xr: [&[f32]; 4] = std::array::from_fn(|c| {
+                    let ti = (tb + c).min(t - 1);
+                    &x[ti * k..(ti + 1) * k]
+                });
+                // SAFETY: the CPU has AVX-512F (asserted above); all eight rows hold k values.
+                let sums = unsafe { x86::block4x4_avx512(xr, wr, k) };
+                for r in 0..4.min(rows - jb) {
+                    for c in 0..4.min(t - tb) {
+                        chunk[(jb + r) * t + tb + c] = sums[r * 4 + c];
+                    }
+                }
+            }
+        }
+    });
+    scatter_cols(&cols, t, n, out);
 }
 
 /// The GEMV loop of every weight format: `out [t, n]`, `out[ti, j] = dot_row(j, ti)` (weight row
@@ -100,6 +147,11 @@ pub(crate) fn gemv_by_rows(t: usize, n: usize, out: &mut [f32], dot_row: impl Fn
             }
         }
     });
+    scatter_cols(&cols, t, n, out);
+}
+
+/// `out [t, n]` from the task-local layout `cols [n, t]`.
+fn scatter_cols(cols: &[f32], t: usize, n: usize, out: &mut [f32]) {
     for j in 0..n {
         for ti in 0..t {
             out[ti * n + j] = cols[j * t + ti];
@@ -173,7 +225,7 @@ pub fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
     /// How far ahead of the `b` row being read (`dot`'s weight) the AVX-512 dot prefetches:
     /// 4 KB. An f32 model (540 MB for SmolLM2) streams from memory at decode, and the hardware
@@ -206,6 +258,98 @@ mod x86 {
             acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, pa.add(i)), _mm512_maskz_loadu_ps(m, pb.add(i)), acc1);
         }
         _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+    }
+
+    /// A weight element the block kernel widens to f32, 16 lanes at a time: f32 itself, or bf16
+    /// bits (`u16`, the upper half of an f32).
+    pub trait Lanes16: Copy + Sync {
+        /// 16 values at `p`.
+        ///
+        /// # Safety
+        /// The CPU has AVX-512F; 16 values are readable at `p`.
+        unsafe fn load16(p: *const Self) -> __m512;
+        /// The first `len < 16` values at `p`, zero in the other lanes.
+        ///
+        /// # Safety
+        /// The CPU has AVX-512F; `len` values are readable at `p`.
+        unsafe fn load_first(p: *const Self, len: usize) -> __m512;
+    }
+
+    impl Lanes16 for f32 {
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn load16(p: *const f32) -> __m512 {
+            // SAFETY: the contract (16 readable f32 at p).
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn load_first(p: *const f32, len: usize) -> __m512 {
+            // SAFETY: the mask covers only the len readable values (the contract).
+            unsafe { _mm512_maskz_loadu_ps(((1u32 << len) - 1) as u16, p) }
+        }
+    }
+
+    impl Lanes16 for u16 {
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn load16(p: *const u16) -> __m512 {
+            // SAFETY: the contract (16 readable u16 at p: 32 bytes, unaligned load).
+            let h = unsafe { _mm256_loadu_si256(p as *const __m256i) };
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn load_first(p: *const u16, len: usize) -> __m512 {
+            let mut tail = [0u16; 16];
+            // SAFETY: len < 16 values readable at p (the contract) into a 16-value buffer.
+            unsafe {
+                std::ptr::copy_nonoverlapping(p, tail.as_mut_ptr(), len);
+                Self::load16(tail.as_ptr())
+            }
+        }
+    }
+
+    /// `sums[r * 4 + c] = w[r] · x[c]` for 4 weight rows and 4 activation rows of `k` values each:
+    /// 16 accumulators (8 loads per 16 FMAs), each weight row prefetched 4 KB ahead as in
+    /// `dot_avx512`, the 16 sums reduced by one `reduce16`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, and every row must hold at least `k` values.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn block4x4_avx512<E: Lanes16>(x: [&[f32]; 4], w: [&[E]; 4], k: usize) -> [f32; 16] {
+        debug_assert!(x.iter().all(|r| r.len() >= k) && w.iter().all(|r| r.len() >= k));
+        let (px, pw) = (x.map(|r| r.as_ptr()), w.map(|r| r.as_ptr()));
+        let ahead = 4096 / std::mem::size_of::<E>();
+        let mut acc = [_mm512_setzero_ps(); 16];
+        let mut i = 0;
+        // SAFETY (all loads): i + 16 <= k, resp. the last k - i < 16 values; every row holds k
+        // values (the contract). A prefetch never faults.
+        unsafe {
+            while i + 16 <= k {
+                let xv: [__m512; 4] = std::array::from_fn(|c| _mm512_loadu_ps(px[c].add(i)));
+                for r in 0..4 {
+                    _mm_prefetch::<_MM_HINT_T0>(pw[r].wrapping_add(i + ahead) as *const i8);
+                    let wv = E::load16(pw[r].add(i));
+                    for c in 0..4 {
+                        acc[r * 4 + c] = _mm512_fmadd_ps(wv, xv[c], acc[r * 4 + c]);
+                    }
+                }
+                i += 16;
+            }
+            if i < k {
+                let xv: [__m512; 4] = std::array::from_fn(|c| f32::load_first(px[c].add(i), k - i));
+                for r in 0..4 {
+                    let wv = E::load_first(pw[r].add(i), k - i);
+                    for c in 0..4 {
+                        acc[r * 4 + c] = _mm512_fmadd_ps(wv, xv[c], acc[r * 4 + c]);
+                    }
+                }
+            }
+            let mut sums = [0f32; 16];
+            _mm512_storeu_ps(sums.as_mut_ptr(), crate::backend::cpu::simd::reduce16(&acc));
+            sums
+        }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -265,7 +409,7 @@ mod tests {
 
     #[test]
     fn linear_matches_f64_reference_on_odd_shapes() {
-        for &(t, k, n) in &[(1, 576, 192), (3, 77, 100), (4, 1, 5), (5, 576, 1536), (17, 33, 65), (1, 1000, 7)] {
+        for &(t, k, n) in &[(1, 576, 192), (2, 576, 192), (3, 77, 100), (4, 1, 5), (5, 576, 1536), (7, 15, 33), (8, 576, 131), (13, 100, 67), (16, 64, 4), (17, 33, 65), (1, 1000, 7)] {
             let x = rand_vec(t * k, 1 + t as u64);
             let w = rand_vec(n * k, 2 + n as u64);
             let mut out = vec![f32::NAN; t * n];
