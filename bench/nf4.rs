@@ -1,7 +1,8 @@
 //! CPU NF4 matmul (`backend::cpu::nf4::linear`: the fused nibble-table GEMV at 1-4 rows, tile
 //! dequantize + dense kernel above) against the dense f32 matmul on the same shape, at decode
-//! (1 row), a batch of 4 and prefill (64 rows), for SmolLM2-135M's MLP (576 -> 1536) and a
-//! Llama-8B-sized projection (4096 -> 4096).
+//! (1 row), batched decode (4, 8, 16 rows: the f32 4x4-block GEMV, beside the `gemm` crate's
+//! packed GEMM it replaced there, `f32_gemm`) and prefill (64 rows), for SmolLM2-135M's MLP
+//! (576 -> 1536) and a Llama-8B-sized projection (4096 -> 4096).
 //!
 //! `Throughput::Bytes` = the weight bytes the op must read (NF4: packed + f32 absmax, ~0.53 byte
 //! per weight; f32: 4 bytes per weight), so GB/s compares each with the memory roofline;
@@ -32,7 +33,7 @@ fn bench(c: &mut Criterion) {
         let w = data(n * k, 1);
         let q = Nf4Matrix::new(&Nf4Tensor::quantize(&w, &[n, k], true)).expect("2-D");
         let nf4_bytes = (q.packed.len() + 4 * q.absmax.len()) as u64;
-        for t in [1usize, 4, 64] {
+        for t in [1usize, 4, 8, 16, 64] {
             let x = data(t * k, 2);
             let mut out = vec![0.0; t * n];
             let mut g = c.benchmark_group(format!("linear_{n}x{k}_t{t}"));
@@ -44,6 +45,9 @@ fn bench(c: &mut Criterion) {
             }
             g.throughput(Throughput::Bytes((4 * n * k) as u64));
             g.bench_function("f32", |b| b.iter(|| matmul::linear(black_box(&x), t, k, &w, n, &mut out)));
+            if (2..=16).contains(&t) {
+                g.bench_function("f32_gemm", |b| b.iter(|| matmul::linear_gemm(black_box(&x), t, k, &w, n, &mut out)));
+            }
             g.finish();
         }
     }

@@ -71,6 +71,16 @@ pub(crate) unsafe fn gemm_f32_raw(dst: *mut f32, dst_stride: usize, x: &[f32], t
     }
 }
 
+/// [`linear`] always through the `gemm` crate (what rows above `GEMV_MAX_ROWS` take): for the
+/// benchmarks' ratio of the GEMV path to it.
+pub fn linear_gemm(x: &[f32], t: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
+    assert!(x.len() == t * k && w.len() == n * k && out.len() == t * n, "linear_gemm: shapes differ");
+    if t > 0 && n > 0 {
+        // SAFETY: out is [t, n] (checked above), a unique borrow, so it cannot overlap x or w.
+        unsafe { gemm_f32_raw(out.as_mut_ptr(), n, x, t, k, w, n) }
+    }
+}
+
 pub fn linear(x: &[f32], t: usize, k: usize, w: &[f32], n: usize, out: &mut [f32]) {
     assert_eq!(x.len(), t * k, "x is not [t, k]");
     assert_eq!(w.len(), n * k, "w is not [n, k]");

@@ -91,6 +91,16 @@ pub fn linear(x: &[f32], t: usize, w: &Nf4Matrix, out: &mut [f32]) {
         // Decode: the fused kernel reads each packed byte once and never writes a weight.
         return gemv::linear(x, t, w, out);
     }
+    // A batched decode step (up to 16 rows): the fused kernel on 4 rows at a time, W decoded in
+    // registers once per 4 rows, beats decoding 64-row tiles for the dense kernel (criterion
+    // linear_1536x576_t8: ~210 vs 300 µs). x's and out's rows are contiguous, so a chunk of rows
+    // is a slice of each.
+    if t <= super::matmul::GEMV_MAX_ROWS && k > 0 && gemv::supports(w) {
+        for (xc, oc) in x.chunks(gemv::MAX_ROWS * k).zip(out.chunks_mut(gemv::MAX_ROWS * n)) {
+            gemv::linear(xc, xc.len() / k, w, oc);
+        }
+        return;
+    }
     linear_tiled(x, t, w, out)
 }
 
@@ -131,7 +141,7 @@ mod tests {
     #[test]
     fn matches_dense_matmul_of_the_dequantized_matrix() {
         // Odd shapes: k not a multiple of the block (blocks straddle rows), n not of the tile.
-        for (t, n, k, double) in [(1, 77, 100, false), (3, 130, 96, true), (9, 200, 64, true), (5, 65, 33, false), (2, 70, 128, true)] {
+        for (t, n, k, double) in [(1, 77, 100, false), (3, 130, 96, true), (9, 200, 64, true), (5, 65, 33, false), (2, 70, 128, true), (16, 64, 128, true), (17, 40, 64, false)] {
             let w = Nf4Tensor::quantize(&rand_vec(n * k, 1), &[n, k], double);
             let m = Nf4Matrix::new(&w).unwrap();
             let dense = w.dequantize();
