@@ -5,7 +5,9 @@
 
 use rayon::prelude::*;
 
+use super::isa::{self, Level};
 use super::matmul::dot;
+use super::simd::{self, dispatch, Simd};
 use crate::kv::BatchLayout;
 
 /// Writes the new tokens' `k, v [T, kv_dim]` into cache rows `slots [T]`.
@@ -23,10 +25,11 @@ pub fn write_kv(k: &[f32], v: &[f32], slots: &[u32], kv_dim: usize, k_cache: &mu
 ///
 /// Tasks (`plan_tasks`): with enough tokens, the query heads of one kv head for up to 4 tokens of
 /// a sequence (each K and V row loaded serves all of them); else one per (token, query head).
-/// Key offsets are computed once per sequence and call. A task runs the AVX-512 kernel
-/// (`x86::attend_group`: scores, a vector exp, the weighted sum of V, head_dim in registers)
-/// where the CPU has it and `head_dim` is a supported multiple of 16, else the scalar twin
-/// `attend_portable` per query; the tests hold both, under both plans, to an f64 loop.
+/// Key offsets are computed once per sequence and call. A task runs the vector kernel
+/// (`attend_group`: scores, a vector exp, the weighted sum of V, head_dim in registers) at the
+/// level `isa::current` chose, where `head_dim` is a supported multiple of its lanes, else the
+/// scalar twin `attend_scalar` per query; the tests hold both, at every level the CPU has and
+/// under both plans, to an f64 loop.
 #[allow(clippy::too_many_arguments)]
 pub fn paged_attention(
     q: &[f32],
@@ -38,27 +41,34 @@ pub fn paged_attention(
     head_dim: usize,
     out: &mut [f32],
 ) {
-    paged_attention_with(detect(head_dim), None, q, k_cache, v_cache, batch, n_heads, n_kv_heads, head_dim, out)
+    paged_attention_with(plan_kernel(isa::current(), head_dim), None, q, k_cache, v_cache, batch, n_heads, n_kv_heads, head_dim, out)
 }
 
 /// Which attention kernel runs.
 #[derive(Clone, Copy)]
 enum Kernel {
-    Portable,
-    /// AVX-512 with `head_dim / 16` vectors per row.
-    #[cfg(target_arch = "x86_64")]
-    Avx512(usize),
+    /// `attend_scalar` per query: the twin the vector kernel is held to, and the path for head
+    /// sizes it is not instantiated for.
+    Scalar,
+    /// `attend_group` at `level`, with `head_dim / LANES` vectors per row.
+    Simd(Level, usize),
 }
 
-fn detect(head_dim: usize) -> Kernel {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if head_dim.is_multiple_of(16) && x86::supported_vectors(head_dim / 16) && is_x86_feature_detected!("avx512f") {
-            return Kernel::Avx512(head_dim / 16);
-        }
+/// The kernel for `head_dim` at `level`: the vector one where `head_dim` is a supported multiple
+/// of the level's lanes.
+fn plan_kernel(level: Level, head_dim: usize) -> Kernel {
+    let lanes = simd::lanes(level);
+    if head_dim.is_multiple_of(lanes) && supported_vectors(head_dim / lanes) {
+        Kernel::Simd(level, head_dim / lanes)
+    } else {
+        Kernel::Scalar
     }
-    let _ = head_dim;
-    Kernel::Portable
+}
+
+/// Head sizes (in vectors) the kernel is instantiated for: 16..256 floats in the steps real
+/// models use, at 16 or 8 lanes.
+fn supported_vectors(c: usize) -> bool {
+    matches!(c, 1 | 2 | 3 | 4 | 5 | 6 | 8 | 10 | 12 | 16 | 32)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -122,17 +132,16 @@ fn paged_attention_with(
         let mut outs: Vec<&mut [f32]> =
             queries.iter().map(|qr| unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(qr.q), head_dim) }).collect();
         match kernel {
-            Kernel::Portable => {
+            Kernel::Scalar => {
                 for (qr, o) in queries.iter().zip(outs.iter_mut()) {
-                    attend_portable(&q[qr.q..qr.q + head_dim], &k_cache[head..], &v_cache[head..], &keys[..qr.n_keys], scale, scores, o);
+                    attend_scalar(&q[qr.q..qr.q + head_dim], &k_cache[head..], &v_cache[head..], &keys[..qr.n_keys], scale, scores, o);
                 }
             }
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: Avx512(c) is chosen only where the CPU has AVX-512F and head_dim = 16 c
-            // (detect); every key offset is r * kv_dim with r < rows, and head + head_dim <=
+            // SAFETY: Simd(level, c) is planned only where head_dim = c LANES and c is supported
+            // (plan_kernel); every key offset is r * kv_dim with r < rows, and head + head_dim <=
             // kv_dim, so off + head_dim <= k_cache.len() - head = v_cache.len() - head; each query
             // offset + head_dim <= q.len(), each n_keys <= keys.len(), each out is head_dim long.
-            Kernel::Avx512(c) => unsafe { x86::attend_group(c, q, queries, &k_cache[head..], &v_cache[head..], keys, scale, scores, &mut outs) },
+            Kernel::Simd(level, c) => dispatch!(level, s => unsafe { attend_group(s, c, q, queries, &k_cache[head..], &v_cache[head..], keys, scale, scores, &mut outs) }),
         }
     });
 }
@@ -200,7 +209,7 @@ impl OutPtr {
 
 /// One query head against the keys at `offs` (element offsets of each key's head slice in the
 /// caches): `o = softmax(q · K^T · scale) · V`.
-fn attend_portable(qv: &[f32], k_cache: &[f32], v_cache: &[f32], offs: &[usize], scale: f32, scores: &mut Vec<f32>, o: &mut [f32]) {
+fn attend_scalar(qv: &[f32], k_cache: &[f32], v_cache: &[f32], offs: &[usize], scale: f32, scores: &mut Vec<f32>, o: &mut [f32]) {
     let hd = qv.len();
     scores.clear();
     let mut max = f32::NEG_INFINITY;
@@ -224,210 +233,193 @@ fn attend_portable(qv: &[f32], k_cache: &[f32], v_cache: &[f32], offs: &[usize],
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    /// Head sizes (in 16-float vectors) the kernel is instantiated for: 32..256 in steps that
-    /// real models use.
-    pub fn supported_vectors(c: usize) -> bool {
-        matches!(c, 1 | 2 | 3 | 4 | 5 | 6 | 8 | 16)
-    }
-
-    /// `attend_queries::<C>` for `c` vectors of 16 floats per head.
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F; `supported_vectors(c)`; each query's `q + 16 c <= q_all.len()` and
-    /// `n_keys <= offs.len()`; `outs` has one `16 c`-long slice per query; every
-    /// `off + 16 c <= k.len()` and `<= v.len()`.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn attend_group(
-        c: usize,
-        q_all: &[f32],
-        queries: &[super::Query],
-        k: &[f32],
-        v: &[f32],
-        offs: &[usize],
-        scale: f32,
-        scores: &mut Vec<f32>,
-        outs: &mut [&mut [f32]],
-    ) {
-        // SAFETY: forwarded from the caller.
-        unsafe {
-            match c {
-                1 => attend_queries::<1>(q_all, queries, k, v, offs, scale, scores, outs),
-                2 => attend_queries::<2>(q_all, queries, k, v, offs, scale, scores, outs),
-                3 => attend_queries::<3>(q_all, queries, k, v, offs, scale, scores, outs),
-                4 => attend_queries::<4>(q_all, queries, k, v, offs, scale, scores, outs),
-                5 => attend_queries::<5>(q_all, queries, k, v, offs, scale, scores, outs),
-                6 => attend_queries::<6>(q_all, queries, k, v, offs, scale, scores, outs),
-                8 => attend_queries::<8>(q_all, queries, k, v, offs, scale, scores, outs),
-                16 => attend_queries::<16>(q_all, queries, k, v, offs, scale, scores, outs),
-                _ => unreachable!("unsupported head size {c} x 16"),
-            }
+/// `attend_queries::<S, C>` for `c` vectors per head.
+///
+/// # Safety
+/// `supported_vectors(c)`; each query's `q + c · LANES <= q_all.len()` and `n_keys <=
+/// offs.len()`; `outs` has one `c · LANES`-long slice per query; every `off + c · LANES <=
+/// k.len()` and `<= v.len()`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_group<S: Simd>(s: S, c: usize, q_all: &[f32], queries: &[Query], k: &[f32], v: &[f32], offs: &[usize], scale: f32, scores: &mut Vec<f32>, outs: &mut [&mut [f32]]) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match c {
+            1 => attend_queries::<S, 1>(s, q_all, queries, k, v, offs, scale, scores, outs),
+            2 => attend_queries::<S, 2>(s, q_all, queries, k, v, offs, scale, scores, outs),
+            3 => attend_queries::<S, 3>(s, q_all, queries, k, v, offs, scale, scores, outs),
+            4 => attend_queries::<S, 4>(s, q_all, queries, k, v, offs, scale, scores, outs),
+            5 => attend_queries::<S, 5>(s, q_all, queries, k, v, offs, scale, scores, outs),
+            6 => attend_queries::<S, 6>(s, q_all, queries, k, v, offs, scale, scores, outs),
+            8 => attend_queries::<S, 8>(s, q_all, queries, k, v, offs, scale, scores, outs),
+            10 => attend_queries::<S, 10>(s, q_all, queries, k, v, offs, scale, scores, outs),
+            12 => attend_queries::<S, 12>(s, q_all, queries, k, v, offs, scale, scores, outs),
+            16 => attend_queries::<S, 16>(s, q_all, queries, k, v, offs, scale, scores, outs),
+            32 => attend_queries::<S, 32>(s, q_all, queries, k, v, offs, scale, scores, outs),
+            _ => unreachable!("unsupported head size {c} vectors"),
         }
     }
+}
 
-    /// The queries of one task (all reading the same kv head) against the keys at `offs`, query
-    /// `i` seeing the first `queries[i].n_keys`: `o = softmax(q · Kᵀ · scale) · V` for each.
-    ///
-    /// Scores: per block of 16 keys (whose K rows then sit in L1), every query's 16 dots, reduced
-    /// together (`reduce16`, ~3 instructions a score instead of ~9 for one reduction each); a
-    /// query's keys past its own count stay -inf, so they weigh 0. The weighted sum of V: sets
-    /// of up to `qmax` queries accumulate together, so each V row is loaded once per set.
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn attend_queries<const C: usize>(
-        q_all: &[f32],
-        queries: &[super::Query],
-        k: &[f32],
-        v: &[f32],
-        offs: &[usize],
-        scale: f32,
-        scores: &mut Vec<f32>,
-        outs: &mut [&mut [f32]],
-    ) {
-        let n = offs.len();
-        // Score rows are whole vectors: the pad lanes stay -inf.
-        let stride = n.div_ceil(16) * 16;
-        // SAFETY (all loads and stores): queries' q offsets + 16 C are within q_all, each off +
-        // 16 C within k and v, each out 16 C long (the caller's contract); scores holds
-        // queries.len() rows of `stride` floats after the resize, and key indices stay below n.
-        unsafe {
-            scores.clear();
-            scores.resize(queries.len() * stride, f32::NEG_INFINITY);
-            let ps = scores.as_mut_ptr();
-            let scalev = _mm512_set1_ps(scale);
-            for i in (0..n).step_by(16) {
-                for (qi, qr) in queries.iter().enumerate() {
-                    let valid = qr.n_keys.saturating_sub(i).min(16);
-                    if valid == 0 {
-                        continue;
-                    }
-                    let pq = q_all.as_ptr().add(qr.q);
-                    let qv: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(pq.add(16 * c)));
-                    let dot = |j: usize| {
-                        if j >= valid {
-                            return _mm512_setzero_ps();
-                        }
-                        let pk = k.as_ptr().add(*offs.get_unchecked(i + j));
-                        let mut acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(pk));
-                        for (c, q) in qv.iter().enumerate().skip(1) {
-                            acc = _mm512_fmadd_ps(*q, _mm512_loadu_ps(pk.add(16 * c)), acc);
-                        }
-                        acc
-                    };
-                    let a: [__m512; 16] = std::array::from_fn(dot);
-                    let mask = if valid == 16 { !0 } else { ((1u32 << valid) - 1) as __mmask16 };
-                    _mm512_mask_storeu_ps(ps.add(qi * stride + i), mask, _mm512_mul_ps(crate::backend::cpu::simd::reduce16(&a), scalev));
-                }
-            }
-            // Softmax of each query's row, unnormalised; 1 / sum kept for the end.
-            let mut inv = Vec::with_capacity(queries.len());
+/// The queries of one task (all reading the same kv head) against the keys at `offs`, query
+/// `i` seeing the first `queries[i].n_keys`: `o = softmax(q · Kᵀ · scale) · V` for each.
+///
+/// Scores: per block of `LANES` keys (whose K rows then sit in L1), every query's dots, reduced
+/// together (`reduce_lanes`, ~3 instructions a score instead of ~9 for one reduction each); a
+/// query's keys past its own count stay -inf, so they weigh 0. The weighted sum of V: sets of
+/// queries accumulate together, so each V row is loaded once per set; the set is as large as
+/// the level's registers hold (`C` vectors per query, and the V row).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_queries<S: Simd, const C: usize>(s: S, q_all: &[f32], queries: &[Query], k: &[f32], v: &[f32], offs: &[usize], scale: f32, scores: &mut Vec<f32>, outs: &mut [&mut [f32]]) {
+    let (n, l) = (offs.len(), S::LANES);
+    // Score rows are whole vectors: the pad lanes stay -inf.
+    let stride = n.div_ceil(l) * l;
+    // SAFETY (all loads and stores): queries' q offsets + C l are within q_all, each off + C l
+    // within k and v, each out C l long (the caller's contract); scores holds queries.len() rows
+    // of `stride` floats after the resize, and key indices stay below n.
+    unsafe {
+        scores.clear();
+        scores.resize(queries.len() * stride, f32::NEG_INFINITY);
+        let ps = scores.as_mut_ptr();
+        let scalev = s.splat(scale);
+        for i in (0..n).step_by(l) {
             for (qi, qr) in queries.iter().enumerate() {
-                let row = ps.add(qi * stride);
-                let used = qr.n_keys.div_ceil(16) * 16;
-                let mut maxv = _mm512_set1_ps(f32::NEG_INFINITY);
-                for i in (0..used).step_by(16) {
-                    maxv = _mm512_max_ps(maxv, _mm512_loadu_ps(row.add(i)));
+                let valid = qr.n_keys.saturating_sub(i).min(l);
+                if valid == 0 {
+                    continue;
                 }
-                let max = _mm512_set1_ps(_mm512_reduce_max_ps(maxv));
-                let mut sumv = _mm512_setzero_ps();
-                for i in (0..stride).step_by(16) {
-                    // Blocks past the query's keys become exact zeros (exp(-inf)).
-                    let e = if i < used { crate::backend::cpu::simd::exp(_mm512_sub_ps(_mm512_loadu_ps(row.add(i)), max)) } else { _mm512_setzero_ps() };
-                    _mm512_storeu_ps(row.add(i), e);
-                    sumv = _mm512_add_ps(sumv, e);
-                }
-                inv.push(1.0 / _mm512_reduce_add_ps(sumv));
-            }
-            let qmax = match C {
-                1..=4 => 4,
-                5..=6 => 3,
-                7..=8 => 2,
-                _ => 1,
-            };
-            let mut s = 0;
-            while s < queries.len() {
-                let m = (queries.len() - s).min(qmax);
-                let n_set = queries[s..s + m].iter().map(|qr| qr.n_keys).max().unwrap_or(0);
-                let (w, inv, o) = (ps.add(s * stride), &inv[s..s + m], &mut outs[s..s + m]);
-                match m {
-                    1 => weigh_v_one::<C>(v, &offs[..n_set], w, inv[0], o),
-                    2 => weigh_v::<C, 2>(v, &offs[..n_set], w, stride, inv, o),
-                    3 => weigh_v::<C, 3>(v, &offs[..n_set], w, stride, inv, o),
-                    _ => weigh_v::<C, 4>(v, &offs[..n_set], w, stride, inv, o),
-                }
-                s += m;
-            }
-        }
-    }
-
-    /// `o[q] = inv[q] · Σ_j w[q][j] V[offs[j]]` for `Q` queries at once (weight rows `stride`
-    /// apart from `w`): each V row is loaded once and feeds `Q · C` independent FMA chains.
-    ///
-    /// # Safety
-    /// AVX-512F; `w` holds `Q` rows of at least `offs.len()` floats, `stride` apart; each
-    /// `off + 16 C <= v.len()`; `inv` and `o` have `Q` entries, each `o` 16 C long.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn weigh_v<const C: usize, const Q: usize>(v: &[f32], offs: &[usize], w: *const f32, stride: usize, inv: &[f32], o: &mut [&mut [f32]]) {
-        // SAFETY: the contract above.
-        unsafe {
-            let mut acc = [[_mm512_setzero_ps(); C]; Q];
-            for (j, &off) in offs.iter().enumerate() {
-                let pv = v.as_ptr().add(off);
-                let vr: [__m512; C] = std::array::from_fn(|c| _mm512_loadu_ps(pv.add(16 * c)));
-                for (q, a) in acc.iter_mut().enumerate() {
-                    let wq = _mm512_set1_ps(*w.add(q * stride + j));
-                    for c in 0..C {
-                        a[c] = _mm512_fmadd_ps(wq, vr[c], a[c]);
-                    }
-                }
-            }
-            for q in 0..Q {
-                let invv = _mm512_set1_ps(inv[q]);
-                let po = o[q].as_mut_ptr();
-                for (c, a) in acc[q].iter().enumerate() {
-                    _mm512_storeu_ps(po.add(16 * c), _mm512_mul_ps(*a, invv));
-                }
-            }
-        }
-    }
-
-    /// [`weigh_v`] for one query, over two sets of accumulators (even and odd keys): with one set
-    /// each accumulator is a chain of one FMA per key, and the FMA's latency, not its
-    /// throughput, bounds the loop.
-    ///
-    /// # Safety
-    /// As `weigh_v` with `Q = 1`.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn weigh_v_one<const C: usize>(v: &[f32], offs: &[usize], w: *const f32, inv: f32, o: &mut [&mut [f32]]) {
-        // SAFETY: the contract above.
-        unsafe {
-            let n = offs.len();
-            let mut acc = [_mm512_setzero_ps(); C];
-            let mut acc2 = [_mm512_setzero_ps(); C];
-            for p in 0..n / 2 {
-                let (o0, o1) = (*offs.get_unchecked(2 * p), *offs.get_unchecked(2 * p + 1));
-                let (pv0, pv1) = (v.as_ptr().add(o0), v.as_ptr().add(o1));
-                let (w0, w1) = (_mm512_set1_ps(*w.add(2 * p)), _mm512_set1_ps(*w.add(2 * p + 1)));
+                let pq = q_all.as_ptr().add(qr.q);
+                // Loops, not closures (`array::from_fn`): see matmul::block.
+                let mut qv = [s.zero(); C];
                 for c in 0..C {
-                    acc[c] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(pv0.add(16 * c)), acc[c]);
-                    acc2[c] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(pv1.add(16 * c)), acc2[c]);
+                    qv[c] = s.load(pq.add(l * c));
                 }
-            }
-            if n % 2 == 1 {
-                let pv = v.as_ptr().add(*offs.get_unchecked(n - 1));
-                let wv = _mm512_set1_ps(*w.add(n - 1));
-                for (c, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(wv, _mm512_loadu_ps(pv.add(16 * c)), *a);
+                let mut a = [s.zero(); 16];
+                for j in 0..valid {
+                    let pk = k.as_ptr().add(*offs.get_unchecked(i + j));
+                    let mut acc = s.mul(qv[0], s.load(pk));
+                    for c in 1..C {
+                        acc = s.fma(qv[c], s.load(pk.add(l * c)), acc);
+                    }
+                    a[j] = acc;
                 }
+                s.store_first(ps.add(qi * stride + i), s.mul(s.reduce_lanes(&a[..l]), scalev), valid);
             }
-            let invv = _mm512_set1_ps(inv);
-            let po = o[0].as_mut_ptr();
+        }
+        // Softmax of each query's row, unnormalised; 1 / sum kept for the end.
+        let mut inv = Vec::with_capacity(queries.len());
+        for (qi, qr) in queries.iter().enumerate() {
+            let row = ps.add(qi * stride);
+            let used = qr.n_keys.div_ceil(l) * l;
+            let mut maxv = s.splat(f32::NEG_INFINITY);
+            for i in (0..used).step_by(l) {
+                maxv = s.max(maxv, s.load(row.add(i)));
+            }
+            let max = s.splat(s.max_lane(maxv));
+            let mut sumv = s.zero();
+            for i in (0..stride).step_by(l) {
+                // Blocks past the query's keys become exact zeros (exp(-inf)).
+                let e = if i < used { simd::exp(s, s.sub(s.load(row.add(i)), max)) } else { s.zero() };
+                s.store(row.add(i), e);
+                sumv = s.add(sumv, e);
+            }
+            inv.push(1.0 / s.sum(sumv));
+        }
+        // Queries per set: C vectors of accumulators each, as the AVX-512 level measured them
+        // (4 sets of 4 vectors at head_dim 64), counted in that level's 32 registers.
+        let qmax = match C * 32 / S::REGISTERS {
+            1..=4 => 4,
+            5..=6 => 3,
+            7..=8 => 2,
+            _ => 1,
+        };
+        let mut first = 0;
+        while first < queries.len() {
+            let m = (queries.len() - first).min(qmax);
+            let n_set = queries[first..first + m].iter().map(|qr| qr.n_keys).max().unwrap_or(0);
+            let (w, inv, o) = (ps.add(first * stride), &inv[first..first + m], &mut outs[first..first + m]);
+            match m {
+                1 if 2 * C + 2 <= S::REGISTERS => weigh_v_one::<S, C>(s, v, &offs[..n_set], w, inv[0], o),
+                1 => weigh_v::<S, C, 1>(s, v, &offs[..n_set], w, stride, inv, o),
+                2 => weigh_v::<S, C, 2>(s, v, &offs[..n_set], w, stride, inv, o),
+                3 => weigh_v::<S, C, 3>(s, v, &offs[..n_set], w, stride, inv, o),
+                _ => weigh_v::<S, C, 4>(s, v, &offs[..n_set], w, stride, inv, o),
+            }
+            first += m;
+        }
+    }
+}
+
+/// `o[q] = inv[q] · Σ_j w[q][j] V[offs[j]]` for `Q` queries at once (weight rows `stride` apart
+/// from `w`): each V row is loaded once and feeds `Q · C` independent FMA chains.
+///
+/// # Safety
+/// `w` holds `Q` rows of at least `offs.len()` floats, `stride` apart; each `off + C · LANES <=
+/// v.len()`; `inv` and `o` have `Q` entries, each `o` `C · LANES` long.
+#[inline(always)]
+unsafe fn weigh_v<S: Simd, const C: usize, const Q: usize>(s: S, v: &[f32], offs: &[usize], w: *const f32, stride: usize, inv: &[f32], o: &mut [&mut [f32]]) {
+    let l = S::LANES;
+    // SAFETY: the contract above.
+    unsafe {
+        let mut acc = [[s.zero(); C]; Q];
+        for (j, &off) in offs.iter().enumerate() {
+            let pv = v.as_ptr().add(off);
+            let mut vr = [s.zero(); C];
             for c in 0..C {
-                _mm512_storeu_ps(po.add(16 * c), _mm512_mul_ps(_mm512_add_ps(acc[c], acc2[c]), invv));
+                vr[c] = s.load(pv.add(l * c));
             }
+            for (q, a) in acc.iter_mut().enumerate() {
+                let wq = s.splat(*w.add(q * stride + j));
+                for c in 0..C {
+                    a[c] = s.fma(wq, vr[c], a[c]);
+                }
+            }
+        }
+        for q in 0..Q {
+            let invv = s.splat(inv[q]);
+            let po = o[q].as_mut_ptr();
+            for (c, a) in acc[q].iter().enumerate() {
+                s.store(po.add(l * c), s.mul(*a, invv));
+            }
+        }
+    }
+}
+
+/// [`weigh_v`] for one query, over two sets of accumulators (even and odd keys): with one set
+/// each accumulator is a chain of one FMA per key, and the FMA's latency, not its throughput,
+/// bounds the loop. Only where both sets fit the registers.
+///
+/// # Safety
+/// As `weigh_v` with `Q = 1`.
+#[inline(always)]
+unsafe fn weigh_v_one<S: Simd, const C: usize>(s: S, v: &[f32], offs: &[usize], w: *const f32, inv: f32, o: &mut [&mut [f32]]) {
+    let l = S::LANES;
+    // SAFETY: the contract above.
+    unsafe {
+        let n = offs.len();
+        let mut acc = [s.zero(); C];
+        let mut acc2 = [s.zero(); C];
+        for p in 0..n / 2 {
+            let (o0, o1) = (*offs.get_unchecked(2 * p), *offs.get_unchecked(2 * p + 1));
+            let (pv0, pv1) = (v.as_ptr().add(o0), v.as_ptr().add(o1));
+            let (w0, w1) = (s.splat(*w.add(2 * p)), s.splat(*w.add(2 * p + 1)));
+            for c in 0..C {
+                acc[c] = s.fma(w0, s.load(pv0.add(l * c)), acc[c]);
+                acc2[c] = s.fma(w1, s.load(pv1.add(l * c)), acc2[c]);
+            }
+        }
+        if n % 2 == 1 {
+            let pv = v.as_ptr().add(*offs.get_unchecked(n - 1));
+            let wv = s.splat(*w.add(n - 1));
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a = s.fma(wv, s.load(pv.add(l * c)), *a);
+            }
+        }
+        let invv = s.splat(inv);
+        let po = o[0].as_mut_ptr();
+        for c in 0..C {
+            s.store(po.add(l * c), s.mul(s.add(acc[c], acc2[c]), invv));
         }
     }
 }
@@ -484,34 +476,12 @@ mod tests {
         out
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn reduce16_sums_each_vector_into_its_lane() {
-        if !is_x86_feature_detected!("avx512f") {
-            eprintln!("SKIP: no AVX-512F on this CPU");
-            return;
-        }
-        use std::arch::x86_64::*;
-        let mut rng = SplitMix64::new(5);
-        let vals: Vec<f32> = rng.nonzero(256, 1.0);
-        // SAFETY: AVX-512F checked above; every load and store is of 16 floats inside its array.
-        let got = unsafe {
-            let a: [__m512; 16] = std::array::from_fn(|j| _mm512_loadu_ps(vals.as_ptr().add(16 * j)));
-            let mut out = [0f32; 16];
-            _mm512_storeu_ps(out.as_mut_ptr(), crate::backend::cpu::simd::reduce16(&a));
-            out
-        };
-        for j in 0..16 {
-            let want: f32 = vals[16 * j..16 * j + 16].iter().sum();
-            assert!((got[j] - want).abs() <= 1e-5, "lane {j}: {} vs {want}", got[j]);
-        }
-    }
-
     #[test]
     fn kernels_match_the_reference_on_odd_shapes() {
         let mut rng = SplitMix64::new(77);
         // (head_dim, heads, kv heads, block size, sequences): decode, prefill, mixed, GQA and
-        // MHA, head sizes with and without a SIMD kernel (24, 40 take the portable one).
+        // MHA, head sizes with and without a vector kernel (16 lanes: 24 and 40 take the scalar
+        // one; 8 lanes: 24 and 40 take the vector one, 3 and 5 vectors).
         let cases: &[(usize, usize, usize, usize, &[(usize, usize)])] = &[
             (64, 9, 3, 16, &[(0, 37)]),
             (64, 9, 3, 16, &[(130, 1), (0, 1), (17, 1)]),
@@ -535,9 +505,14 @@ mod tests {
             let want = reference_f64(&q, &kc, &vc, &b, nh, nkv, hd);
             let mut runs = Vec::new();
             // Both task plans (one task per (token, head), and grouped heads x token tiles) on
-            // both kernels, whatever the thread count picks by default.
+            // the scalar kernel and the vector one at every level the CPU has, whatever the
+            // thread count picks by default.
+            let mut kernels = vec![(Kernel::Scalar, "scalar".to_string())];
+            for level in isa::available() {
+                kernels.push((plan_kernel(level, hd), level.isa().to_string()));
+            }
             for grouped in [false, true] {
-                for (kernel, name) in [(detect(hd), "detected"), (Kernel::Portable, "portable")] {
+                for (kernel, name) in kernels.iter().cloned() {
                     let mut got = vec![f32::NAN; q.len()];
                     paged_attention_with(kernel, Some(grouped), &q, &kc, &vc, &b, nh, nkv, hd, &mut got);
                     runs.push((format!("{name} grouped={grouped}"), got));

@@ -43,7 +43,8 @@ pub fn gemm(m: usize, n: usize, k: usize, a: &[f32], a_t: bool, b: &[f32], b_t: 
     // strides describe: dst [m, n] (row stride n), a as [m, k] or [k, m], b as [k, n] or [n, k].
     // dst is a unique borrow, so it does not overlap the inputs.
     unsafe {
-        gemm::gemm(
+        super::gemm::gemm_f32(
+            super::isa::current(),
             m,
             n,
             k,
@@ -59,9 +60,6 @@ pub fn gemm(m: usize, n: usize, k: usize, a: &[f32], a_t: bool, b: &[f32], b_t: 
             b_rs,
             1.0f32,
             alpha,
-            false,
-            false,
-            false,
             par,
         )
     }

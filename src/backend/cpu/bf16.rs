@@ -3,12 +3,13 @@
 //! (`frozen::DecodeRows`). Rounding from f32 is round-to-nearest-even, as PyTorch's
 //! `tensor.to(torch.bfloat16)`; NaN stays NaN.
 //!
-//! `linear`: decode-sized inputs (≤ 16 rows) dot each packed row directly, converting in
-//! registers (`dot_bf16`, or 4 x rows per weight vector in `matmul::gemv_blocked`: AVX-512 where
-//! the CPU has it), so decode reads half the bytes of f32 and writes no decoded weight; more rows
-//! decode 64-row tiles for the dense GEMM (`frozen::linear_tiled`).
+//! `linear`: decode-sized inputs (≤ 16 rows) take the GEMV path of f32 weights (`matmul::gemv`,
+//! generic over the weight element), converting in registers, so decode reads half the bytes of
+//! f32 and writes no decoded weight; more rows decode panels for the dense GEMM
+//! (`frozen::linear_tiled`).
 
 use super::frozen::{self, DecodeRows};
+use super::simd::{self, dispatch};
 
 pub use crate::backend::numeric::{bf16_to_f32, f32_to_bf16};
 
@@ -50,89 +51,20 @@ impl DecodeRows for Bf16Matrix {
     }
 }
 
-/// `out [t, n] = x [t, k] · Wᵀ` for a bf16 `W [n, k]`.
+/// `out [t, n] = x [t, k] · Wᵀ` for a bf16 `W [n, k]`: up to `GEMV_MAX_ROWS` rows through the
+/// GEMV path (weights widened in registers), more through decoded tiles.
 pub fn linear(x: &[f32], t: usize, w: &Bf16Matrix, out: &mut [f32]) {
-    let k = w.cols;
-    #[cfg(target_arch = "x86_64")]
-    {
-        // A batched decode step: each widened weight vector serves 4 x rows.
-        if (2..=super::matmul::GEMV_MAX_ROWS).contains(&t) && x.len() == t * k && out.len() == t * w.rows && is_x86_feature_detected!("avx512f") {
-            return super::matmul::gemv_blocked(x, t, k, &w.data, w.rows, out);
-        }
+    if t > super::matmul::GEMV_MAX_ROWS {
+        return frozen::linear_tiled(x, t, w, out);
     }
-    frozen::linear_by_rows(x, t, w, out, |xr, j| dot_bf16(xr, &w.data[j * k..(j + 1) * k]));
+    super::matmul::gemv(super::isa::current(), x, t, w.cols, &w.data, w.rows, out)
 }
 
-/// `Σ a[i] · bf16(b[i])`, SIMD where the CPU has it (checked at run time).
+/// `Σ a[i] · bf16(b[i])` at the level the process runs.
 #[inline]
 pub fn dot_bf16(a: &[f32], b: &[u16]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { x86::dot_bf16_avx512(a, b) };
-        }
-    }
-    dot_bf16_portable(a, b)
-}
-
-pub fn dot_bf16_portable(a: &[f32], b: &[u16]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * bf16_to_f32(y[i]);
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, &y) in ra.iter().zip(rb) {
-        s += x * bf16_to_f32(y);
-    }
-    s
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    /// 16 bf16 at `p` widened to f32: zero-extend to 32 bits, shift into the high half.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn load16(p: *const u16) -> __m512 {
-        // SAFETY: the caller guarantees 16 readable u16 at p; the CPU has AVX-512F (this fn's feature).
-        unsafe { <u16 as crate::backend::cpu::matmul::x86::Lanes16>::load16(p) }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn dot_bf16_avx512(a: &[f32], b: &[u16]) -> f32 {
-        let n = a.len().min(b.len());
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut acc0 = _mm512_setzero_ps();
-        let mut acc1 = _mm512_setzero_ps();
-        let mut i = 0;
-        // SAFETY (all loads): i + 32 <= n, resp. i + 16 <= n, so every lane read is in bounds.
-        unsafe {
-            while i + 32 <= n {
-                // 4 KB ahead of the weights being read (as matmul's f32 dot; a prefetch never faults).
-                _mm_prefetch::<_MM_HINT_T0>(pb.wrapping_add(i + 2048) as *const i8);
-                acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), load16(pb.add(i)), acc0);
-                acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16)), load16(pb.add(i + 16)), acc1);
-                i += 32;
-            }
-            while i + 16 <= n {
-                acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), load16(pb.add(i)), acc0);
-                i += 16;
-            }
-        }
-        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-        while i < n {
-            s += a[i] * super::bf16_to_f32(b[i]);
-            i += 1;
-        }
-        s
-    }
+    dispatch!(super::isa::current(), s => simd::dot(s, a, b))
 }
 
 #[cfg(test)]
@@ -171,21 +103,32 @@ mod tests {
             let a = rng.nonzero(n, 1.0);
             let b: Vec<u16> = rng.nonzero(n, 1.0).into_iter().map(f32_to_bf16).collect();
             let want: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * bf16_to_f32(y) as f64).sum();
-            for (what, got) in [("dispatch", dot_bf16(&a, &b)), ("portable", dot_bf16_portable(&a, &b))] {
-                assert!((got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()), "{what} n {n}: {got} vs {want}");
-            }
+            let got = dot_bf16(&a, &b);
+            assert!((got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()), "n {n}: {got} vs {want}");
         }
         // Decode (t <= 16: per-row dots, 4x4 blocks) and prefill (t > 16, tiles) against f64 on the decoded W.
         for (t, n, k) in [(1usize, 77usize, 100usize), (2, 33, 576), (3, 130, 33), (4, 65, 576), (5, 200, 17), (9, 64, 64), (16, 37, 100), (17, 40, 40)] {
             let w = Bf16Matrix::from_f32(&rng.nonzero(n * k, 0.5), n, k).unwrap();
             let x = rng.nonzero(t * k, 1.0);
+            let mut runs = Vec::new();
             let mut out = vec![f32::NAN; t * n];
             linear(&x, t, &w, &mut out);
-            for r in 0..t {
-                for j in 0..n {
-                    let want: f64 = (0..k).map(|c| x[r * k + c] as f64 * bf16_to_f32(w.data[j * k + c]) as f64).sum();
-                    let g = out[r * n + j] as f64;
-                    assert!((g - want).abs() <= 1e-5 * (1.0 + want.abs()), "[{t}, {n}, {k}] ({r}, {j}): {g} vs {want}");
+            runs.push(("linear".to_string(), out));
+            if t <= crate::backend::cpu::matmul::GEMV_MAX_ROWS {
+                // The GEMV path at every level the CPU has.
+                for level in crate::backend::cpu::isa::available() {
+                    let mut out = vec![f32::NAN; t * n];
+                    crate::backend::cpu::matmul::gemv(level, &x, t, k, &w.data, n, &mut out);
+                    runs.push((level.isa().to_string(), out));
+                }
+            }
+            for (what, out) in &runs {
+                for r in 0..t {
+                    for j in 0..n {
+                        let want: f64 = (0..k).map(|c| x[r * k + c] as f64 * bf16_to_f32(w.data[j * k + c]) as f64).sum();
+                        let g = out[r * n + j] as f64;
+                        assert!((g - want).abs() <= 1e-5 * (1.0 + want.abs()), "{what} [{t}, {n}, {k}] ({r}, {j}): {g} vs {want}");
+                    }
                 }
             }
         }

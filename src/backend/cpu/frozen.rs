@@ -35,22 +35,6 @@ thread_local! {
     static PANEL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// `out [t, n] = x [t, k] · Wᵀ` for a format with a row dot product: decode-sized inputs
-/// (≤ `GEMV_MAX_ROWS` rows) dot each stored row directly (`dot(x_row, j)` for weight row j), never
-/// writing a decoded weight; more rows take [`linear_tiled`].
-pub fn linear_by_rows<W: DecodeRows + ?Sized>(x: &[f32], t: usize, w: &W, out: &mut [f32], dot: impl Fn(&[f32], usize) -> f32 + Sync) {
-    let (n, k) = (w.rows(), w.cols());
-    assert_eq!(x.len(), t * k, "x is not [t, k]");
-    assert_eq!(out.len(), t * n, "out is not [t, n]");
-    if t == 0 || n == 0 {
-        return;
-    }
-    if t > matmul::GEMV_MAX_ROWS {
-        return linear_tiled(x, t, w, out);
-    }
-    matmul::gemv_by_rows(t, n, out, |j, ti| dot(&x[ti * k..(ti + 1) * k], j));
-}
-
 /// `out [t, n] = x [t, k] · Wᵀ`, any shape and row count.
 pub fn linear_tiled<W: DecodeRows + ?Sized>(x: &[f32], t: usize, w: &W, out: &mut [f32]) {
     let (n, k) = (w.rows(), w.cols());

@@ -5,6 +5,8 @@ pub mod attention;
 pub mod backward;
 pub mod bf16;
 pub mod frozen;
+mod gemm;
+pub mod isa;
 pub mod lora;
 pub mod matmul;
 pub mod nf4;

@@ -8,11 +8,14 @@
 //! so each value is within `scale / 2` of the original. The last block of a row may be shorter
 //! (`cols % 32 != 0`); blocks never straddle rows.
 //!
-//! `linear`: decode-sized inputs (≤ 4 rows) dot each quantized row directly (`dot_q8`: AVX-512
-//! widens 16 codes to f32 per step and applies the block's scale once per block); more rows
-//! decode 64-row tiles for the dense GEMM (`frozen::linear_tiled`).
+//! `linear`: decode-sized inputs (≤ 16 rows) dot each quantized row directly (codes widened to
+//! f32 a vector at a time, the block's scale applied once per block, at every `simd` level);
+//! more rows decode panels for the dense GEMM (`frozen::linear_tiled`).
 
 use super::frozen::{self, DecodeRows};
+use super::isa::{self, Level};
+use super::matmul;
+use super::simd::{self, dispatch, Simd};
 
 /// Values per scale.
 pub const BLOCK: usize = 32;
@@ -87,135 +90,134 @@ impl DecodeRows for Q8Matrix {
 
 /// `out [t, n] = x [t, k] · Wᵀ` for a Q8 `W [n, k]`.
 pub fn linear(x: &[f32], t: usize, w: &Q8Matrix, out: &mut [f32]) {
-    let (k, bpr) = (w.cols, w.blocks_per_row());
-    #[cfg(target_arch = "x86_64")]
-    if t == 1 && k.is_multiple_of(BLOCK) && x.len() == k && out.len() == w.rows && is_x86_feature_detected!("avx512f") {
-        // Decode of one sequence (the lm_head's usual call: 49,152 rows).
-        // SAFETY: AVX-512F checked above; matmul hands each call j0 + o.len() <= out.len() =
-        // w.rows; k % BLOCK == 0 and x is [k].
-        super::matmul::gemv1_by_16_rows(out, |j0, o| unsafe { x86::rows16_avx512(w, x, j0, o) });
-        return;
-    }
-    frozen::linear_by_rows(x, t, w, out, |xr, j| dot_q8(xr, &w.q[j * k..(j + 1) * k], &w.scales[j * bpr..(j + 1) * bpr]))
+    linear_at(isa::current(), x, t, w, out)
 }
 
-/// `Σ a[i] · q[i] · scales[i / BLOCK]`, SIMD where the CPU has it (checked at run time).
+/// [`linear`] at `level`: one row (the lm_head at decode: 49,152 rows) `LANES` weight rows per
+/// kernel call, their sums reduced together; up to `GEMV_MAX_ROWS` rows a dot per (row, x row)
+/// with one dispatch per task; more rows through decoded tiles.
+pub fn linear_at(level: Level, x: &[f32], t: usize, w: &Q8Matrix, out: &mut [f32]) {
+    let (n, k, bpr) = (w.rows, w.cols, w.blocks_per_row());
+    assert_eq!(x.len(), t * k, "x is not [t, k]");
+    assert_eq!(out.len(), t * n, "out is not [t, n]");
+    if t == 0 || n == 0 {
+        return;
+    }
+    if t > matmul::GEMV_MAX_ROWS {
+        return frozen::linear_tiled(x, t, w, out);
+    }
+    if t == 1 && k.is_multiple_of(BLOCK) {
+        let group = simd::lanes(level);
+        // SAFETY: gemv1_by_row_groups hands each call j0 + o.len() <= out.len() = w.rows rows,
+        // o.len() <= group = LANES; k % BLOCK == 0 and x is [k] (checked above).
+        return matmul::gemv1_by_row_groups(out, group, |j0, o| dispatch!(level, s => unsafe { rows_t1(s, w, x, j0, o) }));
+    }
+    matmul::gemv_by_row_tasks(t, n, out, |j0, chunk| {
+        dispatch!(level, s => {
+            for (jj, o) in chunk.chunks_exact_mut(t).enumerate() {
+                let j = j0 + jj;
+                let (q, sc) = (&w.q[j * k..(j + 1) * k], &w.scales[j * bpr..(j + 1) * bpr]);
+                for (ti, o) in o.iter_mut().enumerate() {
+                    *o = dot_q8_simd(s, &x[ti * k..(ti + 1) * k], q, sc);
+                }
+            }
+        })
+    })
+}
+
+/// `Σ a[i] · q[i] · scales[i / BLOCK]` at the level the process runs.
 #[inline]
 pub fn dot_q8(a: &[f32], q: &[i8], scales: &[f32]) -> f32 {
     assert!(a.len() == q.len() && scales.len() == q.len().div_ceil(BLOCK), "dot_q8: {} values, {} codes, {} scales", a.len(), q.len(), scales.len());
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above); lengths checked above.
-            return unsafe { x86::dot_q8_avx512(a, q, scales) };
-        }
-    }
-    dot_q8_portable(a, q, scales)
+    dispatch!(isa::current(), s => dot_q8_simd(s, a, q, scales))
 }
 
-pub fn dot_q8_portable(a: &[f32], q: &[i8], scales: &[f32]) -> f32 {
+/// The scalar definition (and the tail of a row whose length is not a multiple of the block).
+pub fn dot_q8_scalar(a: &[f32], q: &[i8], scales: &[f32]) -> f32 {
     let mut total = 0f32;
     for ((a, q), &s) in a.chunks(BLOCK).zip(q.chunks(BLOCK)).zip(scales) {
-        let mut acc = [0f32; 8];
-        let (ca, cq) = (a.chunks_exact(8), q.chunks_exact(8));
-        let (ra, rq) = (ca.remainder(), cq.remainder());
-        for (x, y) in ca.zip(cq) {
-            for i in 0..8 {
-                acc[i] += x[i] * y[i] as f32;
-            }
-        }
-        let mut block: f32 = acc.iter().sum();
-        for (x, &y) in ra.iter().zip(rq) {
-            block += x * y as f32;
-        }
+        let block: f32 = a.iter().zip(q).map(|(&x, &c)| x * c as f32).sum();
         total += block * s;
     }
     total
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    /// 16 codes at `p` widened to f32.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn load16(p: *const i8) -> __m512 {
-        // SAFETY: the caller guarantees 16 readable bytes at p (unaligned load).
-        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(unsafe { _mm_loadu_si128(p as *const __m128i) }))
+/// One block of 32: `Σ x[i] · q[i]` as a vector (its lanes still to be summed).
+///
+/// # Safety
+/// 32 values readable at `px` and at `pq`.
+#[inline(always)]
+unsafe fn block_dot<S: Simd>(s: S, px: *const f32, pq: *const i8) -> S::F {
+    let l = S::LANES;
+    // SAFETY: 32 values at px and pq (the contract), read in 32 / l vectors.
+    unsafe {
+        let mut blk = s.mul(s.load(px), s.load_i8(pq));
+        for h in 1..BLOCK / l {
+            blk = s.fma(s.load(px.add(h * l)), s.load_i8(pq.add(h * l)), blk);
+        }
+        blk
     }
+}
 
-    /// `out[r] = dot_q8(x, row j0 + r)` for the `out.len() <= 16` rows from `j0`, their vectors
-    /// reduced together (`reduce16`), with no call or horizontal sum per row.
-    ///
-    /// # Safety
-    /// AVX-512F; `out.len() <= 16`; `j0 + out.len() <= w.rows`; `w.cols % 32 == 0` and
-    /// `x.len() == w.cols`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn rows16_avx512(w: &super::Q8Matrix, x: &[f32], j0: usize, out: &mut [f32]) {
-        let (k, blocks) = (w.cols, w.cols / super::BLOCK);
-        let px = x.as_ptr();
-        // SAFETY (all loads): row j's codes are q[j k .. (j + 1) k] and its scales
-        // scales[j blocks ..][..blocks] for j < w.rows; x has k values (the contract).
-        unsafe {
-            let mut totals = [_mm512_setzero_ps(); 16];
-            for (r, total) in totals.iter_mut().enumerate().take(out.len()) {
-                let pq = w.q.as_ptr().add((j0 + r) * k);
-                let ps = w.scales.as_ptr().add((j0 + r) * blocks);
-                crate::backend::cpu::matmul::prefetch_ahead(pq as *const u8, k);
-                crate::backend::cpu::matmul::prefetch_ahead(ps as *const u8, 4 * blocks);
-                // The row's sum in two local chains (one FMA latency per block would bound a single
-                // chain; `totals` may live on the stack), stored once.
-                let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-                for b in 0..blocks {
-                    let e0 = 32 * b;
-                    let blk = _mm512_fmadd_ps(_mm512_loadu_ps(px.add(e0)), load16(pq.add(e0)), _mm512_mul_ps(_mm512_loadu_ps(px.add(e0 + 16)), load16(pq.add(e0 + 16))));
-                    if b % 2 == 0 {
-                        acc0 = _mm512_fmadd_ps(blk, _mm512_set1_ps(*ps.add(b)), acc0);
-                    } else {
-                        acc1 = _mm512_fmadd_ps(blk, _mm512_set1_ps(*ps.add(b)), acc1);
-                    }
+/// [`dot_q8`] generic over the level: whole blocks scaled once each, on two chains (one FMA
+/// latency per block would bound a single chain); a partial last block by the scalar loop.
+#[inline(always)]
+fn dot_q8_simd<S: Simd>(s: S, a: &[f32], q: &[i8], scales: &[f32]) -> f32 {
+    let n = a.len().min(q.len());
+    let whole = (n / BLOCK).min(scales.len());
+    let (pa, pq) = (a.as_ptr(), q.as_ptr());
+    let (mut acc0, mut acc1) = (s.zero(), s.zero());
+    for b in 0..whole {
+        // SAFETY: block b covers elements 32 b .. 32 b + 32 <= n of a and q.
+        let blk = unsafe { block_dot(s, pa.add(BLOCK * b), pq.add(BLOCK * b)) };
+        if b % 2 == 0 {
+            acc0 = s.fma(blk, s.splat(scales[b]), acc0);
+        } else {
+            acc1 = s.fma(blk, s.splat(scales[b]), acc1);
+        }
+    }
+    let mut total = s.sum(s.add(acc0, acc1));
+    let tail = whole * BLOCK;
+    if tail < n {
+        total += dot_q8_scalar(&a[tail..n], &q[tail..n], &scales[whole..]);
+    }
+    total
+}
+
+/// `out[r] = dot_q8(x, row j0 + r)` for the `out.len() <= LANES` rows from `j0`, their vectors
+/// reduced together (`reduce_lanes`), with no call or horizontal sum per row.
+///
+/// # Safety
+/// `out.len() <= S::LANES`; `j0 + out.len() <= w.rows`; `w.cols % 32 == 0` and
+/// `x.len() == w.cols`.
+#[inline(always)]
+unsafe fn rows_t1<S: Simd>(s: S, w: &Q8Matrix, x: &[f32], j0: usize, out: &mut [f32]) {
+    let (k, blocks) = (w.cols, w.cols / BLOCK);
+    let px = x.as_ptr();
+    let mut totals = [s.zero(); 16];
+    // SAFETY (all loads): row j's codes are q[j k .. (j + 1) k] and its scales
+    // scales[j blocks ..][..blocks] for j < w.rows; x has k values (the contract).
+    unsafe {
+        for (r, total) in totals.iter_mut().enumerate().take(out.len()) {
+            let pq = w.q.as_ptr().add((j0 + r) * k);
+            let ps = w.scales.as_ptr().add((j0 + r) * blocks);
+            simd::prefetch_ahead(s, pq as *const u8, k);
+            simd::prefetch_ahead(s, ps as *const u8, 4 * blocks);
+            // The row's sum in two local chains, stored once (`totals` may live on the stack).
+            let (mut acc0, mut acc1) = (s.zero(), s.zero());
+            for b in 0..blocks {
+                let blk = block_dot(s, px.add(BLOCK * b), pq.add(BLOCK * b));
+                if b % 2 == 0 {
+                    acc0 = s.fma(blk, s.splat(*ps.add(b)), acc0);
+                } else {
+                    acc1 = s.fma(blk, s.splat(*ps.add(b)), acc1);
                 }
-                *total = _mm512_add_ps(acc0, acc1);
             }
-            let mut sums = [0f32; 16];
-            _mm512_storeu_ps(sums.as_mut_ptr(), crate::backend::cpu::simd::reduce16(&totals));
-            out.copy_from_slice(&sums[..out.len()]);
+            *total = s.add(acc0, acc1);
         }
-    }
-
-    /// # Safety
-    /// The CPU has AVX-512F; `a.len() == q.len()` and `scales.len() == q.len().div_ceil(32)`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn dot_q8_avx512(a: &[f32], q: &[i8], scales: &[f32]) -> f32 {
-        let n = a.len();
-        let (pa, pq) = (a.as_ptr(), q.as_ptr());
-        let whole = n / super::BLOCK;
-        let mut acc0 = _mm512_setzero_ps();
-        let mut acc1 = _mm512_setzero_ps();
-        // SAFETY (all loads): block b covers elements 32 b .. 32 b + 32 <= n for b < whole.
-        unsafe {
-            let mut b = 0;
-            while b + 2 <= whole {
-                let (e0, e1) = (32 * b, 32 * b + 32);
-                let blk0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(e0)), load16(pq.add(e0)), _mm512_mul_ps(_mm512_loadu_ps(pa.add(e0 + 16)), load16(pq.add(e0 + 16))));
-                let blk1 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(e1)), load16(pq.add(e1)), _mm512_mul_ps(_mm512_loadu_ps(pa.add(e1 + 16)), load16(pq.add(e1 + 16))));
-                acc0 = _mm512_fmadd_ps(blk0, _mm512_set1_ps(*scales.get_unchecked(b)), acc0);
-                acc1 = _mm512_fmadd_ps(blk1, _mm512_set1_ps(*scales.get_unchecked(b + 1)), acc1);
-                b += 2;
-            }
-            if b < whole {
-                let e0 = 32 * b;
-                let blk = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(e0)), load16(pq.add(e0)), _mm512_mul_ps(_mm512_loadu_ps(pa.add(e0 + 16)), load16(pq.add(e0 + 16))));
-                acc0 = _mm512_fmadd_ps(blk, _mm512_set1_ps(*scales.get_unchecked(b)), acc0);
-            }
-        }
-        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-        let tail = whole * super::BLOCK;
-        if tail < n {
-            s += super::dot_q8_portable(&a[tail..], &q[tail..], &scales[whole..]);
-        }
-        s
+        let mut sums = [0f32; 16];
+        s.store(sums.as_mut_ptr(), s.reduce_lanes(&totals[..S::LANES]));
+        out.copy_from_slice(&sums[..out.len()]);
     }
 }
 
@@ -253,23 +255,26 @@ mod tests {
             let mut dec = vec![0.0; k];
             m.decode_rows(0, &mut dec);
             let want: f64 = a.iter().zip(&dec).map(|(&x, &y)| x as f64 * y as f64).sum();
-            for (what, got) in [("dispatch", dot_q8(&a, &m.q, &m.scales)), ("portable", dot_q8_portable(&a, &m.q, &m.scales))] {
+            for (what, got) in [("dispatch", dot_q8(&a, &m.q, &m.scales)), ("scalar", dot_q8_scalar(&a, &m.q, &m.scales))] {
                 assert!((got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()), "{what} k {k}: {got} vs {want}");
             }
         }
-        // Decode (t <= 4, per-row dots) and prefill (t > 4, tiles) against f64 on the decoded W.
-        for (t, n, k) in [(1usize, 77usize, 100usize), (1, 141, 96), (3, 130, 33), (4, 65, 576), (5, 200, 17), (9, 64, 64)] {
+        // Decode (t <= 16: row groups at t = 1, per-row dots) and prefill (t > 16, tiles) against
+        // f64 on the decoded W, at every level the CPU has.
+        for (t, n, k) in [(1usize, 77usize, 100usize), (1, 141, 96), (1, 9, 64), (3, 130, 33), (4, 65, 576), (5, 200, 17), (9, 64, 64), (16, 33, 32), (17, 20, 40)] {
             let w = Q8Matrix::from_f32(&rng.nonzero(n * k, 0.5), n, k).unwrap();
             let mut dec = vec![0.0; n * k];
             w.decode_rows(0, &mut dec);
             let x = rng.nonzero(t * k, 1.0);
-            let mut out = vec![f32::NAN; t * n];
-            linear(&x, t, &w, &mut out);
-            for r in 0..t {
-                for j in 0..n {
-                    let want: f64 = (0..k).map(|c| x[r * k + c] as f64 * dec[j * k + c] as f64).sum();
-                    let g = out[r * n + j] as f64;
-                    assert!((g - want).abs() <= 1e-5 * (1.0 + want.abs()), "[{t}, {n}, {k}] ({r}, {j}): {g} vs {want}");
+            for level in isa::available() {
+                let mut out = vec![f32::NAN; t * n];
+                linear_at(level, &x, t, &w, &mut out);
+                for r in 0..t {
+                    for j in 0..n {
+                        let want: f64 = (0..k).map(|c| x[r * k + c] as f64 * dec[j * k + c] as f64).sum();
+                        let g = out[r * n + j] as f64;
+                        assert!((g - want).abs() <= 1e-5 * (1.0 + want.abs()), "{} [{t}, {n}, {k}] ({r}, {j}): {g} vs {want}", level.isa());
+                    }
                 }
             }
         }
