@@ -27,8 +27,15 @@ pub fn with_env_vars(cmd: clap::Command) -> clap::Command {
 
 /// Parses the process's arguments (and the environment) into `T`; on a bad command line,
 /// prints clap's message and exits, as `Parser::parse` does.
+///
+/// `--version` also says which CPU kernels run (`backend::cpu::isa::summary`).
 pub fn parse<T: clap::Parser>() -> T {
-    let m = with_env_vars(T::command()).get_matches();
+    let mut cmd = T::command();
+    if let Some(v) = cmd.get_version() {
+        let v: &'static str = Box::leak(format!("{v}\n{}", crate::backend::cpu::isa::summary()).into_boxed_str());
+        cmd = cmd.version(v);
+    }
+    let m = with_env_vars(cmd).get_matches();
     T::from_arg_matches(&m).unwrap_or_else(|e| e.exit())
 }
 

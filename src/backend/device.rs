@@ -97,7 +97,9 @@ pub fn open_backend(choice: DeviceChoice, act: ActDtype, cuda_graphs: bool) -> R
         if act == ActDtype::Bf16 && why.is_none() {
             return Err(Error::InvalidArgument("--act-dtype bf16 needs a CUDA device; the CPU backend computes in f32".into()));
         }
-        let mut note = "device: cpu".to_string();
+        // A LORAFLEET_CPU_ISA the CPU cannot run stops here, before any work.
+        let level = super::cpu::isa::selected()?;
+        let mut note = format!("device: cpu, {} kernels", level.isa());
         if let Some(why) = why {
             note.push_str(&format!(" (no CUDA device: {why})"));
             if act == ActDtype::Bf16 {
@@ -142,6 +144,6 @@ mod tests {
         assert!(e.to_string().contains("needs a CUDA device"), "{e}");
         let (be, note) = open_backend(DeviceChoice::Cpu, ActDtype::F32, true).unwrap();
         assert!(matches!(be, OpenedBackend::Cpu(_)));
-        assert_eq!(note, "device: cpu");
+        assert_eq!(note, format!("device: cpu, {} kernels", crate::backend::cpu::isa::current().isa()));
     }
 }

@@ -12,7 +12,9 @@
 
 use rayon::prelude::*;
 
+use super::isa;
 use super::matmul::dot;
+use super::simd::{self, dispatch, Simd};
 
 /// Products below this many multiply-adds run single-threaded (rayon's split costs more).
 const PARALLEL_MIN_FLOPS: usize = 1 << 18;
@@ -116,15 +118,37 @@ pub fn silu_mul_backward(gate: &[f32], up: &[f32], dout: &[f32], dgate: &mut [f3
     let n = gate.len();
     assert!(up.len() == n && dout.len() == n && dgate.len() == n && dup.len() == n, "silu_mul_backward: shapes");
     const CHUNK: usize = 16384;
+    let level = isa::current();
     dgate.par_chunks_mut(CHUNK).zip(dup.par_chunks_mut(CHUNK)).enumerate().for_each(|(ci, (dg, du))| {
         let o = ci * CHUNK;
-        for i in 0..dg.len() {
-            let (g, u, d) = (gate[o + i], up[o + i], dout[o + i]);
-            let sig = 1.0 / (1.0 + (-g).exp());
-            du[i] = d * g * sig;
-            dg[i] = d * u * sig * (1.0 + g * (1.0 - sig));
-        }
+        dispatch!(level, s => silu_mul_backward_simd(s, &gate[o..o + dg.len()], &up[o..o + dg.len()], &dout[o..o + dg.len()], dg, du))
     });
+}
+
+/// One chunk of [`silu_mul_backward`], a vector of values at a time (the vector `exp`).
+#[inline(always)]
+fn silu_mul_backward_simd<S: Simd>(s: S, gate: &[f32], up: &[f32], dout: &[f32], dg: &mut [f32], du: &mut [f32]) {
+    let (n, l, one) = (dg.len(), S::LANES, s.splat(1.0));
+    assert!(gate.len() == n && up.len() == n && dout.len() == n && du.len() == n, "silu_mul_backward: chunk shapes");
+    let mut i = 0;
+    // SAFETY (loads and stores): i + m <= n for all five slices (asserted equal lengths).
+    unsafe {
+        while i < n {
+            let m = l.min(n - i);
+            // load_first reads only m lanes (no closure here: see matmul::block).
+            let (g, u, d) = if m == l {
+                (s.load(gate.as_ptr().add(i)), s.load(up.as_ptr().add(i)), s.load(dout.as_ptr().add(i)))
+            } else {
+                (s.load_first(gate.as_ptr().add(i), m), s.load_first(up.as_ptr().add(i), m), s.load_first(dout.as_ptr().add(i), m))
+            };
+            let sig = s.div(one, s.add(one, simd::exp(s, s.sub(s.zero(), g))));
+            let dgv = s.mul(s.mul(s.mul(d, u), sig), s.fma(g, s.sub(one, sig), one));
+            let duv = s.mul(s.mul(d, g), sig);
+            s.store_first(dg.as_mut_ptr().add(i), dgv, m);
+            s.store_first(du.as_mut_ptr().add(i), duv, m);
+            i += l;
+        }
+    }
 }
 
 pub use crate::backend::layout::{SeqSpan, SeqSpans};
@@ -150,6 +174,7 @@ pub fn causal_attention_forward(q: &[f32], k: &[f32], v: &[f32], seqs: SeqSpans<
     assert!(seqs.iter().all(|s| s.in_bounds(t)), "attention: span past the batch");
     let group = n_heads / n_kv;
     let scale = 1.0 / (head_dim as f32).sqrt();
+    let level = isa::current();
     let tasks: Vec<(usize, usize)> = (0..seqs.len()).flat_map(|s| (0..n_heads).map(move |h| (s, h))).collect();
     let parts: Vec<(Vec<f32>, Vec<f32>)> = tasks
         .par_iter()
@@ -171,11 +196,7 @@ pub fn causal_attention_forward(q: &[f32], k: &[f32], v: &[f32], seqs: SeqSpans<
                     p[j] = dot(qi, &kh[j * head_dim..(j + 1) * head_dim]) * scale;
                     m = m.max(p[j]);
                 }
-                let mut sum = 0.0f32;
-                for pj in &mut p[..=c + i] {
-                    *pj = (*pj - m).exp();
-                    sum += *pj;
-                }
+                let sum = simd::exp_shifted_sum_at(level, &mut p[..=c + i], m);
                 let oi = &mut o[i * head_dim..(i + 1) * head_dim];
                 for j in 0..=c + i {
                     let w = p[j] / sum;
@@ -226,11 +247,13 @@ pub fn causal_attention_backward(
     let group = n_heads / n_kv;
     let scale = 1.0 / (head_dim as f32).sqrt();
     let d = head_dim;
+    // Each task's plain loops (dq, dk, dv updates) compiled for the level (simd::dispatch!).
+    let level = isa::current();
     let tasks: Vec<(usize, usize)> = (0..seqs.len()).flat_map(|s| (0..n_heads).map(move |h| (s, h))).collect();
     // Per (sequence, q head): its dq rows and its contribution to its kv head's dk, dv.
     let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = tasks
         .par_iter()
-        .map(|&(si, h)| {
+        .map(|&(si, h)| dispatch!(level, _s => {
             let span = seqs[si];
             let (start, len, c) = (span.start, span.len, span.ctx_len);
             let kvh = h / group;
@@ -261,7 +284,7 @@ pub fn causal_attention_backward(
                 }
             }
             (dq, dk, dv)
-        })
+        }))
         .collect();
     let (mut dq_all, mut dk_all, mut dv_all) = (super::zeroed(t * qw), super::zeroed(t * kw), super::zeroed(t * kw));
     for (&(si, h), (dq, dk, dv)) in tasks.iter().zip(parts) {
@@ -342,6 +365,7 @@ pub fn cross_entropy_lm_head(h: &[f32], w: &[f32], hidden: usize, targets: &[u32
     let mut s = vec![0.0f32; n * hidden];
     let mut target_logit = vec![0.0f32; n];
     let mut e = Vec::new();
+    let level = isa::current();
     for v0 in (0..vocab).step_by(chunk) {
         let c = chunk.min(vocab - v0);
         let wc = &w[v0 * hidden..(v0 + c) * hidden];
@@ -364,12 +388,7 @@ pub fn cross_entropy_lm_head(h: &[f32], w: &[f32], hidden: usize, targets: &[u32
                 }
             }
             m[r] = new_m;
-            let mut sum = 0.0f32;
-            for l in row.iter_mut() {
-                *l = (*l - new_m).exp();
-                sum += *l;
-            }
-            z[r] += sum;
+            z[r] += simd::exp_shifted_sum_at(level, row, new_m);
         }
         // S += e [n, c] · W_c [c, hidden]
         gemm(n, hidden, c, &e, false, wc, false, &mut s, true, 1.0);

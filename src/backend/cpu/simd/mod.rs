@@ -330,6 +330,39 @@ fn silu_mul_simd<S: Simd>(s: S, gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
+/// `x[i] = e^(x[i] - m)` in place, returning `Σ x[i]`: a softmax row's numerators and their sum
+/// (`m` its max), the loop of the trainer's attention and cross-entropy.
+#[inline(always)]
+pub fn exp_shifted_sum<S: Simd>(s: S, x: &mut [f32], m: f32) -> f32 {
+    let (n, l, mv) = (x.len(), S::LANES, s.splat(m));
+    let p = x.as_mut_ptr();
+    let mut sum = s.zero();
+    let mut i = 0;
+    // SAFETY (loads and stores): i + l <= n, resp. the last n - i < l values.
+    unsafe {
+        while i + l <= n {
+            let e = exp(s, s.sub(s.load(p.add(i)), mv));
+            s.store(p.add(i), e);
+            sum = s.add(sum, e);
+            i += l;
+        }
+        if i < n {
+            let e = exp(s, s.sub(s.load_first(p.add(i), n - i), mv));
+            s.store_first(p.add(i), e, n - i);
+            // The lanes past the row hold e^(0 - m): not part of the sum.
+            let mut tail = [0f32; 16];
+            s.store(tail.as_mut_ptr(), e);
+            return s.sum(sum) + tail[..n - i].iter().sum::<f32>();
+        }
+    }
+    s.sum(sum)
+}
+
+/// [`exp_shifted_sum`] at `level`.
+pub fn exp_shifted_sum_at(level: Level, x: &mut [f32], m: f32) -> f32 {
+    dispatch!(level, s => exp_shifted_sum(s, x, m))
+}
+
 /// The scalar definition [`silu_mul`] is held to.
 pub fn silu_mul_scalar(gate: &[f32], up: &[f32], out: &mut [f32]) {
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {

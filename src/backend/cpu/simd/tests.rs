@@ -160,3 +160,22 @@ fn dot_matches_f64_for_f32_and_bf16_weights_at_every_level() {
         });
     }
 }
+
+#[test]
+fn exp_shifted_sum_matches_the_scalar_loop_at_every_level() {
+    let mut rng = SplitMix64::new(12);
+    for n in [0usize, 1, 5, 8, 16, 17, 100, 1000] {
+        let x = rng.nonzero(n, 20.0);
+        let m = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let want: Vec<f32> = x.iter().map(|v| (v - m).exp()).collect();
+        let want_sum: f64 = want.iter().map(|&v| v as f64).sum();
+        each_level(|level, name| {
+            let mut got = x.clone();
+            let sum = exp_shifted_sum_at(level, &mut got, m);
+            for i in 0..n {
+                assert!((got[i] - want[i]).abs() <= 2.0 * f32::EPSILON * want[i] + 1e-38, "{name} n {n} [{i}]: {} vs {}", got[i], want[i]);
+            }
+            assert!((sum as f64 - want_sum).abs() <= 1e-5 * want_sum.max(1e-30), "{name} n {n}: sum {sum} vs {want_sum}");
+        });
+    }
+}
