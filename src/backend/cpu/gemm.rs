@@ -42,6 +42,34 @@ pub(crate) unsafe fn gemm_f32(
     beta: f32,
     parallelism: gemm::Parallelism,
 ) {
+    // What gemm::gemm does before its dispatch (gemm 0.19.0 src/gemm.rs): its microkernels want
+    // a column-major destination, so a row-major one is computed as dstᵀ = rhsᵀ · lhsᵀ (without
+    // this, packing is skipped and the kernel reads strided operands: 1.8x slower at
+    // 512 x 1536 x 576); negative strides are turned around.
+    let (m, n, mut dst_cs, mut dst_rs, mut lhs, mut lhs_cs, mut lhs_rs, mut rhs, mut rhs_cs, mut rhs_rs) = if dst_cs.abs() < dst_rs.abs() {
+        (n, m, dst_rs, dst_cs, rhs, rhs_rs, rhs_cs, lhs, lhs_rs, lhs_cs)
+    } else {
+        (m, n, dst_cs, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs)
+    };
+    let mut dst = dst;
+    if dst_rs < 0 && m > 0 {
+        dst = dst.wrapping_offset((m - 1) as isize * dst_rs);
+        dst_rs = -dst_rs;
+        lhs = lhs.wrapping_offset((m - 1) as isize * lhs_rs);
+        lhs_rs = -lhs_rs;
+    }
+    if dst_cs < 0 && n > 0 {
+        dst = dst.wrapping_offset((n - 1) as isize * dst_cs);
+        dst_cs = -dst_cs;
+        rhs = rhs.wrapping_offset((n - 1) as isize * rhs_cs);
+        rhs_cs = -rhs_cs;
+    }
+    if lhs_cs < 0 && k > 0 {
+        lhs = lhs.wrapping_offset((k - 1) as isize * lhs_cs);
+        lhs_cs = -lhs_cs;
+        rhs = rhs.wrapping_offset((k - 1) as isize * rhs_rs);
+        rhs_rs = -rhs_rs;
+    }
     macro_rules! at_level {
         ($uk:path, $simd:ty, $lanes:expr) => {{
             use gemm_common::simd::MixedSimd;
