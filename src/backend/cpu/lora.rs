@@ -6,7 +6,9 @@
 //! and BGMV (decode: one token per segment) compute exactly this; they differ only in how a GPU
 //! schedules the work, so one twin serves both.
 
+use super::isa;
 use super::matmul;
+use super::simd::{self, dispatch};
 use crate::{Error, Result};
 
 /// One segment, borrowed from the adapter's weights.
@@ -119,12 +121,15 @@ fn apply_row(x: &[f32], s: &LoraSegmentRef<'_>, stack: &mut [f32; 256], y: &mut 
         &mut heap
     };
     let d_in = x.len();
-    for (k, vk) in v.iter_mut().enumerate() {
-        *vk = s.scale * matmul::dot(x, &s.a[k * d_in..(k + 1) * d_in]);
-    }
-    for (yo, b) in y.iter_mut().zip(s.b.chunks_exact(s.rank)) {
-        *yo += matmul::dot(v, b);
-    }
+    // One dispatch per row: the expand is d_out dots of `rank` values each.
+    dispatch!(isa::current(), lv => {
+        for (k, vk) in v.iter_mut().enumerate() {
+            *vk = s.scale * simd::dot(lv, x, &s.a[k * d_in..(k + 1) * d_in]);
+        }
+        for (yo, b) in y.iter_mut().zip(s.b.chunks_exact(s.rank)) {
+            *yo += simd::dot(lv, v, b);
+        }
+    })
 }
 
 #[cfg(test)]
