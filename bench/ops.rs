@@ -71,6 +71,9 @@ mod bytes {
 }
 
 fn cpu_benches(c: &mut Criterion) {
+    // The CPU kernels run at one level per process: `LORAFLEET_CPU_ISA=avx2|portable cargo bench`
+    // measures a lower one (bench/RESULTS.md gives each level's figures).
+    eprintln!("{}", lorafleet::backend::cpu::isa::summary());
     let (cos, sin) = tables();
     for rows in ROWS {
         let mut g = c.benchmark_group(format!("cpu_f32/rows={rows}"));
