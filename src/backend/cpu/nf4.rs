@@ -8,6 +8,8 @@
 pub mod gemv;
 
 use super::frozen;
+use super::isa;
+use super::simd::{dispatch, Simd};
 use crate::quant::Nf4Tensor;
 
 
@@ -37,9 +39,22 @@ impl Nf4Matrix {
 
     /// Dequantizes rows `r0..r0 + out.len() / cols` into `out` (row-major).
     pub fn dequantize_rows(&self, r0: usize, out: &mut [f32]) {
+        self.dequantize_rows_at(Some(isa::current()), r0, out)
+    }
+
+    /// [`Nf4Matrix::dequantize_rows`] with the vector path at `level`, or (None) the scalar
+    /// loops only (the tests hold every level to them, bit for bit).
+    pub fn dequantize_rows_at(&self, level: Option<isa::Level>, r0: usize, out: &mut [f32]) {
         let start = r0 * self.cols;
         debug_assert!(start + out.len() <= self.rows * self.cols);
         let bs = self.blocksize;
+        if let (Some(level), true) = (level, bs.is_multiple_of(32) && start.is_multiple_of(bs) && out.len().is_multiple_of(bs)) {
+            // Whole blocks of whole 16-byte groups (bitsandbytes' 64): vectors of levels, their
+            // high and low nibbles interleaved back into element order, at the process's level.
+            let (b0, blocks) = (start / bs, out.len() / bs);
+            let bytes = &self.packed[start / 2..(start + out.len()) / 2];
+            return dispatch!(level, s => dequantize_blocks(s, bytes, &self.absmax[b0..b0 + blocks], &self.code, bs, out));
+        }
         if bs.is_multiple_of(2) && start.is_multiple_of(bs) && out.len().is_multiple_of(bs) {
             // Whole blocks (rows a multiple of the block): one scale and a byte slice per block,
             // no per-element index arithmetic.
@@ -76,6 +91,30 @@ impl Nf4Matrix {
         let mut out = vec![0.0; self.rows * self.cols];
         self.dequantize_rows(0, &mut out);
         out
+    }
+}
+
+/// Whole blocks: `bytes` `[blocks * bs / 2]`, `absmax` `[blocks]`, `out` `[blocks * bs]`, with
+/// `bs % 32 == 0` (so each block is whole vectors of bytes at every level: 16 or 8 lanes).
+#[inline(always)]
+fn dequantize_blocks<S: Simd>(s: S, bytes: &[u8], absmax: &[f32], code: &[f32; 16], bs: usize, out: &mut [f32]) {
+    let l = S::LANES;
+    assert!(bs.is_multiple_of(2 * l) && bytes.len() * 2 == out.len() && out.len() == absmax.len() * bs, "dequantize_blocks: shapes");
+    let lut = s.lut16(code);
+    let (pb, po) = (bytes.as_ptr(), out.as_mut_ptr());
+    for (b, &scale) in absmax.iter().enumerate() {
+        let sc = s.splat(scale);
+        for g in (0..bs / 2).step_by(l) {
+            let byte = b * bs / 2 + g;
+            // SAFETY: byte + l <= bytes.len() and 2 byte + 2 l <= out.len() (asserted shapes:
+            // g + l <= bs / 2 within block b).
+            unsafe {
+                let (hi, lo) = s.nf4_levels(lut, pb.add(byte));
+                let (first, second) = s.interleave(hi, lo);
+                s.store(po.add(2 * byte), s.mul(first, sc));
+                s.store(po.add(2 * byte + l), s.mul(second, sc));
+            }
+        }
     }
 }
 
@@ -136,6 +175,26 @@ mod tests {
                 ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
             })
             .collect()
+    }
+
+    #[test]
+    fn vector_dequantization_equals_the_scalar_loops_at_every_level() {
+        for (n, k, bs) in [(3usize, 64usize, 64usize), (5, 128, 32), (2, 576, 64), (4, 96, 32)] {
+            // Any bytes and scales: the layout, not the quantizer, is under test.
+            let packed: Vec<u8> = (0..n * k / 2).map(|i| (i * 151 + 7) as u8).collect();
+            let absmax: Vec<f32> = rand_vec(n * k / bs, 9).iter().map(|x| x + 1.0).collect();
+            let code: [f32; 16] = std::array::from_fn(|i| i as f32 / 7.5 - 1.0);
+            let m = Nf4Matrix { rows: n, cols: k, blocksize: bs, packed, absmax, code };
+            let mut want = vec![f32::NAN; n * k];
+            m.dequantize_rows_at(None, 0, &mut want);
+            for level in isa::available() {
+                for r0 in 0..n {
+                    let mut got = vec![f32::NAN; (n - r0) * k];
+                    m.dequantize_rows_at(Some(level), r0, &mut got);
+                    assert_eq!(got, want[r0 * k..], "{} [{n}, {k}] block {bs} from row {r0}", level.isa());
+                }
+            }
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! `matmul`, `frozen`), each argument checked here so that a bad shape is an error, never one of
 //! those functions' asserts.
 
+use super::simd::dispatch;
 use super::{backward as bw, check, frozen, matmul, ops, zeroed, CpuBackend, CpuMatrix, CpuRope, CpuTensor, CpuWeight};
 use crate::backend::layout::SeqSpan;
 use crate::backend::train::{AdamWStep, TrainBackend};
@@ -210,9 +211,12 @@ impl TrainBackend for CpuBackend {
         same_shape("adamw: gradient", g, p)?;
         same_shape("adamw: first moment", m, p)?;
         same_shape("adamw: second moment", v, p)?;
-        for (((p, &g), m), v) in p.data.iter_mut().zip(&g.data).zip(m.data.iter_mut()).zip(v.data.iter_mut()) {
-            (*p, *m, *v) = step.apply(*p, g, *m, *v);
-        }
+        // A plain loop, vectorised by the compiler for the level it is dispatched to.
+        dispatch!(super::isa::current(), _s => {
+            for (((p, &g), m), v) in p.data.iter_mut().zip(&g.data).zip(m.data.iter_mut()).zip(v.data.iter_mut()) {
+                (*p, *m, *v) = step.apply(*p, g, *m, *v);
+            }
+        });
         Ok(())
     }
 

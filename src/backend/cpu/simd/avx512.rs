@@ -93,6 +93,16 @@ impl Simd for Avx512 {
         unsafe { _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x), y, x) }
     }
     #[inline(always)]
+    fn interleave(self, a: __m512, b: __m512) -> (__m512, __m512) {
+        // SAFETY: AVX-512F (the type's invariant).
+        unsafe {
+            // Index i < 16 picks a[i], 16 + i picks b[i].
+            let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+            let hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+            (_mm512_permutex2var_ps(a, lo, b), _mm512_permutex2var_ps(a, hi, b))
+        }
+    }
+    #[inline(always)]
     fn sum(self, a: __m512) -> f32 {
         // SAFETY: AVX-512F (the type's invariant).
         unsafe { _mm512_reduce_add_ps(a) }

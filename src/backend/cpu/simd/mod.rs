@@ -65,6 +65,8 @@ pub trait Simd: Copy + Send + Sync + 'static {
     fn scale_pow2(self, x: Self::F, n: Self::F) -> Self::F;
     /// `x` in the lanes where `x` is NaN, else `y`.
     fn keep_nan(self, x: Self::F, y: Self::F) -> Self::F;
+    /// `[a0, b0, a1, b1, ...]`: its first `LANES` values and its last `LANES`.
+    fn interleave(self, a: Self::F, b: Self::F) -> (Self::F, Self::F);
     /// The sum of the lanes.
     fn sum(self, a: Self::F) -> f32;
     /// The largest lane (NaN lanes ignored unless all are).

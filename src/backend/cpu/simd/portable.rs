@@ -110,6 +110,17 @@ impl Simd for Portable {
         zip(x, y, |x, y| if x.is_nan() { x } else { y })
     }
     #[inline(always)]
+    fn interleave(self, a: F8, b: F8) -> (F8, F8) {
+        let (mut lo, mut hi) = ([0.0; 8], [0.0; 8]);
+        for i in 0..4 {
+            lo[2 * i] = a.0[i];
+            lo[2 * i + 1] = b.0[i];
+            hi[2 * i] = a.0[4 + i];
+            hi[2 * i + 1] = b.0[4 + i];
+        }
+        (F8(lo), F8(hi))
+    }
+    #[inline(always)]
     fn sum(self, a: F8) -> f32 {
         let a = a.0;
         ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))

@@ -125,6 +125,12 @@ fn reductions_partial_loads_and_widening_match_their_definitions() {
                 assert_eq!(hi[i], code[(bytes[3 + i] >> 4) as usize], "{name} nf4 hi {i}");
                 assert_eq!(lo[i], code[(bytes[3 + i] & 15) as usize], "{name} nf4 lo {i}");
             }
+            // interleave: [a0, b0, a1, b1, ...].
+            let (i0, i1) = s.interleave(vector(s, &vals), vector(s, &vals[100..]));
+            let zipped: Vec<f32> = lanes(s, i0).into_iter().chain(lanes(s, i1)).collect();
+            for i in 0..l {
+                assert_eq!((zipped[2 * i], zipped[2 * i + 1]), (vals[i], vals[100 + i]), "{name} interleave {i}");
+            }
             // round (ties to even) and scale_pow2 over its whole range.
             let xs: Vec<f32> = (0..l).map(|i| [-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.7, -3.7][i % 8] + (i / 8) as f32 * 10.0).collect();
             let r = lanes(s, s.round(vector(s, &xs)));
