@@ -31,13 +31,20 @@ import time
 import urllib.parse
 
 
-def request_body(engine, prompt, adapter, n, stream):
+def request_body(engine, prompt, adapter, n, stream, loaded):
+    """loaded: adapters the llama-server holds (its ids 0 .. loaded - 1)."""
     body = {"prompt": prompt, "max_tokens": n, "temperature": 0.0, "ignore_eos": True, "stream": stream}
     if engine == "lorafleet":
         body["model"] = f"adapter-{adapter}" if adapter is not None else "base"
     else:
         body["model"] = "base"
-        body["lora"] = [{"id": adapter, "scale": 1.0}] if adapter is not None else []
+        if adapter is not None:
+            body["lora"] = [{"id": adapter, "scale": 1.0}]
+        elif loaded:
+            # The base on a server holding adapters: every adapter at scale 0, said explicitly
+            # (llama-server 11434 with --lora-init-without-apply answers `"lora": []` with
+            # neither the base's output nor its speed).
+            body["lora"] = [{"id": i, "scale": 0.0} for i in range(loaded)]
         body["n_predict"] = n
         body["cache_prompt"] = False
     return body
@@ -53,9 +60,9 @@ def post(url, body, stream, timeout=600):
     return conn, resp
 
 
-def one_request(url, engine, prompt, adapter, n):
+def one_request(url, engine, prompt, adapter, n, loaded):
     t0 = time.perf_counter()
-    conn, resp = post(url, request_body(engine, prompt, adapter, n, True), True)
+    conn, resp = post(url, request_body(engine, prompt, adapter, n, True, loaded), True)
     first, tokens = None, 0
     try:
         for raw in resp:
@@ -94,7 +101,7 @@ def load(a, prompts):
             k = u + a.users * i
             adapter = (u + i) % a.adapters if a.adapters > 0 else None
             try:
-                r = one_request(a.url, a.engine, prompts[k % len(prompts)], adapter, a.output_tokens)
+                r = one_request(a.url, a.engine, prompts[k % len(prompts)], adapter, a.output_tokens, a.adapters)
                 with lock:
                     results.append(r)
             except Exception as e:  # noqa: BLE001 - counted and reported
@@ -126,7 +133,7 @@ def load(a, prompts):
 def greedy(a, prompts):
     out = {}
     for adapter in [None] + list(range(a.adapters)):
-        conn, resp = post(a.url, request_body(a.engine, prompts[0], adapter, a.greedy, False), False)
+        conn, resp = post(a.url, request_body(a.engine, prompts[0], adapter, a.greedy, False, a.adapters), False)
         body = json.loads(resp.read())
         conn.close()
         out["base" if adapter is None else f"adapter-{adapter}"] = body["choices"][0]["text"]

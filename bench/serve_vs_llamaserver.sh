@@ -8,12 +8,14 @@
 # the same wheel file). Each server is started alone (the other stopped), on THREADS threads:
 #   lorafleet serve --model MODEL --adapter-dir PEFT --threads T
 #   llama-server -m F32.gguf --lora a0.gguf ... --lora-init-without-apply -t T -np USERS -c ...
+# (llama-server cannot batch requests of different adapters; lorafleet batches them together.)
 # 1. Conversion check: the greedy 24-token completion of one prompt, for the base and each
 #    adapter, on both servers: the texts must be equal (a conversion error would change them).
 # 2. Load (bench/serve_load.py): for each users count, a closed loop of streamed OpenAI
 #    completions for DURATION s, prompts of 80-240 tokens (cut from bench/prefill_512.txt), 64
 #    forced output tokens (ignore_eos), each request on adapter (user + i) % K; then the base
-#    only. The two engines alternate per cell (llama-server first), ROUNDS rounds.
+#    only (llama-server then started without adapters; lorafleet offers them unused). The two
+#    engines alternate per cell (llama-server first), ROUNDS rounds.
 #
 # usage: bench/serve_vs_llamaserver.sh [MODEL_DIR]
 # env: LORAFLEET_BIN (target/release/lorafleet), LLAMA_CPP_DIR, ISA (native | avx2 | avx512,
@@ -89,10 +91,11 @@ start_lorafleet() {
   PID=$!
   wait_ready "http://127.0.0.1:$LF_PORT" "$OUT_DIR/lorafleet-serve.log"
 }
-start_llama() { # $1 parallel slots
+start_llama() { # $1 parallel slots, $2 adapters to load (0: none, the base-only cells)
   local loras=()
-  for i in $(seq 0 $((ADAPTERS - 1))); do loras+=(--lora "$AD/gguf/adapter-$i.gguf"); done
-  "$BUILD/bin/llama-server" -m "$GGUF_DIR/F32.gguf" "${loras[@]}" --lora-init-without-apply -t "$THREADS" \
+  for i in $(seq 0 $(($2 - 1))); do loras+=(--lora "$AD/gguf/adapter-$i.gguf"); done
+  if [[ $2 -gt 0 ]]; then loras+=(--lora-init-without-apply); fi
+  "$BUILD/bin/llama-server" -m "$GGUF_DIR/F32.gguf" "${loras[@]}" -t "$THREADS" \
     -np "$1" -c $((1024 * $1)) --port "$LL_PORT" --host 127.0.0.1 > "$OUT_DIR/llama-server.log" 2>&1 &
   PID=$!
   wait_ready "http://127.0.0.1:$LL_PORT" "$OUT_DIR/llama-server.log"
@@ -103,7 +106,7 @@ echo "== lorafleet: $(env ${LF_ISA:+LORAFLEET_CPU_ISA=$LF_ISA} "$LF" --version |
 echo "== out: $OUT_DIR"
 
 # 1. The conversion check.
-start_llama 1
+start_llama 1 "$ADAPTERS"
 "$PY" bench/serve_load.py --url "http://127.0.0.1:$LL_PORT" --engine llama --greedy 24 --adapters "$ADAPTERS" --prompts "$OUT_DIR/prompts.json" --out "$OUT_DIR/greedy_llama.json" > /dev/null
 stop_server
 start_lorafleet
@@ -126,7 +129,7 @@ EOF
 for r in $(seq 1 "$ROUNDS"); do
   for u in $USERS; do
     for k in "$ADAPTERS" 0; do
-      start_llama "$u"
+      start_llama "$u" "$k"
       "$PY" bench/serve_load.py --url "http://127.0.0.1:$LL_PORT" --engine llama --users "$u" --adapters "$k" --duration "$DURATION" \
         --prompts "$OUT_DIR/prompts.json" --out "$OUT_DIR/load_llama_u${u}_k${k}_r$r.json" > /dev/null
       stop_server

@@ -49,7 +49,10 @@ macro_rules! on_device {
     long_about = "lorafleet runs Llama-family models (Llama 2/3, Mistral, SmolLM2, Qwen2) from an HF \
                   directory (config.json, model.safetensors, tokenizer.json).\n\n\
                   Quick start:\n  lorafleet fetch-model smollm2-135m-instruct\n  \
-                  lorafleet generate --model models/smollm2-135m-instruct --chat --prompt 'What is 2+2?'"
+                  lorafleet generate --model models/smollm2-135m-instruct --chat --prompt 'What is 2+2?'\n\n\
+                  The CPU backend's kernels use the best instruction set the CPU has (AVX-512, AVX2 + \
+                  FMA, or a portable path); LORAFLEET_CPU_ISA=avx512|avx2|portable forces a lower one \
+                  (--version and the device: line say which runs)."
 )]
 struct Cli {
     #[command(subcommand)]
