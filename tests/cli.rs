@@ -193,3 +193,34 @@ fn bad_inputs_fail_cleanly() {
         assert_clean_error(&o, to, needle);
     }
 }
+
+/// `LORAFLEET_CPU_ISA`: every level this CPU has gives the golden greedy text, `--version` and
+/// the `device:` line name the level, and a level that is unknown (or that the CPU lacks) is a
+/// clean error, not a crash.
+#[test]
+fn cpu_isa_levels_are_named_forced_and_refused_cleanly() {
+    use lorafleet::backend::cpu::isa::{self, Isa};
+    let dir = model_dir();
+    let run = |isa: &str, args: &[&str]| Command::new(env!("CARGO_BIN_EXE_lorafleet")).env("LORAFLEET_CPU_ISA", isa).args(args).output().expect("run lorafleet");
+    let gen = ["generate", "--model", md(&dir), "--prompt", "The capital of France is", "--temperature", "0", "--max-new-tokens", "12", "--threads", "2", "--device", "cpu"];
+    let mut texts = Vec::new();
+    for level in isa::available() {
+        let name = level.isa().name();
+        let v = run(name, &["--version"]);
+        let out = String::from_utf8_lossy(&v.stdout);
+        assert!(v.status.success() && out.contains(&format!("CPU kernels: {name}")), "--version at {name}: {out}");
+        let o = run(name, &gen);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "generate at {name}: {err}");
+        assert!(err.contains(&format!("device: cpu, {name} kernels")), "device line at {name}: {err}");
+        texts.push((name, String::from_utf8_lossy(&o.stdout).to_string()));
+    }
+    // Greedy text is the same at every level (the goldens themselves run per level in CI).
+    for (name, t) in &texts {
+        assert_eq!(t, &texts[0].1, "greedy text at {name} differs from {}", texts[0].0);
+    }
+    assert_clean_error(&run("sse9", &gen), "unknown level", "LORAFLEET_CPU_ISA");
+    if !Isa::Avx512.supported() {
+        assert_clean_error(&run("avx512", &gen), "level above the CPU", "does not support");
+    }
+}
