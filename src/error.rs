@@ -50,6 +50,10 @@ pub enum Error {
     UnknownAdapter(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The request was stopped because the engine is stopping (a server's shutdown reached its
+    /// timeout, or the `Engine` was dropped): HTTP 503.
+    #[error("stopped: {0}")]
+    ShuttingDown(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -41,7 +41,7 @@ fn assert_clean_error(o: &Output, what: &str, needle: &str) {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{what}: exit status {:?}, stderr {err}", o.status);
     assert!(!err.contains("panicked"), "{what}: panicked: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("device: ")).collect();
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("device: ") && !l.starts_with("lorafleet serve: device: ")).collect();
     assert_eq!(lines.len(), 1, "{what}: expected one line, got {err}");
     assert!(lines[0].starts_with("error: "), "{what}: {err}");
     assert!(lines[0].contains(needle), "{what}: {:?} does not mention {needle:?}", lines[0]);
@@ -178,7 +178,7 @@ fn bad_inputs_fail_cleanly() {
 
     // A KV cache larger than the machine: a clear error, not an abort or the OOM killer.
     let o = lorafleet(&["generate", "--model", md(&model_dir()), "--device", "cpu", "--prompt", "hi", "--kv-cache-bytes", "1000000G"]);
-    assert_clean_error(&o, "KV cache past memory", "memory available (--kv-cache-bytes)");
+    assert_clean_error(&o, "KV cache past memory", "may still allocate");
 
     // A config.json lorafleet would compute wrongly or could not hold.
     let good = std::fs::read_to_string(model_dir().join("config.json")).unwrap();
@@ -222,5 +222,62 @@ fn cpu_isa_levels_are_named_forced_and_refused_cleanly() {
     assert_clean_error(&run("sse9", &gen), "unknown level", "LORAFLEET_CPU_ISA");
     if !Isa::Avx512.supported() {
         assert_clean_error(&run("avx512", &gen), "level above the CPU", "does not support");
+    }
+}
+
+/// Bad input the second adversarial round found, one case per class (issue 35): an allocation
+/// sized by a flag checked against the process's own memory limit (a child under `ulimit -v`),
+/// and inputs that were accepted and then ran wrong (a config declaring fewer layers than the
+/// weights hold, a tokenizer that encodes nothing, a missing adapter directory), each refused at
+/// load with one clean error line.
+#[test]
+fn limits_and_load_time_checks_refuse_cleanly() {
+    // Under a 3 GiB address-space limit (the machine has more free memory than that), a 2.5 GB
+    // KV cache does not fit beside the loaded model: a clean error, not "memory allocation of
+    // ... bytes failed" and an abort.
+    let bin = env!("CARGO_BIN_EXE_lorafleet");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 3145728 && exec \"$0\" \"$@\"")
+        .arg(bin)
+        .args(["generate", "--model", md(&model_dir()), "--device", "cpu", "--prompt", "hi", "--max-new-tokens", "1", "--kv-cache-bytes", "2500M"])
+        .output()
+        .expect("run lorafleet under ulimit -v");
+    assert_clean_error(&o, "KV cache past the address-space limit", "may still allocate");
+
+    // A config that declares one layer fewer than the weights hold.
+    let good = std::fs::read_to_string(model_dir().join("config.json")).unwrap();
+    let bad = good.replace("\"num_hidden_layers\": 30", "\"num_hidden_layers\": 29");
+    assert_ne!(bad, good);
+    let d = model_copy("layers", "config.json", bad.as_bytes());
+    for verb in [&["generate", "--prompt", "hi"][..], &["score", "--prompt", "hi"]] {
+        let mut args = vec![verb[0], "--model", md(&d)];
+        args.extend_from_slice(&verb[1..]);
+        assert_clean_error(&lorafleet(&args), "29 layers declared", "num_hidden_layers = 29, but the weights hold 30 decoder layers");
+    }
+    // An end-of-sequence id outside the vocabulary (generation could never stop at it).
+    let bad = good.replace("\"eos_token_id\": 2", "\"eos_token_id\": 49152");
+    assert_ne!(bad, good);
+    let d = model_copy("eos", "config.json", bad.as_bytes());
+    assert_clean_error(&lorafleet(&["generate", "--model", md(&d), "--prompt", "hi"]), "eos outside the vocabulary", "`eos_token_id` 49152 is outside the vocabulary");
+
+    // A tokenizer with no vocabulary: refused by every verb that opens the model, quantize too.
+    let empty = br#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,"model":{"type":"WordLevel","vocab":{},"unk_token":"[UNK]"}}"#;
+    let d = model_copy("emptytok", "tokenizer.json", empty);
+    assert_clean_error(&lorafleet(&["generate", "--model", md(&d), "--prompt-ids", "1,2,3"]), "empty vocabulary (generate)", "empty vocabulary");
+    let out = tmpdir("emptytok-q").join("out");
+    assert_clean_error(&lorafleet(&["quantize", "--model", md(&d), "--out", md(&out)]), "empty vocabulary (quantize)", "empty vocabulary");
+    assert!(!out.join("model.safetensors").exists(), "quantize wrote a model every loader refuses");
+    let o = Command::new(bin).args(["serve", "--model", md(&d), "--device", "cpu", "--port", "0"]).output().unwrap();
+    assert_clean_error(&o, "empty vocabulary (serve)", "empty vocabulary");
+
+    // An adapter directory that is missing, or a file: refused at start.
+    let file = tmpdir("adfile").join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    for (dir, needle) in [(PathBuf::from("/nonexistent/adapters"), "No such file"), (file, "not a directory")] {
+        let o = Command::new(bin).args(["serve", "--model", md(&model_dir()), "--device", "cpu", "--port", "0", "--adapter-dir", md(&dir)]).output().unwrap();
+        assert_clean_error(&o, "serve --adapter-dir", needle);
+        let o = lorafleet(&["generate", "--model", md(&model_dir()), "--prompt", "hi", "--max-new-tokens", "1", "--adapter-dir", md(&dir)]);
+        assert_clean_error(&o, "generate --adapter-dir", needle);
     }
 }

@@ -132,3 +132,97 @@ fn api_key_queue_limit_and_graceful_shutdown() {
     let log = s.log.lock().unwrap().clone();
     assert!(log.iter().any(|l| l.contains("shutting down")), "{log:?}");
 }
+
+/// A chunked body that ends with its terminating zero-size chunk, decoded; Err when the
+/// connection was cut inside it (what a client saw when a shutdown cut a stream).
+fn complete_chunked(raw: &[u8]) -> Result<Vec<u8>, String> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no end of headers")?;
+    let mut rest = &raw[split + 4..];
+    let mut out = Vec::new();
+    loop {
+        let nl = rest.windows(2).position(|w| w == b"\r\n").ok_or("cut before a chunk size")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..nl]).map_err(|e| e.to_string())?.trim(), 16).map_err(|e| e.to_string())?;
+        if size == 0 {
+            return Ok(out);
+        }
+        let chunk = rest.get(nl + 2..nl + 2 + size).ok_or("cut inside a chunk")?;
+        out.extend_from_slice(chunk);
+        rest = rest.get(nl + 2 + size + 2..).ok_or("cut after a chunk")?;
+    }
+}
+
+/// Issue 35's server classes: a chat message with an unknown role or null content is a 422
+/// naming the field; requests refused before any handler (a body that never arrives: 408; no
+/// such route: 404) are in the request log; streams still running when `--shutdown-timeout`
+/// passes end with an error event and a complete chunked body, then the process exits 0.
+#[test]
+fn chat_fields_refusal_logs_and_streams_cut_by_shutdown() {
+    use std::io::{Read, Write};
+    let model = model_dir();
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "--model".as_ref(), model.as_os_str(), "--device".as_ref(), "cpu".as_ref(), "--kv-cache-bytes".as_ref(), "256M".as_ref(),
+        "--shutdown-timeout".as_ref(), "1".as_ref(), "--body-timeout".as_ref(), "1".as_ref(),
+    ];
+    let mut server = TestServer::start(&args, &[("LORAFLEET_LOG_FORMAT", "json")], Duration::from_secs(300));
+    let s = server.handle.clone();
+
+    // Chat fields.
+    let chat = |messages: Value| s.post("/v1/chat/completions", json!({ "messages": messages, "max_tokens": 2 }));
+    let r = chat(json!([{ "role": "wizard", "content": "hi" }]));
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.json()["error"]["param"], "messages[0].role", "{}", r.body);
+    let r = chat(json!([{ "role": "system", "content": "be brief" }, { "role": "user", "content": null }]));
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.json()["error"]["param"], "messages[1].content", "{}", r.body);
+    let r = chat(json!([{ "role": "user", "content": "hi" }, { "role": "assistant", "content": null }, { "role": "user", "content": "and?" }]));
+    assert_eq!(r.status, 200, "an assistant message may have null content: {}", r.body);
+
+    // A body that never arrives (10 of its 100 bytes), and a route that does not exist.
+    let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+    write!(c, "POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{{\"inputs\":").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut raw = Vec::new();
+    c.read_to_end(&mut raw).unwrap();
+    assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 408"), "{}", String::from_utf8_lossy(&raw));
+    assert_eq!(s.request("GET", "/no/such/route", "").status, 404);
+    let entries = || -> Vec<Value> { s.log.lock().unwrap().iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).collect() };
+    wait_until("the 408 and the 404 in the request log", Duration::from_secs(10), || {
+        let e = entries();
+        e.iter().any(|e| e["path"] == "/generate" && e["status"] == 408 && e["outcome"] == "body_timeout") && e.iter().any(|e| e["path"] == "/no/such/route" && e["status"] == 404)
+    });
+
+    // Two long streams (LoRAX and OpenAI), SIGTERM, a 1 s shutdown timeout: both end with an
+    // error event inside a complete chunked body.
+    let raw_stream = |path: &str, body: Value| {
+        let body = body.to_string();
+        let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        write!(c, "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+        let mut raw = Vec::new();
+        let _ = c.read_to_end(&mut raw);
+        raw
+    };
+    let (lorax, openai) = std::thread::scope(|sc| {
+        let a = sc.spawn(|| raw_stream("/generate_stream", json!({ "inputs": "Once upon a time", "parameters": { "max_new_tokens": 1500, "ignore_eos_token": true } })));
+        let b = sc.spawn(|| raw_stream("/v1/completions", json!({ "prompt": "Once upon a time", "max_tokens": 1500, "ignore_eos": true, "stream": true })));
+        wait_until("both streams generating", Duration::from_secs(60), || {
+            let m = s.request("GET", "/metrics", "").body;
+            metric(&m, "lorafleet_running_sequences") >= 2.0
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let status = server.terminate(Duration::from_secs(30)).expect("the server exits after its shutdown timeout");
+        assert!(status.success(), "exit status {status}");
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    for (what, raw) in [("LoRAX", &lorax), ("OpenAI", &openai)] {
+        let body = complete_chunked(raw).unwrap_or_else(|e| panic!("{what} stream: {e}: {}", String::from_utf8_lossy(raw)));
+        let text = String::from_utf8(body).unwrap();
+        let events: Vec<Value> = text.split("\n\n").filter_map(|f| f.strip_prefix("data: ")).filter_map(|d| serde_json::from_str(d).ok()).collect();
+        assert!(events.len() > 1, "{what}: tokens before the end: {text}");
+        let last = events.last().unwrap();
+        let kind = if what == "LoRAX" { &last["error_type"] } else { &last["error"]["code"] };
+        assert_eq!(kind, "shutting_down", "{what}: the last event says why the stream ended: {last}");
+    }
+    let log = s.log.lock().unwrap().clone();
+    assert!(log.iter().any(|l| l.contains("2 requests ended with an error event")), "{log:?}");
+}

@@ -8,6 +8,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod device;
+pub mod host_memory;
 pub mod layout;
 pub mod numeric;
 pub mod random;

@@ -630,7 +630,7 @@ fn eval(a: EvalArgs) -> Result<()> {
 fn eval_on<B: Backend>(a: &EvalArgs, set: &lorafleet::eval::EvalSet, opts: &lorafleet::eval::EvalOptions, l: Loaded<B>) -> Result<()> {
     use lorafleet::eval::evaluate_to_file;
     let lora = AdapterArgs { adapter: opts.adapter.clone(), adapter_dir: a.adapter_dir.clone(), max_lora_rank: 128 };
-    let adapter = load_adapters(&l, &lora, std::slice::from_ref(&lora.adapter)).pop().transpose()?.flatten();
+    let adapter = load_adapters(&l, &lora, std::slice::from_ref(&lora.adapter))?.pop().transpose()?.flatten();
     let g = Generator::new(&l.model, &*l.be, &l.tok).with_adapter(adapter.as_deref());
     let bar = lorafleet::progress::bar(std::io::stderr().is_terminal(), set.examples.len() as u64, "eval");
     eprintln!("eval: {} examples of {}, metric {}, up to {} new tokens", set.examples.len(), set.name, set.metric, a.max_new_tokens);
@@ -679,10 +679,12 @@ fn check_model_args(m: &ModelArgs) -> Result<()> {
 fn load<B: Backend>(m: &ModelArgs, be: B) -> Result<Loaded<B>> {
     let tok = TextTokenizer::from_dir(&m.model)?;
     let opts = lorafleet::model::LoadOptions { format: m.format(), head: m.lm_head, progress: std::io::stderr().is_terminal() };
-    let model = match m.random()? {
+    let random = m.random()?;
+    let model = match &random {
         Some(r) => r.load(&be, opts.format, opts.progress)?,
         None => Llama::load_with(&be, &m.model, opts)?,
     };
+    lorafleet::model::check::tokenizer_in(&m.model, &tok, random.is_none().then_some(model.config.vocab_size))?;
     Ok(Loaded { be: Arc::new(be), model, tok })
 }
 
@@ -714,11 +716,14 @@ fn read_prompts_file(path: &Path) -> Result<Vec<(String, Option<String>)>> {
     Ok(out)
 }
 
-/// Loads the adapters `ids` name (each once), through the adapter cache.
-fn load_adapters<B: Backend>(l: &Loaded<B>, a: &AdapterArgs, ids: &[Option<String>]) -> Vec<Result<Option<Arc<LoadedAdapter<B>>>>> {
+/// Loads the adapters `ids` name (each once), through the adapter cache; a bad `--adapter-dir`
+/// fails the command before anything runs.
+#[allow(clippy::type_complexity)]
+fn load_adapters<B: Backend>(l: &Loaded<B>, a: &AdapterArgs, ids: &[Option<String>]) -> Result<Vec<Result<Option<Arc<LoadedAdapter<B>>>>>> {
     let opts = CacheOptions { adapter_dir: a.adapter_dir.clone(), max_host_adapters: 0, device_budget_bytes: usize::MAX, max_rank: a.max_lora_rank, allow_paths: true, synthetic: None };
+    opts.check().map_err(|e| Error::InvalidArgument(format!("--adapter-dir: {e}")))?;
     let mut cache = AdapterCache::new(l.be.clone(), l.model.config.clone(), opts);
-    ids.iter().map(|id| id.as_deref().map(|id| cache.get_blocking(id)).transpose()).collect()
+    Ok(ids.iter().map(|id| id.as_deref().map(|id| cache.get_blocking(id)).transpose()).collect())
 }
 
 fn parse_ids(s: &str) -> Result<Vec<u32>> {
@@ -761,7 +766,7 @@ fn generate_on<B: Backend>(a: &GenerateArgs, l: Loaded<B>) -> Result<()> {
         prompt_logprobs: false,
     };
     // A prompt whose adapter cannot be loaded fails alone; the others run as one batch.
-    let adapters = load_adapters(&l, &a.lora, &adapter_ids);
+    let adapters = load_adapters(&l, &a.lora, &adapter_ids)?;
     let runnable: Vec<usize> = (0..prompts.len()).filter(|&i| adapters[i].is_ok()).collect();
     let reqs: Vec<SeqRequest> =
         runnable.iter().map(|&i| SeqRequest { prompt_ids: prompts[i].clone(), options: options.clone() }).collect();
@@ -844,7 +849,7 @@ fn score(a: ScoreArgs) -> Result<()> {
 
 fn score_on<B: Backend>(a: &ScoreArgs, l: Loaded<B>) -> Result<()> {
     let ids = l.tok.encode(&prompt_text(&l.tok, &a.prompt, a.chat)?)?;
-    let adapter = load_adapters(&l, &a.lora, std::slice::from_ref(&a.lora.adapter)).pop().transpose()?.flatten();
+    let adapter = load_adapters(&l, &a.lora, std::slice::from_ref(&a.lora.adapter))?.pop().transpose()?.flatten();
     let s = lorafleet::engine::score_with_adapter(&l.model, &*l.be, &ids, adapter.as_deref())?;
     if a.json {
         println!("{}", serde_json::to_string(&s).map_err(|e| Error::InvalidArgument(e.to_string()))?);
@@ -870,6 +875,7 @@ fn bench(a: BenchArgs) -> Result<()> {
     }
     let tok = TextTokenizer::from_dir(&a.model.model)?;
     let cfg_model = a.model.config()?;
+    lorafleet::model::check::tokenizer_in(&a.model.model, &tok, a.model.random()?.is_none().then_some(cfg_model.vocab_size))?;
     // Synthetic adapters: made by the engine's adapter cache on the device when first requested
     // (no files); over HTTP the server must offer them (`serve --synthetic-adapters K`).
     let adapter_dir = a.adapter_dir.clone();
@@ -879,6 +885,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         names = (0..s.count).map(lorafleet::lora::SyntheticAdapters::id).collect();
     } else if let Some(d) = &a.adapter_dir {
         let cache_opts = CacheOptions { adapter_dir: Some(d.clone()), ..CacheOptions::default() };
+        cache_opts.check().map_err(|e| Error::InvalidArgument(format!("--adapter-dir: {e}")))?;
         names = AdapterCache::new(Arc::new(CpuBackend::new()), cfg_model.clone(), cache_opts).available();
     } else if a.url.is_some() {
         names = (0..a.adapters).map(lorafleet::lora::SyntheticAdapters::id).collect();

@@ -72,6 +72,8 @@ enum Command {
     /// Register a name for an adapter folder and load it (`AdapterCache::register`).
     LoadAdapter { name: String, path: std::path::PathBuf, reply: Sender<Result<()>> },
     UnloadAdapter { name: String, reply: Sender<Result<()>> },
+    /// End every queued and running request with `Error::ShuttingDown(reason)`.
+    AbortAll(String),
     Shutdown,
 }
 
@@ -105,6 +107,7 @@ impl Engine {
         if opts.max_batch_tokens == 0 || opts.max_running == 0 || opts.max_active_adapters == 0 || opts.block_size == 0 {
             return Err(Error::InvalidArgument("max batch tokens, max running, max active adapters and block size must be at least 1".into()));
         }
+        opts.cache.check().map_err(Error::InvalidArgument)?;
         let bs = opts.block_size;
         let blocks = match opts.kv_blocks {
             Some(n) if n > 0 => n,
@@ -112,8 +115,10 @@ impl Engine {
             // Sized in the backend's K/V element type (f32 on the CPU, the activation dtype on CUDA).
             None => model.kv_layout(bs, 0).with_budget(opts.kv_cache_bytes, be.kv_elem_bytes())?.num_blocks,
         };
-        let pool = BlockPool::new(blocks, bs);
+        // The cache first: its fit check (host or device memory) must come before anything sized
+        // by the block count, the pool's bookkeeping included.
         let kv = be.alloc_kv(model.kv_layout(bs, blocks))?;
+        let pool = BlockPool::new(blocks, bs);
         let limits = Limits {
             max_batch_tokens: opts.max_batch_tokens,
             max_running: opts.max_running,
@@ -280,6 +285,16 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Ends every queued and running request now, each stream with a final
+    /// `Event::Error(Error::ShuttingDown(reason))`; the engine goes on taking new requests. A
+    /// server calls it when its shutdown timeout passes, so that no client sees a stream cut
+    /// mid-chunk.
+    pub fn abort_all(&self, reason: &str) {
+        let _ = self.commands.send(Command::AbortAll(reason.to_string()));
+    }
+}
+
 impl Drop for Engine {
     fn drop(&mut self) {
         let _ = self.commands.send(Command::Shutdown);
@@ -353,6 +368,7 @@ fn error_copy(e: &Error) -> Error {
         Error::PromptTooLong { tokens, max } => Error::PromptTooLong { tokens: *tokens, max: *max },
         Error::BadRequest(m) => Error::BadRequest(m.clone()),
         Error::Cuda(m) => Error::Cuda(m.clone()),
+        Error::ShuttingDown(m) => Error::ShuttingDown(m.clone()),
         other => Error::InvalidArgument(other.to_string()),
     }
 }
@@ -437,9 +453,24 @@ impl<B: Backend> Worker<B> {
                 Command::UnloadAdapter { name, reply } => {
                     let _ = reply.send(self.cache.unregister(&name));
                 }
-                Command::Shutdown => return false,
+                Command::AbortAll(reason) => self.abort_all(&reason),
+                Command::Shutdown => {
+                    // Every stream gets a final event, also when the engine itself goes away.
+                    self.abort_all("the engine was stopped");
+                    return false;
+                }
             }
         }
+    }
+
+    /// Ends every queued and running request with `Error::ShuttingDown(reason)` (their blocks
+    /// return to the pool as their tables drop).
+    fn abort_all(&mut self, reason: &str) {
+        let queued: Vec<Seq<B>> = std::mem::take(&mut self.queues).into_values().flatten().collect();
+        for s in std::mem::take(&mut self.running).into_iter().chain(queued) {
+            self.fail(s, Error::ShuttingDown(reason.to_string()));
+        }
+        self.publish();
     }
 
     fn fail(&mut self, s: Seq<B>, e: Error) {

@@ -151,8 +151,9 @@ impl<'a, B: Backend> Generator<'a, B> {
             Some(bytes) => self.model.kv_layout(bs, 0).with_budget(bytes, self.be.kv_elem_bytes())?.num_blocks,
             None => reqs.iter().map(|r| (r.prompt_ids.len() + r.options.max_new_tokens).div_ceil(bs)).sum::<usize>().max(1),
         };
+        // The cache first: its fit check must come before anything sized by the block count.
+        let mut kv = self.be.alloc_kv(self.model.kv_layout(bs, blocks))?;
         let pool = BlockPool::new(blocks, bs);
-        let mut kv = self.be.alloc_kv(self.model.kv_layout(bs, pool.num_blocks()))?;
         let eos = &self.model.config.eos_token_ids;
         let mut seqs: Vec<Seq> = reqs
             .iter()

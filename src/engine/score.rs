@@ -36,8 +36,9 @@ fn all_logits<B: Backend>(model: &Llama<B>, be: &B, ids: &[u32], adapter: Option
     if ids.len() > max {
         return Err(Error::PromptTooLong { tokens: ids.len(), max });
     }
-    let pool = BlockPool::new(ids.len().div_ceil(DEFAULT_BLOCK_SIZE), DEFAULT_BLOCK_SIZE);
-    let mut kv = be.alloc_kv(model.kv_layout(DEFAULT_BLOCK_SIZE, pool.num_blocks()))?;
+    let blocks = ids.len().div_ceil(DEFAULT_BLOCK_SIZE);
+    let mut kv = be.alloc_kv(model.kv_layout(DEFAULT_BLOCK_SIZE, blocks))?;
+    let pool = BlockPool::new(blocks, DEFAULT_BLOCK_SIZE);
     let mut table = BlockTable::new(&pool);
     table.reserve(ids.len())?;
     let batch = BatchLayout::new(DEFAULT_BLOCK_SIZE, &[(&table, ids.len())]);

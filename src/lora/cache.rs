@@ -62,6 +62,21 @@ impl SyntheticAdapters {
     }
 }
 
+impl CacheOptions {
+    /// The adapter directory, when given, is a readable directory: a missing folder or a file
+    /// used to start a server that then offered no adapter and failed every request for one.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if let Some(d) = &self.adapter_dir {
+            let meta = std::fs::metadata(d).map_err(|e| format!("adapter directory {}: {e}", d.display()))?;
+            if !meta.is_dir() {
+                return Err(format!("adapter directory {}: not a directory", d.display()));
+            }
+            std::fs::read_dir(d).map_err(|e| format!("adapter directory {}: cannot be listed: {e}", d.display()))?;
+        }
+        Ok(())
+    }
+}
+
 impl Default for CacheOptions {
     fn default() -> Self {
         CacheOptions { adapter_dir: None, max_host_adapters: 64, device_budget_bytes: 1 << 30, max_rank: 128, allow_paths: false, synthetic: None }

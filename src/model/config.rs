@@ -102,11 +102,17 @@ impl ModelConfig {
                 }
             }
         };
-        let ids = |k: &str| -> Vec<u32> {
+        // Special token ids: absent or null is none; anything else must be token ids (a negative
+        // or fractional one used to be dropped without a word, and generation then never
+        // stopped at EOS).
+        let ids = |k: &str| -> std::result::Result<Vec<u32>, String> {
+            let one = |x: &Value| -> std::result::Result<u32, String> {
+                x.as_u64().and_then(|i| u32::try_from(i).ok()).ok_or_else(|| format!("`{k}` holds {x}; a token id is an integer from 0"))
+            };
             match v.get(k) {
-                Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-                Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
-                _ => vec![],
+                None | Some(Value::Null) => Ok(vec![]),
+                Some(Value::Array(a)) => a.iter().map(one).collect(),
+                Some(x) => one(x).map(|i| vec![i]),
             }
         };
         // The MLP activation: SiLU is what the forward pass computes (Llama, Mistral, Qwen2).
@@ -142,8 +148,8 @@ impl ModelConfig {
                 .get("attention_bias")
                 .and_then(Value::as_bool)
                 .unwrap_or(arch == Arch::Qwen2),
-            bos_token_id: ids("bos_token_id").first().copied(),
-            eos_token_ids: ids("eos_token_id"),
+            bos_token_id: ids("bos_token_id")?.first().copied(),
+            eos_token_ids: ids("eos_token_id")?,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -201,6 +207,11 @@ impl ModelConfig {
         }
         if !self.head_dim.is_multiple_of(2) {
             return Err(format!("head_dim {} must be even for RoPE", self.head_dim));
+        }
+        for (k, id) in self.bos_token_id.iter().map(|&b| ("bos_token_id", b)).chain(self.eos_token_ids.iter().map(|&e| ("eos_token_id", e))) {
+            if id as usize >= self.vocab_size {
+                return Err(format!("`{k}` {id} is outside the vocabulary (vocab_size {})", self.vocab_size));
+            }
         }
         Ok(())
     }
@@ -274,6 +285,13 @@ mod tests {
             ("\"rope_theta\":100000.0", "\"rope_theta\":-5", "`rope_theta` is -5"),
             ("\"rope_theta\":100000.0", "\"rope_theta\":1e300", "`rope_theta` is inf"),
             ("\"model_type\":\"llama\"", "\"model_type\":\"llama\",\"hidden_act\":\"gelu\"", "hidden_act \"gelu\" is not supported"),
+            // Special token ids: inside the vocabulary, non-negative integers.
+            ("\"eos_token_id\":2", "\"eos_token_id\":49152", "`eos_token_id` 49152 is outside the vocabulary (vocab_size 49152)"),
+            ("\"eos_token_id\":2", "\"eos_token_id\":[2, 60000]", "`eos_token_id` 60000 is outside the vocabulary"),
+            ("\"eos_token_id\":2", "\"eos_token_id\":-1", "`eos_token_id` holds -1; a token id is an integer from 0"),
+            ("\"eos_token_id\":2", "\"eos_token_id\":2.5", "`eos_token_id` holds 2.5"),
+            ("\"bos_token_id\":1", "\"bos_token_id\":-7", "`bos_token_id` holds -7"),
+            ("\"bos_token_id\":1", "\"bos_token_id\":1000000", "`bos_token_id` 1000000 is outside the vocabulary"),
         ] {
             let bad = SMOL.replace(from, to);
             assert_ne!(bad, SMOL, "{from}");
@@ -282,6 +300,11 @@ mod tests {
         }
         let silu = SMOL.replace("\"model_type\":\"llama\"", "\"model_type\":\"llama\",\"hidden_act\":\"silu\"");
         ModelConfig::from_json_str(&silu).unwrap();
+        // No special ids (absent or null) is allowed: generation then stops only at its limits.
+        let none = SMOL.replace(",\"bos_token_id\":1,\"eos_token_id\":2", ",\"bos_token_id\":null");
+        assert_ne!(none, SMOL);
+        let c = ModelConfig::from_json_str(&none).unwrap();
+        assert!(c.bos_token_id.is_none() && c.eos_token_ids.is_empty());
     }
 
     #[test]

@@ -194,6 +194,7 @@ impl<B: Backend> Llama<B> {
     }
 
     pub fn from_weights_with(be: &B, config: ModelConfig, w: &WeightFiles, opts: LoadOptions) -> Result<Self> {
+        super::check::layers(&config, w).map_err(Error::InvalidArgument)?;
         let progress = opts.progress;
         Self::from_source(be, config, &FileSource { w, opts }, progress)
     }

@@ -1,5 +1,6 @@
 //! Model definition: HF config, weight loading, GGUF import and the forward pass.
 
+pub mod check;
 pub mod config;
 pub mod fetch;
 pub mod gguf;

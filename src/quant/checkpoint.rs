@@ -76,6 +76,10 @@ pub fn quantize_dir(src: &Path, out: &Path, progress: bool) -> Result<()> {
     let model_cfg = crate::model::ModelConfig::from_json_str(&cfg_text).map_err(|msg| Error::Config { path: cfg_path.clone(), msg })?;
     let w = WeightFiles::open_dir(src)?;
     check_linear_shapes(&w, &model_cfg, src)?;
+    // What every loader checks, so that quantize never writes a model they would refuse.
+    crate::model::check::layers(&model_cfg, &w).map_err(|msg| Error::Config { path: cfg_path.clone(), msg })?;
+    let tok = crate::tokenizer::TextTokenizer::from_dir(src)?;
+    crate::model::check::tokenizer_in(src, &tok, Some(model_cfg.vocab_size))?;
     let mut names: Vec<&str> = w.names().collect();
     names.sort_unstable();
     let bar = crate::progress::bar(progress, names.len() as u64, "quantizing");
@@ -155,6 +159,8 @@ mod tests {
             (with("hidden_act", serde_json::json!("gelu")), "hidden_act"),
             (with("intermediate_size", serde_json::json!(ff + 8)), "config.json gives"),
             (with("num_hidden_layers", serde_json::json!(v["num_hidden_layers"].as_u64().unwrap() + 1)), "is missing"),
+            (with("num_hidden_layers", serde_json::json!(v["num_hidden_layers"].as_u64().unwrap() - 1)), "but the weights hold 2 decoder layers"),
+            (with("eos_token_id", serde_json::json!(64)), "`eos_token_id` 64 is outside the vocabulary"),
         ] {
             std::fs::write(&cfg_path, &bad).unwrap();
             let out = tmp.join("out-bad");
@@ -163,6 +169,12 @@ mod tests {
             assert!(!out.exists(), "{needle}: nothing is written");
         }
         std::fs::write(&cfg_path, &good).unwrap();
+        // A model no loader takes (no tokenizer, or one that encodes nothing) is not quantized.
+        let tok = std::fs::read(src.join("tokenizer.json")).unwrap();
+        std::fs::remove_file(src.join("tokenizer.json")).unwrap();
+        let e = quantize_dir(&src, &tmp.join("out-notok"), false).unwrap_err().to_string();
+        assert!(e.contains("tokenizer.json") && !tmp.join("out-notok").exists(), "{e}");
+        std::fs::write(src.join("tokenizer.json"), &tok).unwrap();
         quantize_dir(&src, &tmp.join("out"), false).unwrap();
         assert!(tmp.join("out/model.safetensors").is_file());
         let _ = std::fs::remove_dir_all(&tmp);

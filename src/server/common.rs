@@ -145,6 +145,7 @@ impl From<Error> for ApiError {
             Error::Adapter { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "adapter"),
             Error::PromptTooLong { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "prompt_too_long"),
             Error::NonFiniteLogits { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "non_finite_logits"),
+            Error::ShuttingDown(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             Error::EmptyPrompt | Error::BadRequest(_) | Error::Tokenize(_) | Error::ChatTemplate(_) | Error::InvalidArgument(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "validation")
             }
@@ -309,19 +310,44 @@ fn body_timeout() -> Duration {
 pub async fn read_body(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let (parts, body) = req.into_parts();
     let openai = parts.uri.path().starts_with("/v1/");
+    // A request refused here never reaches a handler's RequestLog: it is logged here.
+    let refuse = |e: ApiError| {
+        log_refused(&parts.method, parts.uri.path(), &e);
+        e.respond(openai)
+    };
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    let too_big = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the request body is over {MAX_BODY_BYTES} bytes")).respond(openai);
+    let too_big = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the request body is over {MAX_BODY_BYTES} bytes"));
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return too_big();
+        return refuse(too_big());
     }
     let timeout = body_timeout();
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
-        Err(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", format!("the request body did not arrive within {:.1} s", timeout.as_secs_f64())).respond(openai),
+        Err(_) => refuse(ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", format!("the request body did not arrive within {:.1} s", timeout.as_secs_f64()))),
         // Without a declared length, the limit is the likely reason; a broken body otherwise.
-        Ok(Err(_)) if declared.is_none() => too_big(),
-        Ok(Err(e)) => ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("the request body could not be read: {e}")).respond(openai),
+        Ok(Err(_)) if declared.is_none() => refuse(too_big()),
+        Ok(Err(e)) => refuse(ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("the request body could not be read: {e}"))),
         Ok(Ok(bytes)) => next.run(axum::extract::Request::from_parts(parts, Body::from(bytes))).await,
     }
+}
+
+/// The request-log line of a request refused before any handler (body too large or too slow,
+/// no such route or method): the fields a handler's `RequestLog` writes, as far as they are known.
+pub fn log_refused(method: &axum::http::Method, path: &str, e: &ApiError) {
+    tracing::info!(target: "lorafleet::request", method = %method, path = %client_text(path), status = e.status.as_u16(), outcome = %e.kind);
+}
+
+/// The answer to a path no route serves: a JSON 404, logged.
+pub async fn no_route(req: axum::extract::Request) -> Response {
+    let e = ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route {}", client_text(req.uri().path())));
+    log_refused(req.method(), req.uri().path(), &e);
+    e.respond(req.uri().path().starts_with("/v1/"))
+}
+
+/// The answer to a method a route does not take: a JSON 405, logged.
+pub async fn no_method(req: axum::extract::Request) -> Response {
+    let e = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{} does not take {}", client_text(req.uri().path()), req.method()));
+    log_refused(req.method(), req.uri().path(), &e);
+    e.respond(req.uri().path().starts_with("/v1/"))
 }
 
 /// Middleware: every route but /health needs `Authorization: Bearer KEY` when the server has a key

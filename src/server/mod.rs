@@ -95,6 +95,8 @@ pub fn router(app: App) -> Router {
         .route("/v1/unload_lora_adapter", post(openai::unload_lora_adapter))
         .route("/health", get(health))
         .route("/metrics", get(metrics::metrics))
+        .fallback(common::no_route)
+        .method_not_allowed_fallback(common::no_method)
         .layer(axum::middleware::from_fn(common::read_body))
         // The middleware enforces the body limit (with a JSON 413); axum's own 2 MB default
         // would answer in plain text first.
@@ -155,6 +157,8 @@ fn start_engine<B: Backend>(be: B, opts: &ServeOptions) -> Result<Engine> {
         Some(r) => r.load(&*be, opts.format, progress)?,
         None => Llama::load_with(&*be, &opts.model, LoadOptions { format: opts.format, head: opts.lm_head, progress })?,
     });
+    // A tokenizer that cannot encode text would fail every request: refuse it before serving.
+    crate::model::check::tokenizer_in(&opts.model, &tokenizer, opts.random_weights.is_none().then_some(model.config.vocab_size))?;
     let mut engine = opts.engine.clone();
     if let Some((free, _total)) = be.device_memory() {
         if opts.kv_from_device_memory {
@@ -180,6 +184,8 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
     if !opts.model.is_dir() {
         return Err(Error::InvalidArgument(format!("--model {}: not a directory", opts.model.display())));
     }
+    // Before the model loads: a missing or non-directory --adapter-dir is a start-up error.
+    opts.engine.cache.check().map_err(|e| Error::InvalidArgument(format!("--adapter-dir: {e}")))?;
     let model_id = opts
         .model
         .canonicalize()
@@ -227,9 +233,19 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
                 while app.in_flight() > 0 && tokio::time::Instant::now() < deadline {
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
-                // A moment for the last frames to leave the sockets.
+                // Past the timeout: every request still running ends with an error event (a 503
+                // for a non-streamed one) instead of a connection cut mid-chunk; a moment for
+                // those last frames to leave the sockets.
+                let cut = app.in_flight();
+                if cut > 0 {
+                    app.engine.abort_all(&format!("the server is shutting down (--shutdown-timeout {:.0} s passed)", opts.shutdown_timeout.as_secs_f64()));
+                    let grace = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+                    while app.in_flight() > 0 && tokio::time::Instant::now() < grace {
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                eprintln!("lorafleet serve: stopped ({} requests cut)", app.in_flight());
+                eprintln!("lorafleet serve: stopped ({cut} requests ended with an error event)");
                 Ok(())
             }
         }

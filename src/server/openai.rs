@@ -305,9 +305,36 @@ pub async fn completions(State(app): State<App>, body: Bytes) -> Response {
     run(app, prepared, Kind::Completion, log).await
 }
 
+/// Roles a chat message may have: what chat templates are written for (a role they do not know
+/// would be copied into the prompt as text, or dropped, and the model answer something else).
+const CHAT_ROLES: [&str; 3] = ["system", "user", "assistant"];
+
+/// Each message's role is one of `CHAT_ROLES` and its content is not null or absent (OpenAI
+/// allows that only on an assistant message that made tool calls): a 422 naming
+/// `messages[i].role` or `messages[i].content`. A body that is not JSON, or whose `messages` is
+/// not an array of objects, is left to `parse_body`'s own message.
+fn check_messages(body: &Bytes) -> Result<(), ApiError> {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else { return Ok(()) };
+    let Some(msgs) = v.get("messages").and_then(Value::as_array) else { return Ok(()) };
+    for (i, m) in msgs.iter().enumerate() {
+        let Some(m) = m.as_object() else { continue };
+        let role = match m.get("role") {
+            Some(Value::String(r)) if CHAT_ROLES.contains(&r.as_str()) => r.as_str(),
+            Some(Value::String(r)) => return Err(ApiError::field(&format!("messages[{i}].role"), format!("{r:?} is not a role this server takes ({})", CHAT_ROLES.join(", ")))),
+            Some(other) => return Err(ApiError::field(&format!("messages[{i}].role"), format!("{other} is not a string"))),
+            None => return Err(ApiError::field(&format!("messages[{i}].role"), "is missing")),
+        };
+        if matches!(m.get("content"), None | Some(Value::Null)) && role != "assistant" {
+            return Err(ApiError::field(&format!("messages[{i}].content"), format!("is {}; a {role} message needs content", if m.contains_key("content") { "null" } else { "missing" })));
+        }
+    }
+    Ok(())
+}
+
 pub async fn chat_completions(State(app): State<App>, body: Bytes) -> Response {
     let mut log = RequestLog::new("POST", "/v1/chat/completions");
     let prepared = (|| {
+        check_messages(&body)?;
         let b: ChatBody = parse_body(&body)?;
         if b.messages.is_empty() {
             return Err(ApiError::field("messages", "is empty"));

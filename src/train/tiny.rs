@@ -14,10 +14,29 @@ pub const CONFIG_JSON: &str = r#"{"architectures":["LlamaForCausalLM"],"model_ty
 "vocab_size":64,"rms_norm_eps":1e-5,"rope_theta":10000.0,"tie_word_embeddings":true,
 "max_position_embeddings":128,"bos_token_id":1,"eos_token_id":2}"#;
 
+/// A word-level tokenizer over the tiny vocabulary (`[UNK]`, `<s>`, `</s>`, then `w3` .. `w63`,
+/// split on whitespace): enough for the directory to be a model every loader accepts.
+pub fn tokenizer_json() -> String {
+    let mut vocab = serde_json::Map::new();
+    for (i, t) in ["[UNK]", "<s>", "</s>"].iter().enumerate() {
+        vocab.insert(t.to_string(), i.into());
+    }
+    for i in 3..64 {
+        vocab.insert(format!("w{i}"), i.into());
+    }
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": { "type": "Whitespace" }, "post_processor": null, "decoder": null,
+        "model": { "type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]" }
+    })
+    .to_string()
+}
+
 /// Writes the tiny model with weights drawn from `seed` into `dir`.
 pub fn write_tiny_model(dir: &Path, seed: u64) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     std::fs::write(dir.join("config.json"), CONFIG_JSON).map_err(|e| Error::io(dir.join("config.json"), e))?;
+    std::fs::write(dir.join("tokenizer.json"), tokenizer_json()).map_err(|e| Error::io(dir.join("tokenizer.json"), e))?;
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut rand = |n: usize, scale: f32, offset: f32| -> Vec<f32> {
         (0..n)

@@ -187,8 +187,13 @@ macro_rules! on_device {
     }};
 }
 
-fn step_options(b: &BaseArgs) -> StepOptions {
-    StepOptions { checkpoint_activations: b.checkpoint_activations, vocab_chunk: b.vocab_chunk.max(1), ..StepOptions::default() }
+/// The step options the flags give; `--vocab-chunk 0` is refused (it used to be taken as 1
+/// without a word).
+fn step_options(b: &BaseArgs) -> Result<StepOptions> {
+    if b.vocab_chunk == 0 {
+        return Err(Error::InvalidArgument("--vocab-chunk must be at least 1".into()));
+    }
+    Ok(StepOptions { checkpoint_activations: b.checkpoint_activations, vocab_chunk: b.vocab_chunk, ..StepOptions::default() })
 }
 
 fn run_gradients(a: GradientsArgs) -> Result<()> {
@@ -201,6 +206,7 @@ fn gradients_on<B: TrainBackend>(model: &TrainModel<B>, a: &GradientsArgs, t0: I
         (Some(p), Some(c)) => (p, c),
         (p, c) => {
             let tok = TextTokenizer::from_dir(&a.base.model)?;
+            lorafleet::model::check::tokenizer_in(&a.base.model, &tok, Some(model.config.vocab_size))?;
             let p = match p {
                 Some(p) => p,
                 None => tok.encode(a.prompt.as_deref().unwrap_or_default())?,
@@ -216,7 +222,7 @@ fn gradients_on<B: TrainBackend>(model: &TrainModel<B>, a: &GradientsArgs, t0: I
     let adapter = LoraAdapter::load(&id, &a.adapter, &model.config, usize::MAX)?;
     let loaded = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let (loss, grads) = gradients::gradients(model, &adapter, &Example::new(&prompt, &completion), step_options(&a.base))?;
+    let (loss, grads) = gradients::gradients(model, &adapter, &Example::new(&prompt, &completion), step_options(&a.base)?)?;
     let step = t1.elapsed().as_secs_f64();
     gradients::write(&a.out, loss, &grads, &adapter)?;
     eprintln!(
@@ -267,7 +273,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         shuffle: !a.no_shuffle,
         init_adapter: a.init_adapter.clone(),
         checkpoint_every: a.checkpoint_every,
-        step: StepOptions { lora_dropout: a.lora_dropout, ..step_options(&a.base) },
+        step: StepOptions { lora_dropout: a.lora_dropout, ..step_options(&a.base)? },
         stop_after: a.stop_after,
         resume: a.resume.clone(),
         progress: !a.no_progress,
@@ -280,6 +286,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
 
 fn train_on<B: TrainBackend>(model: &TrainModel<B>, a: &TrainArgs, mut cfg: TrainConfig) -> Result<()> {
     let tok = TextTokenizer::from_dir(&a.base.model)?;
+    lorafleet::model::check::tokenizer_in(&a.base.model, &tok, Some(model.config.vocab_size))?;
     let examples = data::read_jsonl(&a.data, &tok, a.max_seq_len)?;
     cfg.pad_id = model.config.eos_token_ids.first().copied().unwrap_or(0);
     let tokens: usize = examples.iter().map(|e| e.ids.len()).sum();

@@ -63,6 +63,7 @@ fn bad_arguments_and_data_fail_with_one_clear_error() {
         (&["--warmup-ratio=-0.1"], "--warmup-ratio -0.1 is outside [0, 1]"),
         (&["--max-grad-norm", "NaN"], "--max-grad-norm NaN"),
         (&["--weight-decay=-1"], "--weight-decay -1"),
+        (&["--vocab-chunk", "0"], "--vocab-chunk must be at least 1"),
     ] {
         let o = train(args, &good, "flags");
         refused(&o, &args.join(" "), needle);

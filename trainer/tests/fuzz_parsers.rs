@@ -1,5 +1,6 @@
 //! Seeded mutation fuzzing of every parser of untrusted input: safetensors files (header and
-//! data), GGUF headers and tensor infos (and the conversion that reads them), config.json,
+//! data), GGUF headers and tensor infos (and the conversion that reads them), config.json (then
+//! the model built from it and the load-time checks), tokenizer.json (then the same checks),
 //! adapter_config.json and training checkpoints (trainer_state.json + optimizer.safetensors).
 //! Every case must end in a clean error or a valid result: no panic, no hang (10 s per case), no
 //! abort. The cases run in a child process under a 3 GiB address-space cap (`ulimit -v`), so a
@@ -59,7 +60,7 @@ fn parsers_survive_mutated_input() {
         "the fuzzing child failed (seed {seed}; a signal means an abort, e.g. an allocation past the 3 GiB cap): {}\n{stdout}\n{stderr}",
         out.status
     );
-    assert_eq!(lines.iter().filter(|l| l.contains(" cases, ")).count(), 5, "one summary per parser: {lines:?}");
+    assert_eq!(lines.iter().filter(|l| l.contains(" cases, ")).count(), 6, "one summary per parser: {lines:?}");
     eprintln!("fuzzing: seed {seed}, {:.1} s", t.elapsed().as_secs_f64());
 }
 
@@ -102,10 +103,23 @@ fn fuzz_child() {
     std::fs::create_dir_all(&config_case).unwrap();
     std::fs::copy(model_dir.join("model.safetensors"), config_case.join("model.safetensors")).unwrap();
     let cpu = lorafleet::backend::cpu::CpuBackend::new();
+    std::fs::copy(model_dir.join("tokenizer.json"), config_case.join("tokenizer.json")).unwrap();
+    let tiny_tok = lorafleet::TextTokenizer::from_dir(&config_case).unwrap();
     run("config.json", seed, cases, &seeds.config, &dir, |path| {
         ModelConfig::from_file(path).map_err(|e| e.to_string())?;
         std::fs::copy(path, config_case.join("config.json")).unwrap();
-        lorafleet::model::Llama::load(&cpu, &config_case, false).map(|_| ()).map_err(|e| e.to_string())
+        let m = lorafleet::model::Llama::load(&cpu, &config_case, false).map_err(|e| e.to_string())?;
+        // The load-time checks every verb runs: special ids (in the parse), layers, tokenizer.
+        lorafleet::model::check::tokenizer_in(&config_case, &tiny_tok, Some(m.config.vocab_size)).map_err(|e| e.to_string())
+    });
+    // tokenizer.json: what every verb loads beside the model, then checks (usable, ids inside
+    // the vocabulary).
+    let tok_case = dir.join("tokenizer-case");
+    std::fs::create_dir_all(&tok_case).unwrap();
+    run("tokenizer.json", seed, cases, &seeds.tokenizer, &dir, |path| {
+        std::fs::copy(path, tok_case.join("tokenizer.json")).unwrap();
+        let tok = lorafleet::TextTokenizer::from_dir(&tok_case).map_err(|e| e.to_string())?;
+        lorafleet::model::check::tokenizer_in(&tok_case, &tok, Some(64)).map_err(|e| e.to_string())
     });
     run("adapter_config.json", seed, cases, &seeds.adapter_config, &dir, |path| {
         let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
@@ -255,6 +269,7 @@ struct Seeds {
     safetensors: Vec<u8>,
     gguf: Vec<u8>,
     config: Vec<u8>,
+    tokenizer: Vec<u8>,
     adapter_config: Vec<u8>,
     checkpoint: PathBuf,
 }
@@ -298,6 +313,7 @@ impl Seeds {
             safetensors: std::fs::read(model.join("model.safetensors")).unwrap(),
             gguf: minimal_gguf(),
             config: std::fs::read(model.join("config.json")).unwrap(),
+            tokenizer: std::fs::read(model.join("tokenizer.json")).unwrap(),
             adapter_config,
             checkpoint: dir.join("run/checkpoint-1"),
         }

@@ -161,23 +161,11 @@ impl Backend for CpuBackend {
 
     fn alloc_kv(&self, layout: KvLayout) -> Result<CpuKv> {
         let n = layout.layer_elems();
-        // Refuse a cache the machine cannot hold (the allocation would abort the process or
-        // wake the OOM killer): checked against MemAvailable before anything is allocated.
+        // Refuse a cache this process cannot hold (the allocation would abort it or wake the OOM
+        // killer): checked against what it may still allocate (free memory, its address-space
+        // limit, its cgroup's limit) before anything is allocated.
         let bytes = layout.bytes_per_block(4).checked_mul(layout.num_blocks);
-        let available = host_memory_available();
-        let fits = match (bytes, available) {
-            (None, _) => false,
-            (Some(b), Some(a)) => b <= a,
-            (Some(_), None) => true,
-        };
-        if !fits {
-            return Err(crate::Error::InvalidArgument(format!(
-                "a KV cache of {} blocks ({} bytes) does not fit in the {} bytes of memory available (--kv-cache-bytes)",
-                layout.num_blocks,
-                bytes.map_or("too many".into(), |b| b.to_string()),
-                available.map_or("unknown".into(), |a| a.to_string())
-            )));
-        }
+        super::host_memory::check_fits(&format!("a KV cache of {} blocks (--kv-cache-bytes)", layout.num_blocks), bytes).map_err(crate::Error::InvalidArgument)?;
         Ok(CpuKv { layout, layers: (0..layout.num_layers).map(|_| (vec![0.0; n], vec![0.0; n])).collect() })
     }
 
@@ -376,15 +364,6 @@ impl Backend for CpuBackend {
         }
         lora::lora_apply(&x.data, x.cols, &refs, &mut y.data, y.cols)
     }
-}
-
-/// Bytes of memory the kernel reports available for new allocations (`MemAvailable` of
-/// /proc/meminfo); None where there is no such file.
-pub fn host_memory_available() -> Option<usize> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
 }
 
 /// `out [T, cols] += bias [cols]` on every row (nothing without a bias).
