@@ -244,6 +244,16 @@ fn limits_and_load_time_checks_refuse_cleanly() {
         .output()
         .expect("run lorafleet under ulimit -v");
     assert_clean_error(&o, "KV cache past the address-space limit", "may still allocate");
+    // Under ~0.9 GB the f32 model itself (0.54 GB, beside its mapped file) does not fit: each
+    // tensor is checked before it is read, so the load stops with a clean error.
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 900000 && exec \"$0\" \"$@\"")
+        .arg(bin)
+        .args(["generate", "--model", md(&model_dir()), "--device", "cpu", "--prompt", "hi", "--max-new-tokens", "1"])
+        .output()
+        .expect("run lorafleet under ulimit -v");
+    assert_clean_error(&o, "model past the address-space limit", "allocate");
 
     // A config that declares one layer fewer than the weights hold.
     let good = std::fs::read_to_string(model_dir().join("config.json")).unwrap();

@@ -216,8 +216,21 @@ impl<B: Backend> Llama<B> {
     pub fn from_source(be: &B, config: ModelConfig, src: &dyn WeightSource, show_progress: bool) -> Result<Self> {
         let c = &config;
         let (h, qd, kvd, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
-        let matrix = |name: &str, rows: usize, cols: usize| -> Result<B::Matrix> { be.upload_table(src.dense(name, rows, cols)?) };
-        let linear = |name: &str, rows: usize, cols: usize| -> Result<B::Matrix> { be.upload_matrix(src.linear(name, rows, cols)?) };
+        // Each tensor is read into host memory as f32 (at most) before the backend takes it:
+        // checked against what this process may still allocate first, so a model past a memory
+        // limit (`ulimit -v`, a cgroup) is a clean error at the tensor it stops at, not an abort.
+        let room = |name: &str, rows: usize, cols: usize| -> Result<()> {
+            crate::backend::host_memory::check_fits(&format!("loading {name} ([{rows}, {cols}] as f32)"), rows.checked_mul(cols).and_then(|n| n.checked_mul(4)))
+                .map_err(Error::InvalidArgument)
+        };
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<B::Matrix> {
+            room(name, rows, cols)?;
+            be.upload_table(src.dense(name, rows, cols)?)
+        };
+        let linear = |name: &str, rows: usize, cols: usize| -> Result<B::Matrix> {
+            room(name, rows, cols)?;
+            be.upload_matrix(src.linear(name, rows, cols)?)
+        };
         let vector = |name: &str, n: usize| -> Result<B::Vector> { be.upload_vector(&src.vector(name, n)?) };
         let bar = crate::progress::bar(show_progress, c.num_layers as u64, "loading layers");
         let mut layers = Vec::with_capacity(c.num_layers);
@@ -253,7 +266,10 @@ impl<B: Backend> Llama<B> {
         let lm_head = match (src.head_format(), head_name) {
             // Tied and f32: the head is the embedding table itself.
             (HeadFormat::F32, "model.embed_tokens.weight") => None,
-            (format, name) => Some(be.upload_head(src.dense(name, c.vocab_size, h)?, format)?),
+            (format, name) => {
+                room(name, c.vocab_size, h)?;
+                Some(be.upload_head(src.dense(name, c.vocab_size, h)?, format)?)
+            }
         };
         let norm = vector("model.norm.weight", h)?;
         let (cos, sin) = rope_tables(&c.rope_inv_freq(), c.max_position_embeddings);
