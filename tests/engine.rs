@@ -360,3 +360,98 @@ fn an_adapter_waiting_for_budget_room_does_not_starve() {
     assert_eq!(fin.generated_tokens, 4);
     assert!(a_done > 0);
 }
+
+/// Automatic prefix caching (issue 29): requests sharing a template reuse its full KV blocks
+/// (the stats count the hit tokens) and still give exactly the tokens each gives alone (no
+/// cache); the same prompt under another adapter shares nothing; an adapter reloaded from new
+/// files misses its old blocks, and hits again once its new ones are cached.
+#[test]
+fn prefix_cache_is_exact_scoped_to_the_adapter_and_misses_after_a_reload() {
+    let f = fixture();
+    let engine = start(options(f));
+    let template = f.tok.encode(&"You are a careful reviewer. Read the text and answer with one word, positive or negative. ".repeat(3)).unwrap();
+    assert!(template.len() >= 48, "a template of several blocks: {} tokens", template.len());
+    let inputs = ["The film was a delight.", "Dull and far too long.", "I would watch it again tomorrow."];
+    let prompt = |i: usize| [template.clone(), f.tok.encode(inputs[i]).unwrap()].concat();
+    let full_blocks = (template.len() / 16 * 16) as u64;
+    let hits = || engine.stats().prefix.hit_tokens;
+    // Runs one request alone; returns its tokens and the hit tokens its admission found.
+    let run = |p: &[u32], adapter: Option<&str>| -> (Vec<u32>, u64) {
+        let before = hits();
+        let fin = engine.submit(GenerateRequest::new(Prompt::Ids(p.to_vec()), adapter.map(str::to_owned), greedy(8))).unwrap().wait().unwrap();
+        wait_until("stats published", Duration::from_secs(5), || engine.stats().requests_finished >= 1);
+        (fin.token_ids, hits() - before)
+    };
+    let mut reference = Reference::new();
+    for (i, adapter, want_hit) in [
+        (0, None, 0),
+        (1, None, full_blocks),
+        (0, Some("a_r8_all"), 0),
+        (2, Some("a_r8_all"), full_blocks),
+        (0, Some("b_r16_qv_rslora"), 0),
+        (0, None, full_blocks),
+    ] {
+        let p = prompt(i);
+        let (got, hit) = run(&p, adapter);
+        assert_eq!(hit, want_hit, "prompt {i} under {adapter:?}: hit tokens");
+        assert_eq!(got, reference.tokens(&p, adapter, 8), "prompt {i} under {adapter:?}: tokens with the cache");
+    }
+    // A registered adapter, then the same name from new files.
+    let dir = std::env::temp_dir().join(format!("lorafleet-engine-reload-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let make = |seed: u64| {
+        let a = LoraAdapter::random("re", &f.model.config, 8, 16.0, &LoraModule::ALL, seed, 0.02);
+        let d = dir.join(format!("v{seed}"));
+        a.save(&d).unwrap();
+        (LoadedAdapter::upload(&*f.be, &a).unwrap(), d)
+    };
+    let (v1, d1) = make(1);
+    engine.load_adapter("re", &d1).unwrap();
+    assert_eq!(run(&prompt(0), Some("re")).1, 0);
+    let (got, hit) = run(&prompt(1), Some("re"));
+    assert_eq!(hit, full_blocks, "v1 hits its own template blocks");
+    assert_eq!(got, solo_tokens(&f.model, &*f.be, &f.tok, &prompt(1), Some(&v1), 8));
+    engine.unload_adapter("re").unwrap();
+    let (v2, d2) = make(2);
+    engine.load_adapter("re", &d2).unwrap();
+    let (got, hit) = run(&prompt(1), Some("re"));
+    assert_eq!(hit, 0, "new files under the same name: none of v1's blocks");
+    assert_eq!(got, solo_tokens(&f.model, &*f.be, &f.tok, &prompt(1), Some(&v2), 8));
+    assert_eq!(run(&prompt(2), Some("re")).1, full_blocks, "v2's own blocks hit");
+    let s = engine.stats();
+    assert!(s.prefix.cached_blocks > 0 && s.prefix.queried_tokens > s.prefix.hit_tokens, "{:?}", s.prefix);
+    wait_until("all blocks free (cached ones count as free)", Duration::from_secs(5), || engine.kv_free_blocks() == engine.kv_total_blocks());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With a shared template and a KV cache too small for everyone: requests are preempted, come
+/// back, and find what is still cached (their own template blocks or others'); every output is
+/// still the tokens each request gives alone, and the cache off gives the same.
+#[test]
+fn prefix_cache_is_exact_across_preemption() {
+    let f = fixture();
+    let template = f.tok.encode(&"Answer in one short sentence, plainly. ".repeat(4)).unwrap();
+    let ps: Vec<Vec<u32>> = prompts(9).into_iter().map(|p| [template.clone(), p[..p.len().min(20)].to_vec()].concat()).collect();
+    let adapters = [None, Some("a_r8_all".to_string()), Some("r4_qkvo".to_string())];
+    let max_new = 16;
+    let mut runs = Vec::new();
+    for cache in [true, false] {
+        let engine = start(EngineOptions { kv_blocks: Some(14), max_batch_tokens: 96, prefix_cache: cache, ..options(f) });
+        let handles: Vec<_> = ps
+            .iter()
+            .enumerate()
+            .map(|(i, p)| engine.submit(GenerateRequest::new(Prompt::Ids(p.clone()), adapters[i % 3].clone(), greedy(max_new))).unwrap())
+            .collect();
+        let outs: Vec<_> = handles.into_iter().map(|h| h.wait().expect("request failed")).collect();
+        let s = engine.stats();
+        eprintln!("cache {cache}: {} steps, {} preemptions, prefix {:?}", s.steps, s.preemptions, s.prefix);
+        assert!(s.preemptions > 0, "cache {cache}: the pool is small enough to preempt");
+        assert_eq!(s.prefix.hit_tokens > 0, cache, "cache {cache}: hits only with the cache");
+        runs.push(outs.into_iter().map(|o| o.token_ids).collect::<Vec<_>>());
+    }
+    assert_eq!(runs[0], runs[1], "the same tokens with the prefix cache and without");
+    let mut reference = Reference::new();
+    for (i, got) in runs[0].iter().enumerate() {
+        assert_eq!(got, &reference.tokens(&ps[i], adapters[i % 3].as_deref(), max_new), "request {i}");
+    }
+}

@@ -178,6 +178,14 @@ struct BenchArgs {
     /// In process: tokens per engine step.
     #[arg(long, default_value_t = 512)]
     max_batch_tokens: usize,
+    /// In process: no automatic prefix caching (every prompt prefilled in full).
+    #[arg(long)]
+    no_prefix_cache: bool,
+    /// LoRA Land's shape: every request starts with its adapter's fixed template of N tokens
+    /// (the task's instructions and few-shot examples: the same for every request of that
+    /// adapter, different between adapters), then its --input-tokens of its own.
+    #[arg(long, default_value_t = 0)]
+    template_tokens: usize,
     /// Seed of the payloads and synthetic adapters.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -235,6 +243,12 @@ struct ServeArgs {
     /// Tokens per engine step (decode tokens + prefill chunks); long prompts are chunked to it.
     #[arg(long, default_value_t = 512)]
     max_batch_tokens: usize,
+    /// No automatic prefix caching. By default full KV blocks stay cached after their request
+    /// ends, keyed by the tokens before them and the adapter, and a new request whose leading
+    /// tokens match (a task's prompt template) skips their prefill; cached blocks no request
+    /// uses are evicted, least recently used first, when the cache needs blocks.
+    #[arg(long)]
+    no_prefix_cache: bool,
     /// Sequences decoding together at most.
     #[arg(long, default_value_t = 64)]
     max_running: usize,
@@ -576,6 +590,7 @@ impl ServeArgs {
                 allow_paths: self.allow_adapter_paths,
                 synthetic: self.synthetic_adapters.map(|count| lorafleet::lora::SyntheticAdapters { count, rank: self.synthetic_rank, seed: self.synthetic_seed }),
             },
+            prefix_cache: !self.no_prefix_cache,
             ..EngineOptions::default()
         };
         let format = self.model.format();
@@ -908,17 +923,19 @@ fn bench(a: BenchArgs) -> Result<()> {
         adapters: names,
         token_range: (lo, cfg_model.vocab_size as u32 - 1),
         seed: a.seed,
+        template_tokens: a.template_tokens,
     };
     loadtest::validate(&cfg)?;
     let engine;
     let target: Box<dyn loadtest::LoadTarget> = match &a.url {
         Some(url) => Box::new(HttpTarget::new(url.parse()?, tok, std::time::Duration::from_secs(600))),
         None => {
-            let max_in = a.input_tokens.1 + a.output_tokens.1;
+            let max_in = a.template_tokens + a.input_tokens.1 + a.output_tokens.1;
             let opts = lorafleet::engine::EngineOptions {
                 kv_cache_bytes: a.kv_cache_bytes,
                 max_batch_tokens: a.max_batch_tokens,
                 cache: CacheOptions { adapter_dir, max_host_adapters: 64, device_budget_bytes: a.adapter_memory, max_rank: a.rank.max(128), allow_paths: true, synthetic },
+                prefix_cache: !a.no_prefix_cache,
                 ..lorafleet::engine::EngineOptions::default()
             };
             if max_in > cfg_model.max_position_embeddings {

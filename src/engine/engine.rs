@@ -24,7 +24,7 @@ use super::request::{Event, Finished, GenerateRequest, Prompt, RequestHandle};
 use super::scheduler::{plan_step, Limits, Plan, RunningView, SeqId, WaitingView};
 use super::stats::EngineStats;
 use crate::backend::Backend;
-use crate::kv::{BatchLayout, BlockPool, BlockTable, DEFAULT_BLOCK_SIZE};
+use crate::kv::{prefix, BatchLayout, BlockPool, BlockTable, DEFAULT_BLOCK_SIZE};
 pub use crate::lora::cache::CacheOptions;
 use crate::lora::cache::{AdapterCache, AdapterStatus};
 use crate::lora::LoadedAdapter;
@@ -50,6 +50,10 @@ pub struct EngineOptions {
     /// Distinct adapters (the base counts as one) in the running batch.
     pub max_active_adapters: usize,
     pub cache: CacheOptions,
+    /// Keep full KV blocks after their request ends and reuse them for later requests with the
+    /// same leading tokens under the same adapter (`kv::prefix`); `--no-prefix-cache` turns it
+    /// off.
+    pub prefix_cache: bool,
 }
 
 impl Default for EngineOptions {
@@ -62,6 +66,7 @@ impl Default for EngineOptions {
             max_running: 64,
             max_active_adapters: 32,
             cache: CacheOptions::default(),
+            prefix_cache: true,
         }
     }
 }
@@ -118,7 +123,7 @@ impl Engine {
         // The cache first: its fit check (host or device memory) must come before anything sized
         // by the block count, the pool's bookkeeping included.
         let kv = be.alloc_kv(model.kv_layout(bs, blocks))?;
-        let pool = BlockPool::new(blocks, bs);
+        let pool = if opts.prefix_cache { BlockPool::with_prefix_cache(blocks, bs) } else { BlockPool::new(blocks, bs) };
         let limits = Limits {
             max_batch_tokens: opts.max_batch_tokens,
             max_running: opts.max_running,
@@ -320,6 +325,11 @@ struct Seq<B: Backend> {
     prompt_len: usize,
     /// Blocks while running; None while waiting.
     table: Option<BlockTable>,
+    /// With prefix caching: the hash-chain key of each full block of `tokens` computed so far
+    /// (`kv::prefix::extend_keys`), under `key_adapter` (the adapter's `content_key`, 0 for the
+    /// base; the keys are recomputed if a re-admission finds the adapter reloaded).
+    block_keys: Vec<u64>,
+    key_adapter: u64,
     out: SeqOutput,
     events: Sender<Event>,
     cancel: Arc<AtomicBool>,
@@ -433,6 +443,8 @@ impl<B: Backend> Worker<B> {
                         tokens: s.prompt,
                         prompt_len,
                         table: None,
+                        block_keys: Vec::new(),
+                        key_adapter: 0,
                         out: s.out,
                         events: s.events,
                         cancel: s.cancel,
@@ -586,15 +598,32 @@ impl<B: Backend> Worker<B> {
             if q.is_empty() {
                 self.queues.remove(&key);
             }
-            let mut table = BlockTable::new(&self.pool);
-            if table.reserve(s.tokens.len()).is_err() {
+            s.adapter = ready.iter().find(|(k, _)| *k == key).and_then(|(_, a)| a.clone());
+            // The leading full blocks another request (or this one, before a preemption) left in
+            // the prefix cache under this adapter: shared, not prefilled again. At least one
+            // token always runs, for the logits of the next.
+            let mut table = if self.pool.prefix_caching() {
+                let ident = s.adapter.as_ref().map_or(0, |a| a.content_key);
+                if ident != s.key_adapter {
+                    s.block_keys.clear();
+                    s.key_adapter = ident;
+                }
+                let bs = self.limits.block_size;
+                prefix::extend_keys(&mut s.block_keys, ident, &s.tokens, bs);
+                let most = (s.tokens.len() - 1) / bs;
+                let hit = self.pool.lookup(&s.block_keys[..most.min(s.block_keys.len())], s.tokens.len());
+                BlockTable::with_cached_prefix(&self.pool, hit)
+            } else {
+                BlockTable::new(&self.pool)
+            };
+            if table.reserve(s.tokens.len() - table.len()).is_err() {
                 // The plan counted these blocks as free; cannot happen, but never lose a request.
                 skipped.push(s.id);
+                s.adapter = None;
                 self.queues.entry(key).or_default().push_front(s);
                 continue;
             }
             s.table = Some(table);
-            s.adapter = ready.iter().find(|(k, _)| *k == key).and_then(|(_, a)| a.clone());
             let first_admission = s.admitted.is_none();
             s.admitted.get_or_insert(now);
             if s.out.options.prompt_logprobs && first_admission {
@@ -626,7 +655,10 @@ impl<B: Backend> Worker<B> {
             let Some(&i) = index.get(&id) else { continue };
             let s = &mut self.running[i];
             let Some(t) = s.table.as_mut() else { continue };
-            if t.reserve(n).is_err() {
+            // The plan counted a newly admitted sequence's whole prompt; a prefix-cache hit at
+            // admission left fewer tokens to compute.
+            let n = n.min(s.tokens.len() - t.len());
+            if n == 0 || t.reserve(n).is_err() {
                 continue;
             }
             work.push((i, n));
@@ -670,10 +702,19 @@ impl<B: Backend> Worker<B> {
         let eos = self.model.config.eos_token_ids.clone();
         let mut row = 0;
         let mut done: Vec<usize> = Vec::new();
+        let caching = self.pool.prefix_caching();
+        let bs = self.limits.block_size;
         for (j, &(i, n)) in work.iter().enumerate() {
             let s = &mut self.running[i];
             if let Some(t) = s.table.as_mut() {
+                let before = t.len();
                 t.advance(n);
+                if caching {
+                    // Blocks this step filled are offered to the prefix cache.
+                    let len = t.len();
+                    prefix::extend_keys(&mut s.block_keys, s.key_adapter, &s.tokens[..len], bs);
+                    t.publish_full(&s.block_keys, before / bs);
+                }
             }
             if !sample[j] {
                 continue;
@@ -739,6 +780,7 @@ impl<B: Backend> Worker<B> {
         self.stats.queued = self.queued();
         self.stats.running = self.running.len();
         self.stats.kv_blocks_used = self.pool.num_blocks() - self.pool.num_free();
+        self.stats.prefix = self.pool.prefix_stats();
         self.stats.resident_adapters = self.cache.resident();
         *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = self.stats.clone();
     }

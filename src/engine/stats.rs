@@ -63,6 +63,8 @@ pub struct EngineStats {
     pub ttft: Histogram,
     /// Between consecutive tokens of a request, seconds.
     pub inter_token: Histogram,
+    /// The prefix cache: tokens looked up at admission and found, blocks held.
+    pub prefix: crate::kv::PrefixStats,
 }
 
 impl EngineStats {
@@ -82,6 +84,7 @@ impl EngineStats {
             generated_tokens: 0,
             ttft: Histogram::latency(),
             inter_token: Histogram::latency(),
+            prefix: crate::kv::PrefixStats::default(),
         }
     }
 }

@@ -9,8 +9,10 @@
 //! token `p` of a sequence lives in block `table[p / block_size]`, row `p % block_size`.
 
 mod batch;
+pub mod prefix;
 
 pub use batch::{BatchLayout, SeqView};
+use prefix::PrefixCache;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -60,6 +62,18 @@ impl KvLayout {
 struct PoolState {
     free: Vec<u32>,
     refs: Vec<u32>,
+    /// Full blocks kept for later requests with the same prefix (`prefix`); None: no caching.
+    cache: Option<PrefixCache>,
+}
+
+/// What the prefix cache has done: tokens looked up at admission and found, blocks it holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PrefixStats {
+    pub queried_tokens: u64,
+    pub hit_tokens: u64,
+    pub cached_blocks: usize,
+    /// Cached blocks no sequence uses (they count as free).
+    pub evictable_blocks: usize,
 }
 
 /// The pool of block ids. Cheap to clone (a handle); the engine thread owns the only pool.
@@ -72,15 +86,75 @@ pub struct BlockPool {
 
 impl BlockPool {
     pub fn new(num_blocks: usize, block_size: usize) -> Self {
+        Self::build(num_blocks, block_size, false)
+    }
+
+    /// A pool that keeps full blocks for reuse by later sequences with the same prefix
+    /// (`prefix`): `lookup` finds them, `BlockTable::publish_full` offers them.
+    pub fn with_prefix_cache(num_blocks: usize, block_size: usize) -> Self {
+        Self::build(num_blocks, block_size, true)
+    }
+
+    fn build(num_blocks: usize, block_size: usize, cache: bool) -> Self {
         assert!(block_size > 0, "block_size must be positive");
         assert!(num_blocks <= u32::MAX as usize, "block ids are u32");
         // Hand out low ids first (pop from the end).
         let free = (0..num_blocks as u32).rev().collect();
         BlockPool {
-            state: Arc::new(Mutex::new(PoolState { free, refs: vec![0; num_blocks] })),
+            state: Arc::new(Mutex::new(PoolState { free, refs: vec![0; num_blocks], cache: cache.then(PrefixCache::default) })),
             block_size,
             num_blocks,
         }
+    }
+
+    /// Whether this pool caches prefixes.
+    pub fn prefix_caching(&self) -> bool {
+        self.lock().cache.is_some()
+    }
+
+    /// The blocks cached under the leading `keys` (stopping at the first miss), each taken
+    /// (reference count + 1; an evictable one is in use again). Records `queried_tokens` and the
+    /// hit tokens (`blocks found * block_size`) in the stats.
+    pub fn lookup(&self, keys: &[u64], queried_tokens: usize) -> Vec<u32> {
+        let mut s = self.lock();
+        let PoolState { refs, cache, .. } = &mut *s;
+        let Some(cache) = cache.as_mut() else { return Vec::new() };
+        let mut out = Vec::new();
+        for &k in keys {
+            let Some(b) = cache.find(k) else { break };
+            if refs[b as usize] == 0 {
+                cache.touch(b);
+            }
+            refs[b as usize] += 1;
+            out.push(b);
+        }
+        cache.queried_tokens += queried_tokens as u64;
+        cache.hit_tokens += (out.len() * self.block_size) as u64;
+        out
+    }
+
+    /// Offers `block` (full, its K/V written) to the cache under `key`; no-op without a cache.
+    fn publish(&self, block: u32, key: u64) {
+        if let Some(c) = self.lock().cache.as_mut() {
+            c.publish(block, key);
+        }
+    }
+
+    pub fn prefix_stats(&self) -> PrefixStats {
+        let s = self.lock();
+        s.cache.as_ref().map_or_else(PrefixStats::default, |c| PrefixStats {
+            queried_tokens: c.queried_tokens,
+            hit_tokens: c.hit_tokens,
+            cached_blocks: c.cached(),
+            evictable_blocks: c.evictable(),
+        })
+    }
+
+    /// Drops every cached block no sequence uses (they go back to the free list).
+    pub fn clear_prefix_cache(&self) {
+        let mut s = self.lock();
+        let freed = s.cache.as_mut().map(PrefixCache::clear_evictable).unwrap_or_default();
+        s.free.extend(freed);
     }
 
     fn lock(&self) -> MutexGuard<'_, PoolState> {
@@ -95,22 +169,32 @@ impl BlockPool {
     pub fn num_blocks(&self) -> usize {
         self.num_blocks
     }
+    /// Blocks a table can take now: free ones, and cached ones no sequence uses (evicted on
+    /// demand).
     pub fn num_free(&self) -> usize {
-        self.lock().free.len()
+        let s = self.lock();
+        s.free.len() + s.cache.as_ref().map_or(0, PrefixCache::evictable)
     }
     /// Blocks needed to hold `tokens` tokens.
     pub fn blocks_for(&self, tokens: usize) -> usize {
         tokens.div_ceil(self.block_size)
     }
 
-    /// Takes `n` blocks, all or none.
+    /// Takes `n` blocks, all or none: free ones first, then the least recently released cached
+    /// ones (evicted from the prefix cache).
     fn alloc(&self, n: usize) -> Result<Vec<u32>, KvError> {
         let mut s = self.lock();
-        if s.free.len() < n {
-            return Err(KvError::OutOfBlocks { needed: n, free: s.free.len(), total: self.num_blocks });
+        let available = s.free.len() + s.cache.as_ref().map_or(0, PrefixCache::evictable);
+        if available < n {
+            return Err(KvError::OutOfBlocks { needed: n, free: available, total: self.num_blocks });
         }
-        let at = s.free.len() - n;
-        let got: Vec<u32> = s.free.split_off(at);
+        let from_free = n.min(s.free.len());
+        let at = s.free.len() - from_free;
+        let mut got: Vec<u32> = s.free.split_off(at);
+        while got.len() < n {
+            let b = s.cache.as_mut().and_then(PrefixCache::evict).expect("evictable blocks counted above");
+            got.push(b);
+        }
         for &b in &got {
             debug_assert_eq!(s.refs[b as usize], 0);
             s.refs[b as usize] = 1;
@@ -128,12 +212,14 @@ impl BlockPool {
 
     fn release(&self, blocks: &[u32]) {
         let mut s = self.lock();
+        let PoolState { free, refs, cache } = &mut *s;
         for &b in blocks {
-            let r = &mut s.refs[b as usize];
+            let r = &mut refs[b as usize];
             assert!(*r > 0, "block {b} released more often than taken");
             *r -= 1;
-            if *r == 0 {
-                s.free.push(b);
+            // A cached block stays cached (evictable) for the next request with its prefix.
+            if *r == 0 && !cache.as_mut().is_some_and(|c| c.released(b)) {
+                free.push(b);
             }
         }
     }
@@ -156,6 +242,21 @@ pub struct BlockTable {
 impl BlockTable {
     pub fn new(pool: &BlockPool) -> Self {
         BlockTable { pool: pool.clone(), blocks: Vec::new(), len: 0 }
+    }
+
+    /// A table that starts with `blocks`, full and written (taken by `BlockPool::lookup`).
+    pub fn with_cached_prefix(pool: &BlockPool, blocks: Vec<u32>) -> Self {
+        let len = blocks.len() * pool.block_size;
+        BlockTable { pool: pool.clone(), blocks, len }
+    }
+
+    /// Offers this table's full blocks `from ..` to the prefix cache under `keys[i]` (the hash
+    /// chain of the sequence's tokens, `prefix::extend_keys`), as far as both reach.
+    pub fn publish_full(&self, keys: &[u64], from: usize) {
+        let full = (self.len / self.pool.block_size).min(keys.len()).min(self.blocks.len());
+        for i in from..full {
+            self.pool.publish(self.blocks[i], keys[i]);
+        }
     }
 
     pub fn len(&self) -> usize {

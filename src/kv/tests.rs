@@ -153,3 +153,102 @@ fn property_random_ops_never_leak() {
         assert_eq!(pool.num_free(), pool.num_blocks(), "seed {seed}: blocks leaked");
     }
 }
+
+/// Full blocks published by a finished sequence are found again by the same key chain (and
+/// only by it), count as free while unused, and are evicted least recently released first,
+/// never while in use.
+#[test]
+fn prefix_cache_finds_counts_and_evicts_full_blocks() {
+    let bs = 4;
+    let pool = BlockPool::with_prefix_cache(6, bs);
+    let tokens: Vec<u32> = (0..10).collect(); // 2 full blocks and 2 tokens
+    let mut keys = Vec::new();
+    prefix::extend_keys(&mut keys, 7, &tokens, bs);
+    assert_eq!(keys.len(), 2);
+    {
+        let mut t = BlockTable::new(&pool);
+        t.reserve(10).unwrap();
+        t.advance(10);
+        t.publish_full(&keys, 0);
+        assert_eq!(pool.prefix_stats().cached_blocks, 2);
+        assert_eq!(pool.num_free(), 3, "in use: not free");
+    }
+    // Released: cached and evictable, so free again.
+    assert_eq!(pool.num_free(), 6);
+    assert_eq!(pool.prefix_stats().evictable_blocks, 2);
+    // Same tokens, same adapter: both blocks; another adapter or another first block: none.
+    let hit = pool.lookup(&keys, 10);
+    assert_eq!(hit.len(), 2);
+    assert!(hit.iter().all(|&b| pool.refcount(b) == 1));
+    assert_eq!(pool.num_free(), 4, "a hit block is in use again");
+    let mut other = Vec::new();
+    prefix::extend_keys(&mut other, 8, &tokens, bs);
+    assert!(pool.lookup(&other, 10).is_empty(), "another adapter shares nothing");
+    let mut shifted = Vec::new();
+    prefix::extend_keys(&mut shifted, 7, &[[99u32].as_slice(), &tokens[1..]].concat(), bs);
+    assert!(shifted.iter().zip(&keys).all(|(a, b)| a != b));
+    assert!(pool.lookup(&shifted, 10).is_empty(), "a different first block changes every key after it");
+    let stats = pool.prefix_stats();
+    assert_eq!((stats.queried_tokens, stats.hit_tokens), (30, 8));
+    // A table starting from the hit holds them; a block in use is never evicted: taking all 4
+    // free blocks leaves the 2 cached ones alone, and a 5th fails.
+    let table = BlockTable::with_cached_prefix(&pool, hit.clone());
+    assert_eq!(table.len(), 8);
+    let mut big = BlockTable::new(&pool);
+    big.reserve(16).unwrap();
+    assert!(matches!(BlockTable::new(&pool).reserve(1), Err(KvError::OutOfBlocks { .. })));
+    assert_eq!(pool.lookup(&keys, 0).len(), 2, "still cached");
+    drop(big);
+    drop(table);
+    // Now the two cached blocks are evictable again (and each was looked up once more above:
+    // release them). Taking all 6 evicts them, oldest first, and they drop out of the cache.
+    for b in &hit {
+        while pool.refcount(*b) > 0 {
+            pool.release(&[*b]);
+        }
+    }
+    let mut all = BlockTable::new(&pool);
+    all.reserve(24).unwrap();
+    assert_eq!(pool.prefix_stats().cached_blocks, 0);
+    assert!(pool.lookup(&keys, 0).is_empty());
+    drop(all);
+    assert_eq!(pool.num_free(), 6);
+}
+
+/// Without a cache the pool behaves as before: nothing is kept or found.
+#[test]
+fn without_a_prefix_cache_nothing_is_kept() {
+    let pool = BlockPool::new(4, 4);
+    let mut keys = Vec::new();
+    prefix::extend_keys(&mut keys, 0, &[1, 2, 3, 4, 5, 6, 7, 8], 4);
+    {
+        let mut t = BlockTable::new(&pool);
+        t.reserve(8).unwrap();
+        t.advance(8);
+        t.publish_full(&keys, 0);
+    }
+    assert!(pool.lookup(&keys, 8).is_empty());
+    assert_eq!(pool.prefix_stats(), PrefixStats::default());
+    assert_eq!(pool.num_free(), 4);
+}
+
+/// Two sequences that fill the same prefix at the same time: the first to publish is cached,
+/// the other's copy stays its own and is freed normally.
+#[test]
+fn a_key_is_cached_once() {
+    let pool = BlockPool::with_prefix_cache(4, 2);
+    let mut keys = Vec::new();
+    prefix::extend_keys(&mut keys, 0, &[5, 6], 2);
+    let mut a = BlockTable::new(&pool);
+    let mut b = BlockTable::new(&pool);
+    for t in [&mut a, &mut b] {
+        t.reserve(2).unwrap();
+        t.advance(2);
+        t.publish_full(&keys, 0);
+    }
+    assert_eq!(pool.prefix_stats().cached_blocks, 1);
+    drop(a);
+    drop(b);
+    assert_eq!(pool.num_free(), 4);
+    assert_eq!(pool.prefix_stats().evictable_blocks, 1);
+}

@@ -66,6 +66,19 @@ pub struct LoadTestConfig {
     /// Prompt token ids are drawn from `token_range` (ordinary tokens, no special ones).
     pub token_range: (u32, u32),
     pub seed: u64,
+    /// LoRA Land's shape: every request starts with a fixed template of this many tokens, one
+    /// per adapter (its task's instructions and few-shot examples), then its own
+    /// `input_tokens`; 0: no template.
+    pub template_tokens: usize,
+}
+
+/// The fixed template of `adapter` (None: the base): `n` tokens drawn from the token range,
+/// seeded by the run's seed and the adapter's name.
+pub fn template(cfg: &LoadTestConfig, adapter: Option<&str>) -> Vec<u32> {
+    let name_hash = adapter.unwrap_or("").bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let mut rng = SplitMix64::new(cfg.seed ^ name_hash ^ 0x7e3a_91c5);
+    let (lo, hi) = cfg.token_range;
+    (0..cfg.template_tokens).map(|_| rng.range(lo as usize, hi as usize) as u32).collect()
 }
 
 /// Average and 90th percentile, in milliseconds.
@@ -113,12 +126,19 @@ pub struct PointResult {
 fn payload(cfg: &LoadTestConfig, rng: &mut SplitMix64) -> LoadRequest {
     let n_in = rng.range(cfg.input_tokens.0, cfg.input_tokens.1);
     let (lo, hi) = cfg.token_range;
-    let prompt_ids = (0..n_in).map(|_| rng.range(lo as usize, hi as usize) as u32).collect();
+    let prompt_ids: Vec<u32> = (0..n_in).map(|_| rng.range(lo as usize, hi as usize) as u32).collect();
     let max_new_tokens = rng.range(cfg.output_tokens.0, cfg.output_tokens.1);
     // The adapter comes from its own draw, so the payload sequence is the same whatever K is
     // (runs with and without adapters compare like with like).
     let pick = rng.next_u64();
     let adapter = if cfg.adapters.is_empty() { None } else { Some(cfg.adapters[(pick % cfg.adapters.len() as u64) as usize].clone()) };
+    let prompt_ids = if cfg.template_tokens > 0 {
+        let mut t = template(cfg, adapter.as_deref());
+        t.extend_from_slice(&prompt_ids);
+        t
+    } else {
+        prompt_ids
+    };
     LoadRequest { prompt_ids, adapter, max_new_tokens }
 }
 
@@ -260,6 +280,7 @@ mod tests {
             adapters: vec!["a".into(), "broken".into()],
             token_range: (10, 20),
             seed: 1,
+            template_tokens: 0,
         };
         validate(&cfg).unwrap();
         let calls = AtomicUsize::new(0);
@@ -277,6 +298,30 @@ mod tests {
     }
 
     #[test]
+    fn templates_are_fixed_per_adapter_and_lead_every_prompt() {
+        let cfg = LoadTestConfig {
+            concurrency: vec![1],
+            duration: Duration::from_secs(1),
+            input_tokens: (5, 9),
+            output_tokens: (1, 2),
+            adapters: vec!["a".into(), "b".into()],
+            token_range: (10, 1000),
+            seed: 3,
+            template_tokens: 40,
+        };
+        let (ta, tb) = (template(&cfg, Some("a")), template(&cfg, Some("b")));
+        assert_eq!(ta.len(), 40);
+        assert_ne!(ta, tb, "each adapter has its own template");
+        let mut rng = SplitMix64::new(1);
+        for _ in 0..50 {
+            let r = payload(&cfg, &mut rng);
+            let t = if r.adapter.as_deref() == Some("a") { &ta } else { &tb };
+            assert_eq!(&r.prompt_ids[..40], &t[..], "the template leads");
+            assert!((45..=49).contains(&r.prompt_ids.len()));
+        }
+    }
+
+    #[test]
     fn payloads_do_not_depend_on_the_adapter_count() {
         let base = LoadTestConfig {
             concurrency: vec![1],
@@ -286,6 +331,7 @@ mod tests {
             adapters: vec![],
             token_range: (10, 1000),
             seed: 9,
+            template_tokens: 0,
         };
         let with = LoadTestConfig { adapters: (0..25).map(|i| format!("a{i}")).collect(), ..base.clone() };
         let (mut r1, mut r2) = (SplitMix64::new(4), SplitMix64::new(4));
@@ -308,6 +354,7 @@ mod tests {
             adapters: vec![],
             token_range: (0, 10),
             seed: 0,
+            template_tokens: 0,
         };
         assert!(validate(&ok).is_ok());
         assert!(validate(&LoadTestConfig { concurrency: vec![0], ..ok.clone() }).is_err());

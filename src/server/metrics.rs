@@ -64,6 +64,10 @@ impl Collector for Snapshot {
         counter(e, "lorafleet_requests_cancelled", "Requests cancelled by their client.", s.requests_cancelled)?;
         counter(e, "lorafleet_prompt_tokens", "Prompt tokens of finished requests.", s.prompt_tokens)?;
         counter(e, "lorafleet_generated_tokens", "Tokens generated.", s.generated_tokens)?;
+        counter(e, "lorafleet_prefix_cache_queried_tokens", "Tokens of admitted sequences looked up in the prefix cache.", s.prefix.queried_tokens)?;
+        counter(e, "lorafleet_prefix_cache_hit_tokens", "Tokens found in the prefix cache at admission (their prefill skipped).", s.prefix.hit_tokens)?;
+        gauge(e, "lorafleet_prefix_cache_blocks", "KV blocks the prefix cache holds (in use or evictable).", s.prefix.cached_blocks)?;
+        gauge(e, "lorafleet_prefix_cache_evictable_blocks", "Cached KV blocks no sequence uses (they count as free).", s.prefix.evictable_blocks)?;
         histogram(e, "lorafleet_time_to_first_token_seconds", "Submit to first token.", &s.ttft)?;
         histogram(e, "lorafleet_inter_token_latency_seconds", "Time between consecutive tokens of a request.", &s.inter_token)
     }
@@ -104,6 +108,7 @@ mod tests {
         assert!(t.contains("lorafleet_time_to_first_token_seconds_count 1\n"));
         assert!(t.contains("lorafleet_time_to_first_token_seconds_bucket{le=\"+Inf\"} 1\n"), "{t}");
         assert!(t.contains("# TYPE lorafleet_steps counter\nlorafleet_steps_total 0\n"), "{t}");
+        assert!(t.contains("lorafleet_prefix_cache_hit_tokens_total 0\n") && t.contains("lorafleet_prefix_cache_blocks 0\n"), "{t}");
         assert!(t.ends_with("# EOF\n"), "{t}");
     }
 }
