@@ -80,6 +80,10 @@ fn api_key_queue_limit_and_graceful_shutdown() {
     eprintln!("flood: {ok} answered, {busy} refused with 503");
     assert!(ok >= 4 && busy >= 200 && ok + busy == 230, "{ok} answered, {busy} refused");
     // The request log is JSON lines (LORAFLEET_LOG_FORMAT=json): one per request, with its fields.
+    // A request's line is written as its answer goes out, so the last ones may still be on the
+    // way when the client has its answer.
+    let logged = |status: &str| s.log.lock().unwrap().iter().filter(|l| l.contains(status)).count();
+    wait_until("every request's log line", Duration::from_secs(10), || logged("\"status\":200") + logged("\"status\":503") >= ok + busy + 1);
     let entries: Vec<Value> = s.log.lock().unwrap().iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).collect();
     let count = |path: &str, status: u64| entries.iter().filter(|e| e["path"] == path && e["status"] == status).count();
     assert_eq!(count("/generate", 401), 3, "{entries:?}");

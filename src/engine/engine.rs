@@ -341,6 +341,19 @@ struct Seq<B: Backend> {
 }
 
 impl<B: Backend> Seq<B> {
+    /// The prefix-cache keys of the full blocks this sequence may take from the cache under the
+    /// adapter whose identity is `ident` (recomputed if the adapter changed since): at most
+    /// `(len - 1) / block_size` blocks, so at least one token is always computed, for the logits
+    /// of the next.
+    fn cacheable_keys(&mut self, ident: u64, block_size: usize) -> &[u64] {
+        if ident != self.key_adapter {
+            self.block_keys.clear();
+            self.key_adapter = ident;
+        }
+        let most = (self.tokens.len() - 1) / block_size;
+        prefix::extend_keys(&mut self.block_keys, ident, &self.tokens[..most * block_size], block_size);
+        &self.block_keys[..most]
+    }
     fn kv_len(&self) -> usize {
         self.table.as_ref().map_or(0, |t| t.len())
     }
@@ -551,6 +564,20 @@ impl<B: Backend> Worker<B> {
     fn step(&mut self) -> Result<()> {
         self.drop_cancelled();
         let ready = self.ready_adapters();
+        // What the prefix cache holds of each waiting sequence the planner could admit (the
+        // first `max_running` of each queue: no more can be admitted in one step).
+        let mut cached: HashMap<SeqId, (usize, usize)> = HashMap::new();
+        if self.pool.prefix_caching() {
+            let bs = self.limits.block_size;
+            for (k, a) in &ready {
+                let ident = a.as_ref().map_or(0, |a| a.content_key);
+                let Some(q) = self.queues.get_mut(k) else { continue };
+                for s in q.iter_mut().take(self.limits.max_running) {
+                    let (blocks, shared) = self.pool.probe(s.cacheable_keys(ident, bs));
+                    cached.insert(s.id, (blocks * bs, shared));
+                }
+            }
+        }
         let plan = {
             let running: Vec<RunningView<'_>> = self
                 .running
@@ -566,7 +593,14 @@ impl<B: Backend> Worker<B> {
             let waiting: Vec<Vec<WaitingView<'_>>> = ready
                 .iter()
                 .filter_map(|(k, _)| self.queues.get(k))
-                .map(|q| q.iter().map(|s| WaitingView { id: s.id, adapter: &s.adapter_key, tokens: s.tokens.len() }).collect())
+                .map(|q| {
+                    q.iter()
+                        .map(|s| {
+                            let (cached_tokens, shared_blocks) = cached.get(&s.id).copied().unwrap_or_default();
+                            WaitingView { id: s.id, adapter: &s.adapter_key, tokens: s.tokens.len(), cached_tokens, shared_blocks }
+                        })
+                        .collect()
+                })
                 .collect();
             plan_step(&self.limits, &running, &waiting, self.pool.num_free())
         };
@@ -604,14 +638,8 @@ impl<B: Backend> Worker<B> {
             // token always runs, for the logits of the next.
             let mut table = if self.pool.prefix_caching() {
                 let ident = s.adapter.as_ref().map_or(0, |a| a.content_key);
-                if ident != s.key_adapter {
-                    s.block_keys.clear();
-                    s.key_adapter = ident;
-                }
-                let bs = self.limits.block_size;
-                prefix::extend_keys(&mut s.block_keys, ident, &s.tokens, bs);
-                let most = (s.tokens.len() - 1) / bs;
-                let hit = self.pool.lookup(&s.block_keys[..most.min(s.block_keys.len())], s.tokens.len());
+                let queried = s.tokens.len();
+                let hit = self.pool.lookup(s.cacheable_keys(ident, self.limits.block_size), queried);
                 BlockTable::with_cached_prefix(&self.pool, hit)
             } else {
                 BlockTable::new(&self.pool)

@@ -13,7 +13,9 @@
 //!    the active-adapter limit and the free blocks allow; a sequence's whole prompt must fit
 //!    (with a small reserve of blocks left for the running decodes). Admission stops at the
 //!    first candidate that does not fit, so a large request or a new adapter is never passed
-//!    over forever. Queues whose adapter is still loading are not given to the planner at all,
+//!    over forever. A prompt whose leading blocks are in the prefix cache (`kv::prefix`) costs
+//!    only its other tokens of the budget, and the cached blocks that running sequences use
+//!    cost no free blocks. Queues whose adapter is still loading are not given to the planner at all,
 //!    so they block nobody.
 
 use std::collections::BTreeSet;
@@ -55,6 +57,12 @@ pub struct WaitingView<'a> {
     pub id: SeqId,
     pub adapter: &'a str,
     pub tokens: usize,
+    /// Leading tokens whose K/V the prefix cache holds (full blocks; always below `tokens`):
+    /// admission computes only the rest.
+    pub cached_tokens: usize,
+    /// Of those blocks, the ones running sequences use now: shared, so they take nothing from
+    /// the free blocks (a cached block no one uses counts as free, and taking it uses it up).
+    pub shared_blocks: usize,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -133,7 +141,7 @@ pub fn plan_step(limits: &Limits, running: &[RunningView<'_>], waiting: &[Vec<Wa
             if !active.contains(w.adapter) && active.len() >= limits.max_active_adapters {
                 break 'admit;
             }
-            let need = blocks_for(w.tokens, bs);
+            let need = blocks_for(w.tokens, bs).saturating_sub(w.shared_blocks);
             let reserve = if n_running > 0 { limits.watermark_blocks } else { 0 };
             if need + reserve > free {
                 break 'admit;
@@ -141,7 +149,7 @@ pub fn plan_step(limits: &Limits, running: &[RunningView<'_>], waiting: &[Vec<Wa
             free -= need;
             n_running += 1;
             active.insert(w.adapter);
-            let n = w.tokens.min(budget);
+            let n = w.tokens.saturating_sub(w.cached_tokens).max(1).min(budget);
             budget -= n;
             plan.admit.push(w.id);
             plan.work.push((w.id, n));
@@ -162,7 +170,7 @@ mod tests {
         RunningView { id, adapter, kv_len, pending, blocks }
     }
     fn wait(id: SeqId, adapter: &str, tokens: usize) -> WaitingView<'_> {
-        WaitingView { id, adapter, tokens }
+        WaitingView { id, adapter, tokens, cached_tokens: 0, shared_blocks: 0 }
     }
 
     #[test]
@@ -235,5 +243,23 @@ mod tests {
         // A prompt longer than the budget is admitted with a first chunk.
         let p = plan_step(&LIM, &[], &[vec![wait(1, "", 100)]], 100);
         assert_eq!(p.work, vec![(1, 64)]);
+    }
+
+    #[test]
+    fn cached_prefixes_cost_only_their_tails() {
+        // Four 50-token prompts whose first 48 tokens (3 blocks) are cached: 2 tokens of budget
+        // each, where uncached only the first would get in (64 tokens a step).
+        let cached = |id| WaitingView { cached_tokens: 48, ..wait(id, "a", 50) };
+        let p = plan_step(&LIM, &[], &[vec![cached(1), cached(2), cached(3), cached(4)]], 100);
+        assert_eq!(p.work, vec![(1, 2), (2, 2), (3, 2), (4, 2)]);
+        let p = plan_step(&LIM, &[], &[vec![wait(1, "a", 50), wait(2, "a", 50)]], 100);
+        assert_eq!(p.work, vec![(1, 50), (2, 14)]);
+        // Blocks: 4 each unshared; with 3 shared (in use by a running sequence) only 1 each.
+        let running = [run(9, "a", 60, 1)];
+        let shared = |id| WaitingView { shared_blocks: 3, ..cached(id) };
+        let p = plan_step(&LIM, &running, &[vec![shared(1), shared(2), shared(3)]], 4);
+        assert_eq!(p.admit, vec![1, 2, 3], "1 new block each, the reserve of 1 left: {p:?}");
+        let p = plan_step(&LIM, &running, &[vec![cached(1), cached(2)]], 6);
+        assert_eq!(p.admit, vec![1], "unshared cached blocks come out of the free count: {p:?}");
     }
 }

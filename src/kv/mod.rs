@@ -133,6 +133,20 @@ impl BlockPool {
         out
     }
 
+    /// How many of the leading `keys` are cached (stopping at the first miss), and how many of
+    /// those blocks sequences use now; takes nothing (the planner's view of a waiting sequence).
+    pub fn probe(&self, keys: &[u64]) -> (usize, usize) {
+        let s = self.lock();
+        let Some(cache) = s.cache.as_ref() else { return (0, 0) };
+        let (mut found, mut in_use) = (0, 0);
+        for &k in keys {
+            let Some(b) = cache.find(k) else { break };
+            found += 1;
+            in_use += usize::from(s.refs[b as usize] > 0);
+        }
+        (found, in_use)
+    }
+
     /// Offers `block` (full, its K/V written) to the cache under `key`; no-op without a cache.
     fn publish(&self, block: u32, key: u64) {
         if let Some(c) = self.lock().cache.as_mut() {
