@@ -926,7 +926,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         template_tokens: a.template_tokens,
     };
     loadtest::validate(&cfg)?;
-    let engine;
+    let mut engine = None;
     let target: Box<dyn loadtest::LoadTarget> = match &a.url {
         Some(url) => Box::new(HttpTarget::new(url.parse()?, tok, std::time::Duration::from_secs(600))),
         None => {
@@ -941,8 +941,8 @@ fn bench(a: BenchArgs) -> Result<()> {
             if max_in > cfg_model.max_position_embeddings {
                 return Err(Error::InvalidArgument(format!("payloads up to {max_in} tokens exceed the context {}", cfg_model.max_position_embeddings)));
             }
-            engine = on_device!(&a.model, |l| lorafleet::engine::Engine::start(l.be, Arc::new(l.model), Arc::new(l.tok), opts))?;
-            Box::new(EngineTarget { engine: &engine })
+            let started = engine.insert(on_device!(&a.model, |l| lorafleet::engine::Engine::start(l.be, Arc::new(l.model), Arc::new(l.tok), opts))?);
+            Box::new(EngineTarget { engine: started })
         }
     };
     let mut points = Vec::new();
@@ -961,6 +961,16 @@ fn bench(a: BenchArgs) -> Result<()> {
         points.push(p);
     }
     print!("{}", loadtest::table(&points));
+    drop(target);
+    if let Some(p) = engine.as_ref().map(|e| e.stats().prefix).filter(|p| p.queried_tokens > 0) {
+        eprintln!(
+            "prefix cache: {} of {} prompt tokens found cached ({:.1}%); {} blocks cached at the end",
+            p.hit_tokens,
+            p.queried_tokens,
+            100.0 * p.hit_tokens as f64 / p.queried_tokens as f64,
+            p.cached_blocks
+        );
+    }
     if a.json {
         println!("{}", serde_json::to_string(&points).map_err(|e| Error::InvalidArgument(e.to_string()))?);
     }
