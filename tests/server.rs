@@ -208,6 +208,20 @@ fn health_models_and_metrics() {
     }
     let finished: u64 = r.body.lines().find_map(|l| l.strip_prefix("lorafleet_requests_finished_total ")).unwrap().parse().unwrap();
     assert!(finished >= 1);
+    // The prefix cache: the same 50-odd-token prompt twice, one after the other; the second
+    // finds at least its first 2 blocks (32 tokens) cached, and answers the same.
+    let metric = |name: &str| -> u64 {
+        let r = request("GET", "/metrics", "");
+        r.body.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap())).unwrap_or_else(|| panic!("{name} missing:\n{}", r.body))
+    };
+    let hits = || metric("lorafleet_prefix_cache_hit_tokens_total ");
+    let body = json!({"inputs": "Classify the sentiment of the review as positive or negative. ".repeat(4) + "Review: lovely.", "parameters": {"max_new_tokens": 4}});
+    let first = post("/generate", body.clone());
+    let before = hits();
+    let second = post("/generate", body);
+    assert!(hits() >= before + 32, "the second request hit the first one's blocks: {before} -> {}", hits());
+    assert_eq!(first.json()["generated_text"], second.json()["generated_text"]);
+    assert!(metric("lorafleet_prefix_cache_blocks ") >= 2);
 }
 
 fn generate_with_golden_adapter_gives_peft_greedy_text() {
