@@ -102,6 +102,19 @@ pub trait Backend: Send + Sync + 'static {
 
     fn name(&self) -> String;
 
+    /// Runs `step` (one engine step: hundreds of ops) where this backend's ops are cheapest to
+    /// issue. The CPU backend runs it on a thread of its pool (`cpu::on_pool`): an op issued from
+    /// a pool thread splits its parallel loop in place, while one issued from any other thread is
+    /// handed to the pool and waited on, once per op. One hand-off per step instead; the pool
+    /// thread is held for the step only, so several engines (or other pool users) in one process
+    /// still take turns. Other backends run `step` where they are.
+    fn run_step<R: Send>(&self, step: impl FnOnce() -> R + Send) -> R
+    where
+        Self: Sized,
+    {
+        step()
+    }
+
     /// Bytes of one K or V element in this backend's cache (the KV pool is sized with it).
     fn kv_elem_bytes(&self) -> usize;
 

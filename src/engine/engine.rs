@@ -402,7 +402,9 @@ impl<B: Backend> Worker<B> {
             if !self.take_commands() {
                 return;
             }
-            if let Err(e) = self.step() {
+            // On the CPU, the whole step on a pool thread (`Backend::run_step`).
+            let be = self.be.clone();
+            if let Err(e) = be.run_step(|| self.step()) {
                 // A failure of the whole step (the backend): every running request gets it,
                 // the engine goes on with the rest.
                 for s in std::mem::take(&mut self.running) {

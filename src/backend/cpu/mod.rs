@@ -114,6 +114,10 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
 
+    fn run_step<R: Send>(&self, step: impl FnOnce() -> R + Send) -> R {
+        on_pool(step)
+    }
+
     fn kv_elem_bytes(&self) -> usize {
         4
     }
