@@ -26,8 +26,10 @@ pub enum Error {
     Tokenize(String),
     #[error("chat template: {0}")]
     ChatTemplate(String),
-    #[error("prompt has {tokens} tokens; the model's context holds {max} (prompt + new tokens)")]
-    PromptTooLong { tokens: usize, max: usize },
+    /// The prompt plus the tokens asked for do not fit: `context` is the most a sequence may
+    /// hold (the model's context, or the KV cache's capacity where that is smaller).
+    #[error("{}", too_long(*tokens, *new_tokens, *context))]
+    PromptTooLong { tokens: usize, new_tokens: usize, context: usize },
     #[error("empty prompt: at least one token is needed")]
     EmptyPrompt,
     #[error("the model produced non-finite logits (NaN or infinity) at generated token {step}: its weights or adapter overflow; no token was emitted")]
@@ -54,6 +56,20 @@ pub enum Error {
     /// timeout, or the `Engine` was dropped): HTTP 503.
     #[error("stopped: {0}")]
     ShuttingDown(String),
+}
+
+fn too_long(tokens: usize, new_tokens: usize, context: usize) -> String {
+    if new_tokens == 0 {
+        format!("the prompt has {tokens} tokens; at most {context} fit (the model's context)")
+    } else if new_tokens >= context {
+        format!("max_new_tokens {new_tokens} alone exceeds the {context} tokens a sequence may hold (prompt + new tokens)")
+    } else {
+        format!(
+            "the prompt has {tokens} tokens and max_new_tokens is {new_tokens}: {} in all, over the {context} a sequence may hold (at most {} prompt tokens with this max_new_tokens)",
+            tokens + new_tokens,
+            context - new_tokens
+        )
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

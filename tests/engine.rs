@@ -227,7 +227,10 @@ fn bad_requests_are_refused_at_submit() {
     let long = vec![1u32; f.model.config.max_position_embeddings - 4];
     assert!(matches!(engine.submit(req(long, greedy(8))), Err(Error::PromptTooLong { .. })));
     // Over what the KV cache holds (8 blocks = 128 tokens).
-    assert!(matches!(engine.submit(req(vec![1; 125], greedy(8))), Err(Error::PromptTooLong { max: 120, .. })));
+    assert!(matches!(engine.submit(req(vec![1; 125], greedy(8))), Err(Error::PromptTooLong { tokens: 125, new_tokens: 8, context: 128 })));
+    // max_new_tokens alone over the limit says so (not "the context holds 0").
+    let e = engine.submit(req(vec![1; 5], greedy(100_000))).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("max_new_tokens 100000 alone exceeds the 128 tokens"), "{e}");
     assert!(matches!(engine.submit(req(vec![], greedy(8))), Err(Error::EmptyPrompt)));
     assert!(matches!(engine.submit(req(vec![f.model.config.vocab_size as u32], greedy(8))), Err(Error::BadRequest(_))));
     let hot = GenerateOptions { sampling: SamplingParams { temperature: -1.0, ..SamplingParams::greedy() }, ..greedy(8) };

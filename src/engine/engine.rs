@@ -222,8 +222,8 @@ impl Engine {
         let (reply, rx) = unbounded();
         self.commands
             .send(Command::LoadAdapter { name: name.to_string(), path: path.to_path_buf(), reply })
-            .map_err(|_| Error::InvalidArgument("the engine has stopped".into()))?;
-        rx.recv().map_err(|_| Error::InvalidArgument("the engine has stopped".into()))?
+            .map_err(|_| Error::ShuttingDown("the engine has stopped".into()))?;
+        rx.recv().map_err(|_| Error::ShuttingDown("the engine has stopped".into()))?
     }
 
     /// Stops serving a name `load_adapter` gave (requests already running keep it to their end).
@@ -231,8 +231,8 @@ impl Engine {
         let (reply, rx) = unbounded();
         self.commands
             .send(Command::UnloadAdapter { name: name.to_string(), reply })
-            .map_err(|_| Error::InvalidArgument("the engine has stopped".into()))?;
-        rx.recv().map_err(|_| Error::InvalidArgument("the engine has stopped".into()))?
+            .map_err(|_| Error::ShuttingDown("the engine has stopped".into()))?;
+        rx.recv().map_err(|_| Error::ShuttingDown("the engine has stopped".into()))?
     }
 
     /// Tokens of a request's prompt (what `submit` would feed the model).
@@ -259,7 +259,7 @@ impl Engine {
         let c = &self.config;
         let limit = c.max_position_embeddings.min(self.kv_capacity_tokens());
         if prompt.len() + o.max_new_tokens > limit {
-            return Err(Error::PromptTooLong { tokens: prompt.len(), max: limit.saturating_sub(o.max_new_tokens) });
+            return Err(Error::PromptTooLong { tokens: prompt.len(), new_tokens: o.max_new_tokens, context: limit });
         }
         if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= c.vocab_size) {
             return Err(Error::BadRequest(format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
@@ -285,7 +285,7 @@ impl Engine {
         };
         self.commands
             .send(Command::Submit(Box::new(sub)))
-            .map_err(|_| Error::InvalidArgument("the engine has stopped".into()))?;
+            .map_err(|_| Error::ShuttingDown("the engine has stopped".into()))?;
         Ok(RequestHandle { id, prompt_tokens, events: rx, cancel })
     }
 }
@@ -388,7 +388,7 @@ fn error_copy(e: &Error) -> Error {
     match e {
         Error::UnknownAdapter(id) => Error::UnknownAdapter(id.clone()),
         Error::Adapter { id, msg } => Error::Adapter { id: id.clone(), msg: msg.clone() },
-        Error::PromptTooLong { tokens, max } => Error::PromptTooLong { tokens: *tokens, max: *max },
+        Error::PromptTooLong { tokens, new_tokens, context } => Error::PromptTooLong { tokens: *tokens, new_tokens: *new_tokens, context: *context },
         Error::BadRequest(m) => Error::BadRequest(m.clone()),
         Error::Cuda(m) => Error::Cuda(m.clone()),
         Error::ShuttingDown(m) => Error::ShuttingDown(m.clone()),

@@ -111,7 +111,7 @@ impl<'a, B: Backend> Generator<'a, B> {
         let c = &self.model.config;
         let total = r.prompt_ids.len() + r.options.max_new_tokens;
         if total > c.max_position_embeddings {
-            return Err(Error::PromptTooLong { tokens: r.prompt_ids.len(), max: c.max_position_embeddings.saturating_sub(r.options.max_new_tokens) });
+            return Err(Error::PromptTooLong { tokens: r.prompt_ids.len(), new_tokens: r.options.max_new_tokens, context: c.max_position_embeddings });
         }
         if let Some(&bad) = r.prompt_ids.iter().find(|&&t| t as usize >= c.vocab_size) {
             return Err(Error::BadRequest(format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));

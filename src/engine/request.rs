@@ -124,7 +124,7 @@ impl RequestHandle {
                 Ok(Event::Token { .. } | Event::Prompt { .. }) => {}
                 Ok(Event::Finished(f)) => return Ok(f),
                 Ok(Event::Error(e)) => return Err(e),
-                Err(_) => return Err(Error::InvalidArgument("the engine stopped before the request finished".into())),
+                Err(_) => return Err(Error::ShuttingDown("the engine stopped before the request finished".into())),
             }
         }
     }

@@ -34,7 +34,7 @@ fn all_logits<B: Backend>(model: &Llama<B>, be: &B, ids: &[u32], adapter: Option
     }
     let max = model.config.max_position_embeddings;
     if ids.len() > max {
-        return Err(Error::PromptTooLong { tokens: ids.len(), max });
+        return Err(Error::PromptTooLong { tokens: ids.len(), new_tokens: 0, context: max });
     }
     let blocks = ids.len().div_ceil(DEFAULT_BLOCK_SIZE);
     let mut kv = be.alloc_kv(model.kv_layout(DEFAULT_BLOCK_SIZE, blocks))?;

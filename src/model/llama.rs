@@ -364,7 +364,7 @@ impl<B: Backend> Llama<B> {
             return Err(Error::Adapter { id: a.id.clone(), msg: format!("has {} layers, the model {}", a.layers.len(), c.num_layers) });
         }
         if let Some(&p) = batch.positions.iter().find(|&&p| p as usize >= c.max_position_embeddings) {
-            return Err(Error::PromptTooLong { tokens: p as usize + 1, max: c.max_position_embeddings });
+            return Err(Error::PromptTooLong { tokens: p as usize + 1, new_tokens: 0, context: c.max_position_embeddings });
         }
         let mut runs: Vec<LoraRun<'a, B>> = Vec::new();
         for (s, a) in batch.seqs.iter().zip(adapters) {

@@ -152,7 +152,7 @@ impl TrainBatch {
             return Err(Error::InvalidArgument(format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
         }
         if let Some(&p) = self.positions.iter().find(|&&p| p as usize >= c.max_position_embeddings) {
-            return Err(Error::PromptTooLong { tokens: p as usize + 1, max: c.max_position_embeddings });
+            return Err(Error::PromptTooLong { tokens: p as usize + 1, new_tokens: 0, context: c.max_position_embeddings });
         }
         let bad = |m: &str| Err(Error::InvalidArgument(format!("training batch: {m}")));
         if self.label_rows.windows(2).any(|w| w[0] >= w[1]) {
