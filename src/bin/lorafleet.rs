@@ -998,7 +998,10 @@ fn decode_bench(a: DecodeBenchArgs) -> Result<()> {
     };
     let model_name = a.model.random_weights.clone().unwrap_or_else(|| a.model.model.display().to_string());
     let format = format!("{:?}", a.model.format()).to_lowercase();
-    let report = on_device!(&a.model, |l| {
+    // The engine is started on the device's thread, and measured from this one: waiting for its
+    // tokens on a CPU pool thread would keep that thread from the engine's steps
+    // (`Backend::run_step` runs each step on the pool).
+    let (engine, bytes, copy_gb_s, device) = on_device!(&a.model, |l| {
         let bytes = l.model.decode_weight_bytes(&l.be);
         let copy_gb_s = l.be.copy_bandwidth(a.copy_bytes)?;
         let device = l.be.name();
@@ -1008,9 +1011,10 @@ fn decode_bench(a: DecodeBenchArgs) -> Result<()> {
             ..lorafleet::engine::EngineOptions::default()
         };
         let engine = lorafleet::engine::Engine::start(l.be, Arc::new(l.model), Arc::new(l.tok), opts)?;
-        let times = measure(&EngineTarget { engine: &engine }, &cfg)?;
-        Ok::<_, Error>(DecodeReport::new(model_name, format, device, bytes, copy_gb_s, &cfg, times))
+        Ok::<_, Error>((engine, bytes, copy_gb_s, device))
     })?;
+    let times = measure(&EngineTarget { engine: &engine }, &cfg)?;
+    let report = DecodeReport::new(model_name, format, device, bytes, copy_gb_s, &cfg, times);
     if a.json {
         println!("{}", serde_json::to_string(&report).map_err(|e| Error::InvalidArgument(e.to_string()))?);
     } else {

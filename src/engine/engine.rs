@@ -108,6 +108,11 @@ pub struct Engine {
 
 impl Engine {
     /// Allocates the KV cache and starts the engine thread.
+    ///
+    /// On the CPU backend each step runs on a thread of rayon's global pool
+    /// (`Backend::run_step`): wait for results (`RequestHandle::wait`, `recv`) from threads of
+    /// your own, not from inside a rayon job, which would keep that pool thread from the steps
+    /// (with a one-thread pool, forever).
     pub fn start<B: Backend>(be: Arc<B>, model: Arc<Llama<B>>, tokenizer: Arc<TextTokenizer>, opts: EngineOptions) -> Result<Engine> {
         if opts.max_batch_tokens == 0 || opts.max_running == 0 || opts.max_active_adapters == 0 || opts.block_size == 0 {
             return Err(Error::InvalidArgument("max batch tokens, max running, max active adapters and block size must be at least 1".into()));
