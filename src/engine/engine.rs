@@ -8,26 +8,25 @@
 //! plan the step with `scheduler::plan_step`; carry out preemptions and admissions; run one
 //! forward over the step's prefill chunks and decode tokens, sorted by adapter so each adapter
 //! is one LoRA segment; sample, stream, and retire finished sequences (their blocks go back to
-//! the pool and their adapter pin is released).
+//! the pool and their adapter pin is released). The thread and its steps are `worker::Worker`;
+//! this file is the handle (`Engine`) that sends it commands.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crossbeam::channel::{unbounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam::channel::{unbounded, Sender};
 
 use super::output::SeqOutput;
-use super::sampler::Sampler;
-use super::request::{Event, Finished, GenerateRequest, Prompt, RequestHandle};
-use super::scheduler::{plan_step, Limits, Plan, RunningView, SeqId, WaitingView};
+use super::request::{Event, GenerateRequest, Prompt, RequestHandle};
+use super::scheduler::Limits;
+use super::worker::Worker;
 use super::stats::EngineStats;
 use crate::backend::Backend;
-use crate::kv::{prefix, BatchLayout, BlockPool, BlockTable, DEFAULT_BLOCK_SIZE};
+use crate::kv::{BlockPool, DEFAULT_BLOCK_SIZE};
 pub use crate::lora::cache::CacheOptions;
-use crate::lora::cache::{AdapterCache, AdapterStatus};
-use crate::lora::LoadedAdapter;
+use crate::lora::cache::AdapterCache;
 use crate::model::config::ModelConfig;
 use crate::model::Llama;
 use crate::tokenizer::TextTokenizer;
@@ -71,7 +70,7 @@ impl Default for EngineOptions {
     }
 }
 
-enum Command {
+pub(super) enum Command {
     Submit(Box<Submission>),
     ListAdapters(Sender<Vec<String>>),
     /// Register a name for an adapter folder and load it (`AdapterCache::register`).
@@ -82,14 +81,14 @@ enum Command {
     Shutdown,
 }
 
-struct Submission {
-    id: u64,
-    prompt: Vec<u32>,
-    adapter: Option<String>,
-    out: SeqOutput,
-    events: Sender<Event>,
-    cancel: Arc<AtomicBool>,
-    submitted: Instant,
+pub(super) struct Submission {
+    pub(super) id: u64,
+    pub(super) prompt: Vec<u32>,
+    pub(super) adapter: Option<String>,
+    pub(super) out: SeqOutput,
+    pub(super) events: Sender<Event>,
+    pub(super) cancel: Arc<AtomicBool>,
+    pub(super) submitted: Instant,
 }
 
 /// The client side of the engine: cheap to share (`Arc<Engine>`); dropping it stops the thread.
@@ -148,22 +147,7 @@ impl Engine {
             .name("lorafleet-engine".into())
             .spawn(move || {
                 let cache = AdapterCache::new(be.clone(), model.config.clone(), cache_opts);
-                let mut w = Worker {
-                    be,
-                    model,
-                    tokenizer: worker_tok,
-                    pool: worker_pool,
-                    kv,
-                    cache,
-                    limits,
-                    commands: rx,
-                    queues: BTreeMap::new(),
-                    running: Vec::new(),
-                    rr_next: String::new(),
-                    loading_since: HashMap::new(),
-                    stats: EngineStats::new(blocks),
-                    shared: worker_stats,
-                };
+                let mut w = Worker::new(be, model, worker_tok, (worker_pool, kv), cache, limits, rx, worker_stats);
                 w.run();
             })
             .map_err(|e| Error::InvalidArgument(format!("cannot start the engine thread: {e}")))?;
@@ -311,512 +295,5 @@ impl Drop for Engine {
         if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = t.join();
         }
-    }
-}
-
-/// How long an adapter may wait for its load before the engine stops admitting sequences of
-/// other adapters (so their pins drain and the adapter budget makes room for it).
-const STARVING_AFTER: Duration = Duration::from_secs(5);
-
-/// A request inside the engine: waiting in its adapter's queue, or running.
-struct Seq<B: Backend> {
-    id: SeqId,
-    /// "" = the base.
-    adapter_key: String,
-    /// The pin: set while running, dropped when the sequence finishes or is preempted.
-    adapter: Option<Arc<LoadedAdapter<B>>>,
-    /// Prompt, then every generated token.
-    tokens: Vec<u32>,
-    prompt_len: usize,
-    /// Blocks while running; None while waiting.
-    table: Option<BlockTable>,
-    /// With prefix caching: the hash-chain key of each full block of `tokens` computed so far
-    /// (`kv::prefix::extend_keys`), under `key_adapter` (the adapter's `content_key`, 0 for the
-    /// base; the keys are recomputed if a re-admission finds the adapter reloaded).
-    block_keys: Vec<u64>,
-    key_adapter: u64,
-    out: SeqOutput,
-    events: Sender<Event>,
-    cancel: Arc<AtomicBool>,
-    submitted: Instant,
-    admitted: Option<Instant>,
-    first_token: Option<Instant>,
-    last_token: Option<Instant>,
-    preemptions: u32,
-}
-
-impl<B: Backend> Seq<B> {
-    /// The prefix-cache keys of the full blocks this sequence may take from the cache under the
-    /// adapter whose identity is `ident` (recomputed if the adapter changed since): at most
-    /// `(len - 1) / block_size` blocks, so at least one token is always computed, for the logits
-    /// of the next.
-    fn cacheable_keys(&mut self, ident: u64, block_size: usize) -> &[u64] {
-        if ident != self.key_adapter {
-            self.block_keys.clear();
-            self.key_adapter = ident;
-        }
-        let most = (self.tokens.len() - 1) / block_size;
-        prefix::extend_keys(&mut self.block_keys, ident, &self.tokens[..most * block_size], block_size);
-        &self.block_keys[..most]
-    }
-    fn kv_len(&self) -> usize {
-        self.table.as_ref().map_or(0, |t| t.len())
-    }
-    fn cancelled(&self) -> bool {
-        self.cancel.load(Ordering::Relaxed)
-    }
-}
-
-struct Worker<B: Backend> {
-    be: Arc<B>,
-    model: Arc<Llama<B>>,
-    tokenizer: Arc<TextTokenizer>,
-    pool: BlockPool,
-    kv: B::Kv,
-    cache: AdapterCache<B>,
-    limits: Limits,
-    commands: Receiver<Command>,
-    /// Waiting sequences per adapter key, in queue order (preempted ones go to the front).
-    queues: BTreeMap<String, VecDeque<Seq<B>>>,
-    /// Running sequences in admission order (oldest first).
-    running: Vec<Seq<B>>,
-    /// Adapter key whose queue is served first next step (round-robin).
-    rr_next: String,
-    /// Since when each waiting adapter has been `Loading`.
-    loading_since: HashMap<String, Instant>,
-    stats: EngineStats,
-    shared: Arc<Mutex<EngineStats>>,
-}
-
-/// A copy of an error for each of several requests (`Error` holds an io::Error, not Clone).
-fn error_copy(e: &Error) -> Error {
-    match e {
-        Error::UnknownAdapter(id) => Error::UnknownAdapter(id.clone()),
-        Error::Adapter { id, msg } => Error::Adapter { id: id.clone(), msg: msg.clone() },
-        Error::PromptTooLong { tokens, new_tokens, context } => Error::PromptTooLong { tokens: *tokens, new_tokens: *new_tokens, context: *context },
-        Error::BadRequest(m) => Error::BadRequest(m.clone()),
-        Error::Cuda(m) => Error::Cuda(m.clone()),
-        Error::ShuttingDown(m) => Error::ShuttingDown(m.clone()),
-        other => Error::InvalidArgument(other.to_string()),
-    }
-}
-
-impl<B: Backend> Worker<B> {
-    fn run(&mut self) {
-        loop {
-            if !self.take_commands() {
-                return;
-            }
-            // On the CPU, the whole step on a pool thread (`Backend::run_step`).
-            let be = self.be.clone();
-            if let Err(e) = be.run_step(|| self.step()) {
-                // A failure of the whole step (the backend): every running request gets it,
-                // the engine goes on with the rest.
-                for s in std::mem::take(&mut self.running) {
-                    self.fail(s, error_copy(&e));
-                }
-            }
-            self.publish();
-        }
-    }
-
-    fn queued(&self) -> usize {
-        self.queues.values().map(VecDeque::len).sum()
-    }
-
-    /// Takes new commands: blocks while there is nothing to do, waits briefly while only
-    /// adapter loads are pending. Returns false on shutdown.
-    fn take_commands(&mut self) -> bool {
-        let mut first = if self.running.is_empty() && self.queues.is_empty() {
-            match self.commands.recv() {
-                Ok(c) => Some(c),
-                Err(_) => return false,
-            }
-        } else if self.running.is_empty() {
-            // Only waiting requests (adapters loading, or blocks held by nobody): poll.
-            match self.commands.recv_timeout(Duration::from_millis(2)) {
-                Ok(c) => Some(c),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return false,
-            }
-        } else {
-            None
-        };
-        loop {
-            let cmd = match first.take() {
-                Some(c) => c,
-                None => match self.commands.try_recv() {
-                    Ok(c) => c,
-                    Err(crossbeam::channel::TryRecvError::Empty) => return true,
-                    Err(crossbeam::channel::TryRecvError::Disconnected) => return false,
-                },
-            };
-            match cmd {
-                Command::Submit(s) => {
-                    let s = *s;
-                    let key = s.adapter.clone().unwrap_or_default();
-                    let prompt_len = s.prompt.len();
-                    let seq = Seq {
-                        id: s.id,
-                        adapter_key: key.clone(),
-                        adapter: None,
-                        tokens: s.prompt,
-                        prompt_len,
-                        table: None,
-                        block_keys: Vec::new(),
-                        key_adapter: 0,
-                        out: s.out,
-                        events: s.events,
-                        cancel: s.cancel,
-                        submitted: s.submitted,
-                        admitted: None,
-                        first_token: None,
-                        last_token: None,
-                        preemptions: 0,
-                    };
-                    self.queues.entry(key).or_default().push_back(seq);
-                }
-                Command::ListAdapters(reply) => {
-                    let _ = reply.send(self.cache.available());
-                }
-                Command::LoadAdapter { name, path, reply } => {
-                    let _ = reply.send(self.cache.register(&name, &path));
-                }
-                Command::UnloadAdapter { name, reply } => {
-                    let _ = reply.send(self.cache.unregister(&name));
-                }
-                Command::AbortAll(reason) => self.abort_all(&reason),
-                Command::Shutdown => {
-                    // Every stream gets a final event, also when the engine itself goes away.
-                    self.abort_all("the engine was stopped");
-                    return false;
-                }
-            }
-        }
-    }
-
-    /// Ends every queued and running request with `Error::ShuttingDown(reason)` (their blocks
-    /// return to the pool as their tables drop).
-    fn abort_all(&mut self, reason: &str) {
-        let queued: Vec<Seq<B>> = std::mem::take(&mut self.queues).into_values().flatten().collect();
-        for s in std::mem::take(&mut self.running).into_iter().chain(queued) {
-            self.fail(s, Error::ShuttingDown(reason.to_string()));
-        }
-        self.publish();
-    }
-
-    fn fail(&mut self, s: Seq<B>, e: Error) {
-        self.stats.requests_failed += 1;
-        let _ = s.events.send(Event::Error(e));
-    }
-
-    /// Drops cancelled requests (their blocks return to the pool as their tables drop).
-    fn drop_cancelled(&mut self) {
-        let before = self.running.len();
-        self.running.retain(|s| !s.cancelled());
-        let mut n = before - self.running.len();
-        for q in self.queues.values_mut() {
-            let before = q.len();
-            q.retain(|s| !s.cancelled());
-            n += before - q.len();
-        }
-        self.queues.retain(|_, q| !q.is_empty());
-        self.stats.requests_cancelled += n as u64;
-    }
-
-    /// Asks the cache for every waiting adapter: the ready ones (with their Arc), in the order
-    /// their queues are served this step. Requests for adapters that failed get the error.
-    fn ready_adapters(&mut self) -> Vec<(String, Option<Arc<LoadedAdapter<B>>>)> {
-        // Adapters still loading are asked first, oldest first, while this step holds no Arc
-        // of another adapter (a held Arc is a pin: the cache could not evict it to make room).
-        let mut keys: Vec<String> = self.queues.keys().cloned().collect();
-        keys.sort_by_key(|k| self.loading_since.get(k).copied().map_or((1, None), |t| (0, Some(t))));
-        let mut ready = Vec::new();
-        for key in keys {
-            if key.is_empty() {
-                ready.push((key, None));
-                continue;
-            }
-            match self.cache.request(&key) {
-                Ok(AdapterStatus::Ready(a)) => {
-                    self.loading_since.remove(&key);
-                    ready.push((key, Some(a)));
-                }
-                Ok(AdapterStatus::Loading) => {
-                    self.loading_since.entry(key).or_insert_with(Instant::now);
-                }
-                Err(e) => {
-                    self.loading_since.remove(&key);
-                    let q = self.queues.remove(&key).unwrap_or_default();
-                    for s in q {
-                        self.fail(s, error_copy(&e));
-                    }
-                }
-            }
-        }
-        ready.sort_by(|a, b| a.0.cmp(&b.0));
-        self.loading_since.retain(|k, _| self.queues.contains_key(k));
-        // An adapter that has waited this long is most likely waiting for room in the adapter
-        // budget, which only running sequences of other adapters (their pins) hold: admit no
-        // more sequences of other adapters until it gets in, so it cannot starve.
-        if self.loading_since.values().any(|t| t.elapsed() > STARVING_AFTER) {
-            ready.retain(|(k, _)| k.is_empty());
-        }
-        // Round-robin: start at the first key >= rr_next, wrapping.
-        let at = ready.iter().position(|(k, _)| *k >= self.rr_next).unwrap_or(0);
-        ready.rotate_left(at);
-        ready
-    }
-
-    fn step(&mut self) -> Result<()> {
-        self.drop_cancelled();
-        let ready = self.ready_adapters();
-        // What the prefix cache holds of each waiting sequence the planner could admit (the
-        // first `max_running` of each queue: no more can be admitted in one step).
-        let mut cached: HashMap<SeqId, (usize, usize)> = HashMap::new();
-        if self.pool.prefix_caching() {
-            let bs = self.limits.block_size;
-            for (k, a) in &ready {
-                let ident = a.as_ref().map_or(0, |a| a.content_key);
-                let Some(q) = self.queues.get_mut(k) else { continue };
-                for s in q.iter_mut().take(self.limits.max_running) {
-                    let (blocks, shared) = self.pool.probe(s.cacheable_keys(ident, bs));
-                    cached.insert(s.id, (blocks * bs, shared));
-                }
-            }
-        }
-        let plan = {
-            let running: Vec<RunningView<'_>> = self
-                .running
-                .iter()
-                .map(|s| RunningView {
-                    id: s.id,
-                    adapter: &s.adapter_key,
-                    kv_len: s.kv_len(),
-                    pending: s.tokens.len() - s.kv_len(),
-                    blocks: s.table.as_ref().map_or(0, |t| t.blocks().len()),
-                })
-                .collect();
-            let waiting: Vec<Vec<WaitingView<'_>>> = ready
-                .iter()
-                .filter_map(|(k, _)| self.queues.get(k))
-                .map(|q| {
-                    q.iter()
-                        .map(|s| {
-                            let (cached_tokens, shared_blocks) = cached.get(&s.id).copied().unwrap_or_default();
-                            WaitingView { id: s.id, adapter: &s.adapter_key, tokens: s.tokens.len(), cached_tokens, shared_blocks }
-                        })
-                        .collect()
-                })
-                .collect();
-            plan_step(&self.limits, &running, &waiting, self.pool.num_free())
-        };
-        // Next step starts with the queue after this step's first one.
-        if let Some((first, _)) = ready.first() {
-            self.rr_next = format!("{first}\u{0}");
-        }
-        self.apply(plan, &ready)
-    }
-
-    /// Carries out a plan: preemptions, admissions, then the forward step.
-    fn apply(&mut self, plan: Plan, ready: &[(String, Option<Arc<LoadedAdapter<B>>>)]) -> Result<()> {
-        let now = Instant::now();
-        for id in &plan.preempt {
-            let Some(i) = self.running.iter().position(|s| s.id == *id) else { continue };
-            let mut s = self.running.remove(i);
-            s.table = None;
-            s.adapter = None;
-            s.preemptions += 1;
-            self.stats.preemptions += 1;
-            self.queues.entry(s.adapter_key.clone()).or_default().push_front(s);
-        }
-        let mut skipped: Vec<SeqId> = Vec::new();
-        for id in &plan.admit {
-            let Some((key, q)) = self.queues.iter_mut().find(|(_, q)| q.iter().any(|s| s.id == *id)) else { continue };
-            let key = key.clone();
-            let i = q.iter().position(|s| s.id == *id).unwrap_or(0);
-            let Some(mut s) = q.remove(i) else { continue };
-            if q.is_empty() {
-                self.queues.remove(&key);
-            }
-            s.adapter = ready.iter().find(|(k, _)| *k == key).and_then(|(_, a)| a.clone());
-            // The leading full blocks another request (or this one, before a preemption) left in
-            // the prefix cache under this adapter: shared, not prefilled again. At least one
-            // token always runs, for the logits of the next.
-            let mut table = if self.pool.prefix_caching() {
-                let ident = s.adapter.as_ref().map_or(0, |a| a.content_key);
-                let queried = s.tokens.len();
-                let hit = self.pool.lookup(s.cacheable_keys(ident, self.limits.block_size), queried);
-                BlockTable::with_cached_prefix(&self.pool, hit)
-            } else {
-                BlockTable::new(&self.pool)
-            };
-            if table.reserve(s.tokens.len() - table.len()).is_err() {
-                // The plan counted these blocks as free; cannot happen, but never lose a request.
-                skipped.push(s.id);
-                s.adapter = None;
-                self.queues.entry(key).or_default().push_front(s);
-                continue;
-            }
-            s.table = Some(table);
-            let first_admission = s.admitted.is_none();
-            s.admitted.get_or_insert(now);
-            if s.out.options.prompt_logprobs && first_admission {
-                // Once, at the first admission: the prompt's log-probabilities by a forward of
-                // their own (the request asked for them; others are not slowed but by this step).
-                let prompt = s.tokens[..s.prompt_len].to_vec();
-                let top_n = s.out.options.logprobs.unwrap_or(0);
-                match super::score::prompt_logprobs(&*self.model, &*self.be, &prompt, s.adapter.as_deref(), top_n) {
-                    Ok(logprobs) => {
-                        let _ = s.events.send(Event::Prompt { ids: prompt, logprobs });
-                    }
-                    Err(e) => {
-                        let _ = s.events.send(Event::Error(e));
-                        self.stats.requests_failed += 1;
-                        continue;
-                    }
-                }
-            }
-            self.running.push(s);
-        }
-
-        // The step's work, sorted by adapter so each adapter is one LoRA segment.
-        let index: HashMap<SeqId, usize> = self.running.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
-        let mut work: Vec<(usize, usize)> = Vec::new();
-        for &(id, n) in &plan.work {
-            if skipped.contains(&id) {
-                continue;
-            }
-            let Some(&i) = index.get(&id) else { continue };
-            let s = &mut self.running[i];
-            let Some(t) = s.table.as_mut() else { continue };
-            // The plan counted a newly admitted sequence's whole prompt; a prefix-cache hit at
-            // admission left fewer tokens to compute.
-            let n = n.min(s.tokens.len() - t.len());
-            if n == 0 || t.reserve(n).is_err() {
-                continue;
-            }
-            work.push((i, n));
-        }
-        if work.is_empty() {
-            return Ok(());
-        }
-        work.sort_by(|a, b| self.running[a.0].adapter_key.cmp(&self.running[b.0].adapter_key));
-
-        let mut ids: Vec<u32> = Vec::new();
-        let mut sample: Vec<bool> = Vec::with_capacity(work.len());
-        for &(i, n) in &work {
-            let s = &self.running[i];
-            let kv = s.kv_len();
-            ids.extend_from_slice(&s.tokens[kv..kv + n]);
-            sample.push(kv + n == s.tokens.len());
-        }
-        let batch = {
-            let parts: Vec<(&BlockTable, usize)> =
-                work.iter().filter_map(|&(i, n)| self.running[i].table.as_ref().map(|t| (t, n))).collect();
-            BatchLayout::new(self.limits.block_size, &parts)
-        };
-        let rows: Vec<usize> = batch.last_rows().into_iter().zip(&sample).filter(|(_, s)| **s).map(|(r, _)| r).collect();
-        let held: Vec<Option<Arc<LoadedAdapter<B>>>> = work.iter().map(|&(i, _)| self.running[i].adapter.clone()).collect();
-        let adapters: Vec<Option<&LoadedAdapter<B>>> = held.iter().map(|a| a.as_deref()).collect();
-        let next = if rows.is_empty() {
-            // Prefill chunks only: K/V are written, no logits are needed; still one row
-            // because the lm_head needs at least one.
-            self.model.forward_lora(&*self.be, &ids, &batch, &mut self.kv, &[0], &adapters)?;
-            Vec::new()
-        } else {
-            // The sampled sequences' samplers, in batch order; the backend samples (on the device
-            // on a GPU) and the step syncs once, for the ids.
-            let mut slots: Vec<Option<&mut Sampler>> = self.running.iter_mut().map(|s| Some(s.out.sampler_mut())).collect();
-            let mut samplers: Vec<&mut Sampler> =
-                work.iter().zip(&sample).filter(|(_, s)| **s).filter_map(|(&(i, _), _)| slots[i].take()).collect();
-            self.model.forward_sample(&*self.be, &ids, &batch, &mut self.kv, &rows, &adapters, &mut samplers)?
-        };
-        self.stats.steps += 1;
-
-        let eos = self.model.config.eos_token_ids.clone();
-        let mut row = 0;
-        let mut done: Vec<usize> = Vec::new();
-        let caching = self.pool.prefix_caching();
-        let bs = self.limits.block_size;
-        for (j, &(i, n)) in work.iter().enumerate() {
-            let s = &mut self.running[i];
-            if let Some(t) = s.table.as_mut() {
-                let before = t.len();
-                t.advance(n);
-                if caching {
-                    // Blocks this step filled are offered to the prefix cache.
-                    let len = t.len();
-                    prefix::extend_keys(&mut s.block_keys, s.key_adapter, &s.tokens[..len], bs);
-                    t.publish_full(&s.block_keys, before / bs);
-                }
-            }
-            if !sample[j] {
-                continue;
-            }
-            let logprobs = s.out.sampler_mut().take_logprobs();
-            let a = s.out.accept_token(&self.tokenizer, &eos, next[row]);
-            row += 1;
-            let a = match a {
-                Ok(a) => a,
-                Err(e) => {
-                    let _ = s.events.send(Event::Error(e));
-                    s.cancel.store(true, Ordering::Relaxed);
-                    self.stats.requests_failed += 1;
-                    done.push(i);
-                    continue;
-                }
-            };
-            s.tokens.push(a.token);
-            let t = Instant::now();
-            match s.last_token {
-                None => self.stats.ttft.observe((t - s.submitted).as_secs_f64()),
-                Some(prev) => self.stats.inter_token.observe((t - prev).as_secs_f64()),
-            }
-            s.first_token.get_or_insert(t);
-            s.last_token = Some(t);
-            self.stats.generated_tokens += 1;
-            let sent = s.events.send(Event::Token { id: a.token, text: a.text, special: a.special, logprobs });
-            if sent.is_err() {
-                // The client went away: cancelled.
-                s.cancel.store(true, Ordering::Relaxed);
-                done.push(i);
-                self.stats.requests_cancelled += 1;
-                continue;
-            }
-            if let Some(reason) = s.out.finish {
-                let generated = s.tokens.len() - s.prompt_len;
-                let f = Finished {
-                    reason,
-                    prompt_tokens: s.prompt_len,
-                    generated_tokens: generated,
-                    token_ids: s.tokens[s.prompt_len..].to_vec(),
-                    text: s.out.text().to_string(),
-                    ttft: s.first_token.map_or(Duration::ZERO, |f| f - s.submitted),
-                    total: t - s.submitted,
-                    queue_time: s.admitted.map_or(Duration::ZERO, |a| a - s.submitted),
-                    preemptions: s.preemptions,
-                };
-                self.stats.requests_finished += 1;
-                self.stats.prompt_tokens += s.prompt_len as u64;
-                let _ = s.events.send(Event::Finished(f));
-                done.push(i);
-            }
-        }
-        done.sort_unstable();
-        for i in done.into_iter().rev() {
-            // Dropping the sequence frees its blocks and its adapter pin.
-            self.running.remove(i);
-        }
-        Ok(())
-    }
-
-    fn publish(&mut self) {
-        self.stats.queued = self.queued();
-        self.stats.running = self.running.len();
-        self.stats.kv_blocks_used = self.pool.num_blocks() - self.pool.num_free();
-        self.stats.prefix = self.pool.prefix_stats();
-        self.stats.resident_adapters = self.cache.resident();
-        *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = self.stats.clone();
     }
 }

@@ -11,6 +11,7 @@ pub mod scheduler;
 pub mod score;
 pub mod stats;
 pub mod stop;
+mod worker;
 
 pub use engine::{CacheOptions, Engine, EngineOptions};
 pub use generate::{FinishReason, GenerateOptions, GenerationOutput, Generator, SeqRequest};
