@@ -60,12 +60,12 @@ pub enum Error {
 
 fn too_long(tokens: usize, new_tokens: usize, context: usize) -> String {
     if new_tokens == 0 {
-        format!("the prompt has {tokens} tokens; at most {context} fit (the model's context)")
+        format!("the prompt has {tokens} tokens; the model's context holds {context}")
     } else if new_tokens >= context {
-        format!("max_new_tokens {new_tokens} alone exceeds the {context} tokens a sequence may hold (prompt + new tokens)")
+        format!("max_new_tokens {new_tokens} alone exceeds the context of {context} tokens (prompt + new tokens)")
     } else {
         format!(
-            "the prompt has {tokens} tokens and max_new_tokens is {new_tokens}: {} in all, over the {context} a sequence may hold (at most {} prompt tokens with this max_new_tokens)",
+            "the prompt has {tokens} tokens and max_new_tokens is {new_tokens}: {} in all, over the context of {context} tokens (at most {} prompt tokens with this max_new_tokens)",
             tokens + new_tokens,
             context - new_tokens
         )

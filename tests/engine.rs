@@ -230,7 +230,7 @@ fn bad_requests_are_refused_at_submit() {
     assert!(matches!(engine.submit(req(vec![1; 125], greedy(8))), Err(Error::PromptTooLong { tokens: 125, new_tokens: 8, context: 128 })));
     // max_new_tokens alone over the limit says so (not "the context holds 0").
     let e = engine.submit(req(vec![1; 5], greedy(100_000))).err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(e.contains("max_new_tokens 100000 alone exceeds the 128 tokens"), "{e}");
+    assert!(e.contains("max_new_tokens 100000 alone exceeds the context of 128 tokens"), "{e}");
     assert!(matches!(engine.submit(req(vec![], greedy(8))), Err(Error::EmptyPrompt)));
     assert!(matches!(engine.submit(req(vec![f.model.config.vocab_size as u32], greedy(8))), Err(Error::BadRequest(_))));
     let hot = GenerateOptions { sampling: SamplingParams { temperature: -1.0, ..SamplingParams::greedy() }, ..greedy(8) };
