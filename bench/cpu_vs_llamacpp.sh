@@ -25,7 +25,7 @@
 # (--quantize nf4), with the lm_head held as each GGUF holds it (llama-quantize's logs say so):
 # f32 in F32, bf16 in BF16 (--lm-head bf16), Q8_0 in Q4_0 (the tied token_embd falls back from
 # q6_K to q8_0 at 576 columns; --lm-head q8). The logits' error of each head format:
-# tests/lm_head_formats.rs.
+# tests/model/lm_head_formats.rs.
 #
 # Rows compared: decode = llama-bench tg128 vs `lorafleet generate` of 128 greedy tokens after
 # "The capital of France is" (decode_tokens_per_s); prefill = llama-bench pp512 vs lorafleet's

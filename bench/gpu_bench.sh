@@ -8,7 +8,7 @@
 #
 # On the GPU machine, from the unpacked bundle (scripts/gpu-pack.sh puts the binary and a
 # tokenizer in .gpu/):   OUT=$OUT bash bench/gpu_bench.sh
-# Here, on the emulator, with a tiny shape (tests/gpu_bench_script.rs runs exactly this):
+# Here, on the emulator, with a tiny shape (tests/serve/gpu_bench_script.rs runs exactly this):
 #   LORAFLEET=target/debug/lorafleet TOKENIZER=models/smollm2-135m-instruct SHAPE=tests/golden/tiny_shape.json \
 #   LORAFLEET_CUDA_EMU=1 USERS=1,2 DURATION=1 INPUT=4-8 OUTPUT=2-4 NEW_TOKENS=4 REPS=1 COPY_BYTES=4M \
 #   KV_BYTES=64M ADAPTER_MEMORY=64M bash bench/gpu_bench.sh

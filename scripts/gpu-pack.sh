@@ -3,9 +3,9 @@
 # binary embeds the same CUDA fatbins) into .gpu.tar.xz (~13 MiB: xz -9's 64 MiB dictionary
 # stores the shared bytes once), under the device tool's 64 MiB carry limit. Then:
 #   run(carry: [".gpu.tar.xz"], command: "tar xJf .gpu.tar.xz && bash .gpu/check.sh")
-# (check.sh: the cuda_* parity tests under LORAFLEET_REQUIRE_GPU=1, then the GPU benches; run.sh
+# (check.sh: the CUDA parity tests under LORAFLEET_REQUIRE_GPU=1, then the GPU benches; run.sh
 # from gpu-bundle.sh runs every binary, also those that need the model files, which stay here.)
-# or one binary: "tar xJf .gpu.tar.xz && LORAFLEET_REQUIRE_GPU=1 .gpu/bin/cuda_attention_train-*".
+# or one file's tests: "tar xJf .gpu.tar.xz && LORAFLEET_REQUIRE_GPU=1 .gpu/bin/cuda-* cuda_attention_train::".
 # Usage, from the project root: NVCC=... ../shared/scripts/gpu-bundle.sh && scripts/gpu-pack.sh
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
@@ -16,7 +16,7 @@ cd "$root"
 cat > .gpu/check.sh <<'CHECK'
 #!/usr/bin/env bash
 # The GPU checks that need no model files, in one call (device time is scarce):
-#   bash .gpu/check.sh            every cuda_* test with LORAFLEET_REQUIRE_GPU=1, then the benches
+#   bash .gpu/check.sh            every CUDA test binary (cuda, cuda_emu, cuda_step_counts) with LORAFLEET_REQUIRE_GPU=1, then the benches
 #   bash .gpu/check.sh tests      the tests only
 # Each binary's output also goes to $OUT/<name>.log when OUT is set.
 cd "$(dirname "$0")/.."
@@ -24,7 +24,7 @@ export LORAFLEET_REQUIRE_GPU=1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader 2>/dev/null
 fail=0
 keep() { [[ -n ${OUT:-} ]] && cp "$1" "$OUT/"; }
-for t in .gpu/bin/cuda_*; do
+for t in .gpu/bin/cuda-* .gpu/bin/cuda_*; do
   n=$(basename "$t" | sed 's/-[0-9a-f]*$//')
   echo "== $n"
   "$t" > "/tmp/$n.log" 2>&1

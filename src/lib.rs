@@ -17,11 +17,13 @@ pub mod loadtest;
 pub mod lora;
 pub mod model;
 pub mod progress;
-pub mod server;
 pub mod quant;
 pub mod rng;
+pub mod server;
 pub mod tokenizer;
 pub mod train;
+pub mod types;
+pub mod weights;
 
 pub use tokenizer::TextTokenizer;
 

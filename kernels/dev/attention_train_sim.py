@@ -1,7 +1,7 @@
 # The block loops of kernels/attention_train.cu (tile bounds, causal masks, key_row, the online
 # softmax, atomics as +=) transliterated into numpy and checked against a dense reference, on
 # packed and shared-prefix batches, GQA, tiles of 32 and 16. It validates the decomposition on
-# any machine, not the CUDA code itself (tests/cuda_attention_train.rs does that on a GPU).
+# any machine, not the CUDA code itself (tests/cuda/cuda_attention_train.rs does that on a GPU).
 # Run: python3 kernels/dev/attention_train_sim.py  (numpy; about a minute)
 import numpy as np
 rng = np.random.default_rng(0)

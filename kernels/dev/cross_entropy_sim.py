@@ -2,7 +2,7 @@
 # SGEMM's 64 x 64 block tiles, 16-deep K slices, 4 x 4 per thread and bounds checks; the chunk
 # loop of the launcher; the per-row online-softmax update; the finish), checked against a dense
 # reference on odd shapes. It validates the indexing and the recurrence on any machine, not the
-# CUDA code itself (tests/cuda_cross_entropy.rs does that on a GPU).
+# CUDA code itself (tests/cuda/cuda_cross_entropy.rs does that on a GPU).
 # Run: python3 kernels/dev/cross_entropy_sim.py  (numpy; seconds)
 import numpy as np
 

@@ -5,19 +5,20 @@
 //! Activations are 2-D row-major `[rows, cols]` tensors (rows = tokens of the flattened ragged
 //! batch). The backend chooses how it stores them; the model never looks inside.
 
+pub mod adapter;
 pub mod cpu;
 pub mod cuda;
 pub mod device;
 pub mod host_memory;
-pub mod layout;
 pub mod numeric;
 pub mod random;
+pub mod sampler;
 pub mod sampling;
 pub mod train;
 
 use crate::kv::{BatchLayout, KvLayout};
-use crate::lora::{LoadedAdapter, LoraModule};
-use crate::model::config::ModelConfig;
+pub use adapter::{LoadedAdapter, LoadedPair};
+use crate::types::{HeadFormat, LoraModule, ModelConfig};
 use crate::Result;
 
 /// A weight matrix as loaded from disk, `[rows, cols]` row-major f32 (rows = output features
@@ -133,7 +134,7 @@ pub trait Backend: Send + Sync + 'static {
     }
     /// The lm_head `[vocab, hidden]` held as `format` says (`--lm-head`): f32 is `upload_table`,
     /// bf16 a bf16 weight; a backend without a format refuses it here, at load.
-    fn upload_head(&self, m: HostMatrix, format: crate::model::HeadFormat) -> Result<Self::Matrix>
+    fn upload_head(&self, m: HostMatrix, format: HeadFormat) -> Result<Self::Matrix>
     where
         Self: Sized,
     {
@@ -230,7 +231,7 @@ pub trait Backend: Send + Sync + 'static {
     /// samples on the device with the rows `StepSpec::samples` uploaded, and syncs once for the
     /// ids; rows whose sampler `needs_host_row` (penalties, log-probabilities) then come to the
     /// host for `Sampler::sample_host`.
-    fn sample(&self, logits: &Self::Tensor, _step: &mut Self::Step<'_>, samplers: &mut [&mut crate::engine::Sampler]) -> Result<Vec<u32>> {
+    fn sample(&self, logits: &Self::Tensor, _step: &mut Self::Step<'_>, samplers: &mut [&mut sampler::Sampler]) -> Result<Vec<u32>> {
         let host = self.to_host(logits)?;
         let (rows, vocab) = self.dims(logits);
         if rows != samplers.len() || rows == 0 {
@@ -258,8 +259,7 @@ pub struct LoraSegment<'a, M> {
 }
 
 /// `Backend::upload_head` for the formats every backend has (f32, bf16).
-pub fn upload_head_default<B: Backend>(be: &B, m: HostMatrix, format: crate::model::HeadFormat) -> Result<B::Matrix> {
-    use crate::model::HeadFormat;
+pub fn upload_head_default<B: Backend>(be: &B, m: HostMatrix, format: HeadFormat) -> Result<B::Matrix> {
     match format {
         HeadFormat::F32 => be.upload_table(m),
         HeadFormat::Bf16 => {

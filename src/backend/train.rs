@@ -11,8 +11,8 @@
 //! gradient, only its inputs do.
 
 use super::Backend;
-use crate::model::config::ModelConfig;
-use crate::train::TrainBatch;
+use crate::types::config::ModelConfig;
+use crate::types::TrainBatch;
 use crate::Result;
 
 /// One AdamW update's scalars (PyTorch's `torch.optim.AdamW`, computed once per update on the

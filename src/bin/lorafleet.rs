@@ -556,7 +556,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Quantize(a) => {
-            lorafleet::quant::checkpoint::quantize_dir(&a.model, &a.out, std::io::stderr().is_terminal())?;
+            lorafleet::model::quantize::quantize_dir(&a.model, &a.out, std::io::stderr().is_terminal())?;
             eprintln!("wrote {}", a.out.display());
             Ok(())
         }

@@ -16,35 +16,11 @@ pub mod task;
 pub mod yaml;
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub use task::{load_task, Task, TaskMetadata};
 
-/// A bad data file: which file, which line (1-based) when known, and what is wrong.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DataError {
-    pub path: PathBuf,
-    pub line: Option<usize>,
-    pub msg: String,
-}
-
-impl DataError {
-    pub fn new(path: impl Into<PathBuf>, line: Option<usize>, msg: String) -> Self {
-        DataError { path: path.into(), line, msg }
-    }
-}
-
-impl fmt::Display for DataError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(l) => write!(f, "{}:{l}: {}", self.path.display(), self.msg),
-            None => write!(f, "{}: {}", self.path.display(), self.msg),
-        }
-    }
-}
-
-impl std::error::Error for DataError {}
+pub use crate::error::DataError;
 
 /// One example: the prompt the model sees, the completion it is trained to produce, and the
 /// target evaluation scores its output against.

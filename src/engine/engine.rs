@@ -19,15 +19,15 @@ use std::time::Instant;
 use crossbeam::channel::{unbounded, Sender};
 
 use super::output::SeqOutput;
-use super::request::{Event, GenerateRequest, Prompt, RequestHandle};
+use super::request::{GenerateRequest, Prompt, RequestHandle};
 use super::scheduler::Limits;
-use super::worker::Worker;
+use super::worker::{Command, Submission, Worker};
 use super::stats::EngineStats;
 use crate::backend::Backend;
 use crate::kv::{BlockPool, DEFAULT_BLOCK_SIZE};
 pub use crate::lora::cache::CacheOptions;
 use crate::lora::cache::AdapterCache;
-use crate::model::config::ModelConfig;
+use crate::types::config::ModelConfig;
 use crate::model::Llama;
 use crate::tokenizer::TextTokenizer;
 use crate::{Error, Result};
@@ -68,27 +68,6 @@ impl Default for EngineOptions {
             prefix_cache: true,
         }
     }
-}
-
-pub(super) enum Command {
-    Submit(Box<Submission>),
-    ListAdapters(Sender<Vec<String>>),
-    /// Register a name for an adapter folder and load it (`AdapterCache::register`).
-    LoadAdapter { name: String, path: std::path::PathBuf, reply: Sender<Result<()>> },
-    UnloadAdapter { name: String, reply: Sender<Result<()>> },
-    /// End every queued and running request with `Error::ShuttingDown(reason)`.
-    AbortAll(String),
-    Shutdown,
-}
-
-pub(super) struct Submission {
-    pub(super) id: u64,
-    pub(super) prompt: Vec<u32>,
-    pub(super) adapter: Option<String>,
-    pub(super) out: SeqOutput,
-    pub(super) events: Sender<Event>,
-    pub(super) cancel: Arc<AtomicBool>,
-    pub(super) submitted: Instant,
 }
 
 /// The client side of the engine: cheap to share (`Arc<Engine>`); dropping it stops the thread.

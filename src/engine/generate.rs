@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::output::SeqOutput;
-use super::sampler::SamplingParams;
+use super::output::{FinishReason, GenerateOptions, SeqOutput};
+
 use crate::backend::Backend;
 use crate::kv::{BatchLayout, BlockPool, BlockTable, DEFAULT_BLOCK_SIZE};
 use crate::lora::LoadedAdapter;
@@ -16,38 +16,9 @@ use crate::tokenizer::TextTokenizer;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone)]
-pub struct GenerateOptions {
-    /// Exactly this many tokens unless EOS or a stop string ends the sequence first.
-    pub max_new_tokens: usize,
-    pub sampling: SamplingParams,
-    pub stop: Vec<String>,
-    pub ignore_eos: bool,
-    /// Report each generated token's log-probability and this many top alternatives
-    /// (`Event::Token::logprobs`); None: none.
-    pub logprobs: Option<usize>,
-    /// Report the prompt's log-probabilities (`Event::Prompt`) with `logprobs.unwrap_or(0)`
-    /// alternatives each: one extra forward over the prompt.
-    pub prompt_logprobs: bool,
-}
-
-impl Default for GenerateOptions {
-    fn default() -> Self {
-        GenerateOptions { max_new_tokens: 64, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: false, logprobs: None, prompt_logprobs: false }
-    }
-}
-
-#[derive(Debug, Clone)]
 pub struct SeqRequest {
     pub prompt_ids: Vec<u32>,
     pub options: GenerateOptions,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FinishReason {
-    Length,
-    Eos,
-    Stop,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -274,8 +245,8 @@ impl<'a, B: Backend> Generator<'a, B> {
         active: &[usize],
         seqs: &mut [Seq],
     ) -> Result<Vec<u32>> {
-        let mut slots: Vec<Option<&mut super::sampler::Sampler>> = seqs.iter_mut().map(|s| Some(s.out.sampler_mut())).collect();
-        let mut samplers: Vec<&mut super::sampler::Sampler> = active.iter().filter_map(|&i| slots[i].take()).collect();
+        let mut slots: Vec<Option<&mut crate::backend::sampler::Sampler>> = seqs.iter_mut().map(|s| Some(s.out.sampler_mut())).collect();
+        let mut samplers: Vec<&mut crate::backend::sampler::Sampler> = active.iter().filter_map(|&i| slots[i].take()).collect();
         self.model.forward_sample(self.be, ids, batch, kv, &batch.last_rows(), adapters, &mut samplers)
     }
 

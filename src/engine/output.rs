@@ -2,11 +2,43 @@
 //! incremental detokenization. Shared by the batch `Generator` and the continuous-batching
 //! engine, so both turn logits into tokens and text in exactly the same way.
 
-use super::generate::{FinishReason, GenerateOptions};
-use super::sampler::Sampler;
+use serde::Serialize;
+
+use crate::backend::sampler::{Sampler, SamplingParams};
 use super::stop::StopMatcher;
 use crate::tokenizer::{IncrementalDecoder, TextTokenizer};
 use crate::Result;
+
+/// What a sequence asks of its output: length, sampling, stop strings, log-probabilities.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    /// Exactly this many tokens unless EOS or a stop string ends the sequence first.
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub ignore_eos: bool,
+    /// Report each generated token's log-probability and this many top alternatives
+    /// (`Event::Token::logprobs`); None: none.
+    pub logprobs: Option<usize>,
+    /// Report the prompt's log-probabilities (`Event::Prompt`) with `logprobs.unwrap_or(0)`
+    /// alternatives each: one extra forward over the prompt.
+    pub prompt_logprobs: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { max_new_tokens: 64, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: false, logprobs: None, prompt_logprobs: false }
+    }
+}
+
+/// Why a sequence ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Length,
+    Eos,
+    Stop,
+}
 
 #[derive(Debug, Clone)]
 pub struct SeqOutput {

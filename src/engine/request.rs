@@ -8,8 +8,8 @@ use std::time::Duration;
 use crossbeam::channel::{Receiver, RecvTimeoutError};
 use serde::Serialize;
 
-use super::generate::{FinishReason, GenerateOptions};
-use super::sampler::TokenLogprobs;
+use super::output::{FinishReason, GenerateOptions};
+use crate::backend::sampler::TokenLogprobs;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::sampler::{argmax, token_logprobs, TokenLogprobs};
+use crate::backend::sampler::{argmax, token_logprobs, TokenLogprobs};
 use crate::backend::Backend;
 use crate::kv::{BatchLayout, BlockPool, BlockTable, DEFAULT_BLOCK_SIZE};
 use crate::lora::LoadedAdapter;

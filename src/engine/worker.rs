@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 
-use super::engine::Command;
 use super::output::SeqOutput;
 use super::request::{Event, Finished};
-use super::sampler::Sampler;
+use crate::backend::sampler::Sampler;
 use super::scheduler::{plan_step, Limits, Plan, RunningView, SeqId, WaitingView};
 use super::stats::EngineStats;
 use crate::backend::Backend;
@@ -22,6 +21,28 @@ use crate::lora::LoadedAdapter;
 use crate::model::Llama;
 use crate::tokenizer::TextTokenizer;
 use crate::{Error, Result};
+
+/// What the handle (`engine::Engine`) asks of the engine thread.
+pub(super) enum Command {
+    Submit(Box<Submission>),
+    ListAdapters(Sender<Vec<String>>),
+    /// Register a name for an adapter folder and load it (`AdapterCache::register`).
+    LoadAdapter { name: String, path: std::path::PathBuf, reply: Sender<Result<()>> },
+    UnloadAdapter { name: String, reply: Sender<Result<()>> },
+    /// End every queued and running request with `Error::ShuttingDown(reason)`.
+    AbortAll(String),
+    Shutdown,
+}
+
+pub(super) struct Submission {
+    pub(super) id: u64,
+    pub(super) prompt: Vec<u32>,
+    pub(super) adapter: Option<String>,
+    pub(super) out: SeqOutput,
+    pub(super) events: Sender<Event>,
+    pub(super) cancel: Arc<AtomicBool>,
+    pub(super) submitted: Instant,
+}
 
 /// How long an adapter may wait for its load before the engine stops admitting sequences of
 /// other adapters (so their pins drain and the adapter budget makes room for it).

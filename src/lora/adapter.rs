@@ -11,75 +11,12 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::backend::HostMatrix;
-use crate::model::config::ModelConfig;
-use crate::model::weights::WeightFiles;
+use crate::types::config::ModelConfig;
+use crate::weights::WeightFiles;
 use crate::rng::SplitMix64;
 use crate::{Error, Result};
 
-/// The seven linear projections of a Llama decoder layer, in a fixed order (the index into
-/// `LayerLora`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum LoraModule {
-    Q,
-    K,
-    V,
-    O,
-    Gate,
-    Up,
-    Down,
-}
-
-impl LoraModule {
-    pub const ALL: [LoraModule; 7] =
-        [LoraModule::Q, LoraModule::K, LoraModule::V, LoraModule::O, LoraModule::Gate, LoraModule::Up, LoraModule::Down];
-
-    /// The module's name in HF / peft (`q_proj`, ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            LoraModule::Q => "q_proj",
-            LoraModule::K => "k_proj",
-            LoraModule::V => "v_proj",
-            LoraModule::O => "o_proj",
-            LoraModule::Gate => "gate_proj",
-            LoraModule::Up => "up_proj",
-            LoraModule::Down => "down_proj",
-        }
-    }
-
-    /// `self_attn` or `mlp`: the parent in the HF module path.
-    pub fn parent(self) -> &'static str {
-        match self {
-            LoraModule::Q | LoraModule::K | LoraModule::V | LoraModule::O => "self_attn",
-            _ => "mlp",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// `(out, in)` features of this projection in the model.
-    pub fn dims(self, c: &ModelConfig) -> (usize, usize) {
-        let (h, qd, kvd, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
-        match self {
-            LoraModule::Q => (qd, h),
-            LoraModule::K | LoraModule::V => (kvd, h),
-            LoraModule::O => (h, qd),
-            LoraModule::Gate | LoraModule::Up => (ff, h),
-            LoraModule::Down => (h, ff),
-        }
-    }
-
-    /// The module path inside the base model, e.g. `model.layers.3.self_attn.q_proj`.
-    pub fn path(self, layer: usize) -> String {
-        format!("model.layers.{layer}.{}.{}", self.parent(), self.name())
-    }
-
-    /// The peft key of this module's `lora_A` / `lora_B` weight.
-    pub fn peft_key(self, layer: usize, which: char) -> String {
-        format!("base_model.model.{}.lora_{which}.weight", self.path(layer))
-    }
-}
+pub use crate::types::LoraModule;
 
 /// The parts of `adapter_config.json` lorafleet uses.
 #[derive(Debug, Clone, PartialEq)]

@@ -18,7 +18,7 @@ use crossbeam::channel::{unbounded, Receiver, Sender};
 use super::adapter::{LoraAdapter, LoraConfig, LoraModule};
 use super::LoadedAdapter;
 use crate::backend::Backend;
-use crate::model::config::ModelConfig;
+use crate::types::config::ModelConfig;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone)]

@@ -1,5 +1,5 @@
-//! LoRA adapters: PEFT files in and out (`adapter`), adapters resident on a backend
-//! (`LoadedAdapter`), and the tiered cache that decides which adapters are resident (`cache`).
+//! LoRA adapters: PEFT files in and out (`adapter`), uploading them to a backend
+//! (`LoadedAdapter::upload`, the type itself is the backend's), and the tiered cache that decides which adapters are resident (`cache`).
 
 pub mod adapter;
 pub mod cache;
@@ -7,33 +7,9 @@ pub mod cache;
 pub use adapter::{LoraAdapter, LoraConfig, LoraModule, LoraPair};
 pub use cache::{AdapterCache, AdapterStatus, CacheOptions, CacheStats, SyntheticAdapters};
 
+pub use crate::backend::adapter::{LoadedAdapter, LoadedPair};
 use crate::backend::Backend;
 use crate::Result;
-
-/// One module's pair on a backend.
-pub struct LoadedPair<B: Backend> {
-    /// `[r, in]`.
-    pub a: B::Matrix,
-    /// `[out, r]`.
-    pub b: B::Matrix,
-    pub scale: f32,
-    pub rank: usize,
-}
-
-/// An adapter uploaded to a backend, ready for `Llama::forward_lora`.
-pub struct LoadedAdapter<B: Backend> {
-    pub id: String,
-    /// A hash of everything the adapter computes with (ranks, scales, every A and B value; for
-    /// a random adapter its seed and shape): the identity prefix-cached KV blocks are keyed by
-    /// (`kv::prefix`), so an adapter reloaded from new files never meets its old blocks, and the
-    /// same weights loaded again do.
-    pub content_key: u64,
-    /// Per layer, per `LoraModule::index`.
-    pub layers: Vec<[Option<LoadedPair<B>>; 7]>,
-    /// Bytes of A and B on the backend (f32).
-    pub bytes: usize,
-    pub max_rank: usize,
-}
 
 impl<B: Backend> LoadedAdapter<B> {
     pub fn upload(be: &B, adapter: &LoraAdapter) -> Result<Self> {
@@ -54,7 +30,7 @@ impl<B: Backend> LoadedAdapter<B> {
     /// CPU backend makes the same values): rank `rank` on all seven projections of every layer,
     /// A ~ U(-1, 1) / sqrt(in), B ~ U(-b_scale, b_scale), scale alpha / rank. For benchmarks
     /// (`bench --synthetic-adapters`): no file, no host copy.
-    pub fn random(be: &B, id: &str, model: &crate::model::ModelConfig, rank: usize, alpha: f32, seed: u64, b_scale: f32) -> Result<Self> {
+    pub fn random(be: &B, id: &str, model: &crate::types::ModelConfig, rank: usize, alpha: f32, seed: u64, b_scale: f32) -> Result<Self> {
         use crate::backend::random::{RandomFormat, RandomSpec};
         use crate::backend::HostWeight;
         if rank == 0 {
@@ -87,9 +63,6 @@ impl<B: Backend> LoadedAdapter<B> {
         Ok(LoadedAdapter { id: id.to_string(), content_key, layers, bytes, max_rank: rank })
     }
 
-    pub fn pair(&self, layer: usize, m: LoraModule) -> Option<&LoadedPair<B>> {
-        self.layers.get(layer).and_then(|l| l[m.index()].as_ref())
-    }
 }
 
 /// `LoadedAdapter::content_key` of a host adapter: FNV-1a-style mixing of every value's bits
@@ -112,10 +85,4 @@ fn content_key(adapter: &LoraAdapter) -> u64 {
         }
     }
     h.max(1)
-}
-
-impl<B: Backend> std::fmt::Debug for LoadedAdapter<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedAdapter").field("id", &self.id).field("bytes", &self.bytes).field("max_rank", &self.max_rank).finish()
-    }
 }

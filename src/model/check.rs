@@ -4,8 +4,8 @@
 //! the tokenizer has a vocabulary, encodes text, and gives only ids inside the model's vocabulary.
 //! (The special token ids of config.json are checked when it parses: `ModelConfig`.)
 
-use super::weights::WeightFiles;
-use super::ModelConfig;
+use crate::weights::WeightFiles;
+use crate::types::ModelConfig;
 use crate::tokenizer::TextTokenizer;
 
 /// The highest decoder layer index the weights hold (`model.layers.N.*`), if any.

@@ -6,7 +6,7 @@
 //! Scales keep activations well-behaved through many layers: linear weights ~ U(-1, 1) /
 //! sqrt(in), norms 1, embeddings ~ U(-1, 1) · 0.02.
 
-use super::config::ModelConfig;
+use crate::types::config::ModelConfig;
 use super::llama::WeightSource;
 use crate::backend::{HostMatrix, HostWeight};
 use crate::backend::random::{RandomFormat, RandomSpec};

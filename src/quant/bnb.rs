@@ -15,7 +15,7 @@ use std::path::Path;
 use safetensors::Dtype;
 
 use super::nf4::{Absmax, Nf4Tensor};
-use crate::model::weights::{to_f32, WeightFiles};
+use crate::weights::{to_f32, WeightFiles};
 use crate::{Error, Result};
 
 /// The suffix of the JSON quant-state tensor of an NF4 weight.

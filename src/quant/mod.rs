@@ -2,7 +2,6 @@
 //! bitsandbytes' own safetensors serialization of a 4-bit weight (`bnb`).
 
 pub mod bnb;
-pub mod checkpoint;
 pub mod codes;
 pub mod nf4;
 pub mod torch_sum;

@@ -39,7 +39,7 @@ pub struct ServeOptions {
     /// How the linear weights are held (`LoadOptions::format`).
     pub format: BaseFormat,
     /// How the lm_head is held (`LoadOptions::head`).
-    pub lm_head: crate::model::HeadFormat,
+    pub lm_head: crate::types::HeadFormat,
     /// CPU threads for the model (None = all cores).
     pub threads: Option<usize>,
     /// Where the model runs (`--device`) and, on CUDA, the activation dtype.

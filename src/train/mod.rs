@@ -3,13 +3,12 @@
 //! backward ops of `backend::cpu::backward`), and the adapter's gradients (`grads`). The loop
 //! (optimizer, schedules, checkpoints) lives in the `lorafleet-trainer` crate.
 
-pub mod batch;
 pub mod grads;
 pub mod model;
 pub mod resident;
 pub mod tiny;
 
-pub use batch::{Example, TrainBatch};
+pub use crate::types::{Example, TrainBatch};
 pub use grads::LoraGrads;
 pub use crate::model::BaseFormat;
 pub use model::{StepOptions, TrainModel};

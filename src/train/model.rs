@@ -23,14 +23,14 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::train::TrainBackend;
 use crate::backend::Backend;
 use crate::lora::{LoraAdapter, LoraModule};
-use crate::model::config::ModelConfig;
+use crate::types::config::ModelConfig;
 use crate::model::llama::{Layer, Llama};
-use crate::model::weights::WeightFiles;
+use crate::weights::WeightFiles;
 use crate::model::{BaseFormat, LoadOptions};
 use crate::quant::Quantization;
 use crate::{Error, Result};
 
-use super::batch::TrainBatch;
+use crate::types::train_batch::TrainBatch;
 use super::grads::LoraGrads;
 
 /// The frozen base on a backend: the serving decoder's own weights (`model::llama::Llama`),
@@ -149,7 +149,7 @@ impl<B: TrainBackend> TrainModel<B> {
     }
 
     pub fn from_weights_on(backend: B, config: ModelConfig, w: &WeightFiles, format: BaseFormat) -> Result<Self> {
-        let base = Llama::from_weights_with(&backend, config.clone(), w, LoadOptions { format, head: crate::model::HeadFormat::F32, progress: false })?;
+        let base = Llama::from_weights_with(&backend, config.clone(), w, LoadOptions { format, head: crate::types::HeadFormat::F32, progress: false })?;
         Ok(TrainModel { config, backend, base })
     }
 

@@ -1,5 +1,5 @@
 """The official clients from PyPI against a running `lorafleet serve` (started by
-tests/clients.rs, which also computes the expectations from the golden adapter and the
+tests/serve/clients.rs, which also computes the expectations from the golden adapter and the
 in-process `score`).
 
     python test_clients.py BASE_URL EXPECT_JSON

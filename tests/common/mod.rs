@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use lorafleet::model::weights::WeightFiles;
+use lorafleet::weights::WeightFiles;
 
 pub mod cuda_elem;
 pub mod server;
@@ -103,7 +103,7 @@ pub fn rel_l2_f32(got: &[f32], want: &[f32], what: &str) -> f64 {
 
 /// A small random-weight Llama config (2 layers, hidden 64, 4 query heads over 2 KV heads of 16,
 /// vocabulary 97): the CUDA backend's tests run it on the emulator in seconds.
-pub fn tiny_config(attention_bias: bool, tied: bool) -> lorafleet::model::config::ModelConfig {
+pub fn tiny_config(attention_bias: bool, tied: bool) -> lorafleet::types::config::ModelConfig {
     let json = format!(
         r#"{{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
             "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -111,7 +111,7 @@ pub fn tiny_config(attention_bias: bool, tied: bool) -> lorafleet::model::config
             "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": {tied},
             "attention_bias": {attention_bias}, "bos_token_id": 1, "eos_token_id": 2}}"#
     );
-    lorafleet::model::config::ModelConfig::from_json_str(&json).expect("tiny config")
+    lorafleet::types::config::ModelConfig::from_json_str(&json).expect("tiny config")
 }
 
 /// `log_softmax(logits)` in f64.

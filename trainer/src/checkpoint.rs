@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use lorafleet::lora::LoraAdapter;
-use lorafleet::model::config::ModelConfig;
+use lorafleet::types::config::ModelConfig;
 use lorafleet::train::grads::write_f32_safetensors;
 use lorafleet::train::LoraGrads;
 use lorafleet::{Error, Result};
@@ -99,7 +99,7 @@ pub fn load(dir: &Path, model: &ModelConfig, adamw: AdamWConfig) -> Result<(Lora
     let grads = LoraGrads::zeros_like(&adapter);
     let mut opt = AdamW::new(adamw, &grads);
     let path = dir.join("optimizer.safetensors");
-    let w = lorafleet::model::weights::WeightFiles::open_files(std::slice::from_ref(&path))?;
+    let w = lorafleet::weights::WeightFiles::open_files(std::slice::from_ref(&path))?;
     for (i, (name, shape, _)) in grads.named(&adapter).iter().enumerate() {
         let key = name.trim_start_matches("grad.");
         opt.exp_avg[i] = w.f32_shaped(&format!("exp_avg.{key}"), &shape[..])?.data;

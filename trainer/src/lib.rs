@@ -6,6 +6,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod gradients;
+pub mod log;
 pub mod optim;
 pub mod plot;
 pub mod rng;

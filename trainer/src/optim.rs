@@ -115,7 +115,7 @@ pub fn warmup_steps(ratio: f64, total: usize) -> usize {
 mod tests {
     use super::*;
     use lorafleet::lora::LoraModule;
-    use lorafleet::model::config::ModelConfig;
+    use lorafleet::types::config::ModelConfig;
 
     /// Two updates of one parameter against torch.optim.AdamW worked by hand:
     /// p = 1, g = 0.5, lr = 0.1, wd = 0.01. Update 1: m = 0.05, v = 2.5e-4, p = 0.999 − 0.1 ·

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use lorafleet::{Error, Result};
 use plotters::prelude::*;
 
-use crate::train_loop::LogEntry;
+use crate::log::LogEntry;
 
 const FONT_PATHS: [&str; 4] = [
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",

@@ -19,13 +19,13 @@ use std::time::Instant;
 
 use lorafleet::lora::{LoraAdapter, LoraConfig, LoraModule, LoraPair};
 use lorafleet::backend::HostMatrix;
-use lorafleet::model::config::ModelConfig;
+use lorafleet::types::config::ModelConfig;
 use lorafleet::backend::train::TrainBackend;
 use lorafleet::train::{Example, LoraGrads, ResidentLora, StepOptions, TrainBatch, TrainModel};
 use lorafleet::{Error, Result};
-use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, TrainerState};
+pub use crate::log::LogEntry;
 use crate::optim::{learning_rate, warmup_steps, AdamW, AdamWConfig, Schedule};
 use crate::rng::SplitMix64;
 
@@ -75,20 +75,6 @@ pub struct TrainConfig {
     pub progress: bool,
     /// Written into the adapter config.
     pub base_model_name: Option<String>,
-}
-
-/// One line of `loss.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LogEntry {
-    /// 1-based index of the update.
-    pub step: usize,
-    pub epoch: f64,
-    pub loss: f64,
-    pub lr: f32,
-    pub grad_norm: f64,
-    pub tokens: usize,
-    pub tokens_per_s: f64,
-    pub elapsed_s: f64,
 }
 
 pub struct TrainSummary {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use lorafleet::lora::LoraConfig;
 use lorafleet::model::gguf::{convert_gguf, GgufFile, OutDType};
-use lorafleet::model::weights::WeightFiles;
+use lorafleet::weights::WeightFiles;
 use lorafleet::model::ModelConfig;
 use lorafleet::rng::SplitMix64;
 use lorafleet::train::{BaseFormat, Example, StepOptions, TrainModel};

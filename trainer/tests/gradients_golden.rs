@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use lorafleet::model::weights::WeightFiles;
+use lorafleet::weights::WeightFiles;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -155,7 +155,7 @@ fn a_diverged_run_stops_with_an_error() {
 /// of another rank than the flags ask.
 #[test]
 fn inconsistent_checkpoints_are_refused() {
-    use lorafleet::model::weights::WeightFiles;
+    use lorafleet::weights::WeightFiles;
     let tmp_guard = tempfile::Builder::new().prefix("lorafleet-bad-ckpt-").tempdir().unwrap();
     let tmp = tmp_guard.path().to_path_buf();
     let _ = std::fs::remove_dir_all(&tmp);

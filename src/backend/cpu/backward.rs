@@ -8,7 +8,7 @@
 //! (several paths feed one gradient: q/k/v into the normed input, the residual stream).
 //!
 //! Every op is checked by central finite differences against its forward in
-//! `tests/train_backward_ops.rs`.
+//! `tests/model/train_backward_ops.rs`.
 
 use rayon::prelude::*;
 
@@ -151,7 +151,7 @@ fn silu_mul_backward_simd<S: Simd>(s: S, gate: &[f32], up: &[f32], dout: &[f32],
     }
 }
 
-pub use crate::backend::layout::{SeqSpan, SeqSpans};
+pub use crate::types::layout::{SeqSpan, SeqSpans};
 
 /// The per-(sequence, head) slices of q/k/v gathered into contiguous `[rows, head_dim]` buffers.
 fn gather_head(x: &[f32], width: usize, rows: impl Iterator<Item = usize>, col: usize, head_dim: usize) -> Vec<f32> {

@@ -33,7 +33,7 @@ pub fn validate_segments(segs: &[LoraSegmentRef<'_>], t_rows: usize, d_in: usize
     validate_segment_shapes(shapes, t_rows, d_in, d_out, r_max)
 }
 
-pub use crate::backend::layout::{validate_segment_shapes, LoraSegmentShape};
+pub use crate::types::layout::{validate_segment_shapes, LoraSegmentShape};
 
 /// `v [T, r_max]`: each segment's rows get `x · Aᵀ` in their first `rank` columns; every other
 /// value of `v` is left as it was.

@@ -18,7 +18,7 @@ pub mod train;
 use rayon::iter::ParallelExtend;
 use super::{Backend, HostWeight, LoraRun, StepSpec};
 use crate::kv::{BatchLayout, KvLayout};
-use crate::lora::LoraModule;
+use crate::types::LoraModule;
 use crate::{Error, Result};
 
 #[derive(Debug, Default, Clone)]
@@ -144,9 +144,9 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn upload_head(&self, m: super::HostMatrix, format: crate::model::HeadFormat) -> Result<CpuMatrix> {
+    fn upload_head(&self, m: super::HostMatrix, format: crate::types::HeadFormat) -> Result<CpuMatrix> {
         match format {
-            crate::model::HeadFormat::Q8 => {
+            crate::types::HeadFormat::Q8 => {
                 let q = q8::Q8Matrix::from_f32(&m.data, m.rows, m.cols).map_err(|e| Error::InvalidArgument(format!("{}: {e}", m.name)))?;
                 Ok(CpuMatrix { rows: m.rows, cols: m.cols, weight: CpuWeight::Q8(q) })
             }

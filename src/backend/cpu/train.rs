@@ -4,10 +4,10 @@
 
 use super::simd::dispatch;
 use super::{backward as bw, check, frozen, matmul, ops, zeroed, CpuBackend, CpuMatrix, CpuRope, CpuTensor, CpuWeight};
-use crate::backend::layout::SeqSpan;
+use crate::types::layout::SeqSpan;
 use crate::backend::train::{AdamWStep, TrainBackend};
-use crate::model::config::ModelConfig;
-use crate::train::TrainBatch;
+use crate::types::config::ModelConfig;
+use crate::types::TrainBatch;
 use crate::{Error, Result};
 
 /// A training batch on the CPU: its layout as the trainer built it, and the head layout.

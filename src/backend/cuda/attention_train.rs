@@ -12,7 +12,7 @@
 
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 
-use crate::backend::layout::SeqSpan;
+use crate::types::layout::SeqSpan;
 use crate::Result;
 
 use super::launch::launch_kernel;

@@ -3,7 +3,7 @@
 //! math inside every kernel): every linear layer's input and output, attention, the paged KV
 //! cache. The residual stream (the embeddings' rows and what `add_assign` accumulates into them)
 //! stays f32 on a bf16 backend: it is one `[tokens, hidden]` tensor, a sliver of the traffic, and
-//! keeping it exact halves the logits' error against f32 (tests/cuda_golden.rs). Weights are
+//! keeping it exact halves the logits' error against f32 (tests/cuda/cuda_golden.rs). Weights are
 //! dense (embedding tables and the lm_head in f32, LoRA A/B and an f32 base's linears in the
 //! activation dtype), bf16 or NF4 on the device; LoRA runs through SGMV/BGMV. Each op validates
 //! its arguments (the launchers' pure plans) before any launch.
@@ -20,7 +20,7 @@ use half::bf16;
 
 use crate::backend::{Backend, HostMatrix, HostWeight, StepSpec};
 use crate::kv::KvLayout;
-use crate::lora::LoraModule;
+use crate::types::LoraModule;
 use crate::{Error, Result};
 
 use super::attention::{AttnMeta, CudaAttention, CudaKvCache};
@@ -711,7 +711,7 @@ impl Backend for CudaBackend {
         with_dtype!(x.dtype, T => self.gather_t::<T>(&x.view::<T>()?, x.cols, step, step.rows, &step.gather))
     }
 
-    fn sample(&self, logits: &CudaTensor, step: &mut CudaStep<'_>, samplers: &mut [&mut crate::engine::Sampler]) -> Result<Vec<u32>> {
+    fn sample(&self, logits: &CudaTensor, step: &mut CudaStep<'_>, samplers: &mut [&mut crate::backend::sampler::Sampler]) -> Result<Vec<u32>> {
         let sec = step.samples.ok_or_else(|| invalid("sample: the step was begun without sampling rows"))?;
         let n = logits.rows;
         let p = super::sampling::plan_sample(n, logits.cols, logits.len())?;

@@ -21,7 +21,7 @@ use std::marker::PhantomData;
 
 use cudarc::driver::{CudaFunction, CudaSlice, CudaView, DevicePtr, DevicePtrMut, LaunchConfig};
 
-use crate::backend::layout::{validate_segment_shapes, LoraSegmentShape};
+use crate::types::layout::{validate_segment_shapes, LoraSegmentShape};
 use crate::Result;
 
 use super::launch::launch_kernel;

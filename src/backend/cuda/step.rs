@@ -12,7 +12,7 @@ use std::sync::MutexGuard;
 use cudarc::driver::{CudaSlice, CudaView};
 
 use crate::backend::{LoraRun, StepSpec};
-use crate::lora::LoraModule;
+use crate::types::LoraModule;
 use crate::{Error, Result};
 
 use super::attention::{attn_workspace_len, plan_attention_padded, plan_reshape_and_cache, AttnDims, AttnKernel, AttnPad};
@@ -284,7 +284,7 @@ impl CudaBackend {
     /// it), with its metadata bytes and index offset.
     fn plan_step_lora(
         &self,
-        c: &crate::model::config::ModelConfig,
+        c: &crate::types::config::ModelConfig,
         runs: &[LoraRun<'_, CudaBackend>],
         layer: usize,
         m: LoraModule,

@@ -1,7 +1,7 @@
 //! `TrainBackend` on the device: the trainer's forward and backward ops (`crate::train::TrainModel`
 //! runs unchanged on it). f32 activations only (`CudaBackend::new(_, DType::F32)`): the training
 //! kernels store and compute in f32, as the CPU reference does, so a CUDA run's loss and
-//! gradients are held to the CPU's within f32 rounding (tests/cuda_train.rs).
+//! gradients are held to the CPU's within f32 rounding (tests/cuda/cuda_train.rs).
 //!
 //! What each op runs: the fused training kernels (`attention_train`, `ops_backward`,
 //! `lora_backward`, `cross_entropy`), the forward ops of `ops.rs` (embedding gather, RoPE), and
@@ -22,10 +22,10 @@ use super::launch::launch_kernel;
 use super::lora_backward::{CudaLoraBackward, LoraBackwardShape};
 use super::ops_backward::CudaOpsBackward;
 use super::validate::{count_i32, RopeDims};
-use crate::backend::layout::SeqSpan;
+use crate::types::layout::SeqSpan;
 use crate::backend::train::{AdamWStep, TrainBackend};
-use crate::model::config::ModelConfig;
-use crate::train::TrainBatch;
+use crate::types::config::ModelConfig;
+use crate::types::TrainBatch;
 use crate::{Error, Result};
 
 /// Side of the GEMM's square tiles (kernels/train_ops.cu `LF_TRAIN_TILE`).

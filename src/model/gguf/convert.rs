@@ -2,56 +2,15 @@
 //! (including undoing llama.cpp's q/k row permutation), and the conversion driver.
 
 use std::path::Path;
-use std::str::FromStr;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};
 
+pub use super::output::OutDType;
 use super::output::{write_safetensors, OutTensor, StagingDir};
 use super::reader::{GgufFile, GgufValue, TensorInfo};
 use super::tokenizer::{build_tokenizer_config_json, build_tokenizer_json};
 use super::GgufError;
-
-/// Element type of the written `model.safetensors`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OutDType {
-    #[default]
-    F32,
-    Bf16,
-    F16,
-}
-
-impl OutDType {
-    fn torch_dtype(self) -> &'static str {
-        match self {
-            OutDType::F32 => "float32",
-            OutDType::Bf16 => "bfloat16",
-            OutDType::F16 => "float16",
-        }
-    }
-}
-
-impl FromStr for OutDType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "f32" | "float32" => Ok(OutDType::F32),
-            "bf16" | "bfloat16" => Ok(OutDType::Bf16),
-            "f16" | "float16" => Ok(OutDType::F16),
-            _ => Err(format!("unknown dtype `{s}` (expected f32, bf16 or f16)")),
-        }
-    }
-}
-
-impl std::fmt::Display for OutDType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            OutDType::F32 => "f32",
-            OutDType::Bf16 => "bf16",
-            OutDType::F16 => "f16",
-        })
-    }
-}
 
 /// Undoes llama.cpp's RoPE row permutation of `attn_q` / `attn_k` (weights or biases).
 ///
@@ -412,7 +371,7 @@ pub fn convert_gguf(gguf: &Path, out_dir: &Path, dtype: OutDType, show_progress:
     let planned = plan(&g, &h)?;
     let config = config_json(&h, &g, dtype)?;
     // The config must be one lorafleet loads (sizes within the caps, finite positive eps and theta).
-    crate::model::ModelConfig::from_json_str(&config.to_string()).map_err(|msg| model_err(&g, format!("the converted config.json: {msg}")))?;
+    crate::types::ModelConfig::from_json_str(&config.to_string()).map_err(|msg| model_err(&g, format!("the converted config.json: {msg}")))?;
     let gen_config = generation_config_json(&g)?;
     let tokenizer = build_tokenizer_json(&g)?;
     let tokenizer_config = build_tokenizer_config_json(&g)?;

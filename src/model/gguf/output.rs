@@ -6,13 +6,54 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use half::{bf16, f16};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
-use super::convert::OutDType;
 use super::GgufError;
+
+/// Element type of the written `model.safetensors`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutDType {
+    #[default]
+    F32,
+    Bf16,
+    F16,
+}
+
+impl OutDType {
+    pub(super) fn torch_dtype(self) -> &'static str {
+        match self {
+            OutDType::F32 => "float32",
+            OutDType::Bf16 => "bfloat16",
+            OutDType::F16 => "float16",
+        }
+    }
+}
+
+impl FromStr for OutDType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(OutDType::F32),
+            "bf16" | "bfloat16" => Ok(OutDType::Bf16),
+            "f16" | "float16" => Ok(OutDType::F16),
+            _ => Err(format!("unknown dtype `{s}` (expected f32, bf16 or f16)")),
+        }
+    }
+}
+
+impl std::fmt::Display for OutDType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OutDType::F32 => "f32",
+            OutDType::Bf16 => "bf16",
+            OutDType::F16 => "f16",
+        })
+    }
+}
 
 /// One tensor to write: its HF name, row-major shape, and a producer of its f32 values.
 pub(crate) struct OutTensor<'a> {

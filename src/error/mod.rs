@@ -1,0 +1,88 @@
+//! The crate's error enum: every failure a user can cause (a bad file, a bad request, an
+//! unknown adapter, a prompt over the context, a full cache) is a value of this type, never a
+//! panic. A layer with failures of its own has its own type (`GgufError`, `DataError` here, so that
+//! this floor imports nothing above it; `kv::KvError` below it) and converts into this one.
+
+use std::path::PathBuf;
+
+mod data;
+mod gguf;
+
+pub use data::DataError;
+pub use gguf::GgufError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: bad model config: {msg}")]
+    Config { path: PathBuf, msg: String },
+    #[error("{path}: bad weights file: {msg}")]
+    Weights { path: PathBuf, msg: String },
+    #[error("missing tensor `{name}` in {path}")]
+    MissingTensor { name: String, path: PathBuf },
+    #[error("tensor `{name}`: expected shape {expected:?}, found {found:?}")]
+    Shape { name: String, expected: Vec<usize>, found: Vec<usize> },
+    #[error("{path}: bad tokenizer: {msg}")]
+    Tokenizer { path: PathBuf, msg: String },
+    #[error("tokenizer: {0}")]
+    Tokenize(String),
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+    /// The prompt plus the tokens asked for do not fit: `context` is the most a sequence may
+    /// hold (the model's context, or the KV cache's capacity where that is smaller).
+    #[error("{}", too_long(*tokens, *new_tokens, *context))]
+    PromptTooLong { tokens: usize, new_tokens: usize, context: usize },
+    #[error("empty prompt: at least one token is needed")]
+    EmptyPrompt,
+    #[error("the model produced non-finite logits (NaN or infinity) at generated token {step}: its weights or adapter overflow; no token was emitted")]
+    NonFiniteLogits { step: usize },
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Kv(#[from] crate::kv::KvError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error("CUDA: {0}")]
+    Cuda(String),
+    #[error("{0}")]
+    Fetch(String),
+    #[error("adapter `{id}`: {msg}")]
+    Adapter { id: String, msg: String },
+    #[error("unknown adapter `{0}`: not under --adapter-dir and not a path to a peft adapter directory")]
+    UnknownAdapter(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The request was stopped because the engine is stopping (a server's shutdown reached its
+    /// timeout, or the `Engine` was dropped): HTTP 503.
+    #[error("stopped: {0}")]
+    ShuttingDown(String),
+}
+
+fn too_long(tokens: usize, new_tokens: usize, context: usize) -> String {
+    if new_tokens == 0 {
+        format!("the prompt has {tokens} tokens; the model's context holds {context}")
+    } else if new_tokens >= context {
+        format!("max_new_tokens {new_tokens} alone exceeds the context of {context} tokens (prompt + new tokens)")
+    } else {
+        format!(
+            "the prompt has {tokens} tokens and max_new_tokens is {new_tokens}: {} in all, over the context of {context} tokens (at most {} prompt tokens with this max_new_tokens)",
+            tokens + new_tokens,
+            context - new_tokens
+        )
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}

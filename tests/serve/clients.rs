@@ -1,0 +1,55 @@
+//! The official LoRAX and OpenAI Python clients (`lorax-client`, `openai`, from PyPI) against a
+//! real `lorafleet serve` on loopback: tests/clients/test_clients.py, with the expectations
+//! (golden greedy text of adapter `a_r8_all`, log-softmax of the in-process `score` logits)
+//! computed here.
+//!
+//! Needs a Python with both clients: `LORAFLEET_CLIENTS_PYTHON=/path/to/python` (.ci/run makes
+//! a venv with the pinned versions). Without it the test says so and skips; with
+//! `LORAFLEET_REQUIRE_CLIENTS=1` it fails instead.
+
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::server::TestServer;
+use crate::common::*;
+use serde_json::json;
+
+#[test]
+fn official_python_clients_work_against_the_server() {
+    let Some(python) = std::env::var_os("LORAFLEET_CLIENTS_PYTHON") else {
+        let msg = "LORAFLEET_CLIENTS_PYTHON is not set (a python with `openai` and `lorax-client` installed)";
+        if std::env::var("LORAFLEET_REQUIRE_CLIENTS").as_deref() == Ok("1") {
+            panic!("{msg}, and LORAFLEET_REQUIRE_CLIENTS=1");
+        }
+        eprintln!("SKIPPED: {msg}");
+        return;
+    };
+    let g = golden_json();
+    let p = &g["prompts"][1];
+    let prompt = p["text"].as_str().unwrap();
+    let prompt_ids = ids(&p["ids"]);
+    let want_ids: Vec<u32> = ids(&p["a_r8_all_greedy24"])[..8].to_vec();
+    let tok = lorafleet::TextTokenizer::from_dir(&model_dir()).unwrap();
+    let expect = json!({
+        "prompt": prompt,
+        "adapter": "a_r8_all",
+        "greedy_text": tok.decode(&want_ids, false).unwrap(),
+        "greedy_logprobs": scored_logprobs(&prompt_ids, &want_ids),
+        "prompt_tokens": prompt_ids.len(),
+    });
+    let expect_path = std::env::temp_dir().join(format!("lorafleet-clients-{}.json", std::process::id()));
+    std::fs::write(&expect_path, expect.to_string()).unwrap();
+
+    let args: Vec<std::ffi::OsString> =
+        vec!["--model".into(), model_dir().into(), "--adapter-dir".into(), golden_dir().join("adapters").into(), "--kv-cache-bytes".into(), "64M".into()];
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let server = TestServer::start(&args, &[], Duration::from_secs(300));
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/test_clients.py");
+    let out = Command::new(&python).arg(&script).arg(format!("http://{}", server.addr)).arg(&expect_path).output().expect("run the client suite");
+    std::fs::remove_file(&expect_path).ok();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(out.status.success(), "the client suite failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+}
