@@ -202,15 +202,8 @@ mod load_tests {
         assert_eq!(without_panics(|| 3), Ok(3));
         assert_eq!(without_panics(|| -> u32 { panic!("Helper") }), Err("Helper".to_string()));
         assert_eq!(without_panics(|| -> u32 { panic!("{}", String::from("owned")) }), Err("owned".to_string()));
-        // A tokenizer.json whose decoder is no decoder: a clean error, not a panic.
+        // (A tokenizer.json whose decoder is no decoder: train::tiny's tests.)
         let dir = tempfile::tempdir().unwrap();
         assert!(TextTokenizer::from_dir(dir.path()).is_err(), "no file: an error");
-        let mut v: serde_json::Value = serde_json::from_str(&crate::train::tiny::tokenizer_json()).unwrap();
-        std::fs::write(dir.path().join("tokenizer.json"), v.to_string()).unwrap();
-        assert!(TextTokenizer::from_dir(dir.path()).is_ok());
-        v["decoder"] = serde_json::json!(5);
-        std::fs::write(dir.path().join("tokenizer.json"), v.to_string()).unwrap();
-        let e = TextTokenizer::from_dir(dir.path()).err().expect("refused").to_string();
-        assert!(e.contains("does not parse"), "{e}");
     }
 }

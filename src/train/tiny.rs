@@ -73,3 +73,22 @@ pub fn write_tiny_model(dir: &Path, seed: u64) -> Result<()> {
     let views: Vec<(String, Vec<usize>, &[f32])> = tensors.iter().map(|(n, s, v)| (n.clone(), s.clone(), &v[..])).collect();
     write_f32_safetensors(&dir.join("model.safetensors"), &views)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::tokenizer::TextTokenizer;
+
+    /// The tiny tokenizer loads; the same file with a decoder that is no decoder is a clean error
+    /// from `TextTokenizer::from_dir` (the tokenizers crate panics on it), not a panic.
+    #[test]
+    fn the_tiny_tokenizer_loads_and_a_broken_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&super::tokenizer_json()).unwrap();
+        std::fs::write(dir.path().join("tokenizer.json"), v.to_string()).unwrap();
+        assert!(TextTokenizer::from_dir(dir.path()).is_ok());
+        v["decoder"] = serde_json::json!(5);
+        std::fs::write(dir.path().join("tokenizer.json"), v.to_string()).unwrap();
+        let e = TextTokenizer::from_dir(dir.path()).err().expect("refused").to_string();
+        assert!(e.contains("does not parse"), "{e}");
+    }
+}

@@ -24,6 +24,7 @@ use crate::types::LoraModule;
 use crate::{Error, Result};
 
 use super::attention::{AttnMeta, CudaAttention, CudaKvCache};
+use super::validate::invalid;
 use super::device::CudaDevice;
 use super::dtype::{CudaElem, DType};
 use super::linear::CudaLinear;
@@ -181,10 +182,6 @@ pub struct CudaBackend {
     pub(crate) graphs: Mutex<super::graph::Graphs>,
     /// The training kernels, loaded by the first training batch (`TrainBackend`).
     pub(crate) train: std::sync::OnceLock<super::train::TrainKernels>,
-}
-
-fn invalid(msg: impl Into<String>) -> Error {
-    Error::InvalidArgument(msg.into())
 }
 
 /// Runs `$body` with `$t` bound to the Rust element type of `$dtype` (f32 or bf16).

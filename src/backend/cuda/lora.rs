@@ -125,7 +125,7 @@ impl LoraPlan {
     /// and a launch even when no token has an adapter (every token index is then -1).
     pub fn pad_for_graph(&mut self, n_segments: usize, r_max: usize) -> Result<()> {
         if self.kernel != LoraKernel::Bgmv {
-            return Err(invalid("lora: only BGMV plans replay in a graph".into()));
+            return Err(invalid("lora: only BGMV plans replay in a graph"));
         }
         if n_segments < self.segments.len() || r_max < self.params.r_max as usize || r_max > LF_LORA_MAX_RANK as usize {
             return Err(invalid(format!(

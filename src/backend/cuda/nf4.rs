@@ -315,7 +315,7 @@ impl CudaNf4 {
                 Ok(&self.gemv[dtype_index(k.dtype)][i][variant])
             }
             Nf4Path::Gemm if k.dtype == DType::Bf16 => Ok(&self.gemm[variant]),
-            Nf4Path::Gemm => Err(invalid("nf4_linear: no f32 GEMM kernel".into())),
+            Nf4Path::Gemm => Err(invalid("nf4_linear: no f32 GEMM kernel")),
         }
     }
 

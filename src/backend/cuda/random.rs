@@ -39,7 +39,7 @@ fn uniform<T: CudaElem>(ops: &CudaDevice, n: usize, seed: u64, (a, b): (f32, f32
     };
     let p = LfRandomParams { n: n as i64, seed, a, b };
     // SAFETY: the bytes of `out` (n elements of T) are what the kernel writes as T.
-    let mut bytes = unsafe { out.transmute_mut::<u8>(n * T::DTYPE.size()) }.ok_or_else(|| invalid("random: a view".into()))?;
+    let mut bytes = unsafe { out.transmute_mut::<u8>(n * T::DTYPE.size()) }.ok_or_else(|| invalid("random: a view"))?;
     launch(ops, kernel, &mut bytes, p)?;
     drop(bytes);
     Ok(out)

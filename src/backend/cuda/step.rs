@@ -22,6 +22,7 @@ use super::lora::LoraKernel;
 use super::sampling::sample_row_c;
 use super::pool::SharedPool;
 use super::backend::{CudaBackend, CudaWeight};
+use super::validate::invalid;
 use super::device::CudaDevice;
 use super::ffi::{LfEmbeddingParams, LfPagedAttnParams, LfReshapeCacheParams, LfRopeParams};
 use super::lora::{plan_lora, LoraPlan, LoraSegmentDesc, LoraShape};
@@ -103,10 +104,6 @@ pub struct CudaStep<'a> {
     pub(crate) lora: Vec<Option<StepLora>>,
     /// Keeps the adapters whose A/B addresses the metadata holds borrowed for the step.
     _adapters: std::marker::PhantomData<&'a ()>,
-}
-
-fn invalid(msg: String) -> Error {
-    Error::InvalidArgument(msg)
 }
 
 /// Appends `bytes` to `host` at the next aligned offset.

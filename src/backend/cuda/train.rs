@@ -16,6 +16,7 @@ use half::bf16;
 use super::attention_train::{AttnTrainDims, CudaAttentionTrain};
 use super::backend::{CudaBackend, CudaMatrix, CudaRope, CudaTensor, CudaVector, CudaWeight, DenseBuf};
 use super::cross_entropy::CudaCrossEntropy;
+use super::validate::invalid;
 use super::device::{cuda_err, CudaDevice};
 use super::dtype::DType;
 use super::launch::launch_kernel;
@@ -26,16 +27,12 @@ use crate::types::layout::SeqSpan;
 use crate::backend::train::{AdamWStep, TrainBackend};
 use crate::types::config::ModelConfig;
 use crate::types::TrainBatch;
-use crate::{Error, Result};
+use crate::Result;
 
 /// Side of the GEMM's square tiles (kernels/train_ops.cu `LF_TRAIN_TILE`).
 const TILE: usize = 16;
 /// Threads per block of the grid-stride and row kernels.
 const THREADS: u32 = 256;
-
-fn invalid(msg: impl Into<String>) -> Error {
-    Error::InvalidArgument(msg.into())
-}
 
 /// The training kernels, loaded once per backend by the first training batch.
 pub struct TrainKernels {

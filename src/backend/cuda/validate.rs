@@ -20,8 +20,10 @@ pub struct RopeDims {
     pub head_dim: usize,
 }
 
-pub(crate) fn invalid(msg: String) -> Error {
-    Error::InvalidArgument(msg)
+/// The one constructor of an argument error in the CUDA backend: a bad shape, dtype or size,
+/// refused in Rust before any launch.
+pub(crate) fn invalid(msg: impl Into<String>) -> Error {
+    Error::InvalidArgument(msg.into())
 }
 
 /// `v` as a positive int32 kernel count.

@@ -1,0 +1,29 @@
+//! `DataError`: a bad training or evaluation data file (`data`).
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// A bad data file: which file, which line (1-based) when known, and what is wrong.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataError {
+    pub path: PathBuf,
+    pub line: Option<usize>,
+    pub msg: String,
+}
+
+impl DataError {
+    pub fn new(path: impl Into<PathBuf>, line: Option<usize>, msg: String) -> Self {
+        DataError { path: path.into(), line, msg }
+    }
+}
+
+impl fmt::Display for DataError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "{}:{l}: {}", self.path.display(), self.msg),
+            None => write!(f, "{}: {}", self.path.display(), self.msg),
+        }
+    }
+}
+
+impl std::error::Error for DataError {}
