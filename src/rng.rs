@@ -1,5 +1,8 @@
-//! SplitMix64: a tiny seeded generator for reproducible random weights, adapters, test inputs
-//! and load-test payloads (no dependency; not for anything that needs real randomness).
+//! SplitMix64: the crate's one seeded generator, for reproducible random weights, adapters, test
+//! inputs, load-test payloads and the trainer's shuffles and LoRA init (no dependency; not for
+//! anything that needs real randomness). Its whole state is one u64 (`state`, `from_state`), so
+//! a training checkpoint records it exactly and a resumed run draws what an uninterrupted one
+//! would. The samplers' generators seed from the same step (`splitmix64_next`).
 
 /// One SplitMix64 step on a bare state word (Steele, Lea and Flood's constants): advances
 /// `state` and returns the next output. Shared with the trainer's checkpointed generator.
@@ -19,8 +22,27 @@ impl SplitMix64 {
         SplitMix64(seed ^ 0x9E37_79B9_7F4A_7C15)
     }
 
+    /// The generator as it stands (for a checkpoint); `from_state` continues from it.
+    pub fn state(&self) -> u64 {
+        self.0
+    }
+
+    pub fn from_state(state: u64) -> Self {
+        SplitMix64(state)
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         splitmix64_next(&mut self.0)
+    }
+
+    /// Uniform in [0, 1), 53 bits.
+    pub fn unit_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in [lo, hi).
+    pub fn uniform_in(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * self.unit_f64() as f32
     }
 
     /// Uniform in [0, 1), 24 bits.

@@ -115,13 +115,7 @@ pub struct Rng([u64; 4]);
 impl Rng {
     pub fn new(seed: u64) -> Self {
         let mut z = seed;
-        let mut next = || {
-            z = z.wrapping_add(0x9E3779B97F4A7C15);
-            let mut x = z;
-            x = (x ^ (x >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-            x = (x ^ (x >> 27)).wrapping_mul(0x94D049BB133111EB);
-            x ^ (x >> 31)
-        };
+        let mut next = || crate::rng::splitmix64_next(&mut z);
         Rng([next(), next(), next(), next()])
     }
 

@@ -29,11 +29,9 @@ fn order_key(f: f32) -> u32 {
     }
 }
 
+/// One SplitMix64 output for the state word `x` (kernels/sampling.cu computes the same).
 fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
+    crate::rng::splitmix64_next(&mut x)
 }
 
 /// What a row of logits holding a NaN or an infinity samples to, on every backend (csrc/sampling.h

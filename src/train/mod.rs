@@ -8,7 +8,7 @@ pub mod model;
 pub mod resident;
 pub mod tiny;
 
-pub use crate::types::{Example, TrainBatch};
+pub use crate::types::{TokenizedExample, TrainBatch};
 pub use grads::LoraGrads;
 pub use crate::model::BaseFormat;
 pub use model::{StepOptions, TrainModel};

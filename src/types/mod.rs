@@ -16,4 +16,4 @@ pub use config::{Arch, Llama3RopeScaling, ModelConfig};
 pub use head::HeadFormat;
 pub use layout::SeqSpan;
 pub use lora_module::LoraModule;
-pub use train_batch::{Example, TrainBatch};
+pub use train_batch::{TokenizedExample, TrainBatch};

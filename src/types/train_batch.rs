@@ -20,16 +20,16 @@ use crate::{Error, Result};
 
 /// One training example.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Example {
+pub struct TokenizedExample {
     /// Prompt then completion.
     pub ids: Vec<u32>,
     /// Tokens of the prompt; the loss covers `ids[n_prompt..]`.
     pub n_prompt: usize,
 }
 
-impl Example {
+impl TokenizedExample {
     pub fn new(prompt: &[u32], completion: &[u32]) -> Self {
-        Example { ids: [prompt, completion].concat(), n_prompt: prompt.len() }
+        TokenizedExample { ids: [prompt, completion].concat(), n_prompt: prompt.len() }
     }
 
     /// Drops tokens past `max_len` (the completion's tail first, since it comes last).
@@ -61,7 +61,7 @@ pub struct TrainBatch {
 
 impl TrainBatch {
     /// Lays out `examples`; with `pad = Some(id)` every sequence is right-padded to the longest.
-    pub fn new(examples: &[&Example], pad: Option<u32>) -> Self {
+    pub fn new(examples: &[&TokenizedExample], pad: Option<u32>) -> Self {
         let longest = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
         let mut b = TrainBatch::default();
         for e in examples {
@@ -84,7 +84,7 @@ impl TrainBatch {
     /// (at most `n_prompt - 1` tokens of every example) so each example keeps its labels and at
     /// least one row of its own. With fewer than two examples, or no common prefix, this is
     /// the packed layout.
-    pub fn shared_prefix(examples: &[&Example]) -> Self {
+    pub fn shared_prefix(examples: &[&TokenizedExample]) -> Self {
         let Some(first) = examples.first() else { return TrainBatch::default() };
         let mut p = examples.iter().map(|e| e.n_prompt.saturating_sub(1)).min().unwrap_or(0);
         for e in &examples[1..] {
@@ -174,9 +174,9 @@ mod tests {
 
     #[test]
     fn labels_are_the_shifted_completion() {
-        let e = Example::new(&[10, 11, 12], &[20, 21]);
+        let e = TokenizedExample::new(&[10, 11, 12], &[20, 21]);
         assert_eq!(e.n_labels(), 2);
-        let f = Example::new(&[30], &[40]);
+        let f = TokenizedExample::new(&[30], &[40]);
         let b = TrainBatch::new(&[&e, &f], None);
         assert_eq!(b.seqs, vec![SeqSpan::new(0, 5), SeqSpan::new(5, 2)]);
         assert_eq!(b.positions, vec![0, 1, 2, 3, 4, 0, 1]);
@@ -187,13 +187,13 @@ mod tests {
         assert_eq!(p.ids[7..], [2, 2, 2]);
         assert_eq!(p.label_rows, vec![2, 3, 5]);
         p.validate().unwrap();
-        assert_eq!(Example::new(&[1, 2, 3], &[4, 5]).truncated(4), Example { ids: vec![1, 2, 3, 4], n_prompt: 3 });
+        assert_eq!(TokenizedExample::new(&[1, 2, 3], &[4, 5]).truncated(4), TokenizedExample { ids: vec![1, 2, 3, 4], n_prompt: 3 });
     }
 
     #[test]
     fn shared_prefix_lays_the_common_prompt_out_once() {
-        let e = Example::new(&[7, 8, 9, 10, 11], &[20, 21]);
-        let f = Example::new(&[7, 8, 9, 12], &[22]);
+        let e = TokenizedExample::new(&[7, 8, 9, 10, 11], &[20, 21]);
+        let f = TokenizedExample::new(&[7, 8, 9, 12], &[22]);
         let b = TrainBatch::shared_prefix(&[&e, &f]);
         b.validate().unwrap();
         // Prefix [7, 8, 9] once, then e's [10, 11, 20, 21] and f's [12, 22], positions continuing.
@@ -204,13 +204,13 @@ mod tests {
         assert_eq!(b.label_rows, vec![4, 5, 7]);
         assert_eq!(b.targets, vec![20, 21, 22]);
         // The prefix stops before a labelled row: here f's prompt is the whole common part.
-        let g = Example::new(&[7, 8], &[9, 10]);
+        let g = TokenizedExample::new(&[7, 8], &[9, 10]);
         let b = TrainBatch::shared_prefix(&[&e, &g]);
         b.validate().unwrap();
         assert_eq!(b.seqs[0], SeqSpan::new(0, 1));
         assert_eq!(b.label_rows.len(), e.n_labels() + g.n_labels());
         // Nothing in common, or one example: the packed layout.
-        let h = Example::new(&[1, 8, 9], &[2]);
+        let h = TokenizedExample::new(&[1, 8, 9], &[2]);
         assert_eq!(TrainBatch::shared_prefix(&[&e, &h]).seqs, TrainBatch::new(&[&e, &h], None).seqs);
         assert_eq!(TrainBatch::shared_prefix(&[&e]).ids, e.ids);
         // A context that is not an earlier sequence is refused.

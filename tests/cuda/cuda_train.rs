@@ -9,7 +9,7 @@
 use lorafleet::backend::cuda::{test_device, CudaBackend, DType};
 use lorafleet::backend::train::TrainBackend;
 use lorafleet::lora::{LoraAdapter, LoraModule};
-use lorafleet::train::{BaseFormat, Example, LoraGrads, StepOptions, TrainBatch, TrainModel};
+use lorafleet::train::{BaseFormat, TokenizedExample, LoraGrads, StepOptions, TrainBatch, TrainModel};
 
 use crate::common::rel_l2;
 
@@ -24,11 +24,11 @@ fn models(test: &str, format: BaseFormat) -> Option<(TrainModel, TrainModel<Cuda
     Some((cpu, cuda))
 }
 
-fn examples() -> Vec<Example> {
+fn examples() -> Vec<TokenizedExample> {
     vec![
-        Example::new(&[1, 5, 9, 33, 7, 12, 14], &[40, 41, 2]),
-        Example::new(&[1, 5, 9, 33, 60, 3], &[22, 2]),
-        Example::new(&[1, 5, 9, 8, 17], &[23, 24, 25, 2]),
+        TokenizedExample::new(&[1, 5, 9, 33, 7, 12, 14], &[40, 41, 2]),
+        TokenizedExample::new(&[1, 5, 9, 33, 60, 3], &[22, 2]),
+        TokenizedExample::new(&[1, 5, 9, 8, 17], &[23, 24, 25, 2]),
     ]
 }
 
@@ -48,7 +48,7 @@ fn grads_of<B: TrainBackend>(model: &TrainModel<B>, a: &LoraAdapter, batch: &Tra
 fn check_parity(test: &str, format: BaseFormat) {
     let Some((cpu, cuda)) = models(test, format) else { return };
     let ex = examples();
-    let refs: Vec<&Example> = ex.iter().collect();
+    let refs: Vec<&TokenizedExample> = ex.iter().collect();
     let layouts = [("packed", TrainBatch::new(&refs, None)), ("shared prefix", TrainBatch::shared_prefix(&refs)), ("padded", TrainBatch::new(&refs, Some(0)))];
     let option_sets = [
         ("default", StepOptions::default()),

@@ -13,7 +13,7 @@ use lorafleet::backend::train::TrainBackend;
 use lorafleet::backend::{Backend, HostMatrix, HostWeight};
 use lorafleet::quant::Nf4Tensor;
 use lorafleet::rng::SplitMix64;
-use lorafleet::train::{Example, TrainBatch};
+use lorafleet::train::{TokenizedExample, TrainBatch};
 
 use crate::common::rel_l2;
 
@@ -92,7 +92,7 @@ fn labelled_rows_gather_and_scatter_match_the_cpu() {
     let Some(gpu) = cuda("train ops: label rows") else { return };
     let cpu = CpuBackend::new();
     let cfg = lorafleet::types::config::ModelConfig::from_json_str(lorafleet::train::tiny::CONFIG_JSON).unwrap();
-    let ex = [Example::new(&[1, 5, 9, 33], &[40, 41, 2]), Example::new(&[1, 60, 3, 4, 5, 6], &[22, 2])];
+    let ex = [TokenizedExample::new(&[1, 5, 9, 33], &[40, 41, 2]), TokenizedExample::new(&[1, 60, 3, 4, 5, 6], &[22, 2])];
     let batch = TrainBatch::new(&ex.iter().collect::<Vec<_>>(), None);
     let (bc, bg) = (cpu.begin_batch(&batch, &cfg).unwrap(), gpu.begin_batch(&batch, &cfg).unwrap());
     let mut rng = SplitMix64::new(5);

@@ -5,7 +5,7 @@
 
 use lorafleet::lora::{LoraAdapter, LoraModule};
 use lorafleet::quant::Quantization;
-use lorafleet::train::{BaseFormat, Example, LoraGrads, StepOptions, TrainBatch, TrainModel};
+use lorafleet::train::{BaseFormat, TokenizedExample, LoraGrads, StepOptions, TrainBatch, TrainModel};
 
 fn tiny(quantize: Option<Quantization>) -> TrainModel {
     // One fresh directory per call (tests run in parallel), removed when the guard drops.
@@ -15,8 +15,8 @@ fn tiny(quantize: Option<Quantization>) -> TrainModel {
     TrainModel::load(&dir, quantize).expect("load tiny model")
 }
 
-fn examples() -> Vec<Example> {
-    vec![Example::new(&[1, 5, 9, 33, 7, 12], &[40, 41, 2]), Example::new(&[1, 60, 3], &[22, 2])]
+fn examples() -> Vec<TokenizedExample> {
+    vec![TokenizedExample::new(&[1, 5, 9, 33, 7, 12], &[40, 41, 2]), TokenizedExample::new(&[1, 60, 3], &[22, 2])]
 }
 
 fn adapter(model: &TrainModel) -> LoraAdapter {
@@ -101,7 +101,7 @@ fn max_rel_diff(a: &LoraGrads, b: &LoraGrads) -> f64 {
 fn checkpointing_padding_and_vocab_chunks_do_not_change_the_gradients() {
     let model = tiny(None);
     let ex = examples();
-    let refs: Vec<&Example> = ex.iter().collect();
+    let refs: Vec<&TokenizedExample> = ex.iter().collect();
     let a = adapter(&model);
     let run = |batch: &TrainBatch, opts: StepOptions| {
         let mut g = LoraGrads::zeros_like(&a);
@@ -130,11 +130,11 @@ fn checkpointing_padding_and_vocab_chunks_do_not_change_the_gradients() {
 fn shared_prefix_batches_give_the_packed_gradients() {
     // Three examples sharing a 4-token prefix (then differing), one with a longer common part.
     let ex = vec![
-        Example::new(&[1, 5, 9, 33, 7, 12], &[40, 41, 2]),
-        Example::new(&[1, 5, 9, 33, 60, 3], &[22, 2]),
-        Example::new(&[1, 5, 9, 33, 7, 12, 14], &[8, 2]),
+        TokenizedExample::new(&[1, 5, 9, 33, 7, 12], &[40, 41, 2]),
+        TokenizedExample::new(&[1, 5, 9, 33, 60, 3], &[22, 2]),
+        TokenizedExample::new(&[1, 5, 9, 33, 7, 12, 14], &[8, 2]),
     ];
-    let refs: Vec<&Example> = ex.iter().collect();
+    let refs: Vec<&TokenizedExample> = ex.iter().collect();
     let shared = TrainBatch::shared_prefix(&refs);
     assert_eq!(shared.seqs[0], lorafleet::backend::cpu::backward::SeqSpan::new(0, 4), "the common prefix is laid out once");
     assert_eq!(shared.n_tokens(), 4 + 5 + 4 + 5);

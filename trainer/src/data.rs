@@ -1,29 +1,21 @@
-//! Training data for now: JSONL, one `{"prompt": ..., "completion": ...}` per line. Prompt and
-//! completion are tokenized separately (no special tokens added) and concatenated, so the loss
-//! covers exactly the completion's tokens; examples are truncated to `max_seq_len`.
-//! (The data module of the main crate may replace this reader: it is one function on purpose.)
+//! Training data: the examples `lorafleet::data` reads (JSONL `{"prompt", "completion"}` lines,
+//! or CSV, the same reader `lorafleet eval` uses), tokenized for training. Prompt and completion
+//! are tokenized separately (no special tokens added) and concatenated, so the loss covers
+//! exactly the completion's tokens; examples are truncated to `max_seq_len`.
 
 use std::path::Path;
 
-use lorafleet::train::Example;
+use lorafleet::train::TokenizedExample;
 use lorafleet::{Error, Result, TextTokenizer};
 
-/// Reads and tokenizes a JSONL file. Lines that are empty are skipped; any other line that is
-/// not an object with string `prompt` and `completion` is an error naming the line.
-pub fn read_jsonl(path: &Path, tok: &TextTokenizer, max_seq_len: usize) -> Result<Vec<Example>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+/// Reads and tokenizes a data file. Empty lines are skipped; a line that is not a JSON object
+/// with `prompt` and `completion` is an error naming the file and line.
+pub fn read_examples(path: &Path, tok: &TextTokenizer, max_seq_len: usize) -> Result<Vec<TokenizedExample>> {
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let bad = |m: &str| Error::InvalidArgument(format!("{}:{}: {m}", path.display(), i + 1));
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad(&format!("not JSON: {e}")))?;
-        let field = |k: &str| v.get(k).and_then(|s| s.as_str()).ok_or_else(|| bad(&format!("no string field `{k}`")));
-        let (prompt, completion) = (field("prompt")?, field("completion")?);
-        let ex = Example::new(&tok.encode(prompt)?, &tok.encode(completion)?).truncated(max_seq_len);
-        if ex.n_labels() > 0 {
-            out.push(ex);
+    for ex in lorafleet::data::load_examples(path, None, "label")? {
+        let t = TokenizedExample::new(&tok.encode(&ex.prompt)?, &tok.encode(&ex.completion)?).truncated(max_seq_len);
+        if t.n_labels() > 0 {
+            out.push(t);
         }
     }
     if out.is_empty() {

@@ -7,12 +7,12 @@ use std::path::Path;
 use lorafleet::backend::train::TrainBackend;
 use lorafleet::lora::LoraAdapter;
 use lorafleet::train::grads::write_f32_safetensors;
-use lorafleet::train::{Example, LoraGrads, StepOptions, TrainBatch, TrainModel};
+use lorafleet::train::{TokenizedExample, LoraGrads, StepOptions, TrainBatch, TrainModel};
 use lorafleet::{Error, Result};
 
 /// The loss (mean cross-entropy over the completion tokens, HF's causal-LM loss) and the
 /// gradients of `adapter`'s parameters for one example.
-pub fn gradients<B: TrainBackend>(model: &TrainModel<B>, adapter: &LoraAdapter, example: &Example, opts: StepOptions) -> Result<(f64, LoraGrads)> {
+pub fn gradients<B: TrainBackend>(model: &TrainModel<B>, adapter: &LoraAdapter, example: &TokenizedExample, opts: StepOptions) -> Result<(f64, LoraGrads)> {
     let n = example.n_labels();
     if n == 0 {
         return Err(Error::InvalidArgument("the completion has no token to score (it is empty, or the prompt is)".into()));

@@ -9,5 +9,4 @@ pub mod gradients;
 pub mod log;
 pub mod optim;
 pub mod plot;
-pub mod rng;
 pub mod train_loop;

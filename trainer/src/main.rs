@@ -11,7 +11,7 @@ use lorafleet::backend::device::{open_backend, ActDtype, DeviceChoice, OpenedBac
 use lorafleet::backend::train::TrainBackend;
 use lorafleet::lora::{LoraAdapter, LoraModule};
 use lorafleet::quant::Quantization;
-use lorafleet::train::{BaseFormat, Example, StepOptions, TrainModel};
+use lorafleet::train::{BaseFormat, TokenizedExample, StepOptions, TrainModel};
 use lorafleet::{Error, Result, TextTokenizer};
 use lorafleet_trainer::optim::{AdamWConfig, Schedule};
 use lorafleet_trainer::train_loop::{Batching, TrainConfig};
@@ -222,7 +222,7 @@ fn gradients_on<B: TrainBackend>(model: &TrainModel<B>, a: &GradientsArgs, t0: I
     let adapter = LoraAdapter::load(&id, &a.adapter, &model.config, usize::MAX)?;
     let loaded = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
-    let (loss, grads) = gradients::gradients(model, &adapter, &Example::new(&prompt, &completion), step_options(&a.base)?)?;
+    let (loss, grads) = gradients::gradients(model, &adapter, &TokenizedExample::new(&prompt, &completion), step_options(&a.base)?)?;
     let step = t1.elapsed().as_secs_f64();
     gradients::write(&a.out, loss, &grads, &adapter)?;
     eprintln!(
@@ -287,7 +287,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
 fn train_on<B: TrainBackend>(model: &TrainModel<B>, a: &TrainArgs, mut cfg: TrainConfig) -> Result<()> {
     let tok = TextTokenizer::from_dir(&a.base.model)?;
     lorafleet::model::check::tokenizer_in(&a.base.model, &tok, Some(model.config.vocab_size))?;
-    let examples = data::read_jsonl(&a.data, &tok, a.max_seq_len)?;
+    let examples = data::read_examples(&a.data, &tok, a.max_seq_len)?;
     cfg.pad_id = model.config.eos_token_ids.first().copied().unwrap_or(0);
     let tokens: usize = examples.iter().map(|e| e.ids.len()).sum();
     eprintln!("{} examples ({tokens} tokens) from {}; {} updates", examples.len(), a.data.display(), train_loop::total_steps(examples.len(), &cfg));

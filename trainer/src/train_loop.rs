@@ -21,13 +21,13 @@ use lorafleet::lora::{LoraAdapter, LoraConfig, LoraModule, LoraPair};
 use lorafleet::backend::HostMatrix;
 use lorafleet::types::config::ModelConfig;
 use lorafleet::backend::train::TrainBackend;
-use lorafleet::train::{Example, LoraGrads, ResidentLora, StepOptions, TrainBatch, TrainModel};
+use lorafleet::train::{TokenizedExample, LoraGrads, ResidentLora, StepOptions, TrainBatch, TrainModel};
 use lorafleet::{Error, Result};
 
 use crate::checkpoint::{self, TrainerState};
 pub use crate::log::LogEntry;
 use crate::optim::{learning_rate, warmup_steps, AdamW, AdamWConfig, Schedule};
-use crate::rng::SplitMix64;
+use lorafleet::rng::SplitMix64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Batching {
@@ -96,7 +96,7 @@ pub fn init_adapter(model: &ModelConfig, rank: usize, alpha: f32, modules: &[Lor
                 let (out_f, in_f) = m.dims(model);
                 let (r, scale) = config.rank_and_scale(li, m);
                 let bound = 1.0 / (in_f as f32).sqrt();
-                let a = HostMatrix { name: m.peft_key(li, 'A'), rows: r, cols: in_f, data: (0..r * in_f).map(|_| rng.uniform(-bound, bound)).collect() };
+                let a = HostMatrix { name: m.peft_key(li, 'A'), rows: r, cols: in_f, data: (0..r * in_f).map(|_| rng.uniform_in(-bound, bound)).collect() };
                 let b = HostMatrix { name: m.peft_key(li, 'B'), rows: out_f, cols: r, data: vec![0.0; out_f * r] };
                 ll[m.index()] = Some(LoraPair { a, b, scale });
             }
@@ -137,7 +137,7 @@ fn load_init_adapter<B: TrainBackend>(dir: &Path, model: &TrainModel<B>, cfg: &T
 /// The examples (indices) of each micro-batch of update `step`.
 /// The dropout seed of micro-batch `micro` of update `step`.
 fn dropout_seed(seed: u64, step: usize, micro: usize) -> u64 {
-    let mut r = lorafleet::rng::SplitMix64::new(seed ^ 0xd40f_0a7e ^ ((step as u64) << 20 | micro as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut r = SplitMix64::new(seed ^ 0xd40f_0a7e ^ ((step as u64) << 20 | micro as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     r.next_u64()
 }
 
@@ -235,7 +235,7 @@ impl TrainConfig {
 
 /// Trains an adapter on `examples`; writes checkpoints, `loss.jsonl` and the final adapter
 /// (`adapter/`) under `cfg.out_dir`.
-pub fn train<B: TrainBackend>(model: &TrainModel<B>, examples: &[Example], cfg: &TrainConfig) -> Result<TrainSummary> {
+pub fn train<B: TrainBackend>(model: &TrainModel<B>, examples: &[TokenizedExample], cfg: &TrainConfig) -> Result<TrainSummary> {
     cfg.validate()?;
     if examples.is_empty() {
         return Err(Error::InvalidArgument("train: no examples".into()));
@@ -288,7 +288,7 @@ pub fn train<B: TrainBackend>(model: &TrainModel<B>, examples: &[Example], cfg: 
                 step: 0,
                 total_steps: total,
                 seed: cfg.seed,
-                rng_state: rng.0,
+                rng_state: rng.state(),
                 n_examples: n,
                 micro_batch: cfg.micro_batch,
                 grad_accum: cfg.grad_accum,
@@ -322,7 +322,7 @@ pub fn train<B: TrainBackend>(model: &TrainModel<B>, examples: &[Example], cfg: 
         if labels > 0 {
             let weight = 1.0 / labels as f32;
             for (mi, mb) in micro.iter().enumerate() {
-                let exs: Vec<&Example> = mb.iter().map(|&i| &examples[i]).collect();
+                let exs: Vec<&TokenizedExample> = mb.iter().map(|&i| &examples[i]).collect();
                 let batch = match cfg.batching {
                     Batching::Packed => TrainBatch::new(&exs, None),
                     Batching::Padded => TrainBatch::new(&exs, Some(cfg.pad_id)),

@@ -72,7 +72,7 @@ fn bad_arguments_and_data_fail_with_one_clear_error() {
     }
     refused(&train(&[], &dir.join("missing.jsonl"), "missing"), "missing data", "missing.jsonl");
     let o = train(&[], &bad, "bad");
-    refused(&o, "bad line", "bad.jsonl:2: no string field `prompt`");
+    refused(&o, "bad line", "bad.jsonl:2: no field `completion`");
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "one error line: {err}");
     let _ = std::fs::remove_dir_all(&dir);

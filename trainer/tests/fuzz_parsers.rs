@@ -22,7 +22,7 @@ use lorafleet::model::gguf::{convert_gguf, GgufFile, OutDType};
 use lorafleet::weights::WeightFiles;
 use lorafleet::model::ModelConfig;
 use lorafleet::rng::SplitMix64;
-use lorafleet::train::{BaseFormat, Example, StepOptions, TrainModel};
+use lorafleet::train::{BaseFormat, TokenizedExample, StepOptions, TrainModel};
 use lorafleet_trainer::checkpoint;
 use lorafleet_trainer::optim::{AdamWConfig, Schedule};
 use lorafleet_trainer::train_loop::{train, Batching, TrainConfig};
@@ -281,7 +281,7 @@ impl Seeds {
         let adapter_config = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/smollm2/adapters/a_r8_all/adapter_config.json")).unwrap();
         // A real checkpoint of a short run on the tiny model.
         let tm = TrainModel::load_as(&model, BaseFormat::F32).unwrap();
-        let examples: Vec<Example> = (0..4u32).map(|i| Example::new(&[1, 4, 5 + i], &[10 + i, 2])).collect();
+        let examples: Vec<TokenizedExample> = (0..4u32).map(|i| TokenizedExample::new(&[1, 4, 5 + i], &[10 + i, 2])).collect();
         let cfg = TrainConfig {
             out_dir: dir.join("run"),
             rank: 2,

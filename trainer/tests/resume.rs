@@ -4,16 +4,16 @@
 
 use lorafleet::lora::LoraModule;
 use lorafleet::quant::Quantization;
-use lorafleet::train::{BaseFormat, Example, StepOptions, TrainModel};
+use lorafleet::train::{BaseFormat, TokenizedExample, StepOptions, TrainModel};
 use lorafleet_trainer::optim::{AdamWConfig, Schedule};
 use lorafleet_trainer::train_loop::{train, Batching, TrainConfig};
 
-fn examples() -> Vec<Example> {
+fn examples() -> Vec<TokenizedExample> {
     (0..10u32)
         .map(|i| {
             // A common two-token start (as a prompt template), so shared-prefix batches share it.
             let prompt: Vec<u32> = [1, 4].into_iter().chain((0..3 + i % 4).map(|k| 3 + (i * 7 + k * 5) % 60)).collect();
-            Example::new(&prompt, &[10 + i % 3, 2])
+            TokenizedExample::new(&prompt, &[10 + i % 3, 2])
         })
         .collect()
 }
