@@ -136,6 +136,8 @@ def main():
                 if segs[0] == "super":
                     base = base[:-1]
                 segs = segs[1:]
+        elif (crate, tuple(here + segs[:1])) in mods:
+            base = list(here)  # a child module named without `self::`
         else:
             return None
         if not base and segs and segs[0] in lib_face:
