@@ -3,7 +3,7 @@
 //! shapes, several seeds; so a random model is the same on every backend.
 
 use half::bf16;
-use lorafleet::backend::cuda::backend::{CudaWeight, DenseBuf};
+use lorafleet::backend::cuda::values::{CudaWeight, DenseBuf};
 use lorafleet::backend::cuda::{test_device, CudaBackend, DType};
 use lorafleet::backend::random::{materialize, RandomFormat, RandomSpec};
 use lorafleet::backend::{Backend, HostWeight};

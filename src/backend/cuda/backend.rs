@@ -13,9 +13,9 @@
 //! (dense f32/bf16 weights, bias fused) or kernels/nf4_gemm.cu (+ `lf_bias_add`); `attention` →
 //! `lf_reshape_and_cache` then `lf_paged_attn` (+ its reduction); `lora_apply` → kernels/lora_sgmv.cu.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use cudarc::driver::{CudaSlice, DevicePtr, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, DevicePtr};
 use half::bf16;
 
 use crate::backend::{Backend, HostMatrix, HostWeight, StepSpec};
@@ -23,235 +23,39 @@ use crate::kv::KvLayout;
 use crate::types::LoraModule;
 use crate::{Error, Result};
 
-use super::attention::{AttnMeta, CudaAttention, CudaKvCache};
+use super::attention::{AttnMeta, CudaKvCache};
 use super::validate::invalid;
 use super::device::CudaDevice;
-use super::dtype::{CudaElem, DType};
-use super::linear::CudaLinear;
-use super::lora::CudaLora;
-use super::nf4::{CudaNf4, CudaNf4Weight};
-use super::pool::{self, PooledBuf, SharedPool};
-use super::step::{CudaStep, StepArena};
-
-/// A weight's device buffer in one of the storage types (allocated once, exactly).
-pub enum DenseBuf {
-    F32(CudaSlice<f32>),
-    Bf16(CudaSlice<bf16>),
-}
-
-impl DenseBuf {
-    pub fn dtype(&self) -> DType {
-        match self {
-            DenseBuf::F32(_) => DType::F32,
-            DenseBuf::Bf16(_) => DType::Bf16,
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        match self {
-            DenseBuf::F32(s) => s.len(),
-            DenseBuf::Bf16(s) => s.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn device_address(&self, dev: &CudaDevice) -> u64 {
-        match self {
-            DenseBuf::F32(s) => s.device_ptr(dev.stream()).0,
-            DenseBuf::Bf16(s) => s.device_ptr(dev.stream()).0,
-        }
-    }
-}
-
-/// Activations `[rows, cols]` on the device, in a pooled buffer (returned to the pool on drop).
-pub struct CudaTensor {
-    buf: PooledBuf,
-    dtype: DType,
-    pub rows: usize,
-    pub cols: usize,
-}
-
-impl CudaTensor {
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-
-    fn len(&self) -> usize {
-        self.rows * self.cols
-    }
-
-    pub(crate) fn view<T: CudaElem>(&self) -> Result<cudarc::driver::CudaView<'_, T>> {
-        if T::DTYPE != self.dtype {
-            return Err(invalid(format!("a {:?} tensor read as {:?}", self.dtype, T::DTYPE)));
-        }
-        self.buf.view::<T>(self.len())
-    }
-
-    pub(crate) fn view_mut<T: CudaElem>(&mut self) -> Result<cudarc::driver::CudaViewMut<'_, T>> {
-        if T::DTYPE != self.dtype {
-            return Err(invalid(format!("a {:?} tensor written as {:?}", self.dtype, T::DTYPE)));
-        }
-        let n = self.len();
-        self.buf.view_mut::<T>(n)
-    }
-
-    /// The device address of the tensor's buffer.
-    pub fn device_address(&self, dev: &CudaDevice) -> u64 {
-        self.buf.device_address(dev)
-    }
-}
-
-/// How a weight matrix is held on the device.
-pub enum CudaWeight {
-    /// `[rows, cols]`: f32 for embedding tables and the lm_head (`upload_table`), else the
-    /// activation dtype (LoRA A/B, an f32 base's linears).
-    Dense(DenseBuf),
-    /// `[rows, cols]` bf16 (a bf16 base's linear weights, whatever the activation dtype).
-    Bf16(CudaSlice<bf16>),
-    /// bitsandbytes NF4.
-    Nf4(CudaNf4Weight),
-}
-
-/// A weight matrix `[rows, cols]` on the device.
-pub struct CudaMatrix {
-    pub rows: usize,
-    pub cols: usize,
-    pub weight: CudaWeight,
-}
-
-/// A 1-D parameter: f32 (biases are always added in f32), and its bf16 copy when activations are
-/// bf16 (the bf16 norm kernel reads weights in the activation type).
-pub struct CudaVector {
-    pub f32: CudaSlice<f32>,
-    pub bf16: Option<CudaSlice<bf16>>,
-}
-
-/// RoPE tables `[max_pos, half_dim]` f32.
-pub struct CudaRope {
-    pub(crate) cos: CudaSlice<f32>,
-    pub(crate) sin: CudaSlice<f32>,
-}
-
-/// The paged K/V cache of every layer, in the activation dtype, with an id unique in the process
-/// (a CUDA graph bakes in its addresses: graphs are keyed by it).
-pub enum CudaKv {
-    F32(CudaKvCache<f32>, u64),
-    Bf16(CudaKvCache<bf16>, u64),
-}
-
-static NEXT_KV_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-impl CudaKv {
-    pub fn layout(&self) -> KvLayout {
-        match self {
-            CudaKv::F32(c, _) => *c.layout(),
-            CudaKv::Bf16(c, _) => *c.layout(),
-        }
-    }
-
-    pub fn id(&self) -> u64 {
-        match self {
-            CudaKv::F32(_, id) | CudaKv::Bf16(_, id) => *id,
-        }
-    }
-}
+use super::dtype::DType;
+use super::nf4::CudaNf4Weight;
+use super::context::CudaContext;
+use super::graph::{self, Graphs};
+use super::step::{self, CudaStep, StepArena};
+use super::train_kernels::TrainKernels;
+use super::values::{with_dtype, CudaKv, CudaMatrix, CudaRope, CudaTensor, CudaVector, CudaWeight, DenseBuf, Typed, NEXT_KV_ID};
 
 /// The GPU backend: one device, its kernel modules, the activation dtype, the activation buffer
 /// pool and the step buffers.
 pub struct CudaBackend {
-    /// The compute stream: a forward's kernels, and only those while a step runs (a CUDA graph
-    /// capture records everything enqueued on it).
-    dev: CudaDevice,
-    /// Weights, adapters and the KV cache are uploaded on their own stream, synchronized before
-    /// the upload returns, so they neither wait for nor leak into a decode step.
-    transfer: CudaDevice,
-    attn: CudaAttention,
-    nf4: CudaNf4,
-    lora: CudaLora,
-    linear: CudaLinear,
-    sampler: super::sampling::CudaSampler,
-    act: DType,
-    /// Where new tensors' buffers come from (a graph capture swaps in its private pool).
-    pool: Mutex<SharedPool>,
-    pub(crate) step_arena: Mutex<StepArena>,
+    /// The device, kernels and pool (`Deref`: `be.device()`, `be.new_tensor(..)`).
+    cx: CudaContext,
+    /// The step buffers, kept from step to step (one step at a time).
+    step_arena: Mutex<StepArena>,
     /// Decode steps replay as CUDA graphs (`set_graphs`; `--no-cuda-graphs` turns them off).
     graphs_on: std::sync::atomic::AtomicBool,
-    pub(crate) graphs: Mutex<super::graph::Graphs>,
+    graphs: Mutex<Graphs>,
     /// The training kernels, loaded by the first training batch (`TrainBackend`).
-    pub(crate) train: std::sync::OnceLock<super::train::TrainKernels>,
+    pub(crate) train: std::sync::OnceLock<TrainKernels>,
 }
 
-/// Runs `$body` with `$t` bound to the Rust element type of `$dtype` (f32 or bf16).
-macro_rules! with_dtype {
-    ($dtype:expr, $t:ident => $body:expr) => {
-        match $dtype {
-            DType::F32 => {
-                type $t = f32;
-                $body
-            }
-            DType::Bf16 => {
-                type $t = bf16;
-                $body
-            }
-        }
-    };
-}
-
-/// The `CudaSlice<T>` of a weight buffer of the matching type, and host conversions.
-trait Typed: CudaElem + ValidAsZeroBits + bytemuck::Pod {
-    fn of(b: &DenseBuf) -> Result<&CudaSlice<Self>>;
-    fn wrap(s: CudaSlice<Self>) -> DenseBuf;
-    fn from_f32(v: &[f32]) -> Vec<Self>;
-    fn to_f32(v: &[Self]) -> Vec<f32>;
-}
-
-impl Typed for f32 {
-    fn of(b: &DenseBuf) -> Result<&CudaSlice<f32>> {
-        match b {
-            DenseBuf::F32(s) => Ok(s),
-            DenseBuf::Bf16(_) => Err(invalid("a bf16 weight where f32 was expected")),
-        }
-    }
-    fn wrap(s: CudaSlice<f32>) -> DenseBuf {
-        DenseBuf::F32(s)
-    }
-    fn from_f32(v: &[f32]) -> Vec<f32> {
-        v.to_vec()
-    }
-    fn to_f32(v: &[f32]) -> Vec<f32> {
-        v.to_vec()
-    }
-}
-
-impl Typed for bf16 {
-    fn of(b: &DenseBuf) -> Result<&CudaSlice<bf16>> {
-        match b {
-            DenseBuf::Bf16(s) => Ok(s),
-            DenseBuf::F32(_) => Err(invalid("an f32 weight where bf16 was expected")),
-        }
-    }
-    fn wrap(s: CudaSlice<bf16>) -> DenseBuf {
-        DenseBuf::Bf16(s)
-    }
-    fn from_f32(v: &[f32]) -> Vec<bf16> {
-        v.iter().map(|&x| bf16::from_f32(x)).collect()
-    }
-    fn to_f32(v: &[bf16]) -> Vec<f32> {
-        v.iter().map(|x| x.to_f32()).collect()
+impl std::ops::Deref for CudaBackend {
+    type Target = CudaContext;
+    fn deref(&self) -> &CudaContext {
+        &self.cx
     }
 }
 
 impl CudaBackend {
-    /// `t` as f32 on the host (the device stream syncs in the download).
-    fn download_f32(&self, t: &CudaTensor) -> Result<Vec<f32>> {
-        with_dtype!(t.dtype, T => {
-            let v = t.view::<T>()?;
-            Ok(<T as Typed>::to_f32(&self.dev.download(&v)?))
-        })
-    }
 
     /// Opens device `ordinal` (a GPU, or the CPU emulator under `LORAFLEET_CUDA_EMU=1`) with every
     /// kernel module the forward pass needs, activations in `act`.
@@ -262,43 +66,13 @@ impl CudaBackend {
 
     /// The backend on an opened device.
     pub fn with_device(dev: CudaDevice, act: DType) -> Result<Self> {
-        // Ordering between the two streams is explicit (uploads synchronize before they return;
-        // the compute stream is the only one a step uses), so cudarc's per-buffer events are not
-        // needed, and a capture must not wait on events recorded outside it.
-        // SAFETY: no buffer of this context is written on one stream and read on another without
-        // a synchronization in between (see `transfer`); turning the tracking off only removes
-        // cudarc's automatic waits.
-        unsafe { dev.context().disable_event_tracking() };
-        let transfer = dev.sibling()?;
-        let attn = CudaAttention::new(&dev)?;
-        let nf4 = CudaNf4::new(&dev)?;
-        let lora = CudaLora::new(&dev)?;
-        let linear = CudaLinear::new(&dev)?;
-        let sampler = super::sampling::CudaSampler::new(&dev)?;
         Ok(CudaBackend {
-            dev,
-            transfer,
-            attn,
-            nf4,
-            lora,
-            linear,
-            sampler,
-            act,
-            pool: Mutex::new(Arc::new(Mutex::new(pool::BufPool::default()))),
+            cx: CudaContext::new(dev, act)?,
             step_arena: Mutex::new(StepArena::default()),
             graphs_on: std::sync::atomic::AtomicBool::new(true),
-            graphs: Mutex::new(super::graph::Graphs::default()),
+            graphs: Mutex::new(Graphs::default()),
             train: std::sync::OnceLock::new(),
         })
-    }
-
-    pub fn device(&self) -> &CudaDevice {
-        &self.dev
-    }
-
-    /// The activation (and KV cache) dtype.
-    pub fn act_dtype(&self) -> DType {
-        self.act
     }
 
     /// Whether decode steps replay as CUDA graphs (on by default).
@@ -306,91 +80,13 @@ impl CudaBackend {
         self.graphs_on.store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// (captures, replays) of decode graphs so far.
+    pub fn graph_stats(&self) -> (u64, u64) {
+        graph::stats(&self.graphs)
+    }
+
     pub fn graphs_enabled(&self) -> bool {
         self.graphs_on.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Makes `pool` the source of new tensors; returns the previous one.
-    pub(crate) fn swap_pool(&self, pool: SharedPool) -> Result<SharedPool> {
-        let mut p = self.pool.lock().map_err(|_| Error::Cuda("the pool's lock is poisoned".into()))?;
-        Ok(std::mem::replace(&mut *p, pool))
-    }
-
-    /// A copy of `t` in a new tensor (device to device).
-    pub(crate) fn copy_tensor(&self, t: &CudaTensor) -> Result<CudaTensor> {
-        let mut out = self.new_tensor(t.dtype, t.rows, t.cols)?;
-        with_dtype!(t.dtype, T => {
-            let src = t.view::<T>()?;
-            let mut dst = out.view_mut::<T>()?;
-            self.dev.stream().memcpy_dtod(&src, &mut dst).map_err(super::device::cuda_err("copying a tensor on the device"))?;
-        });
-        Ok(out)
-    }
-
-    /// Buffers the current activation pool has allocated so far (steady steps allocate none).
-    pub fn pool_allocations(&self) -> usize {
-        self.pool.lock().ok().and_then(|p| p.lock().ok().map(|p| p.allocated)).unwrap_or(0)
-    }
-
-    /// Frees the activation buffers the pool caches (e.g. before loading more adapters).
-    pub fn trim_pool(&self) {
-        if let Ok(p) = self.pool.lock() {
-            pool::trim(&p);
-        }
-    }
-
-    fn upload_as<T: Typed>(&self, v: &[f32]) -> Result<DenseBuf> {
-        self.uploaded(|t| Ok(T::wrap(t.upload(&T::from_f32(v))?)))
-    }
-
-    /// Runs `f` on the transfer stream and waits for it: what it uploaded is ready for any stream.
-    fn uploaded<R>(&self, f: impl FnOnce(&CudaDevice) -> Result<R>) -> Result<R> {
-        let r = f(&self.transfer)?;
-        self.transfer.synchronize()?;
-        Ok(r)
-    }
-
-    /// A new tensor `[rows, cols]` of `dtype` from the pool; its contents are whatever the buffer
-    /// held: every caller overwrites it whole before anything reads it.
-    pub(crate) fn new_tensor(&self, dtype: DType, rows: usize, cols: usize) -> Result<CudaTensor> {
-        let n = rows.checked_mul(cols).ok_or_else(|| invalid(format!("a [{rows}, {cols}] tensor overflows")))?;
-        let pool = self.pool.lock().map_err(|_| Error::Cuda("the pool's lock is poisoned".into()))?.clone();
-        let buf = pool::take(&self.dev, &pool, n.max(1) * dtype.size())?;
-        Ok(CudaTensor { buf, dtype, rows, cols })
-    }
-
-    fn check_act(&self, what: &str, t: &CudaTensor) -> Result<()> {
-        if t.dtype != self.act {
-            return Err(invalid(format!("{what}: a {:?} tensor on a {:?} backend", t.dtype, self.act)));
-        }
-        Ok(())
-    }
-
-    fn linear_t<T: Typed>(&self, x: &CudaTensor, w: &CudaMatrix, bias: Option<&CudaVector>) -> Result<CudaTensor> {
-        let (m, k, n) = (x.rows, x.cols, w.rows);
-        if k != w.cols {
-            return Err(invalid(format!("linear: x has {k} columns, the weight [{}, {}] expects {}", w.rows, w.cols, w.cols)));
-        }
-        let mut y = self.new_tensor(T::DTYPE, m, n)?;
-        let xs = x.view::<T>()?;
-        let mut ys = y.view_mut::<T>()?;
-        let b = bias.map(|b| &b.f32);
-        match &w.weight {
-            CudaWeight::Dense(DenseBuf::F32(ws)) => {
-                self.linear.linear::<T, f32>(&self.dev, (m, n, k), &xs, ws, b, &mut ys, false)?;
-            }
-            CudaWeight::Dense(DenseBuf::Bf16(ws)) | CudaWeight::Bf16(ws) => {
-                self.linear.linear::<T, bf16>(&self.dev, (m, n, k), &xs, ws, b, &mut ys, false)?;
-            }
-            CudaWeight::Nf4(nw) => {
-                self.nf4.linear::<T>(&self.dev, &xs, m, nw, &mut ys)?;
-                if let Some(b) = b {
-                    self.dev.bias_add::<T>(&mut ys, b)?;
-                }
-            }
-        }
-        drop(ys);
-        Ok(y)
     }
 
     /// Rows of `table [vocab, cols]` for the `ids` at section `ids` of the step (`p` validated
@@ -537,19 +233,19 @@ impl Backend for CudaBackend {
     }
 
     fn begin_step<'a>(&'a self, spec: &StepSpec<'_, 'a, Self>) -> Result<CudaStep<'a>> {
-        self.begin_cuda_step(spec)
+        step::begin(&self.cx, &self.step_arena, self.graphs_enabled(), spec)
     }
 
     fn replay_forward(&self, step: &mut CudaStep<'_>) -> Result<Option<CudaTensor>> {
-        self.graph_replay(step)
+        graph::replay(&self.cx, &self.graphs, step)
     }
 
     fn begin_forward(&self, step: &mut CudaStep<'_>) -> Result<()> {
-        self.graph_begin(step)
+        graph::begin(&self.cx, &self.graphs, step)
     }
 
     fn end_forward(&self, step: &mut CudaStep<'_>, logits: CudaTensor) -> Result<CudaTensor> {
-        self.graph_end(step, logits)
+        graph::end(&self.cx, &self.graphs, step, logits)
     }
 
     fn tensor_from_host(&self, data: &[f32], rows: usize, cols: usize) -> Result<CudaTensor> {

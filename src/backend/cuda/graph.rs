@@ -22,36 +22,10 @@ use cudarc::driver::CudaGraph;
 
 use crate::{Error, Result};
 
-use super::backend::{CudaBackend, CudaTensor};
+use super::context::CudaContext;
 use super::pool::{BufPool, SharedPool};
-use super::step::CudaStep;
-
-/// What a decode graph's launches depend on.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct GraphKey {
-    /// The model (`Llama::id`) and KV cache (`Backend::kv_id`) whose addresses the graph bakes in.
-    pub model: u64,
-    pub kv: u64,
-    pub rows: usize,
-    pub max_blocks: usize,
-    pub max_partitions: usize,
-    /// One bit per (layer, module): LoRA runs there.
-    pub lora: Vec<bool>,
-}
-
-/// The largest batch (decode rows) a graph is captured for; larger steps run eagerly.
-pub const MAX_GRAPH_ROWS: usize = 256;
-
-/// What the backend does with a step's forward.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum GraphPhase {
-    /// Not a graph step (a prefill, graphs off, or too many rows).
-    Eager,
-    /// First sight of the shape: run eagerly on the graph's private pool.
-    WarmUp,
-    /// Second sight: capture the forward, then replay it.
-    Capture,
-}
+use super::step::{CudaStep, GraphKey, GraphPhase};
+use super::values::CudaTensor;
 
 /// A captured graph. cudarc's `CudaGraph` is not `Send` because CUDA graph objects are not
 /// internally synchronized: calls on one graph must be serialized.
@@ -81,93 +55,91 @@ pub(crate) struct Graphs {
     pub(crate) captures: u64,
 }
 
-impl CudaBackend {
-    /// Replays the graph of this step's shape, if one was captured against the current step
-    /// buffers: returns the logits `[rows, vocab]` (a copy out of the graph's output buffer).
-    pub(crate) fn graph_replay(&self, step: &mut CudaStep<'_>) -> Result<Option<CudaTensor>> {
-        let Some(key) = step.graph_key.clone() else { return Ok(None) };
-        let mut g = self.graphs.lock().map_err(|_| Error::Cuda("the graph table's lock is poisoned".into()))?;
+/// Replays the graph of this step's shape, if one was captured against the current step
+/// buffers: returns the logits `[rows, vocab]` (a copy out of the graph's output buffer).
+pub(crate) fn replay(cx: &CudaContext, graphs: &Mutex<Graphs>, step: &mut CudaStep<'_>) -> Result<Option<CudaTensor>> {
+    let Some(key) = step.graph_key.clone() else { return Ok(None) };
+    let mut g = graphs.lock().map_err(|_| Error::Cuda("the graph table's lock is poisoned".into()))?;
+    let generation = step.generation();
+    let stale = g.entries.get(&key).is_some_and(|e| e.generation != generation);
+    if stale {
+        // The step buffers moved: the captured addresses are dead.
+        g.entries.remove(&key);
+    }
+    match g.entries.get(&key) {
+        Some(Entry { graph: Some(SendGraph(graph)), output: Some(out), .. }) => {
+            graph.launch().map_err(super::device::cuda_err("launching a decode graph"))?;
+            let copy = cx.copy_tensor(out)?;
+            g.replays += 1;
+            step.graph_phase = GraphPhase::Eager;
+            Ok(Some(copy))
+        }
+        Some(_) => {
+            step.graph_phase = GraphPhase::Capture;
+            Ok(None)
+        }
+        None => {
+            step.graph_phase = GraphPhase::WarmUp;
+            Ok(None)
+        }
+    }
+}
+
+/// Before the forward's first op: switches to the shape's private pool, and starts capturing
+/// when this is the capture run.
+pub(crate) fn begin(cx: &CudaContext, graphs: &Mutex<Graphs>, step: &mut CudaStep<'_>) -> Result<()> {
+    if step.graph_phase == GraphPhase::Eager {
+        return Ok(());
+    }
+    let key = step.graph_key.clone().ok_or_else(|| Error::Cuda("a graph phase without a key".into()))?;
+    let pool = {
+        let mut g = graphs.lock().map_err(|_| Error::Cuda("the graph table's lock is poisoned".into()))?;
         let generation = step.generation();
-        let stale = g.entries.get(&key).is_some_and(|e| e.generation != generation);
-        if stale {
-            // The step buffers moved: the captured addresses are dead.
-            g.entries.remove(&key);
-        }
-        match g.entries.get(&key) {
-            Some(Entry { graph: Some(SendGraph(graph)), output: Some(out), .. }) => {
-                graph.launch().map_err(super::device::cuda_err("launching a decode graph"))?;
-                let copy = self.copy_tensor(out)?;
-                g.replays += 1;
-                step.graph_phase = GraphPhase::Eager;
-                Ok(Some(copy))
-            }
-            Some(_) => {
-                step.graph_phase = GraphPhase::Capture;
-                Ok(None)
-            }
-            None => {
-                step.graph_phase = GraphPhase::WarmUp;
-                Ok(None)
-            }
-        }
+        g.entries
+            .entry(key)
+            .or_insert_with(|| Entry { pool: Arc::new(Mutex::new(BufPool::default())), graph: None, output: None, generation })
+            .pool
+            .clone()
+    };
+    step.saved_pool = Some(cx.swap_pool(pool)?);
+    if step.graph_phase == GraphPhase::Capture {
+        cx.device()
+            .stream()
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(super::device::cuda_err("beginning a decode graph capture"))?;
     }
+    Ok(())
+}
 
-    /// Before the forward's first op: switches to the shape's private pool, and starts capturing
-    /// when this is the capture run.
-    pub(crate) fn graph_begin(&self, step: &mut CudaStep<'_>) -> Result<()> {
-        if step.graph_phase == GraphPhase::Eager {
-            return Ok(());
-        }
-        let key = step.graph_key.clone().ok_or_else(|| Error::Cuda("a graph phase without a key".into()))?;
-        let pool = {
-            let mut g = self.graphs.lock().map_err(|_| Error::Cuda("the graph table's lock is poisoned".into()))?;
-            let generation = step.generation();
-            g.entries
-                .entry(key)
-                .or_insert_with(|| Entry { pool: Arc::new(Mutex::new(BufPool::default())), graph: None, output: None, generation })
-                .pool
-                .clone()
-        };
-        step.saved_pool = Some(self.swap_pool(pool)?);
-        if step.graph_phase == GraphPhase::Capture {
-            self.device()
-                .stream()
-                .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-                .map_err(super::device::cuda_err("beginning a decode graph capture"))?;
-        }
-        Ok(())
+/// After the forward: restores the pool; after a capture, instantiates and stores the graph,
+/// replays it once (the capture computed nothing) and returns a copy of its logits.
+pub(crate) fn end(cx: &CudaContext, graphs: &Mutex<Graphs>, step: &mut CudaStep<'_>, out: CudaTensor) -> Result<CudaTensor> {
+    let Some(saved) = step.saved_pool.take() else { return Ok(out) };
+    let phase = std::mem::replace(&mut step.graph_phase, GraphPhase::Eager);
+    let ended = if phase == GraphPhase::Capture {
+        Some(cx.device().stream().end_capture(CUgraphInstantiate_flags(0)))
+    } else {
+        None
+    };
+    cx.swap_pool(saved)?;
+    let Some(ended) = ended else { return Ok(out) };
+    let graph = ended
+        .map_err(super::device::cuda_err("ending a decode graph capture"))?
+        .ok_or_else(|| Error::Cuda("the decode graph capture recorded nothing".into()))?;
+    graph.launch().map_err(super::device::cuda_err("launching a new decode graph"))?;
+    let copy = cx.copy_tensor(&out)?;
+    let key = step.graph_key.clone().ok_or_else(|| Error::Cuda("a capture without a key".into()))?;
+    let mut g = graphs.lock().map_err(|_| Error::Cuda("the graph table's lock is poisoned".into()))?;
+    if let Some(e) = g.entries.get_mut(&key) {
+        e.graph = Some(SendGraph(graph));
+        e.output = Some(out);
+        e.generation = step.generation();
     }
+    g.captures += 1;
+    Ok(copy)
+}
 
-    /// After the forward: restores the pool; after a capture, instantiates and stores the graph,
-    /// replays it once (the capture computed nothing) and returns a copy of its logits.
-    pub(crate) fn graph_end(&self, step: &mut CudaStep<'_>, out: CudaTensor) -> Result<CudaTensor> {
-        let Some(saved) = step.saved_pool.take() else { return Ok(out) };
-        let phase = std::mem::replace(&mut step.graph_phase, GraphPhase::Eager);
-        let ended = if phase == GraphPhase::Capture {
-            Some(self.device().stream().end_capture(CUgraphInstantiate_flags(0)))
-        } else {
-            None
-        };
-        self.swap_pool(saved)?;
-        let Some(ended) = ended else { return Ok(out) };
-        let graph = ended
-            .map_err(super::device::cuda_err("ending a decode graph capture"))?
-            .ok_or_else(|| Error::Cuda("the decode graph capture recorded nothing".into()))?;
-        graph.launch().map_err(super::device::cuda_err("launching a new decode graph"))?;
-        let copy = self.copy_tensor(&out)?;
-        let key = step.graph_key.clone().ok_or_else(|| Error::Cuda("a capture without a key".into()))?;
-        let mut g = self.graphs.lock().map_err(|_| Error::Cuda("the graph table's lock is poisoned".into()))?;
-        if let Some(e) = g.entries.get_mut(&key) {
-            e.graph = Some(SendGraph(graph));
-            e.output = Some(out);
-            e.generation = step.generation();
-        }
-        g.captures += 1;
-        Ok(copy)
-    }
-
-    /// (captures, replays) so far.
-    pub fn graph_stats(&self) -> (u64, u64) {
-        self.graphs.lock().map(|g| (g.captures, g.replays)).unwrap_or((0, 0))
-    }
+/// (captures, replays) so far.
+pub(crate) fn stats(graphs: &Mutex<Graphs>) -> (u64, u64) {
+    graphs.lock().map(|g| (g.captures, g.replays)).unwrap_or((0, 0))
 }

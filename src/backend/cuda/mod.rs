@@ -34,6 +34,7 @@
 
 pub mod attention;
 pub mod backend;
+pub mod context;
 pub mod attention_train;
 pub mod cross_entropy;
 mod availability;
@@ -56,9 +57,13 @@ pub mod sampling;
 pub mod step;
 mod testing;
 pub mod train;
+mod train_kernels;
 pub mod validate;
+pub mod values;
 
-pub use backend::{CudaBackend, CudaTensor};
+pub use backend::CudaBackend;
+pub use context::CudaContext;
+pub use values::{CudaKv, CudaMatrix, CudaRope, CudaTensor, CudaVector, CudaWeight, DenseBuf};
 pub use attention::{AttnDims, AttnKernel, AttnPlan, CudaAttention, CudaKvCache};
 pub use availability::{check_available, Unavailable};
 pub use device::CudaDevice;

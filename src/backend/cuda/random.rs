@@ -9,7 +9,7 @@ use crate::backend::random::{absmax_range, part_seeds, value_range, RandomFormat
 use crate::quant::nf4::{NF4_BLOCK, NF4_CODE};
 use crate::Result;
 
-use super::backend::{CudaMatrix, CudaWeight, DenseBuf};
+use super::values::{CudaMatrix, CudaWeight, DenseBuf};
 use super::launch::launch_kernel;
 use super::device::CudaDevice;
 use super::dtype::{CudaElem, DType};

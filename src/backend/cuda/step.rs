@@ -7,26 +7,53 @@
 //! in use. A buffer that must grow is reallocated here, before any launch, and the generation
 //! counter moves (a CUDA graph captured against the old addresses is then stale).
 
-use std::sync::MutexGuard;
+use std::sync::{Mutex, MutexGuard};
 
 use cudarc::driver::{CudaSlice, CudaView};
 
-use crate::backend::{LoraRun, StepSpec};
+use crate::backend::{Backend, LoraRun, StepSpec};
 use crate::types::LoraModule;
 use crate::{Error, Result};
 
 use super::attention::{attn_workspace_len, plan_attention_padded, plan_reshape_and_cache, AttnDims, AttnKernel, AttnPad};
 use super::ffi::{LF_ATTN_PARTITION, LF_LORA_MAX_RANK};
-use super::graph::{GraphKey, GraphPhase, MAX_GRAPH_ROWS};
 use super::lora::LoraKernel;
 use super::sampling::sample_row_c;
 use super::pool::SharedPool;
-use super::backend::{CudaBackend, CudaWeight};
+use super::context::CudaContext;
+use super::values::{CudaMatrix, CudaWeight};
 use super::validate::invalid;
 use super::device::CudaDevice;
 use super::ffi::{LfEmbeddingParams, LfPagedAttnParams, LfReshapeCacheParams, LfRopeParams};
 use super::lora::{plan_lora, LoraPlan, LoraSegmentDesc, LoraShape};
 use super::validate::{self, RopeDims};
+
+/// What a decode graph's launches depend on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GraphKey {
+    /// The model (`Llama::id`) and KV cache (`Backend::kv_id`) whose addresses the graph bakes in.
+    pub model: u64,
+    pub kv: u64,
+    pub rows: usize,
+    pub max_blocks: usize,
+    pub max_partitions: usize,
+    /// One bit per (layer, module): LoRA runs there.
+    pub lora: Vec<bool>,
+}
+
+/// The largest batch (decode rows) a graph is captured for; larger steps run eagerly.
+pub const MAX_GRAPH_ROWS: usize = 256;
+
+/// What the backend does with a step's forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GraphPhase {
+    /// Not a graph step (a prefill, graphs off, or too many rows).
+    Eager,
+    /// First sight of the shape: run eagerly on the graph's private pool.
+    WarmUp,
+    /// Second sight: capture the forward, then replay it.
+    Capture,
+}
 
 /// Section alignment inside the metadata buffer (CUDA's allocation alignment).
 const ALIGN: usize = 256;
@@ -75,7 +102,7 @@ pub(crate) struct StepLora {
 
 /// A forward step on the CUDA backend: the arena (held for the step) and every plan.
 pub struct CudaStep<'a> {
-    backend: &'a CudaBackend,
+    cx: &'a CudaContext,
     arena: MutexGuard<'a, StepArena>,
     /// The KV cache the step was planned for (`CudaKv::id`).
     pub(crate) kv_id: Option<u64>,
@@ -118,223 +145,229 @@ fn as_bytes<T: bytemuck::Pod>(v: &[T]) -> &[u8] {
     bytemuck::cast_slice(v)
 }
 
-impl CudaBackend {
-    pub(crate) fn begin_cuda_step<'a>(&'a self, spec: &StepSpec<'_, 'a, CudaBackend>) -> Result<CudaStep<'a>> {
-        let c = spec.config;
-        let b = spec.batch;
-        let t = b.n_tokens();
-        if spec.ids.len() != t {
-            return Err(invalid(format!("{} ids for a batch of {t} tokens", spec.ids.len())));
+/// Validates and plans a forward step, packs its metadata and uploads it once into the arena
+/// (held, locked, for the step). Generic over the backend only so that this file need not name
+/// it: any backend whose matrices are `CudaMatrix` (the CUDA backend).
+pub(crate) fn begin<'a, B: Backend<Matrix = CudaMatrix>>(
+    cx: &'a CudaContext,
+    step_arena: &'a Mutex<StepArena>,
+    graphs_on: bool,
+    spec: &StepSpec<'_, 'a, B>,
+) -> Result<CudaStep<'a>> {
+    let c = spec.config;
+    let b = spec.batch;
+    let t = b.n_tokens();
+    if spec.ids.len() != t {
+        return Err(invalid(format!("{} ids for a batch of {t} tokens", spec.ids.len())));
+    }
+    let (hidden, n_heads, n_kv, hd) = (c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim);
+    // Token ids into the embedding table (f32 [vocab, hidden]).
+    if let Some(&bad) = spec.ids.iter().find(|&&i| i as usize >= c.vocab_size) {
+        return Err(invalid(format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
+    }
+    let embedding = validate::embedding(c.vocab_size * hidden, hidden, spec.ids, t * hidden)?;
+    let rope = validate::rope(
+        t * n_heads * hd,
+        t * n_kv * hd,
+        &b.positions,
+        c.max_position_embeddings * (hd / 2),
+        c.max_position_embeddings * (hd / 2),
+        RopeDims { n_q_heads: n_heads, n_k_heads: n_kv, head_dim: hd },
+    )?;
+    let l = spec.kv;
+    if l.num_kv_heads != n_kv || l.head_dim != hd || l.block_size != b.block_size {
+        return Err(invalid(format!("the KV cache {l:?} does not fit the model and the batch")));
+    }
+    let reshape = plan_reshape_and_cache(t * n_kv * hd, t * n_kv * hd, &b.slots, n_kv * hd, l.num_blocks * l.block_size)?;
+    // A decode step (one new token per sequence, every row's logits) replays as a CUDA graph:
+    // its launch parameters must then depend only on its shape, so the attention table and
+    // partitions are padded to powers of two of the longest context.
+    let decode = graphs_on
+        && (1..=MAX_GRAPH_ROWS).contains(&t)
+        && b.seqs.iter().all(|s| s.n_new == 1)
+        && spec.logit_rows.iter().copied().eq(0..t);
+    let pad = if decode {
+        let part = LF_ATTN_PARTITION as usize;
+        let max_keys = b.seqs.iter().map(|s| s.context_len + 1).max().unwrap_or(1);
+        let widest = b.seqs.iter().map(|s| s.blocks.len()).max().unwrap_or(1);
+        let mut parts = max_keys.div_ceil(part).next_power_of_two();
+        while (parts * part).div_ceil(b.block_size) < widest {
+            parts *= 2;
         }
-        let (hidden, n_heads, n_kv, hd) = (c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim);
-        // Token ids into the embedding table (f32 [vocab, hidden]).
-        if let Some(&bad) = spec.ids.iter().find(|&&i| i as usize >= c.vocab_size) {
-            return Err(invalid(format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
-        }
-        let embedding = validate::embedding(c.vocab_size * hidden, hidden, spec.ids, t * hidden)?;
-        let rope = validate::rope(
-            t * n_heads * hd,
-            t * n_kv * hd,
-            &b.positions,
-            c.max_position_embeddings * (hd / 2),
-            c.max_position_embeddings * (hd / 2),
-            RopeDims { n_q_heads: n_heads, n_k_heads: n_kv, head_dim: hd },
-        )?;
-        let l = spec.kv;
-        if l.num_kv_heads != n_kv || l.head_dim != hd || l.block_size != b.block_size {
-            return Err(invalid(format!("the KV cache {l:?} does not fit the model and the batch")));
-        }
-        let reshape = plan_reshape_and_cache(t * n_kv * hd, t * n_kv * hd, &b.slots, n_kv * hd, l.num_blocks * l.block_size)?;
-        // A decode step (one new token per sequence, every row's logits) replays as a CUDA graph:
-        // its launch parameters must then depend only on its shape, so the attention table and
-        // partitions are padded to powers of two of the longest context.
-        let decode = self.graphs_enabled()
-            && (1..=MAX_GRAPH_ROWS).contains(&t)
-            && b.seqs.iter().all(|s| s.n_new == 1)
-            && spec.logit_rows.iter().copied().eq(0..t);
-        let pad = if decode {
-            let part = LF_ATTN_PARTITION as usize;
-            let max_keys = b.seqs.iter().map(|s| s.context_len + 1).max().unwrap_or(1);
-            let widest = b.seqs.iter().map(|s| s.blocks.len()).max().unwrap_or(1);
-            let mut parts = max_keys.div_ceil(part).next_power_of_two();
-            while (parts * part).div_ceil(b.block_size) < widest {
-                parts *= 2;
-            }
-            Some(AttnPad { max_blocks: (parts * part).div_ceil(b.block_size), max_partitions: parts })
-        } else {
-            None
-        };
-        let attn = plan_attention_padded(
-            b,
-            AttnDims { n_heads, n_kv_heads: n_kv, head_dim: hd },
-            l.num_blocks,
-            t * n_heads * hd,
-            t * n_heads * hd,
-            pad,
-        )?;
-        if let Some(&r) = spec.logit_rows.iter().find(|&&r| r >= t) {
-            return Err(invalid(format!("gather_rows: row {r} of a {t}-row batch")));
-        }
-        let rows: Vec<u32> = spec.logit_rows.iter().map(|&r| r as u32).collect();
-        let gather = validate::embedding(t * hidden, hidden, &rows, rows.len() * hidden)?;
+        Some(AttnPad { max_blocks: (parts * part).div_ceil(b.block_size), max_partitions: parts })
+    } else {
+        None
+    };
+    let attn = plan_attention_padded(
+        b,
+        AttnDims { n_heads, n_kv_heads: n_kv, head_dim: hd },
+        l.num_blocks,
+        t * n_heads * hd,
+        t * n_heads * hd,
+        pad,
+    )?;
+    if let Some(&r) = spec.logit_rows.iter().find(|&&r| r >= t) {
+        return Err(invalid(format!("gather_rows: row {r} of a {t}-row batch")));
+    }
+    let rows: Vec<u32> = spec.logit_rows.iter().map(|&r| r as u32).collect();
+    let gather = validate::embedding(t * hidden, hidden, &rows, rows.len() * hidden)?;
 
-        // LoRA: every (layer, module) some run's adapter targets.
-        let mut loras: Vec<Option<(LoraPlan, Vec<u8>, usize)>> = Vec::new();
-        for layer in 0..c.num_layers {
-            for m in LoraModule::ALL {
-                loras.push(self.plan_step_lora(c, spec.lora, layer, m, t, decode)?);
-            }
+    // LoRA: every (layer, module) some run's adapter targets.
+    let mut loras: Vec<Option<(LoraPlan, Vec<u8>, usize)>> = Vec::new();
+    for layer in 0..c.num_layers {
+        for m in LoraModule::ALL {
+            loras.push(plan_step_lora(cx, c, spec.lora, layer, m, t, decode)?);
         }
-        let graph_key = pad.map(|pad| GraphKey {
-            model: spec.model_id,
-            kv: spec.kv_id,
-            rows: t,
-            max_blocks: pad.max_blocks,
-            max_partitions: pad.max_partitions,
-            lora: loras.iter().map(Option::is_some).collect(),
+    }
+    let graph_key = pad.map(|pad| GraphKey {
+        model: spec.model_id,
+        kv: spec.kv_id,
+        rows: t,
+        max_blocks: pad.max_blocks,
+        max_partitions: pad.max_partitions,
+        lora: loras.iter().map(Option::is_some).collect(),
+    });
+
+    let mut arena = step_arena.lock().map_err(|_| Error::Cuda("the step arena's lock is poisoned".into()))?;
+    let mut host = std::mem::take(&mut arena.host);
+    host.clear();
+    let ids = push(&mut host, as_bytes(spec.ids));
+    let positions = push(&mut host, as_bytes(&b.positions));
+    let slots = push(&mut host, as_bytes(&b.slots));
+    let row_seq = push(&mut host, as_bytes(&attn.row_seq));
+    let row_pos = push(&mut host, as_bytes(&attn.row_pos));
+    let block_table = push(&mut host, as_bytes(&attn.block_table));
+    let rows_sec = push(&mut host, as_bytes(&rows));
+    // Sampling rows (one per logit row) when the step samples on the device.
+    let samples = if spec.samples.is_empty() {
+        None
+    } else {
+        if spec.samples.len() != rows.len() {
+            return Err(invalid(format!("{} sampling rows for {} logit rows", spec.samples.len(), rows.len())));
+        }
+        let mut bytes = Vec::with_capacity(spec.samples.len() * 32);
+        for r in spec.samples {
+            let c = sample_row_c(r)?;
+            bytes.extend_from_slice(&c.temperature.to_le_bytes());
+            bytes.extend_from_slice(&c.top_k.to_le_bytes());
+            bytes.extend_from_slice(&c.top_p.to_le_bytes());
+            bytes.extend_from_slice(&c.reserved.to_le_bytes());
+            bytes.extend_from_slice(&c.seed.to_le_bytes());
+            bytes.extend_from_slice(&c.draw.to_le_bytes());
+        }
+        Some(push(&mut host, &bytes))
+    };
+    let mut lora = Vec::with_capacity(loras.len());
+    let mut part_len = 0usize;
+    for entry in loras {
+        lora.push(entry.map(|(plan, bytes, index_offset)| {
+            part_len = part_len.max(plan.part_len());
+            let meta = push(&mut host, &bytes);
+            StepLora { plan, meta, index_offset }
+        }));
+    }
+    let upload_bytes = host.len();
+    let np = attn.partial_len();
+    let dev = cx.device();
+    let mut grew = ensure(dev, &mut arena.meta, upload_bytes.max(ALIGN))?;
+    grew |= ensure(dev, &mut arena.attn_work, if np > 0 { attn_workspace_len(np, hd) } else { 0 })?;
+    grew |= ensure(dev, &mut arena.lora_part, part_len)?;
+    grew |= ensure(dev, &mut arena.sampled, if samples.is_some() { rows.len() } else { 0 })?;
+    if grew {
+        arena.generation += 1;
+    }
+    {
+        let meta = arena.meta.as_mut().expect("just ensured");
+        let mut dst = meta.slice_mut(0..upload_bytes);
+        dev.stream()
+            .memcpy_htod(&host, &mut dst)
+            .map_err(super::device::cuda_err(format!("uploading the step's {upload_bytes} bytes of metadata")))?;
+    }
+    arena.host = host;
+    Ok(CudaStep {
+        cx,
+        kv_id: Some(spec.kv_id),
+        arena,
+        graph_key,
+        graph_phase: GraphPhase::Eager,
+        saved_pool: None,
+        n_tokens: t,
+        ids,
+        embedding,
+        positions,
+        rope,
+        slots,
+        reshape,
+        row_seq,
+        row_pos,
+        block_table,
+        attn: attn.params,
+        attn_kernel: attn.kernel,
+        rows: rows_sec,
+        gather,
+        samples,
+        lora,
+        _adapters: std::marker::PhantomData,
+    })
+}
+
+/// The plan of module `m` of `layer` over the step's runs (None if no run's adapter targets
+/// it), with its metadata bytes and index offset.
+fn plan_step_lora<B: Backend<Matrix = CudaMatrix>>(
+    cx: &CudaContext,
+    c: &crate::types::config::ModelConfig,
+    runs: &[LoraRun<'_, B>],
+    layer: usize,
+    m: LoraModule,
+    t: usize,
+    for_graph: bool,
+) -> Result<Option<(LoraPlan, Vec<u8>, usize)>> {
+    let (d_out, d_in) = m.dims(c);
+    let mut descs = Vec::new();
+    for r in runs {
+        let Some(p) = r.adapter.pair(layer, m) else { continue };
+        let (CudaWeight::Dense(a), CudaWeight::Dense(b)) = (&p.a.weight, &p.b.weight) else {
+            return Err(invalid(format!("adapter `{}`: LoRA A and B must be dense matrices", r.adapter.id)));
+        };
+        if a.dtype() != cx.act_dtype() || b.dtype() != cx.act_dtype() {
+            return Err(invalid(format!("adapter `{}`: A and B are not in the activation dtype", r.adapter.id)));
+        }
+        if p.a.cols != d_in || p.b.rows != d_out || p.b.cols != p.a.rows {
+            return Err(invalid(format!(
+                "adapter `{}`: {} of layer {layer}: A [{}, {}] and B [{}, {}] do not fit [{d_in}] -> [{d_out}]",
+                r.adapter.id,
+                m.name(),
+                p.a.rows,
+                p.a.cols,
+                p.b.rows,
+                p.b.cols
+            )));
+        }
+        descs.push(LoraSegmentDesc {
+            start: r.start,
+            len: r.len,
+            rank: p.a.rows,
+            scale: p.scale,
+            a_len: a.len(),
+            b_len: b.len(),
+            a_ptr: a.device_address(cx.device()),
+            b_ptr: b.device_address(cx.device()),
         });
-
-        let mut arena = self.step_arena.lock().map_err(|_| Error::Cuda("the step arena's lock is poisoned".into()))?;
-        let mut host = std::mem::take(&mut arena.host);
-        host.clear();
-        let ids = push(&mut host, as_bytes(spec.ids));
-        let positions = push(&mut host, as_bytes(&b.positions));
-        let slots = push(&mut host, as_bytes(&b.slots));
-        let row_seq = push(&mut host, as_bytes(&attn.row_seq));
-        let row_pos = push(&mut host, as_bytes(&attn.row_pos));
-        let block_table = push(&mut host, as_bytes(&attn.block_table));
-        let rows_sec = push(&mut host, as_bytes(&rows));
-        // Sampling rows (one per logit row) when the step samples on the device.
-        let samples = if spec.samples.is_empty() {
-            None
-        } else {
-            if spec.samples.len() != rows.len() {
-                return Err(invalid(format!("{} sampling rows for {} logit rows", spec.samples.len(), rows.len())));
-            }
-            let mut bytes = Vec::with_capacity(spec.samples.len() * 32);
-            for r in spec.samples {
-                let c = sample_row_c(r)?;
-                bytes.extend_from_slice(&c.temperature.to_le_bytes());
-                bytes.extend_from_slice(&c.top_k.to_le_bytes());
-                bytes.extend_from_slice(&c.top_p.to_le_bytes());
-                bytes.extend_from_slice(&c.reserved.to_le_bytes());
-                bytes.extend_from_slice(&c.seed.to_le_bytes());
-                bytes.extend_from_slice(&c.draw.to_le_bytes());
-            }
-            Some(push(&mut host, &bytes))
-        };
-        let mut lora = Vec::with_capacity(loras.len());
-        let mut part_len = 0usize;
-        for entry in loras {
-            lora.push(entry.map(|(plan, bytes, index_offset)| {
-                part_len = part_len.max(plan.part_len());
-                let meta = push(&mut host, &bytes);
-                StepLora { plan, meta, index_offset }
-            }));
-        }
-        let upload_bytes = host.len();
-        let np = attn.partial_len();
-        let dev = self.device();
-        let mut grew = ensure(dev, &mut arena.meta, upload_bytes.max(ALIGN))?;
-        grew |= ensure(dev, &mut arena.attn_work, if np > 0 { attn_workspace_len(np, hd) } else { 0 })?;
-        grew |= ensure(dev, &mut arena.lora_part, part_len)?;
-        grew |= ensure(dev, &mut arena.sampled, if samples.is_some() { rows.len() } else { 0 })?;
-        if grew {
-            arena.generation += 1;
-        }
-        {
-            let meta = arena.meta.as_mut().expect("just ensured");
-            let mut dst = meta.slice_mut(0..upload_bytes);
-            dev.stream()
-                .memcpy_htod(&host, &mut dst)
-                .map_err(super::device::cuda_err(format!("uploading the step's {upload_bytes} bytes of metadata")))?;
-        }
-        arena.host = host;
-        Ok(CudaStep {
-            backend: self,
-            kv_id: Some(spec.kv_id),
-            arena,
-            graph_key,
-            graph_phase: GraphPhase::Eager,
-            saved_pool: None,
-            n_tokens: t,
-            ids,
-            embedding,
-            positions,
-            rope,
-            slots,
-            reshape,
-            row_seq,
-            row_pos,
-            block_table,
-            attn: attn.params,
-            attn_kernel: attn.kernel,
-            rows: rows_sec,
-            gather,
-            samples,
-            lora,
-            _adapters: std::marker::PhantomData,
-        })
     }
-
-    /// The plan of module `m` of `layer` over the step's runs (None if no run's adapter targets
-    /// it), with its metadata bytes and index offset.
-    fn plan_step_lora(
-        &self,
-        c: &crate::types::config::ModelConfig,
-        runs: &[LoraRun<'_, CudaBackend>],
-        layer: usize,
-        m: LoraModule,
-        t: usize,
-        for_graph: bool,
-    ) -> Result<Option<(LoraPlan, Vec<u8>, usize)>> {
-        let (d_out, d_in) = m.dims(c);
-        let mut descs = Vec::new();
-        for r in runs {
-            let Some(p) = r.adapter.pair(layer, m) else { continue };
-            let (CudaWeight::Dense(a), CudaWeight::Dense(b)) = (&p.a.weight, &p.b.weight) else {
-                return Err(invalid(format!("adapter `{}`: LoRA A and B must be dense matrices", r.adapter.id)));
-            };
-            if a.dtype() != self.act_dtype() || b.dtype() != self.act_dtype() {
-                return Err(invalid(format!("adapter `{}`: A and B are not in the activation dtype", r.adapter.id)));
-            }
-            if p.a.cols != d_in || p.b.rows != d_out || p.b.cols != p.a.rows {
-                return Err(invalid(format!(
-                    "adapter `{}`: {} of layer {layer}: A [{}, {}] and B [{}, {}] do not fit [{d_in}] -> [{d_out}]",
-                    r.adapter.id,
-                    m.name(),
-                    p.a.rows,
-                    p.a.cols,
-                    p.b.rows,
-                    p.b.cols
-                )));
-            }
-            descs.push(LoraSegmentDesc {
-                start: r.start,
-                len: r.len,
-                rank: p.a.rows,
-                scale: p.scale,
-                a_len: a.len(),
-                b_len: b.len(),
-                a_ptr: a.device_address(self.device()),
-                b_ptr: b.device_address(self.device()),
-            });
-        }
-        if descs.is_empty() {
-            return Ok(None);
-        }
-        let kernel = for_graph.then_some(LoraKernel::Bgmv);
-        let mut plan = plan_lora(self.act_dtype(), LoraShape { t_rows: t, d_in, d_out }, t * d_in, t * d_out, &descs, kernel)?;
-        if for_graph {
-            // Parameters independent of the adapters in use: one segment slot per row, the
-            // kernels' largest rank.
-            plan.pad_for_graph(t, LF_LORA_MAX_RANK as usize)?;
-        } else if plan.is_empty() {
-            return Ok(None);
-        }
-        let (bytes, index_offset) = plan.metadata_bytes();
-        Ok(Some((plan, bytes, index_offset)))
+    if descs.is_empty() {
+        return Ok(None);
     }
+    let kernel = for_graph.then_some(LoraKernel::Bgmv);
+    let mut plan = plan_lora(cx.act_dtype(), LoraShape { t_rows: t, d_in, d_out }, t * d_in, t * d_out, &descs, kernel)?;
+    if for_graph {
+        // Parameters independent of the adapters in use: one segment slot per row, the
+        // kernels' largest rank.
+        plan.pad_for_graph(t, LF_LORA_MAX_RANK as usize)?;
+    } else if plan.is_empty() {
+        return Ok(None);
+    }
+    let (bytes, index_offset) = plan.metadata_bytes();
+    Ok(Some((plan, bytes, index_offset)))
 }
 
 impl CudaStep<'_> {
@@ -387,10 +420,10 @@ impl Drop for CudaStep<'_> {
     /// graph is discarded) and give the backend its pool back.
     fn drop(&mut self) {
         if self.graph_phase == GraphPhase::Capture {
-            let _ = self.backend.device().stream().end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
+            let _ = self.cx.device().stream().end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
         }
         if let Some(p) = self.saved_pool.take() {
-            let _ = self.backend.swap_pool(p);
+            let _ = self.cx.swap_pool(p);
         }
     }
 }

@@ -10,18 +10,18 @@
 //! an f32 copy of the weight, one layer's weight at a time, freed after the op), an elementwise
 //! product (dropout masks) and the labelled rows' scatter.
 
-use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 use half::bf16;
 
-use super::attention_train::{AttnTrainDims, CudaAttentionTrain};
-use super::backend::{CudaBackend, CudaMatrix, CudaRope, CudaTensor, CudaVector, CudaWeight, DenseBuf};
-use super::cross_entropy::CudaCrossEntropy;
+use super::attention_train::AttnTrainDims;
+use super::train_kernels::TrainKernels;
+use super::backend::{CudaBackend};
+use super::values::{CudaMatrix, CudaRope, CudaTensor, CudaVector, CudaWeight, DenseBuf};
 use super::validate::invalid;
 use super::device::{cuda_err, CudaDevice};
 use super::dtype::DType;
 use super::launch::launch_kernel;
-use super::lora_backward::{CudaLoraBackward, LoraBackwardShape};
-use super::ops_backward::CudaOpsBackward;
+use super::lora_backward::LoraBackwardShape;
 use super::validate::{count_i32, RopeDims};
 use crate::types::layout::SeqSpan;
 use crate::backend::train::{AdamWStep, TrainBackend};
@@ -33,38 +33,6 @@ use crate::Result;
 const TILE: usize = 16;
 /// Threads per block of the grid-stride and row kernels.
 const THREADS: u32 = 256;
-
-/// The training kernels, loaded once per backend by the first training batch.
-pub struct TrainKernels {
-    gemm: CudaFunction,
-    nf4_dequant: CudaFunction,
-    mul: CudaFunction,
-    scatter_rows: CudaFunction,
-    adamw: CudaFunction,
-    sum_squares: CudaFunction,
-    ops: CudaOpsBackward,
-    lora: CudaLoraBackward,
-    attention: CudaAttentionTrain,
-    cross_entropy: CudaCrossEntropy,
-}
-
-impl TrainKernels {
-    fn new(dev: &CudaDevice) -> Result<Self> {
-        let m = dev.load_embedded("train_ops", "training")?;
-        Ok(TrainKernels {
-            gemm: m.function("lf_train_gemm_f32")?,
-            nf4_dequant: m.function("lf_train_nf4_dequant_f32")?,
-            mul: m.function("lf_train_mul_f32")?,
-            scatter_rows: m.function("lf_train_scatter_rows_f32")?,
-            adamw: m.function("lf_train_adamw_f32")?,
-            sum_squares: m.function("lf_train_sum_squares_f32")?,
-            ops: CudaOpsBackward::new(dev)?,
-            lora: CudaLoraBackward::new(dev)?,
-            attention: CudaAttentionTrain::new(dev)?,
-            cross_entropy: CudaCrossEntropy::new(dev)?,
-        })
-    }
-}
 
 /// A training batch for the device: its layout on the host (each kernel wrapper uploads what it
 /// reads, checked first) and the head layout.
