@@ -9,7 +9,8 @@ use serde::Serialize;
 use super::output::{FinishReason, GenerateOptions, SeqOutput};
 
 use crate::backend::Backend;
-use crate::kv::{BatchLayout, BlockPool, BlockTable, DEFAULT_BLOCK_SIZE};
+use super::step::{run_step, StepSeq};
+use crate::kv::{BlockPool, BlockTable, DEFAULT_BLOCK_SIZE};
 use crate::lora::LoadedAdapter;
 use crate::model::Llama;
 use crate::tokenizer::TextTokenizer;
@@ -114,8 +115,6 @@ impl<'a, B: Backend> Generator<'a, B> {
             return Err(Error::InvalidArgument(format!("{} adapters for {} requests", adapters.len(), reqs.len())));
         }
         let adapter_of = |i: usize| if adapters.is_empty() { self.adapter } else { adapters.get(i).copied().flatten() };
-        // Sort key grouping sequences by adapter (the base first).
-        let group = |i: usize| adapter_of(i).map_or(0, |a| a as *const LoadedAdapter<B> as usize);
         let bs = DEFAULT_BLOCK_SIZE;
         let blocks: usize = match self.kv_cache_bytes {
             // The CPU backend stores K/V in f32.
@@ -137,78 +136,55 @@ impl<'a, B: Backend> Generator<'a, B> {
             })
             .collect();
 
-        // Prefill: every prompt in one ragged batch.
+        // Prefill: every prompt in one ragged batch; then decode, one token per running sequence
+        // per step. Both are `step::run_step`, as in the serving engine.
         let t0 = Instant::now();
-        let mut active: Vec<usize> = Vec::new();
-        let mut ids = Vec::new();
-        for i in 0..reqs.len() {
-            if seqs[i].out.is_finished() {
-                continue;
-            }
-            if let Err(e) = seqs[i].table.reserve(reqs[i].prompt_ids.len()) {
-                fail(&mut seqs[i], e.into());
-                continue;
-            }
-            active.push(i);
-        }
-        active.sort_by_key(|&i| group(i));
-        for &i in &active {
-            ids.extend_from_slice(&reqs[i].prompt_ids);
-        }
-        let prompt_tokens = ids.len();
-        if !active.is_empty() {
-            let step_adapters: Vec<_> = active.iter().map(|&i| adapter_of(i)).collect();
-            let parts: Vec<(&BlockTable, usize)> =
-                active.iter().map(|&i| (&seqs[i].table, reqs[i].prompt_ids.len())).collect();
-            let batch = BatchLayout::new(bs, &parts);
-            let next = self.forward_sample(&ids, &batch, &mut kv, &step_adapters, &active, &mut seqs)?;
-            for (j, &i) in active.iter().enumerate() {
-                let n = reqs[i].prompt_ids.len();
-                seqs[i].table.advance(n);
-                // A sequence whose token cannot be taken (non-finite logits, a tokenizer error) fails
-                // alone.
-                if let Err(e) = self.accept(&mut seqs[i], eos, next[j], i, &mut on_text) {
-                    fail(&mut seqs[i], e);
-                }
-            }
-        }
-        let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
-
-        // Decode: one token per running sequence per step.
-        loop {
+        let mut prompt_tokens = 0;
+        let mut prefill_ms = 0.0;
+        for prefill in std::iter::once(true).chain(std::iter::repeat(false)) {
             let t = Instant::now();
             let mut active: Vec<usize> = Vec::new();
-            let mut ids = Vec::new();
             for (i, s) in seqs.iter_mut().enumerate() {
                 if s.out.is_finished() {
                     continue;
                 }
-                if let Err(e) = s.table.reserve(1) {
+                let n = if prefill { reqs[i].prompt_ids.len() } else { 1 };
+                if let Err(e) = s.table.reserve(n) {
                     fail(s, e.into());
                     continue;
                 }
                 active.push(i);
             }
-            if active.is_empty() {
+            if active.is_empty() && !prefill {
                 break;
             }
-            active.sort_by_key(|&i| group(i));
-            ids.extend(active.iter().map(|&i| seqs[i].next));
-            let step_adapters: Vec<_> = active.iter().map(|&i| adapter_of(i)).collect();
-            let parts: Vec<(&BlockTable, usize)> = active.iter().map(|&i| (&seqs[i].table, 1)).collect();
-            let batch = BatchLayout::new(bs, &parts);
-            let next = self.forward_sample(&ids, &batch, &mut kv, &step_adapters, &active, &mut seqs)?;
-            for (j, &i) in active.iter().enumerate() {
-                seqs[i].table.advance(1);
-                // A sequence whose token cannot be taken (non-finite logits, a tokenizer error) fails
-                // alone.
-                if let Err(e) = self.accept(&mut seqs[i], eos, next[j], i, &mut on_text) {
+            let next = {
+                let mut step: Vec<StepSeq<'_, B>> = Vec::with_capacity(active.len());
+                for (i, s) in seqs.iter_mut().enumerate().filter(|(i, _)| active.contains(i)) {
+                    let Seq { table, out, next, .. } = s;
+                    let tokens: &[u32] = if prefill { &reqs[i].prompt_ids } else { std::slice::from_ref(&*next) };
+                    step.push(StepSeq { table, tokens, adapter: adapter_of(i), sampler: Some(out.sampler_mut()) });
+                }
+                if prefill {
+                    prompt_tokens = step.iter().map(|s| s.tokens.len()).sum();
+                }
+                run_step(self.model, self.be, &mut kv, bs, &mut step)?
+            };
+            for (&i, token) in active.iter().zip(next) {
+                // A sequence whose token cannot be taken (non-finite logits, a tokenizer error)
+                // fails alone.
+                let r = token.ok_or_else(|| Error::InvalidArgument("a sequence of the step sampled no token".into()));
+                if let Err(e) = r.and_then(|token| self.accept(&mut seqs[i], eos, token, i, &mut on_text)) {
                     fail(&mut seqs[i], e);
                 }
             }
-            let dt = t.elapsed().as_secs_f64() * 1e3;
-            for &i in &active {
-                seqs[i].decode_ms += dt;
+            if prefill {
+                prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
+            } else {
+                let dt = t.elapsed().as_secs_f64() * 1e3;
+                for &i in &active {
+                    seqs[i].decode_ms += dt;
+                }
             }
         }
 
@@ -232,22 +208,6 @@ impl<'a, B: Backend> Generator<'a, B> {
                 })
             })
             .collect())
-    }
-
-    /// One step over the `active` sequences (in batch order): their next tokens, sampled with
-    /// each sequence's sampler (on the device on a GPU).
-    fn forward_sample(
-        &self,
-        ids: &[u32],
-        batch: &BatchLayout,
-        kv: &mut B::Kv,
-        adapters: &[Option<&LoadedAdapter<B>>],
-        active: &[usize],
-        seqs: &mut [Seq],
-    ) -> Result<Vec<u32>> {
-        let mut slots: Vec<Option<&mut crate::backend::sampler::Sampler>> = seqs.iter_mut().map(|s| Some(s.out.sampler_mut())).collect();
-        let mut samplers: Vec<&mut crate::backend::sampler::Sampler> = active.iter().filter_map(|&i| slots[i].take()).collect();
-        self.model.forward_sample(self.be, ids, batch, kv, &batch.last_rows(), adapters, &mut samplers)
     }
 
     /// Records a sampled token, streams its text and decides whether the sequence is done.

@@ -10,6 +10,7 @@ pub use crate::backend::sampler;
 pub mod scheduler;
 pub mod score;
 pub mod stats;
+pub mod step;
 pub mod stop;
 mod worker;
 

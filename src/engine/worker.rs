@@ -11,11 +11,11 @@ use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::output::SeqOutput;
 use super::request::{Event, Finished};
-use crate::backend::sampler::Sampler;
 use super::scheduler::{plan_step, Limits, Plan, RunningView, SeqId, WaitingView};
+use super::step::{run_step, StepSeq};
 use super::stats::EngineStats;
 use crate::backend::Backend;
-use crate::kv::{prefix, BatchLayout, BlockPool, BlockTable};
+use crate::kv::{prefix, BlockPool, BlockTable};
 use crate::lora::cache::{AdapterCache, AdapterStatus};
 use crate::lora::LoadedAdapter;
 use crate::model::Llama;
@@ -380,10 +380,23 @@ impl<B: Backend> Worker<B> {
         self.apply(plan, &ready)
     }
 
-    /// Carries out a plan: preemptions, admissions, then the forward step.
+    /// Carries out one step's plan, phase by phase: preempt, admit, run the forward, deliver.
     fn apply(&mut self, plan: Plan, ready: &[(String, Option<Arc<LoadedAdapter<B>>>)]) -> Result<()> {
-        let now = Instant::now();
-        for id in &plan.preempt {
+        self.preempt(&plan.preempt);
+        let skipped = self.admit(&plan.admit, ready, Instant::now());
+        let work = self.reserve_work(&plan.work, &skipped);
+        if work.is_empty() {
+            return Ok(());
+        }
+        let next = self.run_forward(&work)?;
+        self.deliver(&work, &next);
+        Ok(())
+    }
+
+    /// Preempted sequences give their blocks and adapter pin back and wait at the front of
+    /// their adapter's queue (their tokens are prefilled again on re-admission).
+    fn preempt(&mut self, preempt: &[SeqId]) {
+        for id in preempt {
             let Some(i) = self.running.iter().position(|s| s.id == *id) else { continue };
             let mut s = self.running.remove(i);
             s.table = None;
@@ -392,8 +405,14 @@ impl<B: Backend> Worker<B> {
             self.stats.preemptions += 1;
             self.queues.entry(s.adapter_key.clone()).or_default().push_front(s);
         }
+    }
+
+    /// Admitted sequences get their adapter pin and blocks (the prefix cache's leading blocks
+    /// first) and, once, their prompt's log-probabilities. Returns the ids the pool could not
+    /// place (back in their queue).
+    fn admit(&mut self, admit: &[SeqId], ready: &[(String, Option<Arc<LoadedAdapter<B>>>)], now: Instant) -> Vec<SeqId> {
         let mut skipped: Vec<SeqId> = Vec::new();
-        for id in &plan.admit {
+        for id in admit {
             let Some((key, q)) = self.queues.iter_mut().find(|(_, q)| q.iter().any(|s| s.id == *id)) else { continue };
             let key = key.clone();
             let i = q.iter().position(|s| s.id == *id).unwrap_or(0);
@@ -441,11 +460,14 @@ impl<B: Backend> Worker<B> {
             }
             self.running.push(s);
         }
+        skipped
+    }
 
-        // The step's work, sorted by adapter so each adapter is one LoRA segment.
+    /// The step's work: `(index into running, tokens to run)`, blocks reserved for each.
+    fn reserve_work(&mut self, planned: &[(SeqId, usize)], skipped: &[SeqId]) -> Vec<(usize, usize)> {
         let index: HashMap<SeqId, usize> = self.running.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
         let mut work: Vec<(usize, usize)> = Vec::new();
-        for &(id, n) in &plan.work {
+        for &(id, n) in planned {
             if skipped.contains(&id) {
                 continue;
             }
@@ -460,52 +482,40 @@ impl<B: Backend> Worker<B> {
             }
             work.push((i, n));
         }
-        if work.is_empty() {
-            return Ok(());
-        }
-        work.sort_by(|a, b| self.running[a.0].adapter_key.cmp(&self.running[b.0].adapter_key));
+        work
+    }
 
-        let mut ids: Vec<u32> = Vec::new();
-        let mut sample: Vec<bool> = Vec::with_capacity(work.len());
-        for &(i, n) in &work {
-            let s = &self.running[i];
-            let kv = s.kv_len();
-            ids.extend_from_slice(&s.tokens[kv..kv + n]);
-            sample.push(kv + n == s.tokens.len());
+    /// One forward over the work (`step::run_step`): each sequence's next token where its chunk
+    /// reaches the end of its known tokens.
+    fn run_forward(&mut self, work: &[(usize, usize)]) -> Result<Vec<Option<u32>>> {
+        let at: HashMap<usize, usize> = work.iter().map(|&(i, n)| (i, n)).collect();
+        let mut step: Vec<(usize, StepSeq<'_, B>)> = Vec::with_capacity(work.len());
+        for (i, s) in self.running.iter_mut().enumerate() {
+            let Some(&n) = at.get(&i) else { continue };
+            let Seq { table: Some(table), tokens, adapter, out, .. } = s else { continue };
+            let kv = table.len();
+            let sampler = if kv + n == tokens.len() { Some(out.sampler_mut()) } else { None };
+            step.push((i, StepSeq { table, tokens: &tokens[kv..kv + n], adapter: adapter.as_deref(), sampler }));
         }
-        let batch = {
-            let parts: Vec<(&BlockTable, usize)> =
-                work.iter().filter_map(|&(i, n)| self.running[i].table.as_ref().map(|t| (t, n))).collect();
-            BatchLayout::new(self.limits.block_size, &parts)
-        };
-        let rows: Vec<usize> = batch.last_rows().into_iter().zip(&sample).filter(|(_, s)| **s).map(|(r, _)| r).collect();
-        let held: Vec<Option<Arc<LoadedAdapter<B>>>> = work.iter().map(|&(i, _)| self.running[i].adapter.clone()).collect();
-        let adapters: Vec<Option<&LoadedAdapter<B>>> = held.iter().map(|a| a.as_deref()).collect();
-        let next = if rows.is_empty() {
-            // Prefill chunks only: K/V are written, no logits are needed; still one row
-            // because the lm_head needs at least one.
-            self.model.forward_lora(&*self.be, &ids, &batch, &mut self.kv, &[0], &adapters)?;
-            Vec::new()
-        } else {
-            // The sampled sequences' samplers, in batch order; the backend samples (on the device
-            // on a GPU) and the step syncs once, for the ids.
-            let mut slots: Vec<Option<&mut Sampler>> = self.running.iter_mut().map(|s| Some(s.out.sampler_mut())).collect();
-            let mut samplers: Vec<&mut Sampler> =
-                work.iter().zip(&sample).filter(|(_, s)| **s).filter_map(|(&(i, _), _)| slots[i].take()).collect();
-            self.model.forward_sample(&*self.be, &ids, &batch, &mut self.kv, &rows, &adapters, &mut samplers)?
-        };
+        let (rows, mut seqs): (Vec<usize>, Vec<StepSeq<'_, B>>) = step.into_iter().unzip();
+        let next = run_step(&self.model, &*self.be, &mut self.kv, self.limits.block_size, &mut seqs)?;
         self.stats.steps += 1;
+        let by_row: HashMap<usize, Option<u32>> = rows.into_iter().zip(next).collect();
+        Ok(work.iter().map(|(i, _)| by_row.get(i).copied().flatten()).collect())
+    }
 
+    /// After the forward: full blocks go to the prefix cache, sampled tokens to their sequences
+    /// and clients (with timings and stats), finished and failed sequences leave (their blocks and
+    /// adapter pins are freed on drop).
+    fn deliver(&mut self, work: &[(usize, usize)], next: &[Option<u32>]) {
         let eos = self.model.config.eos_token_ids.clone();
-        let mut row = 0;
         let mut done: Vec<usize> = Vec::new();
         let caching = self.pool.prefix_caching();
         let bs = self.limits.block_size;
         for (j, &(i, n)) in work.iter().enumerate() {
             let s = &mut self.running[i];
             if let Some(t) = s.table.as_mut() {
-                let before = t.len();
-                t.advance(n);
+                let before = t.len() - n;
                 if caching {
                     // Blocks this step filled are offered to the prefix cache.
                     let len = t.len();
@@ -513,12 +523,9 @@ impl<B: Backend> Worker<B> {
                     t.publish_full(&s.block_keys, before / bs);
                 }
             }
-            if !sample[j] {
-                continue;
-            }
+            let Some(token) = next[j] else { continue };
             let logprobs = s.out.sampler_mut().take_logprobs();
-            let a = s.out.accept_token(&self.tokenizer, &eos, next[row]);
-            row += 1;
+            let a = s.out.accept_token(&self.tokenizer, &eos, token);
             let a = match a {
                 Ok(a) => a,
                 Err(e) => {
@@ -570,7 +577,6 @@ impl<B: Backend> Worker<B> {
             // Dropping the sequence frees its blocks and its adapter pin.
             self.running.remove(i);
         }
-        Ok(())
     }
 
     fn publish(&mut self) {
