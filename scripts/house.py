@@ -35,7 +35,7 @@ FLOORS = [
     ["backend"],
     ["lora", "cli_env"],
     ["model"],
-    ["train", "data"],
+    ["train", "data", "runtime"],
     ["engine"],
     ["eval", "loadtest", "server"],
     ["bin", "trainer"],

@@ -19,6 +19,7 @@ pub mod model;
 pub mod progress;
 pub mod quant;
 pub mod rng;
+pub mod runtime;
 pub mod server;
 pub mod tokenizer;
 pub mod train;

@@ -26,8 +26,7 @@ pub use lorax::DEFAULT_MAX_NEW_TOKENS;
 use crate::backend::device::{open_backend, OpenedBackend};
 use crate::backend::Backend;
 use crate::engine::{Engine, EngineOptions};
-use crate::model::{BaseFormat, Llama, LoadOptions};
-use crate::tokenizer::TextTokenizer;
+use crate::model::BaseFormat;
 use crate::{Error, Result};
 
 #[derive(Debug, Clone)]
@@ -150,15 +149,10 @@ async fn serve_router(listener: tokio::net::TcpListener, router: Router) -> Resu
 
 /// Loads the model on `be` and starts the engine.
 fn start_engine<B: Backend>(be: B, opts: &ServeOptions) -> Result<Engine> {
-    let be = Arc::new(be);
-    let tokenizer = Arc::new(TextTokenizer::from_dir(&opts.model)?);
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let model = Arc::new(match &opts.random_weights {
-        Some(r) => r.load(&*be, opts.format, progress)?,
-        None => Llama::load_with(&*be, &opts.model, LoadOptions { format: opts.format, head: opts.lm_head, progress })?,
-    });
-    // A tokenizer that cannot encode text would fail every request: refuse it before serving.
-    crate::model::check::tokenizer_in(&opts.model, &tokenizer, opts.random_weights.is_none().then_some(model.config.vocab_size))?;
+    let src = crate::runtime::ModelSource { dir: opts.model.clone(), format: opts.format, head: opts.lm_head, random: opts.random_weights.clone(), progress };
+    let crate::runtime::Loaded { be, model, tok } = crate::runtime::load(be, &src)?;
+    let (model, tokenizer) = (Arc::new(model), Arc::new(tok));
     let mut engine = opts.engine.clone();
     if let Some((free, _total)) = be.device_memory() {
         if opts.kv_from_device_memory {
@@ -174,16 +168,8 @@ fn start_engine<B: Backend>(be: B, opts: &ServeOptions) -> Result<Engine> {
 /// Loads the model on the `--device` backend, starts the engine and serves HTTP; runs until killed.
 /// Prints `listening on http://ADDR` on stderr once the port is bound.
 pub fn serve(opts: ServeOptions) -> Result<()> {
-    if let Some(n) = opts.threads {
-        if n == 0 {
-            return Err(Error::InvalidArgument("--threads must be at least 1".into()));
-        }
-        // Fails only if the pool was already built, which cannot happen this early.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
-    }
-    if !opts.model.is_dir() {
-        return Err(Error::InvalidArgument(format!("--model {}: not a directory", opts.model.display())));
-    }
+    crate::runtime::set_threads(opts.threads)?;
+    crate::runtime::check_model_dir(&opts.model)?;
     // Before the model loads: a missing or non-directory --adapter-dir is a start-up error.
     opts.engine.cache.check().map_err(|e| Error::InvalidArgument(format!("--adapter-dir: {e}")))?;
     let model_id = opts

@@ -1,13 +1,11 @@
 //! What every verb that runs the model does first: check the model flags, open the device
-//! `--device` names, load the model and tokenizer once (`Loaded`), and run the verb on the
-//! device's thread (`on_device!`: on the CPU, a thread of the compute pool).
+//! `--device` names, load the model and tokenizer once (`lorafleet::runtime`), and run the verb
+//! on the device's thread (`on_device!`: on the CPU, a thread of the compute pool).
 
 use std::io::IsTerminal;
-use std::sync::Arc;
 
 use lorafleet::backend::Backend;
-use lorafleet::model::Llama;
-use lorafleet::{Error, Result, TextTokenizer};
+use lorafleet::Result;
 
 use super::args::ModelArgs;
 
@@ -35,41 +33,17 @@ macro_rules! on_device {
     }};
 }
 
-pub(crate) struct Loaded<B: Backend> {
-    pub(crate) be: Arc<B>,
-    pub(crate) model: Llama<B>,
-    pub(crate) tok: TextTokenizer,
-}
+pub(crate) use lorafleet::runtime::Loaded;
 
-/// Checks `--threads` and `--model` (before any device is opened, so a bad flag is one error
-/// line) and sizes the CPU thread pool.
+/// Checks `--threads`, `--random-weights` and `--model` (before any device is opened, so a bad
+/// flag is one error line) and sizes the CPU thread pool.
 pub(crate) fn check_model_args(m: &ModelArgs) -> Result<()> {
-    if let Some(n) = m.threads {
-        if n == 0 {
-            return Err(Error::InvalidArgument("--threads must be at least 1".into()));
-        }
-        // Fails only if the pool was already built, which cannot happen this early.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
-    }
+    lorafleet::runtime::set_threads(m.threads)?;
     m.random()?;
-    if !m.model.is_dir() {
-        return Err(Error::InvalidArgument(format!(
-            "--model {}: not a directory (get one with `lorafleet fetch-model smollm2-135m-instruct`)",
-            m.model.display()
-        )));
-    }
-    Ok(())
+    lorafleet::runtime::check_model_dir(&m.model)
 }
 
 pub(crate) fn load<B: Backend>(m: &ModelArgs, be: B) -> Result<Loaded<B>> {
-    let tok = TextTokenizer::from_dir(&m.model)?;
-    let opts = lorafleet::model::LoadOptions { format: m.format(), head: m.lm_head, progress: std::io::stderr().is_terminal() };
-    let random = m.random()?;
-    let model = match &random {
-        Some(r) => r.load(&be, opts.format, opts.progress)?,
-        None => Llama::load_with(&be, &m.model, opts)?,
-    };
-    lorafleet::model::check::tokenizer_in(&m.model, &tok, random.is_none().then_some(model.config.vocab_size))?;
-    Ok(Loaded { be: Arc::new(be), model, tok })
+    let src = lorafleet::runtime::ModelSource { dir: m.model.clone(), format: m.format(), head: m.lm_head, random: m.random()?, progress: std::io::stderr().is_terminal() };
+    lorafleet::runtime::load(be, &src)
 }
-

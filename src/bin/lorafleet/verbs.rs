@@ -190,7 +190,7 @@ pub(crate) fn generate_on<B: Backend>(a: &GenerateArgs, l: Loaded<B>) -> Result<
         if let Some(Ok(o)) = outs.first() {
             eprintln!(
                 "[{}: prefill {:.1} ms ({:.1} tok/s), decode {:.1} tok/s per sequence, {} sequences]",
-                l.be_name(),
+                l.be.name(),
                 o.prefill_ms,
                 o.prefill_tokens_per_s,
                 o.decode_tokens_per_s,
@@ -202,12 +202,6 @@ pub(crate) fn generate_on<B: Backend>(a: &GenerateArgs, l: Loaded<B>) -> Result<
         return Err(Error::BadRequest(format!("{failed} of {} prompts failed", outs.len())));
     }
     Ok(())
-}
-
-impl<B: Backend> Loaded<B> {
-    pub(crate) fn be_name(&self) -> String {
-        self.be.name()
-    }
 }
 
 pub(crate) fn score(a: ScoreArgs) -> Result<()> {
