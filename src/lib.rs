@@ -1,9 +1,11 @@
 //! lorafleet: serve many LoRA fine-tunes of one (4-bit) base LLM from one GPU, and train new ones.
 //!
-//! Layout (see DESIGN.md): `model` (config, weights, GGUF import, the Llama forward pass written
-//! once against `backend::Backend`), `backend` (`cpu`, the reference; `cuda`, the kernels),
-//! `kv` (the paged KV cache), `engine` (sampling and generation), `tokenizer`, `data` (training
-//! and evaluation examples, the rotten-tomatoes demo set), `eval` (metrics, `lorafleet eval`).
+//! The house (docs/ARCHITECTURE.md: floors, data flow, where each op's CPU twin, kernel,
+//! parity test and bench live): `types` (plain values every floor shares), `backend` (`cpu`,
+//! the reference; `cuda`, the kernels), `kv` (the paged KV cache), `model` (the Llama forward
+//! pass written once against `backend::Backend`), `lora` (adapters and their cache), `engine`
+//! (the batch step, the serving engine, offline generation), `runtime` (start-up), `server`,
+//! `train`, `data`, `eval`.
 
 pub mod backend;
 pub mod cli_env;
