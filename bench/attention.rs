@@ -19,7 +19,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use half::bf16;
 use lorafleet::backend::cpu::attention as cpu;
-use lorafleet::backend::cuda::{bench_device, CudaAttention, CudaKvCache, CudaDevice};
+use lorafleet::backend::cuda::{bench_device, CudaAttention, CudaDevice, CudaKvCache};
 use lorafleet::kv::{BatchLayout, KvLayout, SeqView};
 
 const N_Q: usize = 32;
@@ -83,15 +83,11 @@ fn cpu_benches(c: &mut Criterion) {
         let mut out = vec![0f32; q.len()];
         let mut g = c.benchmark_group("cpu_f32_attention");
         g.throughput(Throughput::Elements(flop(&seqs, n_q, hd)));
-        g.bench_function(name, |bn| {
-            bn.iter(|| cpu::paged_attention(black_box(&q), &kc, &vc, &b, n_q, n_kv, hd, &mut out))
-        });
+        g.bench_function(name, |bn| bn.iter(|| cpu::paged_attention(black_box(&q), &kc, &vc, &b, n_q, n_kv, hd, &mut out)));
         let k = data(all.len() * kv_dim, 4);
         let mut kc2 = kc.clone();
         let mut vc2 = vc.clone();
-        g.bench_function(format!("{name} write_kv"), |bn| {
-            bn.iter(|| cpu::write_kv(black_box(&k), &k, &all, kv_dim, &mut kc2, &mut vc2))
-        });
+        g.bench_function(format!("{name} write_kv"), |bn| bn.iter(|| cpu::write_kv(black_box(&k), &k, &all, kv_dim, &mut kc2, &mut vc2)));
         g.finish();
     }
 }
@@ -101,14 +97,7 @@ fn timed(ops: &CudaDevice, iters: u64, f: impl FnMut()) -> Duration {
     lorafleet::backend::cuda::timed_launches(ops, iters, f)
 }
 
-fn cuda_case(
-    c: &mut Criterion,
-    ops: &CudaDevice,
-    attn: &CudaAttention,
-    name: &str,
-    seqs: &[(usize, usize)],
-    tp: Throughput,
-) {
+fn cuda_case(c: &mut Criterion, ops: &CudaDevice, attn: &CudaAttention, name: &str, seqs: &[(usize, usize)], tp: Throughput) {
     let (b, all, nb) = batch(seqs);
     let kv_dim = N_KV * HEAD_DIM;
     let layout = KvLayout { num_layers: 1, num_kv_heads: N_KV, head_dim: HEAD_DIM, block_size: BS, num_blocks: nb };
@@ -122,11 +111,7 @@ fn cuda_case(
     let mut out = ops.upload(&q).expect("upload");
     let mut g = c.benchmark_group("cuda_bf16_attention");
     g.throughput(tp);
-    g.bench_function(name, |bn| {
-        bn.iter_custom(|n| {
-            timed(ops, n, || attn.paged_attention(ops, &dq, &cache, 0, &b, N_Q, &mut out).expect("paged_attention"))
-        })
-    });
+    g.bench_function(name, |bn| bn.iter_custom(|n| timed(ops, n, || attn.paged_attention(ops, &dq, &cache, 0, &b, N_Q, &mut out).expect("paged_attention"))));
     g.finish();
 }
 

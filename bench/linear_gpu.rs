@@ -75,8 +75,7 @@ fn cuda_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("cuda_sampling");
     for rows in [1usize, 32] {
         let logits: CudaSlice<f32> = ops.upload(&values(rows * VOCAB, 3)).expect("upload");
-        let params: Vec<SampleRow> =
-            (0..rows).map(|i| SampleRow { temperature: 0.8, top_k: 50, top_p: 0.9, seed: 7, draw: i as u64 }).collect();
+        let params: Vec<SampleRow> = (0..rows).map(|i| SampleRow { temperature: 0.8, top_k: 50, top_p: 0.9, seed: 7, draw: i as u64 }).collect();
         g.throughput(Throughput::Bytes((rows * VOCAB * 4) as u64));
         g.bench_function(format!("vocab {VOCAB}, {rows} rows, top-k 50 top-p 0.9 (with its upload and download)"), |b| {
             b.iter_custom(|iters| timed(&ops, iters, || drop(sampler.sample(&ops, &logits, VOCAB, &params).expect("sample"))))

@@ -22,8 +22,8 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use cudarc::driver::CudaSlice;
 use half::bf16;
 use lorafleet::backend::cpu::lora::{self as cpu, LoraSegmentRef};
@@ -76,28 +76,17 @@ fn cpu_benches(c: &mut Criterion) {
     let mut y = data(TOKENS * HIDDEN, 2, 1.0);
     let mut g = c.benchmark_group("cpu_f32_lora");
     for rank in RANKS {
-        let adapters: Vec<(Vec<f32>, Vec<f32>)> = (0..32u32)
-            .map(|i| (data(rank * HIDDEN, 10 + i, 0.02), data(HIDDEN * rank, 100 + i, 0.2)))
-            .collect();
+        let adapters: Vec<(Vec<f32>, Vec<f32>)> = (0..32u32).map(|i| (data(rank * HIDDEN, 10 + i, 0.02), data(HIDDEN * rank, 100 + i, 0.2))).collect();
         for n in ADAPTERS {
             for kernel in [LoraKernel::Sgmv, LoraKernel::Bgmv] {
                 let segs: Vec<LoraSegmentRef<'_>> = layout(kernel, n)
                     .into_iter()
-                    .map(|(start, len, i)| LoraSegmentRef {
-                        start,
-                        len,
-                        a: &adapters[i].0,
-                        b: &adapters[i].1,
-                        rank,
-                        scale: 2.0,
-                    })
+                    .map(|(start, len, i)| LoraSegmentRef { start, len, a: &adapters[i].0, b: &adapters[i].1, rank, scale: 2.0 })
                     .collect();
                 let (bs, be) = bytes(rank, n, 4);
                 let name = format!("{} layout r{rank} x{n} adapters", layout_name(kernel));
                 g.throughput(Throughput::Bytes(bs + be));
-                g.bench_function(format!("apply {name}"), |b| {
-                    b.iter(|| cpu::lora_apply(black_box(&x), HIDDEN, &segs, &mut y, HIDDEN).expect("lora_apply"))
-                });
+                g.bench_function(format!("apply {name}"), |b| b.iter(|| cpu::lora_apply(black_box(&x), HIDDEN, &segs, &mut y, HIDDEN).expect("lora_apply")));
             }
         }
     }
@@ -123,14 +112,7 @@ fn cuda_case(
 ) {
     let segs: Vec<CudaLoraSegment<'_, bf16>> = layout(kernel, n)
         .into_iter()
-        .map(|(start, len, i)| CudaLoraSegment {
-            start,
-            len,
-            a: adapters[i].0.as_view(),
-            b: adapters[i].1.as_view(),
-            rank,
-            scale: 2.0,
-        })
+        .map(|(start, len, i)| CudaLoraSegment { start, len, a: adapters[i].0.as_view(), b: adapters[i].1.as_view(), rank, scale: 2.0 })
         .collect();
     let shape = LoraShape { t_rows: TOKENS, d_in: HIDDEN, d_out: HIDDEN };
     let mut prep = lora.prepare(ops, shape, &segs, Some(kernel)).expect("prepare");
@@ -138,13 +120,9 @@ fn cuda_case(
     let (bs, be) = bytes(rank, n, 2);
     let name = format!("{} r{rank} x{n} adapters", layout_name(kernel));
     g.throughput(Throughput::Bytes(bs));
-    g.bench_function(format!("shrink {name}"), |b| {
-        b.iter_custom(|it| timed(ops, it, || lora.shrink(ops, x, &mut prep).expect("shrink")))
-    });
+    g.bench_function(format!("shrink {name}"), |b| b.iter_custom(|it| timed(ops, it, || lora.shrink(ops, x, &mut prep).expect("shrink"))));
     g.throughput(Throughput::Bytes(be));
-    g.bench_function(format!("expand {name}"), |b| {
-        b.iter_custom(|it| timed(ops, it, || lora.expand(ops, y, &prep).expect("expand")))
-    });
+    g.bench_function(format!("expand {name}"), |b| b.iter_custom(|it| timed(ops, it, || lora.expand(ops, y, &prep).expect("expand"))));
     g.throughput(Throughput::Bytes(bs + be));
     g.bench_function(format!("apply {name} (with prepare)"), |b| {
         b.iter_custom(|it| timed(ops, it, || lora.apply(ops, y, x, shape, &segs, Some(kernel)).expect("apply")))
@@ -160,9 +138,8 @@ fn cuda_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("cuda_bf16_lora");
     g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
     for rank in RANKS {
-        let adapters: Vec<(CudaSlice<bf16>, CudaSlice<bf16>)> = (0..32u32)
-            .map(|i| (up(data(rank * HIDDEN, 10 + i, 0.02)), up(data(HIDDEN * rank, 100 + i, 0.2))))
-            .collect();
+        let adapters: Vec<(CudaSlice<bf16>, CudaSlice<bf16>)> =
+            (0..32u32).map(|i| (up(data(rank * HIDDEN, 10 + i, 0.02)), up(data(HIDDEN * rank, 100 + i, 0.2)))).collect();
         for n in ADAPTERS {
             for kernel in [LoraKernel::Sgmv, LoraKernel::Bgmv] {
                 cuda_case(&mut g, &ops, &lora, &adapters, &x, &mut y, rank, n, kernel);

@@ -106,9 +106,7 @@ fn cuda_benches(c: &mut Criterion) {
     {
         let mut g = c.benchmark_group("cuda_copy");
         g.throughput(Throughput::Bytes(copy_bytes));
-        g.bench_function("d2d copy 1 GiB (read + write)", |b| {
-            b.iter_custom(|n| timed(&ops, n, || ops.stream().memcpy_dtod(&src, &mut dst).expect("memcpy")))
-        });
+        g.bench_function("d2d copy 1 GiB (read + write)", |b| b.iter_custom(|n| timed(&ops, n, || ops.stream().memcpy_dtod(&src, &mut dst).expect("memcpy"))));
         g.finish();
     }
     let copy_secs = seconds_per_call(&ops, || ops.stream().memcpy_dtod(&src, &mut dst).expect("memcpy"));
@@ -152,9 +150,7 @@ fn cuda_benches(c: &mut Criterion) {
 
             if let (Some(blas), 1) = (&blas, m) {
                 let dense_bytes = 2 * n * k;
-                let wd: Vec<CudaSlice<bf16>> = (0..copies(dense_bytes))
-                    .map(|c| ops.upload(&bf16s(n * k, 10 + c as u32)).expect("upload"))
-                    .collect();
+                let wd: Vec<CudaSlice<bf16>> = (0..copies(dense_bytes)).map(|c| ops.upload(&bf16s(n * k, 10 + c as u32)).expect("upload")).collect();
                 let mut j = 0;
                 let mut run_blas = || {
                     let w = &wd[j % wd.len()];
@@ -216,13 +212,7 @@ fn cuda_benches(c: &mut Criterion) {
     eprintln!("\nnf4_gpu summary on {} (own timing: median of 7 x 50 back-to-back calls)", ops.device_name());
     eprintln!("  d2d copy: {copy_gbs:.0} GB/s (read + write, 1 GiB)");
     for r in &summary {
-        eprintln!(
-            "  {:34} {:9.2} us  {:7.0} GB/s  {:5.1}% of copy bandwidth",
-            r.what,
-            r.secs * 1e6,
-            r.gbs(),
-            100.0 * r.gbs() / copy_gbs
-        );
+        eprintln!("  {:34} {:9.2} us  {:7.0} GB/s  {:5.1}% of copy bandwidth", r.what, r.secs * 1e6, r.gbs(), 100.0 * r.gbs() / copy_gbs);
     }
     for (shape, s) in &speedups {
         eprintln!("  nf4 gemv m1 {shape}: {s:.2}x faster than cuBLAS bf16 GEMV");

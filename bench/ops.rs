@@ -16,7 +16,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use half::bf16;
 use lorafleet::backend::cpu::ops as cpu;
-use lorafleet::backend::cuda::{bench_device, CudaElem, CudaDevice, RopeDims};
+use lorafleet::backend::cuda::{bench_device, CudaDevice, CudaElem, RopeDims};
 
 const HIDDEN: usize = 4096;
 const INTER: usize = 14336;
@@ -118,12 +118,7 @@ fn timed(ops: &CudaDevice, iters: u64, f: impl FnMut()) -> Duration {
     lorafleet::backend::cuda::timed_launches(ops, iters, f)
 }
 
-fn cuda_group<T: CudaElem>(
-    g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
-    ops: &CudaDevice,
-    rows: usize,
-    conv: fn(f32) -> T,
-) {
+fn cuda_group<T: CudaElem>(g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, ops: &CudaDevice, rows: usize, conv: fn(f32) -> T) {
     let e = std::mem::size_of::<T>();
     let up = |v: Vec<f32>| ops.upload(&v.into_iter().map(conv).collect::<Vec<T>>()).expect("upload");
     let (cos, sin) = tables();
@@ -133,26 +128,20 @@ fn cuda_group<T: CudaElem>(
     let w = up(data(HIDDEN, 2));
     let mut out = up(vec![0.0; rows * HIDDEN]);
     g.throughput(Throughput::Bytes(bytes::rms_norm(rows, e)));
-    g.bench_function("rms_norm", |b| {
-        b.iter_custom(|n| timed(ops, n, || ops.rms_norm_into(&x, &w, &mut out, rows, HIDDEN, 1e-5).expect("rms_norm")))
-    });
+    g.bench_function("rms_norm", |b| b.iter_custom(|n| timed(ops, n, || ops.rms_norm_into(&x, &w, &mut out, rows, HIDDEN, 1e-5).expect("rms_norm"))));
 
     let mut q = up(data(rows * N_Q * HEAD_DIM, 3));
     let mut k = up(data(rows * N_K * HEAD_DIM, 4));
     let pos = positions(rows);
     let dims = RopeDims { n_q_heads: N_Q, n_k_heads: N_K, head_dim: HEAD_DIM };
     g.throughput(Throughput::Bytes(bytes::rope(rows, e)));
-    g.bench_function("rope", |b| {
-        b.iter_custom(|n| timed(ops, n, || ops.rope(&mut q, &mut k, &pos, &cos, &sin, dims).expect("rope")))
-    });
+    g.bench_function("rope", |b| b.iter_custom(|n| timed(ops, n, || ops.rope(&mut q, &mut k, &pos, &cos, &sin, dims).expect("rope"))));
 
     let gate = up(data(rows * INTER, 5));
     let upv = up(data(rows * INTER, 6));
     let mut act = up(vec![0.0; rows * INTER]);
     g.throughput(Throughput::Bytes(bytes::silu_mul(rows, e)));
-    g.bench_function("silu_mul", |b| {
-        b.iter_custom(|n| timed(ops, n, || ops.silu_mul_into(&gate, &upv, &mut act).expect("silu_mul")))
-    });
+    g.bench_function("silu_mul", |b| b.iter_custom(|n| timed(ops, n, || ops.silu_mul_into(&gate, &upv, &mut act).expect("silu_mul"))));
 
     let mut acc = up(data(rows * HIDDEN, 7));
     let y = up(data(rows * HIDDEN, 8));
@@ -162,9 +151,7 @@ fn cuda_group<T: CudaElem>(
     let table = up(data(VOCAB * HIDDEN, 9));
     let tok = ids(rows);
     g.throughput(Throughput::Bytes(bytes::embedding(rows, e)));
-    g.bench_function("embedding", |b| {
-        b.iter_custom(|n| timed(ops, n, || ops.embedding_into(&table, HIDDEN, &tok, &mut out).expect("embedding")))
-    });
+    g.bench_function("embedding", |b| b.iter_custom(|n| timed(ops, n, || ops.embedding_into(&table, HIDDEN, &tok, &mut out).expect("embedding"))));
 }
 
 fn cuda_benches(c: &mut Criterion) {

@@ -27,8 +27,8 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use cudarc::driver::CudaSlice;
-use lorafleet::backend::cpu::ops as cpu_ops;
 use lorafleet::backend::cpu::backward::SeqSpan;
+use lorafleet::backend::cpu::ops as cpu_ops;
 use lorafleet::backend::cuda::attention_train::{AttnTrainDims, CudaAttentionTrain};
 use lorafleet::backend::cuda::cross_entropy::CudaCrossEntropy;
 use lorafleet::backend::cuda::lora_backward::{CudaLoraBackward, LoraBackwardShape};
@@ -86,7 +86,8 @@ fn bench(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("train_gpu {name}"));
         // LoRA backward of the MLP down projection (ff -> h): the largest d_in.
         let s = LoraBackwardShape { rows: ROWS, d_in: ff, d_out: h, rank: r, scale: 2.0 };
-        let (x, xa, dy, a, b) = (up(&ops, &mut rng, ROWS * ff), up(&ops, &mut rng, ROWS * r), up(&ops, &mut rng, ROWS * h), up(&ops, &mut rng, r * ff), up(&ops, &mut rng, h * r));
+        let (x, xa, dy, a, b) =
+            (up(&ops, &mut rng, ROWS * ff), up(&ops, &mut rng, ROWS * r), up(&ops, &mut rng, ROWS * h), up(&ops, &mut rng, r * ff), up(&ops, &mut rng, h * r));
         let (mut da, mut db, mut dx) = (up(&ops, &mut rng, r * ff), up(&ops, &mut rng, h * r), up(&ops, &mut rng, ROWS * ff));
         let bytes = f * (ROWS * h + ROWS * ff + 2 * ROWS * ff + ROWS * r + 3 * (r * ff + h * r)) as f64;
         g.throughput(Throughput::Bytes(bytes as u64));
@@ -125,7 +126,8 @@ fn bench(c: &mut Criterion) {
         // Causal attention over one 512-row sequence, forward then backward.
         let dims = AttnTrainDims { rows: ROWS, n_heads: nq, n_kv_heads: nk, head_dim: hd };
         let spans = [SeqSpan::new(0, ROWS)];
-        let (q, k, v, dout) = (up(&ops, &mut rng, ROWS * nq * hd), up(&ops, &mut rng, ROWS * nk * hd), up(&ops, &mut rng, ROWS * nk * hd), up(&ops, &mut rng, ROWS * nq * hd));
+        let (q, k, v, dout) =
+            (up(&ops, &mut rng, ROWS * nq * hd), up(&ops, &mut rng, ROWS * nk * hd), up(&ops, &mut rng, ROWS * nk * hd), up(&ops, &mut rng, ROWS * nq * hd));
         let pairs = (ROWS * (ROWS + 1) / 2 * nq) as f64;
         let flop = 4.0 * hd as f64 * pairs;
         g.throughput(Throughput::Elements(flop as u64));

@@ -48,10 +48,7 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
 /// `--model` must be a folder (checked before any device opens: a bad flag is one error line).
 pub fn check_model_dir(dir: &Path) -> Result<()> {
     if !dir.is_dir() {
-        return Err(Error::InvalidArgument(format!(
-            "--model {}: not a directory (get one with `lorafleet fetch-model smollm2-135m-instruct`)",
-            dir.display()
-        )));
+        return Err(Error::InvalidArgument(format!("--model {}: not a directory (get one with `lorafleet fetch-model smollm2-135m-instruct`)", dir.display())));
     }
     Ok(())
 }

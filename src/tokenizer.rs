@@ -77,8 +77,8 @@ impl TextTokenizer {
         let cfg_path = dir.join("tokenizer_config.json");
         if cfg_path.exists() {
             let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| Error::Tokenizer { path: cfg_path.clone(), msg: format!("not valid JSON: {e}") })?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| Error::Tokenizer { path: cfg_path.clone(), msg: format!("not valid JSON: {e}") })?;
             // A token may be given as a string or as {"content": ...}.
             let token = |k: &str| match v.get(k) {
                 Some(serde_json::Value::String(s)) => Some(s.clone()),
@@ -139,10 +139,7 @@ impl TextTokenizer {
     /// Renders the chat template over `messages`, ending with the assistant's turn opener when
     /// `add_generation_prompt`.
     pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let tpl = self
-            .chat_template
-            .as_deref()
-            .ok_or_else(|| Error::ChatTemplate("this model's tokenizer_config.json has no chat_template".into()))?;
+        let tpl = self.chat_template.as_deref().ok_or_else(|| Error::ChatTemplate("this model's tokenizer_config.json has no chat_template".into()))?;
         let mut env = minijinja::Environment::new();
         env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
             Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))

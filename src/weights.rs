@@ -35,21 +35,15 @@ impl WeightFiles {
             vec![single]
         } else if index.exists() {
             let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| Error::Weights { path: index.clone(), msg: format!("not valid JSON: {e}") })?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Weights {
-                path: index.clone(),
-                msg: "no `weight_map` object".into(),
-            })?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Weights { path: index.clone(), msg: format!("not valid JSON: {e}") })?;
+            let map =
+                v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Weights { path: index.clone(), msg: "no `weight_map` object".into() })?;
             let mut shards: Vec<String> = map.values().filter_map(|s| s.as_str().map(str::to_owned)).collect();
             shards.sort();
             shards.dedup();
             shards.into_iter().map(|s| dir.join(s)).collect()
         } else {
-            return Err(Error::Weights {
-                path: dir.to_path_buf(),
-                msg: "no model.safetensors or model.safetensors.index.json in this directory".into(),
-            });
+            return Err(Error::Weights { path: dir.to_path_buf(), msg: "no model.safetensors or model.safetensors.index.json in this directory".into() });
         };
         Self::open_files(&paths)
     }
@@ -63,10 +57,7 @@ impl WeightFiles {
             // changed under us by another process is outside what we can defend against (as with
             // every mmap-based loader).
             let mmap = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(p, e))?;
-            let bad = |e: safetensors::SafeTensorError| Error::Weights {
-                path: p.clone(),
-                msg: format!("not a valid safetensors file: {e}"),
-            };
+            let bad = |e: safetensors::SafeTensorError| Error::Weights { path: p.clone(), msg: format!("not a valid safetensors file: {e}") };
             // deserialize validates every tensor's offsets against the file length (a truncated
             // file fails here); the parsed header is then kept for lookups.
             SafeTensors::deserialize(&mmap).map_err(bad)?;
@@ -89,10 +80,10 @@ impl WeightFiles {
 
     /// Path, shape, dtype and stored bytes of a tensor.
     pub fn raw(&self, name: &str) -> Result<(&Path, Vec<usize>, Dtype, &[u8])> {
-        let &i = self.index.get(name).ok_or_else(|| Error::MissingTensor {
-            name: name.to_string(),
-            path: self.files.first().map(|f| f.0.clone()).unwrap_or_default(),
-        })?;
+        let &i = self
+            .index
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor { name: name.to_string(), path: self.files.first().map(|f| f.0.clone()).unwrap_or_default() })?;
         let (path, mmap, start, meta) = &self.files[i];
         let info = meta.info(name).ok_or_else(|| Error::MissingTensor { name: name.into(), path: path.clone() })?;
         // In bounds: deserialize() checked every tensor's offsets against the file at open.
@@ -109,10 +100,7 @@ impl WeightFiles {
     /// Reads a tensor as f32.
     pub fn f32(&self, name: &str) -> Result<HostTensor> {
         let (path, shape, dtype, bytes) = self.raw(name)?;
-        let data = to_f32(dtype, bytes).map_err(|msg| Error::Weights {
-            path: path.to_path_buf(),
-            msg: format!("tensor `{name}`: {msg}"),
-        })?;
+        let data = to_f32(dtype, bytes).map_err(|msg| Error::Weights { path: path.to_path_buf(), msg: format!("tensor `{name}`: {msg}") })?;
         Ok(HostTensor { name: name.to_string(), shape, data })
     }
 

@@ -133,8 +133,7 @@ fn barrier_launch(ops: &CudaDevice, m: &Arc<CudaModule>, mode: i32, split: i32, 
     b.arg(&mut y).arg(&mode).arg(&split);
     // SAFETY: lf_emu_test_barrier(float* y, int mode, int split) writes y[blockIdx.x * blockDim.x
     // + threadIdx.x]: 2 blocks of `block` threads fit y.
-    unsafe { b.launch(LaunchConfig { grid_dim: (2, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }) }
-        .map_err(|e| e.to_string())?;
+    unsafe { b.launch(LaunchConfig { grid_dim: (2, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }) }.map_err(|e| e.to_string())?;
     Ok(ops.download(&y).unwrap())
 }
 
@@ -450,8 +449,7 @@ fn ld_global_nc_twin_loads_four_words_and_checks_alignment() {
         if ok {
             r.unwrap();
             let o = off as usize;
-            let want: Vec<u32> =
-                (0..4).map(|i| u32::from_le_bytes(bytes[o + 4 * i..o + 4 * i + 4].try_into().unwrap())).collect();
+            let want: Vec<u32> = (0..4).map(|i| u32::from_le_bytes(bytes[o + 4 * i..o + 4 * i + 4].try_into().unwrap())).collect();
             assert_eq!(ops.download(&out).unwrap(), want);
         } else {
             let e = launch_error(r.map(|_| ()));

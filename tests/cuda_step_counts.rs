@@ -37,7 +37,9 @@ fn a_decode_step_uploads_once_and_allocates_nothing() {
         let parts: Vec<(&BlockTable, usize)> = tables.iter().zip(news.iter().copied()).collect();
         let batch = BatchLayout::new(16, &parts);
         let mut samplers: Vec<Sampler> = (0..3)
-            .map(|i| Sampler::new(SamplingParams { temperature: if i == 1 { 0.8 } else { 0.0 }, top_k: 20, top_p: 0.9, seed: 7, penalties: Default::default() }))
+            .map(|i| {
+                Sampler::new(SamplingParams { temperature: if i == 1 { 0.8 } else { 0.0 }, top_k: 20, top_p: 0.9, seed: 7, penalties: Default::default() })
+            })
             .collect();
         let mut refs: Vec<&mut Sampler> = samplers.iter_mut().collect();
         let before = emu::counters().unwrap();

@@ -17,9 +17,9 @@ pub mod sampling;
 pub mod train;
 
 use crate::kv::{BatchLayout, KvLayout};
-pub use adapter::{LoadedAdapter, LoadedPair};
 use crate::types::{HeadFormat, LoraModule, ModelConfig};
 use crate::Result;
+pub use adapter::{LoadedAdapter, LoadedPair};
 
 /// A weight matrix as loaded from disk, `[rows, cols]` row-major f32 (rows = output features
 /// for a linear layer, tokens for an embedding table).
@@ -36,9 +36,17 @@ pub struct HostMatrix {
 #[derive(Debug, Clone)]
 pub enum HostWeight {
     Dense(HostMatrix),
-    Nf4 { name: String, tensor: crate::quant::Nf4Tensor },
+    Nf4 {
+        name: String,
+        tensor: crate::quant::Nf4Tensor,
+    },
     /// `[rows, cols]` row-major bf16 bits (`backend::cpu::bf16::f32_to_bf16`).
-    Bf16 { name: String, rows: usize, cols: usize, data: Vec<u16> },
+    Bf16 {
+        name: String,
+        rows: usize,
+        cols: usize,
+        data: Vec<u16>,
+    },
     /// Seeded random weights, created by the backend where they live (`backend::random`).
     Random(random::RandomSpec),
 }
@@ -266,10 +274,8 @@ pub fn upload_head_default<B: Backend>(be: &B, m: HostMatrix, format: HeadFormat
             let data = m.data.iter().map(|&x| numeric::f32_to_bf16(x)).collect();
             be.upload_matrix(HostWeight::Bf16 { name: m.name, rows: m.rows, cols: m.cols, data })
         }
-        HeadFormat::Q8 => Err(crate::Error::InvalidArgument(format!(
-            "{}: --lm-head q8 is a CPU format; the {} backend holds the lm_head as f32 or bf16",
-            m.name,
-            be.name()
-        ))),
+        HeadFormat::Q8 => {
+            Err(crate::Error::InvalidArgument(format!("{}: --lm-head q8 is a CPU format; the {} backend holds the lm_head as f32 or bf16", m.name, be.name())))
+        }
     }
 }

@@ -274,8 +274,7 @@ impl Sampler {
         }
         idx.sort_unstable_by(by_logit);
         let max = logits[idx[0] as usize];
-        let mut probs: Vec<f64> =
-            idx.iter().map(|&i| (((logits[i as usize] - max) / p.temperature) as f64).exp()).collect();
+        let mut probs: Vec<f64> = idx.iter().map(|&i| (((logits[i as usize] - max) / p.temperature) as f64).exp()).collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|x| *x /= total);
         // top-p: keep the smallest prefix whose mass reaches top_p (at least one token).
@@ -320,15 +319,24 @@ mod tests {
     fn seeded_sampling_is_reproducible_and_respects_top_k() {
         let logits: Vec<f32> = (0..100).map(|i| ((i * 37) % 17) as f32 * 0.3).collect();
         let p = SamplingParams { temperature: 1.0, top_k: 5, top_p: 1.0, seed: 42, ..Default::default() };
-        let a: Vec<u32> = { let mut s = Sampler::new(p.clone()); (0..50).map(|_| s.sample(&logits)).collect() };
-        let b: Vec<u32> = { let mut s = Sampler::new(p.clone()); (0..50).map(|_| s.sample(&logits)).collect() };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(p.clone());
+            (0..50).map(|_| s.sample(&logits)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(p.clone());
+            (0..50).map(|_| s.sample(&logits)).collect()
+        };
         assert_eq!(a, b);
         let mut top: Vec<u32> = (0..100).collect();
         top.sort_by(|x, y| logits[*y as usize].total_cmp(&logits[*x as usize]));
         let allowed = &top[..5];
         assert!(a.iter().all(|t| allowed.contains(t)), "{a:?}");
         // Different seeds give different draws somewhere.
-        let c: Vec<u32> = { let mut s = Sampler::new(SamplingParams { seed: 7, ..p }); (0..50).map(|_| s.sample(&logits)).collect() };
+        let c: Vec<u32> = {
+            let mut s = Sampler::new(SamplingParams { seed: 7, ..p });
+            (0..50).map(|_| s.sample(&logits)).collect()
+        };
         assert_ne!(a, c);
     }
 
@@ -346,7 +354,11 @@ mod tests {
         assert!(SamplingParams { temperature: -1.0, ..Default::default() }.validate().is_err());
         assert!(SamplingParams { top_p: 0.0, ..Default::default() }.validate().is_err());
         assert!(SamplingParams { temperature: f32::NAN, ..Default::default() }.validate().is_err());
-        for p in [Penalties { repetition: 0.0, ..Default::default() }, Penalties { presence: 2.5, ..Default::default() }, Penalties { frequency: f32::NAN, ..Default::default() }] {
+        for p in [
+            Penalties { repetition: 0.0, ..Default::default() },
+            Penalties { presence: 2.5, ..Default::default() },
+            Penalties { frequency: f32::NAN, ..Default::default() },
+        ] {
             assert!(SamplingParams { penalties: p, ..Default::default() }.validate().is_err(), "{p:?}");
         }
     }

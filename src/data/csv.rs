@@ -26,9 +26,10 @@ pub struct CsvTable {
 impl CsvTable {
     /// Index of the column `name`, or an error listing the columns there are.
     pub fn column(&self, name: &str, path: &Path) -> Result<usize, DataError> {
-        self.header.iter().position(|h| h == name).ok_or_else(|| {
-            DataError::new(path, Some(1), format!("no column `{name}`; the columns are {:?}", self.header))
-        })
+        self.header
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| DataError::new(path, Some(1), format!("no column `{name}`; the columns are {:?}", self.header)))
     }
 }
 
@@ -106,11 +107,7 @@ pub fn parse_csv(text: &str, path: &Path) -> Result<CsvTable, DataError> {
     let rows: Vec<CsvRow> = it.collect();
     for r in &rows {
         if r.fields.len() != header.len() {
-            return Err(DataError::new(
-                path,
-                Some(r.line),
-                format!("{} fields; the header has {}", r.fields.len(), header.len()),
-            ));
+            return Err(DataError::new(path, Some(r.line), format!("{} fields; the header has {}", r.fields.len(), header.len())));
         }
     }
     Ok(CsvTable { header, rows })

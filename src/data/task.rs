@@ -50,27 +50,18 @@ pub fn read_task_metadata(dir: &Path) -> Result<TaskMetadata, crate::Error> {
         match dir.parent().and_then(Path::parent).map(|root| root.join(data_rel)) {
             Some(p) if p.is_file() => p,
             _ => {
-                return Err(DataError::new(
-                    &path,
-                    None,
-                    format!("data_path {data_rel:?}: no such file {} (relative to the task folder)", in_task.display()),
+                return Err(
+                    DataError::new(&path, None, format!("data_path {data_rel:?}: no such file {} (relative to the task folder)", in_task.display())).into()
                 )
-                .into())
             }
         }
     };
     let split = match (m.get("split_column").map(|s| s.trim()), m.get("split_column_value")) {
         (None | Some("" | "None" | "null" | "~"), _) => None,
         (Some(col), Some(v)) => Some((col.to_string(), v.trim().to_string())),
-        (Some(col), None) => {
-            return Err(DataError::new(&path, None, format!("split_column `{col}` needs a split_column_value")).into())
-        }
+        (Some(col), None) => return Err(DataError::new(&path, None, format!("split_column `{col}` needs a split_column_value")).into()),
     };
-    let name = dir
-        .canonicalize()
-        .ok()
-        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| dir.display().to_string());
+    let name = dir.canonicalize().ok().and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| dir.display().to_string());
     Ok(TaskMetadata {
         name,
         data_path,

@@ -31,8 +31,8 @@ pub fn parse_yaml_mapping(text: &str, path: &Path) -> Result<BTreeMap<String, St
     if text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "---") {
         return Ok(BTreeMap::new());
     }
-    let map: BTreeMap<String, Value> = serde_norway::from_str(text)
-        .map_err(|e| DataError::new(path, e.location().map(|l| l.line()), format!("not a YAML mapping of `key: value`: {e}")))?;
+    let map: BTreeMap<String, Value> =
+        serde_norway::from_str(text).map_err(|e| DataError::new(path, e.location().map(|l| l.line()), format!("not a YAML mapping of `key: value`: {e}")))?;
     Ok(map.iter().map(|(k, v)| (k.clone(), value_text(v))).collect())
 }
 
@@ -56,10 +56,7 @@ mod tests {
         assert_eq!(m["dataset_name"], "glue_stsb");
         assert_eq!(m["data_path"], "glue_stsb_full.csv");
         assert_eq!(m["split_column_value"], "2", "a repeated key keeps its last value");
-        assert_eq!(
-            m["prompt_template"],
-            "Rate how similar the two sentences are:\n\n### Sentence 1: {sentence1}\n\n### Similarity Score: "
-        );
+        assert_eq!(m["prompt_template"], "Rate how similar the two sentences are:\n\n### Sentence 1: {sentence1}\n\n### Similarity Score: ");
         assert_eq!(m["num_examples"], "train: 5749\nvalidation: 1500");
         assert_eq!(m["name"], "q\"x\n");
         assert_eq!(m["other"], "it's");

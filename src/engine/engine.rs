@@ -21,15 +21,15 @@ use crossbeam::channel::{unbounded, Sender};
 use super::output::SeqOutput;
 use super::request::{GenerateRequest, Prompt, RequestHandle};
 use super::scheduler::Limits;
-use super::worker::{Command, Submission, Worker};
 use super::stats::EngineStats;
+use super::worker::{Command, Submission, Worker};
 use crate::backend::Backend;
 use crate::kv::{BlockPool, DEFAULT_BLOCK_SIZE};
-pub use crate::lora::cache::CacheOptions;
 use crate::lora::cache::AdapterCache;
-use crate::types::config::ModelConfig;
+pub use crate::lora::cache::CacheOptions;
 use crate::model::Llama;
 use crate::tokenizer::TextTokenizer;
+use crate::types::config::ModelConfig;
 use crate::{Error, Result};
 
 /// The most alternatives per token a request may ask log-probabilities for (OpenAI's limit).
@@ -197,9 +197,7 @@ impl Engine {
     /// Stops serving a name `load_adapter` gave (requests already running keep it to their end).
     pub fn unload_adapter(&self, name: &str) -> Result<()> {
         let (reply, rx) = unbounded();
-        self.commands
-            .send(Command::UnloadAdapter { name: name.to_string(), reply })
-            .map_err(|_| Error::ShuttingDown("the engine has stopped".into()))?;
+        self.commands.send(Command::UnloadAdapter { name: name.to_string(), reply }).map_err(|_| Error::ShuttingDown("the engine has stopped".into()))?;
         rx.recv().map_err(|_| Error::ShuttingDown("the engine has stopped".into()))?
     }
 
@@ -242,18 +240,8 @@ impl Engine {
         let cancel = Arc::new(AtomicBool::new(false));
         let prompt_tokens = prompt.len();
         let out = SeqOutput::new(req.options).with_prompt(&prompt);
-        let sub = Submission {
-            id,
-            prompt,
-            adapter,
-            out,
-            events: tx,
-            cancel: cancel.clone(),
-            submitted: Instant::now(),
-        };
-        self.commands
-            .send(Command::Submit(Box::new(sub)))
-            .map_err(|_| Error::ShuttingDown("the engine has stopped".into()))?;
+        let sub = Submission { id, prompt, adapter, out, events: tx, cancel: cancel.clone(), submitted: Instant::now() };
+        self.commands.send(Command::Submit(Box::new(sub))).map_err(|_| Error::ShuttingDown("the engine has stopped".into()))?;
         Ok(RequestHandle { id, prompt_tokens, events: rx, cancel })
     }
 }

@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use super::output::{FinishReason, GenerateOptions, SeqOutput};
 
-use crate::backend::Backend;
 use super::step::{run_step, StepSeq};
+use crate::backend::Backend;
 use crate::kv::{BlockPool, BlockTable, DEFAULT_BLOCK_SIZE};
 use crate::lora::LoadedAdapter;
 use crate::model::Llama;

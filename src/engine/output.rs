@@ -4,8 +4,8 @@
 
 use serde::Serialize;
 
-use crate::backend::sampler::{Sampler, SamplingParams};
 use super::stop::StopMatcher;
+use crate::backend::sampler::{Sampler, SamplingParams};
 use crate::tokenizer::{IncrementalDecoder, TextTokenizer};
 use crate::Result;
 

@@ -57,10 +57,18 @@ pub struct Finished {
 pub enum Event {
     /// One generated token and the text it released (may be empty; see `output::Accepted`).
     /// `logprobs` when the request asked for them (`GenerateOptions::logprobs`).
-    Token { id: u32, text: String, special: bool, logprobs: Option<TokenLogprobs> },
+    Token {
+        id: u32,
+        text: String,
+        special: bool,
+        logprobs: Option<TokenLogprobs>,
+    },
     /// The prompt's ids and log-probabilities (the first is None), before the first token,
     /// when the request asked for them (`GenerateOptions::prompt_logprobs`).
-    Prompt { ids: Vec<u32>, logprobs: Vec<Option<TokenLogprobs>> },
+    Prompt {
+        ids: Vec<u32>,
+        logprobs: Vec<Option<TokenLogprobs>>,
+    },
     Finished(Finished),
     /// This request failed alone (unknown adapter, adapter load error, ...); no more events.
     Error(Error),

@@ -187,11 +187,7 @@ mod tests {
     #[test]
     fn admission_round_robins_over_adapters() {
         let lim = Limits { max_batch_tokens: 1000, ..LIM };
-        let waiting = vec![
-            vec![wait(1, "a", 10), wait(2, "a", 10), wait(3, "a", 10)],
-            vec![wait(4, "b", 10)],
-            vec![wait(5, "", 10), wait(6, "", 10)],
-        ];
+        let waiting = vec![vec![wait(1, "a", 10), wait(2, "a", 10), wait(3, "a", 10)], vec![wait(4, "b", 10)], vec![wait(5, "", 10), wait(6, "", 10)]];
         let p = plan_step(&lim, &[], &waiting, 100);
         assert_eq!(p.admit, vec![1, 4, 5, 2, 6, 3]);
     }

@@ -19,11 +19,7 @@ impl StopMatcher {
         self.text.push_str(delta);
         // Search only where a new match can start: the old held-back tail plus the delta.
         let search_from = self.emitted;
-        let hit = self
-            .stops
-            .iter()
-            .filter_map(|s| self.text[search_from..].find(s.as_str()).map(|i| search_from + i))
-            .min();
+        let hit = self.stops.iter().filter_map(|s| self.text[search_from..].find(s.as_str()).map(|i| search_from + i)).min();
         if let Some(at) = hit {
             self.text.truncate(at);
             let out = self.text[self.emitted..].to_string();

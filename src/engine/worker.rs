@@ -12,8 +12,8 @@ use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 use super::output::SeqOutput;
 use super::request::{Event, Finished};
 use super::scheduler::{plan_step, Limits, Plan, RunningView, SeqId, WaitingView};
-use super::step::{run_step, StepSeq};
 use super::stats::EngineStats;
+use super::step::{run_step, StepSeq};
 use crate::backend::Backend;
 use crate::kv::{prefix, BlockPool, BlockTable};
 use crate::lora::cache::{AdapterCache, AdapterStatus};
@@ -27,8 +27,15 @@ pub(super) enum Command {
     Submit(Box<Submission>),
     ListAdapters(Sender<Vec<String>>),
     /// Register a name for an adapter folder and load it (`AdapterCache::register`).
-    LoadAdapter { name: String, path: std::path::PathBuf, reply: Sender<Result<()>> },
-    UnloadAdapter { name: String, reply: Sender<Result<()>> },
+    LoadAdapter {
+        name: String,
+        path: std::path::PathBuf,
+        reply: Sender<Result<()>>,
+    },
+    UnloadAdapter {
+        name: String,
+        reply: Sender<Result<()>>,
+    },
     /// End every queued and running request with `Error::ShuttingDown(reason)`.
     AbortAll(String),
     Shutdown,

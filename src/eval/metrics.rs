@@ -66,10 +66,7 @@ impl FromStr for Metric {
             "prefix_accuracy" | "accuracy_prefix" => Ok(Metric::PrefixAccuracy),
             "rouge_l" | "rouge" | "rougeL" | "rouge-l" => Ok(Metric::RougeL),
             "stsb" => Ok(Metric::Stsb),
-            other => Err(Error::InvalidArgument(format!(
-                "unknown metric `{other}`; known: {}",
-                Metric::ALL.map(Metric::name).join(", ")
-            ))),
+            other => Err(Error::InvalidArgument(format!("unknown metric `{other}`; known: {}", Metric::ALL.map(Metric::name).join(", ")))),
         }
     }
 }
@@ -101,11 +98,7 @@ pub fn prefix_accuracy(output: &str, target: &str) -> f64 {
 
 /// `rouge_score`'s default tokens: lowercase, split on everything but `[a-z0-9]`.
 pub fn rouge_tokens(text: &str) -> Vec<String> {
-    text.to_lowercase()
-        .split(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit()))
-        .filter(|t| !t.is_empty())
-        .map(str::to_string)
-        .collect()
+    text.to_lowercase().split(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit())).filter(|t| !t.is_empty()).map(str::to_string).collect()
 }
 
 /// Length of the longest common subsequence (two rolling rows: O(len(b)) memory).

@@ -79,11 +79,7 @@ pub fn evaluate<B: Backend>(
     if opts.adapter.as_deref() != gen.adapter.map(|a| a.id.as_str()) {
         // The generator runs the adapter; the option only names it. They must agree, or the
         // report would name one model and score another.
-        return Err(Error::InvalidArgument(format!(
-            "eval: options name adapter {:?} but the generator runs {:?}",
-            opts.adapter,
-            gen.adapter.map(|a| &a.id)
-        )));
+        return Err(Error::InvalidArgument(format!("eval: options name adapter {:?} but the generator runs {:?}", opts.adapter, gen.adapter.map(|a| &a.id))));
     }
     if opts.batch_size == 0 {
         return Err(Error::InvalidArgument("--batch-size must be at least 1".into()));
@@ -121,16 +117,7 @@ pub fn evaluate<B: Backend>(
                     reqs.push(r);
                     req_of.push(k);
                 }
-                Err(e) => {
-                    results[k] = Some(ExampleResult {
-                        id: ex.id,
-                        line: ex.line,
-                        output: String::new(),
-                        label,
-                        score: 0.0,
-                        error: Some(e.to_string()),
-                    })
-                }
+                Err(e) => results[k] = Some(ExampleResult { id: ex.id, line: ex.line, output: String::new(), label, score: 0.0, error: Some(e.to_string()) }),
             }
         }
         let outs = if reqs.is_empty() { vec![] } else { gen.generate(&reqs, |_, _| {})? };
@@ -143,14 +130,7 @@ pub fn evaluate<B: Backend>(
                     let score = opts.metric.score(&o.text, &label);
                     ExampleResult { id: ex.id, line: ex.line, output: o.text, label, score, error: None }
                 }
-                Err(e) => ExampleResult {
-                    id: ex.id,
-                    line: ex.line,
-                    output: String::new(),
-                    label,
-                    score: 0.0,
-                    error: Some(e.to_string()),
-                },
+                Err(e) => ExampleResult { id: ex.id, line: ex.line, output: String::new(), label, score: 0.0, error: Some(e.to_string()) },
             });
         }
         for r in results.into_iter().flatten() {
@@ -233,9 +213,11 @@ impl EvalSet {
                 let t = crate::data::load_task(dir)?;
                 let metric = match metric {
                     Some(m) => m,
-                    None => t.meta.metric_name.parse().map_err(|e| {
-                        Error::InvalidArgument(format!("{}: metric_name: {e} (override with --metric)", dir.display()))
-                    })?,
+                    None => t
+                        .meta
+                        .metric_name
+                        .parse()
+                        .map_err(|e| Error::InvalidArgument(format!("{}: metric_name: {e} (override with --metric)", dir.display())))?,
                 };
                 EvalSet { name: t.meta.name, examples: t.examples, metric }
             }

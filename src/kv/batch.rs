@@ -39,12 +39,7 @@ impl BatchLayout {
                 l.positions.push(p as u32);
                 l.slots.push(table.blocks()[p / block_size] * block_size as u32 + (p % block_size) as u32);
             }
-            l.seqs.push(SeqView {
-                token_start,
-                n_new: *n_new,
-                context_len: table.len(),
-                blocks: table.blocks().to_vec(),
-            });
+            l.seqs.push(SeqView { token_start, n_new: *n_new, context_len: table.len(), blocks: table.blocks().to_vec() });
         }
         l
     }

@@ -34,9 +34,7 @@ pub struct DecodeTimes {
 /// Runs `cfg.reps + 1` batch-1 requests on `target` (one at a time) and times their decode steps.
 pub fn measure(target: &EngineTarget, cfg: &DecodeBenchConfig) -> Result<DecodeTimes> {
     if cfg.new_tokens < 2 || cfg.reps == 0 || cfg.prompt_tokens == 0 || cfg.token_range.0 > cfg.token_range.1 {
-        return Err(Error::InvalidArgument(
-            "decode bench: needs at least 1 prompt token, 2 new tokens and 1 repetition".into(),
-        ));
+        return Err(Error::InvalidArgument("decode bench: needs at least 1 prompt token, 2 new tokens and 1 repetition".into()));
     }
     let mut rng = SplitMix64::new(cfg.seed);
     let span = (cfg.token_range.1 - cfg.token_range.0) as u64 + 1;

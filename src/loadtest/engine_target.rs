@@ -14,7 +14,14 @@ pub struct EngineTarget<'a> {
 
 impl LoadTarget for EngineTarget<'_> {
     fn run(&self, req: &LoadRequest) -> Result<RequestTiming> {
-        let options = GenerateOptions { max_new_tokens: req.max_new_tokens, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: true, logprobs: None, prompt_logprobs: false };
+        let options = GenerateOptions {
+            max_new_tokens: req.max_new_tokens,
+            sampling: SamplingParams::greedy(),
+            stop: vec![],
+            ignore_eos: true,
+            logprobs: None,
+            prompt_logprobs: false,
+        };
         let t0 = Instant::now();
         let h = self.engine.submit(GenerateRequest::new(Prompt::Ids(req.prompt_ids.clone()), req.adapter.clone(), options))?;
         let mut timing = RequestTiming::default();

@@ -266,7 +266,11 @@ mod tests {
                 return Err(crate::Error::UnknownAdapter("broken".into()));
             }
             std::thread::sleep(Duration::from_millis(2));
-            Ok(RequestTiming { total: Duration::from_millis(10 + req.max_new_tokens as u64), ttft: Duration::from_millis(10), output_tokens: req.max_new_tokens })
+            Ok(RequestTiming {
+                total: Duration::from_millis(10 + req.max_new_tokens as u64),
+                ttft: Duration::from_millis(10),
+                output_tokens: req.max_new_tokens,
+            })
         }
     }
 

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::backend::HostMatrix;
+use crate::rng::SplitMix64;
 use crate::types::config::ModelConfig;
 use crate::weights::WeightFiles;
-use crate::rng::SplitMix64;
 use crate::{Error, Result};
 
 pub use crate::types::LoraModule;
@@ -114,18 +114,13 @@ impl LoraConfig {
         let target_modules: Vec<String> = match obj.get("target_modules") {
             Some(Value::String(s)) if s == "all-linear" => vec!["all-linear".into()],
             Some(Value::String(s)) if known.contains(&s.as_str()) => vec![s.clone()],
-            Some(Value::String(s)) => {
-                return Err(format!("target_modules as a regular expression ({s:?}) is not supported; list the module names"))
-            }
+            Some(Value::String(s)) => return Err(format!("target_modules as a regular expression ({s:?}) is not supported; list the module names")),
             Some(Value::Array(a)) => {
                 let mut out = Vec::new();
                 for t in a {
                     let t = t.as_str().ok_or("target_modules holds a non-string")?;
                     if !known.contains(&t) {
-                        return Err(format!(
-                            "target module `{t}` is not a decoder linear projection (supported: {})",
-                            known.join(", ")
-                        ));
+                        return Err(format!("target module `{t}` is not a decoder linear projection (supported: {})", known.join(", ")));
                     }
                     out.push(t.to_string());
                 }
@@ -230,8 +225,7 @@ impl LoraAdapter {
                 Error::io(&cfg_path, e)
             }
         })?;
-        let json: Value = serde_json::from_str(&text)
-            .map_err(|e| adapter_err(id, format!("{}: not valid JSON: {e}", cfg_path.display())))?;
+        let json: Value = serde_json::from_str(&text).map_err(|e| adapter_err(id, format!("{}: not valid JSON: {e}", cfg_path.display())))?;
         let config = LoraConfig::from_json(&json).map_err(|m| adapter_err(id, format!("{}: {m}", cfg_path.display())))?;
         let weights_path = dir.join("adapter_model.safetensors");
         if !weights_path.is_file() {
@@ -334,10 +328,7 @@ impl LoraAdapter {
 
     /// `(layer, module, pair)` for every adapted module.
     pub fn pairs(&self) -> impl Iterator<Item = (usize, LoraModule, &LoraPair)> {
-        self.layers
-            .iter()
-            .enumerate()
-            .flat_map(|(l, ll)| LoraModule::ALL.into_iter().filter_map(move |m| ll[m.index()].as_ref().map(|p| (l, m, p))))
+        self.layers.iter().enumerate().flat_map(|(l, ll)| LoraModule::ALL.into_iter().filter_map(move |m| ll[m.index()].as_ref().map(|p| (l, m, p))))
     }
 
     /// A random adapter (A ~ U(-1,1)/sqrt(in), B ~ U(-1,1)·b_scale) of rank `r` on `modules`,

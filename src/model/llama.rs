@@ -4,13 +4,13 @@
 
 use std::path::Path;
 
-use crate::types::{HeadFormat, ModelConfig};
-use crate::weights::WeightFiles;
 use crate::backend::numeric::rope_tables;
 use crate::backend::{Backend, HostMatrix, HostWeight, LoraRun, StepSpec};
+use crate::kv::{BatchLayout, KvLayout};
 use crate::lora::{LoadedAdapter, LoraModule};
 use crate::quant::{bnb, Nf4Tensor, Quantization};
-use crate::kv::{BatchLayout, KvLayout};
+use crate::types::{HeadFormat, ModelConfig};
+use crate::weights::WeightFiles;
 use crate::{Error, Result};
 
 /// One decoder layer's weights (serving and the trainer's frozen base share it).
@@ -175,11 +175,8 @@ impl<B: Backend> Llama<B> {
     /// weights and the lm_head (norms, biases and the embedding rows are a rounding error). Over
     /// the device's copy bandwidth this is batch-1 decode's floor.
     pub fn decode_weight_bytes(&self, be: &B) -> usize {
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().map(|m| be.matrix_bytes(m)).sum::<usize>())
-            .sum();
+        let layers: usize =
+            self.layers.iter().map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().map(|m| be.matrix_bytes(m)).sum::<usize>()).sum();
         layers + be.matrix_bytes(self.lm_head.as_ref().unwrap_or(&self.embed))
     }
 
@@ -252,13 +249,7 @@ impl<B: Backend> Llama<B> {
 
     /// The KV storage shape for this model.
     pub fn kv_layout(&self, block_size: usize, num_blocks: usize) -> KvLayout {
-        KvLayout {
-            num_layers: self.config.num_layers,
-            num_kv_heads: self.config.num_kv_heads,
-            head_dim: self.config.head_dim,
-            block_size,
-            num_blocks,
-        }
+        KvLayout { num_layers: self.config.num_layers, num_kv_heads: self.config.num_kv_heads, head_dim: self.config.head_dim, block_size, num_blocks }
     }
 
     /// One step: `ids [T]` are the batch's new tokens, laid out by `batch`; their K/V are

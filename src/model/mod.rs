@@ -4,8 +4,8 @@ pub mod check;
 pub mod fetch;
 pub mod gguf;
 pub mod llama;
-pub mod random;
 pub mod quantize;
+pub mod random;
 
 pub use crate::types::{HeadFormat, ModelConfig};
 pub use llama::{BaseFormat, Llama, LoadOptions, WeightSource};

@@ -26,14 +26,7 @@ pub fn is_decoder_linear(name: &str) -> bool {
 }
 
 /// Files copied beside the weights when present.
-const COPIED: [&str; 6] = [
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "generation_config.json",
-    "vocab.json",
-    "merges.txt",
-];
+const COPIED: [&str; 6] = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "vocab.json", "merges.txt"];
 
 /// Quantizes the model in `src` into `out` (created). `progress` shows a bar over the tensors.
 /// Every decoder linear weight of `cfg` is in `w` with its `[rows, cols]` (NF4 weights as stored
@@ -69,8 +62,8 @@ fn check_linear_shapes(w: &WeightFiles, cfg: &crate::types::ModelConfig, src: &P
 pub fn quantize_dir(src: &Path, out: &Path, progress: bool) -> Result<()> {
     let cfg_path = src.join("config.json");
     let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-    let mut cfg: serde_json::Value = serde_json::from_str(&cfg_text)
-        .map_err(|e| Error::Config { path: cfg_path.clone(), msg: format!("not valid JSON: {e}") })?;
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&cfg_text).map_err(|e| Error::Config { path: cfg_path.clone(), msg: format!("not valid JSON: {e}") })?;
     // The config must be one lorafleet loads, and every decoder linear weight must be there with
     // the shape it gives: a checkpoint is only written from a model that `score` would run.
     let model_cfg = crate::types::ModelConfig::from_json_str(&cfg_text).map_err(|msg| Error::Config { path: cfg_path.clone(), msg })?;

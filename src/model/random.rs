@@ -6,11 +6,11 @@
 //! Scales keep activations well-behaved through many layers: linear weights ~ U(-1, 1) /
 //! sqrt(in), norms 1, embeddings ~ U(-1, 1) · 0.02.
 
-use crate::types::config::ModelConfig;
 use super::llama::WeightSource;
-use crate::backend::{HostMatrix, HostWeight};
 use crate::backend::random::{RandomFormat, RandomSpec};
+use crate::backend::{HostMatrix, HostWeight};
 use crate::rng::SplitMix64;
+use crate::types::config::ModelConfig;
 use crate::{Error, Result};
 
 /// Named shapes, as their HF `config.json`s give them.

@@ -36,10 +36,8 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 /// The tensors bitsandbytes writes for `t` stored as `name` (`dtype`: the original dtype it
 /// records, e.g. "float32" or "bfloat16").
 pub fn serialize(name: &str, t: &Nf4Tensor, dtype: &str) -> Vec<RawTensor> {
-    let mut out = vec![
-        (name.to_string(), Dtype::U8, vec![t.packed.len(), 1], t.packed.clone()),
-        (format!("{name}.quant_map"), Dtype::F32, vec![16], f32_bytes(&t.code)),
-    ];
+    let mut out =
+        vec![(name.to_string(), Dtype::U8, vec![t.packed.len(), 1], t.packed.clone()), (format!("{name}.quant_map"), Dtype::F32, vec![16], f32_bytes(&t.code))];
     let mut state = serde_json::json!({
         "quant_type": "nf4",
         "blocksize": t.blocksize,
@@ -68,8 +66,7 @@ pub fn read(w: &WeightFiles, name: &str) -> Result<Nf4Tensor> {
     let state_name = format!("{name}{QUANT_STATE_SUFFIX}");
     let (path, _, _, state_bytes) = w.raw(&state_name)?;
     let bad = |msg: String| Error::Weights { path: path.to_path_buf(), msg: format!("NF4 weight `{name}`: {msg}") };
-    let state: serde_json::Value =
-        serde_json::from_slice(state_bytes).map_err(|e| bad(format!("quant state is not JSON: {e}")))?;
+    let state: serde_json::Value = serde_json::from_slice(state_bytes).map_err(|e| bad(format!("quant state is not JSON: {e}")))?;
     if state.get("quant_type").and_then(|v| v.as_str()) != Some("nf4") {
         return Err(bad(format!("quant_type {:?} (only nf4 is supported)", state.get("quant_type"))));
     }
@@ -94,9 +91,8 @@ pub fn read(w: &WeightFiles, name: &str) -> Result<Nf4Tensor> {
         Ok(b.to_vec())
     };
     let packed = bytes(name)?;
-    let code: [f32; 16] = floats(&format!("{name}.quant_map"))?
-        .try_into()
-        .map_err(|v: Vec<f32>| bad(format!("quant_map has {} values, expected 16", v.len())))?;
+    let code: [f32; 16] =
+        floats(&format!("{name}.quant_map"))?.try_into().map_err(|v: Vec<f32>| bad(format!("quant_map has {} values, expected 16", v.len())))?;
     let absmax_name = format!("{name}.absmax");
     let absmax = if state.get("nested_offset").is_some() {
         let offset = state["nested_offset"].as_f64().ok_or_else(|| bad("nested_offset is not a number".into()))? as f32;
@@ -129,6 +125,5 @@ pub fn write_safetensors(path: &Path, tensors: &[RawTensor]) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(views, Some(meta), path)
-        .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))
+    safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))
 }

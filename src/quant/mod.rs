@@ -6,7 +6,7 @@ pub mod codes;
 pub mod nf4;
 pub mod torch_sum;
 
-pub use nf4::{Absmax, Nf4Tensor, NF4_BLOCK, NESTED_BLOCK};
+pub use nf4::{Absmax, Nf4Tensor, NESTED_BLOCK, NF4_BLOCK};
 
 /// A quantization applied to the decoder's linear weights while loading a dense checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

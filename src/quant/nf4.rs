@@ -152,11 +152,9 @@ impl Nf4Tensor {
     pub fn block_absmax(&self) -> Vec<f32> {
         match &self.absmax {
             Absmax::Plain(a) => a.clone(),
-            Absmax::Double { q, offset, nested_absmax, nested_blocksize, code } => q
-                .iter()
-                .enumerate()
-                .map(|(i, &c)| code[c as usize] * nested_absmax[i / nested_blocksize] + offset)
-                .collect(),
+            Absmax::Double { q, offset, nested_absmax, nested_blocksize, code } => {
+                q.iter().enumerate().map(|(i, &c)| code[c as usize] * nested_absmax[i / nested_blocksize] + offset).collect()
+            }
         }
     }
 

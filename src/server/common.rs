@@ -174,8 +174,8 @@ impl Drop for InFlight {
 /// Parses a JSON body into `T`: 400 `invalid_json` when it is not JSON, 422 `validation` when
 /// the fields do not fit.
 pub fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON: {e}")))?;
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON: {e}")))?;
     serde_json::from_value(v).map_err(|e| ApiError::validation(format!("bad request body: {e}")))
 }
 
@@ -322,7 +322,9 @@ pub async fn read_body(req: axum::extract::Request, next: axum::middleware::Next
     }
     let timeout = body_timeout();
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
-        Err(_) => refuse(ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", format!("the request body did not arrive within {:.1} s", timeout.as_secs_f64()))),
+        Err(_) => {
+            refuse(ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", format!("the request body did not arrive within {:.1} s", timeout.as_secs_f64())))
+        }
         // Without a declared length, the limit is the likely reason; a broken body otherwise.
         Ok(Err(_)) if declared.is_none() => refuse(too_big()),
         Ok(Err(e)) => refuse(ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("the request body could not be read: {e}"))),

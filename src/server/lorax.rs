@@ -357,10 +357,8 @@ pub async fn tokenize(State(app): State<App>, body: Bytes) -> Response {
     let r = (|| {
         let b: TokenizeBody = parse_body(&body)?;
         let toks = app.engine.tokenizer().encode_with_offsets(&b.inputs).map_err(ApiError::from)?;
-        let v: Vec<Value> = toks
-            .into_iter()
-            .map(|(id, r)| json!({ "id": id, "text": b.inputs.get(r.clone()).unwrap_or_default(), "start": r.start, "stop": r.end }))
-            .collect();
+        let v: Vec<Value> =
+            toks.into_iter().map(|(id, r)| json!({ "id": id, "text": b.inputs.get(r.clone()).unwrap_or_default(), "start": r.start, "stop": r.end })).collect();
         Ok::<_, ApiError>(json_response(Value::Array(v)))
     })();
     r.unwrap_or_else(|e| e.into_response())

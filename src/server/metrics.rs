@@ -38,8 +38,7 @@ fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::
 
 fn histogram(enc: &mut DescriptorEncoder, name: &str, help: &str, h: &Histogram) -> fmt::Result {
     // Per-bucket counts (the encoder accumulates them); the last bucket is +Inf.
-    let buckets: Vec<(f64, u64)> =
-        h.bounds.iter().copied().chain([f64::INFINITY]).zip(h.counts.iter().copied()).collect();
+    let buckets: Vec<(f64, u64)> = h.bounds.iter().copied().chain([f64::INFINITY]).zip(h.counts.iter().copied()).collect();
     enc.encode_descriptor(name, help, None, MetricType::Histogram)?.encode_histogram::<NoLabelSet>(h.sum, h.count, &buckets, None)
 }
 

@@ -20,7 +20,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
 
-pub use common::{init_request_log, AppState, App, LogFormat};
+pub use common::{init_request_log, App, AppState, LogFormat};
 pub use lorax::DEFAULT_MAX_NEW_TOKENS;
 
 use crate::backend::device::{open_backend, OpenedBackend};
@@ -172,13 +172,8 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
     crate::runtime::check_model_dir(&opts.model)?;
     // Before the model loads: a missing or non-directory --adapter-dir is a start-up error.
     opts.engine.cache.check().map_err(|e| Error::InvalidArgument(format!("--adapter-dir: {e}")))?;
-    let model_id = opts
-        .model
-        .canonicalize()
-        .unwrap_or_else(|_| opts.model.clone())
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "base".into());
+    let model_id =
+        opts.model.canonicalize().unwrap_or_else(|_| opts.model.clone()).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "base".into());
     let (opened, note) = open_backend(opts.device, opts.act_dtype, opts.cuda_graphs)?;
     eprintln!("lorafleet serve: {note}");
     let engine = match opened {

@@ -19,7 +19,9 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::common::{collect, json_response, openai_finish_reason, parse_body, rand_seed, sse_data, sse_response, start, unix_time, ApiError, App, Collected, RequestLog};
+use super::common::{
+    collect, json_response, openai_finish_reason, parse_body, rand_seed, sse_data, sse_response, start, unix_time, ApiError, App, Collected, RequestLog,
+};
 use crate::engine::{Event, GenerateOptions, GenerateRequest, Penalties, Prompt, SamplingParams, TokenLogprobs};
 use crate::tokenizer::ChatMessage;
 
@@ -320,12 +322,17 @@ fn check_messages(body: &Bytes) -> Result<(), ApiError> {
         let Some(m) = m.as_object() else { continue };
         let role = match m.get("role") {
             Some(Value::String(r)) if CHAT_ROLES.contains(&r.as_str()) => r.as_str(),
-            Some(Value::String(r)) => return Err(ApiError::field(&format!("messages[{i}].role"), format!("{r:?} is not a role this server takes ({})", CHAT_ROLES.join(", ")))),
+            Some(Value::String(r)) => {
+                return Err(ApiError::field(&format!("messages[{i}].role"), format!("{r:?} is not a role this server takes ({})", CHAT_ROLES.join(", "))))
+            }
             Some(other) => return Err(ApiError::field(&format!("messages[{i}].role"), format!("{other} is not a string"))),
             None => return Err(ApiError::field(&format!("messages[{i}].role"), "is missing")),
         };
         if matches!(m.get("content"), None | Some(Value::Null)) && role != "assistant" {
-            return Err(ApiError::field(&format!("messages[{i}].content"), format!("is {}; a {role} message needs content", if m.contains_key("content") { "null" } else { "missing" })));
+            return Err(ApiError::field(
+                &format!("messages[{i}].content"),
+                format!("is {}; a {role} message needs content", if m.contains_key("content") { "null" } else { "missing" }),
+            ));
         }
     }
     Ok(())
@@ -445,7 +452,9 @@ async fn stream(app: App, p: Prepared, reqs: Vec<GenerateRequest>, kind: Kind, i
     for i in 0..n {
         if kind == Kind::Chat {
             // The chat stream opens with the assistant's role.
-            opening.push(sse_data(&chunk(json!([{ "index": i, "delta": { "role": "assistant", "content": "" }, "logprobs": Value::Null, "finish_reason": Value::Null }]))));
+            opening.push(sse_data(&chunk(
+                json!([{ "index": i, "delta": { "role": "assistant", "content": "" }, "logprobs": Value::Null, "finish_reason": Value::Null }]),
+            )));
         } else if p.report.echo && p.report.logprobs.is_none() {
             // Echo without logprobs: the prompt is the first text (with logprobs it comes with
             // the prompt's log-probabilities, `Event::Prompt`).
@@ -582,9 +591,14 @@ struct UnloadAdapterBody {
 /// vLLM's `POST /v1/load_lora_adapter` `{"lora_name", "lora_path"}`: serves the folder under
 /// that name from now on (under `--adapter-dir` unless `--allow-adapter-paths`).
 pub async fn load_lora_adapter(State(app): State<App>, body: Bytes) -> Response {
-    adapter_admin::<LoadAdapterBody>(app, body, "/v1/load_lora_adapter", |b| &b.lora_name, "added", |e, b| {
-        e.load_adapter(&b.lora_name, std::path::Path::new(&b.lora_path))
-    })
+    adapter_admin::<LoadAdapterBody>(
+        app,
+        body,
+        "/v1/load_lora_adapter",
+        |b| &b.lora_name,
+        "added",
+        |e, b| e.load_adapter(&b.lora_name, std::path::Path::new(&b.lora_path)),
+    )
     .await
 }
 

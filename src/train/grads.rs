@@ -14,11 +14,8 @@ pub struct LoraGrads {
 impl LoraGrads {
     /// Zeros shaped like `adapter`'s A and B.
     pub fn zeros_like(adapter: &LoraAdapter) -> Self {
-        let layers = adapter
-            .layers
-            .iter()
-            .map(|ll| std::array::from_fn(|i| ll[i].as_ref().map(|p| (vec![0.0; p.a.data.len()], vec![0.0; p.b.data.len()]))))
-            .collect();
+        let layers =
+            adapter.layers.iter().map(|ll| std::array::from_fn(|i| ll[i].as_ref().map(|p| (vec![0.0; p.a.data.len()], vec![0.0; p.b.data.len()])))).collect();
         LoraGrads { layers }
     }
 

@@ -8,8 +8,8 @@ pub mod model;
 pub mod resident;
 pub mod tiny;
 
+pub use crate::model::BaseFormat;
 pub use crate::types::{TokenizedExample, TrainBatch};
 pub use grads::LoraGrads;
-pub use crate::model::BaseFormat;
 pub use model::{StepOptions, TrainModel};
 pub use resident::ResidentLora;

@@ -23,15 +23,15 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::train::TrainBackend;
 use crate::backend::Backend;
 use crate::lora::{LoraAdapter, LoraModule};
-use crate::types::config::ModelConfig;
 use crate::model::llama::{Layer, Llama};
-use crate::weights::WeightFiles;
 use crate::model::{BaseFormat, LoadOptions};
 use crate::quant::Quantization;
+use crate::types::config::ModelConfig;
+use crate::weights::WeightFiles;
 use crate::{Error, Result};
 
-use crate::types::train_batch::TrainBatch;
 use super::grads::LoraGrads;
+use crate::types::train_batch::TrainBatch;
 
 /// The frozen base on a backend: the serving decoder's own weights (`model::llama::Llama`),
 /// dense f32, bf16 or NF4 per linear weight, and the backend that runs it.
@@ -219,7 +219,8 @@ impl<B: TrainBackend> TrainModel<B> {
 
     /// Checks the batch against the adapter's pairs and puts it on the backend.
     fn begin<'s>(&self, adapter: &'s LoraAdapter, lora: &'s PerModule<StepPair<B>>, batch: &TrainBatch, opts: StepOptions) -> Result<Step<'s, B>> {
-        let fits = lora.len() == adapter.layers.len() && lora.iter().zip(&adapter.layers).all(|(l, a)| l.iter().zip(a).all(|(l, a)| l.is_some() == a.is_some()));
+        let fits =
+            lora.len() == adapter.layers.len() && lora.iter().zip(&adapter.layers).all(|(l, a)| l.iter().zip(a).all(|(l, a)| l.is_some() == a.is_some()));
         if !fits {
             return Err(Error::Adapter { id: adapter.id.clone(), msg: "the adapter on the backend has other modules than its layout".into() });
         }
@@ -237,7 +238,15 @@ impl<B: TrainBackend> TrainModel<B> {
 
     /// A targeted projection: `y = x Wᵀ (+ bias) + s · (x' Aᵀ) Bᵀ` with `x' = x ⊙ drop` (LoRA
     /// dropout; `x` without); returns y and `x' Aᵀ`.
-    fn project(&self, s: &Step<'_, B>, li: usize, m: LoraModule, x: &B::Tensor, w: &B::Matrix, bias: Option<&B::Vector>) -> Result<(B::Tensor, Option<B::Tensor>)> {
+    fn project(
+        &self,
+        s: &Step<'_, B>,
+        li: usize,
+        m: LoraModule,
+        x: &B::Tensor,
+        w: &B::Matrix,
+        bias: Option<&B::Vector>,
+    ) -> Result<(B::Tensor, Option<B::Tensor>)> {
         let be = &self.backend;
         let mut y = be.linear(x, w, bias)?;
         let Some(p) = &s.lora[li][m.index()] else { return Ok((y, None)) };
@@ -409,7 +418,14 @@ impl<B: TrainBackend> TrainModel<B> {
     }
 
     /// `forward_backward` on the backend's own copy of the adapter, adding into its gradients.
-    pub fn forward_backward_resident(&self, adapter: &LoraAdapter, r: &mut super::ResidentLora<B>, batch: &TrainBatch, weight: f32, opts: StepOptions) -> Result<f64> {
+    pub fn forward_backward_resident(
+        &self,
+        adapter: &LoraAdapter,
+        r: &mut super::ResidentLora<B>,
+        batch: &TrainBatch,
+        weight: f32,
+        opts: StepOptions,
+    ) -> Result<f64> {
         let (pairs, grads) = r.pairs_and_grads();
         let s = self.begin(adapter, pairs, batch, opts)?;
         self.forward_backward_step(&s, weight, grads)

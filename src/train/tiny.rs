@@ -49,10 +49,8 @@ pub fn write_tiny_model(dir: &Path, seed: u64) -> Result<()> {
             .collect()
     };
     let (h, ff, qd, kvd, vocab) = (32usize, 48usize, 32usize, 16usize, 64usize);
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = vec![
-        ("model.embed_tokens.weight".into(), vec![vocab, h], rand(vocab * h, 1.0, 0.0)),
-        ("model.norm.weight".into(), vec![h], rand(h, 0.2, 1.0)),
-    ];
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> =
+        vec![("model.embed_tokens.weight".into(), vec![vocab, h], rand(vocab * h, 1.0, 0.0)), ("model.norm.weight".into(), vec![h], rand(h, 0.2, 1.0))];
     for l in 0..2 {
         let p = format!("model.layers.{l}");
         // Weights ~ U(-1, 1)/sqrt(in), so activations stay O(1) through the layers.

@@ -52,11 +52,7 @@ impl ModelConfig {
     pub fn from_json_str(text: &str) -> std::result::Result<Self, String> {
         let v: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
         let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
-        let archs: Vec<&str> = v
-            .get("architectures")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
+        let archs: Vec<&str> = v.get("architectures").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
         let arch = match (model_type, archs.first().copied()) {
             ("llama", _) | (_, Some("LlamaForCausalLM")) => Arch::Llama,
             ("mistral", _) | (_, Some("MistralForCausalLM")) => Arch::Mistral,
@@ -69,19 +65,12 @@ impl ModelConfig {
             }
         };
         let usize_field = |k: &str| -> std::result::Result<usize, String> {
-            v.get(k)
-                .and_then(Value::as_u64)
-                .map(|x| x as usize)
-                .ok_or_else(|| format!("missing or non-integer `{k}`"))
+            v.get(k).and_then(Value::as_u64).map(|x| x as usize).ok_or_else(|| format!("missing or non-integer `{k}`"))
         };
         let hidden_size = usize_field("hidden_size")?;
         let num_heads = usize_field("num_attention_heads")?;
         let num_kv_heads = v.get("num_key_value_heads").and_then(Value::as_u64).map(|x| x as usize).unwrap_or(num_heads);
-        let head_dim = v
-            .get("head_dim")
-            .and_then(Value::as_u64)
-            .map(|x| x as usize)
-            .unwrap_or(hidden_size.checked_div(num_heads).unwrap_or(0));
+        let head_dim = v.get("head_dim").and_then(Value::as_u64).map(|x| x as usize).unwrap_or(hidden_size.checked_div(num_heads).unwrap_or(0));
         let f32_field = |k: &str, d: f32| v.get(k).and_then(Value::as_f64).map(|x| x as f32).unwrap_or(d);
         let rope_scaling = match v.get("rope_scaling") {
             None | Some(Value::Null) => None,
@@ -144,10 +133,7 @@ impl ModelConfig {
             rope_theta: f32_field("rope_theta", 10000.0),
             rope_scaling,
             tie_word_embeddings: v.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
-            attention_bias: v
-                .get("attention_bias")
-                .and_then(Value::as_bool)
-                .unwrap_or(arch == Arch::Qwen2),
+            attention_bias: v.get("attention_bias").and_then(Value::as_bool).unwrap_or(arch == Arch::Qwen2),
             bos_token_id: ids("bos_token_id")?.first().copied(),
             eos_token_ids: ids("eos_token_id")?,
         };
@@ -200,10 +186,7 @@ impl ModelConfig {
             }
         }
         if !self.num_heads.is_multiple_of(self.num_kv_heads) {
-            return Err(format!(
-                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
-                self.num_heads, self.num_kv_heads
-            ));
+            return Err(format!("num_attention_heads {} is not a multiple of num_key_value_heads {}", self.num_heads, self.num_kv_heads));
         }
         if !self.head_dim.is_multiple_of(2) {
             return Err(format!("head_dim {} must be even for RoPE", self.head_dim));
@@ -227,8 +210,7 @@ impl ModelConfig {
     /// scaling applied when configured.
     pub fn rope_inv_freq(&self) -> Vec<f32> {
         let d = self.head_dim;
-        let mut inv: Vec<f32> =
-            (0..d / 2).map(|i| 1.0f32 / self.rope_theta.powf((2 * i) as f32 / d as f32)).collect();
+        let mut inv: Vec<f32> = (0..d / 2).map(|i| 1.0f32 / self.rope_theta.powf((2 * i) as f32 / d as f32)).collect();
         if let Some(s) = &self.rope_scaling {
             // transformers' _compute_llama3_parameters.
             let old = s.original_max_position_embeddings as f32;

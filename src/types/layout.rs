@@ -59,13 +59,7 @@ pub struct LoraSegmentShape {
 }
 
 /// The checks of `validate_segments` on segment shapes alone.
-pub fn validate_segment_shapes(
-    segs: impl IntoIterator<Item = LoraSegmentShape>,
-    t_rows: usize,
-    d_in: usize,
-    d_out: usize,
-    r_max: usize,
-) -> Result<()> {
+pub fn validate_segment_shapes(segs: impl IntoIterator<Item = LoraSegmentShape>, t_rows: usize, d_in: usize, d_out: usize, r_max: usize) -> Result<()> {
     let mut end = 0;
     for (i, s) in segs.into_iter().enumerate() {
         let bad = |m: String| Err(Error::InvalidArgument(format!("lora segment {i}: {m}")));

@@ -16,8 +16,7 @@ pub enum LoraModule {
 }
 
 impl LoraModule {
-    pub const ALL: [LoraModule; 7] =
-        [LoraModule::Q, LoraModule::K, LoraModule::V, LoraModule::O, LoraModule::Gate, LoraModule::Up, LoraModule::Down];
+    pub const ALL: [LoraModule; 7] = [LoraModule::Q, LoraModule::K, LoraModule::V, LoraModule::O, LoraModule::Gate, LoraModule::Up, LoraModule::Down];
 
     /// The module's name in HF / peft (`q_proj`, ...).
     pub fn name(self) -> &'static str {

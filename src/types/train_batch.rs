@@ -14,8 +14,8 @@
 //! let every sequence attend to it (`SeqSpan::with_context`): the same loss and gradients as
 //! packed, with that prefix's forward and backward computed once per micro-batch.
 
-use crate::types::layout::SeqSpan;
 use crate::types::config::ModelConfig;
+use crate::types::layout::SeqSpan;
 use crate::{Error, Result};
 
 /// One training example.

@@ -17,17 +17,15 @@ pub const MODEL: &str = "smollm2-135m-instruct";
 pub fn model_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::var_os("LORAFLEET_MODEL_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(MODEL));
+        let dir =
+            std::env::var_os("LORAFLEET_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(MODEL));
         // Several test binaries may start at once: take a lock file beside the directory.
         let lock = dir.with_extension("lock");
         if let Some(p) = lock.parent() {
             std::fs::create_dir_all(p).expect("create models dir");
         }
         let _guard = FileLock::acquire(&lock);
-        lorafleet::model::fetch::fetch_model(MODEL, &dir, false)
-            .unwrap_or_else(|e| panic!("fetching the test model into {}: {e}", dir.display()))
+        lorafleet::model::fetch::fetch_model(MODEL, &dir, false).unwrap_or_else(|e| panic!("fetching the test model into {}: {e}", dir.display()))
     })
     .clone()
 }

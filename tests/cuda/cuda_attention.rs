@@ -18,7 +18,7 @@ use cudarc::driver::CudaSlice;
 use half::bf16;
 use lorafleet::backend::cpu::attention as cpu;
 use lorafleet::backend::cuda::attention::{plan_attention, plan_reshape_and_cache};
-use lorafleet::backend::cuda::{test_device, AttnDims, AttnKernel, CudaAttention, CudaKvCache, CudaDevice};
+use lorafleet::backend::cuda::{test_device, AttnDims, AttnKernel, CudaAttention, CudaDevice, CudaKvCache};
 use lorafleet::kv::{BatchLayout, KvLayout, SeqView};
 use lorafleet::rng::SplitMix64 as Rng;
 
@@ -41,12 +41,7 @@ fn tol<T: TestElem>() -> f64 {
 /// A ragged batch: each sequence `(context_len, n_new)` gets shuffled blocks from a pool of
 /// `num_blocks` (with spare blocks, so ids are spread over the whole cache). Returns the layout
 /// and the cache rows of every token of every sequence (context then new), in order.
-fn make_batch(
-    rng: &mut Rng,
-    block_size: usize,
-    seqs: &[(usize, usize)],
-    spare: usize,
-) -> (BatchLayout, Vec<u32>, usize) {
+fn make_batch(rng: &mut Rng, block_size: usize, seqs: &[(usize, usize)], spare: usize) -> (BatchLayout, Vec<u32>, usize) {
     let need: usize = seqs.iter().map(|&(c, n)| (c + n).div_ceil(block_size)).sum();
     let num_blocks = need + spare;
     let mut ids: Vec<u32> = (0..num_blocks as u32).collect();

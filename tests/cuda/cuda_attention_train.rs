@@ -74,8 +74,7 @@ fn attention_forward_and_backward_match_the_cpu_twins() {
                 assert!(out_g[r * qw..(r + 1) * qw].iter().all(|&x| x == 0.0), "{what}: uncovered row {r} written");
             }
 
-            let (dq_g, dk_g, dv_g) =
-                k.backward(&ops, &dims, &spans, &qg, &kg, &vg, &up(&out_c), &up(&lse_c), &up(&dout)).expect("backward runs");
+            let (dq_g, dk_g, dv_g) = k.backward(&ops, &dims, &spans, &qg, &kg, &vg, &up(&out_c), &up(&lse_c), &up(&dout)).expect("backward runs");
             for (n, g, c) in [("dq", dq_g, &dq_c), ("dk", dk_g, &dk_c), ("dv", dv_g, &dv_c)] {
                 let g = ops.download(&g).unwrap();
                 if c.iter().all(|&x| x == 0.0) {

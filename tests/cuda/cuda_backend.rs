@@ -47,12 +47,7 @@ impl lorafleet::model::llama::WeightSource for Biased {
 
 /// The same steps on both backends: (ids, per-sequence new-token counts, logit rows); sequences
 /// keep their tables from step to step.
-fn run_steps<B: Backend>(
-    be: &B,
-    model: &Llama<B>,
-    adapters: &[Option<&LoadedAdapter<B>>],
-    steps: &[(Vec<u32>, Vec<usize>)],
-) -> Vec<Vec<f32>> {
+fn run_steps<B: Backend>(be: &B, model: &Llama<B>, adapters: &[Option<&LoadedAdapter<B>>], steps: &[(Vec<u32>, Vec<usize>)]) -> Vec<Vec<f32>> {
     let pool = BlockPool::new(64, 16);
     let mut kv = be.alloc_kv(model.kv_layout(16, pool.num_blocks())).unwrap();
     let n_seqs = steps[0].1.len();
@@ -112,10 +107,8 @@ fn parity(test: &str, act: DType, nf4: bool, bias: bool, tied: bool, with_lora: 
     let la_cpu: Vec<LoadedAdapter<CpuBackend>> = ad.iter().map(|a| LoadedAdapter::upload(&cpu, a).unwrap()).collect();
     let la_gpu: Vec<LoadedAdapter<CudaBackend>> = ad.iter().map(|a| LoadedAdapter::upload(&gpu, a).unwrap()).collect();
     // Sequence 0 the base, 1 adapter a, 2 adapter b (or all base).
-    let sel_cpu: Vec<Option<&LoadedAdapter<CpuBackend>>> =
-        if with_lora { vec![None, Some(&la_cpu[0]), Some(&la_cpu[1])] } else { vec![] };
-    let sel_gpu: Vec<Option<&LoadedAdapter<CudaBackend>>> =
-        if with_lora { vec![None, Some(&la_gpu[0]), Some(&la_gpu[1])] } else { vec![] };
+    let sel_cpu: Vec<Option<&LoadedAdapter<CpuBackend>>> = if with_lora { vec![None, Some(&la_cpu[0]), Some(&la_cpu[1])] } else { vec![] };
+    let sel_gpu: Vec<Option<&LoadedAdapter<CudaBackend>>> = if with_lora { vec![None, Some(&la_gpu[0]), Some(&la_gpu[1])] } else { vec![] };
     let c = run_steps(&cpu, &m_cpu, &sel_cpu, &steps());
     let g = run_steps(&gpu, &m_gpu, &sel_gpu, &steps());
     let tol = if act == DType::F32 { 1e-4 } else { 2e-2 };

@@ -22,9 +22,14 @@ fn cross_entropy_matches_the_cpu_twin() {
     let Some(ops) = test_device("cross_entropy_matches_the_cpu_twin") else { return };
     let k = CudaCrossEntropy::new(&ops).expect("the cross_entropy module loads");
     let mut rng = Rng::new(0xce_1a6e);
-    for &(rows, hidden, vocab, chunk) in
-        &[(1usize, 576usize, 49152usize, 8192usize), (37, 576, 49152, 8192), (7, 576, 49152, 49152), (40, 4096, 32000, 4096), (65, 100, 777, 300), (33, 64, 50, 1)]
-    {
+    for &(rows, hidden, vocab, chunk) in &[
+        (1usize, 576usize, 49152usize, 8192usize),
+        (37, 576, 49152, 8192),
+        (7, 576, 49152, 49152),
+        (40, 4096, 32000, 4096),
+        (65, 100, 777, 300),
+        (33, 64, 50, 1),
+    ] {
         let what = format!("rows {rows}, hidden {hidden}, vocab {vocab}, chunk {chunk}");
         let h = rng.nonzero(rows * hidden, 1.0);
         // Logits of spread ~ a few units, as a trained head gives.

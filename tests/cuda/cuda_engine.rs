@@ -4,7 +4,6 @@
 //! preemption with the right tokens and every block back; bad requests and an unknown adapter fail
 //! alone. Runs on a GPU, else on the CPU emulator; skips only where neither exists.
 
-
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -48,7 +47,14 @@ fn fixture(test: &str) -> Option<&'static Fixture> {
 
 fn start(f: &Fixture, opts: EngineOptions) -> Engine {
     let opts = EngineOptions {
-        cache: CacheOptions { adapter_dir: Some(f.adapter_dir.clone()), max_host_adapters: 8, device_budget_bytes: 1 << 26, max_rank: 64, allow_paths: true, synthetic: None },
+        cache: CacheOptions {
+            adapter_dir: Some(f.adapter_dir.clone()),
+            max_host_adapters: 8,
+            device_budget_bytes: 1 << 26,
+            max_rank: 64,
+            allow_paths: true,
+            synthetic: None,
+        },
         ..opts
     };
     Engine::start(f.be.clone(), f.model.clone(), f.tok.clone(), opts).expect("start the engine")
@@ -75,12 +81,14 @@ fn flood_with_mixed_adapters_completes_with_preemption_and_solo_tokens() {
     let engine = start(f, EngineOptions { kv_blocks: Some(12), max_batch_tokens: 96, ..EngineOptions::default() });
     let n = 16;
     let ps = prompts(12);
-    let which: Vec<Option<String>> = (0..ps.len()).map(|i| match i % 3 { 0 => None, k => Some(f.adapters[k - 1].clone()) }).collect();
-    let handles: Vec<_> = ps
-        .iter()
-        .zip(&which)
-        .map(|(p, a)| engine.submit(GenerateRequest::new(Prompt::Ids(p.clone()), a.clone(), greedy(n))).unwrap())
+    let which: Vec<Option<String>> = (0..ps.len())
+        .map(|i| match i % 3 {
+            0 => None,
+            k => Some(f.adapters[k - 1].clone()),
+        })
         .collect();
+    let handles: Vec<_> =
+        ps.iter().zip(&which).map(|(p, a)| engine.submit(GenerateRequest::new(Prompt::Ids(p.clone()), a.clone(), greedy(n))).unwrap()).collect();
     let outs: Vec<_> = handles.into_iter().map(|h| h.wait().expect("a flood request failed")).collect();
     let s = engine.stats();
     eprintln!("cuda flood: {} steps, {} preemptions", s.steps, s.preemptions);
@@ -124,7 +132,12 @@ fn prefix_cache_gives_the_same_tokens_in_f32_and_bf16() {
     let model16 = Arc::new(Llama::from_source(&*be16, tiny_config(false, false), &RandomWeights { seed: 11, nf4: true }, false).unwrap());
     let template: Vec<u32> = (0..40).map(|j| ((j * 11 + 5) % 90 + 4) as u32).collect();
     let ps: Vec<Vec<u32>> = prompts(9).into_iter().map(|p| [template.clone(), p[..p.len().min(12)].to_vec()].concat()).collect();
-    let which: Vec<Option<String>> = (0..ps.len()).map(|i| match i % 3 { 0 => None, k => Some(f32_fixture.adapters[k - 1].clone()) }).collect();
+    let which: Vec<Option<String>> = (0..ps.len())
+        .map(|i| match i % 3 {
+            0 => None,
+            k => Some(f32_fixture.adapters[k - 1].clone()),
+        })
+        .collect();
     let n = 16;
     for (dtype, be, model) in [("f32", f32_fixture.be.clone(), f32_fixture.model.clone()), ("bf16", be16, model16)] {
         // Per run, per request: (token, its log-probability, the top 2).
@@ -134,14 +147,23 @@ fn prefix_cache_gives_the_same_tokens_in_f32_and_bf16() {
                 kv_blocks: Some(9),
                 max_batch_tokens: 64,
                 prefix_cache: cache,
-                cache: CacheOptions { adapter_dir: Some(f32_fixture.adapter_dir.clone()), max_host_adapters: 8, device_budget_bytes: 1 << 26, max_rank: 64, allow_paths: true, synthetic: None },
+                cache: CacheOptions {
+                    adapter_dir: Some(f32_fixture.adapter_dir.clone()),
+                    max_host_adapters: 8,
+                    device_budget_bytes: 1 << 26,
+                    max_rank: 64,
+                    allow_paths: true,
+                    synthetic: None,
+                },
                 ..EngineOptions::default()
             };
             let engine = Engine::start(be.clone(), model.clone(), f32_fixture.tok.clone(), opts).expect("start the engine");
             let handles: Vec<_> = ps
                 .iter()
                 .zip(&which)
-                .map(|(p, a)| engine.submit(GenerateRequest::new(Prompt::Ids(p.clone()), a.clone(), GenerateOptions { logprobs: Some(2), ..greedy(n) })).unwrap())
+                .map(|(p, a)| {
+                    engine.submit(GenerateRequest::new(Prompt::Ids(p.clone()), a.clone(), GenerateOptions { logprobs: Some(2), ..greedy(n) })).unwrap()
+                })
                 .collect();
             let outs: Vec<_> = handles
                 .into_iter()

@@ -9,7 +9,6 @@
 //! Runs on a GPU, else on the CPU emulator (kernels/emu), where a 135M-parameter step takes
 //! seconds; skips only where neither exists.
 
-
 use crate::common::*;
 use lorafleet::backend::cuda::{test_device, CudaBackend, DType};
 use lorafleet::engine::{score, score_with_adapter, Generator, SeqRequest};
@@ -88,7 +87,12 @@ fn f32_activations_match_hf_and_peft() {
         let o = o.unwrap();
         let p = &prompts()[*i];
         assert_eq!(o.token_ids.len(), 24);
-        assert_greedy_matches(&o.token_ids, &ids(&p[format!("{key}_greedy24")]), &floats(&p[format!("{key}_greedy24_gap")]), &format!("{key} prompt {i} (mixed batch)"));
+        assert_greedy_matches(
+            &o.token_ids,
+            &ids(&p[format!("{key}_greedy24")]),
+            &floats(&p[format!("{key}_greedy24_gap")]),
+            &format!("{key} prompt {i} (mixed batch)"),
+        );
     }
 }
 

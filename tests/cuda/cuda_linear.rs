@@ -10,7 +10,7 @@ use cudarc::driver::{CudaSlice, CudaView};
 use half::bf16;
 use lorafleet::backend::cpu::{bf16 as cpu_bf16, matmul};
 use lorafleet::backend::cuda::linear::{CudaLinear, LinearKernel};
-use lorafleet::backend::cuda::{big_shapes, test_device, CudaElem, CudaDevice};
+use lorafleet::backend::cuda::{big_shapes, test_device, CudaDevice, CudaElem};
 use lorafleet::rng::SplitMix64 as Rng;
 
 use crate::common::rel_l2_f32 as rel_l2;
@@ -77,9 +77,7 @@ fn case<TX: El, TW: El>(
     let xd: CudaSlice<TX> = ops.upload(&pad(&xf).into_iter().map(TX::from_f32).collect::<Vec<_>>()).unwrap();
     let wd: CudaSlice<TW> = ops.upload(&pad(&wf).into_iter().map(TW::from_f32).collect::<Vec<_>>()).unwrap();
     let bd = ops.upload(&bias).unwrap();
-    let y_host: Vec<TX> = (0..off + m * n + GUARD)
-        .map(|i| TX::from_f32(if (off..off + m * n).contains(&i) { f32::NAN } else { 3.0 }))
-        .collect();
+    let y_host: Vec<TX> = (0..off + m * n + GUARD).map(|i| TX::from_f32(if (off..off + m * n).contains(&i) { f32::NAN } else { 3.0 })).collect();
     let mut yd: CudaSlice<TX> = ops.upload(&y_host).unwrap();
     let xv: CudaView<TX> = xd.slice(off..off + m * k);
     let wv: CudaView<TW> = wd.slice(off..off + n * k);

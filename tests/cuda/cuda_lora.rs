@@ -24,9 +24,7 @@ use cudarc::driver::CudaSlice;
 use half::bf16;
 use lorafleet::backend::cpu::lora::{self as cpu, LoraSegmentRef};
 use lorafleet::backend::cuda::ffi::{LF_LORA_MAX_RANK, LF_LORA_TILE_TOKENS};
-use lorafleet::backend::cuda::lora::{
-    plan_lora, CudaLora, CudaLoraSegment, LoraKernel, LoraSegmentDesc, LoraShape,
-};
+use lorafleet::backend::cuda::lora::{plan_lora, CudaLora, CudaLoraSegment, LoraKernel, LoraSegmentDesc, LoraShape};
 use lorafleet::backend::cuda::{test_device, CudaDevice, DType};
 use lorafleet::rng::SplitMix64 as Rng;
 
@@ -68,10 +66,8 @@ struct Batch {
 /// Decode: every row its own segment, adapters drawn at random, every `base_every`-th row (if
 /// any) a base-model row.
 fn decode_batch(rng: &mut Rng, t_rows: usize, n_adapters: usize, base_every: Option<usize>) -> Batch {
-    let segs = (0..t_rows)
-        .filter(|r| base_every.is_none_or(|e| r % e != e - 1))
-        .map(|r| (r, 1, if r < n_adapters { r } else { rng.below(n_adapters) }))
-        .collect();
+    let segs =
+        (0..t_rows).filter(|r| base_every.is_none_or(|e| r % e != e - 1)).map(|r| (r, 1, if r < n_adapters { r } else { rng.below(n_adapters) })).collect();
     Batch { t_rows, segs }
 }
 
@@ -126,24 +122,14 @@ fn run_gpu<T: TestElem>(
     let dx = padded(ops, x, off, sentinel);
     let mut dy = padded(ops, y0, off, sentinel);
     // Adapters at element `off` of their buffers too: off = 1 misaligns them (scalar paths).
-    let dev: Vec<(CudaSlice<T>, CudaSlice<T>)> = adapters
-        .iter()
-        .map(|a| (padded(ops, &a.a_t, off, sentinel), padded(ops, &a.b_t, off, sentinel)))
-        .collect();
+    let dev: Vec<(CudaSlice<T>, CudaSlice<T>)> = adapters.iter().map(|a| (padded(ops, &a.a_t, off, sentinel), padded(ops, &a.b_t, off, sentinel))).collect();
     let segs: Vec<CudaLoraSegment<'_, T>> = batch
         .segs
         .iter()
         .map(|&(start, len, ai)| {
             let (a, b) = &dev[ai];
             let ad = &adapters[ai];
-            CudaLoraSegment {
-                start,
-                len,
-                a: a.slice(off..off + ad.a_t.len()),
-                b: b.slice(off..off + ad.b_t.len()),
-                rank: ad.rank,
-                scale: ad.scale,
-            }
+            CudaLoraSegment { start, len, a: a.slice(off..off + ad.a_t.len()), b: b.slice(off..off + ad.b_t.len()), rank: ad.rank, scale: ad.scale }
         })
         .collect();
     let chosen;
@@ -177,12 +163,7 @@ fn lora_case<T: TestElem>(
     label: &str,
 ) {
     let t_rows = batch.t_rows;
-    let what = format!(
-        "{label} {} {d_in}->{d_out} tokens {t_rows} segments {} adapters {} off {off}",
-        T::NAME,
-        batch.segs.len(),
-        ranks.len()
-    );
+    let what = format!("{label} {} {d_in}->{d_out} tokens {t_rows} segments {} adapters {} off {off}", T::NAME, batch.segs.len(), ranks.len());
     let adapters = make_adapters::<T>(rng, ranks, d_in, d_out);
     let (x_t, x_f) = quantize::<T>(&rng.nonzero(t_rows * d_in, 1.0));
     let (y_t, y0_f) = quantize::<T>(&rng.nonzero(t_rows * d_out, 0.5));
@@ -406,13 +387,7 @@ fn plan_tiles_prefill_segments() {
 fn plan_picks_bgmv_for_decode_with_token_indices() {
     let (d_in, d_out) = (576, 1536);
     // Rows 0, 1, 3, 4 have adapters; row 2 and 5 are the base model's; an empty segment is ignored.
-    let segs = [
-        desc(0, 1, 8, d_in, d_out),
-        desc(1, 1, 128, d_in, d_out),
-        desc(3, 0, 16, d_in, d_out),
-        desc(3, 1, 16, d_in, d_out),
-        desc(4, 1, 8, d_in, d_out),
-    ];
+    let segs = [desc(0, 1, 8, d_in, d_out), desc(1, 1, 128, d_in, d_out), desc(3, 0, 16, d_in, d_out), desc(3, 1, 16, d_in, d_out), desc(4, 1, 8, d_in, d_out)];
     let p = plan_lora(DType::Bf16, shape(6, d_in, d_out), 6 * d_in, 6 * d_out, &segs, None).unwrap();
     assert_eq!(p.kernel, LoraKernel::Bgmv);
     assert_eq!(p.token_seg, vec![0, 1, -1, 2, 3, -1]);

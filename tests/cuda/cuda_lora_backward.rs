@@ -16,8 +16,8 @@
 use lorafleet::backend::cpu::backward as bw;
 use lorafleet::backend::cuda::lora_backward::{plan_lora_backward, CudaLoraBackward, LoraBackwardLens, LoraBackwardShape};
 use lorafleet::backend::cuda::{test_device, CudaDevice};
-use lorafleet::Error;
 use lorafleet::rng::SplitMix64 as Rng;
+use lorafleet::Error;
 
 use crate::common::rel_l2_f32 as rel_l2;
 
@@ -88,7 +88,8 @@ fn plan_refuses_bad_arguments_with_clear_messages() {
         Err(Error::InvalidArgument(m)) => m,
         other => panic!("expected InvalidArgument, got {other:?}"),
     };
-    assert!(msg(plan_lora_backward(&LoraBackwardShape { rank: 65, ..s }, &LoraBackwardLens::for_shape(&LoraBackwardShape { rank: 65, ..s }, true))).contains("rank 65"));
+    assert!(msg(plan_lora_backward(&LoraBackwardShape { rank: 65, ..s }, &LoraBackwardLens::for_shape(&LoraBackwardShape { rank: 65, ..s }, true)))
+        .contains("rank 65"));
     assert!(msg(plan_lora_backward(&s, &LoraBackwardLens { dy: ok.dy + 3, ..ok })).contains("`dy` has"));
     assert!(msg(plan_lora_backward(&LoraBackwardShape { scale: f32::INFINITY, ..s }, &ok)).contains("not finite"));
 }

@@ -23,14 +23,12 @@
 
 use cudarc::driver::CudaSlice;
 use half::bf16;
-use lorafleet::backend::cuda::nf4::{
-    plan_nf4_linear, CudaNf4, CudaNf4Weight, Nf4Buffers, Nf4Kernel, Nf4Override, Nf4Path, Nf4Shape,
-};
+use lorafleet::backend::cuda::nf4::{plan_nf4_linear, CudaNf4, CudaNf4Weight, Nf4Buffers, Nf4Kernel, Nf4Override, Nf4Path, Nf4Shape};
 use lorafleet::backend::cuda::{big_shapes, test_device, CudaDevice, DType, BIG_SHAPES_ENV};
 use lorafleet::quant::nf4::NF4_CODE;
 use lorafleet::quant::{Absmax, Nf4Tensor};
-use rayon::prelude::*;
 use lorafleet::rng::SplitMix64 as Rng;
+use rayon::prelude::*;
 
 use crate::common::cuda_elem::{is_invalid_argument, TestElem, GUARD};
 
@@ -68,11 +66,7 @@ fn check_close(got: &[f32], want: &[f32], tol: f64, elementwise: bool, what: &st
     if elementwise {
         let bound = 0.05 * (den / want.len() as f64).sqrt();
         for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            assert!(
-                ((g - w) as f64).abs() <= bound,
-                "{what}: element {i} of {} is {g}, want {w} (bound {bound:.3e})",
-                got.len()
-            );
+            assert!(((g - w) as f64).abs() <= bound, "{what}: element {i} of {} is {g}, want {w} (bound {bound:.3e})", got.len());
         }
     }
 }
@@ -124,15 +118,7 @@ struct How {
 }
 
 /// One parity case; returns the kernel that ran.
-fn case<T: TestElem>(
-    ops: &CudaDevice,
-    nf4: &CudaNf4,
-    dev_w: &CudaNf4Weight,
-    w: &Weight,
-    rng: &mut Rng,
-    m: usize,
-    how: How,
-) -> Nf4Kernel {
+fn case<T: TestElem>(ops: &CudaDevice, nf4: &CudaNf4, dev_w: &CudaNf4Weight, w: &Weight, rng: &mut Rng, m: usize, how: How) -> Nf4Kernel {
     let (n, k) = (w.n, w.k);
     let xs: Vec<T> = rng.nonzero(m * k, 1.0).into_iter().map(T::from_f32).collect();
     let xf: Vec<f32> = xs.iter().map(|&v| v.to_f32()).collect();
@@ -147,13 +133,7 @@ fn case<T: TestElem>(
         let mut yv = y.slice_mut(0..m * n);
         nf4.linear_with(ops, &xv, m, dev_w, &mut yv, how.force).expect("nf4 linear")
     };
-    let what = format!(
-        "{} W [{n}, {k}] bs {} m {m} x offset {} via {}",
-        T::NAME,
-        w.t.blocksize,
-        how.x_off,
-        kernel.name()
-    );
+    let what = format!("{} W [{n}, {k}] bs {} m {m} x offset {} via {}", T::NAME, w.t.blocksize, how.x_off, kernel.name());
     let got = unpad(ops, &y, 0, m * n, &what);
     check_close(&got, &want, T::TOL, T::NAME == "bf16", &what);
     kernel
@@ -276,18 +256,9 @@ fn blocks_spanning_rows_and_other_blocksizes() {
     let Some(ops) = test_device("cuda_nf4::blocks_spanning_rows_and_other_blocksizes") else { return };
     let nf4 = CudaNf4::new(&ops).expect("the nf4_gemm kernels load");
     let mut rng = Rng::new(30);
-    for (n, k, bs) in [
-        (130, 96, 64),
-        (67, 160, 64),
-        (129, 32, 64),
-        (200, 224, 128),
-        (33, 320, 256),
-        (70, 96, 96),
-        (45, 100, 96),
-        (7, 11, 64),
-        (1, 3, 64),
-        (129, 3, 64),
-    ] {
+    for (n, k, bs) in
+        [(130, 96, 64), (67, 160, 64), (129, 32, 64), (200, 224, 128), (33, 320, 256), (70, 96, 96), (45, 100, 96), (7, 11, 64), (1, 3, 64), (129, 3, 64)]
+    {
         let base = weight(&mut rng, n, k, false);
         let w = if bs == 64 { base } else { reblocked(&mut rng, &base, bs) };
         let dev_w = CudaNf4Weight::upload(&ops, &w.t).expect("upload weight");
@@ -386,13 +357,7 @@ fn wrappers_reject_bad_arguments_before_launching() {
 
 fn lens(m: usize, s: Nf4Shape) -> Nf4Buffers {
     let numel = s.n * s.k;
-    Nf4Buffers {
-        x_len: m * s.k,
-        y_len: m * s.n,
-        packed_len: numel.div_ceil(2),
-        absmax_len: numel.div_ceil(s.blocksize),
-        aligned16: true,
-    }
+    Nf4Buffers { x_len: m * s.k, y_len: m * s.n, packed_len: numel.div_ceil(2), absmax_len: numel.div_ceil(s.blocksize), aligned16: true }
 }
 
 #[test]
@@ -401,8 +366,7 @@ fn plan_chooses_path_and_kernel_for_the_issue_shapes() {
         let s = Nf4Shape { n, k, blocksize: 64 };
         for m in ROWS {
             for dtype in [DType::Bf16, DType::F32] {
-                let p = plan_nf4_linear(m, s, &NF4_CODE, lens(m, s), dtype, Nf4Override::default())
-                    .unwrap_or_else(|e| panic!("[{n}, {k}] m {m}: {e}"));
+                let p = plan_nf4_linear(m, s, &NF4_CODE, lens(m, s), dtype, Nf4Override::default()).unwrap_or_else(|e| panic!("[{n}, {k}] m {m}: {e}"));
                 let gemm = dtype == DType::Bf16 && m > 16;
                 assert_eq!(p.kernel.path, if gemm { Nf4Path::Gemm } else { Nf4Path::Gemv });
                 assert_eq!(p.kernel.fast, k % 32 == 0);
@@ -438,8 +402,5 @@ fn plan_rejects_inconsistent_buffers() {
     let mut code = NF4_CODE;
     code[15] = f32::INFINITY;
     is_invalid_argument(plan_nf4_linear(3, s, &code, lens(3, s), DType::Bf16, auto), "code level 15");
-    is_invalid_argument(
-        plan_nf4_linear(3, Nf4Shape { k: 0, ..s }, &NF4_CODE, lens(3, s), DType::Bf16, auto),
-        "k (input features) is 0",
-    );
+    is_invalid_argument(plan_nf4_linear(3, Nf4Shape { k: 0, ..s }, &NF4_CODE, lens(3, s), DType::Bf16, auto), "k (input features) is 0");
 }

@@ -86,15 +86,7 @@ fn rms_norm_case<T: TestElem>(ops: &CudaDevice, rng: &mut Rng, rows: usize, cols
     let xd = padded(ops, &xt, off, nan);
     let wd = padded(ops, &wt, off, nan);
     let mut od = padded(ops, &vec![nan; rows * cols], off, nan);
-    ops.rms_norm_into(
-        &view(&xd, off, rows * cols),
-        &view(&wd, off, cols),
-        &mut view_mut(&mut od, off, rows * cols),
-        rows,
-        cols,
-        eps,
-    )
-    .expect("rms_norm_into");
+    ops.rms_norm_into(&view(&xd, off, rows * cols), &view(&wd, off, cols), &mut view_mut(&mut od, off, rows * cols), rows, cols, eps).expect("rms_norm_into");
     let got = unpad(ops, &od, off, rows * cols, nan, &what);
     assert_close::<T>(&got, &want, &what);
 }
@@ -160,15 +152,8 @@ fn rope_case<T: TestElem>(ops: &CudaDevice, rng: &mut Rng, rows: usize, dims: Ro
     let mut kd = padded(ops, &kt, off, fill);
     let cd = padded(ops, &cos, off, f32::NAN);
     let sd = padded(ops, &sin, off, f32::NAN);
-    ops.rope(
-        &mut view_mut(&mut qd, off, nq),
-        &mut view_mut(&mut kd, off, nk),
-        &positions,
-        &view(&cd, off, cos.len()),
-        &view(&sd, off, sin.len()),
-        dims,
-    )
-    .expect("rope");
+    ops.rope(&mut view_mut(&mut qd, off, nq), &mut view_mut(&mut kd, off, nk), &positions, &view(&cd, off, cos.len()), &view(&sd, off, sin.len()), dims)
+        .expect("rope");
     let got_q = unpad(ops, &qd, off, nq, fill, &format!("{what} q"));
     let got_k = unpad(ops, &kd, off, nk, fill, &format!("{what} k"));
     assert_close::<T>(&got_q, &want_q, &format!("{what} q"));
@@ -306,13 +291,7 @@ fn embedding_parity<T: TestElem>(ops: &CudaDevice) {
                     let nan = T::from_f32(f32::NAN);
                     let td = padded(ops, &tt, off, nan);
                     let mut od = padded(ops, &vec![nan; n_ids * hidden], off, nan);
-                    ops.embedding_into(
-                        &view(&td, off, vocab * hidden),
-                        hidden,
-                        &ids,
-                        &mut view_mut(&mut od, off, n_ids * hidden),
-                    )
-                    .expect("embedding_into");
+                    ops.embedding_into(&view(&td, off, vocab * hidden), hidden, &ids, &mut view_mut(&mut od, off, n_ids * hidden)).expect("embedding_into");
                     let got = unpad(ops, &od, off, n_ids * hidden, nan, &what);
                     assert_close::<T>(&got, &want, &what);
                     // A gather is a copy: bit-exact.

@@ -34,11 +34,14 @@ fn device_random_weights_equal_the_host_twin() {
                     assert!(packed == tensor.packed, "{spec:?}: the codes differ");
                     assert!(absmax == tensor.block_absmax(), "{spec:?}: the block scales differ");
                 }
-                (w, h) => panic!("{spec:?}: device and host formats differ ({} vs {h:?})", match w {
-                    CudaWeight::Dense(_) => "dense",
-                    CudaWeight::Bf16(_) => "bf16",
-                    CudaWeight::Nf4(_) => "nf4",
-                }),
+                (w, h) => panic!(
+                    "{spec:?}: device and host formats differ ({} vs {h:?})",
+                    match w {
+                        CudaWeight::Dense(_) => "dense",
+                        CudaWeight::Bf16(_) => "bf16",
+                        CudaWeight::Nf4(_) => "nf4",
+                    }
+                ),
             }
         }
     }

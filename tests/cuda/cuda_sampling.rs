@@ -8,8 +8,8 @@ use cudarc::driver::CudaSlice;
 use half::bf16;
 use lorafleet::backend::cuda::sampling::CudaSampler;
 use lorafleet::backend::cuda::{test_device, CudaDevice};
-use lorafleet::backend::sampling::{sample_row, SampleRow, NON_FINITE};
 use lorafleet::backend::sampler::argmax;
+use lorafleet::backend::sampling::{sample_row, SampleRow, NON_FINITE};
 use lorafleet::rng::SplitMix64 as Rng;
 
 fn rows_for(n: usize, seed: u64) -> Vec<SampleRow> {

@@ -5,7 +5,6 @@
 //! (LORAFLEET_CUDA_EMU=1, set for the child process only), where a step of the 135M model takes
 //! seconds: the requests are short.
 
-
 use std::time::Duration;
 
 use crate::common::server::TestServer;
@@ -41,10 +40,7 @@ fn serve_on_cuda_answers_generate_and_completions() {
     let n = 3;
 
     // LoRAX /generate with the golden adapter: peft's first greedy tokens.
-    let r = server.post(
-        "/generate",
-        json!({"inputs": prompt, "parameters": {"adapter_id": "a_r8_all", "max_new_tokens": n, "temperature": 0.0}}),
-    );
+    let r = server.post("/generate", json!({"inputs": prompt, "parameters": {"adapter_id": "a_r8_all", "max_new_tokens": n, "temperature": 0.0}}));
     assert_eq!(r.status, 200, "{}", r.body);
     let want: Vec<u32> = ids(&p["a_r8_all_greedy24"])[..n].to_vec();
     assert_eq!(r.json()["generated_text"].as_str().unwrap(), tok.decode(&want, true).unwrap());
@@ -76,7 +72,8 @@ fn serve_on_cuda_answers_generate_and_completions() {
     // text of a repetitive prompt and leaves the others in the step alone.
     let rep = "1, 1, 1, 1, 1, 1, 1, 1,";
     let plain = server.post("/v1/completions", json!({"prompt": rep, "max_tokens": 4, "temperature": 0.0})).json();
-    let pen = server.post("/v1/completions", json!({"prompt": rep, "max_tokens": 4, "temperature": 0.0, "repetition_penalty": 2.0, "presence_penalty": 1.0})).json();
+    let pen =
+        server.post("/v1/completions", json!({"prompt": rep, "max_tokens": 4, "temperature": 0.0, "repetition_penalty": 2.0, "presence_penalty": 1.0})).json();
     assert_ne!(plain["choices"][0]["text"], pen["choices"][0]["text"], "{plain} / {pen}");
 
     // A bad request fails alone, as JSON.

@@ -9,7 +9,7 @@
 use lorafleet::backend::cuda::{test_device, CudaBackend, DType};
 use lorafleet::backend::train::TrainBackend;
 use lorafleet::lora::{LoraAdapter, LoraModule};
-use lorafleet::train::{BaseFormat, TokenizedExample, LoraGrads, StepOptions, TrainBatch, TrainModel};
+use lorafleet::train::{BaseFormat, LoraGrads, StepOptions, TokenizedExample, TrainBatch, TrainModel};
 
 use crate::common::rel_l2;
 

@@ -24,7 +24,13 @@ fn cuda(test: &str) -> Option<CudaBackend> {
 }
 
 /// `[rows, cols]` of fresh random values on both backends.
-fn pair(cpu: &CpuBackend, gpu: &CudaBackend, rng: &mut SplitMix64, rows: usize, cols: usize) -> (Vec<f32>, <CpuBackend as Backend>::Tensor, <CudaBackend as Backend>::Tensor) {
+fn pair(
+    cpu: &CpuBackend,
+    gpu: &CudaBackend,
+    rng: &mut SplitMix64,
+    rows: usize,
+    cols: usize,
+) -> (Vec<f32>, <CpuBackend as Backend>::Tensor, <CudaBackend as Backend>::Tensor) {
     let v = rng.nonzero(rows * cols, 1.0);
     (v.clone(), cpu.tensor_from_host(&v, rows, cols).unwrap(), gpu.tensor_from_host(&v, rows, cols).unwrap())
 }

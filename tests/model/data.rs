@@ -44,13 +44,7 @@ fn split_rule_on_synthetic_corpus() {
     .map(|(t, l)| (sha256_hex(t.as_bytes()), *t, *l))
     .collect();
     want.sort();
-    let got: Vec<(String, &str, &str)> = s
-        .test
-        .iter()
-        .chain(&s.validation)
-        .chain(&s.train)
-        .map(|e| (e.sha256.clone(), e.text.as_str(), e.label))
-        .collect();
+    let got: Vec<(String, &str, &str)> = s.test.iter().chain(&s.validation).chain(&s.train).map(|e| (e.sha256.clone(), e.text.as_str(), e.label)).collect();
     assert_eq!(got, want);
     assert_eq!((s.test.len(), s.validation.len(), s.train.len()), (2, 1, 2));
     // Sorted by hash across the split boundaries.
@@ -126,20 +120,14 @@ fn lora_land_task_layout() {
          ### Sentence 1: {sentence1}\n\n\n  ### Sentence 2: {sentence2}\n\n\n  ### Similarity Score: \nnum_examples:\n  train: 2\n",
     )
     .unwrap();
-    std::fs::write(
-        task.join("glue_stsb_full.csv"),
-        "sentence1,sentence2,label,split\nA cat.,A dog.,1.5,0\n\"A man, running.\",A man runs.,4.8,1\nX,Y,0.0,1\n",
-    )
-    .unwrap();
+    std::fs::write(task.join("glue_stsb_full.csv"), "sentence1,sentence2,label,split\nA cat.,A dog.,1.5,0\n\"A man, running.\",A man runs.,4.8,1\nX,Y,0.0,1\n")
+        .unwrap();
     let t = load_task(&task).unwrap();
     assert_eq!(t.meta.name, "glue_stsb");
     assert_eq!(t.meta.metric_name, "stsb");
     assert_eq!(t.meta.split, Some(("split".into(), "1".into())));
     assert_eq!(t.examples.len(), 2, "only split == 1");
-    assert_eq!(
-        t.examples[0].prompt,
-        "Rate the similarity:\n\n### Sentence 1: A man, running.\n\n### Sentence 2: A man runs.\n\n### Similarity Score: "
-    );
+    assert_eq!(t.examples[0].prompt, "Rate the similarity:\n\n### Sentence 1: A man, running.\n\n### Sentence 2: A man runs.\n\n### Similarity Score: ");
     assert_eq!((t.examples[0].target.as_str(), t.examples[0].line), ("4.8", 3));
 
     // The harness's own convention: data_path relative to the harness root.

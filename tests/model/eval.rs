@@ -1,7 +1,6 @@
 //! `lorafleet eval` on the real model: the per-example output file, the printed score, batching
 //! that does not change outputs, harness tasks, and clean errors.
 
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -40,10 +39,7 @@ fn sentiment_file(dir: &Path) -> PathBuf {
         ("The worst script I have seen in a decade.", "negative"),
     ];
     let p = dir.join("reviews.jsonl");
-    let lines: Vec<String> = reviews
-        .iter()
-        .map(|(t, l)| jsonl_line(&LabeledText { sha256: String::new(), text: t.to_string(), label: l }))
-        .collect();
+    let lines: Vec<String> = reviews.iter().map(|(t, l)| jsonl_line(&LabeledText { sha256: String::new(), text: t.to_string(), label: l })).collect();
     std::fs::write(&p, lines.join("\n") + "\n").unwrap();
     p
 }
@@ -53,18 +49,12 @@ fn eval_cli_writes_outputs_and_score() {
     let dir = tmpdir("cli");
     let data = sentiment_file(&dir);
     let out = dir.join("out/results.jsonl");
-    let o = lorafleet(&[
-        "eval", "--model", s(&model_dir()), "--data", s(&data), "--max-new-tokens", "3", "--batch-size", "4",
-        "--threads", "2", "--out", s(&out),
-    ]);
+    let o =
+        lorafleet(&["eval", "--model", s(&model_dir()), "--data", s(&data), "--max-new-tokens", "3", "--batch-size", "4", "--threads", "2", "--out", s(&out)]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");
     let stdout = String::from_utf8_lossy(&o.stdout);
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 6);
     let mut total = 0.0;
     for (i, v) in lines.iter().enumerate() {
@@ -126,15 +116,9 @@ fn eval_task_folder_and_errors() {
          prompt_template: |\n  <|im_start|>user\n  Repeat exactly: {phrase}<|im_end|>\n  <|im_start|>assistant\n",
     )
     .unwrap();
-    std::fs::write(
-        task.join("data.csv"),
-        "phrase,answer,split\nthe quick brown fox,the quick brown fox,test\nhello world,hello world,train\n",
-    )
-    .unwrap();
+    std::fs::write(task.join("data.csv"), "phrase,answer,split\nthe quick brown fox,the quick brown fox,test\nhello world,hello world,train\n").unwrap();
     let out = root.join("r.jsonl");
-    let o = lorafleet(&[
-        "eval", "--model", s(&model_dir()), "--task", s(&task), "--max-new-tokens", "8", "--threads", "2", "--out", s(&out),
-    ]);
+    let o = lorafleet(&["eval", "--model", s(&model_dir()), "--task", s(&task), "--max-new-tokens", "8", "--threads", "2", "--out", s(&out)]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.starts_with("rouge_l: ") && stdout.contains("on 1 examples"), "{stdout}");

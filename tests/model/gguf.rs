@@ -403,11 +403,7 @@ fn read_json(p: &Path) -> serde_json::Value {
 fn read_safetensors(p: &Path) -> Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> {
     let buf = std::fs::read(p).unwrap();
     let st = safetensors::SafeTensors::deserialize(&buf).unwrap();
-    let mut out: Vec<_> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
-        .collect();
+    let mut out: Vec<_> = st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
@@ -486,15 +482,9 @@ fn metadata_all_value_types_v2_and_v3() {
         assert_eq!(f.get("a.i64"), Some(&GgufValue::I64(-(1 << 40))));
         assert_eq!(f.get("a.f64"), Some(&GgufValue::F64(-2.25)));
         assert_eq!(f.get("a.arr_i32"), Some(&GgufValue::Array(vec![GgufValue::I32(1), GgufValue::I32(-2)])));
-        assert_eq!(
-            f.get("a.arr_str"),
-            Some(&GgufValue::Array(vec![GgufValue::String("x".into()), GgufValue::String("y z".into())]))
-        );
+        assert_eq!(f.get("a.arr_str"), Some(&GgufValue::Array(vec![GgufValue::String("x".into()), GgufValue::String("y z".into())])));
         assert_eq!(f.get("a.arr_empty"), Some(&GgufValue::Array(vec![])));
-        assert_eq!(
-            f.get("a.arr_nested"),
-            Some(&GgufValue::Array(vec![GgufValue::Array(vec![GgufValue::U8(1), GgufValue::U8(2)])]))
-        );
+        assert_eq!(f.get("a.arr_nested"), Some(&GgufValue::Array(vec![GgufValue::Array(vec![GgufValue::U8(1), GgufValue::U8(2)])])));
         let t = f.tensor("t").unwrap();
         assert_eq!(t.shape(), vec![2, 3]);
         assert_eq!(f.dequantize(t).unwrap(), vals);
@@ -600,11 +590,7 @@ fn check_converted(tied: bool, dtype: OutDType) {
     assert_eq!(tc["added_tokens_decoder"]["1"]["special"], true);
 
     // No staging directory left behind.
-    let leftovers: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
-        .collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
     assert!(leftovers.is_empty());
 }
 
@@ -634,16 +620,7 @@ fn tokenizer_json_encodes_and_decodes() {
     // only h+e; "12" stays two digits although "1 2" is a merge (digits are split first).
     let text = "<|im_start|>the the\n12<|im_end|>";
     let enc = tok.encode(text, false).unwrap();
-    let want = vec![
-        1,
-        byte_id(b't'),
-        id("he"),
-        id("Ġthe"),
-        byte_id(b'\n'),
-        byte_id(b'1'),
-        byte_id(b'2'),
-        2,
-    ];
+    let want = vec![1, byte_id(b't'), id("he"), id("Ġthe"), byte_id(b'\n'), byte_id(b'1'), byte_id(b'2'), 2];
     assert_eq!(enc.get_ids(), want.as_slice());
     assert_eq!(tok.decode(enc.get_ids(), false).unwrap(), text);
     // No BOS is added (add_bos_token false).

@@ -3,7 +3,6 @@
 //! to the baseline after unloading; loads in the background; unknown and broken adapters fail
 //! alone.
 
-
 use std::sync::Arc;
 
 use crate::common::*;
@@ -42,7 +41,14 @@ fn fixture() -> &'static Fixture {
 
 fn cache(budget_adapters: usize, max_host: usize) -> AdapterCache<CpuBackend> {
     let f = fixture();
-    let opts = CacheOptions { adapter_dir: Some(f.dir.clone()), max_host_adapters: max_host, device_budget_bytes: budget_adapters * f.bytes, max_rank: 64, allow_paths: true, synthetic: None };
+    let opts = CacheOptions {
+        adapter_dir: Some(f.dir.clone()),
+        max_host_adapters: max_host,
+        device_budget_bytes: budget_adapters * f.bytes,
+        max_rank: 64,
+        allow_paths: true,
+        synthetic: None,
+    };
     AdapterCache::new(f.be.clone(), f.model.config.clone(), opts)
 }
 
@@ -155,14 +161,28 @@ fn a_broken_adapter_fails_alone() {
     let w = dir.join("broken/adapter_model.safetensors");
     let len = std::fs::metadata(&w).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&w).unwrap().set_len(len / 2).unwrap();
-    let opts = CacheOptions { adapter_dir: Some(dir.clone()), max_host_adapters: 4, device_budget_bytes: 4 * f.bytes, max_rank: 64, allow_paths: true, synthetic: None };
+    let opts = CacheOptions {
+        adapter_dir: Some(dir.clone()),
+        max_host_adapters: 4,
+        device_budget_bytes: 4 * f.bytes,
+        max_rank: 64,
+        allow_paths: true,
+        synthetic: None,
+    };
     let mut c = AdapterCache::new(f.be.clone(), f.model.config.clone(), opts);
     let err = c.get_blocking("broken").err().expect("broken adapter loaded");
     assert!(err.to_string().contains("broken"), "{err}");
     assert!(c.get_blocking("good").is_ok());
     assert_eq!(c.stats().device_bytes, f.bytes, "the failed load released its reservation");
     // Rank above the configured maximum is refused too.
-    let opts = CacheOptions { adapter_dir: Some(dir.clone()), max_host_adapters: 4, device_budget_bytes: 4 * f.bytes, max_rank: 4, allow_paths: true, synthetic: None };
+    let opts = CacheOptions {
+        adapter_dir: Some(dir.clone()),
+        max_host_adapters: 4,
+        device_budget_bytes: 4 * f.bytes,
+        max_rank: 4,
+        allow_paths: true,
+        synthetic: None,
+    };
     let mut c = AdapterCache::new(f.be.clone(), f.model.config.clone(), opts);
     assert!(c.get_blocking("good").unwrap_err().to_string().contains("maximum"));
     std::fs::remove_dir_all(&dir).ok();
@@ -177,7 +197,8 @@ fn synthetic_adapters_are_made_on_the_backend() {
     use lorafleet::lora::SyntheticAdapters;
     let f = fixture();
     let synthetic = Some(SyntheticAdapters { count: 3, rank: 4, seed: 9 });
-    let opts = CacheOptions { adapter_dir: Some(f.dir.clone()), max_host_adapters: 4, device_budget_bytes: 1 << 30, max_rank: 64, allow_paths: true, synthetic };
+    let opts =
+        CacheOptions { adapter_dir: Some(f.dir.clone()), max_host_adapters: 4, device_budget_bytes: 1 << 30, max_rank: 64, allow_paths: true, synthetic };
     let mut c = AdapterCache::new(f.be.clone(), f.model.config.clone(), opts.clone());
     let listed = c.available();
     assert_eq!(&listed[listed.len() - 3..], ["synthetic-0", "synthetic-1", "synthetic-2"]);
@@ -214,7 +235,14 @@ fn a_rewritten_adapter_folder_is_reloaded() {
     let want = |a: &LoraAdapter| last_logits(&LoadedAdapter::upload(&*f.be, a).unwrap());
     let (v1, v2) = (version(501), version(502));
     v1.save(&tmp.path().join("x")).unwrap();
-    let opts = CacheOptions { adapter_dir: Some(tmp.path().to_path_buf()), max_host_adapters: 4, device_budget_bytes: 4 * f.bytes, max_rank: 64, allow_paths: false, synthetic: None };
+    let opts = CacheOptions {
+        adapter_dir: Some(tmp.path().to_path_buf()),
+        max_host_adapters: 4,
+        device_budget_bytes: 4 * f.bytes,
+        max_rank: 64,
+        allow_paths: false,
+        synthetic: None,
+    };
     let mut c = AdapterCache::new(f.be.clone(), f.model.config.clone(), opts);
     let old = c.get_blocking("x").unwrap();
     assert!(rel_l2(&last_logits(&old), &want(&v1)) < 1e-6);

@@ -3,7 +3,6 @@
 //! rsLoRA): last-position logits (rel L2 < 1e-4), 24 greedy tokens; one batch mixing the base
 //! and both adapters gives every sequence what it gives alone; bad adapters fail with a reason.
 
-
 use crate::common::*;
 use lorafleet::backend::cpu::CpuBackend;
 use lorafleet::engine::{score_with_adapter, GenerateOptions, Generator, SamplingParams, SeqRequest};
@@ -86,7 +85,14 @@ fn greedy24_matches_peft() {
     let g = Generator::new(&f.model, &f.be, &f.tok);
     for (ai, name) in ADAPTERS.iter().enumerate() {
         for (i, p) in prompts().iter().enumerate() {
-            let opts = GenerateOptions { max_new_tokens: 24, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: true, logprobs: None, prompt_logprobs: false };
+            let opts = GenerateOptions {
+                max_new_tokens: 24,
+                sampling: SamplingParams::greedy(),
+                stop: vec![],
+                ignore_eos: true,
+                logprobs: None,
+                prompt_logprobs: false,
+            };
             let req = SeqRequest { prompt_ids: ids(&p["ids"]), options: opts };
             let out = g.generate_with_adapters(&[req], &[Some(&f.adapters[ai])], |_, _| {}).unwrap();
             let out = out.into_iter().next().unwrap().unwrap();
@@ -106,7 +112,8 @@ fn greedy24_matches_peft() {
 fn mixed_adapter_batch_equals_each_alone() {
     let f = fixture();
     let g = Generator::new(&f.model, &f.be, &f.tok);
-    let opts = GenerateOptions { max_new_tokens: 12, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: true, logprobs: None, prompt_logprobs: false };
+    let opts =
+        GenerateOptions { max_new_tokens: 12, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: true, logprobs: None, prompt_logprobs: false };
     let mut reqs = Vec::new();
     let mut which: Vec<Option<&LoadedAdapter<CpuBackend>>> = Vec::new();
     for p in prompts() {

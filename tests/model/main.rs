@@ -6,15 +6,15 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-mod golden_smollm2;
-mod nf4;
-mod nf4_model;
-mod lm_head_formats;
-mod lora_golden;
-mod lora_cache;
-mod gguf;
-mod non_finite;
-mod train_model;
-mod train_backward_ops;
 mod data;
 mod eval;
+mod gguf;
+mod golden_smollm2;
+mod lm_head_formats;
+mod lora_cache;
+mod lora_golden;
+mod nf4;
+mod nf4_model;
+mod non_finite;
+mod train_backward_ops;
+mod train_model;

@@ -5,9 +5,9 @@
 
 use crate::common;
 
-use lorafleet::weights::WeightFiles;
 use lorafleet::quant::nf4::{DYNAMIC_CODE, NF4_CODE};
 use lorafleet::quant::{bnb, Absmax, Nf4Tensor};
+use lorafleet::weights::WeightFiles;
 
 fn u8s(w: &WeightFiles, name: &str) -> Vec<u8> {
     w.raw(name).unwrap().3.to_vec()

@@ -4,7 +4,6 @@
 //! Also: a `quantize` checkpoint loads to the same logits, and NF4 decode (fused GEMV) agrees with
 //! NF4 prefill (tiled path).
 
-
 use crate::common::*;
 use lorafleet::backend::cpu::CpuBackend;
 use lorafleet::engine::score;
@@ -46,13 +45,9 @@ fn quantize_command_checkpoint_equals_quantize_while_loading() {
     let _ = std::fs::remove_dir_all(&out);
     let src = model_dir();
     let bin = env!("CARGO_BIN_EXE_lorafleet");
-    let o = std::process::Command::new(bin)
-        .args(["quantize", "--model", src.to_str().unwrap(), "--out", out.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let o = std::process::Command::new(bin).args(["quantize", "--model", src.to_str().unwrap(), "--out", out.to_str().unwrap()]).output().unwrap();
     assert!(o.status.success(), "quantize: {}", String::from_utf8_lossy(&o.stderr));
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["quantization_config"]["bnb_4bit_quant_type"], "nf4");
     assert_eq!(cfg["quantization_config"]["bnb_4bit_use_double_quant"], true);
     let w = lorafleet::weights::WeightFiles::open_dir(&out).unwrap();
@@ -91,10 +86,9 @@ fn nf4_decode_agrees_with_nf4_full_forward() {
     let model = Llama::load_with(&be, &model_dir(), opts).expect("load NF4 model");
     let tok = lorafleet::TextTokenizer::from_dir(&model_dir()).expect("tokenizer");
     let prompt = ids(&golden_json()["prompts"][1]["ids"]);
-    let gen_opts = GenerateOptions { max_new_tokens: 12, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: true, logprobs: None, prompt_logprobs: false };
-    let out = Generator::new(&model, &be, &tok)
-        .generate(&[SeqRequest { prompt_ids: prompt.clone(), options: gen_opts }], |_, _| {})
-        .unwrap();
+    let gen_opts =
+        GenerateOptions { max_new_tokens: 12, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: true, logprobs: None, prompt_logprobs: false };
+    let out = Generator::new(&model, &be, &tok).generate(&[SeqRequest { prompt_ids: prompt.clone(), options: gen_opts }], |_, _| {}).unwrap();
     let generated = out.into_iter().next().unwrap().unwrap().token_ids;
     assert_eq!(generated.len(), 12);
     let mut all = prompt.clone();

@@ -253,9 +253,7 @@ fn cross_entropy_lm_head_matches_full_logits_and_finite_differences() {
     let full = |h: &[f32]| -> f64 {
         (0..n)
             .map(|r| {
-                let logits: Vec<f64> = (0..vocab)
-                    .map(|v| (0..hidden).map(|i| h[r * hidden + i] as f64 * w[v * hidden + i] as f64).sum())
-                    .collect();
+                let logits: Vec<f64> = (0..vocab).map(|v| (0..hidden).map(|i| h[r * hidden + i] as f64 * w[v * hidden + i] as f64).sum()).collect();
                 let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let lse = m + logits.iter().map(|l| (l - m).exp()).sum::<f64>().ln();
                 weights[r] as f64 * (lse - logits[targets[r] as usize])
@@ -266,6 +264,10 @@ fn cross_entropy_lm_head_matches_full_logits_and_finite_differences() {
     for chunk in [7usize, 10, 50, 64] {
         let (loss, dh) = bw::cross_entropy_lm_head(&h, &w, hidden, &targets, &weights, chunk);
         assert!((loss - want).abs() < 1e-5 * want.abs(), "chunk {chunk}: loss {loss} vs {want}");
-        assert_close(&format!("cross-entropy dh (chunk {chunk})"), &dh, &numeric_grad(&h, |h| bw::cross_entropy_lm_head(h, &w, hidden, &targets, &weights, chunk).0));
+        assert_close(
+            &format!("cross-entropy dh (chunk {chunk})"),
+            &dh,
+            &numeric_grad(&h, |h| bw::cross_entropy_lm_head(h, &w, hidden, &targets, &weights, chunk).0),
+        );
     }
 }

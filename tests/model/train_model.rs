@@ -5,7 +5,7 @@
 
 use lorafleet::lora::{LoraAdapter, LoraModule};
 use lorafleet::quant::Quantization;
-use lorafleet::train::{BaseFormat, TokenizedExample, LoraGrads, StepOptions, TrainBatch, TrainModel};
+use lorafleet::train::{BaseFormat, LoraGrads, StepOptions, TokenizedExample, TrainBatch, TrainModel};
 
 fn tiny(quantize: Option<Quantization>) -> TrainModel {
     // One fresh directory per call (tests run in parallel), removed when the guard drops.
@@ -53,7 +53,11 @@ fn check_against_finite_differences_with(model: &TrainModel, opts: StepOptions) 
             for which in 0..2 {
                 let len = {
                     let p = a.layers[li][m.index()].as_ref().unwrap();
-                    if which == 0 { p.a.data.len() } else { p.b.data.len() }
+                    if which == 0 {
+                        p.a.data.len()
+                    } else {
+                        p.b.data.len()
+                    }
                 };
                 let g = &grads.layers[li][m.index()].as_ref().unwrap();
                 let g = if which == 0 { &g.0 } else { &g.1 };

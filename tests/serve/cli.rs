@@ -1,7 +1,6 @@
 //! The CLI end to end on the real model: generate/score output formats, and bad input giving a
 //! one-line error and a non-zero exit, never a panic.
 
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -54,13 +53,25 @@ fn md(p: &Path) -> &str {
 fn generate_json_and_score_json() {
     let dir = model_dir();
     let o = lorafleet(&[
-        "generate", "--model", md(&dir), "--prompt", "The capital of France is", "--prompt", "def fibonacci(n):\n    ",
-        "--temperature", "0", "--max-new-tokens", "24", "--ignore-eos", "--json", "--threads", "2",
+        "generate",
+        "--model",
+        md(&dir),
+        "--prompt",
+        "The capital of France is",
+        "--prompt",
+        "def fibonacci(n):\n    ",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "24",
+        "--ignore-eos",
+        "--json",
+        "--threads",
+        "2",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let golden = golden_json();
-    let lines: Vec<serde_json::Value> =
-        String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2, "one JSON object per prompt");
     for (line, gi) in lines.iter().zip([0usize, 2]) {
         let p = &golden["prompts"][gi];
@@ -82,10 +93,7 @@ fn generate_json_and_score_json() {
 #[test]
 fn chat_template_and_stop_string() {
     let dir = model_dir();
-    let o = lorafleet(&[
-        "generate", "--model", md(&dir), "--chat", "--prompt", "What is the capital of France?", "--max-new-tokens", "40",
-        "--json",
-    ]);
+    let o = lorafleet(&["generate", "--model", md(&dir), "--chat", "--prompt", "What is the capital of France?", "--max-new-tokens", "40", "--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let p = ids(&v["prompt_ids"]);
@@ -93,8 +101,17 @@ fn chat_template_and_stop_string() {
     assert!(v["text"].as_str().unwrap().contains("Paris"), "{v}");
     // A stop string cuts the text before it.
     let o = lorafleet(&[
-        "generate", "--model", md(&dir), "--prompt", "The capital of France is", "--max-new-tokens", "24", "--ignore-eos",
-        "--stop", "\n", "--json",
+        "generate",
+        "--model",
+        md(&dir),
+        "--prompt",
+        "The capital of France is",
+        "--max-new-tokens",
+        "24",
+        "--ignore-eos",
+        "--stop",
+        "\n",
+        "--json",
     ]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["finish_reason"], "stop");
@@ -200,8 +217,23 @@ fn bad_inputs_fail_cleanly() {
 fn cpu_isa_levels_are_named_forced_and_refused_cleanly() {
     use lorafleet::backend::cpu::isa::{self, Isa};
     let dir = model_dir();
-    let run = |isa: &str, args: &[&str]| Command::new(env!("CARGO_BIN_EXE_lorafleet")).env("LORAFLEET_CPU_ISA", isa).args(args).output().expect("run lorafleet");
-    let gen = ["generate", "--model", md(&dir), "--prompt", "The capital of France is", "--temperature", "0", "--max-new-tokens", "12", "--threads", "2", "--device", "cpu"];
+    let run =
+        |isa: &str, args: &[&str]| Command::new(env!("CARGO_BIN_EXE_lorafleet")).env("LORAFLEET_CPU_ISA", isa).args(args).output().expect("run lorafleet");
+    let gen = [
+        "generate",
+        "--model",
+        md(&dir),
+        "--prompt",
+        "The capital of France is",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "12",
+        "--threads",
+        "2",
+        "--device",
+        "cpu",
+    ];
     let mut texts = Vec::new();
     for level in isa::available() {
         let name = level.isa().name();
@@ -268,7 +300,11 @@ fn limits_and_load_time_checks_refuse_cleanly() {
     let bad = good.replace("\"eos_token_id\": 2", "\"eos_token_id\": 49152");
     assert_ne!(bad, good);
     let d = model_copy("eos", "config.json", bad.as_bytes());
-    assert_clean_error(&lorafleet(&["generate", "--model", md(&d), "--prompt", "hi"]), "eos outside the vocabulary", "`eos_token_id` 49152 is outside the vocabulary");
+    assert_clean_error(
+        &lorafleet(&["generate", "--model", md(&d), "--prompt", "hi"]),
+        "eos outside the vocabulary",
+        "`eos_token_id` 49152 is outside the vocabulary",
+    );
 
     // A tokenizer with no vocabulary: refused by every verb that opens the model, quantize too.
     let empty = br#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,"model":{"type":"WordLevel","vocab":{},"unk_token":"[UNK]"}}"#;

@@ -1,7 +1,6 @@
 //! `generate --adapter`, `score --adapter` and a prompts file mixing adapters, end to end
 //! through the CLI with the golden peft adapters.
 
-
 use std::process::{Command, Output};
 
 use crate::common::*;
@@ -21,7 +20,20 @@ fn score_with_adapter_matches_peft_top_logits() {
     let gt = golden_tensors();
     let text = g["prompts"][0]["text"].as_str().unwrap();
     for name in ["a_r8_all", "b_r16_qv_rslora"] {
-        let o = lorafleet(&["score", "--model", dir.to_str().unwrap(), "--prompt", text, "--adapter", name, "--adapter-dir", &adapters_dir(), "--json", "--threads", "2"]);
+        let o = lorafleet(&[
+            "score",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            text,
+            "--adapter",
+            name,
+            "--adapter-dir",
+            &adapters_dir(),
+            "--json",
+            "--threads",
+            "2",
+        ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         let want = gt.f32(&format!("{name}.p0.last_logits")).unwrap().data;
@@ -48,8 +60,19 @@ fn prompts_file_mixes_adapters_and_an_unknown_adapter_fails_alone() {
     ];
     std::fs::write(&file, lines.iter().map(|l| l.to_string() + "\n").collect::<String>()).unwrap();
     let o = lorafleet(&[
-        "generate", "--model", dir.to_str().unwrap(), "--prompts-file", file.to_str().unwrap(), "--adapter-dir", &adapters_dir(),
-        "--max-new-tokens", "24", "--ignore-eos", "--json", "--threads", "2",
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompts-file",
+        file.to_str().unwrap(),
+        "--adapter-dir",
+        &adapters_dir(),
+        "--max-new-tokens",
+        "24",
+        "--ignore-eos",
+        "--json",
+        "--threads",
+        "2",
     ]);
     // One prompt failed: exit 1, but every other prompt's output is there.
     assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
@@ -89,8 +112,24 @@ fn bad_adapter_arguments_fail_cleanly() {
 fn bench_in_process_with_synthetic_adapters_reports_every_point() {
     let dir = model_dir();
     let o = lorafleet(&[
-        "bench", "--model", dir.to_str().unwrap(), "--synthetic-adapters", "3", "--adapters", "3", "--concurrency", "1,3",
-        "--duration", "2", "--input-tokens", "30-40", "--output-tokens", "2-4", "--threads", "2", "--json",
+        "bench",
+        "--model",
+        dir.to_str().unwrap(),
+        "--synthetic-adapters",
+        "3",
+        "--adapters",
+        "3",
+        "--concurrency",
+        "1,3",
+        "--duration",
+        "2",
+        "--input-tokens",
+        "30-40",
+        "--output-tokens",
+        "2-4",
+        "--threads",
+        "2",
+        "--json",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = String::from_utf8_lossy(&o.stdout);
@@ -123,7 +162,8 @@ fn eval_with_an_adapter_runs_it() {
     std::fs::write(&data, "{\"prompt\": \"The capital of France is\", \"completion\": \" Paris\"}\n").unwrap();
     let run = |adapter: Option<&str>| {
         let out = std::env::temp_dir().join(format!("lorafleet-eval-lora-out-{}-{}.jsonl", std::process::id(), adapter.unwrap_or("base")));
-        let mut args = vec!["eval", "--model", dir.to_str().unwrap(), "--data", data.to_str().unwrap(), "--max-new-tokens", "12", "--out", out.to_str().unwrap()];
+        let mut args =
+            vec!["eval", "--model", dir.to_str().unwrap(), "--data", data.to_str().unwrap(), "--max-new-tokens", "12", "--out", out.to_str().unwrap()];
         let ad = adapters_dir();
         if let Some(a) = adapter {
             args.extend(["--adapter", a, "--adapter-dir", &ad]);

@@ -7,7 +7,6 @@
 //! a venv with the pinned versions). Without it the test says so and skips; with
 //! `LORAFLEET_REQUIRE_CLIENTS=1` it fails instead.
 
-
 use std::process::Command;
 use std::time::Duration;
 

@@ -4,7 +4,6 @@
 //! requests are refused at submit; a flood needing more KV than the pool holds completes
 //! (admission control + preemption), still with the right tokens.
 
-
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -12,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use lorafleet::backend::cpu::CpuBackend;
-use lorafleet::engine::{
-    CacheOptions, Engine, EngineOptions, Event, GenerateOptions, GenerateRequest, Prompt, SamplingParams,
-};
+use lorafleet::engine::{CacheOptions, Engine, EngineOptions, Event, GenerateOptions, GenerateRequest, Prompt, SamplingParams};
 use lorafleet::lora::{LoadedAdapter, LoraAdapter, LoraModule};
 use lorafleet::model::Llama;
 use lorafleet::{Error, TextTokenizer};
@@ -59,7 +56,14 @@ fn fixture() -> &'static Fixture {
 
 fn options(f: &Fixture) -> EngineOptions {
     EngineOptions {
-        cache: CacheOptions { adapter_dir: Some(f.adapter_dir.clone()), max_host_adapters: 16, device_budget_bytes: 1 << 30, max_rank: 64, allow_paths: true, synthetic: None },
+        cache: CacheOptions {
+            adapter_dir: Some(f.adapter_dir.clone()),
+            max_host_adapters: 16,
+            device_budget_bytes: 1 << 30,
+            max_rank: 64,
+            allow_paths: true,
+            synthetic: None,
+        },
         ..EngineOptions::default()
     }
 }
@@ -172,11 +176,10 @@ fn concurrent_requests_over_adapters_match_each_alone() {
     assert!(s.steps < 64 * max_new as u64 / 2, "{} steps", s.steps);
     // The adapters matter (else this would not test the segments): some prompt's output
     // depends on its adapter.
-    let per_prompt: HashMap<&Vec<u32>, std::collections::HashSet<&Vec<u32>>> =
-        outs.iter().enumerate().fold(HashMap::new(), |mut m, (i, (got, _))| {
-            m.entry(&ps[i]).or_default().insert(got);
-            m
-        });
+    let per_prompt: HashMap<&Vec<u32>, std::collections::HashSet<&Vec<u32>>> = outs.iter().enumerate().fold(HashMap::new(), |mut m, (i, (got, _))| {
+        m.entry(&ps[i]).or_default().insert(got);
+        m
+    });
     assert!(per_prompt.values().any(|s| s.len() > 1), "no adapter changed any output");
     wait_until("all blocks free", Duration::from_secs(5), || engine.kv_free_blocks() == engine.kv_total_blocks());
 }
@@ -246,10 +249,13 @@ fn flood_beyond_kv_capacity_completes_with_preemption() {
     // 16 blocks = 256 tokens of KV for 16 requests needing ~60 tokens each.
     let engine = start(EngineOptions { kv_blocks: Some(16), max_batch_tokens: 128, ..options(f) });
     let max_new = 20;
-    let ps: Vec<Vec<u32>> = prompts(16).into_iter().map(|mut p| {
-        p.truncate(40);
-        p
-    }).collect();
+    let ps: Vec<Vec<u32>> = prompts(16)
+        .into_iter()
+        .map(|mut p| {
+            p.truncate(40);
+            p
+        })
+        .collect();
     let adapters = [None, Some("a_r8_all".to_string())];
     let handles: Vec<_> = ps
         .iter()

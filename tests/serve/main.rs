@@ -6,11 +6,11 @@
 #[path = "../common/mod.rs"]
 mod common;
 
-mod engine;
-mod server;
-mod server_api;
-mod server_limits;
 mod cli;
 mod cli_lora;
 mod clients;
+mod engine;
 mod gpu_bench_script;
+mod server;
+mod server_api;
+mod server_limits;

@@ -123,7 +123,8 @@ fn bad_clients_are_contained() {
     let big = format!("{{\"inputs\": \"{}\"}}", "a".repeat(5 << 20));
     let mut c = TcpStream::connect(s.addr).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let _ = write!(c, "POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{big}", big.len());
+    let _ =
+        write!(c, "POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{big}", big.len());
     let mut raw = Vec::new();
     let _ = c.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw);
@@ -215,7 +216,8 @@ fn health_models_and_metrics() {
         r.body.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap())).unwrap_or_else(|| panic!("{name} missing:\n{}", r.body))
     };
     let hits = || metric("lorafleet_prefix_cache_hit_tokens_total ");
-    let body = json!({"inputs": "Classify the sentiment of the review as positive or negative. ".repeat(4) + "Review: lovely.", "parameters": {"max_new_tokens": 4}});
+    let body =
+        json!({"inputs": "Classify the sentiment of the review as positive or negative. ".repeat(4) + "Review: lovely.", "parameters": {"max_new_tokens": 4}});
     let first = post("/generate", body.clone());
     let before = hits();
     let second = post("/generate", body);
@@ -269,8 +271,7 @@ fn chat_completions_stream_and_not() {
     let msgs = [lorafleet::tokenizer::ChatMessage { role: "user".into(), content: user.into() }];
     let templated = tokenizer().apply_chat_template(&msgs, true).unwrap();
     assert!(templated.contains("<|im_start|>assistant\n"), "{templated}");
-    let want = post("/generate", json!({"inputs": templated, "parameters": {"adapter_id": "a_r8_all", "max_new_tokens": 24}})).json()
-        ["generated_text"]
+    let want = post("/generate", json!({"inputs": templated, "parameters": {"adapter_id": "a_r8_all", "max_new_tokens": 24}})).json()["generated_text"]
         .as_str()
         .unwrap()
         .to_string();
@@ -312,10 +313,8 @@ fn completions_name_the_base_or_an_adapter() {
     let r = post("/v1/completions", json!({"model": "a_r8_all", "prompt": prompt, "temperature": 0, "max_tokens": 8, "stream": true}));
     let events = r.events();
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let text: String = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str::<Value>(e).unwrap()["choices"][0]["text"].as_str().unwrap().to_string())
-        .collect();
+    let text: String =
+        events[..events.len() - 1].iter().map(|e| serde_json::from_str::<Value>(e).unwrap()["choices"][0]["text"].as_str().unwrap().to_string()).collect();
     assert_eq!(text, tokenizer().decode(&ids(&p["a_r8_all_greedy24"])[..8], false).unwrap());
 }
 

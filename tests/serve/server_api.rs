@@ -22,14 +22,8 @@ fn tokenizer() -> TextTokenizer {
 #[test]
 fn lorax_and_openai_apis_as_their_clients_use_them() {
     let adapters = golden_dir().join("adapters");
-    let args: Vec<std::ffi::OsString> = vec![
-        "--model".into(),
-        model_dir().into(),
-        "--adapter-dir".into(),
-        adapters.clone().into(),
-        "--kv-cache-bytes".into(),
-        "64M".into(),
-    ];
+    let args: Vec<std::ffi::OsString> =
+        vec!["--model".into(), model_dir().into(), "--adapter-dir".into(), adapters.clone().into(), "--kv-cache-bytes".into(), "64M".into()];
     let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
     let s = TestServer::start(&args, &[], Duration::from_secs(300));
     let g = golden_json();
@@ -186,21 +180,37 @@ fn openai(s: &TestServer, prompt: &str, prompt_ids: &[u32], want_ids: &[u32], wa
     assert_eq!(x["choices"], y["choices"], "a seed reproduces every choice");
     assert_eq!(x["usage"]["completion_tokens"], json!(24));
     let texts: Vec<String> = (0..4)
-        .map(|_| s.post("/v1/completions", json!({"prompt": prompt, "temperature": 1.0, "max_tokens": 12})).json()["choices"][0]["text"].as_str().unwrap().to_string())
+        .map(|_| {
+            s.post("/v1/completions", json!({"prompt": prompt, "temperature": 1.0, "max_tokens": 12})).json()["choices"][0]["text"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert!(texts.iter().any(|t| t != &texts[0]), "unseeded requests drew the same text 4 times: {texts:?}");
 
     // Streamed n = 2 with include_usage: both indexes, a usage chunk with no choices, [DONE].
-    let r = s.post("/v1/chat/completions", json!({"model": "a_r8_all", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5,
-        "n": 2, "seed": 1, "stream": true, "stream_options": {"include_usage": true}}));
+    let r = s.post(
+        "/v1/chat/completions",
+        json!({"model": "a_r8_all", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5,
+        "n": 2, "seed": 1, "stream": true, "stream_options": {"include_usage": true}}),
+    );
     let ev = r.events();
     assert_eq!(ev.last().map(String::as_str), Some("[DONE]"));
     let chunks: Vec<Value> = ev[..ev.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
     let usage = chunks.last().unwrap();
     assert_eq!(usage["choices"], json!([]));
     assert_eq!(usage["usage"]["completion_tokens"], json!(10));
-    let finished: Vec<u64> = chunks.iter().filter(|c| c["choices"][0]["finish_reason"].is_string()).map(|c| c["choices"][0]["index"].as_u64().unwrap()).collect();
-    assert_eq!({ let mut f = finished; f.sort(); f }, vec![0, 1]);
+    let finished: Vec<u64> =
+        chunks.iter().filter(|c| c["choices"][0]["finish_reason"].is_string()).map(|c| c["choices"][0]["index"].as_u64().unwrap()).collect();
+    assert_eq!(
+        {
+            let mut f = finished;
+            f.sort();
+            f
+        },
+        vec![0, 1]
+    );
 
     // Penalties change greedy text on a repetitive prompt; bad values are refused.
     let rep = "one one one one one one one one one one";

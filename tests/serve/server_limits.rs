@@ -4,7 +4,6 @@
 //! is back at idle (/metrics: no running sequence, no KV block in use); SIGTERM during streams lets
 //! each stream end with its final event and the process exit 0 within `--shutdown-timeout`.
 
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -163,8 +162,16 @@ fn chat_fields_refusal_logs_and_streams_cut_by_shutdown() {
     use std::io::{Read, Write};
     let model = model_dir();
     let args: Vec<&std::ffi::OsStr> = vec![
-        "--model".as_ref(), model.as_os_str(), "--device".as_ref(), "cpu".as_ref(), "--kv-cache-bytes".as_ref(), "256M".as_ref(),
-        "--shutdown-timeout".as_ref(), "1".as_ref(), "--body-timeout".as_ref(), "1".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--device".as_ref(),
+        "cpu".as_ref(),
+        "--kv-cache-bytes".as_ref(),
+        "256M".as_ref(),
+        "--shutdown-timeout".as_ref(),
+        "1".as_ref(),
+        "--body-timeout".as_ref(),
+        "1".as_ref(),
     ];
     let mut server = TestServer::start(&args, &[("LORAFLEET_LOG_FORMAT", "json")], Duration::from_secs(300));
     let s = server.handle.clone();
@@ -191,7 +198,8 @@ fn chat_fields_refusal_logs_and_streams_cut_by_shutdown() {
     let entries = || -> Vec<Value> { s.log.lock().unwrap().iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).collect() };
     wait_until("the 408 and the 404 in the request log", Duration::from_secs(10), || {
         let e = entries();
-        e.iter().any(|e| e["path"] == "/generate" && e["status"] == 408 && e["outcome"] == "body_timeout") && e.iter().any(|e| e["path"] == "/no/such/route" && e["status"] == 404)
+        e.iter().any(|e| e["path"] == "/generate" && e["status"] == 408 && e["outcome"] == "body_timeout")
+            && e.iter().any(|e| e["path"] == "/no/such/route" && e["status"] == 404)
     });
 
     // Two long streams (LoRAX and OpenAI), SIGTERM, a 1 s shutdown timeout: both end with an
@@ -200,13 +208,16 @@ fn chat_fields_refusal_logs_and_streams_cut_by_shutdown() {
         let body = body.to_string();
         let mut c = std::net::TcpStream::connect(s.addr).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        write!(c, "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+        write!(c, "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+            .unwrap();
         let mut raw = Vec::new();
         let _ = c.read_to_end(&mut raw);
         raw
     };
     let (lorax, openai) = std::thread::scope(|sc| {
-        let a = sc.spawn(|| raw_stream("/generate_stream", json!({ "inputs": "Once upon a time", "parameters": { "max_new_tokens": 1500, "ignore_eos_token": true } })));
+        let a = sc.spawn(|| {
+            raw_stream("/generate_stream", json!({ "inputs": "Once upon a time", "parameters": { "max_new_tokens": 1500, "ignore_eos_token": true } }))
+        });
         let b = sc.spawn(|| raw_stream("/v1/completions", json!({ "prompt": "Once upon a time", "max_tokens": 1500, "ignore_eos": true, "stream": true })));
         wait_until("both streams generating", Duration::from_secs(60), || {
             let m = s.request("GET", "/metrics", "").body;

@@ -8,9 +8,9 @@
 use std::path::{Path, PathBuf};
 
 use lorafleet::lora::LoraAdapter;
-use lorafleet::types::config::ModelConfig;
 use lorafleet::train::grads::write_f32_safetensors;
 use lorafleet::train::LoraGrads;
+use lorafleet::types::config::ModelConfig;
 use lorafleet::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -85,16 +85,14 @@ pub fn resolve(dir: &Path) -> Result<PathBuf> {
             e.path().join("trainer_state.json").is_file().then_some((n, e.path()))
         })
         .max_by_key(|(n, _)| *n);
-    best.map(|(_, p)| p)
-        .ok_or_else(|| Error::InvalidArgument(format!("{}: not a checkpoint and holds no checkpoint-<step> directory", dir.display())))
+    best.map(|(_, p)| p).ok_or_else(|| Error::InvalidArgument(format!("{}: not a checkpoint and holds no checkpoint-<step> directory", dir.display())))
 }
 
 /// Loads a checkpoint: the adapter, the optimizer (moments and step) and the trainer state.
 pub fn load(dir: &Path, model: &ModelConfig, adamw: AdamWConfig) -> Result<(LoraAdapter, AdamW, TrainerState)> {
     let state_path = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
-    let state: TrainerState =
-        serde_json::from_str(&text).map_err(|e| Error::InvalidArgument(format!("{}: {e}", state_path.display())))?;
+    let state: TrainerState = serde_json::from_str(&text).map_err(|e| Error::InvalidArgument(format!("{}: {e}", state_path.display())))?;
     let adapter = LoraAdapter::load("checkpoint", dir, model, usize::MAX)?;
     let grads = LoraGrads::zeros_like(&adapter);
     let mut opt = AdamW::new(adamw, &grads);

@@ -7,7 +7,7 @@ use std::path::Path;
 use lorafleet::backend::train::TrainBackend;
 use lorafleet::lora::LoraAdapter;
 use lorafleet::train::grads::write_f32_safetensors;
-use lorafleet::train::{TokenizedExample, LoraGrads, StepOptions, TrainBatch, TrainModel};
+use lorafleet::train::{LoraGrads, StepOptions, TokenizedExample, TrainBatch, TrainModel};
 use lorafleet::{Error, Result};
 
 /// The loss (mean cross-entropy over the completion tokens, HF's causal-LM loss) and the

@@ -11,14 +11,18 @@ use lorafleet::backend::device::{open_backend, ActDtype, DeviceChoice, OpenedBac
 use lorafleet::backend::train::TrainBackend;
 use lorafleet::lora::{LoraAdapter, LoraModule};
 use lorafleet::quant::Quantization;
-use lorafleet::train::{BaseFormat, TokenizedExample, StepOptions, TrainModel};
+use lorafleet::train::{BaseFormat, StepOptions, TokenizedExample, TrainModel};
 use lorafleet::{Error, Result, TextTokenizer};
 use lorafleet_trainer::optim::{AdamWConfig, Schedule};
 use lorafleet_trainer::train_loop::{Batching, TrainConfig};
 use lorafleet_trainer::{data, gradients, train_loop};
 
 #[derive(Parser)]
-#[command(name = "lorafleet-train", version, about = "QLoRA trainer for lorafleet: LoRA adapters on a frozen (f32, bf16 or NF4) base, on the CPU or a CUDA GPU")]
+#[command(
+    name = "lorafleet-train",
+    version,
+    about = "QLoRA trainer for lorafleet: LoRA adapters on a frozen (f32, bf16 or NF4) base, on the CPU or a CUDA GPU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -241,10 +245,9 @@ fn parse_modules(s: &str) -> Result<Vec<LoraModule>> {
     }
     s.split(',')
         .map(|name| {
-            LoraModule::ALL
-                .into_iter()
-                .find(|m| m.name() == name.trim())
-                .ok_or_else(|| Error::InvalidArgument(format!("unknown target module `{name}` (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, all-linear)")))
+            LoraModule::ALL.into_iter().find(|m| m.name() == name.trim()).ok_or_else(|| {
+                Error::InvalidArgument(format!("unknown target module `{name}` (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, all-linear)"))
+            })
         })
         .collect()
 }

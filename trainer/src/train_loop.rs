@@ -17,11 +17,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use lorafleet::lora::{LoraAdapter, LoraConfig, LoraModule, LoraPair};
-use lorafleet::backend::HostMatrix;
-use lorafleet::types::config::ModelConfig;
 use lorafleet::backend::train::TrainBackend;
-use lorafleet::train::{TokenizedExample, LoraGrads, ResidentLora, StepOptions, TrainBatch, TrainModel};
+use lorafleet::backend::HostMatrix;
+use lorafleet::lora::{LoraAdapter, LoraConfig, LoraModule, LoraPair};
+use lorafleet::train::{LoraGrads, ResidentLora, StepOptions, TokenizedExample, TrainBatch, TrainModel};
+use lorafleet::types::config::ModelConfig;
 use lorafleet::{Error, Result};
 
 use crate::checkpoint::{self, TrainerState};
@@ -123,10 +123,24 @@ fn load_init_adapter<B: TrainBackend>(dir: &Path, model: &TrainModel<B>, cfg: &T
     let mut want = cfg.modules.clone();
     want.sort_by_key(|m| m.index());
     let uniform = a.pairs().all(|(_, _, p)| p.rank() == cfg.rank);
-    if c.r != cfg.rank || c.lora_alpha != cfg.alpha || c.use_rslora || !uniform || modules != want || a.layers.iter().any(|l| l.iter().flatten().count() != want.len()) {
+    if c.r != cfg.rank
+        || c.lora_alpha != cfg.alpha
+        || c.use_rslora
+        || !uniform
+        || modules != want
+        || a.layers.iter().any(|l| l.iter().flatten().count() != want.len())
+    {
         return Err(Error::InvalidArgument(format!(
             "{}: the initial adapter (r {}, alpha {}, rslora {}, modules {:?}, on every layer: {}) does not match this run (r {}, alpha {}, modules {:?})",
-            dir.display(), c.r, c.lora_alpha, c.use_rslora, modules, uniform, cfg.rank, cfg.alpha, want
+            dir.display(),
+            c.r,
+            c.lora_alpha,
+            c.use_rslora,
+            modules,
+            uniform,
+            cfg.rank,
+            cfg.alpha,
+            want
         )));
     }
     a.id = "trained".into();
@@ -149,9 +163,7 @@ fn step_micro_batches(n: usize, micro_batch: usize, grad_accum: usize, seed: u64
     if shuffle {
         SplitMix64::new(seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)).shuffle(&mut order);
     }
-    (k * grad_accum..((k + 1) * grad_accum).min(mbs_per_epoch))
-        .map(|j| order[j * micro_batch..((j + 1) * micro_batch).min(n)].to_vec())
-        .collect()
+    (k * grad_accum..((k + 1) * grad_accum).min(mbs_per_epoch)).map(|j| order[j * micro_batch..((j + 1) * micro_batch).min(n)].to_vec()).collect()
 }
 
 pub fn total_steps(n: usize, cfg: &TrainConfig) -> usize {
@@ -253,10 +265,17 @@ pub fn train<B: TrainBackend>(model: &TrainModel<B>, examples: &[TokenizedExampl
             if state.order_rule != order_rule(cfg.shuffle) {
                 return Err(Error::InvalidArgument(format!(
                     "{}: the checkpoint's data order is \"{}\"; this run's is \"{}\" (--no-shuffle must match)",
-                    dir.display(), state.order_rule, order_rule(cfg.shuffle)
+                    dir.display(),
+                    state.order_rule,
+                    order_rule(cfg.shuffle)
                 )));
             }
-            if state.seed != cfg.seed || state.n_examples != n || state.total_steps != total || state.micro_batch != cfg.micro_batch || state.grad_accum != cfg.grad_accum {
+            if state.seed != cfg.seed
+                || state.n_examples != n
+                || state.total_steps != total
+                || state.micro_batch != cfg.micro_batch
+                || state.grad_accum != cfg.grad_accum
+            {
                 return Err(Error::InvalidArgument(format!(
                     "{}: the checkpoint was taken with seed {}, {} examples, {} steps, micro-batch {}, accumulation {}; this run has seed {}, {n}, {total}, {}, {}",
                     dir.display(), state.seed, state.n_examples, state.total_steps, state.micro_batch, state.grad_accum, cfg.seed, cfg.micro_batch, cfg.grad_accum
@@ -271,7 +290,11 @@ pub fn train<B: TrainBackend>(model: &TrainModel<B>, examples: &[TokenizedExampl
             if c.r != cfg.rank || c.lora_alpha != cfg.alpha || saved != modules {
                 return Err(Error::InvalidArgument(format!(
                     "{}: the checkpoint's adapter has rank {}, alpha {} on {saved:?}; this run asks rank {}, alpha {} on {modules:?}",
-                    dir.display(), c.r, c.lora_alpha, cfg.rank, cfg.alpha
+                    dir.display(),
+                    c.r,
+                    c.lora_alpha,
+                    cfg.rank,
+                    cfg.alpha
                 )));
             }
             adapter.id = "trained".into();
@@ -390,11 +413,7 @@ fn draw_plot(out: &Path, log: &[LogEntry]) {
 
 /// Appends one line, so the log is readable while training runs.
 fn append_log(path: &Path, e: &LogEntry) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|err| Error::io(path, err))?;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|err| Error::io(path, err))?;
     let line = serde_json::to_string(e).map_err(|err| Error::InvalidArgument(err.to_string()))?;
     writeln!(f, "{line}").map_err(|err| Error::io(path, err))
 }

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use lorafleet::lora::LoraConfig;
 use lorafleet::model::gguf::{convert_gguf, GgufFile, OutDType};
-use lorafleet::weights::WeightFiles;
 use lorafleet::model::ModelConfig;
 use lorafleet::rng::SplitMix64;
-use lorafleet::train::{BaseFormat, TokenizedExample, StepOptions, TrainModel};
+use lorafleet::train::{BaseFormat, StepOptions, TokenizedExample, TrainModel};
+use lorafleet::weights::WeightFiles;
 use lorafleet_trainer::checkpoint;
 use lorafleet_trainer::optim::{AdamWConfig, Schedule};
 use lorafleet_trainer::train_loop::{train, Batching, TrainConfig};
@@ -221,9 +221,8 @@ fn mutate(src: &[u8], rng: &mut SplitMix64) -> Vec<u8> {
             7 => {
                 // Binary headers: a small little-endian count or size (1..=65536, at any offset:
                 // GGUF fields are packed) made huge, the likeliest field to be taken on trust.
-                let small: Vec<usize> = (0..b.len().saturating_sub(3))
-                    .filter(|&i| (1..=65536).contains(&u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])))
-                    .collect();
+                let small: Vec<usize> =
+                    (0..b.len().saturating_sub(3)).filter(|&i| (1..=65536).contains(&u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]))).collect();
                 if !small.is_empty() {
                     let i = small[(rng.next_u64() % small.len() as u64) as usize];
                     let big = [1_000_000_000u32, u32::MAX, 0x7fff_ffff, 1 << 24][(rng.next_u64() % 4) as usize];
@@ -278,7 +277,8 @@ impl Seeds {
     fn make(dir: &Path) -> Seeds {
         let model = dir.join("model");
         lorafleet::train::tiny::write_tiny_model(&model, 5).unwrap();
-        let adapter_config = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/smollm2/adapters/a_r8_all/adapter_config.json")).unwrap();
+        let adapter_config =
+            std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/smollm2/adapters/a_r8_all/adapter_config.json")).unwrap();
         // A real checkpoint of a short run on the tiny model.
         let tm = TrainModel::load_as(&model, BaseFormat::F32).unwrap();
         let examples: Vec<TokenizedExample> = (0..4u32).map(|i| TokenizedExample::new(&[1, 4, 5 + i], &[10 + i, 2])).collect();

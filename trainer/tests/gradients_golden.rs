@@ -137,7 +137,10 @@ fn bf16_base_gradients_match_pytorch_with_bf16_rounded_weights() {
     assert_eq!(all.len(), 420, "every LoRA parameter gets a gradient");
     let norm: f64 = all.iter().flat_map(|n| got.f32(n).unwrap().data).map(|x| x as f64 * x as f64).sum::<f64>().sqrt();
     let want_norm = want.f32("grad_norm").unwrap().data[0] as f64;
-    eprintln!("bf16 base: loss {loss} (PyTorch {want_loss}, f32 base {f32_loss}); worst kept grad rel L2 {:.3e} at {}; norm {norm} ({want_norm})", worst.0, worst.1);
+    eprintln!(
+        "bf16 base: loss {loss} (PyTorch {want_loss}, f32 base {f32_loss}); worst kept grad rel L2 {:.3e} at {}; norm {norm} ({want_norm})",
+        worst.0, worst.1
+    );
     assert!(worst.0 < 1e-4, "grad rel L2 {:.3e} at {}", worst.0, worst.1);
     assert!((norm - want_norm).abs() <= 1e-4 * want_norm, "global grad norm {norm} vs PyTorch {want_norm}");
     let _ = std::fs::remove_file(&out);

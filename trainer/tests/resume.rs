@@ -4,7 +4,7 @@
 
 use lorafleet::lora::LoraModule;
 use lorafleet::quant::Quantization;
-use lorafleet::train::{BaseFormat, TokenizedExample, StepOptions, TrainModel};
+use lorafleet::train::{BaseFormat, StepOptions, TokenizedExample, TrainModel};
 use lorafleet_trainer::optim::{AdamWConfig, Schedule};
 use lorafleet_trainer::train_loop::{train, Batching, TrainConfig};
 
@@ -141,7 +141,16 @@ fn a_diverged_run_stops_with_an_error() {
     let log = std::fs::read_to_string(tmp.join("out/loss.jsonl")).unwrap_or_default();
     assert!(log.lines().all(|l| !l.contains("NaN") && !l.contains("null")), "no non-finite loss was logged: {log}");
     // The plot skips non-finite points.
-    let mut entries = vec![lorafleet_trainer::train_loop::LogEntry { step: 1, epoch: 0.1, loss: 2.0, lr: 1e-3, grad_norm: 1.0, tokens: 10, tokens_per_s: 1.0, elapsed_s: 1.0 }];
+    let mut entries = vec![lorafleet_trainer::train_loop::LogEntry {
+        step: 1,
+        epoch: 0.1,
+        loss: 2.0,
+        lr: 1e-3,
+        grad_norm: 1.0,
+        tokens: 10,
+        tokens_per_s: 1.0,
+        elapsed_s: 1.0,
+    }];
     entries.push(lorafleet_trainer::train_loop::LogEntry { step: 2, loss: f64::NAN, ..entries[0].clone() });
     entries.push(lorafleet_trainer::train_loop::LogEntry { step: 3, loss: 1.5, ..entries[0].clone() });
     let t = std::time::Instant::now();
@@ -187,7 +196,13 @@ fn inconsistent_checkpoints_are_refused() {
 
     // NaN in one first moment.
     let w = WeightFiles::open_files(std::slice::from_ref(&opt_path)).unwrap();
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = w.names().map(|n| { let t = w.f32(n).unwrap(); (n.to_string(), t.shape, t.data) }).collect();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = w
+        .names()
+        .map(|n| {
+            let t = w.f32(n).unwrap();
+            (n.to_string(), t.shape, t.data)
+        })
+        .collect();
     drop(w);
     let m = tensors.iter_mut().find(|t| t.0.starts_with("exp_avg.")).unwrap();
     m.2[0] = f32::NAN;

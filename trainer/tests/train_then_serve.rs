@@ -54,7 +54,10 @@ fn in_process(adapter: &Path) -> Vec<u64> {
 
 /// (token ids, first token's logprob) of a served greedy request.
 fn served(s: &TestServer, adapter: Option<&str>) -> (Vec<u64>, f64) {
-    let r = s.post("/generate", json!({ "inputs": PROMPT, "parameters": { "max_new_tokens": 6, "ignore_eos_token": true, "details": true, "adapter_id": adapter } }));
+    let r = s.post(
+        "/generate",
+        json!({ "inputs": PROMPT, "parameters": { "max_new_tokens": 6, "ignore_eos_token": true, "details": true, "adapter_id": adapter } }),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     let tokens = r.json()["details"]["tokens"].as_array().unwrap().clone();
     (tokens.iter().map(|t| t["id"].as_u64().unwrap()).collect(), tokens[0]["logprob"].as_f64().unwrap())
@@ -72,8 +75,16 @@ fn an_adapter_the_trainer_publishes_is_served_without_a_restart() {
         .collect();
     std::fs::write(&data, lines.join("\n")).unwrap();
 
-    let args: Vec<std::ffi::OsString> =
-        vec!["--model".into(), model().into(), "--adapter-dir".into(), adapters.clone().into(), "--device".into(), "cpu".into(), "--kv-cache-bytes".into(), "32M".into()];
+    let args: Vec<std::ffi::OsString> = vec![
+        "--model".into(),
+        model().into(),
+        "--adapter-dir".into(),
+        adapters.clone().into(),
+        "--device".into(),
+        "cpu".into(),
+        "--kv-cache-bytes".into(),
+        "32M".into(),
+    ];
     let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
     let s = TestServer::start(&args, &[], Duration::from_secs(300));
     let base = served(&s, None);

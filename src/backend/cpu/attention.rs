@@ -31,16 +31,7 @@ pub fn write_kv(k: &[f32], v: &[f32], slots: &[u32], kv_dim: usize, k_cache: &mu
 /// scalar twin `attend_scalar` per query; the tests hold both, at every level the CPU has and
 /// under both plans, to an f64 loop.
 #[allow(clippy::too_many_arguments)]
-pub fn paged_attention(
-    q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
-    batch: &BatchLayout,
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
-    out: &mut [f32],
-) {
+pub fn paged_attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], batch: &BatchLayout, n_heads: usize, n_kv_heads: usize, head_dim: usize, out: &mut [f32]) {
     paged_attention_with(plan_kernel(isa::current(), head_dim), None, q, k_cache, v_cache, batch, n_heads, n_kv_heads, head_dim, out)
 }
 
@@ -129,8 +120,7 @@ fn paged_attention_with(
         // SAFETY: the tasks partition the (row, head) pairs of out [T, n_heads, head_dim]
         // (plan_tasks), so the head_dim outputs at each query's offset (+ head_dim <= T q_dim =
         // out.len()) are written by this task alone, and nothing else touches out while the tasks run.
-        let mut outs: Vec<&mut [f32]> =
-            queries.iter().map(|qr| unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(qr.q), head_dim) }).collect();
+        let mut outs: Vec<&mut [f32]> = queries.iter().map(|qr| unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(qr.q), head_dim) }).collect();
         match kernel {
             Kernel::Scalar => {
                 for (qr, o) in queries.iter().zip(outs.iter_mut()) {
@@ -141,7 +131,9 @@ fn paged_attention_with(
             // (plan_kernel); every key offset is r * kv_dim with r < rows, and head + head_dim <=
             // kv_dim, so off + head_dim <= k_cache.len() - head = v_cache.len() - head; each query
             // offset + head_dim <= q.len(), each n_keys <= keys.len(), each out is head_dim long.
-            Kernel::Simd(level, c) => dispatch!(level, s => unsafe { attend_group(s, c, q, queries, &k_cache[head..], &v_cache[head..], keys, scale, scores, &mut outs) }),
+            Kernel::Simd(level, c) => {
+                dispatch!(level, s => unsafe { attend_group(s, c, q, queries, &k_cache[head..], &v_cache[head..], keys, scale, scores, &mut outs) })
+            }
         }
     });
 }
@@ -241,7 +233,18 @@ fn attend_scalar(qv: &[f32], k_cache: &[f32], v_cache: &[f32], offs: &[usize], s
 /// k.len()` and `<= v.len()`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn attend_group<S: Simd>(s: S, c: usize, q_all: &[f32], queries: &[Query], k: &[f32], v: &[f32], offs: &[usize], scale: f32, scores: &mut Vec<f32>, outs: &mut [&mut [f32]]) {
+unsafe fn attend_group<S: Simd>(
+    s: S,
+    c: usize,
+    q_all: &[f32],
+    queries: &[Query],
+    k: &[f32],
+    v: &[f32],
+    offs: &[usize],
+    scale: f32,
+    scores: &mut Vec<f32>,
+    outs: &mut [&mut [f32]],
+) {
     // SAFETY: forwarded from the caller.
     unsafe {
         match c {
@@ -271,7 +274,17 @@ unsafe fn attend_group<S: Simd>(s: S, c: usize, q_all: &[f32], queries: &[Query]
 /// the level's registers hold (`C` vectors per query, and the V row).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn attend_queries<S: Simd, const C: usize>(s: S, q_all: &[f32], queries: &[Query], k: &[f32], v: &[f32], offs: &[usize], scale: f32, scores: &mut Vec<f32>, outs: &mut [&mut [f32]]) {
+unsafe fn attend_queries<S: Simd, const C: usize>(
+    s: S,
+    q_all: &[f32],
+    queries: &[Query],
+    k: &[f32],
+    v: &[f32],
+    offs: &[usize],
+    scale: f32,
+    scores: &mut Vec<f32>,
+    outs: &mut [&mut [f32]],
+) {
     let (n, l) = (offs.len(), S::LANES);
     // Score rows are whole vectors: the pad lanes stay -inf.
     let stride = n.div_ceil(l) * l;

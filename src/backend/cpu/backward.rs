@@ -253,38 +253,40 @@ pub fn causal_attention_backward(
     // Per (sequence, q head): its dq rows and its contribution to its kv head's dk, dv.
     let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = tasks
         .par_iter()
-        .map(|&(si, h)| dispatch!(level, _s => {
-            let span = seqs[si];
-            let (start, len, c) = (span.start, span.len, span.ctx_len);
-            let kvh = h / group;
-            let own = || start..start + len;
-            let qh = gather_head(q, qw, own(), h * d, d);
-            let kh = gather_head(k, kw, span.key_rows(), kvh * d, d);
-            let vh = gather_head(v, kw, span.key_rows(), kvh * d, d);
-            let oh = gather_head(out, qw, own(), h * d, d);
-            let doh = gather_head(dout, qw, own(), h * d, d);
-            // dk, dv over the key rows (context first), as the forward laid them out.
-            let (mut dq, mut dk, mut dv) = (vec![0.0f32; len * d], vec![0.0f32; (c + len) * d], vec![0.0f32; (c + len) * d]);
-            for i in 0..len {
-                let qi = &qh[i * d..(i + 1) * d];
-                let doi = &doh[i * d..(i + 1) * d];
-                let l = lse[(start + i) * n_heads + h];
-                let di = dot(doi, &oh[i * d..(i + 1) * d]);
-                let dqi = &mut dq[i * d..(i + 1) * d];
-                for j in 0..=c + i {
-                    let kj = &kh[j * d..(j + 1) * d];
-                    let p = (dot(qi, kj) * scale - l).exp();
-                    let dp = dot(doi, &vh[j * d..(j + 1) * d]);
-                    let ds = p * (dp - di) * scale;
-                    for x in 0..d {
-                        dqi[x] += ds * kj[x];
-                        dk[j * d + x] += ds * qi[x];
-                        dv[j * d + x] += p * doi[x];
+        .map(|&(si, h)| {
+            dispatch!(level, _s => {
+                let span = seqs[si];
+                let (start, len, c) = (span.start, span.len, span.ctx_len);
+                let kvh = h / group;
+                let own = || start..start + len;
+                let qh = gather_head(q, qw, own(), h * d, d);
+                let kh = gather_head(k, kw, span.key_rows(), kvh * d, d);
+                let vh = gather_head(v, kw, span.key_rows(), kvh * d, d);
+                let oh = gather_head(out, qw, own(), h * d, d);
+                let doh = gather_head(dout, qw, own(), h * d, d);
+                // dk, dv over the key rows (context first), as the forward laid them out.
+                let (mut dq, mut dk, mut dv) = (vec![0.0f32; len * d], vec![0.0f32; (c + len) * d], vec![0.0f32; (c + len) * d]);
+                for i in 0..len {
+                    let qi = &qh[i * d..(i + 1) * d];
+                    let doi = &doh[i * d..(i + 1) * d];
+                    let l = lse[(start + i) * n_heads + h];
+                    let di = dot(doi, &oh[i * d..(i + 1) * d]);
+                    let dqi = &mut dq[i * d..(i + 1) * d];
+                    for j in 0..=c + i {
+                        let kj = &kh[j * d..(j + 1) * d];
+                        let p = (dot(qi, kj) * scale - l).exp();
+                        let dp = dot(doi, &vh[j * d..(j + 1) * d]);
+                        let ds = p * (dp - di) * scale;
+                        for x in 0..d {
+                            dqi[x] += ds * kj[x];
+                            dk[j * d + x] += ds * qi[x];
+                            dv[j * d + x] += p * doi[x];
+                        }
                     }
                 }
-            }
-            (dq, dk, dv)
-        }))
+                (dq, dk, dv)
+            })
+        })
         .collect();
     let (mut dq_all, mut dk_all, mut dv_all) = (super::zeroed(t * qw), super::zeroed(t * kw), super::zeroed(t * kw));
     for (&(si, h), (dq, dk, dv)) in tasks.iter().zip(parts) {

@@ -142,7 +142,25 @@ mod tests {
                 // SAFETY: dst [m, n] (row stride n), a [m, k] (row stride k), b read as bᵀ [k, n]
                 // (column stride k, row stride 1); dst is its own buffer.
                 unsafe {
-                    gemm_f32(level, m, n, k, dst.as_mut_ptr(), 1, n as isize, true, a.as_ptr(), 1, k as isize, b.as_ptr(), k as isize, 1, 1.0, 0.5, gemm::Parallelism::None);
+                    gemm_f32(
+                        level,
+                        m,
+                        n,
+                        k,
+                        dst.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        true,
+                        a.as_ptr(),
+                        1,
+                        k as isize,
+                        b.as_ptr(),
+                        k as isize,
+                        1,
+                        1.0,
+                        0.5,
+                        gemm::Parallelism::None,
+                    );
                 }
                 for i in 0..m {
                     for j in 0..n {

@@ -141,8 +141,7 @@ mod tests {
         for s in segs {
             for t in s.start..s.start + s.len {
                 let xv = &x[t * d_in..(t + 1) * d_in];
-                let v: Vec<f64> =
-                    (0..s.rank).map(|k| (0..d_in).map(|i| xv[i] as f64 * s.a[k * d_in + i] as f64).sum()).collect();
+                let v: Vec<f64> = (0..s.rank).map(|k| (0..d_in).map(|i| xv[i] as f64 * s.a[k * d_in + i] as f64).sum()).collect();
                 for o in 0..d_out {
                     let dot: f64 = (0..s.rank).map(|k| v[k] * s.b[o * s.rank + k] as f64).sum();
                     y[t * d_out + o] += (s.scale as f64 * dot) as f32;

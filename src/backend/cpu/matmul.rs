@@ -298,7 +298,19 @@ mod tests {
 
     #[test]
     fn linear_matches_f64_reference_on_odd_shapes() {
-        for &(t, k, n) in &[(1, 576, 192), (2, 576, 192), (3, 77, 100), (4, 1, 5), (5, 576, 1536), (7, 15, 33), (8, 576, 131), (13, 100, 67), (16, 64, 4), (17, 33, 65), (1, 1000, 7)] {
+        for &(t, k, n) in &[
+            (1, 576, 192),
+            (2, 576, 192),
+            (3, 77, 100),
+            (4, 1, 5),
+            (5, 576, 1536),
+            (7, 15, 33),
+            (8, 576, 131),
+            (13, 100, 67),
+            (16, 64, 4),
+            (17, 33, 65),
+            (1, 1000, 7),
+        ] {
             let x = rand_vec(t * k, 1 + t as u64);
             let w = rand_vec(n * k, 2 + n as u64);
             let mut out = vec![f32::NAN; t * n];
@@ -311,7 +323,9 @@ mod tests {
     /// The GEMV path (one row: dots; more: register blocks) at every level the CPU has.
     #[test]
     fn gemv_matches_f64_at_every_level() {
-        for &(t, k, n) in &[(1, 576, 192), (2, 576, 33), (3, 77, 100), (4, 1, 5), (5, 17, 9), (7, 15, 33), (8, 576, 131), (13, 100, 67), (16, 64, 4), (16, 9, 70)] {
+        for &(t, k, n) in
+            &[(1, 576, 192), (2, 576, 33), (3, 77, 100), (4, 1, 5), (5, 17, 9), (7, 15, 33), (8, 576, 131), (13, 100, 67), (16, 64, 4), (16, 9, 70)]
+        {
             let x = rand_vec(t * k, 3 + t as u64);
             let w = rand_vec(n * k, 4 + n as u64);
             let r = reference(&x, t, k, &w, n);

@@ -15,11 +15,11 @@ pub mod q8;
 pub mod simd;
 pub mod train;
 
-use rayon::iter::ParallelExtend;
 use super::{Backend, HostWeight, LoraRun, StepSpec};
 use crate::kv::{BatchLayout, KvLayout};
 use crate::types::LoraModule;
 use crate::{Error, Result};
+use rayon::iter::ParallelExtend;
 
 #[derive(Debug, Default, Clone)]
 pub struct CpuBackend;
@@ -169,7 +169,8 @@ impl Backend for CpuBackend {
         // killer): checked against what it may still allocate (free memory, its address-space
         // limit, its cgroup's limit) before anything is allocated.
         let bytes = layout.bytes_per_block(4).checked_mul(layout.num_blocks);
-        super::host_memory::check_fits(&format!("a KV cache of {} blocks (--kv-cache-bytes)", layout.num_blocks), bytes).map_err(crate::Error::InvalidArgument)?;
+        super::host_memory::check_fits(&format!("a KV cache of {} blocks (--kv-cache-bytes)", layout.num_blocks), bytes)
+            .map_err(crate::Error::InvalidArgument)?;
         Ok(CpuKv { layout, layers: (0..layout.num_layers).map(|_| (vec![0.0; n], vec![0.0; n])).collect() })
     }
 
@@ -299,23 +300,13 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn attention(
-        &self,
-        q: &CpuTensor,
-        k: &CpuTensor,
-        v: &CpuTensor,
-        kv: &mut CpuKv,
-        layer: usize,
-        step: &mut CpuStep<'_>,
-    ) -> Result<CpuTensor> {
+    fn attention(&self, q: &CpuTensor, k: &CpuTensor, v: &CpuTensor, kv: &mut CpuKv, layer: usize, step: &mut CpuStep<'_>) -> Result<CpuTensor> {
         let batch = &step.batch;
         let l = kv.layout;
         let kv_dim = l.num_kv_heads * l.head_dim;
         let t = batch.n_tokens();
         check(layer < l.num_layers, || format!("layer {layer} of {}", l.num_layers))?;
-        check(k.cols == kv_dim && v.cols == kv_dim && k.rows == t && v.rows == t && q.rows == t, || {
-            "attention: k/v/q shapes do not match the batch".into()
-        })?;
+        check(k.cols == kv_dim && v.cols == kv_dim && k.rows == t && v.rows == t && q.rows == t, || "attention: k/v/q shapes do not match the batch".into())?;
         check(q.cols.is_multiple_of(l.head_dim) && (q.cols / l.head_dim).is_multiple_of(l.num_kv_heads), || {
             "attention: q heads are not a multiple of kv heads".into()
         })?;

@@ -12,7 +12,6 @@ use super::isa;
 use super::simd::{dispatch, Simd};
 use crate::quant::Nf4Tensor;
 
-
 /// An NF4 matrix prepared for the CPU: double-quantized absmax resolved to f32 once at upload
 /// (`numel / blocksize` floats, 1/16 of the packed size at block 64).
 #[derive(Debug, Clone)]
@@ -200,7 +199,9 @@ mod tests {
     #[test]
     fn matches_dense_matmul_of_the_dequantized_matrix() {
         // Odd shapes: k not a multiple of the block (blocks straddle rows), n not of the tile.
-        for (t, n, k, double) in [(1, 77, 100, false), (3, 130, 96, true), (9, 200, 64, true), (5, 65, 33, false), (2, 70, 128, true), (16, 64, 128, true), (17, 40, 64, false)] {
+        for (t, n, k, double) in
+            [(1, 77, 100, false), (3, 130, 96, true), (9, 200, 64, true), (5, 65, 33, false), (2, 70, 128, true), (16, 64, 128, true), (17, 40, 64, false)]
+        {
             let w = Nf4Tensor::quantize(&rand_vec(n * k, 1), &[n, k], double);
             let m = Nf4Matrix::new(&w).unwrap();
             let dense = w.dequantize();

@@ -78,9 +78,7 @@ pub fn rope_inplace(x: &mut [f32], positions: &[u32], n_heads: usize, head_dim: 
 pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     assert_eq!(gate.len(), up.len());
     assert_eq!(gate.len(), out.len());
-    out.par_chunks_mut(16384)
-        .zip(gate.par_chunks(16384).zip(up.par_chunks(16384)))
-        .for_each(|(o, (g, u))| super::simd::silu_mul(g, u, o));
+    out.par_chunks_mut(16384).zip(gate.par_chunks(16384).zip(up.par_chunks(16384))).for_each(|(o, (g, u))| super::simd::silu_mul(g, u, o));
 }
 
 /// Embedding gather: `out[i] = table[ids[i]]`. table: `[vocab, hidden]`; out: `[ids.len(), hidden]`.

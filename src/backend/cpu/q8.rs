@@ -261,7 +261,9 @@ mod tests {
         }
         // Decode (t <= 16: row groups at t = 1, per-row dots) and prefill (t > 16, tiles) against
         // f64 on the decoded W, at every level the CPU has.
-        for (t, n, k) in [(1usize, 77usize, 100usize), (1, 141, 96), (1, 9, 64), (3, 130, 33), (4, 65, 576), (5, 200, 17), (9, 64, 64), (16, 33, 32), (17, 20, 40)] {
+        for (t, n, k) in
+            [(1usize, 77usize, 100usize), (1, 141, 96), (1, 9, 64), (3, 130, 33), (4, 65, 576), (5, 200, 17), (9, 64, 64), (16, 33, 32), (17, 20, 40)]
+        {
             let w = Q8Matrix::from_f32(&rng.nonzero(n * k, 0.5), n, k).unwrap();
             let mut dec = vec![0.0; n * k];
             w.decode_rows(0, &mut dec);

@@ -4,9 +4,9 @@
 
 use super::simd::dispatch;
 use super::{backward as bw, check, frozen, matmul, ops, zeroed, CpuBackend, CpuMatrix, CpuRope, CpuTensor, CpuWeight};
-use crate::types::layout::SeqSpan;
 use crate::backend::train::{AdamWStep, TrainBackend};
 use crate::types::config::ModelConfig;
+use crate::types::layout::SeqSpan;
 use crate::types::TrainBatch;
 use crate::{Error, Result};
 
@@ -40,7 +40,9 @@ fn same_shape(what: &str, a: &CpuTensor, b: &CpuTensor) -> Result<()> {
 fn dense_table<'m>(op: &str, m: &'m CpuMatrix) -> Result<&'m [f32]> {
     match &m.weight {
         CpuWeight::Dense(d) => Ok(d),
-        CpuWeight::Nf4(_) | CpuWeight::Bf16(_) | CpuWeight::Q8(_) => Err(Error::InvalidArgument(format!("{op}: the table must be dense f32, not NF4, bf16 or Q8"))),
+        CpuWeight::Nf4(_) | CpuWeight::Bf16(_) | CpuWeight::Q8(_) => {
+            Err(Error::InvalidArgument(format!("{op}: the table must be dense f32, not NF4, bf16 or Q8")))
+        }
     }
 }
 

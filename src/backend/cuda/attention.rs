@@ -10,17 +10,13 @@
 
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 
-
 use crate::kv::{BatchLayout, KvLayout};
 use crate::Result;
 
-use super::launch::launch_kernel;
 use super::device::{cuda_err, CudaDevice};
 use super::dtype::{CudaElem, DType};
-use super::ffi::{
-    LfPagedAttnParams, LfReshapeCacheParams, LF_ATTN_MAX_HEADS_PER_BLOCK, LF_ATTN_MAX_HEAD_DIM, LF_ATTN_PARTITION,
-    LF_ATTN_THREADS,
-};
+use super::ffi::{LfPagedAttnParams, LfReshapeCacheParams, LF_ATTN_MAX_HEADS_PER_BLOCK, LF_ATTN_MAX_HEAD_DIM, LF_ATTN_PARTITION, LF_ATTN_THREADS};
+use super::launch::launch_kernel;
 
 /// Head layout of an attention layer: q/out `[T, n_heads * head_dim]`, K/V `[.., n_kv_heads * head_dim]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,13 +97,7 @@ pub fn heads_per_block(group: usize) -> usize {
 /// Checks an attention launch over `batch` and builds its metadata. `num_blocks`: blocks of the
 /// cache (each layer's K and V hold `num_blocks * block_size` rows); `q_len`, `out_len`: elements
 /// of q and out, each `[n_tokens, n_heads * head_dim]`.
-pub fn plan_attention(
-    batch: &BatchLayout,
-    dims: AttnDims,
-    num_blocks: usize,
-    q_len: usize,
-    out_len: usize,
-) -> Result<AttnPlan> {
+pub fn plan_attention(batch: &BatchLayout, dims: AttnDims, num_blocks: usize, q_len: usize, out_len: usize) -> Result<AttnPlan> {
     plan_attention_padded(batch, dims, num_blocks, q_len, out_len, None)
 }
 
@@ -122,14 +112,7 @@ pub struct AttnPad {
 
 /// `plan_attention` with the block table `pad.max_blocks` wide and `pad.max_partitions` partitions
 /// (each at least what the batch needs), so that the launch parameters depend only on the pad.
-pub fn plan_attention_padded(
-    batch: &BatchLayout,
-    dims: AttnDims,
-    num_blocks: usize,
-    q_len: usize,
-    out_len: usize,
-    pad: Option<AttnPad>,
-) -> Result<AttnPlan> {
+pub fn plan_attention_padded(batch: &BatchLayout, dims: AttnDims, num_blocks: usize, q_len: usize, out_len: usize, pad: Option<AttnPad>) -> Result<AttnPlan> {
     const OP: &str = "paged_attention";
     let AttnDims { n_heads, n_kv_heads, head_dim } = dims;
     let nh = count_i32(OP, "n_heads", n_heads)?;
@@ -139,9 +122,7 @@ pub fn plan_attention_padded(
         return Err(invalid(format!("{OP}: n_heads = {n_heads} is not a multiple of n_kv_heads = {n_kv_heads}")));
     }
     if head_dim % 2 != 0 || head_dim > LF_ATTN_MAX_HEAD_DIM as usize {
-        return Err(invalid(format!(
-            "{OP}: head_dim = {head_dim} is not supported (even and at most {LF_ATTN_MAX_HEAD_DIM})"
-        )));
+        return Err(invalid(format!("{OP}: head_dim = {head_dim} is not supported (even and at most {LF_ATTN_MAX_HEAD_DIM})")));
     }
     let bs = count_i32(OP, "block_size", batch.block_size)?;
     count_i32(OP, "num_blocks", num_blocks)?;
@@ -153,9 +134,7 @@ pub fn plan_attention_padded(
     let want = mul(OP, "n_tokens * n_heads * head_dim", n_tokens, n_heads * head_dim)?;
     for (name, len) in [("q", q_len), ("out", out_len)] {
         if len != want {
-            return Err(invalid(format!(
-                "{OP}: `{name}` has {len} elements; its shape [{n_tokens}, {n_heads} * {head_dim}] needs {want}"
-            )));
+            return Err(invalid(format!("{OP}: `{name}` has {len} elements; its shape [{n_tokens}, {n_heads} * {head_dim}] needs {want}")));
         }
     }
     if batch.slots.len() != n_tokens {
@@ -188,23 +167,14 @@ pub fn plan_attention_padded(
                 plan.row_seq.len()
             )));
         }
-        let total = s
-            .context_len
-            .checked_add(s.n_new)
-            .ok_or_else(|| invalid(format!("{OP}: sequence {si} length overflows")))?;
+        let total = s.context_len.checked_add(s.n_new).ok_or_else(|| invalid(format!("{OP}: sequence {si} length overflows")))?;
         count_i32(OP, &format!("sequence {si} context_len + n_new"), total.max(1))?;
         let needed = total.div_ceil(batch.block_size);
         if s.blocks.len() < needed {
-            return Err(invalid(format!(
-                "{OP}: sequence {si} has {} blocks; {total} tokens at block_size {} need {needed}",
-                s.blocks.len(),
-                batch.block_size
-            )));
+            return Err(invalid(format!("{OP}: sequence {si} has {} blocks; {total} tokens at block_size {} need {needed}", s.blocks.len(), batch.block_size)));
         }
         if let Some((i, &b)) = s.blocks.iter().enumerate().find(|&(_, &b)| b as usize >= num_blocks) {
-            return Err(invalid(format!(
-                "{OP}: sequence {si} block {i} = {b} is outside the cache ({num_blocks} blocks)"
-            )));
+            return Err(invalid(format!("{OP}: sequence {si} block {i} = {b} is outside the cache ({num_blocks} blocks)")));
         }
         for (i, &b) in s.blocks.iter().enumerate() {
             plan.block_table[si * max_blocks + i] = b as i32;
@@ -232,10 +202,7 @@ pub fn plan_attention_padded(
     }
     let hpb = heads_per_block(n_heads / n_kv_heads);
     if n_heads / hpb > 65535 || max_partitions > 65535 {
-        return Err(invalid(format!(
-            "{OP}: grid ({n_tokens}, {}, {max_partitions}) exceeds the CUDA grid limits",
-            n_heads / hpb
-        )));
+        return Err(invalid(format!("{OP}: grid ({n_tokens}, {}, {max_partitions}) exceeds the CUDA grid limits", n_heads / hpb)));
     }
     plan.params = LfPagedAttnParams {
         n_rows,
@@ -254,13 +221,7 @@ pub fn plan_attention_padded(
 }
 
 /// Checks a cache write: k, v `[slots.len(), kv_dim]`; every slot < `cache_rows`.
-pub fn plan_reshape_and_cache(
-    k_len: usize,
-    v_len: usize,
-    slots: &[u32],
-    kv_dim: usize,
-    cache_rows: usize,
-) -> Result<LfReshapeCacheParams> {
+pub fn plan_reshape_and_cache(k_len: usize, v_len: usize, slots: &[u32], kv_dim: usize, cache_rows: usize) -> Result<LfReshapeCacheParams> {
     const OP: &str = "reshape_and_cache";
     let n = count_i32(OP, "n_tokens (slots.len())", slots.len())?;
     let d = count_i32(OP, "kv_dim", kv_dim)?;
@@ -268,10 +229,7 @@ pub fn plan_reshape_and_cache(
     let want = mul(OP, "n_tokens * kv_dim", slots.len(), kv_dim)?;
     for (name, len) in [("k", k_len), ("v", v_len)] {
         if len != want {
-            return Err(invalid(format!(
-                "{OP}: `{name}` has {len} elements; its shape [{}, {kv_dim}] needs {want}",
-                slots.len()
-            )));
+            return Err(invalid(format!("{OP}: `{name}` has {len} elements; its shape [{}, {kv_dim}] needs {want}", slots.len())));
         }
     }
     if let Some((i, &s)) = slots.iter().enumerate().find(|&(_, &s)| s as usize >= cache_rows) {
@@ -377,8 +335,7 @@ impl CudaAttention {
         const OP: &str = "reshape_and_cache";
         cache.check_layer(OP, layer)?;
         let l = cache.layout;
-        let p =
-            plan_reshape_and_cache(k.len(), v.len(), slots, l.num_kv_heads * l.head_dim, l.num_blocks * l.block_size)?;
+        let p = plan_reshape_and_cache(k.len(), v.len(), slots, l.num_kv_heads * l.head_dim, l.num_blocks * l.block_size)?;
         let dev_slots = ops.upload(slots)?;
         // SAFETY: `p` is plan_reshape_and_cache over exactly the slots uploaded into `dev_slots`,
         // for this cache's layout.
@@ -413,11 +370,7 @@ impl CudaAttention {
         ops.check_context(OP, "k", k)?;
         ops.check_context(OP, "v", v)?;
         ops.check_context(OP, "slots", slots)?;
-        let cfg = LaunchConfig {
-            grid_dim: (p.n_tokens as u32, 1, 1),
-            block_dim: (LF_ATTN_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = LaunchConfig { grid_dim: (p.n_tokens as u32, 1, 1), block_dim: (LF_ATTN_THREADS, 1, 1), shared_mem_bytes: 0 };
         let stream = &ops.stream;
         let (kp, _k) = k.device_ptr(stream);
         let (vp, _v) = v.device_ptr(stream);
@@ -452,18 +405,11 @@ impl CudaAttention {
         cache.check_layer(OP, layer)?;
         let l = cache.layout;
         if batch.block_size != l.block_size {
-            return Err(invalid(format!(
-                "{OP}: batch block_size {} != cache block_size {}",
-                batch.block_size, l.block_size
-            )));
+            return Err(invalid(format!("{OP}: batch block_size {} != cache block_size {}", batch.block_size, l.block_size)));
         }
         let dims = AttnDims { n_heads, n_kv_heads: l.num_kv_heads, head_dim: l.head_dim };
         let plan = plan_attention(batch, dims, l.num_blocks, q.len(), out.len())?;
-        let meta = AttnMeta {
-            row_seq: ops.upload(&plan.row_seq)?,
-            row_pos: ops.upload(&plan.row_pos)?,
-            block_table: ops.upload(&plan.block_table)?,
-        };
+        let meta = AttnMeta { row_seq: ops.upload(&plan.row_seq)?, row_pos: ops.upload(&plan.row_pos)?, block_table: ops.upload(&plan.block_table)? };
         let np = plan.partial_len();
         let partials = if np > 0 { Some(ops.alloc_for_output::<f32>(attn_workspace_len(np, l.head_dim))?) } else { None };
         // SAFETY: `plan` is plan_attention over this batch and cache layout; `meta` holds exactly
@@ -544,7 +490,11 @@ impl CudaAttention {
         // The workspace: part_max, part_sum, part_out, each starting on a 256-byte boundary.
         let r = np.next_multiple_of(64) as u64;
         let (mp, sp, pp) = if np > 0 { (wp, wp + 4 * r, wp + 8 * r) } else { (0, 0, 0) };
-        let cfg = LaunchConfig { grid_dim: (p.n_rows as u32, (p.n_heads / p.heads_per_block) as u32, p.max_partitions as u32), block_dim: (LF_ATTN_THREADS, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: (p.n_rows as u32, (p.n_heads / p.heads_per_block) as u32, p.max_partitions as u32),
+            block_dim: (LF_ATTN_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
         // SAFETY: lf_paged_attn_<T>_<kernel>(const T* q, const T* k_cache, const T* v_cache,
         // const int32_t* row_seq, const int32_t* row_pos, const int32_t* block_table, T* out,
         // float* part_max, float* part_sum, float* part_out, LfPagedAttnParams). By this
@@ -556,11 +506,7 @@ impl CudaAttention {
         // above) and is unused (null) otherwise.
         unsafe { launch_kernel(stream, f, "lf_paged_attn", cfg, &[&qp, &kcp, &vcp, &rsp, &rpp, &tp, &op, &mp, &sp, &pp, &p]) }?;
         if np > 0 {
-            let cfg = LaunchConfig {
-                grid_dim: (p.n_rows as u32, p.n_heads as u32, 1),
-                block_dim: (LF_ATTN_THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = LaunchConfig { grid_dim: (p.n_rows as u32, p.n_heads as u32, 1), block_dim: (LF_ATTN_THREADS, 1, 1), shared_mem_bytes: 0 };
             // SAFETY: lf_paged_attn_reduce_<T>(const int32_t* row_pos, const float* part_max,
             // const float* part_sum, const float* part_out, T* out, LfPagedAttnParams): the buffers
             // of the launch above, whose live partitions it wrote (stream-ordered before this).

@@ -15,12 +15,9 @@ use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchCon
 use crate::types::layout::SeqSpan;
 use crate::Result;
 
-use super::launch::launch_kernel;
 use super::device::{cuda_err, CudaDevice};
-use super::ffi::{
-    LfAttnTrainParams, LfSeqSpan, LF_ATTN_TRAIN_MAX_HEAD_DIM, LF_ATTN_TRAIN_MAX_TILE, LF_ATTN_TRAIN_THREADS,
-    LF_ATTN_TRAIN_TILE_ELEMS,
-};
+use super::ffi::{LfAttnTrainParams, LfSeqSpan, LF_ATTN_TRAIN_MAX_HEAD_DIM, LF_ATTN_TRAIN_MAX_TILE, LF_ATTN_TRAIN_THREADS, LF_ATTN_TRAIN_TILE_ELEMS};
+use super::launch::launch_kernel;
 use super::validate::{count_i32, invalid, mul};
 
 // SAFETY: `#[repr(C)]` structs of int32 and f32 fields generated from csrc/attention_train.h, no
@@ -139,10 +136,8 @@ pub fn plan_attention_train(dims: &AttnTrainDims, spans: &[SeqSpan], bufs: &[(&s
         }
     }
     let tile = tile_rows(dims.head_dim);
-    let spans_c = spans
-        .iter()
-        .map(|s| LfSeqSpan { start: s.start as i32, len: s.len as i32, ctx_start: s.ctx_start as i32, ctx_len: s.ctx_len as i32 })
-        .collect();
+    let spans_c =
+        spans.iter().map(|s| LfSeqSpan { start: s.start as i32, len: s.len as i32, ctx_start: s.ctx_start as i32, ctx_len: s.ctx_len as i32 }).collect();
     let blocks = |n: usize| n.div_ceil(tile) as u32;
     Ok(AttnTrainPlan {
         params: LfAttnTrainParams {
@@ -175,11 +170,7 @@ impl CudaAttentionTrain {
     pub fn new(ops: &CudaDevice) -> Result<Self> {
         let module = ops.load_embedded("attention_train", "training attention")?;
         let get = |name: &str| module.function(name);
-        Ok(CudaAttentionTrain {
-            fwd: get("lf_attn_train_fwd_f32")?,
-            delta: get("lf_attn_train_delta_f32")?,
-            bwd: get("lf_attn_train_bwd_f32")?,
-        })
+        Ok(CudaAttentionTrain { fwd: get("lf_attn_train_fwd_f32")?, delta: get("lf_attn_train_delta_f32")?, bwd: get("lf_attn_train_bwd_f32")? })
     }
 
     fn zeros(ops: &CudaDevice, len: usize) -> Result<CudaSlice<f32>> {

@@ -24,14 +24,14 @@ use crate::types::LoraModule;
 use crate::{Error, Result};
 
 use super::attention::{AttnMeta, CudaKvCache};
-use super::validate::invalid;
+use super::context::CudaContext;
 use super::device::CudaDevice;
 use super::dtype::DType;
-use super::nf4::CudaNf4Weight;
-use super::context::CudaContext;
 use super::graph::{self, Graphs};
+use super::nf4::CudaNf4Weight;
 use super::step::{self, CudaStep, StepArena};
 use super::train_kernels::TrainKernels;
+use super::validate::invalid;
 use super::values::{with_dtype, CudaKv, CudaMatrix, CudaRope, CudaTensor, CudaVector, CudaWeight, DenseBuf, Typed, NEXT_KV_ID};
 
 /// The GPU backend: one device, its kernel modules, the activation dtype, the activation buffer
@@ -56,7 +56,6 @@ impl std::ops::Deref for CudaBackend {
 }
 
 impl CudaBackend {
-
     /// Opens device `ordinal` (a GPU, or the CPU emulator under `LORAFLEET_CUDA_EMU=1`) with every
     /// kernel module the forward pass needs, activations in `act`.
     pub fn new(ordinal: usize, act: DType) -> Result<Self> {
@@ -285,12 +284,8 @@ impl Backend for CudaBackend {
         // activation; the output is in the activation dtype.
         let mut out = self.new_tensor(self.act, x.rows, x.cols)?;
         match (x.dtype, self.act) {
-            (DType::F32, DType::F32) => {
-                self.dev.rms_norm_into::<f32>(&x.view::<f32>()?, &w.f32, &mut out.view_mut::<f32>()?, x.rows, x.cols, eps)?
-            }
-            (DType::F32, DType::Bf16) => {
-                self.dev.rms_norm_f32_to_bf16(&x.view::<f32>()?, &w.f32, &mut out.view_mut::<bf16>()?, x.rows, x.cols, eps)?
-            }
+            (DType::F32, DType::F32) => self.dev.rms_norm_into::<f32>(&x.view::<f32>()?, &w.f32, &mut out.view_mut::<f32>()?, x.rows, x.cols, eps)?,
+            (DType::F32, DType::Bf16) => self.dev.rms_norm_f32_to_bf16(&x.view::<f32>()?, &w.f32, &mut out.view_mut::<bf16>()?, x.rows, x.cols, eps)?,
             (DType::Bf16, DType::Bf16) => {
                 let wb = w.bf16.as_ref().ok_or_else(|| invalid("rms_norm: the weight has no bf16 copy"))?;
                 self.dev.rms_norm_into::<bf16>(&x.view::<bf16>()?, wb, &mut out.view_mut::<bf16>()?, x.rows, x.cols, eps)?
@@ -348,15 +343,7 @@ impl Backend for CudaBackend {
         }
     }
 
-    fn attention(
-        &self,
-        q: &CudaTensor,
-        k: &CudaTensor,
-        v: &CudaTensor,
-        kv: &mut CudaKv,
-        layer: usize,
-        step: &mut CudaStep<'_>,
-    ) -> Result<CudaTensor> {
+    fn attention(&self, q: &CudaTensor, k: &CudaTensor, v: &CudaTensor, kv: &mut CudaKv, layer: usize, step: &mut CudaStep<'_>) -> Result<CudaTensor> {
         let t = step.n_tokens;
         if q.rows != t || k.rows != t || v.rows != t {
             return Err(invalid("attention: q/k/v rows do not match the batch"));

@@ -57,17 +57,7 @@ impl CudaContext {
         let lora = CudaLora::new(&dev)?;
         let linear = CudaLinear::new(&dev)?;
         let sampler = super::sampling::CudaSampler::new(&dev)?;
-        Ok(CudaContext {
-            dev,
-            transfer,
-            attn,
-            nf4,
-            lora,
-            linear,
-            sampler,
-            act,
-            pool: Mutex::new(Arc::new(Mutex::new(pool::BufPool::default()))),
-        })
+        Ok(CudaContext { dev, transfer, attn, nf4, lora, linear, sampler, act, pool: Mutex::new(Arc::new(Mutex::new(pool::BufPool::default()))) })
     }
 
     /// `t` as f32 on the host (the device stream syncs in the download).

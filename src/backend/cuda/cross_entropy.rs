@@ -12,9 +12,9 @@ use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchCon
 
 use crate::Result;
 
-use super::launch::launch_kernel;
 use super::device::{cuda_err, CudaDevice};
 use super::ffi::{LfCeParams, LfGemmParams, LF_CE_THREADS, LF_GEMM_TILE_M, LF_GEMM_TILE_N};
+use super::launch::launch_kernel;
 use super::validate::{count_i32, invalid, mul};
 
 // SAFETY: `#[repr(C)]` structs of int32 fields generated from csrc/cross_entropy.h, no pointers,

@@ -4,9 +4,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{
-    sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DeviceSlice, DriverError,
-};
+use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DeviceSlice, DriverError};
 use cudarc::nvrtc::Ptx;
 
 use crate::{Error, Result};
@@ -106,8 +104,7 @@ impl CudaDevice {
             .map_err(cuda_err(format!("creating a context on device {ordinal}")))?;
         // A stream of our own (not the legacy default stream): CUDA graphs capture from it.
         let stream = ctx.new_stream().map_err(cuda_err("creating a stream"))?;
-        let image = embedded::module_image("ops")
-            .ok_or_else(|| Error::Cuda("the ops kernels (kernels/ops.cu) are not built for this driver".into()))?;
+        let image = embedded::module_image("ops").ok_or_else(|| Error::Cuda("the ops kernels (kernels/ops.cu) are not built for this driver".into()))?;
         if image.as_ptr().align_offset(8) != 0 {
             return Err(Error::Cuda("the copy of the ops module image is not 8-byte aligned".into()));
         }
@@ -122,16 +119,12 @@ impl CudaDevice {
             add: PerDtype::load(&module, "add")?,
             embedding: PerDtype::load(&module, "embedding")?,
             bias_add: PerDtype::load(&module, "bias_add")?,
-            rms_norm_f32_bf16: module
-                .load_function("lf_rms_norm_f32_bf16")
-                .map_err(cuda_err("loading kernel lf_rms_norm_f32_bf16"))?,
+            rms_norm_f32_bf16: module.load_function("lf_rms_norm_f32_bf16").map_err(cuda_err("loading kernel lf_rms_norm_f32_bf16"))?,
             add_f32_bf16: module.load_function("lf_add_f32_bf16").map_err(cuda_err("loading kernel lf_add_f32_bf16"))?,
             cast_to_bf16: module.load_function("lf_cast_f32_bf16").map_err(cuda_err("loading kernel lf_cast_f32_bf16"))?,
             cast_to_f32: module.load_function("lf_cast_bf16_f32").map_err(cuda_err("loading kernel lf_cast_bf16_f32"))?,
         };
-        let sms = ctx
-            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map_err(cuda_err("reading the SM count"))?;
+        let sms = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_err(cuda_err("reading the SM count"))?;
         let max_blocks = u32::try_from(sms).unwrap_or(1).max(1) * GRID_STRIDE_BLOCKS_PER_SM;
         let name = ctx.name().unwrap_or_else(|_| format!("CUDA device {ordinal}"));
         Ok(CudaDevice { ctx, stream, kernels, max_blocks, name })
@@ -140,8 +133,7 @@ impl CudaDevice {
     /// Loads the module of `kernels/<stem>.cu` (`what`: the kernels' name in the error a build
     /// without them gives): its fatbin, or its emulated twin under the emulator.
     pub(crate) fn load_embedded(&self, stem: &'static str, what: &str) -> Result<EmbeddedModule> {
-        let image = embedded::module_image(stem)
-            .ok_or_else(|| Error::Cuda(format!("the {what} kernels (kernels/{stem}.cu) are not built for this driver")))?;
+        let image = embedded::module_image(stem).ok_or_else(|| Error::Cuda(format!("the {what} kernels (kernels/{stem}.cu) are not built for this driver")))?;
         let module = self.ctx.load_module(Ptx::from_binary(image)).map_err(cuda_err(format!("loading the {stem} module")))?;
         Ok(EmbeddedModule { module, stem })
     }
@@ -187,8 +179,7 @@ impl CudaDevice {
     /// Copies a device buffer back to the host (waits for the ops that write it). Fails if any
     /// op enqueued before it raised an error, rather than returning what a faulted kernel left.
     pub fn download<T: DeviceRepr>(&self, dev: &impl DevicePtr<T>) -> Result<Vec<T>> {
-        let host =
-            self.stream.clone_dtoh(dev).map_err(cuda_err(format!("copying {} elements from the device", dev.len())))?;
+        let host = self.stream.clone_dtoh(dev).map_err(cuda_err(format!("copying {} elements from the device", dev.len())))?;
         // cudarc records the error of the synchronisation that ends the copy instead of returning it.
         self.ctx.check_err().map_err(cuda_err("an asynchronous CUDA call before the copy"))?;
         Ok(host)

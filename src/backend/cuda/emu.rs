@@ -55,9 +55,7 @@ static LOADED: OnceLock<Result<libloading::os::unix::Library, String>> = OnceLoc
 /// finds it. Must run before any cudarc driver call (`check_available` calls it first).
 pub fn ensure_loaded() -> Result<(), String> {
     let r = LOADED.get_or_init(|| {
-        let d = dir().ok_or_else(|| {
-            "the CUDA emulator was not built (build.rs found no C++ compiler; set CXX)".to_string()
-        })?;
+        let d = dir().ok_or_else(|| "the CUDA emulator was not built (build.rs found no C++ compiler; set CXX)".to_string())?;
         let lib = d.join("libcuda.so");
         if !lib.is_file() {
             return Err(format!("the CUDA emulator's driver {} does not exist", lib.display()));
@@ -65,13 +63,8 @@ pub fn ensure_loaded() -> Result<(), String> {
         // SAFETY: loading our own shared object, built by build.rs from kernels/emu; its
         // initialisers only set up static state. RTLD_GLOBAL | RTLD_NOW make its symbols resolve
         // now and its SONAME (libcuda.so) match cudarc's later dlopen.
-        unsafe {
-            libloading::os::unix::Library::open(
-                Some(&lib),
-                libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
-            )
-        }
-        .map_err(|e| format!("loading the CUDA emulator {}: {e}", lib.display()))
+        unsafe { libloading::os::unix::Library::open(Some(&lib), libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL) }
+            .map_err(|e| format!("loading the CUDA emulator {}: {e}", lib.display()))
     });
     r.as_ref().map(|_| ()).map_err(Clone::clone)
 }
@@ -115,8 +108,7 @@ pub fn counters() -> Option<Counters> {
     // SAFETY: `lf_emu_get_counters` is defined in kernels/emu/driver.cpp with exactly this
     // signature, writing a `struct lf_emu_counters` whose layout `Counters` mirrors (ten u64).
     unsafe {
-        let f: libloading::os::unix::Symbol<unsafe extern "C" fn(*mut Counters)> =
-            lib.get(b"lf_emu_get_counters\0").ok()?;
+        let f: libloading::os::unix::Symbol<unsafe extern "C" fn(*mut Counters)> = lib.get(b"lf_emu_get_counters\0").ok()?;
         let mut c = Counters::default();
         f(&mut c);
         Some(c)

@@ -95,11 +95,7 @@ pub(crate) fn begin(cx: &CudaContext, graphs: &Mutex<Graphs>, step: &mut CudaSte
     let pool = {
         let mut g = graphs.lock().map_err(|_| Error::Cuda("the graph table's lock is poisoned".into()))?;
         let generation = step.generation();
-        g.entries
-            .entry(key)
-            .or_insert_with(|| Entry { pool: Arc::new(Mutex::new(BufPool::default())), graph: None, output: None, generation })
-            .pool
-            .clone()
+        g.entries.entry(key).or_insert_with(|| Entry { pool: Arc::new(Mutex::new(BufPool::default())), graph: None, output: None, generation }).pool.clone()
     };
     step.saved_pool = Some(cx.swap_pool(pool)?);
     if step.graph_phase == GraphPhase::Capture {
@@ -116,11 +112,7 @@ pub(crate) fn begin(cx: &CudaContext, graphs: &Mutex<Graphs>, step: &mut CudaSte
 pub(crate) fn end(cx: &CudaContext, graphs: &Mutex<Graphs>, step: &mut CudaStep<'_>, out: CudaTensor) -> Result<CudaTensor> {
     let Some(saved) = step.saved_pool.take() else { return Ok(out) };
     let phase = std::mem::replace(&mut step.graph_phase, GraphPhase::Eager);
-    let ended = if phase == GraphPhase::Capture {
-        Some(cx.device().stream().end_capture(CUgraphInstantiate_flags(0)))
-    } else {
-        None
-    };
+    let ended = if phase == GraphPhase::Capture { Some(cx.device().stream().end_capture(CUgraphInstantiate_flags(0))) } else { None };
     cx.swap_pool(saved)?;
     let Some(ended) = ended else { return Ok(out) };
     let graph = ended

@@ -13,9 +13,7 @@ use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 use crate::Result;
 
 use super::dtype::DType;
-use super::ffi::{
-    LfElementwiseParams, LfEmbeddingParams, LfRmsNormParams, LfRopeParams, LF_OPS_ROW_THREADS_MAX, LF_OPS_THREADS,
-};
+use super::ffi::{LfElementwiseParams, LfEmbeddingParams, LfRmsNormParams, LfRopeParams, LF_OPS_ROW_THREADS_MAX, LF_OPS_THREADS};
 
 /// Threads for `units` independent work items: whole warps, at least one, at most `max`.
 pub fn block_threads(units: usize, max: u32) -> u32 {
@@ -64,7 +62,6 @@ pub fn elementwise(p: &LfElementwiseParams, dtype: DType, max_blocks: u32) -> La
     let blocks = u32::try_from(blocks).map_or(max_blocks, |b| b.min(max_blocks)).max(1);
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
 }
-
 
 /// A value pushed by value into a kernel's argument list (a device pointer or a params struct).
 pub(crate) trait KernelArg {

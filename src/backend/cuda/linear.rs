@@ -10,13 +10,13 @@ use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchCon
 
 use crate::Result;
 
-use super::launch::launch_kernel;
 use super::device::CudaDevice;
 use super::dtype::{CudaElem, DType};
 use super::ffi::{
-    LfLinearParams, LF_LINEAR_BM, LF_LINEAR_BN, LF_LINEAR_GEMV_MAX_ROWS, LF_LINEAR_GEMV_WARPS, LF_LINEAR_TC_BM,
-    LF_LINEAR_TC_BN, LF_LINEAR_TC_THREADS, LF_LINEAR_THREADS,
+    LfLinearParams, LF_LINEAR_BM, LF_LINEAR_BN, LF_LINEAR_GEMV_MAX_ROWS, LF_LINEAR_GEMV_WARPS, LF_LINEAR_TC_BM, LF_LINEAR_TC_BN, LF_LINEAR_TC_THREADS,
+    LF_LINEAR_THREADS,
 };
+use super::launch::launch_kernel;
 use super::validate::{count_i32, invalid, mul};
 
 /// GEMV row tiles the kernels are compiled for.
@@ -92,11 +92,7 @@ pub fn plan_linear(m: usize, n: usize, k: usize, bufs: LinearBuffers, force_gemm
         let mt = GEMV_TILES.iter().copied().find(|&t| t >= m).unwrap_or(LF_LINEAR_GEMV_MAX_ROWS as usize);
         let fast = k.is_multiple_of(8) && bufs.aligned16;
         let gx = n.div_ceil(LF_LINEAR_GEMV_WARPS as usize);
-        return Ok(LinearPlan {
-            params,
-            kernel: LinearKernel::Gemv { mt, fast },
-            grid: (gx as u32, m.div_ceil(mt) as u32, 1),
-        });
+        return Ok(LinearPlan { params, kernel: LinearKernel::Gemv { mt, fast }, grid: (gx as u32, m.div_ceil(mt) as u32, 1) });
     }
     let (kernel, bm, bn) = if bufs.bf16_pair {
         (LinearKernel::GemmTc { fast: k.is_multiple_of(8) && bufs.aligned16 }, LF_LINEAR_TC_BM, LF_LINEAR_TC_BN)
@@ -148,22 +144,14 @@ impl CudaLinear {
                 gemv_generic: gemv("generic")?,
                 gemm: module.function(&format!("lf_linear_gemm_{xs}_{ws}"))?,
                 gemm_tc: match (x, w) {
-                    (DType::Bf16, DType::Bf16) => Some([
-                        module.function("lf_linear_gemm_tc_bf16_bf16_fast")?,
-                        module.function("lf_linear_gemm_tc_bf16_bf16_generic")?,
-                    ]),
+                    (DType::Bf16, DType::Bf16) => {
+                        Some([module.function("lf_linear_gemm_tc_bf16_bf16_fast")?, module.function("lf_linear_gemm_tc_bf16_bf16_generic")?])
+                    }
                     _ => None,
                 },
             })
         };
-        Ok(CudaLinear {
-            fns: [
-                load(DType::F32, DType::F32)?,
-                load(DType::F32, DType::Bf16)?,
-                load(DType::Bf16, DType::F32)?,
-                load(DType::Bf16, DType::Bf16)?,
-            ],
-        })
+        Ok(CudaLinear { fns: [load(DType::F32, DType::F32)?, load(DType::F32, DType::Bf16)?, load(DType::Bf16, DType::F32)?, load(DType::Bf16, DType::Bf16)?] })
     }
 
     /// `y [m, n] = x [m, k] · W [n, k]ᵀ (+ bias [n])` with `(m, n, k) = dims`, enqueued on

@@ -24,13 +24,13 @@ use cudarc::driver::{CudaFunction, CudaSlice, CudaView, DevicePtr, DevicePtrMut,
 use crate::types::layout::{validate_segment_shapes, LoraSegmentShape};
 use crate::Result;
 
-use super::launch::launch_kernel;
 use super::device::CudaDevice;
 use super::dtype::{CudaElem, DType};
 use super::ffi::{
-    LfLoraParams, LfLoraSegment, LfLoraTile, LF_LORA_CHUNK_BYTES, LF_LORA_MAX_RANK, LF_LORA_MIN_CHUNK_BYTES,
-    LF_LORA_TARGET_BLOCKS, LF_LORA_THREADS, LF_LORA_TILE_TOKENS,
+    LfLoraParams, LfLoraSegment, LfLoraTile, LF_LORA_CHUNK_BYTES, LF_LORA_MAX_RANK, LF_LORA_MIN_CHUNK_BYTES, LF_LORA_TARGET_BLOCKS, LF_LORA_THREADS,
+    LF_LORA_TILE_TOKENS,
 };
+use super::launch::launch_kernel;
 use super::validate::{count_i32, invalid, mul};
 
 // SAFETY: a `#[repr(C)]` struct of int32 fields generated from csrc/lora_sgmv.h, no pointers and
@@ -213,14 +213,7 @@ impl LoraPlan {
 /// Checks a batched LoRA step and builds its metadata. `dtype`: storage type of x, y, A and B;
 /// `x_len`, `y_len`: elements of x and y; `kernel`: the family to use, or `None` to pick
 /// (BGMV when every segment is one token).
-pub fn plan_lora(
-    dtype: DType,
-    shape: LoraShape,
-    x_len: usize,
-    y_len: usize,
-    segs: &[LoraSegmentDesc],
-    kernel: Option<LoraKernel>,
-) -> Result<LoraPlan> {
+pub fn plan_lora(dtype: DType, shape: LoraShape, x_len: usize, y_len: usize, segs: &[LoraSegmentDesc], kernel: Option<LoraKernel>) -> Result<LoraPlan> {
     const OP: &str = "lora";
     let LoraShape { t_rows, d_in, d_out } = shape;
     let t = count_i32(OP, "t_rows", t_rows)?;
@@ -232,13 +225,7 @@ pub fn plan_lora(
             return Err(invalid(format!("{OP}: `{name}` has {len} elements; its shape [{t_rows}, {width}] needs {want}")));
         }
     }
-    let shapes = segs.iter().map(|s| LoraSegmentShape {
-        start: s.start,
-        len: s.len,
-        rank: s.rank,
-        a_len: s.a_len,
-        b_len: s.b_len,
-    });
+    let shapes = segs.iter().map(|s| LoraSegmentShape { start: s.start, len: s.len, rank: s.rank, a_len: s.a_len, b_len: s.b_len });
     validate_segment_shapes(shapes, t_rows, d_in, d_out, LF_LORA_MAX_RANK as usize)?;
     for (i, s) in segs.iter().enumerate() {
         if !s.scale.is_finite() {
@@ -258,17 +245,8 @@ pub fn plan_lora(
     let kernel = kernel.unwrap_or_else(|| LoraKernel::for_segment_lens(live.iter().map(|s| s.len)));
 
     // Every value below fits int32: t_rows does, and segments lie inside the batch.
-    let segments: Vec<LfLoraSegment> = live
-        .iter()
-        .map(|s| LfLoraSegment {
-            a: s.a_ptr,
-            b: s.b_ptr,
-            start: s.start as i32,
-            len: s.len as i32,
-            rank: s.rank as i32,
-            scale: s.scale,
-        })
-        .collect();
+    let segments: Vec<LfLoraSegment> =
+        live.iter().map(|s| LfLoraSegment { a: s.a_ptr, b: s.b_ptr, start: s.start as i32, len: s.len as i32, rank: s.rank as i32, scale: s.scale }).collect();
     let (mut tiles, mut token_seg) = (Vec::new(), Vec::new());
     match kernel {
         LoraKernel::Sgmv => {
@@ -308,8 +286,7 @@ pub fn plan_lora(
         chunk: chunk as i32,
         n_chunks: n_chunks as i32,
     };
-    Ok(LoraPlan {
-        always_launch: false, params, kernel, segments, tiles, token_seg })
+    Ok(LoraPlan { always_launch: false, params, kernel, segments, tiles, token_seg })
 }
 
 /// Elements of d_in per shrink chunk (split-K) when the shrink has `grid_x` tiles or tokens: the
@@ -399,16 +376,7 @@ impl CudaLora {
             // views' guards again, so stream ordering is tracked at launch time.
             let (a_ptr, _a) = s.a.device_ptr(&ops.stream);
             let (b_ptr, _b) = s.b.device_ptr(&ops.stream);
-            descs.push(LoraSegmentDesc {
-                start: s.start,
-                len: s.len,
-                rank: s.rank,
-                scale: s.scale,
-                a_len: s.a.len(),
-                b_len: s.b.len(),
-                a_ptr,
-                b_ptr,
-            });
+            descs.push(LoraSegmentDesc { start: s.start, len: s.len, rank: s.rank, scale: s.scale, a_len: s.a.len(), b_len: s.b.len(), a_ptr, b_ptr });
         }
         // x and y are checked against the shape when they are passed (shrink, expand).
         let (t, di, dout) = (shape.t_rows, shape.d_in, shape.d_out);

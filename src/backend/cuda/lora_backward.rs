@@ -16,9 +16,9 @@ use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, LaunchConfig};
 
 use crate::Result;
 
-use super::launch::launch_kernel;
 use super::device::{cuda_err, CudaDevice};
 use super::ffi::{LfLoraBwdParams, LF_LORA_BWD_MAX_RANK, LF_LORA_BWD_ROWS, LF_LORA_BWD_THREADS, LF_LORA_BWD_TILE};
+use super::launch::launch_kernel;
 use super::validate::{count_i32, invalid, mul};
 
 // SAFETY: a `#[repr(C)]` struct of int32 and f32 fields generated from csrc/lora_backward.h, no
@@ -157,7 +157,8 @@ impl CudaLoraBackward {
         dx: Option<&mut impl DevicePtrMut<f32>>,
     ) -> Result<()> {
         const OP: &str = "lora backward";
-        let lens = LoraBackwardLens { x: x.len(), xa: xa.len(), dy: dy.len(), a: a.len(), b: b.len(), da: da.len(), db: db.len(), dx: dx.as_ref().map(|d| d.len()) };
+        let lens =
+            LoraBackwardLens { x: x.len(), xa: xa.len(), dy: dy.len(), a: a.len(), b: b.len(), da: da.len(), db: db.len(), dx: dx.as_ref().map(|d| d.len()) };
         let plan = plan_lora_backward(shape, &lens)?;
         ops.check_context(OP, "x", x)?;
         ops.check_context(OP, "xa", xa)?;

@@ -33,11 +33,11 @@
 //! `Unavailable::NoKernels`.
 
 pub mod attention;
+pub mod attention_train;
+mod availability;
 pub mod backend;
 pub mod context;
-pub mod attention_train;
 pub mod cross_entropy;
-mod availability;
 mod device;
 mod dtype;
 mod embedded;
@@ -46,9 +46,9 @@ pub mod ffi;
 mod graph;
 pub mod launch;
 pub mod linear;
-pub mod nf4;
 pub mod lora;
 pub mod lora_backward;
+pub mod nf4;
 mod ops;
 pub mod ops_backward;
 mod pool;
@@ -61,16 +61,16 @@ mod train_kernels;
 pub mod validate;
 pub mod values;
 
-pub use backend::CudaBackend;
-pub use context::CudaContext;
-pub use values::{CudaKv, CudaMatrix, CudaRope, CudaTensor, CudaVector, CudaWeight, DenseBuf};
 pub use attention::{AttnDims, AttnKernel, AttnPlan, CudaAttention, CudaKvCache};
 pub use availability::{check_available, Unavailable};
+pub use backend::CudaBackend;
+pub use context::CudaContext;
 pub use device::CudaDevice;
-pub use nf4::{CudaNf4, CudaNf4Weight};
 pub use dtype::{CudaElem, DType};
-pub use testing::{bench_device, big_shapes, test_device, timed_launches, tests_on_emulator, BIG_SHAPES_ENV, REQUIRE_GPU_ENV};
+pub use nf4::{CudaNf4, CudaNf4Weight};
+pub use testing::{bench_device, big_shapes, test_device, tests_on_emulator, timed_launches, BIG_SHAPES_ENV, REQUIRE_GPU_ENV};
 pub use validate::RopeDims;
+pub use values::{CudaKv, CudaMatrix, CudaRope, CudaTensor, CudaVector, CudaWeight, DenseBuf};
 
 /// Whether kernels exist for the driver in use: the fatbins (build.rs found nvcc), or under
 /// `LORAFLEET_CUDA_EMU=1` the emulated modules (build.rs found a C++ compiler).

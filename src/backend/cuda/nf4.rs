@@ -23,13 +23,11 @@ use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchCon
 use crate::quant::Nf4Tensor;
 use crate::{Error, Result};
 
-use super::launch::launch_kernel;
 use super::device::CudaDevice;
 use super::dtype::{CudaElem, DType};
-use super::ffi::{
-    LfNf4GemmParams, LF_NF4_GEMM_BM, LF_NF4_GEMM_BN, LF_NF4_GEMM_THREADS, LF_NF4_GEMV_THREADS,
-};
+use super::ffi::{LfNf4GemmParams, LF_NF4_GEMM_BM, LF_NF4_GEMM_BN, LF_NF4_GEMM_THREADS, LF_NF4_GEMV_THREADS};
 use super::launch::block_threads;
+use super::launch::launch_kernel;
 use super::validate::{count_i32, invalid, mul};
 
 // SAFETY: `#[repr(C)]` struct of fixed-width integers, f32 and an f32 array (generated from
@@ -131,14 +129,7 @@ const GRID_YZ_MAX: usize = 65535;
 /// Fails with `Error::InvalidArgument` naming the first bad argument: a zero or over-int32
 /// dimension, a buffer whose length does not match its shape, a non-finite code level, a grid
 /// beyond CUDA's limits, or a GEMM forced on f32.
-pub fn plan_nf4_linear(
-    m: usize,
-    shape: Nf4Shape,
-    code: &[f32; 16],
-    bufs: Nf4Buffers,
-    dtype: DType,
-    force: Nf4Override,
-) -> Result<Nf4Plan> {
+pub fn plan_nf4_linear(m: usize, shape: Nf4Shape, code: &[f32; 16], bufs: Nf4Buffers, dtype: DType, force: Nf4Override) -> Result<Nf4Plan> {
     const OP: &str = "nf4_linear";
     let Nf4Shape { n, k, blocksize } = shape;
     let m32 = count_i32(OP, "m (rows of x)", m)?;
@@ -164,9 +155,7 @@ pub fn plan_nf4_linear(
 
     let path = match (force.path, dtype) {
         (Some(Nf4Path::Gemm), DType::F32) => {
-            return Err(invalid(format!(
-                "{OP}: the GEMM path is bf16 only (the tensor cores would round f32 activations); use GEMV"
-            )))
+            return Err(invalid(format!("{OP}: the GEMM path is bf16 only (the tensor cores would round f32 activations); use GEMV")))
         }
         (Some(p), _) => p,
         (None, DType::Bf16) if m > GEMV_MAX_ROWS => Nf4Path::Gemm,
@@ -189,9 +178,7 @@ pub fn plan_nf4_linear(
             let mt = GEMV_ROW_TILES.iter().copied().find(|&t| t >= m.min(GEMV_MAX_ROWS)).unwrap_or(GEMV_MAX_ROWS);
             let gy = m.div_ceil(mt);
             if gy > GRID_YZ_MAX {
-                return Err(invalid(format!(
-                    "{OP}: m = {m} rows make {gy} GEMV row chunks of {mt}; CUDA's grid allows {GRID_YZ_MAX}"
-                )));
+                return Err(invalid(format!("{OP}: m = {m} rows make {gy} GEMV row chunks of {mt}; CUDA's grid allows {GRID_YZ_MAX}")));
             }
             let gx = n.div_ceil(gemv_rows_per_block(mt));
             // Fast: a thread per 32-element chunk of K; generic: a thread per element.
@@ -202,9 +189,7 @@ pub fn plan_nf4_linear(
             let (bm, bn) = (LF_NF4_GEMM_BM as usize, LF_NF4_GEMM_BN as usize);
             let gy = m.div_ceil(bm);
             if gy > GRID_YZ_MAX {
-                return Err(invalid(format!(
-                    "{OP}: m = {m} rows make {gy} GEMM row tiles of {bm}; CUDA's grid allows {GRID_YZ_MAX}"
-                )));
+                return Err(invalid(format!("{OP}: m = {m} rows make {gy} GEMM row tiles of {bm}; CUDA's grid allows {GRID_YZ_MAX}")));
             }
             (bm, (n.div_ceil(bn) as u32, gy as u32, 1), LF_NF4_GEMM_THREADS)
         }
@@ -244,12 +229,7 @@ impl CudaNf4Weight {
             return Err(invalid(format!("CudaNf4Weight: empty weight [{n}, {k}]")));
         }
         let absmax = t.block_absmax();
-        Ok(CudaNf4Weight {
-            packed: ops.upload(&t.packed)?,
-            absmax: ops.upload(&absmax)?,
-            shape: Nf4Shape { n, k, blocksize: t.blocksize },
-            code: t.code,
-        })
+        Ok(CudaNf4Weight { packed: ops.upload(&t.packed)?, absmax: ops.upload(&absmax)?, shape: Nf4Shape { n, k, blocksize: t.blocksize }, code: t.code })
     }
 
     /// The packed codes and the f32 block scales, copied to the host (tests).
@@ -321,14 +301,7 @@ impl CudaNf4 {
 
     /// `y [m, n] = x [m, k] · Wᵀ` (f32 accumulation, one rounding to `T` per output), enqueued on
     /// `ops.stream()`. x: `[m, k]`; y: `[m, n]`, fully overwritten.
-    pub fn linear<T: CudaElem>(
-        &self,
-        ops: &CudaDevice,
-        x: &impl DevicePtr<T>,
-        m: usize,
-        w: &CudaNf4Weight,
-        y: &mut impl DevicePtrMut<T>,
-    ) -> Result<Nf4Kernel> {
+    pub fn linear<T: CudaElem>(&self, ops: &CudaDevice, x: &impl DevicePtr<T>, m: usize, w: &CudaNf4Weight, y: &mut impl DevicePtrMut<T>) -> Result<Nf4Kernel> {
         self.linear_with(ops, x, m, w, y, Nf4Override::default())
     }
 
@@ -350,13 +323,8 @@ impl CudaNf4 {
         let (xp, _x) = x.device_ptr(stream);
         let (pp, _p) = w.packed.device_ptr(stream);
         let (ap, _a) = w.absmax.device_ptr(stream);
-        let bufs = Nf4Buffers {
-            x_len: x.len(),
-            y_len: y.len(),
-            packed_len: w.packed.len(),
-            absmax_len: w.absmax.len(),
-            aligned16: xp % 16 == 0 && pp % 16 == 0,
-        };
+        let bufs =
+            Nf4Buffers { x_len: x.len(), y_len: y.len(), packed_len: w.packed.len(), absmax_len: w.absmax.len(), aligned16: xp % 16 == 0 && pp % 16 == 0 };
         let plan = plan_nf4_linear(m, w.shape, &w.code, bufs, T::DTYPE, force)?;
         let f = self.function(&plan.kernel)?;
         let (yp, _y) = y.device_ptr_mut(stream);
@@ -376,13 +344,7 @@ impl CudaNf4 {
     }
 
     /// `linear` into a new buffer `[m, n]`.
-    pub fn linear_alloc<T: CudaElem>(
-        &self,
-        ops: &CudaDevice,
-        x: &impl DevicePtr<T>,
-        m: usize,
-        w: &CudaNf4Weight,
-    ) -> Result<CudaSlice<T>> {
+    pub fn linear_alloc<T: CudaElem>(&self, ops: &CudaDevice, x: &impl DevicePtr<T>, m: usize, w: &CudaNf4Weight) -> Result<CudaSlice<T>> {
         let len = mul("nf4_linear", "m * n", m, w.shape.n)?;
         let mut y = ops.alloc_for_output(len)?;
         self.linear(ops, x, m, w, &mut y)?;
@@ -397,13 +359,7 @@ mod tests {
 
     fn bufs(m: usize, s: Nf4Shape) -> Nf4Buffers {
         let numel = s.n * s.k;
-        Nf4Buffers {
-            x_len: m * s.k,
-            y_len: m * s.n,
-            packed_len: numel.div_ceil(2),
-            absmax_len: numel.div_ceil(s.blocksize),
-            aligned16: true,
-        }
+        Nf4Buffers { x_len: m * s.k, y_len: m * s.n, packed_len: numel.div_ceil(2), absmax_len: numel.div_ceil(s.blocksize), aligned16: true }
     }
 
     fn plan(m: usize, n: usize, k: usize, dtype: DType) -> Nf4Plan {
@@ -479,9 +435,7 @@ mod tests {
     fn rejects_bad_arguments() {
         let s = Nf4Shape { n: 8, k: 64, blocksize: 64 };
         let auto = Nf4Override::default();
-        let err = |m: usize, s: Nf4Shape, b: Nf4Buffers, code: &[f32; 16]| {
-            plan_nf4_linear(m, s, code, b, DType::Bf16, auto).unwrap_err().to_string()
-        };
+        let err = |m: usize, s: Nf4Shape, b: Nf4Buffers, code: &[f32; 16]| plan_nf4_linear(m, s, code, b, DType::Bf16, auto).unwrap_err().to_string();
         assert!(err(0, s, bufs(1, s), &NF4_CODE).contains("m (rows of x) is 0"));
         let z = Nf4Shape { n: 0, ..s };
         assert!(err(1, z, bufs(1, s), &NF4_CODE).contains("n (output features"));

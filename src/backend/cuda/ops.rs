@@ -73,14 +73,7 @@ impl CudaDevice {
     }
 
     /// RMSNorm into a new buffer `[rows, cols]`.
-    pub fn rms_norm<T: CudaElem>(
-        &self,
-        x: &impl DevicePtr<T>,
-        w: &impl DevicePtr<T>,
-        rows: usize,
-        cols: usize,
-        eps: f32,
-    ) -> Result<CudaSlice<T>> {
+    pub fn rms_norm<T: CudaElem>(&self, x: &impl DevicePtr<T>, w: &impl DevicePtr<T>, rows: usize, cols: usize, eps: f32) -> Result<CudaSlice<T>> {
         validate::rms_norm(x.len(), w.len(), x.len(), rows, cols, eps)?;
         let mut out = self.alloc_for_output(x.len())?;
         self.rms_norm_into(x, w, &mut out, rows, cols, eps)?;
@@ -143,12 +136,7 @@ impl CudaDevice {
     }
 
     /// SwiGLU gate into `out`: `out = silu(gate) * up`. gate, up, out: `[n]`.
-    pub fn silu_mul_into<T: CudaElem>(
-        &self,
-        gate: &impl DevicePtr<T>,
-        up: &impl DevicePtr<T>,
-        out: &mut impl DevicePtrMut<T>,
-    ) -> Result<()> {
+    pub fn silu_mul_into<T: CudaElem>(&self, gate: &impl DevicePtr<T>, up: &impl DevicePtr<T>, out: &mut impl DevicePtrMut<T>) -> Result<()> {
         let p = validate::silu_mul(gate.len(), up.len(), out.len())?;
         self.check_context("silu_mul", "gate", gate)?;
         self.check_context("silu_mul", "up", up)?;
@@ -186,13 +174,7 @@ impl CudaDevice {
 
     /// Embedding gather into `out`: `out[i] = table[ids[i]]`. table: `[vocab, hidden]`;
     /// ids: `[n]` (host; copied to the device), each < vocab; out: `[n, hidden]`.
-    pub fn embedding_into<T: CudaElem>(
-        &self,
-        table: &impl DevicePtr<T>,
-        hidden: usize,
-        ids: &[u32],
-        out: &mut impl DevicePtrMut<T>,
-    ) -> Result<()> {
+    pub fn embedding_into<T: CudaElem>(&self, table: &impl DevicePtr<T>, hidden: usize, ids: &[u32], out: &mut impl DevicePtrMut<T>) -> Result<()> {
         let p = validate::embedding(table.len(), hidden, ids, out.len())?;
         let dev_ids = self.upload(ids)?;
         // SAFETY: `p` is validate::embedding over exactly the ids uploaded into `dev_ids`.
@@ -230,12 +212,7 @@ impl CudaDevice {
     }
 
     /// Embedding gather into a new buffer `[ids.len(), hidden]`.
-    pub fn embedding<T: CudaElem>(
-        &self,
-        table: &impl DevicePtr<T>,
-        hidden: usize,
-        ids: &[u32],
-    ) -> Result<CudaSlice<T>> {
+    pub fn embedding<T: CudaElem>(&self, table: &impl DevicePtr<T>, hidden: usize, ids: &[u32]) -> Result<CudaSlice<T>> {
         let p = validate::embedding(table.len(), hidden, ids, ids.len().saturating_mul(hidden))?;
         let mut out = self.alloc_for_output(p.n_ids as usize * hidden)?;
         self.embedding_into(table, hidden, ids, &mut out)?;
@@ -307,9 +284,7 @@ impl CudaDevice {
         let cols = bias.len();
         let n = y.len();
         if cols == 0 || n == 0 || !n.is_multiple_of(cols) {
-            return Err(crate::Error::InvalidArgument(format!(
-                "{OP}: y has {n} elements, not a positive multiple of the bias length {cols}"
-            )));
+            return Err(crate::Error::InvalidArgument(format!("{OP}: y has {n} elements, not a positive multiple of the bias length {cols}")));
         }
         let p = LfBiasParams {
             n: i64::try_from(n).map_err(|_| crate::Error::InvalidArgument(format!("{OP}: {n} elements")))?,

@@ -8,10 +8,10 @@ use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, LaunchConfig};
 
 use crate::{Error, Result};
 
-use super::launch::launch_kernel;
 use super::device::CudaDevice;
 use super::dtype::DType;
 use super::ffi::{LfElementwiseParams, LfRmsNormBwdParams, LfRmsNormParams, LfRopeParams};
+use super::launch::launch_kernel;
 use super::{launch, validate, validate::RopeDims};
 
 // SAFETY: a `#[repr(C)]` struct of int32 and f32 fields generated from csrc/ops_backward.h, no
@@ -31,9 +31,7 @@ pub fn plan_rms_norm_backward(
 ) -> Result<LfRmsNormBwdParams> {
     let p = validate::rms_norm(x_len, w_len, dx_len, rows, cols, eps)?;
     if dy_len != x_len {
-        return Err(Error::InvalidArgument(format!(
-            "rms_norm_backward: `dy` has {dy_len} elements; its shape [{rows}, {cols}] needs {x_len}"
-        )));
+        return Err(Error::InvalidArgument(format!("rms_norm_backward: `dy` has {dy_len} elements; its shape [{rows}, {cols}] needs {x_len}")));
     }
     Ok(LfRmsNormBwdParams { rows: p.rows, cols: p.cols, eps: p.eps, accumulate: accumulate as i32 })
 }
@@ -49,11 +47,7 @@ impl CudaOpsBackward {
     pub fn new(ops: &CudaDevice) -> Result<Self> {
         let module = ops.load_embedded("ops_backward", "backward ops")?;
         let get = |name: &str| module.function(name);
-        Ok(CudaOpsBackward {
-            rms_norm: get("lf_rms_norm_bwd_f32")?,
-            rope: get("lf_rope_bwd_f32")?,
-            silu_mul: get("lf_silu_mul_bwd_f32")?,
-        })
+        Ok(CudaOpsBackward { rms_norm: get("lf_rms_norm_bwd_f32")?, rope: get("lf_rope_bwd_f32")?, silu_mul: get("lf_silu_mul_bwd_f32")? })
     }
 
     /// RMSNorm backward with the weight frozen: `dx (+)= r·(w·dy) − x·r³/cols·Σ(w·dy·x)`,
@@ -113,11 +107,8 @@ impl CudaOpsBackward {
         let pos = ops.upload(positions)?;
         // One thread per (head, pair) up to the block limit; the kernel loops over the rest.
         let items = (p.n_q_heads as usize + p.n_k_heads as usize) * (p.head_dim as usize / 2);
-        let cfg = LaunchConfig {
-            grid_dim: (p.rows as u32, 1, 1),
-            block_dim: (launch::block_threads(items, super::ffi::LF_OPS_THREADS), 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg =
+            LaunchConfig { grid_dim: (p.rows as u32, 1, 1), block_dim: (launch::block_threads(items, super::ffi::LF_OPS_THREADS), 1, 1), shared_mem_bytes: 0 };
         let s = &ops.stream;
         let (qp, _q) = dq.device_ptr_mut(s);
         let (kp, _k) = dk.device_ptr_mut(s);
@@ -145,10 +136,8 @@ impl CudaOpsBackward {
         dup: &mut impl DevicePtrMut<f32>,
     ) -> Result<()> {
         const OP: &str = "silu_mul_backward";
-        let p: LfElementwiseParams = validate::elementwise(
-            OP,
-            &[("gate", gate.len()), ("up", up.len()), ("dout", dout.len()), ("dgate", dgate.len()), ("dup", dup.len())],
-        )?;
+        let p: LfElementwiseParams =
+            validate::elementwise(OP, &[("gate", gate.len()), ("up", up.len()), ("dout", dout.len()), ("dgate", dgate.len()), ("dup", dup.len())])?;
         ops.check_context(OP, "gate", gate)?;
         ops.check_context(OP, "up", up)?;
         ops.check_context(OP, "dout", dout)?;

@@ -72,7 +72,8 @@ impl PooledBuf {
     pub fn view_mut<T: CudaElem>(&mut self, len: usize) -> Result<CudaViewMut<'_, T>> {
         let class = self.class;
         // SAFETY: as `view`; the mutable borrow of self makes this the only view.
-        unsafe { self.raw_mut().transmute_mut::<T>(len) }.ok_or_else(|| Error::Cuda(format!("a pooled buffer of {class} bytes is too small for {len} elements")))
+        unsafe { self.raw_mut().transmute_mut::<T>(len) }
+            .ok_or_else(|| Error::Cuda(format!("a pooled buffer of {class} bytes is too small for {len} elements")))
     }
 
     /// The device address (for tests of address stability).

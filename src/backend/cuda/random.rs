@@ -9,13 +9,13 @@ use crate::backend::random::{absmax_range, part_seeds, value_range, RandomFormat
 use crate::quant::nf4::{NF4_BLOCK, NF4_CODE};
 use crate::Result;
 
-use super::values::{CudaMatrix, CudaWeight, DenseBuf};
-use super::launch::launch_kernel;
 use super::device::CudaDevice;
 use super::dtype::{CudaElem, DType};
 use super::ffi::{LfRandomParams, LF_RANDOM_THREADS};
+use super::launch::launch_kernel;
 use super::nf4::{CudaNf4Weight, Nf4Shape};
 use super::validate::invalid;
+use super::values::{CudaMatrix, CudaWeight, DenseBuf};
 
 fn launch(ops: &CudaDevice, kernel: &str, out: &mut impl DevicePtrMut<u8>, p: LfRandomParams) -> Result<()> {
     let m = ops.load_embedded("random", "random fill")?;
@@ -48,7 +48,11 @@ fn uniform<T: CudaElem>(ops: &CudaDevice, n: usize, seed: u64, (a, b): (f32, f32
 /// The matrix `spec` describes, created on the device. Dense f32 specs follow the activation
 /// dtype `act` (as `upload_matrix` stores dense weights).
 pub fn create(ops: &CudaDevice, spec: &RandomSpec, act: DType) -> Result<CudaMatrix> {
-    let n = spec.rows.checked_mul(spec.cols).filter(|&n| n > 0 && i64::try_from(n).is_ok()).ok_or_else(|| invalid(format!("{}: [{}, {}] is empty or too large", spec.name, spec.rows, spec.cols)))?;
+    let n = spec
+        .rows
+        .checked_mul(spec.cols)
+        .filter(|&n| n > 0 && i64::try_from(n).is_ok())
+        .ok_or_else(|| invalid(format!("{}: [{}, {}] is empty or too large", spec.name, spec.rows, spec.cols)))?;
     let (vs, ss) = part_seeds(spec);
     let weight = match spec.format {
         RandomFormat::F32 => match act {

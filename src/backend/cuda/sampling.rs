@@ -7,10 +7,10 @@ use cudarc::driver::{CudaFunction, DevicePtr, DevicePtrMut, LaunchConfig};
 use crate::backend::sampling::SampleRow;
 use crate::Result;
 
-use super::launch::launch_kernel;
 use super::device::CudaDevice;
 use super::dtype::{CudaElem, DType};
 use super::ffi::{LfSampleParams, LfSampleRow, LF_SAMPLE_THREADS};
+use super::launch::launch_kernel;
 use super::validate::{count_i32, invalid};
 
 /// The C row of a `SampleRow`, checked: a finite temperature >= 0, top_p in (0, 1], top_k within
@@ -101,4 +101,3 @@ impl CudaSampler {
 
 // The device's marker for a non-finite row is the twin's.
 const _: () = assert!(super::ffi::LF_SAMPLE_NON_FINITE == crate::backend::sampling::NON_FINITE);
-

@@ -16,17 +16,17 @@ use crate::types::LoraModule;
 use crate::{Error, Result};
 
 use super::attention::{attn_workspace_len, plan_attention_padded, plan_reshape_and_cache, AttnDims, AttnKernel, AttnPad};
-use super::ffi::{LF_ATTN_PARTITION, LF_LORA_MAX_RANK};
-use super::lora::LoraKernel;
-use super::sampling::sample_row_c;
-use super::pool::SharedPool;
 use super::context::CudaContext;
-use super::values::{CudaMatrix, CudaWeight};
-use super::validate::invalid;
 use super::device::CudaDevice;
 use super::ffi::{LfEmbeddingParams, LfPagedAttnParams, LfReshapeCacheParams, LfRopeParams};
+use super::ffi::{LF_ATTN_PARTITION, LF_LORA_MAX_RANK};
+use super::lora::LoraKernel;
 use super::lora::{plan_lora, LoraPlan, LoraSegmentDesc, LoraShape};
+use super::pool::SharedPool;
+use super::sampling::sample_row_c;
+use super::validate::invalid;
 use super::validate::{self, RopeDims};
+use super::values::{CudaMatrix, CudaWeight};
 
 /// What a decode graph's launches depend on.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -182,10 +182,7 @@ pub(crate) fn begin<'a, B: Backend<Matrix = CudaMatrix>>(
     // A decode step (one new token per sequence, every row's logits) replays as a CUDA graph:
     // its launch parameters must then depend only on its shape, so the attention table and
     // partitions are padded to powers of two of the longest context.
-    let decode = graphs_on
-        && (1..=MAX_GRAPH_ROWS).contains(&t)
-        && b.seqs.iter().all(|s| s.n_new == 1)
-        && spec.logit_rows.iter().copied().eq(0..t);
+    let decode = graphs_on && (1..=MAX_GRAPH_ROWS).contains(&t) && b.seqs.iter().all(|s| s.n_new == 1) && spec.logit_rows.iter().copied().eq(0..t);
     let pad = if decode {
         let part = LF_ATTN_PARTITION as usize;
         let max_keys = b.seqs.iter().map(|s| s.context_len + 1).max().unwrap_or(1);
@@ -198,14 +195,7 @@ pub(crate) fn begin<'a, B: Backend<Matrix = CudaMatrix>>(
     } else {
         None
     };
-    let attn = plan_attention_padded(
-        b,
-        AttnDims { n_heads, n_kv_heads: n_kv, head_dim: hd },
-        l.num_blocks,
-        t * n_heads * hd,
-        t * n_heads * hd,
-        pad,
-    )?;
+    let attn = plan_attention_padded(b, AttnDims { n_heads, n_kv_heads: n_kv, head_dim: hd }, l.num_blocks, t * n_heads * hd, t * n_heads * hd, pad)?;
     if let Some(&r) = spec.logit_rows.iter().find(|&&r| r >= t) {
         return Err(invalid(format!("gather_rows: row {r} of a {t}-row batch")));
     }
@@ -279,9 +269,7 @@ pub(crate) fn begin<'a, B: Backend<Matrix = CudaMatrix>>(
     {
         let meta = arena.meta.as_mut().expect("just ensured");
         let mut dst = meta.slice_mut(0..upload_bytes);
-        dev.stream()
-            .memcpy_htod(&host, &mut dst)
-            .map_err(super::device::cuda_err(format!("uploading the step's {upload_bytes} bytes of metadata")))?;
+        dev.stream().memcpy_htod(&host, &mut dst).map_err(super::device::cuda_err(format!("uploading the step's {upload_bytes} bytes of metadata")))?;
     }
     arena.host = host;
     Ok(CudaStep {

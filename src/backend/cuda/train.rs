@@ -14,18 +14,18 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 use half::bf16;
 
 use super::attention_train::AttnTrainDims;
-use super::train_kernels::TrainKernels;
-use super::backend::{CudaBackend};
-use super::values::{CudaMatrix, CudaRope, CudaTensor, CudaVector, CudaWeight, DenseBuf};
-use super::validate::invalid;
+use super::backend::CudaBackend;
 use super::device::{cuda_err, CudaDevice};
 use super::dtype::DType;
 use super::launch::launch_kernel;
 use super::lora_backward::LoraBackwardShape;
+use super::train_kernels::TrainKernels;
+use super::validate::invalid;
 use super::validate::{count_i32, RopeDims};
-use crate::types::layout::SeqSpan;
+use super::values::{CudaMatrix, CudaRope, CudaTensor, CudaVector, CudaWeight, DenseBuf};
 use crate::backend::train::{AdamWStep, TrainBackend};
 use crate::types::config::ModelConfig;
+use crate::types::layout::SeqSpan;
 use crate::types::TrainBatch;
 use crate::Result;
 
@@ -143,7 +143,8 @@ impl CudaBackend {
         dev.check_context(OP, "b", b)?;
         dev.check_context(OP, "c", c)?;
         let kern = self.train_kernels()?;
-        let cfg = LaunchConfig { grid_dim: (n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, 1), block_dim: (TILE as u32, TILE as u32, 1), shared_mem_bytes: 0 };
+        let cfg =
+            LaunchConfig { grid_dim: (n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, 1), block_dim: (TILE as u32, TILE as u32, 1), shared_mem_bytes: 0 };
         let s = dev.stream();
         let (ap, _a) = a.device_ptr(s);
         let (bp, _b) = b.device_ptr(s);
@@ -234,7 +235,8 @@ impl TrainBackend for CudaBackend {
 
     fn causal_attention(&self, q: &CudaTensor, k: &CudaTensor, v: &CudaTensor, b: &CudaTrainBatch) -> Result<(CudaTensor, CudaTensor)> {
         self.check_f32("attention (training)", &[q, k, v])?;
-        let (out, lse) = self.train_kernels()?.attention.forward(self.device(), &b.attn_dims(), &b.seqs, &q.view::<f32>()?, &k.view::<f32>()?, &v.view::<f32>()?)?;
+        let (out, lse) =
+            self.train_kernels()?.attention.forward(self.device(), &b.attn_dims(), &b.seqs, &q.view::<f32>()?, &k.view::<f32>()?, &v.view::<f32>()?)?;
         Ok((self.tensor_of(&out, q.rows, q.cols)?, self.tensor_of(&lse, q.rows, b.n_heads)?))
     }
 
@@ -282,7 +284,17 @@ impl TrainBackend for CudaBackend {
         same_shape("rms_norm_backward: dy", dy, x)?;
         same_shape("rms_norm_backward: dx", dx, x)?;
         let (rows, cols) = (x.rows, x.cols);
-        self.train_kernels()?.ops.rms_norm_backward(self.device(), &x.view::<f32>()?, &w.f32, &dy.view::<f32>()?, &mut dx.view_mut::<f32>()?, rows, cols, eps, accumulate)
+        self.train_kernels()?.ops.rms_norm_backward(
+            self.device(),
+            &x.view::<f32>()?,
+            &w.f32,
+            &dy.view::<f32>()?,
+            &mut dx.view_mut::<f32>()?,
+            rows,
+            cols,
+            eps,
+            accumulate,
+        )
     }
 
     fn silu_mul_backward(&self, gate: &CudaTensor, up: &CudaTensor, dout: &CudaTensor) -> Result<(CudaTensor, CudaTensor)> {
@@ -422,7 +434,14 @@ impl TrainBackend for CudaBackend {
             return Err(invalid("cross_entropy: the lm_head must be dense f32"));
         };
         if h.rows != b.targets.len() || h.cols != table.cols {
-            return Err(invalid(format!("cross_entropy: h [{}, {}] for {} targets and a [{}, {}] lm_head", h.rows, h.cols, b.targets.len(), table.rows, table.cols)));
+            return Err(invalid(format!(
+                "cross_entropy: h [{}, {}] for {} targets and a [{}, {}] lm_head",
+                h.rows,
+                h.cols,
+                b.targets.len(),
+                table.rows,
+                table.cols
+            )));
         }
         let weights = vec![weight; b.targets.len()];
         let (loss, dh) = self.train_kernels()?.cross_entropy.run(self.device(), &h.view::<f32>()?, ws, h.cols, &b.targets, &weights, chunk)?;

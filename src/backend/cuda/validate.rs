@@ -48,14 +48,7 @@ fn expect_len(op: &str, buf: &str, len: usize, expected: usize, shape: &str) -> 
 }
 
 /// RMSNorm: x, out `[rows, cols]`, w `[cols]`; eps finite and >= 0.
-pub fn rms_norm(
-    x_len: usize,
-    w_len: usize,
-    out_len: usize,
-    rows: usize,
-    cols: usize,
-    eps: f32,
-) -> Result<LfRmsNormParams> {
+pub fn rms_norm(x_len: usize, w_len: usize, out_len: usize, rows: usize, cols: usize, eps: f32) -> Result<LfRmsNormParams> {
     const OP: &str = "rms_norm";
     let r = count_i32(OP, "rows", rows)?;
     let c = count_i32(OP, "cols", cols)?;
@@ -73,14 +66,7 @@ pub fn rms_norm(
 /// RoPE: q `[rows, n_q_heads * head_dim]`, k `[rows, n_k_heads * head_dim]`, rows =
 /// positions.len(); cos, sin `[max_pos, head_dim / 2]` with max_pos = cos_len / (head_dim / 2);
 /// head_dim even; every position < max_pos.
-pub fn rope(
-    q_len: usize,
-    k_len: usize,
-    positions: &[u32],
-    cos_len: usize,
-    sin_len: usize,
-    dims: RopeDims,
-) -> Result<LfRopeParams> {
+pub fn rope(q_len: usize, k_len: usize, positions: &[u32], cos_len: usize, sin_len: usize, dims: RopeDims) -> Result<LfRopeParams> {
     const OP: &str = "rope";
     let RopeDims { n_q_heads, n_k_heads, head_dim } = dims;
     let rows = count_i32(OP, "rows (positions.len())", positions.len())?;
@@ -100,9 +86,7 @@ pub fn rope(
     expect_len(OP, "k", k_len, mul(OP, "rows * k width", n, k_width)?, &format!("[{n}, {n_k_heads} * {head_dim}]"))?;
     let half = head_dim / 2;
     if cos_len == 0 || !cos_len.is_multiple_of(half) {
-        return Err(invalid(format!(
-            "{OP}: the cos table has {cos_len} elements, not a positive multiple of head_dim / 2 = {half}"
-        )));
+        return Err(invalid(format!("{OP}: the cos table has {cos_len} elements, not a positive multiple of head_dim / 2 = {half}")));
     }
     let max_pos = cos_len / half;
     let mp = count_i32(OP, "max_pos (cos table rows)", max_pos)?;
@@ -145,9 +129,7 @@ pub fn embedding(table_len: usize, hidden: usize, ids: &[u32], out_len: usize) -
     let h = count_i32(OP, "hidden", hidden)?;
     let n_ids = count_i32(OP, "ids.len()", ids.len())?;
     if table_len == 0 || !table_len.is_multiple_of(hidden) {
-        return Err(invalid(format!(
-            "{OP}: the table has {table_len} elements, not a positive multiple of hidden = {hidden}"
-        )));
+        return Err(invalid(format!("{OP}: the table has {table_len} elements, not a positive multiple of hidden = {hidden}")));
     }
     let vocab = table_len / hidden;
     let v = count_i32(OP, "vocab (table rows)", vocab)?;

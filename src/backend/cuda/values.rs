@@ -141,7 +141,6 @@ impl CudaKv {
     }
 }
 
-
 /// Runs `$body` with `$t` bound to the Rust element type of `$dtype` (f32 or bf16).
 macro_rules! with_dtype {
     ($dtype:expr, $t:ident => $body:expr) => {

@@ -70,7 +70,9 @@ pub(crate) enum Command {
     --concurrency 1,5,10,20 --duration 30")]
     Bench(BenchArgs),
     /// Batch-1 decode ms/token beside its floor (weight bytes per token / measured copy bandwidth).
-    #[command(long_about = "Batch-1 decode speed beside its floor.\n\n    Measures the device's copy bandwidth (device to device on CUDA, a host memcpy on the CPU),     counts the weight bytes a decode step reads (the seven linear weights of every layer and the     lm_head), and times --reps requests of --new-tokens greedy tokens after one warm-up request:     ms/token is first token to last over new-tokens - 1 steps, the median over the requests.     The floor is bytes / bandwidth; the last column is how close to it the engine runs.\n\n    Example (a 7B shape, no checkpoint needed):\n  lorafleet decode-bench --model models/smollm2-135m-instruct     --random-weights mistral-7b --quantize nf4 --device cuda")]
+    #[command(
+        long_about = "Batch-1 decode speed beside its floor.\n\n    Measures the device's copy bandwidth (device to device on CUDA, a host memcpy on the CPU),     counts the weight bytes a decode step reads (the seven linear weights of every layer and the     lm_head), and times --reps requests of --new-tokens greedy tokens after one warm-up request:     ms/token is first token to last over new-tokens - 1 steps, the median over the requests.     The floor is bytes / bandwidth; the last column is how close to it the engine runs.\n\n    Example (a 7B shape, no checkpoint needed):\n  lorafleet decode-bench --model models/smollm2-135m-instruct     --random-weights mistral-7b --quantize nf4 --device cuda"
+    )]
     DecodeBench(DecodeBenchArgs),
 }
 
@@ -509,7 +511,11 @@ impl ServeArgs {
                 device_budget_bytes: self.adapter_memory.unwrap_or(1 << 30),
                 max_rank: self.max_lora_rank,
                 allow_paths: self.allow_adapter_paths,
-                synthetic: self.synthetic_adapters.map(|count| lorafleet::lora::SyntheticAdapters { count, rank: self.synthetic_rank, seed: self.synthetic_seed }),
+                synthetic: self.synthetic_adapters.map(|count| lorafleet::lora::SyntheticAdapters {
+                    count,
+                    rank: self.synthetic_rank,
+                    seed: self.synthetic_seed,
+                }),
             },
             prefix_cache: !self.no_prefix_cache,
             ..EngineOptions::default()

@@ -63,7 +63,14 @@ pub(crate) fn bench(a: BenchArgs) -> Result<()> {
             let opts = lorafleet::engine::EngineOptions {
                 kv_cache_bytes: a.kv_cache_bytes,
                 max_batch_tokens: a.max_batch_tokens,
-                cache: CacheOptions { adapter_dir, max_host_adapters: 64, device_budget_bytes: a.adapter_memory, max_rank: a.rank.max(128), allow_paths: true, synthetic },
+                cache: CacheOptions {
+                    adapter_dir,
+                    max_host_adapters: 64,
+                    device_budget_bytes: a.adapter_memory,
+                    max_rank: a.rank.max(128),
+                    allow_paths: true,
+                    synthetic,
+                },
                 prefix_cache: !a.no_prefix_cache,
                 ..lorafleet::engine::EngineOptions::default()
             };

@@ -4,8 +4,8 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use lorafleet::model::gguf::{convert_gguf, OutDType};
 use lorafleet::model::fetch;
+use lorafleet::model::gguf::{convert_gguf, OutDType};
 use lorafleet::{Error, Result};
 
 mod args;

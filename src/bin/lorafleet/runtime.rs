@@ -44,6 +44,12 @@ pub(crate) fn check_model_args(m: &ModelArgs) -> Result<()> {
 }
 
 pub(crate) fn load<B: Backend>(m: &ModelArgs, be: B) -> Result<Loaded<B>> {
-    let src = lorafleet::runtime::ModelSource { dir: m.model.clone(), format: m.format(), head: m.lm_head, random: m.random()?, progress: std::io::stderr().is_terminal() };
+    let src = lorafleet::runtime::ModelSource {
+        dir: m.model.clone(),
+        format: m.format(),
+        head: m.lm_head,
+        random: m.random()?,
+        progress: std::io::stderr().is_terminal(),
+    };
     lorafleet::runtime::load(be, &src)
 }

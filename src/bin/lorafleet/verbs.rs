@@ -68,11 +68,9 @@ pub(crate) fn read_prompts_file(path: &Path) -> Result<Vec<(String, Option<Strin
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| Error::BadRequest(format!("{}:{}: not JSON: {e}", path.display(), n + 1)))?;
-        let p = v.get("prompt").and_then(|p| p.as_str()).ok_or_else(|| {
-            Error::BadRequest(format!("{}:{}: no string field \"prompt\"", path.display(), n + 1))
-        })?;
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| Error::BadRequest(format!("{}:{}: not JSON: {e}", path.display(), n + 1)))?;
+        let p =
+            v.get("prompt").and_then(|p| p.as_str()).ok_or_else(|| Error::BadRequest(format!("{}:{}: no string field \"prompt\"", path.display(), n + 1)))?;
         let adapter = match v.get("adapter") {
             None | Some(serde_json::Value::Null) => None,
             Some(serde_json::Value::String(s)) => Some(s.clone()),
@@ -87,16 +85,21 @@ pub(crate) fn read_prompts_file(path: &Path) -> Result<Vec<(String, Option<Strin
 /// fails the command before anything runs.
 #[allow(clippy::type_complexity)]
 pub(crate) fn load_adapters<B: Backend>(l: &Loaded<B>, a: &AdapterArgs, ids: &[Option<String>]) -> Result<Vec<Result<Option<Arc<LoadedAdapter<B>>>>>> {
-    let opts = CacheOptions { adapter_dir: a.adapter_dir.clone(), max_host_adapters: 0, device_budget_bytes: usize::MAX, max_rank: a.max_lora_rank, allow_paths: true, synthetic: None };
+    let opts = CacheOptions {
+        adapter_dir: a.adapter_dir.clone(),
+        max_host_adapters: 0,
+        device_budget_bytes: usize::MAX,
+        max_rank: a.max_lora_rank,
+        allow_paths: true,
+        synthetic: None,
+    };
     opts.check().map_err(|e| Error::InvalidArgument(format!("--adapter-dir: {e}")))?;
     let mut cache = AdapterCache::new(l.be.clone(), l.model.config.clone(), opts);
     Ok(ids.iter().map(|id| id.as_deref().map(|id| cache.get_blocking(id)).transpose()).collect())
 }
 
 pub(crate) fn parse_ids(s: &str) -> Result<Vec<u32>> {
-    s.split(',')
-        .map(|t| t.trim().parse::<u32>().map_err(|e| Error::InvalidArgument(format!("--prompt-ids: {t:?}: {e}"))))
-        .collect()
+    s.split(',').map(|t| t.trim().parse::<u32>().map_err(|e| Error::InvalidArgument(format!("--prompt-ids: {t:?}: {e}")))).collect()
 }
 
 pub(crate) fn generate(a: GenerateArgs) -> Result<()> {
@@ -135,10 +138,8 @@ pub(crate) fn generate_on<B: Backend>(a: &GenerateArgs, l: Loaded<B>) -> Result<
     // A prompt whose adapter cannot be loaded fails alone; the others run as one batch.
     let adapters = load_adapters(&l, &a.lora, &adapter_ids)?;
     let runnable: Vec<usize> = (0..prompts.len()).filter(|&i| adapters[i].is_ok()).collect();
-    let reqs: Vec<SeqRequest> =
-        runnable.iter().map(|&i| SeqRequest { prompt_ids: prompts[i].clone(), options: options.clone() }).collect();
-    let run_adapters: Vec<Option<&LoadedAdapter<B>>> =
-        runnable.iter().map(|&i| adapters[i].as_ref().ok().and_then(|a| a.as_deref())).collect();
+    let reqs: Vec<SeqRequest> = runnable.iter().map(|&i| SeqRequest { prompt_ids: prompts[i].clone(), options: options.clone() }).collect();
+    let run_adapters: Vec<Option<&LoadedAdapter<B>>> = runnable.iter().map(|&i| adapters[i].as_ref().ok().and_then(|a| a.as_deref())).collect();
     let g = Generator::new(&l.model, &*l.be, &l.tok).with_kv_cache_bytes(a.kv_cache_bytes);
     let stream = !a.json && prompts.len() == 1;
     let mut stdout = std::io::stdout().lock();

@@ -100,12 +100,7 @@ fn read_hparams(g: &GgufFile) -> Result<Hparams, GgufError> {
     let n_layer = usize_key("block_count")?;
     // The layers the file holds, from its tensor names: a block_count that disagrees (e.g. 1e9)
     // must not drive any loop or allocation.
-    let present = g
-        .tensors()
-        .iter()
-        .filter_map(|t| t.name.strip_prefix("blk.")?.split_once('.')?.0.parse::<usize>().ok())
-        .max()
-        .map_or(0, |m| m + 1);
+    let present = g.tensors().iter().filter_map(|t| t.name.strip_prefix("blk.")?.split_once('.')?.0.parse::<usize>().ok()).max().map_or(0, |m| m + 1);
     if n_layer != present {
         return Err(model_err(g, format!("{a}.block_count is {n_layer} but the file holds tensors of {present} layers")));
     }
@@ -140,9 +135,7 @@ fn read_hparams(g: &GgufFile) -> Result<Hparams, GgufError> {
         }
     }
 
-    let embed = g
-        .tensor("token_embd.weight")
-        .ok_or_else(|| model_err(g, "missing tensor token_embd.weight".into()))?;
+    let embed = g.tensor("token_embd.weight").ok_or_else(|| model_err(g, "missing tensor token_embd.weight".into()))?;
     let vocab = match embed.dims.as_slice() {
         [cols, rows] if *cols as usize == hidden => *rows as usize,
         d => return Err(model_err(g, format!("token_embd.weight has ne {d:?}, expected [{hidden}, vocab]"))),
@@ -165,9 +158,7 @@ fn read_rope_scaling(g: &GgufFile, a: &str) -> Result<Option<Value>, GgufError> 
     let orig = g.get_u64(&format!("{a}.rope.scaling.original_context_length"))?;
     Ok(match (ty, factor, legacy) {
         (Some("none"), _, _) => None,
-        (Some("linear"), Some(f), _) | (None, None, Some(f)) if f != 1.0 => {
-            Some(json!({ "type": "linear", "rope_type": "linear", "factor": f }))
-        }
+        (Some("linear"), Some(f), _) | (None, None, Some(f)) if f != 1.0 => Some(json!({ "type": "linear", "rope_type": "linear", "factor": f })),
         (Some("yarn"), Some(f), _) => {
             let mut m = Map::new();
             m.insert("type".into(), json!("yarn"));
@@ -224,11 +215,9 @@ fn config_json(h: &Hparams, g: &GgufFile, dtype: OutDType) -> Result<Value, Gguf
             c.insert("max_window_layers".into(), json!(h.n_layer));
         }
     }
-    for (key, gkey) in [
-        ("bos_token_id", "tokenizer.ggml.bos_token_id"),
-        ("eos_token_id", "tokenizer.ggml.eos_token_id"),
-        ("pad_token_id", "tokenizer.ggml.padding_token_id"),
-    ] {
+    for (key, gkey) in
+        [("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id"), ("pad_token_id", "tokenizer.ggml.padding_token_id")]
+    {
         if let Some(id) = g.get_u64(gkey)? {
             c.insert(key.into(), json!(id));
         }
@@ -239,11 +228,9 @@ fn config_json(h: &Hparams, g: &GgufFile, dtype: OutDType) -> Result<Value, Gguf
 fn generation_config_json(g: &GgufFile) -> Result<Value, GgufError> {
     let mut c = Map::new();
     c.insert("_from_model_config".into(), json!(true));
-    for (key, gkey) in [
-        ("bos_token_id", "tokenizer.ggml.bos_token_id"),
-        ("eos_token_id", "tokenizer.ggml.eos_token_id"),
-        ("pad_token_id", "tokenizer.ggml.padding_token_id"),
-    ] {
+    for (key, gkey) in
+        [("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id"), ("pad_token_id", "tokenizer.ggml.padding_token_id")]
+    {
         if let Some(id) = g.get_u64(gkey)? {
             c.insert(key.into(), json!(id));
         }
@@ -285,46 +272,42 @@ fn plan<'a>(g: &'a GgufFile, h: &Hparams) -> Result<Vec<Planned<'a>>, GgufError>
     let mut out = Vec::new();
     for t in g.tensors() {
         let shape = t.shape();
-        let (order, hf_name, expected, unpermute): ((u8, usize, usize), String, Vec<usize>, Option<usize>) =
-            match t.name.as_str() {
-                "token_embd.weight" => ((0, 0, 0), "model.embed_tokens.weight".into(), vec![h.vocab, h.hidden], None),
-                "output_norm.weight" => ((2, 0, 0), "model.norm.weight".into(), vec![h.hidden], None),
-                "output.weight" => ((3, 0, 0), "lm_head.weight".into(), vec![h.vocab, h.hidden], None),
-                "rope_freqs.weight" => {
-                    // Llama-3.1 style frequency factors: HF computes them from rope_scaling,
-                    // which GGUF does not record; long-context outputs would differ.
-                    eprintln!(
-                        "warning: {}: ignoring rope_freqs.weight (llama3 RoPE frequency factors are not carried over)",
-                        g.path().display()
-                    );
-                    continue;
+        let (order, hf_name, expected, unpermute): ((u8, usize, usize), String, Vec<usize>, Option<usize>) = match t.name.as_str() {
+            "token_embd.weight" => ((0, 0, 0), "model.embed_tokens.weight".into(), vec![h.vocab, h.hidden], None),
+            "output_norm.weight" => ((2, 0, 0), "model.norm.weight".into(), vec![h.hidden], None),
+            "output.weight" => ((3, 0, 0), "lm_head.weight".into(), vec![h.vocab, h.hidden], None),
+            "rope_freqs.weight" => {
+                // Llama-3.1 style frequency factors: HF computes them from rope_scaling,
+                // which GGUF does not record; long-context outputs would differ.
+                eprintln!("warning: {}: ignoring rope_freqs.weight (llama3 RoPE frequency factors are not carried over)", g.path().display());
+                continue;
+            }
+            name => {
+                let unknown = || model_err(g, format!("tensor {name} is not part of a {} model", h.arch_name));
+                let rest = name.strip_prefix("blk.").ok_or_else(unknown)?;
+                let (layer, suffix) = rest.split_once('.').ok_or_else(unknown)?;
+                let layer: usize = layer.parse().map_err(|_| unknown())?;
+                if layer >= h.n_layer {
+                    return Err(model_err(g, format!("tensor {name}: layer {layer} >= block_count {}", h.n_layer)));
                 }
-                name => {
-                    let unknown = || model_err(g, format!("tensor {name} is not part of a {} model", h.arch_name));
-                    let rest = name.strip_prefix("blk.").ok_or_else(unknown)?;
-                    let (layer, suffix) = rest.split_once('.').ok_or_else(unknown)?;
-                    let layer: usize = layer.parse().map_err(|_| unknown())?;
-                    if layer >= h.n_layer {
-                        return Err(model_err(g, format!("tensor {name}: layer {layer} >= block_count {}", h.n_layer)));
-                    }
-                    let pos = LAYER_TENSORS.iter().position(|e| e.0 == suffix).ok_or_else(unknown)?;
-                    let hf = format!("model.layers.{layer}.{}", LAYER_TENSORS[pos].1);
-                    let is_llama = h.arch == Arch::Llama;
-                    let (expected, unpermute) = match suffix {
-                        "attn_norm.weight" | "ffn_norm.weight" => (vec![h.hidden], None),
-                        "attn_q.weight" => (vec![q_rows, h.hidden], is_llama.then_some(h.n_head)),
-                        "attn_k.weight" => (vec![kv_rows, h.hidden], is_llama.then_some(h.n_kv)),
-                        "attn_v.weight" => (vec![kv_rows, h.hidden], None),
-                        "attn_q.bias" => (vec![q_rows], is_llama.then_some(h.n_head)),
-                        "attn_k.bias" => (vec![kv_rows], is_llama.then_some(h.n_kv)),
-                        "attn_v.bias" => (vec![kv_rows], None),
-                        "attn_output.weight" => (vec![h.hidden, q_rows], None),
-                        "ffn_gate.weight" | "ffn_up.weight" => (vec![h.ffn, h.hidden], None),
-                        _ => (vec![h.hidden, h.ffn], None), // ffn_down.weight
-                    };
-                    ((1, layer, pos), hf, expected, unpermute)
-                }
-            };
+                let pos = LAYER_TENSORS.iter().position(|e| e.0 == suffix).ok_or_else(unknown)?;
+                let hf = format!("model.layers.{layer}.{}", LAYER_TENSORS[pos].1);
+                let is_llama = h.arch == Arch::Llama;
+                let (expected, unpermute) = match suffix {
+                    "attn_norm.weight" | "ffn_norm.weight" => (vec![h.hidden], None),
+                    "attn_q.weight" => (vec![q_rows, h.hidden], is_llama.then_some(h.n_head)),
+                    "attn_k.weight" => (vec![kv_rows, h.hidden], is_llama.then_some(h.n_kv)),
+                    "attn_v.weight" => (vec![kv_rows, h.hidden], None),
+                    "attn_q.bias" => (vec![q_rows], is_llama.then_some(h.n_head)),
+                    "attn_k.bias" => (vec![kv_rows], is_llama.then_some(h.n_kv)),
+                    "attn_v.bias" => (vec![kv_rows], None),
+                    "attn_output.weight" => (vec![h.hidden, q_rows], None),
+                    "ffn_gate.weight" | "ffn_up.weight" => (vec![h.ffn, h.hidden], None),
+                    _ => (vec![h.hidden, h.ffn], None), // ffn_down.weight
+                };
+                ((1, layer, pos), hf, expected, unpermute)
+            }
+        };
         if shape != expected {
             return Err(model_err(g, format!("tensor {} has shape {shape:?}, expected {expected:?} from the metadata", t.name)));
         }
@@ -401,10 +384,7 @@ pub fn convert_gguf(gguf: &Path, out_dir: &Path, dtype: OutDType, show_progress:
             }
         })
         .collect();
-    let total: u64 = planned
-        .iter()
-        .map(|p| p.shape.iter().product::<usize>() as u64 * if dtype == OutDType::F32 { 4 } else { 2 })
-        .sum();
+    let total: u64 = planned.iter().map(|p| p.shape.iter().product::<usize>() as u64 * if dtype == OutDType::F32 { 4 } else { 2 }).sum();
     let pb = if show_progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
     if let Ok(style) = ProgressStyle::with_template("{msg:40} [{bar:30}] {bytes}/{total_bytes} ({eta})") {
         pb.set_style(style.progress_chars("=> "));

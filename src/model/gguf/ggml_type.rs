@@ -13,14 +13,7 @@ use rayon::prelude::*;
 pub struct GgmlType(pub u32);
 
 /// The types lorafleet can import.
-pub const SUPPORTED_TYPES: &[GgmlType] = &[
-    GgmlType::F32,
-    GgmlType::F16,
-    GgmlType::BF16,
-    GgmlType::Q8_0,
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-];
+pub const SUPPORTED_TYPES: &[GgmlType] = &[GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1];
 
 /// (id, name, elements per block, bytes per block), from gguf-py's `GGML_QUANT_SIZES`.
 const TYPE_TABLE: &[(u32, &str, u64, u64)] = &[

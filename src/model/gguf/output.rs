@@ -98,21 +98,13 @@ fn encode(values: &[f32], dtype: OutDType) -> Cow<'_, [u8]> {
 /// spaces to a multiple of 8), then the tensors back to back in the given order. The header is
 /// computed from the shapes up front, so values are produced and written one tensor at a time.
 /// `on_tensor(name, bytes)` is called after each tensor (progress).
-pub(crate) fn write_safetensors(
-    path: &Path,
-    tensors: &[OutTensor<'_>],
-    dtype: OutDType,
-    on_tensor: &dyn Fn(&str, u64),
-) -> Result<(), GgufError> {
+pub(crate) fn write_safetensors(path: &Path, tensors: &[OutTensor<'_>], dtype: OutDType, on_tensor: &dyn Fn(&str, u64)) -> Result<(), GgufError> {
     let io = |e| GgufError::io(path, e);
     let mut header = BTreeMap::new();
     let mut offset = 0usize;
     for t in tensors {
         let n = t.shape.iter().product::<usize>() * elem_bytes(dtype);
-        header.insert(
-            t.name.clone(),
-            json!({ "dtype": dtype_str(dtype), "shape": t.shape, "data_offsets": [offset, offset + n] }),
-        );
+        header.insert(t.name.clone(), json!({ "dtype": dtype_str(dtype), "shape": t.shape, "data_offsets": [offset, offset + n] }));
         offset += n;
     }
     header.insert("__metadata__".to_string(), json!({ "format": "pt" }));
@@ -127,12 +119,7 @@ pub(crate) fn write_safetensors(
         let values = (t.produce)()?;
         let expected: usize = t.shape.iter().product();
         if values.len() != expected {
-            return Err(GgufError::Other(format!(
-                "internal: tensor {} produced {} values for shape {:?}",
-                t.name,
-                values.len(),
-                t.shape
-            )));
+            return Err(GgufError::Other(format!("internal: tensor {} produced {} values for shape {:?}", t.name, values.len(), t.shape)));
         }
         let bytes = encode(&values, dtype);
         w.write_all(&bytes).map_err(io)?;
@@ -183,10 +170,7 @@ impl StagingDir {
             }
             Err(e) => return Err(io(e)),
             Ok(m) if !m.is_dir() => {
-                return Err(GgufError::io(
-                    &target,
-                    std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists and is not a directory"),
-                ))
+                return Err(GgufError::io(&target, std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists and is not a directory")))
             }
             Ok(_) => {
                 let empty = fs::read_dir(&target).map_err(io)?.next().is_none();

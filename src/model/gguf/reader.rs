@@ -174,13 +174,7 @@ impl<'a> Cursor<'a> {
     fn take(&mut self, n: u64, what: &dyn Fn() -> String) -> Result<&'a [u8], GgufError> {
         let left = (self.buf.len() - self.pos) as u64;
         if n > left {
-            return Err(GgufError::Truncated {
-                path: self.path.to_path_buf(),
-                what: what(),
-                offset: self.pos as u64,
-                needed: n,
-                len: self.buf.len() as u64,
-            });
+            return Err(GgufError::Truncated { path: self.path.to_path_buf(), what: what(), offset: self.pos as u64, needed: n, len: self.buf.len() as u64 });
         }
         let s = &self.buf[self.pos..self.pos + n as usize];
         self.pos += n as usize;
@@ -266,13 +260,7 @@ impl GgufFile {
         let file = File::open(path).map_err(|e| GgufError::io(path, e))?;
         let len = file.metadata().map_err(|e| GgufError::io(path, e))?.len();
         if len < 4 {
-            return Err(GgufError::Truncated {
-                path: path.to_path_buf(),
-                what: "the magic".into(),
-                offset: 0,
-                needed: 4,
-                len,
-            });
+            return Err(GgufError::Truncated { path: path.to_path_buf(), what: "the magic".into(), offset: 0, needed: 4, len });
         }
         // SAFETY: the map is read-only; as with every mmap, the file must not be truncated by
         // another process while it is open (all reads below are bounds-checked against `len`).
@@ -285,10 +273,7 @@ impl GgufFile {
         }
         let version = c.u32(&|| "the version".into())?;
         if version.swap_bytes() == 2 || version.swap_bytes() == 3 {
-            return Err(GgufError::Malformed {
-                path: path.to_path_buf(),
-                msg: "big-endian GGUF files are not supported".into(),
-            });
+            return Err(GgufError::Malformed { path: path.to_path_buf(), msg: "big-endian GGUF files are not supported".into() });
         }
         if version != 2 && version != 3 {
             return Err(GgufError::UnsupportedVersion { path: path.to_path_buf(), version });
@@ -333,10 +318,8 @@ impl GgufFile {
             if offset % alignment != 0 {
                 return Err(c.malformed(format!("tensor {name}: data offset {offset} is not a multiple of the alignment {alignment}")));
             }
-            let n_elements = dims
-                .iter()
-                .try_fold(1u64, |a, &d| a.checked_mul(d))
-                .ok_or_else(|| c.malformed(format!("tensor {name}: dimensions {dims:?} overflow")))?;
+            let n_elements =
+                dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or_else(|| c.malformed(format!("tensor {name}: dimensions {dims:?} overflow")))?;
             let n_bytes = match ggml_type.block_layout() {
                 None => None,
                 Some((block, block_bytes)) => {
@@ -348,11 +331,7 @@ impl GgufFile {
                             ggml_type.name()
                         )));
                     }
-                    Some(
-                        (n_elements / block)
-                            .checked_mul(block_bytes)
-                            .ok_or_else(|| c.malformed(format!("tensor {name}: size overflows")))?,
-                    )
+                    Some((n_elements / block).checked_mul(block_bytes).ok_or_else(|| c.malformed(format!("tensor {name}: size overflows")))?)
                 }
             };
             if !seen.insert(name.clone()) {
@@ -455,34 +434,22 @@ impl GgufFile {
             });
         }
         let data = self.tensor_data(t)?;
-        dequantize(t.ggml_type, data, t.n_elements() as usize).ok_or_else(|| GgufError::Malformed {
-            path: self.path.clone(),
-            msg: format!("tensor {}: data size does not match its shape", t.name),
-        })
+        dequantize(t.ggml_type, data, t.n_elements() as usize)
+            .ok_or_else(|| GgufError::Malformed { path: self.path.clone(), msg: format!("tensor {}: data size does not match its shape", t.name) })
     }
 
     // ---- typed metadata getters: clear errors naming the key ----
 
     pub(crate) fn require(&self, key: &str) -> Result<&GgufValue, GgufError> {
-        self.metadata
-            .get(key)
-            .ok_or_else(|| GgufError::MissingKey { path: self.path.clone(), key: key.to_string() })
+        self.metadata.get(key).ok_or_else(|| GgufError::MissingKey { path: self.path.clone(), key: key.to_string() })
     }
 
     fn wrong_type(&self, key: &str, expected: &str, v: &GgufValue) -> GgufError {
-        GgufError::WrongType {
-            path: self.path.clone(),
-            key: key.to_string(),
-            expected: expected.to_string(),
-            found: v.type_name().to_string(),
-        }
+        GgufError::WrongType { path: self.path.clone(), key: key.to_string(), expected: expected.to_string(), found: v.type_name().to_string() }
     }
 
     pub(crate) fn get_u64(&self, key: &str) -> Result<Option<u64>, GgufError> {
-        self.metadata
-            .get(key)
-            .map(|v| v.as_u64().ok_or_else(|| self.wrong_type(key, "a non-negative integer", v)))
-            .transpose()
+        self.metadata.get(key).map(|v| v.as_u64().ok_or_else(|| self.wrong_type(key, "a non-negative integer", v))).transpose()
     }
 
     pub(crate) fn req_u64(&self, key: &str) -> Result<u64, GgufError> {
@@ -491,24 +458,15 @@ impl GgufFile {
     }
 
     pub(crate) fn get_f64(&self, key: &str) -> Result<Option<f64>, GgufError> {
-        self.metadata
-            .get(key)
-            .map(|v| v.as_f64().ok_or_else(|| self.wrong_type(key, "a float", v)))
-            .transpose()
+        self.metadata.get(key).map(|v| v.as_f64().ok_or_else(|| self.wrong_type(key, "a float", v))).transpose()
     }
 
     pub(crate) fn get_bool(&self, key: &str) -> Result<Option<bool>, GgufError> {
-        self.metadata
-            .get(key)
-            .map(|v| v.as_bool().ok_or_else(|| self.wrong_type(key, "a bool", v)))
-            .transpose()
+        self.metadata.get(key).map(|v| v.as_bool().ok_or_else(|| self.wrong_type(key, "a bool", v))).transpose()
     }
 
     pub(crate) fn get_str(&self, key: &str) -> Result<Option<&str>, GgufError> {
-        self.metadata
-            .get(key)
-            .map(|v| v.as_str().ok_or_else(|| self.wrong_type(key, "a string", v)))
-            .transpose()
+        self.metadata.get(key).map(|v| v.as_str().ok_or_else(|| self.wrong_type(key, "a string", v))).transpose()
     }
 
     pub(crate) fn req_str(&self, key: &str) -> Result<&str, GgufError> {
@@ -520,18 +478,13 @@ impl GgufFile {
     pub(crate) fn req_str_array(&self, key: &str) -> Result<Vec<&str>, GgufError> {
         let v = self.require(key)?;
         let arr = v.as_array().ok_or_else(|| self.wrong_type(key, "an array of strings", v))?;
-        arr.iter()
-            .map(|e| e.as_str().ok_or_else(|| self.wrong_type(key, "an array of strings", e)))
-            .collect()
+        arr.iter().map(|e| e.as_str().ok_or_else(|| self.wrong_type(key, "an array of strings", e))).collect()
     }
 
     /// An optional array of integers (token types).
     pub(crate) fn get_i64_array(&self, key: &str) -> Result<Option<Vec<i64>>, GgufError> {
         let Some(v) = self.metadata.get(key) else { return Ok(None) };
         let arr = v.as_array().ok_or_else(|| self.wrong_type(key, "an array of integers", v))?;
-        arr.iter()
-            .map(|e| e.as_i64().ok_or_else(|| self.wrong_type(key, "an array of integers", e)))
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some)
+        arr.iter().map(|e| e.as_i64().ok_or_else(|| self.wrong_type(key, "an array of integers", e))).collect::<Result<Vec<_>, _>>().map(Some)
     }
 }

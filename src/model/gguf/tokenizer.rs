@@ -37,9 +37,7 @@ fn tok_err(g: &GgufFile, msg: String) -> GgufError {
 fn specials(g: &GgufFile, tokens: &[&str]) -> Result<Specials, GgufError> {
     let get = |key: &str| -> Result<Option<(u64, String)>, GgufError> {
         let Some(id) = g.get_u64(key)? else { return Ok(None) };
-        let text = tokens
-            .get(id as usize)
-            .ok_or_else(|| tok_err(g, format!("{key} = {id} is outside the vocabulary of {} tokens", tokens.len())))?;
+        let text = tokens.get(id as usize).ok_or_else(|| tok_err(g, format!("{key} = {id} is outside the vocabulary of {} tokens", tokens.len())))?;
         Ok(Some((id, text.to_string())))
     };
     Ok(Specials {
@@ -54,10 +52,7 @@ fn specials(g: &GgufFile, tokens: &[&str]) -> Result<Specials, GgufError> {
 fn tokens_and_types(g: &GgufFile) -> Result<(Vec<&str>, Vec<i64>), GgufError> {
     let model = g.req_str("tokenizer.ggml.model")?;
     if model != "gpt2" {
-        return Err(tok_err(
-            g,
-            format!("tokenizer model `{model}` is not supported (supported: gpt2, i.e. byte-level BPE)"),
-        ));
+        return Err(tok_err(g, format!("tokenizer model `{model}` is not supported (supported: gpt2, i.e. byte-level BPE)")));
     }
     let tokens = g.req_str_array("tokenizer.ggml.tokens")?;
     let types = g.get_i64_array("tokenizer.ggml.token_type")?.unwrap_or_else(|| vec![1; tokens.len()]);
@@ -109,22 +104,11 @@ fn pre_tokenizer(g: &GgufFile, pre: &str) -> Result<(Value, Value, bool), GgufEr
             false,
         ),
         "gpt2" | "default" => (Value::Null, byte_level(false, true, true), false),
-        "qwen2" => (
-            json!({ "type": "NFC" }),
-            json!({ "type": "Sequence", "pretokenizers": [split_regex(QWEN2_REGEX), byte_level(false, false, false)] }),
-            false,
-        ),
-        "llama-bpe" => (
-            Value::Null,
-            json!({ "type": "Sequence", "pretokenizers": [split_regex(LLAMA3_REGEX), byte_level(false, true, false)] }),
-            true,
-        ),
-        other => {
-            return Err(tok_err(
-                g,
-                format!("pre-tokenizer `{other}` (tokenizer.ggml.pre) is not supported (supported: {SUPPORTED_PRE})"),
-            ))
+        "qwen2" => {
+            (json!({ "type": "NFC" }), json!({ "type": "Sequence", "pretokenizers": [split_regex(QWEN2_REGEX), byte_level(false, false, false)] }), false)
         }
+        "llama-bpe" => (Value::Null, json!({ "type": "Sequence", "pretokenizers": [split_regex(LLAMA3_REGEX), byte_level(false, true, false)] }), true),
+        other => return Err(tok_err(g, format!("pre-tokenizer `{other}` (tokenizer.ggml.pre) is not supported (supported: {SUPPORTED_PRE})"))),
     })
 }
 
@@ -205,8 +189,7 @@ pub fn build_tokenizer_json(g: &GgufFile) -> Result<Value, GgufError> {
 
     // Self-check: the file must load in the crate the engine uses.
     let text = tokenizer.to_string();
-    tokenizers::Tokenizer::from_bytes(text.as_bytes())
-        .map_err(|e| tok_err(g, format!("built tokenizer.json does not load: {e}")))?;
+    tokenizers::Tokenizer::from_bytes(text.as_bytes()).map_err(|e| tok_err(g, format!("built tokenizer.json does not load: {e}")))?;
     Ok(tokenizer)
 }
 

@@ -216,7 +216,16 @@ unsafe fn rows_t1<S: Simd>(s: S, w: &Nf4Matrix, xd: &[f32], j0: usize, c0: usize
 /// `xd` holds `(T - 1) * k + 2 * packed.len()` activations.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn row_n<S: Simd, const T: usize>(s: S, packed: &[u8], absmax: &[f32], code: &[f32; 16], xd: &[f32], k: usize, blocksize: usize, acc: &mut [f32; MAX_ROWS]) {
+unsafe fn row_n<S: Simd, const T: usize>(
+    s: S,
+    packed: &[u8],
+    absmax: &[f32],
+    code: &[f32; 16],
+    xd: &[f32],
+    k: usize,
+    blocksize: usize,
+    acc: &mut [f32; MAX_ROWS],
+) {
     let l = S::LANES;
     let lut = s.lut16(code);
     let mut total = [s.zero(); T];
@@ -295,10 +304,8 @@ mod tests {
     fn many_matrices_at_once_match_one_at_a_time() {
         for t in [1, 3] {
             let k = 128;
-            let ms: Vec<Nf4Matrix> = [70usize, 33, 200]
-                .iter()
-                .map(|&n| Nf4Matrix::new(&Nf4Tensor::quantize(&rand_vec(n * k, 7 + n as u64), &[n, k], true)).unwrap())
-                .collect();
+            let ms: Vec<Nf4Matrix> =
+                [70usize, 33, 200].iter().map(|&n| Nf4Matrix::new(&Nf4Tensor::quantize(&rand_vec(n * k, 7 + n as u64), &[n, k], true)).unwrap()).collect();
             let x = rand_vec(t * k, 11);
             let mut many: Vec<Vec<f32>> = ms.iter().map(|m| vec![f32::NAN; t * m.rows]).collect();
             let mut outs: Vec<&mut [f32]> = many.iter_mut().map(|v| v.as_mut_slice()).collect();

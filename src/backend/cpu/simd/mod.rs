@@ -173,7 +173,10 @@ macro_rules! dispatch {
                 let $s = unsafe { $crate::backend::cpu::simd::Avx512::new_unchecked() };
                 // The closure is made outside the unsafe block, so the body's own unsafe
                 // operations still need (and say) their own.
-                let body = $crate::backend::cpu::simd::closure(#[inline(always)] || $body);
+                let body = $crate::backend::cpu::simd::closure(
+                    #[inline(always)]
+                    || $body,
+                );
                 // SAFETY: as above: the CPU has AVX-512F, AVX2 and FMA.
                 unsafe { $crate::backend::cpu::simd::run_avx512(body) }
             }
@@ -181,7 +184,10 @@ macro_rules! dispatch {
             $crate::backend::cpu::isa::Isa::Avx2 => {
                 // SAFETY: a Level exists only for a level the CPU supports (isa::Level::of).
                 let $s = unsafe { $crate::backend::cpu::simd::Avx2::new_unchecked() };
-                let body = $crate::backend::cpu::simd::closure(#[inline(always)] || $body);
+                let body = $crate::backend::cpu::simd::closure(
+                    #[inline(always)]
+                    || $body,
+                );
                 // SAFETY: as above: the CPU has AVX2 and FMA.
                 unsafe { $crate::backend::cpu::simd::run_avx2(body) }
             }

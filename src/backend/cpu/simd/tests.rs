@@ -77,7 +77,14 @@ fn silu_mul_matches_the_scalar_loop_at_every_level() {
             silu_mul_at(level, &g, &u, &mut got[..n]);
             assert!(got[n].is_nan(), "{name}: wrote past the end");
             for i in 0..n {
-                assert!((got[i] - want[i]).abs() <= 4.0 * f32::EPSILON * want[i].abs() + 1e-30, "{name} n {n} [{i}] silu({})*{}: {} vs {}", g[i], u[i], got[i], want[i]);
+                assert!(
+                    (got[i] - want[i]).abs() <= 4.0 * f32::EPSILON * want[i].abs() + 1e-30,
+                    "{name} n {n} [{i}] silu({})*{}: {} vs {}",
+                    g[i],
+                    u[i],
+                    got[i],
+                    want[i]
+                );
             }
         });
     }
