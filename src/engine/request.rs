@@ -132,6 +132,7 @@ impl RequestHandle {
                 Ok(Event::Token { .. } | Event::Prompt { .. }) => {}
                 Ok(Event::Finished(f)) => return Ok(f),
                 Ok(Event::Error(e)) => return Err(e),
+                Err(_) if self.cancel.load(Ordering::Relaxed) => return Err(Error::Cancelled),
                 Err(_) => return Err(Error::ShuttingDown("the engine stopped before the request finished".into())),
             }
         }

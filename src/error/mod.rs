@@ -59,6 +59,13 @@ pub enum Error {
     UnknownAdapter(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// More requests are in flight than the server queues (`limit`: its running slots plus
+    /// `--max-queued-requests`): HTTP 503 with Retry-After.
+    #[error("{in_flight} requests are in flight, the most this server queues is {limit}; retry shortly")]
+    QueueFull { in_flight: usize, limit: usize },
+    /// The caller cancelled the request (`RequestHandle::cancel`, or a client that went away).
+    #[error("the request was cancelled")]
+    Cancelled,
     /// The request was stopped because the engine is stopping (a server's shutdown reached its
     /// timeout, or the `Engine` was dropped): HTTP 503.
     #[error("stopped: {0}")]

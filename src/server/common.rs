@@ -50,11 +50,7 @@ impl AppState {
         let n = self.in_flight.fetch_add(1, Ordering::SeqCst);
         let guard = InFlight(self.in_flight.clone());
         if n >= self.max_in_flight {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                format!("{n} requests are in flight, the most this server queues (--max-queued-requests); retry shortly"),
-            ));
+            return Err(Error::QueueFull { in_flight: n, limit: self.max_in_flight }.into());
         }
         Ok(guard)
     }
@@ -132,10 +128,8 @@ pub fn rand_seed() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let mut x = t ^ COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) ^ ((std::process::id() as u64) << 40);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     // Below 2^53: exact in the JSON numbers clients parse as doubles.
-    (x ^ (x >> 31)) >> 11
+    crate::rng::splitmix64_next(&mut x) >> 11
 }
 
 impl From<Error> for ApiError {
@@ -146,6 +140,9 @@ impl From<Error> for ApiError {
             Error::PromptTooLong { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "prompt_too_long"),
             Error::NonFiniteLogits { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "non_finite_logits"),
             Error::ShuttingDown(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            Error::QueueFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            // The client cancelled: nobody reads this answer (logged as 499).
+            Error::Cancelled => (StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST), "cancelled"),
             Error::EmptyPrompt | Error::BadRequest(_) | Error::Tokenize(_) | Error::ChatTemplate(_) | Error::InvalidArgument(_) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "validation")
             }

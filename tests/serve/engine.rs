@@ -199,6 +199,14 @@ fn dropped_request_frees_its_blocks() {
     drop(h);
     wait_until("blocks back after cancel", Duration::from_secs(10), || engine.kv_free_blocks() == total);
     wait_until("cancel counted", Duration::from_secs(5), || engine.stats().requests_cancelled >= 1);
+    // Cancelled by its caller (not dropped): `wait` says so with its own error.
+    let h = engine.submit(GenerateRequest::new(Prompt::Ids(p.clone()), None, greedy(400))).unwrap();
+    assert!(matches!(h.recv(), Some(Event::Token { .. })));
+    h.cancel();
+    match h.wait() {
+        Err(lorafleet::Error::Cancelled) => {}
+        other => panic!("a cancelled request should end with Error::Cancelled, got {other:?}"),
+    }
     // The engine goes on serving.
     let fin = engine.submit(GenerateRequest::new(Prompt::Ids(p), None, greedy(3))).unwrap().wait().unwrap();
     assert_eq!(fin.generated_tokens, 3);

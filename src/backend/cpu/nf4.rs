@@ -166,14 +166,9 @@ mod tests {
     use super::*;
     use crate::backend::cpu::matmul;
 
+    /// Test values in ±[0.025, 0.5), never zero (the crate's one generator).
     fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
+        crate::rng::SplitMix64::new(seed).nonzero(n, 0.5)
     }
 
     #[test]
