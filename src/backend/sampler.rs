@@ -108,36 +108,6 @@ impl SamplingParams {
     }
 }
 
-/// xoshiro256** seeded through splitmix64: small, fast, and the same on every platform.
-#[derive(Debug, Clone)]
-pub struct Rng([u64; 4]);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        let mut z = seed;
-        let mut next = || crate::rng::splitmix64_next(&mut z);
-        Rng([next(), next(), next(), next()])
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        let s = &mut self.0;
-        let r = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = s[1] << 17;
-        s[2] ^= s[0];
-        s[3] ^= s[1];
-        s[1] ^= s[2];
-        s[0] ^= s[3];
-        s[2] ^= t;
-        s[3] = s[3].rotate_left(45);
-        r
-    }
-
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// Index of the largest logit; the first one on ties (as torch.argmax).
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -149,13 +119,16 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-/// One sequence's sampler state: the CPU's generator, and the number of draws a device has
-/// made for it (a device draws from a counter-based generator: `backend::sampling`).
+/// One sequence's sampler: its parameters, penalties and log-probabilities, and the count of its
+/// draws. Every backend draws by one rule (`backend::sampling::sample_row`, the device kernel's
+/// twin) from one counter-based generator (draw `d` of seed `s` is the same number everywhere),
+/// so a seed gives the same tokens on the CPU and on a GPU, up to their logits' rounding.
 #[derive(Debug, Clone)]
 pub struct Sampler {
     params: SamplingParams,
-    rng: Rng,
     draws: u64,
+    /// The row issued for the token being sampled (`next_device_row`), not yet drawn on the host.
+    pending: Option<crate::backend::sampling::SampleRow>,
     /// Report this many top alternatives with each token's log-probability (None: no logprobs).
     logprobs: Option<usize>,
     /// The last sampled token's log-probabilities, when `logprobs` is on.
@@ -168,8 +141,7 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(params: SamplingParams) -> Self {
-        let rng = Rng::new(params.seed);
-        Sampler { params, rng, draws: 0, logprobs: None, last_logprobs: None, generated: Default::default(), prompt: Default::default() }
+        Sampler { params, draws: 0, pending: None, logprobs: None, last_logprobs: None, generated: Default::default(), prompt: Default::default() }
     }
 
     /// Also compute each sampled token's log-probability and its `top_n` alternatives.
@@ -244,63 +216,29 @@ impl Sampler {
         &self.params
     }
 
-    /// The device's parameters for this sequence's next draw (and counts the draw).
+    /// The parameters of this sequence's next draw (and counts the draw): what the device
+    /// samples with, and what a host draw for the same token (`sample`) uses.
     pub fn next_device_row(&mut self) -> crate::backend::sampling::SampleRow {
         let d = self.draws;
         self.draws += 1;
         let p = &self.params;
-        crate::backend::sampling::SampleRow { temperature: p.temperature, top_k: p.top_k, top_p: p.top_p, seed: p.seed, draw: d }
+        let row = crate::backend::sampling::SampleRow { temperature: p.temperature, top_k: p.top_k, top_p: p.top_p, seed: p.seed, draw: d };
+        self.pending = Some(row);
+        row
     }
 
-    /// A draw by the host's rule (sorted candidates, this sampler's generator), from the logits
-    /// after this sequence's penalties.
+    /// A draw on the host from the logits after this sequence's penalties, by the device's rule
+    /// (`sampling::sample_row`) with the row issued for this token (a new one if none was).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if logits.iter().any(|v| !v.is_finite()) {
-            return crate::backend::sampling::NON_FINITE;
-        }
+        let row = match self.pending.take() {
+            Some(r) => r,
+            None => {
+                self.next_device_row();
+                self.pending.take().expect("just issued")
+            }
+        };
         let penalized = self.penalized(logits);
-        let logits = penalized.as_deref().unwrap_or(logits);
-        let p = &self.params;
-        if p.is_greedy() {
-            return argmax(logits);
-        }
-        // Candidates sorted by logit, descending; top-k cuts the list.
-        let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-        let k = if p.top_k > 0 { p.top_k.min(idx.len()) } else { idx.len() };
-        let by_logit = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]);
-        if k < idx.len() {
-            idx.select_nth_unstable_by(k - 1, by_logit);
-            idx.truncate(k);
-        }
-        idx.sort_unstable_by(by_logit);
-        let max = logits[idx[0] as usize];
-        let mut probs: Vec<f64> = idx.iter().map(|&i| (((logits[i as usize] - max) / p.temperature) as f64).exp()).collect();
-        let total: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|x| *x /= total);
-        // top-p: keep the smallest prefix whose mass reaches top_p (at least one token).
-        if p.top_p < 1.0 {
-            let mut cum = 0.0;
-            let mut keep = probs.len();
-            for (i, &pr) in probs.iter().enumerate() {
-                cum += pr;
-                if cum >= p.top_p as f64 {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            probs.truncate(keep);
-            let s: f64 = probs.iter().sum();
-            probs.iter_mut().for_each(|x| *x /= s);
-        }
-        let r = self.rng.next_f64();
-        let mut cum = 0.0;
-        for (i, &pr) in probs.iter().enumerate() {
-            cum += pr;
-            if r < cum {
-                return idx[i];
-            }
-        }
-        idx[probs.len() - 1]
+        crate::backend::sampling::sample_row(penalized.as_deref().unwrap_or(logits), &row)
     }
 }
 

@@ -3,9 +3,10 @@
 //! contiguous chunk in index order, then the per-thread results are folded in thread order), so
 //! the two agree exactly where their `expf` does.
 //!
-//! Greedy rows follow the CPU sampler's rule (the first largest logit); seeded draws follow the
-//! device rule, which differs from `engine::sampler::Sampler`'s (it draws in index order, not in
-//! sorted order): a seed reproduces a sequence on one backend.
+//! It is also the host's rule: `Sampler::sample` draws with it (greedy rows take the first
+//! largest logit), so a seed gives the same tokens on every backend. On the host each
+//! candidate's weight is computed once and kept (the kernel recomputes it in every pass; the
+//! value is the same), so a top-p draw costs a few passes of adds, not 31 of `exp`.
 
 /// Threads per row of the kernel (`LF_SAMPLE_THREADS`).
 pub const SAMPLE_THREADS: usize = 256;
@@ -82,7 +83,9 @@ pub fn sample_row(l: &[f32], r: &SampleRow) -> u32 {
         }
     }
     let inv_t = 1.0 / r.temperature;
-    let w = |i: usize| ((l[i] - mx) * inv_t).exp();
+    // Each candidate's weight, once (the kernel's `expf((l - max) * inv_t)`, same value).
+    let ws: Vec<f32> = (0..vocab).map(|i| if order_key(l[i]) >= kth { ((l[i] - mx) * inv_t).exp() } else { 0.0 }).collect();
+    let w = |i: usize| ws[i];
     let (mut parts, mut total) = fold(&|i| if order_key(l[i]) >= kth { w(i) } else { 0.0 });
     let mut wth = 0u32;
     if r.top_p < 1.0 {
