@@ -22,7 +22,7 @@ use super::output::SeqOutput;
 use super::request::{GenerateRequest, Prompt, RequestHandle};
 use super::scheduler::Limits;
 use super::stats::EngineStats;
-use super::worker::{Command, Submission, Worker};
+use super::worker::{Command, Submission, Worker, WorkerParts};
 use crate::backend::Backend;
 use crate::kv::{BlockPool, DEFAULT_BLOCK_SIZE};
 use crate::lora::cache::AdapterCache;
@@ -126,7 +126,8 @@ impl Engine {
             .name("lorafleet-engine".into())
             .spawn(move || {
                 let cache = AdapterCache::new(be.clone(), model.config.clone(), cache_opts);
-                let mut w = Worker::new(be, model, worker_tok, (worker_pool, kv), cache, limits, rx, worker_stats);
+                let mut w =
+                    Worker::new(WorkerParts { be, model, tokenizer: worker_tok, pool: worker_pool, kv, cache, limits, commands: rx, shared: worker_stats });
                 w.run();
             })
             .map_err(|e| Error::InvalidArgument(format!("cannot start the engine thread: {e}")))?;

@@ -104,6 +104,21 @@ impl<B: Backend> Seq<B> {
     }
 }
 
+/// What the engine thread starts with (`Engine::start` builds it): the model on its backend, the
+/// KV cache and its block pool, the adapter cache, the limits, the command channel and the
+/// stats it publishes.
+pub(super) struct WorkerParts<B: Backend> {
+    pub(super) be: Arc<B>,
+    pub(super) model: Arc<Llama<B>>,
+    pub(super) tokenizer: Arc<TextTokenizer>,
+    pub(super) pool: BlockPool,
+    pub(super) kv: B::Kv,
+    pub(super) cache: AdapterCache<B>,
+    pub(super) limits: Limits,
+    pub(super) commands: Receiver<Command>,
+    pub(super) shared: Arc<Mutex<EngineStats>>,
+}
+
 pub(super) struct Worker<B: Backend> {
     be: Arc<B>,
     model: Arc<Llama<B>>,
@@ -141,17 +156,8 @@ fn error_copy(e: &Error) -> Error {
 impl<B: Backend> Worker<B> {
     /// The engine thread's state: `pool` and `kv` are the KV cache's block ids and storage,
     /// `shared` the stats the `Engine` handle reads.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn new(
-        be: Arc<B>,
-        model: Arc<Llama<B>>,
-        tokenizer: Arc<TextTokenizer>,
-        (pool, kv): (BlockPool, B::Kv),
-        cache: AdapterCache<B>,
-        limits: Limits,
-        commands: Receiver<Command>,
-        shared: Arc<Mutex<EngineStats>>,
-    ) -> Self {
+    pub(super) fn new(p: WorkerParts<B>) -> Self {
+        let WorkerParts { be, model, tokenizer, pool, kv, cache, limits, commands, shared } = p;
         let blocks = pool.num_blocks();
         Worker {
             be,
