@@ -65,6 +65,15 @@ pub struct EngineStats {
     pub inter_token: Histogram,
     /// The prefix cache: tokens looked up at admission and found, blocks held.
     pub prefix: crate::kv::PrefixStats,
+    /// Tokens per KV block.
+    pub kv_block_size: usize,
+    /// The most adapters (the base not counted) one running batch may hold.
+    pub max_lora: usize,
+    /// Adapters of the running sequences, and of the queued requests (sorted, no base).
+    pub running_adapters: Vec<String>,
+    pub waiting_adapters: Vec<String>,
+    /// When the engine thread last published these statistics (seconds since the Unix epoch).
+    pub updated_unix_s: f64,
 }
 
 impl EngineStats {
@@ -85,6 +94,11 @@ impl EngineStats {
             ttft: Histogram::latency(),
             inter_token: Histogram::latency(),
             prefix: crate::kv::PrefixStats::default(),
+            kv_block_size: 0,
+            max_lora: 0,
+            running_adapters: Vec::new(),
+            waiting_adapters: Vec::new(),
+            updated_unix_s: 0.0,
         }
     }
 }

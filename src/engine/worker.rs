@@ -598,6 +598,14 @@ impl<B: Backend> Worker<B> {
         self.stats.kv_blocks_used = self.pool.num_blocks() - self.pool.num_free();
         self.stats.prefix = self.pool.prefix_stats();
         self.stats.resident_adapters = self.cache.resident();
+        self.stats.kv_block_size = self.limits.block_size;
+        self.stats.max_lora = self.limits.max_active_adapters.saturating_sub(1);
+        let mut running: Vec<String> = self.running.iter().map(|s| s.adapter_key.clone()).filter(|k| !k.is_empty()).collect();
+        running.sort();
+        running.dedup();
+        self.stats.running_adapters = running;
+        self.stats.waiting_adapters = self.queues.iter().filter(|(k, q)| !k.is_empty() && !q.is_empty()).map(|(k, _)| k.clone()).collect();
+        self.stats.updated_unix_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         *self.shared.lock().unwrap_or_else(|p| p.into_inner()) = self.stats.clone();
     }
 }

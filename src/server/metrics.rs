@@ -68,8 +68,29 @@ impl Collector for Snapshot {
         gauge(e, "lorafleet_prefix_cache_blocks", "KV blocks the prefix cache holds (in use or evictable).", s.prefix.cached_blocks)?;
         gauge(e, "lorafleet_prefix_cache_evictable_blocks", "Cached KV blocks no sequence uses (they count as free).", s.prefix.evictable_blocks)?;
         histogram(e, "lorafleet_time_to_first_token_seconds", "Submit to first token.", &s.ttft)?;
-        histogram(e, "lorafleet_inter_token_latency_seconds", "Time between consecutive tokens of a request.", &s.inter_token)
+        histogram(e, "lorafleet_inter_token_latency_seconds", "Time between consecutive tokens of a request.", &s.inter_token)?;
+        model_server_protocol(e, s)
     }
+}
+
+/// The inference gateway's model-server protocol (gateway-api-inference-extension, proposal
+/// 003; llm-d-router's `docs/model-server-protocol.md`): vLLM's names and semantics, which the
+/// endpoint picker reads without configuration. `lora_requests_info`'s value is the time of the
+/// last update and its labels list the adapters (comma-separated) of running sequences and of
+/// queued requests; `max_lora` is the most adapters one batch holds.
+fn model_server_protocol(e: &mut DescriptorEncoder, s: &EngineStats) -> fmt::Result {
+    gauge(e, "vllm:num_requests_waiting", "Requests waiting to be processed (vLLM semantics).", s.queued)?;
+    gauge(e, "vllm:num_requests_running", "Requests running on the engine (vLLM semantics).", s.running)?;
+    let usage = if s.kv_blocks_total == 0 { 0.0 } else { s.kv_blocks_used as f64 / s.kv_blocks_total as f64 };
+    let g = ConstGauge::new(usage);
+    g.encode(e.encode_descriptor("vllm:kv_cache_usage_perc", "KV-cache usage: 1 means 100 percent (vLLM semantics).", None, g.metric_type())?)?;
+    let (bs, nb) = (s.kv_block_size.to_string(), s.kv_blocks_total.to_string());
+    let mut family = e.encode_descriptor("vllm:cache_config_info", "Information of the KV cache's configuration.", None, MetricType::Gauge)?;
+    ConstGauge::new(1i64).encode(family.encode_family(&[("block_size", bs.as_str()), ("num_gpu_blocks", nb.as_str())])?)?;
+    let (max_lora, running, waiting) = (s.max_lora.to_string(), s.running_adapters.join(","), s.waiting_adapters.join(","));
+    let labels = [("max_lora", max_lora.as_str()), ("running_lora_adapters", running.as_str()), ("waiting_lora_adapters", waiting.as_str())];
+    let mut family = e.encode_descriptor("vllm:lora_requests_info", "Running stats on LoRA requests (vLLM semantics).", None, MetricType::Gauge)?;
+    ConstGauge::new(s.updated_unix_s).encode(family.encode_family(&labels)?)
 }
 
 /// The OpenMetrics text of one snapshot.
@@ -109,5 +130,24 @@ mod tests {
         assert!(t.contains("# TYPE lorafleet_steps counter\nlorafleet_steps_total 0\n"), "{t}");
         assert!(t.contains("lorafleet_prefix_cache_hit_tokens_total 0\n") && t.contains("lorafleet_prefix_cache_blocks 0\n"), "{t}");
         assert!(t.ends_with("# EOF\n"), "{t}");
+    }
+
+    #[test]
+    fn renders_the_model_server_protocol() {
+        let mut s = EngineStats::new(200);
+        s.kv_blocks_used = 50;
+        s.queued = 3;
+        s.running = 2;
+        s.kv_block_size = 16;
+        s.max_lora = 31;
+        s.running_adapters = vec!["a".into(), "b".into()];
+        s.waiting_adapters = vec!["c".into()];
+        s.updated_unix_s = 1765000000.5;
+        let t = render(&s);
+        assert!(t.contains("vllm:num_requests_waiting 3\n"), "{t}");
+        assert!(t.contains("vllm:num_requests_running 2\n"), "{t}");
+        assert!(t.contains("vllm:kv_cache_usage_perc 0.25\n"), "{t}");
+        assert!(t.contains("vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"200\"} 1\n"), "{t}");
+        assert!(t.contains("vllm:lora_requests_info{max_lora=\"31\",running_lora_adapters=\"a,b\",waiting_lora_adapters=\"c\"} 1765000000.5\n"), "{t}");
     }
 }

@@ -209,6 +209,26 @@ fn health_models_and_metrics() {
     }
     let finished: u64 = r.body.lines().find_map(|l| l.strip_prefix("lorafleet_requests_finished_total ")).unwrap().parse().unwrap();
     assert!(finished >= 1);
+    // The inference gateway's model-server protocol, under vLLM's names: queue, running, KV
+    // usage (0..1), cache config, and the adapters of running requests in lora_requests_info.
+    for name in ["vllm:num_requests_waiting ", "vllm:num_requests_running ", "vllm:kv_cache_usage_perc ", "vllm:cache_config_info{block_size=\"16\","] {
+        assert!(r.body.contains(name), "{name} missing from /metrics:\n{}", r.body);
+    }
+    let long = std::thread::spawn(|| {
+        post("/generate", json!({"inputs": "Tell me a story.", "parameters": {"adapter_id": "a_r8_all", "max_new_tokens": 48, "ignore_eos_token": true}}))
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut seen = None;
+    while seen.is_none() && !long.is_finished() && std::time::Instant::now() < deadline {
+        let r = request("GET", "/metrics", "");
+        seen = r.body.lines().find(|l| l.starts_with("vllm:lora_requests_info{") && l.contains("running_lora_adapters=\"a_r8_all\"")).map(str::to_string);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(long.join().unwrap().status, 200);
+    let seen = seen.expect("a running a_r8_all request shows in vllm:lora_requests_info");
+    assert!(seen.contains("max_lora=\"") && seen.contains("waiting_lora_adapters=\""), "{seen}");
+    let stamp: f64 = seen.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(stamp > 1.7e9, "the value is the last update's Unix time: {seen}");
     // The prefix cache: the same 50-odd-token prompt twice, one after the other; the second
     // finds at least its first 2 blocks (32 tokens) cached, and answers the same.
     let metric = |name: &str| -> u64 {
