@@ -219,12 +219,17 @@ impl Sampler {
     /// The parameters of this sequence's next draw (and counts the draw): what the device
     /// samples with, and what a host draw for the same token (`sample`) uses.
     pub fn next_device_row(&mut self) -> crate::backend::sampling::SampleRow {
+        let row = self.issue_row();
+        self.pending = Some(row);
+        row
+    }
+
+    /// The parameters of the next draw, counted.
+    fn issue_row(&mut self) -> crate::backend::sampling::SampleRow {
         let d = self.draws;
         self.draws += 1;
         let p = &self.params;
-        let row = crate::backend::sampling::SampleRow { temperature: p.temperature, top_k: p.top_k, top_p: p.top_p, seed: p.seed, draw: d };
-        self.pending = Some(row);
-        row
+        crate::backend::sampling::SampleRow { temperature: p.temperature, top_k: p.top_k, top_p: p.top_p, seed: p.seed, draw: d }
     }
 
     /// A draw on the host from the logits after this sequence's penalties, by the device's rule
@@ -232,10 +237,7 @@ impl Sampler {
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let row = match self.pending.take() {
             Some(r) => r,
-            None => {
-                self.next_device_row();
-                self.pending.take().expect("just issued")
-            }
+            None => self.issue_row(),
         };
         let penalized = self.penalized(logits);
         crate::backend::sampling::sample_row(penalized.as_deref().unwrap_or(logits), &row)

@@ -143,7 +143,9 @@ impl<'a, B: Backend> Generator<'a, B> {
         let mut prefill_ms = 0.0;
         for prefill in std::iter::once(true).chain(std::iter::repeat(false)) {
             let t = Instant::now();
+            // Each running sequence's blocks for this step, then the step itself.
             let mut active: Vec<usize> = Vec::new();
+            let mut step: Vec<StepSeq<'_, B>> = Vec::new();
             for (i, s) in seqs.iter_mut().enumerate() {
                 if s.out.is_finished() {
                     continue;
@@ -153,23 +155,19 @@ impl<'a, B: Backend> Generator<'a, B> {
                     fail(s, e.into());
                     continue;
                 }
+                let Seq { table, out, next, .. } = s;
+                let tokens: &[u32] = if prefill { &reqs[i].prompt_ids } else { std::slice::from_ref(&*next) };
+                step.push(StepSeq { table, tokens, adapter: adapter_of(i), sampler: Some(out.sampler_mut()) });
                 active.push(i);
             }
-            if active.is_empty() && !prefill {
+            if step.is_empty() && !prefill {
                 break;
             }
-            let next = {
-                let mut step: Vec<StepSeq<'_, B>> = Vec::with_capacity(active.len());
-                for (i, s) in seqs.iter_mut().enumerate().filter(|(i, _)| active.contains(i)) {
-                    let Seq { table, out, next, .. } = s;
-                    let tokens: &[u32] = if prefill { &reqs[i].prompt_ids } else { std::slice::from_ref(&*next) };
-                    step.push(StepSeq { table, tokens, adapter: adapter_of(i), sampler: Some(out.sampler_mut()) });
-                }
-                if prefill {
-                    prompt_tokens = step.iter().map(|s| s.tokens.len()).sum();
-                }
-                run_step(self.model, self.be, &mut kv, bs, &mut step)?
-            };
+            if prefill {
+                prompt_tokens = step.iter().map(|s| s.tokens.len()).sum();
+            }
+            let next = run_step(self.model, self.be, &mut kv, bs, &mut step)?;
+            drop(step);
             for (&i, token) in active.iter().zip(next) {
                 // A sequence whose token cannot be taken (non-finite logits, a tokenizer error)
                 // fails alone.

@@ -495,26 +495,30 @@ impl<B: Backend> Worker<B> {
             }
             work.push((i, n));
         }
+        // In running order (the step sorts by adapter itself): `run_forward` pairs them in one pass.
+        work.sort_unstable_by_key(|&(i, _)| i);
         work
     }
 
     /// One forward over the work (`step::run_step`): each sequence's next token where its chunk
     /// reaches the end of its known tokens.
     fn run_forward(&mut self, work: &[(usize, usize)]) -> Result<Vec<Option<u32>>> {
-        let at: HashMap<usize, usize> = work.iter().map(|&(i, n)| (i, n)).collect();
-        let mut step: Vec<(usize, StepSeq<'_, B>)> = Vec::with_capacity(work.len());
+        // `work` is in running order (`reserve_work`): one pass pairs each entry with its sequence,
+        // and the step's answers come back in the same order.
+        let mut todo = work.iter().peekable();
+        let mut seqs: Vec<StepSeq<'_, B>> = Vec::with_capacity(work.len());
         for (i, s) in self.running.iter_mut().enumerate() {
-            let Some(&n) = at.get(&i) else { continue };
-            let Seq { table: Some(table), tokens, adapter, out, .. } = s else { continue };
+            let Some(&(_, n)) = todo.next_if(|w| w.0 == i) else { continue };
+            let Seq { table: Some(table), tokens, adapter, out, .. } = s else {
+                return Err(Error::InvalidArgument(format!("sequence {} was scheduled without KV blocks", s.id)));
+            };
             let kv = table.len();
             let sampler = if kv + n == tokens.len() { Some(out.sampler_mut()) } else { None };
-            step.push((i, StepSeq { table, tokens: &tokens[kv..kv + n], adapter: adapter.as_deref(), sampler }));
+            seqs.push(StepSeq { table, tokens: &tokens[kv..kv + n], adapter: adapter.as_deref(), sampler });
         }
-        let (rows, mut seqs): (Vec<usize>, Vec<StepSeq<'_, B>>) = step.into_iter().unzip();
         let next = run_step(&self.model, &*self.be, &mut self.kv, self.limits.block_size, &mut seqs)?;
         self.stats.steps += 1;
-        let by_row: HashMap<usize, Option<u32>> = rows.into_iter().zip(next).collect();
-        Ok(work.iter().map(|(i, _)| by_row.get(i).copied().flatten()).collect())
+        Ok(next)
     }
 
     /// After the forward: full blocks go to the prefix cache, sampled tokens to their sequences
@@ -523,6 +527,7 @@ impl<B: Backend> Worker<B> {
     fn deliver(&mut self, work: &[(usize, usize)], next: &[Option<u32>]) {
         let eos = self.model.config.eos_token_ids.clone();
         let mut done: Vec<usize> = Vec::new();
+        let mut finished: Vec<(Sender<Event>, Finished)> = Vec::new();
         let caching = self.pool.prefix_caching();
         let bs = self.limits.block_size;
         for (j, &(i, n)) in work.iter().enumerate() {
@@ -581,7 +586,7 @@ impl<B: Backend> Worker<B> {
                 };
                 self.stats.requests_finished += 1;
                 self.stats.prompt_tokens += s.prompt_len as u64;
-                let _ = s.events.send(Event::Finished(f));
+                finished.push((s.events.clone(), f));
                 done.push(i);
             }
         }
@@ -589,6 +594,14 @@ impl<B: Backend> Worker<B> {
         for i in done.into_iter().rev() {
             // Dropping the sequence frees its blocks and its adapter pin.
             self.running.remove(i);
+        }
+        if !finished.is_empty() {
+            // The statistics first, then the answers: a caller who reads `stats()` (or /metrics)
+            // once its request finished sees it counted.
+            self.publish();
+            for (events, f) in finished {
+                let _ = events.send(Event::Finished(f));
+            }
         }
     }
 
