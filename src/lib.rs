@@ -8,13 +8,17 @@
 //! `train`, `data`, `eval`.
 
 pub mod backend;
+#[cfg(feature = "cli")]
 pub mod cli_env;
+#[cfg(feature = "data")]
 pub mod data;
 pub mod engine;
 pub mod error;
+#[cfg(feature = "data")]
 pub mod eval;
 pub mod heap;
 pub mod kv;
+#[cfg(feature = "loadtest")]
 pub mod loadtest;
 pub mod lora;
 pub mod model;
@@ -22,6 +26,7 @@ pub mod progress;
 pub mod quant;
 pub mod rng;
 pub mod runtime;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod tokenizer;
 pub mod train;

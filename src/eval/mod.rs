@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use indicatif::ProgressBar;
+use crate::progress::Bar;
 use serde::Serialize;
 
 pub use metrics::Metric;
@@ -73,7 +73,7 @@ pub fn evaluate<B: Backend>(
     gen: &Generator<'_, B>,
     examples: &[Example],
     opts: &EvalOptions,
-    progress: &ProgressBar,
+    progress: &Bar,
     mut on_result: impl FnMut(&ExampleResult) -> Result<()>,
 ) -> Result<EvalSummary> {
     if opts.adapter.as_deref() != gen.adapter.map(|a| a.id.as_str()) {
@@ -159,7 +159,7 @@ pub fn evaluate_to_file<B: Backend>(
     gen: &Generator<'_, B>,
     examples: &[Example],
     opts: &EvalOptions,
-    progress: &ProgressBar,
+    progress: &Bar,
     out: Option<&Path>,
 ) -> Result<EvalSummary> {
     let mut writer = match out {

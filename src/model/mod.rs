@@ -1,6 +1,7 @@
 //! Model definition: HF config, weight loading, GGUF import and the forward pass.
 
 pub mod check;
+#[cfg(feature = "fetch")]
 pub mod fetch;
 pub mod gguf;
 pub mod llama;

@@ -86,7 +86,7 @@ fn batch_size_does_not_change_outputs() {
     let run = |batch_size| {
         let opts = EvalOptions { metric: Metric::PrefixAccuracy, max_new_tokens: 4, batch_size, adapter: None };
         let mut outs = Vec::new();
-        let summary = evaluate(&g, &examples, &opts, &indicatif::ProgressBar::hidden(), |r| {
+        let summary = evaluate(&g, &examples, &opts, &lorafleet::progress::Bar::hidden(), |r| {
             outs.push(r.clone());
             Ok(())
         })

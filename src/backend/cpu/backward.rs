@@ -40,7 +40,7 @@ pub fn gemm(m: usize, n: usize, k: usize, a: &[f32], a_t: bool, b: &[f32], b_t: 
     // (column stride, row stride) of each operand as gemm wants them.
     let (a_cs, a_rs) = if a_t { (m as isize, 1) } else { (1, k as isize) };
     let (b_cs, b_rs) = if b_t { (k as isize, 1) } else { (1, n as isize) };
-    let par = if m * n * k >= PARALLEL_MIN_FLOPS { gemm::Parallelism::Rayon(rayon::current_num_threads()) } else { gemm::Parallelism::None };
+    let par = if m * n * k >= PARALLEL_MIN_FLOPS { gemm_common::Parallelism::Rayon(rayon::current_num_threads()) } else { gemm_common::Parallelism::None };
     // SAFETY: the asserts above check that every buffer holds exactly the [rows, cols] the
     // strides describe: dst [m, n] (row stride n), a as [m, k] or [k, m], b as [k, n] or [n, k].
     // dst is a unique borrow, so it does not overlap the inputs.

@@ -40,7 +40,7 @@ pub(crate) unsafe fn gemm_f32(
     rhs_rs: isize,
     alpha: f32,
     beta: f32,
-    parallelism: gemm::Parallelism,
+    parallelism: gemm_common::Parallelism,
 ) {
     // What gemm::gemm does before its dispatch (gemm 0.19.0 src/gemm.rs): its microkernels want
     // a column-major destination, so a row-major one is computed as dstᵀ = rhsᵀ · lhsᵀ (without
@@ -159,7 +159,7 @@ mod tests {
                         1,
                         1.0,
                         0.5,
-                        gemm::Parallelism::None,
+                        gemm_common::Parallelism::None,
                     );
                 }
                 for i in 0..m {

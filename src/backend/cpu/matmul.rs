@@ -68,7 +68,7 @@ pub(crate) unsafe fn gemm_f32_raw(dst: *mut f32, dst_stride: usize, x: &[f32], t
             1,
             0.0f32,
             1.0f32,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+            gemm_common::Parallelism::Rayon(rayon::current_num_threads()),
         )
     }
 }

@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};
 
 pub use super::output::OutDType;
@@ -385,11 +384,7 @@ pub fn convert_gguf(gguf: &Path, out_dir: &Path, dtype: OutDType, show_progress:
         })
         .collect();
     let total: u64 = planned.iter().map(|p| p.shape.iter().product::<usize>() as u64 * if dtype == OutDType::F32 { 4 } else { 2 }).sum();
-    let pb = if show_progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
-    if let Ok(style) = ProgressStyle::with_template("{msg:40} [{bar:30}] {bytes}/{total_bytes} ({eta})") {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb.set_message(format!("converting to {dtype}"));
+    let pb = crate::progress::bytes_bar(show_progress, total, &format!("converting to {dtype}"));
     let st_path = staging.path.join("model.safetensors");
     write_safetensors(&st_path, &tensors, dtype, &|name, n| {
         pb.set_message(name.to_string());
