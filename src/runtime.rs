@@ -37,7 +37,7 @@ pub struct Loaded<B: Backend> {
 pub fn set_threads(threads: Option<usize>) -> Result<()> {
     if let Some(n) = threads {
         if n == 0 {
-            return Err(Error::InvalidArgument("--threads must be at least 1".into()));
+            return Err(Error::InvalidArgument("threads must be at least 1 (option `threads`)".into()));
         }
         // Fails only if the pool was already built, which cannot happen this early.
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
@@ -48,7 +48,10 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
 /// `--model` must be a folder (checked before any device opens: a bad flag is one error line).
 pub fn check_model_dir(dir: &Path) -> Result<()> {
     if !dir.is_dir() {
-        return Err(Error::InvalidArgument(format!("--model {}: not a directory (get one with `lorafleet fetch-model smollm2-135m-instruct`)", dir.display())));
+        return Err(Error::InvalidArgument(format!(
+            "model folder {} (option `model_dir`): not a directory (get one with `lorafleet fetch-model smollm2-135m-instruct`)",
+            dir.display()
+        )));
     }
     Ok(())
 }

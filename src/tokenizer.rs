@@ -23,6 +23,23 @@ pub struct ChatMessage {
     pub content: String,
 }
 
+impl ChatMessage {
+    /// A message from `role` ("system", "user", "assistant").
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage { role: role.into(), content: content.into() }
+    }
+
+    /// A user's message.
+    pub fn user(content: impl Into<String>) -> Self {
+        ChatMessage::new("user", content)
+    }
+
+    /// A system message.
+    pub fn system(content: impl Into<String>) -> Self {
+        ChatMessage::new("system", content)
+    }
+}
+
 fn content_text<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
     use serde::de::Error as _;
     #[derive(serde::Deserialize)]

@@ -274,8 +274,10 @@ pub fn upload_head_default<B: Backend>(be: &B, m: HostMatrix, format: HeadFormat
             let data = m.data.iter().map(|&x| numeric::f32_to_bf16(x)).collect();
             be.upload_matrix(HostWeight::Bf16 { name: m.name, rows: m.rows, cols: m.cols, data })
         }
-        HeadFormat::Q8 => {
-            Err(crate::Error::InvalidArgument(format!("{}: --lm-head q8 is a CPU format; the {} backend holds the lm_head as f32 or bf16", m.name, be.name())))
-        }
+        HeadFormat::Q8 => Err(crate::Error::InvalidArgument(format!(
+            "{}: the q8 lm_head (option `lm_head` q8) is a CPU format; the {} backend holds the lm_head as f32 or bf16",
+            m.name,
+            be.name()
+        ))),
     }
 }

@@ -47,11 +47,11 @@ impl Penalties {
 
     pub fn validate(&self) -> Result<()> {
         if !(self.repetition > 0.0 && self.repetition <= 100.0) {
-            return Err(Error::BadRequest(format!("repetition_penalty must be in (0, 100], got {}", self.repetition)));
+            return Err(Error::InvalidRequest { field: "repetition_penalty", msg: format!("repetition_penalty must be in (0, 100], got {}", self.repetition) });
         }
         for (name, v) in [("presence_penalty", self.presence), ("frequency_penalty", self.frequency)] {
             if !(-2.0..=2.0).contains(&v) {
-                return Err(Error::BadRequest(format!("{name} must be in [-2, 2], got {v}")));
+                return Err(Error::InvalidRequest { field: name, msg: format!("{name} must be in [-2, 2], got {v}") });
             }
         }
         Ok(())
@@ -95,10 +95,10 @@ impl SamplingParams {
 
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(Error::BadRequest(format!("temperature must be >= 0, got {}", self.temperature)));
+            return Err(Error::InvalidRequest { field: "temperature", msg: format!("temperature must be >= 0, got {}", self.temperature) });
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::BadRequest(format!("top_p must be in (0, 1], got {}", self.top_p)));
+            return Err(Error::InvalidRequest { field: "top_p", msg: format!("top_p must be in (0, 1], got {}", self.top_p) });
         }
         self.penalties.validate()
     }

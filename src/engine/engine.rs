@@ -11,22 +11,25 @@
 //! the pool and their adapter pin is released). The thread and its steps are `worker::Worker`;
 //! this file is the handle (`Engine`) that sends it commands.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam::channel::{unbounded, Sender};
 
+use super::events;
 use super::output::SeqOutput;
-use super::request::{GenerateRequest, Prompt, RequestHandle};
+use super::request::{Finished, GenerateRequest, Prompt, RequestHandle};
 use super::scheduler::Limits;
 use super::stats::EngineStats;
-use super::worker::{Command, Submission, Worker, WorkerParts};
+use super::worker::{Command, QueueSlot, Submission, Worker, WorkerParts};
 use crate::backend::Backend;
 use crate::kv::{BlockPool, DEFAULT_BLOCK_SIZE};
 use crate::lora::cache::AdapterCache;
-pub use crate::lora::cache::CacheOptions;
+pub use crate::lora::cache::{CacheOptions, CacheStats};
+use crate::lora::LoraAdapter;
 use crate::model::Llama;
 use crate::tokenizer::TextTokenizer;
 use crate::types::config::ModelConfig;
@@ -35,12 +38,14 @@ use crate::{Error, Result};
 /// The most alternatives per token a request may ask log-probabilities for (OpenAI's limit).
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
+/// How the engine sizes its KV cache, batches and queues (`EngineBuilder` sets them one by one).
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     /// KV cache size in bytes (K and V of every layer; the CPU backend stores f32).
     pub kv_cache_bytes: usize,
     /// Exact number of KV blocks, overriding `kv_cache_bytes` (tests).
     pub kv_blocks: Option<usize>,
+    /// Tokens per KV block.
     pub block_size: usize,
     /// Tokens per step (decode tokens + prefill chunks).
     pub max_batch_tokens: usize,
@@ -48,11 +53,15 @@ pub struct EngineOptions {
     pub max_running: usize,
     /// Distinct adapters (the base counts as one) in the running batch.
     pub max_active_adapters: usize,
+    /// Where adapters come from and how many stay resident.
     pub cache: CacheOptions,
     /// Keep full KV blocks after their request ends and reuse them for later requests with the
     /// same leading tokens under the same adapter (`kv::prefix`); `--no-prefix-cache` turns it
     /// off.
     pub prefix_cache: bool,
+    /// The most requests submitted and not yet ended (queued or running); one more is refused
+    /// with `Error::QueueFull`. None: unbounded.
+    pub max_queued_requests: Option<usize>,
 }
 
 impl Default for EngineOptions {
@@ -66,6 +75,7 @@ impl Default for EngineOptions {
             max_active_adapters: 32,
             cache: CacheOptions::default(),
             prefix_cache: true,
+            max_queued_requests: None,
         }
     }
 }
@@ -82,6 +92,13 @@ pub struct Engine {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// `Backend::name` of the backend the engine runs on.
     backend_name: String,
+    /// Requests submitted and not ended, against `max_queued_requests`.
+    in_flight: Arc<AtomicUsize>,
+    max_queued_requests: Option<usize>,
+    /// What `EngineBuilder` opened, in words ("device: cpu, avx512 kernels").
+    device_note: String,
+    /// The caller's request ids (`GenerateRequest::request_id`) of live requests, to cancel by.
+    by_request_id: Mutex<HashMap<String, Vec<Weak<AtomicBool>>>>,
 }
 
 impl Engine {
@@ -131,9 +148,29 @@ impl Engine {
                 w.run();
             })
             .map_err(|e| Error::InvalidArgument(format!("cannot start the engine thread: {e}")))?;
-        Ok(Engine { commands: tx, stats, tokenizer, config, pool, limits, next_id: AtomicU64::new(1), thread: Mutex::new(Some(thread)), backend_name })
+        Ok(Engine {
+            commands: tx,
+            stats,
+            tokenizer,
+            config,
+            pool,
+            limits,
+            next_id: AtomicU64::new(1),
+            thread: Mutex::new(Some(thread)),
+            backend_name,
+            in_flight: Arc::default(),
+            max_queued_requests: opts.max_queued_requests,
+            device_note: String::new(),
+            by_request_id: Mutex::default(),
+        })
     }
 
+    /// A builder that loads a model folder on a device chosen at run time (`EngineBuilder`).
+    pub fn builder(model_dir: impl Into<std::path::PathBuf>) -> super::builder::EngineBuilder {
+        super::builder::EngineBuilder::new(model_dir)
+    }
+
+    /// The model's tokenizer (and chat template).
     pub fn tokenizer(&self) -> &TextTokenizer {
         &self.tokenizer
     }
@@ -143,11 +180,27 @@ impl Engine {
         &self.backend_name
     }
 
+    /// The device the engine runs on, in words ("device: cpu, avx512 kernels"; for an engine
+    /// from `Engine::start`, the backend's name).
+    pub fn device_description(&self) -> &str {
+        if self.device_note.is_empty() {
+            &self.backend_name
+        } else {
+            &self.device_note
+        }
+    }
+
+    pub(super) fn with_device_note(mut self, note: String) -> Self {
+        self.device_note = note;
+        self
+    }
+
     /// Whether the engine thread is still running (it ends only on a panic or at shutdown).
     pub fn is_alive(&self) -> bool {
         self.thread.lock().ok().is_some_and(|t| t.as_ref().is_some_and(|h| !h.is_finished()))
     }
 
+    /// The base model's shape.
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }
@@ -162,20 +215,43 @@ impl Engine {
         self.pool.num_free()
     }
 
+    /// KV blocks in all.
     pub fn kv_total_blocks(&self) -> usize {
         self.pool.num_blocks()
     }
 
+    /// The batch limits the scheduler works within.
     pub fn limits(&self) -> Limits {
         self.limits
     }
 
-    /// Counters as of the end of the last step.
+    /// Counters now: the engine thread answers between two steps, after taking in every request
+    /// submitted before this call (so a request just submitted counts as queued). Waits for
+    /// the step in progress; `stats_snapshot` does not wait.
     pub fn stats(&self) -> EngineStats {
+        let (tx, rx) = unbounded();
+        if self.commands.send(Command::Stats(tx)).is_ok() {
+            if let Ok(s) = rx.recv() {
+                return s;
+            }
+        }
+        self.stats_snapshot()
+    }
+
+    /// Counters as of the end of the last step (or the last `stats` call), without waiting.
+    pub fn stats_snapshot(&self) -> EngineStats {
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Adapter ids under the adapter dir, sorted.
+    /// The adapter cache's counters (resident adapters and bytes per tier, loads, evictions).
+    pub fn cache_stats(&self) -> Result<CacheStats> {
+        let (tx, rx) = unbounded();
+        self.commands.send(Command::CacheStats(tx)).map_err(|_| stopped())?;
+        rx.recv().map_err(|_| stopped())
+    }
+
+    /// Adapter ids the engine offers, sorted: folders under the adapter dir, names given by
+    /// `load_adapter` / `add_adapter`, then the synthetic ones.
     pub fn available_adapters(&self) -> Vec<String> {
         let (tx, rx) = unbounded();
         if self.commands.send(Command::ListAdapters(tx)).is_err() {
@@ -184,22 +260,31 @@ impl Engine {
         rx.recv().unwrap_or_default()
     }
 
-    /// Serves the adapter folder `path` as `name` from now on (loaded before this returns; the
-    /// folder must lie under the adapter dir unless the cache allows paths). Blocks the engine
-    /// for the load.
+    /// Serves the adapter folder `path` as `name` from now on; returns once it is loaded (a
+    /// bad adapter fails here). The folder must lie under the adapter dir unless the cache
+    /// allows paths. The engine keeps stepping while the adapter loads (on its loader thread);
+    /// requests for `name` submitted meanwhile wait for it.
     pub fn load_adapter(&self, name: &str, path: &std::path::Path) -> Result<()> {
         let (reply, rx) = unbounded();
-        self.commands
-            .send(Command::LoadAdapter { name: name.to_string(), path: path.to_path_buf(), reply })
-            .map_err(|_| Error::ShuttingDown("the engine has stopped".into()))?;
-        rx.recv().map_err(|_| Error::ShuttingDown("the engine has stopped".into()))?
+        self.commands.send(Command::LoadAdapter { name: name.to_string(), path: path.to_path_buf(), reply }).map_err(|_| stopped())?;
+        rx.recv().map_err(|_| stopped())?
     }
 
-    /// Stops serving a name `load_adapter` gave (requests already running keep it to their end).
+    /// Serves an adapter held in memory (the trainer's output, or one built by hand) as `name`,
+    /// with no file: checked against the base model's shapes and the maximum rank, uploaded
+    /// like a folder's, and returns once it is resident. The engine keeps stepping meanwhile.
+    pub fn add_adapter(&self, name: &str, adapter: LoraAdapter) -> Result<()> {
+        let (reply, rx) = unbounded();
+        self.commands.send(Command::AddAdapter { name: name.to_string(), adapter: Box::new(adapter), reply }).map_err(|_| stopped())?;
+        rx.recv().map_err(|_| stopped())?
+    }
+
+    /// Stops serving a name `load_adapter` or `add_adapter` gave (requests already running keep
+    /// it to their end).
     pub fn unload_adapter(&self, name: &str) -> Result<()> {
         let (reply, rx) = unbounded();
-        self.commands.send(Command::UnloadAdapter { name: name.to_string(), reply }).map_err(|_| Error::ShuttingDown("the engine has stopped".into()))?;
-        rx.recv().map_err(|_| Error::ShuttingDown("the engine has stopped".into()))?
+        self.commands.send(Command::UnloadAdapter { name: name.to_string(), reply }).map_err(|_| stopped())?;
+        rx.recv().map_err(|_| stopped())?
     }
 
     /// Tokens of a request's prompt (what `submit` would feed the model).
@@ -207,13 +292,44 @@ impl Engine {
         match prompt {
             Prompt::Text(t) => self.tokenizer.encode(t),
             Prompt::Ids(ids) => Ok(ids.clone()),
+            Prompt::Chat(messages) => self.tokenizer.encode(&self.tokenizer.apply_chat_template(messages, true)?),
         }
+    }
+
+    /// Cancels every live request submitted with `request_id` (`GenerateRequest::request_id`):
+    /// each stream ends with `Error::Cancelled` at the engine's next step. Returns how many
+    /// requests were live under that id.
+    pub fn cancel_request(&self, request_id: &str) -> usize {
+        let mut map = self.by_request_id.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(flags) = map.remove(request_id) else { return 0 };
+        flags.iter().filter_map(Weak::upgrade).map(|f| f.store(true, Ordering::Relaxed)).count()
+    }
+
+    /// Generates every request to its end through the engine (batched continuously, adapters
+    /// mixed): offline batch generation. One result per request, in order; a request that
+    /// fails does so alone.
+    pub fn generate(&self, requests: Vec<GenerateRequest>) -> Vec<Result<Finished>> {
+        let handles: Vec<Result<RequestHandle>> = requests.into_iter().map(|r| self.submit(r)).collect();
+        handles.into_iter().map(|h| h.and_then(RequestHandle::wait)).collect()
+    }
+
+    /// Keeps `cancel` findable under the caller's id; drops the entries of ended requests now
+    /// and then so the map stays as small as the live requests.
+    fn remember_request_id(&self, request_id: &str, cancel: &Arc<AtomicBool>) {
+        let mut map = self.by_request_id.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= 64 && map.len().is_power_of_two() {
+            map.retain(|_, flags| {
+                flags.retain(|f| f.strong_count() > 0);
+                !flags.is_empty()
+            });
+        }
+        map.entry(request_id.to_string()).or_default().push(Arc::downgrade(cancel));
     }
 
     /// Checks a request and queues it. Errors found here (empty prompt, prompt + new tokens
     /// over the context or the KV cache, token ids outside the vocabulary, bad sampling
-    /// parameters) return at once without touching the engine; an unknown adapter or one that
-    /// fails to load comes back as the handle's `Event::Error`.
+    /// parameters, a full queue) return at once without touching the engine; an unknown
+    /// adapter or one that fails to load comes back as the handle's `Event::Error`.
     pub fn submit(&self, req: GenerateRequest) -> Result<RequestHandle> {
         let prompt = self.encode(&req.prompt)?;
         let o = &req.options;
@@ -221,7 +337,7 @@ impl Engine {
             return Err(Error::EmptyPrompt);
         }
         if o.max_new_tokens == 0 {
-            return Err(Error::BadRequest("max_new_tokens must be at least 1".into()));
+            return Err(Error::InvalidRequest { field: "max_new_tokens", msg: "max_new_tokens must be at least 1".into() });
         }
         let c = &self.config;
         let limit = c.max_position_embeddings.min(self.kv_capacity_tokens());
@@ -229,22 +345,46 @@ impl Engine {
             return Err(Error::PromptTooLong { tokens: prompt.len(), new_tokens: o.max_new_tokens, context: limit });
         }
         if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= c.vocab_size) {
-            return Err(Error::BadRequest(format!("token id {bad} is outside the vocabulary of {}", c.vocab_size)));
+            return Err(Error::InvalidRequest { field: "prompt", msg: format!("token id {bad} is outside the vocabulary of {}", c.vocab_size) });
         }
         o.sampling.validate()?;
         if let Some(n) = o.logprobs.filter(|&n| n > MAX_TOP_LOGPROBS) {
-            return Err(Error::BadRequest(format!("at most {MAX_TOP_LOGPROBS} alternatives per token can be reported, {n} were asked for")));
+            return Err(Error::InvalidRequest {
+                field: "logprobs",
+                msg: format!("at most {MAX_TOP_LOGPROBS} alternatives per token can be reported, {n} were asked for"),
+            });
+        }
+        if !self.is_alive() {
+            return Err(stopped());
+        }
+        // A place in the queue, taken before anything is sent (given back if the send fails).
+        let in_flight = self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let slot = QueueSlot(self.in_flight.clone());
+        if let Some(limit) = self.max_queued_requests.filter(|&l| in_flight >= l) {
+            return Err(Error::QueueFull { in_flight, limit });
         }
         let adapter = req.adapter.filter(|a| !a.is_empty());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = unbounded();
+        let (tx, rx) = events::channel();
         let cancel = Arc::new(AtomicBool::new(false));
+        if let Some(rid) = &req.request_id {
+            self.remember_request_id(rid, &cancel);
+        }
         let prompt_tokens = prompt.len();
         let out = SeqOutput::new(req.options).with_prompt(&prompt);
-        let sub = Submission { id, prompt, adapter, out, events: tx, cancel: cancel.clone(), submitted: Instant::now() };
-        self.commands.send(Command::Submit(Box::new(sub))).map_err(|_| Error::ShuttingDown("the engine has stopped".into()))?;
+        let sub = Submission { id, prompt, adapter, out, events: tx, cancel: cancel.clone(), submitted: Instant::now(), slot };
+        self.commands.send(Command::Submit(Box::new(sub))).map_err(|_| stopped())?;
         Ok(RequestHandle { id, prompt_tokens, events: rx, cancel })
     }
+
+    /// Requests submitted and not ended yet (queued or running).
+    pub fn requests_in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+}
+
+fn stopped() -> Error {
+    Error::EngineStopped("the engine thread has ended".into())
 }
 
 impl Engine {

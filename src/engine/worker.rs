@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 
+use super::events::EventSender;
 use super::output::SeqOutput;
 use super::request::{Event, Finished};
 use super::scheduler::{plan_step, Limits, Plan, RunningView, SeqId, WaitingView};
@@ -17,7 +18,7 @@ use super::step::{run_step, StepSeq};
 use crate::backend::Backend;
 use crate::kv::{prefix, BlockPool, BlockTable};
 use crate::lora::cache::{AdapterCache, AdapterStatus};
-use crate::lora::LoadedAdapter;
+use crate::lora::{LoadedAdapter, LoraAdapter};
 use crate::model::Llama;
 use crate::tokenizer::TextTokenizer;
 use crate::{Error, Result};
@@ -26,12 +27,24 @@ use crate::{Error, Result};
 pub(super) enum Command {
     Submit(Box<Submission>),
     ListAdapters(Sender<Vec<String>>),
-    /// Register a name for an adapter folder and load it (`AdapterCache::register`).
+    /// Register a name for an adapter folder and load it (`AdapterCache::register_start`);
+    /// the reply comes when the load is done, and the engine steps meanwhile.
     LoadAdapter {
         name: String,
         path: std::path::PathBuf,
         reply: Sender<Result<()>>,
     },
+    /// Serve an in-memory adapter under a name (`AdapterCache::add_start`); replies as
+    /// `LoadAdapter`.
+    AddAdapter {
+        name: String,
+        adapter: Box<LoraAdapter>,
+        reply: Sender<Result<()>>,
+    },
+    /// The adapter cache's counters.
+    CacheStats(Sender<crate::lora::cache::CacheStats>),
+    /// Publish the stats now (every command sent before this one taken in) and reply.
+    Stats(Sender<EngineStats>),
     UnloadAdapter {
         name: String,
         reply: Sender<Result<()>>,
@@ -46,9 +59,21 @@ pub(super) struct Submission {
     pub(super) prompt: Vec<u32>,
     pub(super) adapter: Option<String>,
     pub(super) out: SeqOutput,
-    pub(super) events: Sender<Event>,
+    pub(super) events: EventSender,
     pub(super) cancel: Arc<AtomicBool>,
     pub(super) submitted: Instant,
+    /// The request's place under `EngineOptions::max_queued_requests`, given back when it ends.
+    pub(super) slot: QueueSlot,
+}
+
+/// One request counted against the engine's queue bound; dropping it (the sequence finished,
+/// failed or was cancelled) frees the place.
+pub(super) struct QueueSlot(pub(super) Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// How long an adapter may wait for its load before the engine stops admitting sequences of
@@ -73,8 +98,9 @@ struct Seq<B: Backend> {
     block_keys: Vec<u64>,
     key_adapter: u64,
     out: SeqOutput,
-    events: Sender<Event>,
+    events: EventSender,
     cancel: Arc<AtomicBool>,
+    _slot: QueueSlot,
     submitted: Instant,
     admitted: Option<Instant>,
     first_token: Option<Instant>,
@@ -138,6 +164,9 @@ pub(super) struct Worker<B: Backend> {
     loading_since: HashMap<String, Instant>,
     stats: EngineStats,
     shared: Arc<Mutex<EngineStats>>,
+    /// Adapter loads asked for by name (`Engine::load_adapter`, `add_adapter`) and not done yet,
+    /// with the caller waiting for each.
+    pending_loads: Vec<(String, Sender<Result<()>>)>,
 }
 
 /// A copy of an error for each of several requests (`Error` holds an io::Error, not Clone).
@@ -147,6 +176,8 @@ fn error_copy(e: &Error) -> Error {
         Error::Adapter { id, msg } => Error::Adapter { id: id.clone(), msg: msg.clone() },
         Error::PromptTooLong { tokens, new_tokens, context } => Error::PromptTooLong { tokens: *tokens, new_tokens: *new_tokens, context: *context },
         Error::BadRequest(m) => Error::BadRequest(m.clone()),
+        Error::InvalidRequest { field, msg } => Error::InvalidRequest { field, msg: msg.clone() },
+        Error::EngineStopped(m) => Error::EngineStopped(m.clone()),
         Error::Cuda(m) => Error::Cuda(m.clone()),
         Error::ShuttingDown(m) => Error::ShuttingDown(m.clone()),
         other => Error::InvalidArgument(other.to_string()),
@@ -174,6 +205,7 @@ impl<B: Backend> Worker<B> {
             loading_since: HashMap::new(),
             stats: EngineStats::new(blocks),
             shared,
+            pending_loads: Vec::new(),
         }
     }
 
@@ -182,6 +214,7 @@ impl<B: Backend> Worker<B> {
             if !self.take_commands() {
                 return;
             }
+            self.poll_loads();
             // On the CPU, the whole step on a pool thread (`Backend::run_step`).
             let be = self.be.clone();
             if let Err(e) = be.run_step(|| self.step()) {
@@ -195,6 +228,28 @@ impl<B: Backend> Worker<B> {
         }
     }
 
+    /// Answers the adapter loads that finished (or failed) since the last step.
+    fn poll_loads(&mut self) {
+        let mut i = 0;
+        while i < self.pending_loads.len() {
+            let done = match self.cache.request(&self.pending_loads[i].0) {
+                Ok(AdapterStatus::Loading) => None,
+                Ok(AdapterStatus::Ready(_)) => Some(Ok(())),
+                Err(e) => {
+                    self.cache.withdraw(&self.pending_loads[i].0);
+                    Some(Err(e))
+                }
+            };
+            match done {
+                Some(r) => {
+                    let (_, reply) = self.pending_loads.swap_remove(i);
+                    let _ = reply.send(r);
+                }
+                None => i += 1,
+            }
+        }
+    }
+
     fn queued(&self) -> usize {
         self.queues.values().map(VecDeque::len).sum()
     }
@@ -202,13 +257,14 @@ impl<B: Backend> Worker<B> {
     /// Takes new commands: blocks while there is nothing to do, waits briefly while only
     /// adapter loads are pending. Returns false on shutdown.
     fn take_commands(&mut self) -> bool {
-        let mut first = if self.running.is_empty() && self.queues.is_empty() {
+        let mut first = if self.running.is_empty() && self.queues.is_empty() && self.pending_loads.is_empty() {
             match self.commands.recv() {
                 Ok(c) => Some(c),
                 Err(_) => return false,
             }
         } else if self.running.is_empty() {
-            // Only waiting requests (adapters loading, or blocks held by nobody): poll.
+            // Only waiting requests or adapter loads (adapters loading, or blocks held by
+            // nobody): poll.
             match self.commands.recv_timeout(Duration::from_millis(2)) {
                 Ok(c) => Some(c),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -243,6 +299,7 @@ impl<B: Backend> Worker<B> {
                         out: s.out,
                         events: s.events,
                         cancel: s.cancel,
+                        _slot: s.slot,
                         submitted: s.submitted,
                         admitted: None,
                         first_token: None,
@@ -254,8 +311,24 @@ impl<B: Backend> Worker<B> {
                 Command::ListAdapters(reply) => {
                     let _ = reply.send(self.cache.available());
                 }
-                Command::LoadAdapter { name, path, reply } => {
-                    let _ = reply.send(self.cache.register(&name, &path));
+                Command::LoadAdapter { name, path, reply } => match self.cache.register_start(&name, &path) {
+                    Ok(()) => self.pending_loads.push((name, reply)),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
+                Command::AddAdapter { name, adapter, reply } => match self.cache.add_start(&name, *adapter) {
+                    Ok(()) => self.pending_loads.push((name, reply)),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
+                Command::CacheStats(reply) => {
+                    let _ = reply.send(self.cache.stats());
+                }
+                Command::Stats(reply) => {
+                    self.publish();
+                    let _ = reply.send(self.stats.clone());
                 }
                 Command::UnloadAdapter { name, reply } => {
                     let _ = reply.send(self.cache.unregister(&name));
@@ -286,17 +359,24 @@ impl<B: Backend> Worker<B> {
     }
 
     /// Drops cancelled requests (their blocks return to the pool as their tables drop).
+    /// Each stream ends with `Error::Cancelled` (nobody may be reading it any more).
     fn drop_cancelled(&mut self) {
-        let before = self.running.len();
-        self.running.retain(|s| !s.cancelled());
-        let mut n = before - self.running.len();
+        let mut gone: Vec<Seq<B>> = Vec::new();
+        let (keep, cancelled): (Vec<Seq<B>>, Vec<Seq<B>>) = std::mem::take(&mut self.running).into_iter().partition(|s| !s.cancelled());
+        self.running = keep;
+        gone.extend(cancelled);
         for q in self.queues.values_mut() {
-            let before = q.len();
-            q.retain(|s| !s.cancelled());
-            n += before - q.len();
+            if q.iter().any(|s| s.cancelled()) {
+                let (keep, cancelled): (VecDeque<Seq<B>>, VecDeque<Seq<B>>) = std::mem::take(q).into_iter().partition(|s| !s.cancelled());
+                *q = keep;
+                gone.extend(cancelled);
+            }
         }
         self.queues.retain(|_, q| !q.is_empty());
-        self.stats.requests_cancelled += n as u64;
+        self.stats.requests_cancelled += gone.len() as u64;
+        for s in gone {
+            s.events.send(Event::Error(Error::Cancelled));
+        }
     }
 
     /// Asks the cache for every waiting adapter: the ready ones (with their Arc), in the order
@@ -527,7 +607,7 @@ impl<B: Backend> Worker<B> {
     fn deliver(&mut self, work: &[(usize, usize)], next: &[Option<u32>]) {
         let eos = self.model.config.eos_token_ids.clone();
         let mut done: Vec<usize> = Vec::new();
-        let mut finished: Vec<(Sender<Event>, Finished)> = Vec::new();
+        let mut finished: Vec<(EventSender, Finished)> = Vec::new();
         let caching = self.pool.prefix_caching();
         let bs = self.limits.block_size;
         for (j, &(i, n)) in work.iter().enumerate() {
@@ -564,7 +644,7 @@ impl<B: Backend> Worker<B> {
             s.last_token = Some(t);
             self.stats.generated_tokens += 1;
             let sent = s.events.send(Event::Token { id: a.token, text: a.text, special: a.special, logprobs });
-            if sent.is_err() {
+            if !sent {
                 // The client went away: cancelled.
                 s.cancel.store(true, Ordering::Relaxed);
                 done.push(i);

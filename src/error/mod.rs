@@ -11,7 +11,15 @@ mod gguf;
 pub use data::DataError;
 pub use gguf::GgufError;
 
+/// Every failure of the library, by what a caller must tell apart: a request the caller can fix
+/// (`InvalidRequest` naming the field, `PromptTooLong` with the real limits, `EmptyPrompt`), an
+/// adapter that is not there (`UnknownAdapter`) or does not load (`Adapter`), back-pressure
+/// (`QueueFull`), the caller's own `Cancelled`, an engine that is stopping (`ShuttingDown`) or
+/// gone (`EngineStopped`), the device (`Cuda`), files (`Io`, `Config`, `Weights`, ...).
+/// Messages speak of the library's options, not of command-line flags (the CLI adds those).
+/// New variants may come: match with a `_` arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     #[error("{path}: {source}")]
     Io {
@@ -41,8 +49,14 @@ pub enum Error {
     EmptyPrompt,
     #[error("the model produced non-finite logits (NaN or infinity) at generated token {step}: its weights or adapter overflow; no token was emitted")]
     NonFiniteLogits { step: usize },
+    /// Something about a request or a call is wrong, in words (files given to the CLI, a
+    /// remote server's answer); a request field the engine refuses is `InvalidRequest`.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A request field out of its range: `field` is its name in `GenerateOptions` /
+    /// `SamplingParams` (and in the OpenAI API: `max_tokens` there is `max_new_tokens` here).
+    #[error("bad request: {msg}")]
+    InvalidRequest { field: &'static str, msg: String },
     #[error(transparent)]
     Gguf(#[from] GgufError),
     #[error(transparent)]
@@ -55,7 +69,9 @@ pub enum Error {
     Fetch(String),
     #[error("adapter `{id}`: {msg}")]
     Adapter { id: String, msg: String },
-    #[error("unknown adapter `{0}`: not under --adapter-dir and not a path to a peft adapter directory")]
+    /// No adapter of that name: not in the engine's adapter folder, not loaded or added by
+    /// name, and (where paths are allowed) not a path to a peft adapter folder.
+    #[error("unknown adapter `{0}`: not in the adapter folder, not loaded by name, and not a path to a peft adapter folder")]
     UnknownAdapter(String),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -70,6 +86,10 @@ pub enum Error {
     /// timeout, or the `Engine` was dropped): HTTP 503.
     #[error("stopped: {0}")]
     ShuttingDown(String),
+    /// The engine is gone (its thread ended, or the `Engine` was dropped): nothing more will be
+    /// served by it. HTTP 503.
+    #[error("engine stopped: {0}")]
+    EngineStopped(String),
 }
 
 fn too_long(tokens: usize, new_tokens: usize, context: usize) -> String {

@@ -248,7 +248,7 @@ impl LoraAdapter {
                 let (out_f, in_f) = m.dims(model);
                 let (r, scale) = config.rank_and_scale(layer, m);
                 if r > max_rank {
-                    return Err(adapter_err(id, format!("rank {r} of {} is above the configured maximum {max_rank} (--max-lora-rank)", m.path(layer))));
+                    return Err(adapter_err(id, format!("rank {r} of {} is above the configured maximum {max_rank} (option `max_rank`)", m.path(layer))));
                 }
                 let read = |key: &str, shape: [usize; 2]| -> Result<HostMatrix> {
                     if !w.contains(key) {
@@ -314,6 +314,47 @@ impl LoraAdapter {
         write_atomic(&dir.join("adapter_model.safetensors"), &bytes)?;
         let cfg = serde_json::to_string_pretty(&self.config.to_json()).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         write_atomic(&dir.join("adapter_config.json"), cfg.as_bytes())
+    }
+
+    /// Checks an adapter made in memory (by the trainer, or by hand) as `load` checks a file:
+    /// one entry per layer of `model`, every pair `[r, in]` / `[out, r]` of its module's
+    /// dimensions with r in 1..=`max_rank`, finite values.
+    pub fn check_fits(&self, model: &ModelConfig, max_rank: usize) -> Result<()> {
+        let id = &self.id;
+        if self.layers.len() != model.num_layers {
+            return Err(adapter_err(id, format!("has {} layers; the base model has {}", self.layers.len(), model.num_layers)));
+        }
+        if self.pairs().next().is_none() {
+            return Err(adapter_err(id, "adapts no module"));
+        }
+        for (layer, m, p) in self.pairs() {
+            let (out_f, in_f) = m.dims(model);
+            let r = p.rank();
+            if r == 0 || r > max_rank {
+                return Err(adapter_err(id, format!("rank {r} of {} is outside 1..={max_rank} (option `max_rank`)", m.path(layer))));
+            }
+            let shapes = [(p.a.rows, p.a.cols, p.a.data.len()), (p.b.rows, p.b.cols, p.b.data.len())];
+            if shapes != [(r, in_f, r * in_f), (out_f, r, out_f * r)] {
+                return Err(adapter_err(
+                    id,
+                    format!(
+                        "{}: A is {}x{} and B {}x{}; the base model needs {r}x{in_f} and {out_f}x{r}",
+                        m.path(layer),
+                        shapes[0].0,
+                        shapes[0].1,
+                        shapes[1].0,
+                        shapes[1].1
+                    ),
+                ));
+            }
+            if let Some(i) = p.a.data.iter().chain(&p.b.data).position(|v| !v.is_finite()) {
+                return Err(adapter_err(id, format!("{} holds a non-finite value at index {i}", m.path(layer))));
+            }
+            if !p.scale.is_finite() {
+                return Err(adapter_err(id, format!("{}: the scale {} is not finite", m.path(layer), p.scale)));
+            }
+        }
+        Ok(())
     }
 
     /// Bytes of A and B (f32) over all modules.

@@ -147,6 +147,9 @@ pub struct AdapterCache<B: Backend> {
     worker: Option<std::thread::JoinHandle<()>>,
     /// Names registered at run time (vLLM's `/v1/load_lora_adapter`) and the folders they name.
     aliases: HashMap<String, PathBuf>,
+    /// Adapters handed over in memory (`add`): never read from a folder, never dropped from the
+    /// host tier (this map is their only source).
+    in_memory: HashMap<String, Arc<LoraAdapter>>,
     /// For each adapter read from a folder: its folder and the files' stamp when the load
     /// started. A later request that finds other files there (a trainer wrote a new version)
     /// drops the cached copies and loads the new one; requests already running keep theirs.
@@ -209,6 +212,7 @@ impl<B: Backend> AdapterCache<B> {
             results: res_rx,
             worker,
             aliases: HashMap::new(),
+            in_memory: HashMap::new(),
             stamps: HashMap::new(),
             retired: Vec::new(),
         }
@@ -218,26 +222,63 @@ impl<B: Backend> AdapterCache<B> {
     /// The folder must lie under `adapter_dir` unless `allow_paths`; a name already offered is
     /// refused. Blocks until the adapter is on the backend, so a bad adapter fails here.
     pub fn register(&mut self, name: &str, path: &Path) -> Result<()> {
-        if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." || name.chars().any(char::is_control) {
-            return Err(Error::BadRequest(format!("adapter name {name:?}: a plain name is needed (no path separators)")));
-        }
-        if self.aliases.contains_key(name) || self.resolve(name).is_ok() {
-            return Err(Error::BadRequest(format!("an adapter named {name:?} is already served")));
-        }
+        self.register_start(name, path)?;
+        self.finish_blocking(name)
+    }
+
+    /// `register` without the wait: the name is offered at once and its load started; the
+    /// caller asks `request(name)` on later steps (Ready: loaded; Err: it failed, and
+    /// `withdraw(name)` takes the name back).
+    pub fn register_start(&mut self, name: &str, path: &Path) -> Result<()> {
+        self.check_new_name(name)?;
         let canon = path.canonicalize().map_err(|_| Error::UnknownAdapter(path.display().to_string()))?;
         let inside = self.opts.adapter_dir.as_ref().and_then(|d| d.canonicalize().ok()).is_some_and(|d| canon.starts_with(d));
         if !inside && !self.opts.allow_paths {
             return Err(Error::BadRequest(
-                "the adapter path is outside the server's --adapter-dir (start it with --allow-adapter-paths to load from anywhere)".into(),
+                "the adapter path is outside the adapter folder (option `adapter_dir`; option `allow_paths` loads from anywhere)".into(),
             ));
         }
         if !canon.join("adapter_config.json").is_file() {
             return Err(Error::UnknownAdapter(path.display().to_string()));
         }
         self.aliases.insert(name.to_string(), canon);
-        if let Err(e) = self.get_blocking(name) {
-            self.aliases.remove(name);
-            return Err(e);
+        self.request(name).map(|_| ()).inspect_err(|_| self.withdraw(name))
+    }
+
+    /// Serves the in-memory `adapter` as `name` (the trainer's output, with no file): checked
+    /// against the base model and `max_rank`, then loaded as a folder's would be. Returns at
+    /// once; see `register_start`.
+    pub fn add_start(&mut self, name: &str, adapter: LoraAdapter) -> Result<()> {
+        self.check_new_name(name)?;
+        adapter.check_fits(&self.model, self.opts.max_rank)?;
+        let mut adapter = adapter;
+        adapter.id = name.to_string();
+        self.in_memory.insert(name.to_string(), Arc::new(adapter));
+        self.request(name).map(|_| ()).inspect_err(|_| self.withdraw(name))
+    }
+
+    /// Waits for the load `register_start` or `add_start` began; on failure the name is
+    /// withdrawn.
+    pub fn finish_blocking(&mut self, name: &str) -> Result<()> {
+        self.get_blocking(name).map(|_| ()).inspect_err(|_| self.withdraw(name))
+    }
+
+    /// Takes back a name whose load failed (its copies are forgotten).
+    pub fn withdraw(&mut self, name: &str) {
+        self.aliases.remove(name);
+        self.in_memory.remove(name);
+        self.forget(name);
+    }
+
+    fn check_new_name(&self, name: &str) -> Result<()> {
+        if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." || name.chars().any(char::is_control) {
+            return Err(Error::InvalidRequest { field: "adapter name", msg: format!("adapter name {name:?}: a plain name is needed (no path separators)") });
+        }
+        if self.aliases.contains_key(name) || self.in_memory.contains_key(name) || self.resolve(name).is_ok() {
+            return Err(Error::InvalidRequest { field: "adapter name", msg: format!("an adapter named {name:?} is already served") });
+        }
+        if self.opts.synthetic.is_some_and(|s| s.index(name).is_some()) {
+            return Err(Error::InvalidRequest { field: "adapter name", msg: format!("{name:?} is the name of a synthetic adapter") });
         }
         Ok(())
     }
@@ -245,7 +286,7 @@ impl<B: Backend> AdapterCache<B> {
     /// Forgets a name `register` gave, and its copies nobody holds (running requests keep
     /// theirs to the end). Names under `adapter_dir` cannot be unregistered.
     pub fn unregister(&mut self, name: &str) -> Result<()> {
-        if self.aliases.remove(name).is_none() {
+        if self.aliases.remove(name).is_none() && self.in_memory.remove(name).is_none() {
             return Err(Error::UnknownAdapter(name.to_string()));
         }
         self.poll();
@@ -269,6 +310,7 @@ impl<B: Backend> AdapterCache<B> {
             None => Vec::new(),
         };
         ids.extend(self.aliases.keys().cloned());
+        ids.extend(self.in_memory.keys().cloned());
         ids.sort();
         ids.dedup();
         if let Some(s) = &self.opts.synthetic {
@@ -360,7 +402,7 @@ impl<B: Backend> AdapterCache<B> {
                 let t = self.tick();
                 self.stats.device_loads += 1;
                 if let Some(host) = host {
-                    if !self.host.contains_key(&id) {
+                    if !self.host.contains_key(&id) && !self.in_memory.contains_key(&id) {
                         self.stats.disk_loads += 1;
                     }
                     self.host.insert(id.clone(), HostEntry { adapter: host, last_used: t });
@@ -428,6 +470,11 @@ impl<B: Backend> AdapterCache<B> {
                 let per_rank: usize = LoraModule::ALL.iter().map(|m| m.dims(&self.model)).map(|(o, i)| o + i).sum();
                 (JobSource::Synthetic { rank: s.rank, seed: s.seed.wrapping_add(i as u64) }, self.model.num_layers * s.rank * per_rank * 4)
             }
+            None if self.in_memory.contains_key(id) => {
+                let host = self.in_memory[id].clone();
+                let bytes = host.weight_bytes();
+                (JobSource::Disk { path: PathBuf::new(), host: Some(host) }, bytes)
+            }
             None => {
                 let path = self.resolve(id)?;
                 self.stamps.insert(id.to_string(), (path.clone(), FolderStamp::of(&path)));
@@ -442,7 +489,7 @@ impl<B: Backend> AdapterCache<B> {
         if bytes > self.opts.device_budget_bytes {
             return Err(Error::Adapter {
                 id: id.to_string(),
-                msg: format!("needs {bytes} bytes of adapter memory; the whole budget is {} (--adapter-memory)", self.opts.device_budget_bytes),
+                msg: format!("needs {bytes} bytes of adapter memory; the whole budget is {} (option `adapter_memory`)", self.opts.device_budget_bytes),
             });
         }
         if !self.make_room(bytes) {

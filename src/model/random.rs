@@ -51,7 +51,7 @@ pub fn config_named_or_file(name_or_path: &str) -> Result<ModelConfig> {
         return ModelConfig::from_file(p);
     }
     let names: Vec<&str> = NAMED_SHAPES.iter().map(|(n, _)| *n).collect();
-    Err(Error::InvalidArgument(format!("--random-weights {name_or_path:?}: not a file and not a known shape ({})", names.join(", "))))
+    Err(Error::InvalidArgument(format!("random weights {name_or_path:?} (option `random_weights`): not a file and not a known shape ({})", names.join(", "))))
 }
 
 /// Seeded random weights. Each tensor's values depend only on (seed, name), so two loads with the

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use crate::engine::{Engine, Event, FinishReason, Finished, GenerateRequest, Recv, RequestHandle, TokenLogprobs};
+use crate::engine::{Engine, Event, FinishReason, Finished, GenerateRequest, RequestHandle, TokenLogprobs};
 use crate::Error;
 
 pub struct AppState {
@@ -140,15 +140,19 @@ impl From<Error> for ApiError {
             Error::PromptTooLong { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "prompt_too_long"),
             Error::NonFiniteLogits { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "non_finite_logits"),
             Error::ShuttingDown(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            Error::EngineStopped(_) => (StatusCode::SERVICE_UNAVAILABLE, "engine_stopped"),
             Error::QueueFull { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             // The client cancelled: nobody reads this answer (logged as 499).
             Error::Cancelled => (StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST), "cancelled"),
-            Error::EmptyPrompt | Error::BadRequest(_) | Error::Tokenize(_) | Error::ChatTemplate(_) | Error::InvalidArgument(_) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "validation")
-            }
+            Error::EmptyPrompt
+            | Error::BadRequest(_)
+            | Error::InvalidRequest { .. }
+            | Error::Tokenize(_)
+            | Error::ChatTemplate(_)
+            | Error::InvalidArgument(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
-        ApiError::new(status, kind, e.to_string())
+        ApiError::new(status, kind, crate::cli_flags::with_flag_names(&e.to_string()))
     }
 }
 
@@ -367,22 +371,24 @@ pub async fn check_api_key(key: Arc<str>, req: axum::extract::Request, next: axu
     }
 }
 
-/// Forwards a handle's events into an async channel from a blocking thread. When the receiver
-/// is dropped (the client disconnected), the thread drops the handle, which cancels the request.
+/// Forwards a handle's events (its async stream: the engine wakes the task, nothing polls)
+/// into a channel the route reads. When the route drops its end (the client disconnected),
+/// the task drops the handle, which cancels the request.
 pub fn bridge(handle: RequestHandle, admitted: InFlight) -> UnboundedReceiver<Event> {
     let (tx, rx) = unbounded_channel();
-    tokio::task::spawn_blocking(move || loop {
-        let _admitted = &admitted;
-        match handle.recv_timeout(Duration::from_millis(50)) {
-            Recv::Event(ev) => {
-                let last = matches!(ev, Event::Finished(_) | Event::Error(_));
-                if tx.send(ev).is_err() || last {
-                    return;
-                }
+    tokio::spawn(async move {
+        let _admitted = admitted;
+        let mut handle = handle;
+        loop {
+            let ev = tokio::select! {
+                ev = futures_util::StreamExt::next(&mut handle) => ev,
+                () = tx.closed() => return,
+            };
+            let Some(ev) = ev else { return };
+            let last = ev.is_final();
+            if tx.send(ev).is_err() || last {
+                return;
             }
-            Recv::Timeout if tx.is_closed() => return,
-            Recv::Timeout => {}
-            Recv::Closed => return,
         }
     });
     rx

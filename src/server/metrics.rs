@@ -104,7 +104,10 @@ pub fn render(s: &EngineStats) -> String {
 }
 
 pub async fn metrics(State(app): State<App>) -> Response {
-    let mut r = render(&app.engine.stats()).into_response();
+    // The engine's state now (it answers between two steps), off the async workers.
+    let engine = app.engine.clone();
+    let stats = tokio::task::spawn_blocking(move || engine.stats()).await.unwrap_or_else(|_| app.engine.stats_snapshot());
+    let mut r = render(&stats).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
     r
 }

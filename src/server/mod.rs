@@ -23,8 +23,6 @@ use serde_json::json;
 pub use common::{init_request_log, App, AppState, LogFormat};
 pub use lorax::DEFAULT_MAX_NEW_TOKENS;
 
-use crate::backend::device::{open_backend, OpenedBackend};
-use crate::backend::Backend;
 use crate::engine::{Engine, EngineOptions};
 use crate::model::BaseFormat;
 use crate::{Error, Result};
@@ -147,40 +145,34 @@ async fn serve_router(listener: tokio::net::TcpListener, router: Router) -> Resu
     }
 }
 
-/// Loads the model on `be` and starts the engine.
-fn start_engine<B: Backend>(be: B, opts: &ServeOptions) -> Result<Engine> {
-    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let src = crate::runtime::ModelSource { dir: opts.model.clone(), format: opts.format, head: opts.lm_head, random: opts.random_weights.clone(), progress };
-    let crate::runtime::Loaded { be, model, tok } = crate::runtime::load(be, &src)?;
-    let (model, tokenizer) = (Arc::new(model), Arc::new(tok));
-    let mut engine = opts.engine.clone();
-    if let Some((free, _total)) = be.device_memory() {
-        if opts.kv_from_device_memory {
-            engine.kv_cache_bytes = free / 10 * 6;
-        }
-        if opts.adapters_from_device_memory {
-            engine.cache.device_budget_bytes = free / 10;
-        }
+/// The engine `serve` runs: the options' model on their device, through `Engine::builder`.
+fn start_engine(opts: &ServeOptions) -> Result<Engine> {
+    let mut b = Engine::builder(&opts.model)
+        .device(opts.device)
+        .act_dtype(opts.act_dtype)
+        .cuda_graphs(opts.cuda_graphs)
+        .quantize(opts.format)
+        .lm_head(opts.lm_head)
+        .progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .options(opts.engine.clone())
+        .size_from_device_memory(opts.kv_from_device_memory, opts.adapters_from_device_memory);
+    if let Some(n) = opts.threads {
+        b = b.threads(n);
     }
-    Engine::start(be, model, tokenizer, engine)
+    if let Some(r) = &opts.random_weights {
+        b = b.random_weights(r.clone());
+    }
+    b.build()
 }
 
 /// Loads the model on the `--device` backend, starts the engine and serves HTTP; runs until killed.
 /// Prints `listening on http://ADDR` on stderr once the port is bound.
 pub fn serve(opts: ServeOptions) -> Result<()> {
-    crate::runtime::set_threads(opts.threads)?;
-    crate::runtime::check_model_dir(&opts.model)?;
-    // Before the model loads: a missing or non-directory --adapter-dir is a start-up error.
-    opts.engine.cache.check().map_err(|e| Error::InvalidArgument(format!("--adapter-dir: {e}")))?;
     let model_id =
         opts.model.canonicalize().unwrap_or_else(|_| opts.model.clone()).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "base".into());
-    let (opened, note) = open_backend(opts.device, opts.act_dtype, opts.cuda_graphs)?;
-    eprintln!("lorafleet serve: {note}");
-    let engine = match opened {
-        OpenedBackend::Cpu(be) => start_engine(be, &opts)?,
-        OpenedBackend::Cuda(be) => start_engine(be, &opts)?,
-    };
-    let engine = Arc::new(engine);
+    // The builder checks the model folder and the adapter folder before any device opens.
+    let engine = Arc::new(start_engine(&opts)?);
+    eprintln!("lorafleet serve: {}", engine.device_description());
     eprintln!(
         "lorafleet serve: model {model_id}, KV cache {} blocks ({} tokens), max batch tokens {}, max running {}, adapters from {}",
         engine.kv_total_blocks(),

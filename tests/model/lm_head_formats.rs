@@ -92,7 +92,7 @@ fn q8_head_is_a_cpu_format() {
     // the flag, at load.
     let m = lorafleet::backend::HostMatrix { name: "lm_head.weight".into(), rows: 2, cols: 4, data: vec![0.5; 8] };
     let err = lorafleet::backend::upload_head_default(&CpuBackend::new(), m, HeadFormat::Q8).err().expect("refused");
-    assert!(err.to_string().contains("--lm-head q8"), "{err}");
+    assert!(err.to_string().contains("option `lm_head` q8"), "{err}");
     assert!("q9".parse::<HeadFormat>().is_err());
     assert_eq!("BF16".parse::<HeadFormat>(), Ok(HeadFormat::Bf16));
 }

@@ -242,10 +242,10 @@ fn bad_requests_are_refused_at_submit() {
     let e = engine.submit(req(vec![1; 5], greedy(100_000))).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(e.contains("max_new_tokens 100000 alone exceeds the context of 128 tokens"), "{e}");
     assert!(matches!(engine.submit(req(vec![], greedy(8))), Err(Error::EmptyPrompt)));
-    assert!(matches!(engine.submit(req(vec![f.model.config.vocab_size as u32], greedy(8))), Err(Error::BadRequest(_))));
+    assert!(matches!(engine.submit(req(vec![f.model.config.vocab_size as u32], greedy(8))), Err(Error::InvalidRequest { field: "prompt", .. })));
     let hot = GenerateOptions { sampling: SamplingParams { temperature: -1.0, ..SamplingParams::greedy() }, ..greedy(8) };
-    assert!(matches!(engine.submit(req(vec![1, 2], hot)), Err(Error::BadRequest(_))));
-    assert!(matches!(engine.submit(req(vec![1, 2], greedy(0))), Err(Error::BadRequest(_))));
+    assert!(matches!(engine.submit(req(vec![1, 2], hot)), Err(Error::InvalidRequest { field: "temperature", .. })));
+    assert!(matches!(engine.submit(req(vec![1, 2], greedy(0))), Err(Error::InvalidRequest { field: "max_new_tokens", .. })));
     assert!(matches!(engine.submit(GenerateRequest::new(Prompt::Text(String::new()), None, greedy(4))), Err(Error::EmptyPrompt)));
     // None of it reached the engine.
     assert_eq!(engine.stats().steps, 0);
@@ -338,7 +338,7 @@ fn an_adapter_waiting_for_budget_room_does_not_starve() {
             let (mut done, mut sent) = (0, 0);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 in_flight.retain(|h| {
-                    for ev in h.events().try_iter() {
+                    while let Ok(ev) = h.try_recv() {
                         match ev {
                             Event::Finished(_) => {
                                 done += 1;

@@ -11,6 +11,7 @@ mod cli_lora;
 mod clients;
 mod engine;
 mod gpu_bench_script;
+mod library;
 mod server;
 mod server_api;
 mod server_limits;

@@ -339,7 +339,7 @@ fn main() -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", lorafleet::cli_flags::with_flag_names(&e.to_string()));
             ExitCode::FAILURE
         }
     }

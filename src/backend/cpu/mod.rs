@@ -169,7 +169,7 @@ impl Backend for CpuBackend {
         // killer): checked against what it may still allocate (free memory, its address-space
         // limit, its cgroup's limit) before anything is allocated.
         let bytes = layout.bytes_per_block(4).checked_mul(layout.num_blocks);
-        super::host_memory::check_fits(&format!("a KV cache of {} blocks (--kv-cache-bytes)", layout.num_blocks), bytes)
+        super::host_memory::check_fits(&format!("a KV cache of {} blocks (option `kv_cache_bytes`)", layout.num_blocks), bytes)
             .map_err(crate::Error::InvalidArgument)?;
         Ok(CpuKv { layout, layers: (0..layout.num_layers).map(|_| (vec![0.0; n], vec![0.0; n])).collect() })
     }

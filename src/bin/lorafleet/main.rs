@@ -27,7 +27,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", lorafleet::cli_flags::with_flag_names(&e.to_string()));
             ExitCode::FAILURE
         }
     }
