@@ -61,8 +61,7 @@ async fn main() -> lorafleet::Result<()> {
 async fn http(addr: std::net::SocketAddr, request_line: &str, body: &str) -> lorafleet::Result<String> {
     let io = |e| Error::io(addr.to_string(), e);
     let mut s = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
-    let req =
-        format!("{request_line}\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let req = format!("{request_line}\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
     s.write_all(req.as_bytes()).await.map_err(io)?;
     let mut out = String::new();
     s.read_to_string(&mut out).await.map_err(io)?;

@@ -77,6 +77,9 @@ async fn main() -> lorafleet::Result<()> {
         Some(Event::Error(Error::Cancelled)) => "cancelled".to_string(),
         other => format!("{other:?}"),
     };
-    println!("{}", serde_json::json!({"cancel": {"first_event_was_token": matches!(first, Some(Event::Token { .. })), "live_under_id": cancelled, "ended": ended}}));
+    println!(
+        "{}",
+        serde_json::json!({"cancel": {"first_event_was_token": matches!(first, Some(Event::Token { .. })), "live_under_id": cancelled, "ended": ended}})
+    );
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! the parameter structs the kernels take by value and the constants they are compiled with.
 //! Built with or without nvcc, so argument validation compiles (and is tested) everywhere.
 
-#![allow(non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code, clippy::all)]
+#![allow(non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code, missing_docs, clippy::all)]
 
 include!(concat!(env!("OUT_DIR"), "/csrc_bindings.rs"));
 
