@@ -34,6 +34,8 @@
 //! (the batch step, the serving engine, offline generation), `runtime` (start-up), `server`,
 //! `train`, `data`, `eval`.
 
+#![deny(missing_docs)]
+
 pub mod backend;
 #[cfg(feature = "cli")]
 pub mod cli_env;

@@ -14,10 +14,12 @@ pub fn splitmix64_next(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// SplitMix64: a small, fast, seedable generator whose stream is the same everywhere.
 #[derive(Debug, Clone)]
 pub struct SplitMix64(u64);
 
 impl SplitMix64 {
+    /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
         SplitMix64(seed ^ 0x9E37_79B9_7F4A_7C15)
     }
@@ -27,10 +29,12 @@ impl SplitMix64 {
         self.0
     }
 
+    /// A generator that resumes from `state` (`state()`).
     pub fn from_state(state: u64) -> Self {
         SplitMix64(state)
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         splitmix64_next(&mut self.0)
     }

@@ -18,7 +18,9 @@ use crate::{Error, Result, TextTokenizer};
 pub struct ModelSource {
     /// The model folder (with `random`, only its tokenizer is read).
     pub dir: PathBuf,
+    /// How the linear weights are held.
     pub format: BaseFormat,
+    /// How the lm_head is held.
     pub head: HeadFormat,
     /// Seeded random weights of a known shape instead of the folder's checkpoint.
     pub random: Option<RandomModel>,
@@ -28,8 +30,11 @@ pub struct ModelSource {
 
 /// A model and its tokenizer, loaded on a backend.
 pub struct Loaded<B: Backend> {
+    /// The backend.
     pub be: Arc<B>,
+    /// The model.
     pub model: Llama<B>,
+    /// Its tokenizer.
     pub tok: TextTokenizer,
 }
 

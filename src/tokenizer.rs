@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
+/// A model's tokenizer (`tokenizer.json`) with its special tokens and chat template
+/// (`tokenizer_config.json`).
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
     chat_template: Option<String>,
@@ -14,8 +16,10 @@ pub struct TextTokenizer {
     eos_token: Option<String>,
 }
 
+/// One chat message.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct ChatMessage {
+    /// "system", "user" or "assistant".
     pub role: String,
     /// A string, or (OpenAI's newer form) a list of content parts: the text parts are joined
     /// with newlines; any other part (an image, audio) is refused.
@@ -137,18 +141,22 @@ impl TextTokenizer {
         self.inner.decode(&[id], false).unwrap_or_default()
     }
 
+    /// The text of `ids` (special tokens left out with `skip_special`).
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.inner.decode(ids, skip_special).map_err(|e| Error::Tokenize(e.to_string()))
     }
 
+    /// Tokens in the vocabulary.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
 
+    /// The id of a token's text.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
 
+    /// The end-of-sequence token's text.
     pub fn eos_token(&self) -> Option<&str> {
         self.eos_token.as_deref()
     }
@@ -184,6 +192,7 @@ pub struct IncrementalDecoder {
 }
 
 impl IncrementalDecoder {
+    /// A decoder at the start of a sequence.
     pub fn new() -> Self {
         Self::default()
     }

@@ -21,8 +21,11 @@ pub struct WeightFiles {
 /// A tensor read to host memory as f32, row-major.
 #[derive(Debug, Clone)]
 pub struct HostTensor {
+    /// The tensor's name.
     pub name: String,
+    /// Its shape.
     pub shape: Vec<usize>,
+    /// Its values, as f32.
     pub data: Vec<f32>,
 }
 
@@ -48,6 +51,7 @@ impl WeightFiles {
         Self::open_files(&paths)
     }
 
+    /// Opens (memory-maps) safetensors files.
     pub fn open_files(paths: &[PathBuf]) -> Result<Self> {
         let mut files = Vec::new();
         let mut index = HashMap::new();
@@ -70,10 +74,12 @@ impl WeightFiles {
         Ok(WeightFiles { files, index })
     }
 
+    /// Whether a tensor of that name is in the files.
     pub fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }
 
+    /// Every tensor's name.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.index.keys().map(String::as_str)
     }

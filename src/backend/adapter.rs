@@ -11,12 +11,15 @@ pub struct LoadedPair<B: Backend> {
     pub a: B::Matrix,
     /// `[out, r]`.
     pub b: B::Matrix,
+    /// The factor the product is multiplied by (alpha / r, or alpha / sqrt(r) with rsLoRA).
     pub scale: f32,
+    /// The pair's rank r.
     pub rank: usize,
 }
 
 /// An adapter uploaded to a backend, ready for `Llama::forward_lora`.
 pub struct LoadedAdapter<B: Backend> {
+    /// The id requests name it by.
     pub id: String,
     /// A hash of everything the adapter computes with (ranks, scales, every A and B value; for
     /// a random adapter its seed and shape): the identity prefix-cached KV blocks are keyed by
@@ -27,10 +30,12 @@ pub struct LoadedAdapter<B: Backend> {
     pub layers: Vec<[Option<LoadedPair<B>>; 7]>,
     /// Bytes of A and B on the backend (f32).
     pub bytes: usize,
+    /// The largest rank over its pairs.
     pub max_rank: usize,
 }
 
 impl<B: Backend> LoadedAdapter<B> {
+    /// The pair of `layer`'s module `m`, if the adapter adapts it.
     pub fn pair(&self, layer: usize, m: LoraModule) -> Option<&LoadedPair<B>> {
         self.layers.get(layer).and_then(|l| l[m.index()].as_ref())
     }

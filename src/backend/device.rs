@@ -15,6 +15,7 @@ pub enum DeviceChoice {
     /// CUDA device 0 if available, else the CPU.
     #[default]
     Auto,
+    /// The CPU backend.
     Cpu,
     /// CUDA device N (an error if it is not available).
     Cuda(usize),
@@ -48,8 +49,10 @@ impl fmt::Display for DeviceChoice {
 /// Activation dtype of a CUDA backend (`--act-dtype`); the CPU computes in f32.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ActDtype {
+    /// 32-bit float activations.
     #[default]
     F32,
+    /// bfloat16 activations (f32 accumulation).
     Bf16,
 }
 
@@ -75,7 +78,9 @@ impl ActDtype {
 
 /// The backend a command opened.
 pub enum OpenedBackend {
+    /// The CPU backend.
     Cpu(CpuBackend),
+    /// A CUDA device.
     Cuda(CudaBackend),
 }
 

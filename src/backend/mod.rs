@@ -25,9 +25,13 @@ pub use adapter::{LoadedAdapter, LoadedPair};
 /// for a linear layer, tokens for an embedding table).
 #[derive(Debug, Clone)]
 pub struct HostMatrix {
+    /// The tensor's name in its file.
     pub name: String,
+    /// Rows.
     pub rows: usize,
+    /// Columns.
     pub cols: usize,
+    /// `rows * cols` values.
     pub data: Vec<f32>,
 }
 
@@ -35,16 +39,24 @@ pub struct HostMatrix {
 /// `[rows, cols]` = `tensor.shape`) or bf16. Embeddings are always dense f32.
 #[derive(Debug, Clone)]
 pub enum HostWeight {
+    /// f32 values.
     Dense(HostMatrix),
+    /// NF4-quantized (bitsandbytes' layout).
     Nf4 {
+        /// The tensor's name in its file.
         name: String,
+        /// The packed codes and scales.
         tensor: crate::quant::Nf4Tensor,
     },
     /// `[rows, cols]` row-major bf16 bits (`backend::cpu::bf16::f32_to_bf16`).
     Bf16 {
+        /// The tensor's name in its file.
         name: String,
+        /// Rows.
         rows: usize,
+        /// Columns.
         cols: usize,
+        /// `rows * cols` bf16 bits.
         data: Vec<u16>,
     },
     /// Seeded random weights, created by the backend where they live (`backend::random`).
@@ -60,8 +72,11 @@ impl From<HostMatrix> for HostWeight {
 /// Consecutive batch rows `start .. start + len` that share an adapter (a batch sorted by adapter
 /// has one run per adapter).
 pub struct LoraRun<'a, B: Backend> {
+    /// First row.
     pub start: usize,
+    /// Rows.
     pub len: usize,
+    /// The adapter of these rows.
     pub adapter: &'a LoadedAdapter<B>,
 }
 
@@ -74,12 +89,15 @@ impl<B: Backend> Copy for LoraRun<'_, B> {}
 
 /// What `Backend::begin_step` needs to know of a forward step.
 pub struct StepSpec<'s, 'a, B: Backend> {
+    /// The model's shape.
     pub config: &'s ModelConfig,
     /// The model's id, unique in the process (`Llama::id`).
     pub model_id: u64,
     /// The KV cache's shape (`Backend::kv_layout`) and id (`Backend::kv_id`).
     pub kv: KvLayout,
+    /// The KV cache's id.
     pub kv_id: u64,
+    /// The step's sequences and rows.
     pub batch: &'s BatchLayout,
     /// `[n_tokens]` the step's new tokens.
     pub ids: &'s [u32],
@@ -91,6 +109,9 @@ pub struct StepSpec<'s, 'a, B: Backend> {
     pub samples: &'s [sampling::SampleRow],
 }
 
+/// What a device must do to run the model: upload weights, hold the paged KV cache, and the
+/// forward ops over `[rows, features]` tensors. The model's forward pass (`model::llama`) is
+/// written once against it; `cpu::CpuBackend` is the reference, `cuda::CudaBackend` the kernels.
 pub trait Backend: Send + Sync + 'static {
     /// Activations `[rows, cols]`.
     type Tensor: Send;
@@ -109,6 +130,7 @@ pub trait Backend: Send + Sync + 'static {
     where
         Self: 'a;
 
+    /// The backend's name ("cpu", "cuda:0", ...).
     fn name(&self) -> String;
 
     /// Runs `step` (one engine step: hundreds of ops) where this backend's ops are cheapest to
@@ -148,6 +170,7 @@ pub trait Backend: Send + Sync + 'static {
     {
         upload_head_default(self, m, format)
     }
+    /// A 1-D parameter (a norm weight, a bias) on the backend.
     fn upload_vector(&self, v: &[f32]) -> Result<Self::Vector>;
     /// Measured copy bandwidth in GB/s (bytes read plus bytes written, per second, as CUDA's
     /// bandwidthTest counts) over buffers of `bytes`: the roofline a decode step's weight reads
@@ -169,7 +192,9 @@ pub trait Backend: Send + Sync + 'static {
     fn matrix_bytes(&self, m: &Self::Matrix) -> usize;
     /// cos, sin: `[max_pos, head_dim / 2]`.
     fn upload_rope(&self, cos: Vec<f32>, sin: Vec<f32>, half_dim: usize) -> Result<Self::Rope>;
+    /// A zeroed KV cache of `layout`.
     fn alloc_kv(&self, layout: KvLayout) -> Result<Self::Kv>;
+    /// The shape of `kv`.
     fn kv_layout(&self, kv: &Self::Kv) -> KvLayout;
     /// An id of the cache unique in the process (0 where the backend does not need one).
     fn kv_id(&self, _kv: &Self::Kv) -> u64 {
@@ -183,8 +208,11 @@ pub trait Backend: Send + Sync + 'static {
     where
         Self: Sized;
 
+    /// A `[rows, cols]` tensor from host values.
     fn tensor_from_host(&self, data: &[f32], rows: usize, cols: usize) -> Result<Self::Tensor>;
+    /// A tensor's values on the host.
     fn to_host(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
+    /// A tensor's (rows, cols).
     fn dims(&self, t: &Self::Tensor) -> (usize, usize);
 
     /// The step's whole forward replayed as one unit (CUDA graphs of decode steps): `Some(logits)`
@@ -205,6 +233,7 @@ pub trait Backend: Send + Sync + 'static {
 
     /// `[n_tokens, hidden]`: the rows of the table for the step's ids.
     fn embedding(&self, table: &Self::Matrix, step: &Self::Step<'_>) -> Result<Self::Tensor>;
+    /// RMSNorm of every row of `x`, times `w`.
     fn rms_norm(&self, x: &Self::Tensor, w: &Self::Vector, eps: f32) -> Result<Self::Tensor>;
     /// `x [T, in] · wᵀ [in, out] (+ bias) -> [T, out]`.
     fn linear(&self, x: &Self::Tensor, w: &Self::Matrix, bias: Option<&Self::Vector>) -> Result<Self::Tensor>;
@@ -218,7 +247,9 @@ pub trait Backend: Send + Sync + 'static {
     /// Rotates each head of `q [T, n_heads * head_dim]` and `k [T, n_kv_heads * head_dim]` in
     /// place at the step's positions (one launch for both on the GPU).
     fn rope(&self, q: &mut Self::Tensor, k: &mut Self::Tensor, step: &Self::Step<'_>, rope: &Self::Rope) -> Result<()>;
+    /// `silu(gate) * up`, elementwise.
     fn silu_mul(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `x += y`, elementwise.
     fn add_assign(&self, x: &mut Self::Tensor, y: &Self::Tensor) -> Result<()>;
     /// Writes the step's new `k, v [T, kv_heads * head_dim]` into the pages of `layer`, then
     /// computes causal attention of `q [T, heads * head_dim]` over each sequence's whole
@@ -257,12 +288,15 @@ pub trait Backend: Send + Sync + 'static {
 /// One segment of a batched LoRA step: rows `start..start + len` use the pair (`a`, `b`).
 #[derive(Debug)]
 pub struct LoraSegment<'a, M> {
+    /// First row.
     pub start: usize,
+    /// Rows.
     pub len: usize,
     /// `[rank, in]`.
     pub a: &'a M,
     /// `[out, rank]`.
     pub b: &'a M,
+    /// The factor the product is multiplied by.
     pub scale: f32,
 }
 

@@ -24,6 +24,7 @@ pub fn f32_to_bf16(x: f32) -> u16 {
     half::bf16::from_f32(x).to_bits()
 }
 
+/// A bf16 (its bits) as f32, exactly.
 pub fn bf16_to_f32(b: u16) -> f32 {
     half::bf16::from_bits(b).to_f32()
 }

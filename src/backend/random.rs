@@ -8,7 +8,9 @@ use crate::quant::nf4::{Absmax, Nf4Tensor, NF4_BLOCK, NF4_CODE};
 /// How a random matrix is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RandomFormat {
+    /// f32 values.
     F32,
+    /// bf16 values.
     Bf16,
     /// bitsandbytes NF4, blocks of 64 with one plain f32 absmax each.
     Nf4,
@@ -18,11 +20,17 @@ pub enum RandomFormat {
 /// random 4-bit codes with block scales uniform in `[0.75 scale, scale)` (NF4).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RandomSpec {
+    /// The tensor's name (seeds are derived from it).
     pub name: String,
+    /// Rows.
     pub rows: usize,
+    /// Columns.
     pub cols: usize,
+    /// How the values are held.
     pub format: RandomFormat,
+    /// The seed.
     pub seed: u64,
+    /// Values are uniform in `[-scale, scale]`.
     pub scale: f32,
 }
 
@@ -60,6 +68,7 @@ pub fn part_seeds(spec: &RandomSpec) -> (u64, u64) {
 pub fn value_range(spec: &RandomSpec) -> (f32, f32) {
     (-spec.scale, 2.0 * spec.scale)
 }
+/// The (min, max) of the absmax scales an NF4 copy of `spec` has.
 pub fn absmax_range(spec: &RandomSpec) -> (f32, f32) {
     (0.75 * spec.scale, 0.25 * spec.scale)
 }

@@ -3,6 +3,8 @@
 
 use crate::{Error, Result};
 
+/// How the next token is drawn from the logits: greedy (temperature 0), or temperature, top-k and
+/// top-p, with a seed, after the penalties.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
     /// 0 = greedy.
@@ -11,6 +13,7 @@ pub struct SamplingParams {
     pub top_k: usize,
     /// 1.0 = off.
     pub top_p: f32,
+    /// Seed of the draws (the same seed gives the same tokens on every backend).
     pub seed: u64,
     /// Repetition / presence / frequency penalties (off by default). A row with any of them on
     /// is sampled on the host from the penalized logits (`Sampler::sample_host`).
@@ -29,8 +32,11 @@ impl Default for SamplingParams {
 /// `logit -= presence·[count > 0] + frequency·count`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Penalties {
+    /// HF's repetition penalty (1: off).
     pub repetition: f32,
+    /// OpenAI's presence penalty (0: off).
     pub presence: f32,
+    /// OpenAI's frequency penalty (0: off).
     pub frequency: f32,
 }
 
@@ -41,10 +47,12 @@ impl Default for Penalties {
 }
 
 impl Penalties {
+    /// Whether every penalty is off.
     pub fn is_off(&self) -> bool {
         *self == Penalties::default()
     }
 
+    /// Refuses values out of range (`Error::InvalidRequest` naming the field).
     pub fn validate(&self) -> Result<()> {
         if !(self.repetition > 0.0 && self.repetition <= 100.0) {
             return Err(Error::InvalidRequest { field: "repetition_penalty", msg: format!("repetition_penalty must be in (0, 100], got {}", self.repetition) });
@@ -63,7 +71,9 @@ impl Penalties {
 /// temperature, as vLLM and OpenAI report them).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenLogprobs {
+    /// The chosen token's log-probability.
     pub logprob: f32,
+    /// The most likely alternatives, as (token id, log-probability), best first.
     pub top: Vec<(u32, f32)>,
 }
 
@@ -89,10 +99,12 @@ pub fn token_logprobs(row: &[f32], token: u32, n: usize) -> TokenLogprobs {
 }
 
 impl SamplingParams {
+    /// Argmax every step.
     pub fn greedy() -> Self {
         Self::default()
     }
 
+    /// Refuses values out of range (`Error::InvalidRequest` naming the field).
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return Err(Error::InvalidRequest { field: "temperature", msg: format!("temperature must be >= 0, got {}", self.temperature) });
@@ -103,6 +115,7 @@ impl SamplingParams {
         self.penalties.validate()
     }
 
+    /// Whether this draws the argmax (temperature 0).
     pub fn is_greedy(&self) -> bool {
         self.temperature == 0.0
     }
@@ -140,6 +153,7 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// A sampler for `params`.
     pub fn new(params: SamplingParams) -> Self {
         Sampler { params, draws: 0, pending: None, logprobs: None, last_logprobs: None, generated: Default::default(), prompt: Default::default() }
     }
@@ -212,6 +226,7 @@ impl Sampler {
         Some(l)
     }
 
+    /// Its parameters.
     pub fn params(&self) -> &SamplingParams {
         &self.params
     }

@@ -14,10 +14,15 @@ pub const SAMPLE_THREADS: usize = 256;
 /// One row's parameters (`LfSampleRow`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SampleRow {
+    /// Temperature (0: argmax).
     pub temperature: f32,
+    /// Top-k (0: off).
     pub top_k: usize,
+    /// Top-p (1: off).
     pub top_p: f32,
+    /// The request's seed.
     pub seed: u64,
+    /// The draw's counter (the token's index).
     pub draw: u64,
 }
 

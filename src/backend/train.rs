@@ -22,12 +22,19 @@ use crate::Result;
 /// gradient clipping factor (1: none).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWStep {
+    /// β1.
     pub beta1: f32,
+    /// β2.
     pub beta2: f32,
+    /// ε.
     pub eps: f32,
+    /// `lr / (1 − β1^t)`.
     pub step_size: f32,
+    /// `√(1 − β2^t)`.
     pub bc2_sqrt: f32,
+    /// `1 − lr · weight_decay`.
     pub decay: f32,
+    /// The gradient clipping factor (1: none).
     pub grad_scale: f32,
 }
 
@@ -44,6 +51,8 @@ impl AdamWStep {
     }
 }
 
+/// What training adds to a `Backend`: the backward of every forward op, causal attention over
+/// whole packed sequences, the fused lm_head cross-entropy and AdamW on the device.
 pub trait TrainBackend: Backend {
     /// A packed training batch on the backend: ids, positions, sequence spans, labelled rows and
     /// targets, with the head layout; validated and (on a GPU) uploaded once per batch.

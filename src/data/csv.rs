@@ -13,13 +13,18 @@ use super::DataError;
 /// record span lines).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CsvRow {
+    /// Line of the row's first character (1-based).
     pub line: usize,
+    /// Its fields.
     pub fields: Vec<String>,
 }
 
+/// A CSV file: header and rows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CsvTable {
+    /// Column names.
     pub header: Vec<String>,
+    /// Every row after the header.
     pub rows: Vec<CsvRow>,
 }
 

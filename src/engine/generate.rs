@@ -16,22 +16,31 @@ use crate::model::Llama;
 use crate::tokenizer::TextTokenizer;
 use crate::{Error, Result};
 
+/// One sequence for `Generator`.
 #[derive(Debug, Clone)]
 pub struct SeqRequest {
+    /// The prompt's ids.
     pub prompt_ids: Vec<u32>,
+    /// How it is generated.
     pub options: GenerateOptions,
 }
 
+/// What `Generator` produced for one sequence.
 #[derive(Debug, Clone, Serialize)]
 pub struct GenerationOutput {
+    /// The prompt's ids.
     pub prompt_ids: Vec<u32>,
+    /// The generated ids.
     pub token_ids: Vec<u32>,
+    /// The generated text.
     pub text: String,
+    /// Why it stopped.
     pub finish_reason: FinishReason,
     /// Time of the prefill step (which also yields the first token) for the whole batch.
     pub prefill_ms: f64,
     /// Time of this sequence's decode steps.
     pub decode_ms: f64,
+    /// Prompt tokens per second of the prefill.
     pub prefill_tokens_per_s: f64,
     /// New tokens after the first, per second of decode (batch 1: the decode speed).
     pub decode_tokens_per_s: f64,
@@ -47,9 +56,14 @@ struct Seq {
     decode_ms: f64,
 }
 
+/// Offline generation on one thread, batch by batch, without the serving engine (the CLI's
+/// `generate`, `eval`, tests).
 pub struct Generator<'a, B: Backend> {
+    /// The model.
     pub model: &'a Llama<B>,
+    /// The backend it runs on.
     pub be: &'a B,
+    /// Its tokenizer.
     pub tokenizer: &'a TextTokenizer,
     /// KV cache size in bytes; None = exactly what the batch needs.
     pub kv_cache_bytes: Option<usize>,
@@ -58,6 +72,7 @@ pub struct Generator<'a, B: Backend> {
 }
 
 impl<'a, B: Backend> Generator<'a, B> {
+    /// A generator over the base model.
     pub fn new(model: &'a Llama<B>, be: &'a B, tokenizer: &'a TextTokenizer) -> Self {
         Generator { model, be, tokenizer, kv_cache_bytes: None, adapter: None }
     }

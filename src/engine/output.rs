@@ -14,8 +14,11 @@ use crate::Result;
 pub struct GenerateOptions {
     /// Exactly this many tokens unless EOS or a stop string ends the sequence first.
     pub max_new_tokens: usize,
+    /// How tokens are drawn.
     pub sampling: SamplingParams,
+    /// Stop strings: generation ends before the first one (not included).
     pub stop: Vec<String>,
+    /// Keep going past the end-of-sequence token.
     pub ignore_eos: bool,
     /// Report each generated token's log-probability and this many top alternatives
     /// (`Event::Token::logprobs`); None: none.
@@ -35,25 +38,32 @@ impl Default for GenerateOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
+    /// `max_new_tokens` reached.
     Length,
+    /// The end-of-sequence token.
     Eos,
+    /// A stop string.
     Stop,
 }
 
+/// One sequence's output so far: tokens, text released, and whether it finished.
 #[derive(Debug, Clone)]
 pub struct SeqOutput {
+    /// Its options.
     pub options: GenerateOptions,
     sampler: Sampler,
     decoder: IncrementalDecoder,
     stop: StopMatcher,
     /// Generated token ids so far.
     pub tokens: Vec<u32>,
+    /// Why it finished, once it has.
     pub finish: Option<FinishReason>,
 }
 
 /// What one accepted token produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
+    /// The token.
     pub token: u32,
     /// Text released by this token (may be empty: an incomplete UTF-8 character, a possible
     /// stop-string prefix held back, or an EOS token).
@@ -63,6 +73,7 @@ pub struct Accepted {
 }
 
 impl SeqOutput {
+    /// An empty output for `options`.
     pub fn new(options: GenerateOptions) -> Self {
         let finish = if options.max_new_tokens == 0 { Some(FinishReason::Length) } else { None };
         SeqOutput {
@@ -81,6 +92,7 @@ impl SeqOutput {
         self
     }
 
+    /// Whether it finished.
     pub fn is_finished(&self) -> bool {
         self.finish.is_some()
     }

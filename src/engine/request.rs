@@ -76,6 +76,18 @@ impl GenerateRequest {
 
     /// A request for `prompt` on the base model with default options (greedy, at most 64 new
     /// tokens, stopping at the end-of-sequence token).
+    ///
+    /// ```
+    /// use lorafleet::prelude::*;
+    ///
+    /// let r = GenerateRequest::prompt(vec![ChatMessage::user("Hi!")]).with_adapter("support-bot").max_new_tokens(32).with_request_id("ticket-9");
+    /// assert_eq!(r.adapter.as_deref(), Some("support-bot"));
+    /// assert_eq!(r.options.max_new_tokens, 32);
+    /// assert!(r.options.sampling.is_greedy());
+    /// assert!(matches!(r.prompt, Prompt::Chat(ref m) if m[0].role == "user"));
+    /// assert_eq!(GenerateRequest::prompt("text").prompt, Prompt::Text("text".into()));
+    /// assert_eq!(GenerateRequest::prompt(vec![1u32, 2, 3]).prompt, Prompt::Ids(vec![1, 2, 3]));
+    /// ```
     pub fn prompt(prompt: impl Into<Prompt>) -> Self {
         GenerateRequest::new(prompt.into(), None, GenerateOptions::default())
     }

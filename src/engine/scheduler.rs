@@ -20,8 +20,10 @@
 
 use std::collections::BTreeSet;
 
+/// A sequence's id.
 pub type SeqId = u64;
 
+/// What one step may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Tokens fed through the model per step (decode tokens + prefill chunks).
@@ -30,6 +32,7 @@ pub struct Limits {
     pub max_running: usize,
     /// Distinct adapters (the base counts as one) among the running sequences.
     pub max_active_adapters: usize,
+    /// Tokens per KV block.
     pub block_size: usize,
     /// Blocks left free when admitting while others run, so running decodes can grow a while
     /// before anything must be preempted.
@@ -39,6 +42,7 @@ pub struct Limits {
 /// A running sequence as the planner sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunningView<'a> {
+    /// The sequence.
     pub id: SeqId,
     /// Adapter key ("" = the base).
     pub adapter: &'a str,
@@ -54,8 +58,11 @@ pub struct RunningView<'a> {
 /// before a preemption).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WaitingView<'a> {
+    /// The sequence.
     pub id: SeqId,
+    /// Adapter key ("" = the base).
     pub adapter: &'a str,
+    /// Tokens to compute.
     pub tokens: usize,
     /// Leading tokens whose K/V the prefix cache holds (full blocks; always below `tokens`):
     /// admission computes only the rest.
@@ -65,6 +72,7 @@ pub struct WaitingView<'a> {
     pub shared_blocks: usize,
 }
 
+/// One step's plan: which sequences are preempted, admitted, and how many tokens each computes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
     /// Running sequences to free and requeue, youngest first.
@@ -76,6 +84,7 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Tokens the step computes.
     pub fn tokens(&self) -> usize {
         self.work.iter().map(|w| w.1).sum()
     }

@@ -9,8 +9,10 @@ use crate::lora::LoadedAdapter;
 use crate::model::Llama;
 use crate::{Error, Result};
 
+/// What `score` computes for a prompt.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScoreOutput {
+    /// The prompt's ids.
     pub prompt_ids: Vec<u32>,
     /// Argmax token id at every prompt position.
     pub argmax: Vec<u32>,
@@ -18,10 +20,12 @@ pub struct ScoreOutput {
     pub top_logits: Vec<(u32, f32)>,
     /// exp(mean negative log-likelihood of each next prompt token); None for a 1-token prompt.
     pub perplexity: Option<f64>,
+    /// The last position's logits (not serialised).
     #[serde(skip)]
     pub last_logits: Vec<f32>,
 }
 
+/// Runs the prompt through the base model and scores it.
 pub fn score<B: Backend>(model: &Llama<B>, be: &B, ids: &[u32]) -> Result<ScoreOutput> {
     score_with_adapter(model, be, ids, None)
 }

@@ -21,6 +21,7 @@ pub struct StepSeq<'r, B: Backend> {
     pub table: &'r mut BlockTable,
     /// The tokens it runs this step (a prompt chunk, or the last sampled token), `[n >= 1]`.
     pub tokens: &'r [u32],
+    /// The sequence's adapter (None: the base).
     pub adapter: Option<&'r LoadedAdapter<B>>,
     /// Its sampler when the step ends on its last known token (its next token is due); None for
     /// a prefill chunk that does not reach the end of the prompt.

@@ -1,6 +1,7 @@
 //! Stop strings over streamed text: the text is released only up to where no stop string could
 //! still begin, so a client never sees part of a stop string.
 
+/// Finds stop strings in streamed text and holds back what could still be the start of one.
 #[derive(Debug, Clone, Default)]
 pub struct StopMatcher {
     stops: Vec<String>,
@@ -9,6 +10,7 @@ pub struct StopMatcher {
 }
 
 impl StopMatcher {
+    /// A matcher for `stops` (empty strings are ignored).
     pub fn new(stops: Vec<String>) -> Self {
         StopMatcher { stops: stops.into_iter().filter(|s| !s.is_empty()).collect(), text: String::new(), emitted: 0 }
     }
@@ -49,6 +51,7 @@ impl StopMatcher {
         out
     }
 
+    /// All text pushed so far.
     pub fn text(&self) -> &str {
         &self.text
     }

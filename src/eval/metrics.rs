@@ -18,17 +18,24 @@ use std::str::FromStr;
 
 use crate::{Error, Result};
 
+/// How an output is scored against its label (the LoRA Land harness's metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Metric {
+    /// 1 if the output equals the label (trimmed), else 0.
     Accuracy,
+    /// 1 if the output starts with the label, else 0.
     PrefixAccuracy,
+    /// ROUGE-L F-measure over words.
     RougeL,
+    /// STS-B: the number in the output against the label's, 1 - |difference| / 5.
     Stsb,
 }
 
 impl Metric {
+    /// Every metric.
     pub const ALL: [Metric; 4] = [Metric::Accuracy, Metric::PrefixAccuracy, Metric::RougeL, Metric::Stsb];
 
+    /// Its name in `metadata.yaml` and reports.
     pub fn name(self) -> &'static str {
         match self {
             Metric::Accuracy => "accuracy",
@@ -76,6 +83,7 @@ fn normalize_label(s: &str) -> String {
     s.trim().trim_matches('.').trim().to_lowercase()
 }
 
+/// `Metric::Accuracy` of one output.
 pub fn exact_accuracy(output: &str, target: &str) -> f64 {
     let (o, t) = (normalize_label(output), normalize_label(target));
     if o == t {
@@ -87,6 +95,7 @@ pub fn exact_accuracy(output: &str, target: &str) -> f64 {
     }
 }
 
+/// `Metric::PrefixAccuracy` of one output.
 pub fn prefix_accuracy(output: &str, target: &str) -> f64 {
     let o = output.trim_start().to_lowercase();
     let t = normalize_label(target);
@@ -114,6 +123,7 @@ fn lcs_len(a: &[String], b: &[String]) -> usize {
     prev[b.len()]
 }
 
+/// `Metric::RougeL` of one output.
 pub fn rouge_l_f(output: &str, target: &str) -> f64 {
     let (pred, reference) = (rouge_tokens(output), rouge_tokens(target));
     if pred.is_empty() || reference.is_empty() {
@@ -155,6 +165,7 @@ pub fn stsb_number(s: &str) -> Option<f64> {
     (0.0..=5.0).contains(&v).then_some(v)
 }
 
+/// `Metric::Stsb` of one output.
 pub fn stsb_score(output: &str, target: &str) -> f64 {
     match (stsb_number(output), stsb_number(target)) {
         (Some(o), Some(t)) => 1.0 - (o - t).abs() / 5.0,

@@ -20,8 +20,10 @@ use crate::data::Example;
 use crate::engine::{GenerateOptions, Generator, SamplingParams, SeqRequest};
 use crate::{Error, Result};
 
+/// How `evaluate` runs.
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
+    /// The metric.
     pub metric: Metric,
     /// Generation stops at EOS or after this many tokens.
     pub max_new_tokens: usize,
@@ -34,11 +36,15 @@ pub struct EvalOptions {
 /// One scored example (a line of `--out`).
 #[derive(Debug, Clone, Serialize)]
 pub struct ExampleResult {
+    /// The example's index.
     pub id: usize,
     /// Line of the data file.
     pub line: usize,
+    /// The generated text.
     pub output: String,
+    /// The label.
     pub label: String,
+    /// Its score under the metric.
     pub score: f64,
     /// Set when the example could not run (e.g. its prompt is longer than the context); it
     /// scores 0.
@@ -46,15 +52,22 @@ pub struct ExampleResult {
     pub error: Option<String>,
 }
 
+/// An eval's totals.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalSummary {
+    /// The metric's name.
     pub metric: &'static str,
+    /// Examples scored.
     pub examples: usize,
     /// Mean score over all examples (failed ones count 0).
     pub score: f64,
+    /// Examples whose generation failed (scored 0).
     pub failed: usize,
+    /// Prompt tokens in all.
     pub prompt_tokens: usize,
+    /// Generated tokens in all.
     pub generated_tokens: usize,
+    /// Wall time.
     pub seconds: f64,
 }
 
@@ -189,7 +202,9 @@ pub fn evaluate_to_file<B: Backend>(
 pub struct EvalSet {
     /// The task's name or the data file's path.
     pub name: String,
+    /// The examples.
     pub examples: Vec<Example>,
+    /// Their metric.
     pub metric: Metric,
 }
 

@@ -20,7 +20,9 @@ pub struct SeqView {
 /// Host-side description of a step, built once and used by every layer.
 #[derive(Debug, Clone, Default)]
 pub struct BatchLayout {
+    /// Tokens per KV block.
     pub block_size: usize,
+    /// The step's sequences, in row order.
     pub seqs: Vec<SeqView>,
     /// `[n_tokens]` position of each new token.
     pub positions: Vec<u32>,
@@ -44,6 +46,7 @@ impl BatchLayout {
         l
     }
 
+    /// Rows (new tokens) of the step.
     pub fn n_tokens(&self) -> usize {
         self.positions.len()
     }

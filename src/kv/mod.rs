@@ -16,12 +16,23 @@ use prefix::PrefixCache;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// Tokens per KV block unless configured (vLLM's default).
 pub const DEFAULT_BLOCK_SIZE: usize = 16;
 
+/// What the KV cache cannot do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvError {
+    /// Not enough free blocks for an allocation.
     #[error("KV cache full: {needed} more blocks needed, {free} free of {total}")]
-    OutOfBlocks { needed: usize, free: usize, total: usize },
+    OutOfBlocks {
+        /// Blocks asked for.
+        needed: usize,
+        /// Blocks free.
+        free: usize,
+        /// Blocks in all.
+        total: usize,
+    },
+    /// The cache cannot hold even one sequence's worth (budget below one block per layer).
     #[error("KV cache too small: {0}")]
     TooSmall(String),
 }
@@ -29,10 +40,15 @@ pub enum KvError {
 /// Shape of the KV storage: what a backend needs to allocate it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvLayout {
+    /// Decoder layers.
     pub num_layers: usize,
+    /// Key/value heads.
     pub num_kv_heads: usize,
+    /// Dimensions per head.
     pub head_dim: usize,
+    /// Tokens per block.
     pub block_size: usize,
+    /// Blocks.
     pub num_blocks: usize,
 }
 
@@ -69,8 +85,11 @@ struct PoolState {
 /// What the prefix cache has done: tokens looked up at admission and found, blocks it holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PrefixStats {
+    /// Prompt tokens looked up.
     pub queried_tokens: u64,
+    /// Of those, tokens found cached.
     pub hit_tokens: u64,
+    /// Blocks the prefix cache holds now.
     pub cached_blocks: usize,
     /// Cached blocks no sequence uses (they count as free).
     pub evictable_blocks: usize,
@@ -85,6 +104,7 @@ pub struct BlockPool {
 }
 
 impl BlockPool {
+    /// A pool of `num_blocks` blocks of `block_size` tokens, all free, without a prefix cache.
     pub fn new(num_blocks: usize, block_size: usize) -> Self {
         Self::build(num_blocks, block_size, false)
     }
@@ -154,6 +174,7 @@ impl BlockPool {
         }
     }
 
+    /// The prefix cache's counters (zeros without one).
     pub fn prefix_stats(&self) -> PrefixStats {
         let s = self.lock();
         s.cache.as_ref().map_or_else(PrefixStats::default, |c| PrefixStats {
@@ -177,9 +198,11 @@ impl BlockPool {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Tokens per block.
     pub fn block_size(&self) -> usize {
         self.block_size
     }
+    /// Blocks in all.
     pub fn num_blocks(&self) -> usize {
         self.num_blocks
     }
@@ -254,6 +277,7 @@ pub struct BlockTable {
 }
 
 impl BlockTable {
+    /// An empty table over `pool`.
     pub fn new(pool: &BlockPool) -> Self {
         BlockTable { pool: pool.clone(), blocks: Vec::new(), len: 0 }
     }
@@ -273,18 +297,23 @@ impl BlockTable {
         }
     }
 
+    /// Tokens the table holds.
     pub fn len(&self) -> usize {
         self.len
     }
+    /// Whether it holds no token.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// Its block ids, in order.
     pub fn blocks(&self) -> &[u32] {
         &self.blocks
     }
+    /// Tokens per block.
     pub fn block_size(&self) -> usize {
         self.pool.block_size
     }
+    /// Tokens its blocks can hold.
     pub fn capacity(&self) -> usize {
         self.blocks.len() * self.pool.block_size
     }

@@ -11,8 +11,10 @@ use super::{engine_target::EngineTarget, LoadRequest, LoadTarget};
 use crate::rng::SplitMix64;
 use crate::{Error, Result};
 
+/// What `decode-bench` runs.
 #[derive(Debug, Clone)]
 pub struct DecodeBenchConfig {
+    /// Tokens of each random prompt.
     pub prompt_tokens: usize,
     /// Tokens per request (at least 2: the first comes from the prefill).
     pub new_tokens: usize,
@@ -20,14 +22,18 @@ pub struct DecodeBenchConfig {
     pub reps: usize,
     /// Inclusive range of the random prompt ids.
     pub token_range: (u32, u32),
+    /// Seed of the prompts.
     pub seed: u64,
 }
 
 /// What `measure` saw: milliseconds per decoded token, one value per measured request.
 #[derive(Debug, Clone, Serialize)]
 pub struct DecodeTimes {
+    /// Milliseconds per decoded token, per measured request.
     pub ms_per_token: Vec<f64>,
+    /// Their median.
     pub median_ms: f64,
+    /// Their minimum.
     pub min_ms: f64,
 }
 
@@ -57,21 +63,30 @@ pub fn measure(target: &EngineTarget, cfg: &DecodeBenchConfig) -> Result<DecodeT
 /// One line of `decode-bench --json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct DecodeReport {
+    /// The model folder.
     pub model: String,
+    /// How its weights are held.
     pub format: String,
+    /// The device.
     pub device: String,
+    /// Bytes of weights read per decoded token.
     pub weight_bytes_per_token: usize,
+    /// Measured copy bandwidth (GB/s).
     pub copy_gb_s: f64,
     /// weight bytes per token / copy bandwidth.
     pub floor_ms: f64,
+    /// Tokens per prompt.
     pub prompt_tokens: usize,
+    /// Tokens per request.
     pub new_tokens: usize,
+    /// The measured times.
     pub times: DecodeTimes,
     /// floor / measured median: the fraction of the copy roofline reached.
     pub fraction_of_floor: f64,
 }
 
 impl DecodeReport {
+    /// A report line from a measurement.
     pub fn new(model: String, format: String, device: String, weight_bytes: usize, copy_gb_s: f64, cfg: &DecodeBenchConfig, times: DecodeTimes) -> Self {
         let floor_ms = weight_bytes as f64 / (copy_gb_s * 1e9).max(1e-9) * 1e3;
         let fraction_of_floor = if times.median_ms > 0.0 { floor_ms / times.median_ms } else { 0.0 };

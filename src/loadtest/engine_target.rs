@@ -8,7 +8,9 @@ use super::{LoadRequest, LoadTarget, RequestTiming};
 use crate::engine::{Engine, Event, GenerateOptions, GenerateRequest, Prompt, SamplingParams};
 use crate::{Error, Result};
 
+/// The load test run in process, against an `Engine`.
 pub struct EngineTarget<'a> {
+    /// The engine.
     pub engine: &'a Engine,
 }
 

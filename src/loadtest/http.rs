@@ -12,8 +12,11 @@ use crate::{Error, Result};
 /// `http://host:port[/prefix]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl {
+    /// Server host.
     pub host: String,
+    /// Server port.
     pub port: u16,
+    /// Path prefix before `/generate_stream` or `/v1/...`.
     pub prefix: String,
 }
 

@@ -24,6 +24,7 @@ use crate::Result;
 /// One request of the load test.
 #[derive(Debug, Clone)]
 pub struct LoadRequest {
+    /// The prompt's ids.
     pub prompt_ids: Vec<u32>,
     /// None = the base model.
     pub adapter: Option<String>,
@@ -38,6 +39,7 @@ pub struct RequestTiming {
     pub total: Duration,
     /// Send to the first token.
     pub ttft: Duration,
+    /// Tokens received.
     pub output_tokens: usize,
 }
 
@@ -50,12 +52,16 @@ impl RequestTiming {
 
 /// Runs one request to completion (streaming), from one of several user threads at once.
 pub trait LoadTarget: Sync {
+    /// Sends one request and times it.
     fn run(&self, req: &LoadRequest) -> Result<RequestTiming>;
 }
 
+/// A load test: users per point, how long, what each request is.
 #[derive(Debug, Clone)]
 pub struct LoadTestConfig {
+    /// Concurrent users at each point.
     pub concurrency: Vec<usize>,
+    /// How long each point runs.
     pub duration: Duration,
     /// Inclusive range of prompt lengths.
     pub input_tokens: (usize, usize),
@@ -65,6 +71,7 @@ pub struct LoadTestConfig {
     pub adapters: Vec<String>,
     /// Prompt token ids are drawn from `token_range` (ordinary tokens, no special ones).
     pub token_range: (u32, u32),
+    /// Seed of prompts and adapter choice.
     pub seed: u64,
     /// LoRA Land's shape: every request starts with a fixed template of this many tokens, one
     /// per adapter (its task's instructions and few-shot examples), then its own
@@ -84,11 +91,14 @@ pub fn template(cfg: &LoadTestConfig, adapter: Option<&str>) -> Vec<u32> {
 /// Average and 90th percentile, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Stat {
+    /// Average (ms).
     pub avg_ms: f64,
+    /// 90th percentile (ms).
     pub p90_ms: f64,
 }
 
 impl Stat {
+    /// The statistics of `v` (ms).
     pub fn of(mut v: Vec<f64>) -> Stat {
         if v.is_empty() {
             return Stat::default();
@@ -104,17 +114,27 @@ impl Stat {
 /// One concurrency level's results.
 #[derive(Debug, Clone, Serialize)]
 pub struct PointResult {
+    /// Concurrent users.
     pub concurrency: usize,
+    /// Adapters requests were spread over.
     pub adapters: usize,
+    /// Requests finished.
     pub requests: usize,
+    /// Requests that failed.
     pub errors: usize,
+    /// Send to last token.
     pub total_request: Stat,
+    /// Send to first token.
     pub time_to_first_token: Stat,
+    /// First to last token.
     pub token_streaming: Stat,
     /// Streaming time per token after the first (ms/token).
     pub inter_token: Stat,
+    /// Tokens received in all.
     pub output_tokens: usize,
+    /// Prompt tokens sent in all.
     pub input_tokens: usize,
+    /// Wall time of the point.
     pub wall_s: f64,
     /// Output tokens per second of wall time, over all users.
     pub throughput_tok_s: f64,

@@ -21,15 +21,20 @@ pub use crate::types::LoraModule;
 /// The parts of `adapter_config.json` lorafleet uses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraConfig {
+    /// PEFT's `r`.
     pub r: usize,
+    /// PEFT's `lora_alpha`.
     pub lora_alpha: f32,
+    /// rsLoRA: scale alpha / sqrt(r) instead of alpha / r.
     pub use_rslora: bool,
     /// Module names (`q_proj`, ...) or the single entry `all-linear`.
     pub target_modules: Vec<String>,
     /// Per-module overrides, keyed by a module name or a dotted suffix of its path
     /// (`q_proj`, `layers.3.self_attn.q_proj`).
     pub rank_pattern: BTreeMap<String, usize>,
+    /// Per-module alpha overrides (PEFT's `alpha_pattern`).
     pub alpha_pattern: BTreeMap<String, f32>,
+    /// The base model the adapter was trained on, as PEFT recorded it.
     pub base_model_name_or_path: Option<String>,
     /// The dropout the adapter was trained with (recorded only: inference applies none).
     pub lora_dropout: f32,
@@ -188,10 +193,12 @@ pub struct LoraPair {
     pub a: HostMatrix,
     /// `[out, r]`.
     pub b: HostMatrix,
+    /// The factor the product is multiplied by.
     pub scale: f32,
 }
 
 impl LoraPair {
+    /// The pair's rank.
     pub fn rank(&self) -> usize {
         self.a.rows
     }
@@ -205,7 +212,9 @@ pub type LayerLora = [Option<LoraPair>; 7];
 pub struct LoraAdapter {
     /// The id requests use (the folder name, or the path given).
     pub id: String,
+    /// Its `adapter_config.json`.
     pub config: LoraConfig,
+    /// Per layer, the pairs.
     pub layers: Vec<LayerLora>,
 }
 

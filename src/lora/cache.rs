@@ -21,6 +21,7 @@ use crate::backend::Backend;
 use crate::types::config::ModelConfig;
 use crate::{Error, Result};
 
+/// Where adapters come from and how many stay resident.
 #[derive(Debug, Clone)]
 pub struct CacheOptions {
     /// Every folder under this directory that holds an `adapter_config.json` is offered by its
@@ -45,12 +46,16 @@ pub struct CacheOptions {
 /// seeded with `seed + i`, offered as `synthetic-I`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SyntheticAdapters {
+    /// How many (`synthetic-0` ..).
     pub count: usize,
+    /// Their rank.
     pub rank: usize,
+    /// Seed of the first; the i-th uses `seed + i`.
     pub seed: u64,
 }
 
 impl SyntheticAdapters {
+    /// The id of the i-th.
     pub fn id(i: usize) -> String {
         format!("synthetic-{i}")
     }
@@ -94,13 +99,19 @@ pub enum AdapterStatus<B: Backend> {
 /// Counters for logs, metrics and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CacheStats {
+    /// Adapters resident on the backend.
     pub device_resident: usize,
     /// Bytes of resident adapters plus loads in flight.
     pub device_bytes: usize,
+    /// Parsed adapters kept in host memory.
     pub host_resident: usize,
+    /// Their bytes.
     pub host_bytes: usize,
+    /// Adapters read from disk.
     pub disk_loads: u64,
+    /// Uploads to the backend.
     pub device_loads: u64,
+    /// Resident adapters evicted for room.
     pub device_evictions: u64,
 }
 
@@ -131,6 +142,8 @@ struct HostEntry {
     last_used: u64,
 }
 
+/// The tiered adapter cache (disk, host LRU, backend byte budget): loads on a background thread,
+/// adapters in use pinned, least recently used evicted. Owned by the engine thread.
 pub struct AdapterCache<B: Backend> {
     opts: CacheOptions,
     model: ModelConfig,
@@ -173,6 +186,7 @@ impl FolderStamp {
 }
 
 impl<B: Backend> AdapterCache<B> {
+    /// A cache for `model` on `be`, with its loader thread.
     pub fn new(be: Arc<B>, model: ModelConfig, opts: CacheOptions) -> Self {
         let (job_tx, job_rx) = unbounded::<Job<B>>();
         let (res_tx, res_rx) = unbounded::<LoadResult<B>>();
@@ -294,6 +308,7 @@ impl<B: Backend> AdapterCache<B> {
         Ok(())
     }
 
+    /// Its options.
     pub fn options(&self) -> &CacheOptions {
         &self.opts
     }
@@ -545,6 +560,7 @@ impl<B: Backend> AdapterCache<B> {
         n
     }
 
+    /// Its counters now.
     pub fn stats(&self) -> CacheStats {
         CacheStats {
             device_resident: self.device.len(),

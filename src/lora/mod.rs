@@ -12,6 +12,7 @@ use crate::backend::Backend;
 use crate::Result;
 
 impl<B: Backend> LoadedAdapter<B> {
+    /// Copies an adapter's pairs to the backend.
     pub fn upload(be: &B, adapter: &LoraAdapter) -> Result<Self> {
         let mut layers = Vec::with_capacity(adapter.layers.len());
         for ll in &adapter.layers {

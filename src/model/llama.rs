@@ -35,7 +35,9 @@ pub trait WeightSource {
     fn dense(&self, name: &str, rows: usize, cols: usize) -> Result<HostMatrix>;
     /// A decoder linear weight `[rows, cols]`: dense or NF4.
     fn linear(&self, name: &str, rows: usize, cols: usize) -> Result<HostWeight>;
+    /// A 1-D tensor of `n` f32 values.
     fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>>;
+    /// Whether the weights hold `name`.
     fn contains(&self, name: &str) -> bool;
     /// How the lm_head is held (`LoadOptions::head`); f32 unless the source says otherwise.
     fn head_format(&self) -> HeadFormat {
@@ -95,7 +97,10 @@ impl WeightSource for FileSource<'_> {
 /// Ids of loaded models, unique in the process (a backend may key what it caches per model).
 static NEXT_MODEL_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+/// The Llama-family decoder (Llama, Mistral, Qwen2) on a backend: embeddings, layers, final norm,
+/// lm_head; its forward pass is written once against `Backend`.
 pub struct Llama<B: Backend> {
+    /// Its shape.
     pub config: ModelConfig,
     /// Unique in the process.
     pub id: u64,
@@ -145,6 +150,7 @@ pub struct LoadOptions {
     pub format: BaseFormat,
     /// How the lm_head is held.
     pub head: HeadFormat,
+    /// A progress bar while loading.
     pub progress: bool,
 }
 
@@ -161,10 +167,12 @@ impl<B: Backend> Llama<B> {
         Self::from_weights_with(be, config, &weights, opts)
     }
 
+    /// The model from already-opened weight files.
     pub fn from_weights(be: &B, config: ModelConfig, w: &WeightFiles, show_progress: bool) -> Result<Self> {
         Self::from_weights_with(be, config, w, LoadOptions { progress: show_progress, ..LoadOptions::default() })
     }
 
+    /// The model from already-opened weight files, with `opts`.
     pub fn from_weights_with(be: &B, config: ModelConfig, w: &WeightFiles, opts: LoadOptions) -> Result<Self> {
         super::check::layers(&config, w).map_err(Error::InvalidArgument)?;
         let progress = opts.progress;

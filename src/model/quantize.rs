@@ -59,6 +59,8 @@ fn check_linear_shapes(w: &WeightFiles, cfg: &crate::types::ModelConfig, src: &P
     Ok(())
 }
 
+/// Writes an NF4 copy of the model folder `src` into `out` (bitsandbytes' layout, as QLoRA
+/// loads it).
 pub fn quantize_dir(src: &Path, out: &Path, progress: bool) -> Result<()> {
     let cfg_path = src.join("config.json");
     let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;

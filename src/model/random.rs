@@ -59,6 +59,7 @@ pub fn config_named_or_file(name_or_path: &str) -> Result<ModelConfig> {
 /// described (`HostWeight::Random`) and created by the backend where they live (on the device for
 /// CUDA: kernels/random.cu), tables are made on the host with the same generator.
 pub struct RandomWeights {
+    /// The seed every tensor's values derive from.
     pub seed: u64,
     /// Decoder linear weights in NF4 (else dense f32, or bf16 with `bf16`).
     pub nf4: bool,
@@ -79,7 +80,9 @@ impl RandomWeights {
 
 /// Random weights whose linear layers are in any `RandomFormat` (NF4, bf16 or f32).
 pub struct RandomFormatWeights {
+    /// The seed every tensor's values derive from.
     pub seed: u64,
+    /// How the linear layers are held.
     pub format: RandomFormat,
 }
 
@@ -145,7 +148,9 @@ impl WeightSource for RandomFormatWeights {
 pub struct RandomModel {
     /// What `--random-weights` named (a built-in shape or a config.json path).
     pub name: String,
+    /// The shape.
     pub config: ModelConfig,
+    /// The seed.
     pub seed: u64,
 }
 

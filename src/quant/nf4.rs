@@ -39,16 +39,30 @@ pub enum Absmax {
     /// One f32 per block of `blocksize` elements.
     Plain(Vec<f32>),
     /// Double quantization: `absmax[b] = code[q[b]] * nested_absmax[b / nested_blocksize] + offset`.
-    Double { q: Vec<u8>, offset: f32, nested_absmax: Vec<f32>, nested_blocksize: usize, code: Box<[f32; 256]> },
+    Double {
+        /// One 8-bit code per block.
+        q: Vec<u8>,
+        /// Added to every decoded scale (bitsandbytes' `offset`, the mean it subtracted).
+        offset: f32,
+        /// One f32 scale per `nested_blocksize` codes.
+        nested_absmax: Vec<f32>,
+        /// Codes per nested scale (256 in bitsandbytes).
+        nested_blocksize: usize,
+        /// The 256-entry dynamic code that `q` indexes.
+        code: Box<[f32; 256]>,
+    },
 }
 
 /// An NF4-quantized tensor of `shape` (row-major), as bitsandbytes stores it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Nf4Tensor {
+    /// The tensor's shape.
     pub shape: Vec<usize>,
+    /// Elements per absmax scale.
     pub blocksize: usize,
     /// `ceil(numel / 2)` bytes; element `2i` in the high nibble of byte `i`.
     pub packed: Vec<u8>,
+    /// The scales.
     pub absmax: Absmax,
     /// The 16 levels (bitsandbytes stores them with the tensor; always `NF4_CODE` when quantized here).
     pub code: [f32; 16],
@@ -133,6 +147,7 @@ fn quantize_dynamic_blocks(x: &[f32], blocksize: usize) -> (Vec<u8>, Vec<f32>) {
 }
 
 impl Nf4Tensor {
+    /// Elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }

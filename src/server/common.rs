@@ -16,7 +16,9 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use crate::engine::{Engine, Event, FinishReason, Finished, GenerateRequest, RequestHandle, TokenLogprobs};
 use crate::Error;
 
+/// What every route shares: the engine, the model's id, the in-flight count and its limit.
 pub struct AppState {
+    /// The engine.
     pub engine: Arc<Engine>,
     /// The base model's id: the model directory's name.
     pub model_id: String,
@@ -28,9 +30,11 @@ pub struct AppState {
     max_in_flight: usize,
 }
 
+/// The routes' state.
 pub type App = Arc<AppState>;
 
 impl AppState {
+    /// State with no limit on requests in flight.
     pub fn new(engine: Arc<Engine>, model_id: String) -> App {
         Self::with_limit(engine, model_id, usize::MAX)
     }

@@ -103,6 +103,7 @@ pub fn render(s: &EngineStats) -> String {
     out
 }
 
+/// GET /metrics.
 pub async fn metrics(State(app): State<App>) -> Response {
     // The engine's state now (it answers between two steps), off the async workers.
     let engine = app.engine.clone();

@@ -27,6 +27,7 @@ use crate::engine::{Engine, EngineOptions};
 use crate::model::BaseFormat;
 use crate::{Error, Result};
 
+/// Everything `serve` needs (the `lorafleet serve` flags).
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// The model directory (with `random_weights`, only its tokenizer is read).
@@ -41,16 +42,20 @@ pub struct ServeOptions {
     pub threads: Option<usize>,
     /// Where the model runs (`--device`) and, on CUDA, the activation dtype.
     pub device: crate::backend::device::DeviceChoice,
+    /// Activation dtype on CUDA.
     pub act_dtype: crate::backend::device::ActDtype,
     /// Decode steps replay as CUDA graphs (`--no-cuda-graphs` turns it off).
     pub cuda_graphs: bool,
     /// On a device, size the KV cache (60%) and the adapter budget (10%) from the memory free
     /// after loading the model, instead of `engine.kv_cache_bytes` and the cache's budget.
     pub kv_from_device_memory: bool,
+    /// Size the adapter budget from free device memory.
     pub adapters_from_device_memory: bool,
+    /// Address to listen on.
     pub host: String,
     /// 0 = any free port (the bound address is printed).
     pub port: u16,
+    /// The engine's options.
     pub engine: EngineOptions,
     /// A request body must arrive within this.
     pub body_timeout: std::time::Duration,

@@ -6,8 +6,10 @@ use std::path::Path;
 use crate::lora::{LoraAdapter, LoraModule};
 use crate::{Error, Result};
 
+/// Gradients of every LoRA parameter, shaped like an adapter's pairs.
 #[derive(Debug, Clone)]
 pub struct LoraGrads {
+    /// Per layer and module, (dA, dB).
     pub layers: Vec<[Option<(Vec<f32>, Vec<f32>)>; 7]>,
 }
 
@@ -19,6 +21,7 @@ impl LoraGrads {
         LoraGrads { layers }
     }
 
+    /// Checks the shapes match `adapter`'s.
     pub fn check_fits(&self, adapter: &LoraAdapter) -> Result<()> {
         let fits = self.layers.len() == adapter.layers.len()
             && self.layers.iter().zip(&adapter.layers).all(|(g, a)| {
@@ -35,6 +38,7 @@ impl LoraGrads {
         }
     }
 
+    /// Sets every gradient to 0.
     pub fn zero(&mut self) {
         for (da, db) in self.layers.iter_mut().flatten().flatten() {
             da.fill(0.0);
@@ -47,6 +51,7 @@ impl LoraGrads {
         self.layers.iter().flatten().flatten().flat_map(|(a, b)| [a, b])
     }
 
+    /// Every buffer, mutable, in the adapter's order.
     pub fn buffers_mut(&mut self) -> impl Iterator<Item = &mut Vec<f32>> {
         self.layers.iter_mut().flatten().flatten().flat_map(|(a, b)| [a, b])
     }

@@ -36,6 +36,7 @@ use crate::types::train_batch::TrainBatch;
 /// The frozen base on a backend: the serving decoder's own weights (`model::llama::Llama`),
 /// dense f32, bf16 or NF4 per linear weight, and the backend that runs it.
 pub struct TrainModel<B: TrainBackend = CpuBackend> {
+    /// The base's shape.
     pub config: ModelConfig,
     backend: B,
     base: Llama<B>,
@@ -131,10 +132,12 @@ impl TrainModel<CpuBackend> {
         Self::load_on(CpuBackend::new(), dir, format)
     }
 
+    /// The base on the CPU from opened weights, quantized or not.
     pub fn from_weights(config: ModelConfig, w: &WeightFiles, quantize: Option<Quantization>) -> Result<Self> {
         Self::from_weights_as(config, w, quantize.into())
     }
 
+    /// The base on the CPU from opened weights, in `format`.
     pub fn from_weights_as(config: ModelConfig, w: &WeightFiles, format: BaseFormat) -> Result<Self> {
         Self::from_weights_on(CpuBackend::new(), config, w, format)
     }
@@ -148,11 +151,13 @@ impl<B: TrainBackend> TrainModel<B> {
         Self::from_weights_on(backend, config, &w, format)
     }
 
+    /// The base on `backend` from opened weights, in `format`.
     pub fn from_weights_on(backend: B, config: ModelConfig, w: &WeightFiles, format: BaseFormat) -> Result<Self> {
         let base = Llama::from_weights_with(&backend, config.clone(), w, LoadOptions { format, head: crate::types::HeadFormat::F32, progress: false })?;
         Ok(TrainModel { config, backend, base })
     }
 
+    /// The backend it runs on.
     pub fn backend(&self) -> &B {
         &self.backend
     }

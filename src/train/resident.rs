@@ -14,6 +14,8 @@ use super::TrainModel;
 /// Per parameter tensor (layer, module, A then B): the moments `(m, v)`.
 type Moments<T> = PerModule<((T, T), (T, T))>;
 
+/// An adapter under training kept on the backend for the whole run: its pairs, their gradients
+/// and AdamW's moments (host copies only for checkpoints).
 pub struct ResidentLora<B: TrainBackend> {
     pairs: PerModule<StepPair<B>>,
     grads: PerModule<(B::Tensor, B::Tensor)>,

@@ -6,49 +6,75 @@ use serde_json::Value;
 
 use crate::{Error, Result};
 
+/// The model family (their forward passes differ only in biases and RoPE scaling).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
+    /// Llama 2 / 3 (and SmolLM2).
     Llama,
+    /// Mistral.
     Mistral,
+    /// Qwen2 (q/k/v biases).
     Qwen2,
 }
 
 /// Llama-3 style RoPE frequency scaling (`rope_scaling.rope_type == "llama3"`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Llama3RopeScaling {
+    /// Llama 3's RoPE `factor`.
     pub factor: f32,
+    /// `low_freq_factor`.
     pub low_freq_factor: f32,
+    /// `high_freq_factor`.
     pub high_freq_factor: f32,
+    /// `original_max_position_embeddings`.
     pub original_max_position_embeddings: usize,
 }
 
+/// A model's shape and constants, from its HF `config.json`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
+    /// The family.
     pub arch: Arch,
+    /// Hidden size.
     pub hidden_size: usize,
+    /// MLP inner size.
     pub intermediate_size: usize,
+    /// Decoder layers.
     pub num_layers: usize,
+    /// Query heads.
     pub num_heads: usize,
+    /// Key/value heads.
     pub num_kv_heads: usize,
+    /// Dimensions per head.
     pub head_dim: usize,
+    /// Tokens in the vocabulary.
     pub vocab_size: usize,
+    /// The context: most positions one sequence may hold.
     pub max_position_embeddings: usize,
+    /// RMSNorm's epsilon.
     pub rms_norm_eps: f32,
+    /// RoPE's base.
     pub rope_theta: f32,
+    /// Llama 3's RoPE scaling, if any.
     pub rope_scaling: Option<Llama3RopeScaling>,
+    /// The lm_head shares the embedding table.
     pub tie_word_embeddings: bool,
     /// q/k/v projections carry a bias (Qwen2).
     pub attention_bias: bool,
+    /// Beginning-of-sequence token.
     pub bos_token_id: Option<u32>,
+    /// End-of-sequence tokens.
     pub eos_token_ids: Vec<u32>,
 }
 
 impl ModelConfig {
+    /// Reads a `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::from_json_str(&text).map_err(|msg| Error::Config { path: path.to_path_buf(), msg })
     }
 
+    /// Parses a `config.json`'s text.
     pub fn from_json_str(text: &str) -> std::result::Result<Self, String> {
         let v: Value = serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
         let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
@@ -199,9 +225,11 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// Query features (`num_heads * head_dim`).
     pub fn q_dim(&self) -> usize {
         self.num_heads * self.head_dim
     }
+    /// Key (or value) features (`num_kv_heads * head_dim`).
     pub fn kv_dim(&self) -> usize {
         self.num_kv_heads * self.head_dim
     }

@@ -15,9 +15,13 @@ use crate::{Error, Result};
 /// context row and causally to its own sequence's rows; never to any other row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeqSpan {
+    /// First row of the sequence.
     pub start: usize,
+    /// Its rows.
     pub len: usize,
+    /// First row of its shared context (a prefix other sequences also attend to).
     pub ctx_start: usize,
+    /// Rows of that context (0: none).
     pub ctx_len: usize,
 }
 
@@ -49,8 +53,11 @@ pub type SeqSpans<'a> = &'a [SeqSpan];
 /// its A and B, wherever they live (host slices here, device buffers in `backend::cuda::lora`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoraSegmentShape {
+    /// First row.
     pub start: usize,
+    /// Rows.
     pub len: usize,
+    /// The pair's rank.
     pub rank: usize,
     /// Elements of A, expected `rank * d_in`.
     pub a_len: usize,

@@ -6,16 +6,24 @@ use super::ModelConfig;
 /// `LayerLora`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LoraModule {
+    /// q_proj.
     Q,
+    /// k_proj.
     K,
+    /// v_proj.
     V,
+    /// o_proj.
     O,
+    /// gate_proj.
     Gate,
+    /// up_proj.
     Up,
+    /// down_proj.
     Down,
 }
 
 impl LoraModule {
+    /// Every module, in layer order.
     pub const ALL: [LoraModule; 7] = [LoraModule::Q, LoraModule::K, LoraModule::V, LoraModule::O, LoraModule::Gate, LoraModule::Up, LoraModule::Down];
 
     /// The module's name in HF / peft (`q_proj`, ...).
@@ -39,6 +47,7 @@ impl LoraModule {
         }
     }
 
+    /// Its index in `LayerLora` (0..7).
     pub fn index(self) -> usize {
         self as usize
     }

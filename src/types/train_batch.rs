@@ -28,6 +28,7 @@ pub struct TokenizedExample {
 }
 
 impl TokenizedExample {
+    /// An example of `prompt` then `completion` (the loss covers the completion).
     pub fn new(prompt: &[u32], completion: &[u32]) -> Self {
         TokenizedExample { ids: [prompt, completion].concat(), n_prompt: prompt.len() }
     }
@@ -49,6 +50,7 @@ impl TokenizedExample {
 /// A packed batch: rows of every sequence, one after another.
 #[derive(Debug, Clone, Default)]
 pub struct TrainBatch {
+    /// Token ids of every sequence, one after another.
     pub ids: Vec<u32>,
     /// Per row, its position within its sequence.
     pub positions: Vec<u32>,
@@ -56,6 +58,7 @@ pub struct TrainBatch {
     pub seqs: Vec<SeqSpan>,
     /// Rows whose next token is a label, in row order, and that token.
     pub label_rows: Vec<usize>,
+    /// The next token of each labelled row.
     pub targets: Vec<u32>,
 }
 
@@ -109,6 +112,7 @@ impl TrainBatch {
         b
     }
 
+    /// Rows of the batch.
     pub fn n_tokens(&self) -> usize {
         self.ids.len()
     }

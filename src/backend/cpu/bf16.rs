@@ -16,8 +16,11 @@ pub use crate::backend::numeric::{bf16_to_f32, f32_to_bf16};
 /// A row-major `[rows, cols]` bf16 matrix.
 #[derive(Debug, Clone)]
 pub struct Bf16Matrix {
+    /// Output features.
     pub rows: usize,
+    /// Input features.
     pub cols: usize,
+    /// `[rows, cols]` row-major bf16 bits.
     pub data: Vec<u16>,
 }
 

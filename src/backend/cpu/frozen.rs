@@ -15,7 +15,9 @@ pub const TILE_ROWS: usize = 64;
 
 /// A row-major `[rows, cols]` weight that can write any run of whole rows as f32.
 pub trait DecodeRows: Sync {
+    /// Output features.
     fn rows(&self) -> usize;
+    /// Input features.
     fn cols(&self) -> usize;
     /// Rows `r0 .. r0 + out.len() / cols` into `out` (row-major f32).
     fn decode_rows(&self, r0: usize, out: &mut [f32]);

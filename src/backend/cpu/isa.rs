@@ -19,14 +19,19 @@ pub const ENV: &str = "LORAFLEET_CPU_ISA";
 /// A kernel level, named as `LORAFLEET_CPU_ISA` spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
+    /// Scalar code the compiler may auto-vectorise for the baseline target.
     Portable,
+    /// AVX2 + FMA, 8 f32 lanes.
     Avx2,
+    /// AVX-512 F/BW/VL, 16 f32 lanes.
     Avx512,
 }
 
 impl Isa {
+    /// Every level, best first.
     pub const ALL: [Isa; 3] = [Isa::Avx512, Isa::Avx2, Isa::Portable];
 
+    /// The level's name as `LORAFLEET_CPU_ISA` spells it.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Avx512 => "avx512",
@@ -57,6 +62,7 @@ impl Isa {
         }
     }
 
+    /// Parses a `LORAFLEET_CPU_ISA` value.
     pub fn parse(s: &str) -> std::result::Result<Isa, String> {
         match s.trim().to_ascii_lowercase().as_str() {
             "avx512" | "avx-512" | "avx512f" => Ok(Isa::Avx512),
@@ -79,6 +85,7 @@ impl fmt::Display for Isa {
 pub struct Level(Isa);
 
 impl Level {
+    /// The instruction-set level this token proves the CPU has.
     pub fn isa(self) -> Isa {
         self.0
     }

@@ -22,7 +22,9 @@ pub struct LoraSegmentRef<'a> {
     pub a: &'a [f32],
     /// `[d_out, rank]` row-major.
     pub b: &'a [f32],
+    /// The pair's rank.
     pub rank: usize,
+    /// The factor the product is multiplied by.
     pub scale: f32,
 }
 

@@ -21,20 +21,29 @@ use crate::types::LoraModule;
 use crate::{Error, Result};
 use rayon::iter::ParallelExtend;
 
+/// The reference backend: every op in f32 on the CPU (its SIMD kernels at the level `isa::selected` chose), in parallel on rayon's pool.
 #[derive(Debug, Default, Clone)]
 pub struct CpuBackend;
 
+/// A `[rows, cols]` row-major f32 activation.
 #[derive(Debug, Clone)]
 pub struct CpuTensor {
+    /// `rows * cols` values.
     pub data: Vec<f32>,
+    /// Rows (tokens).
     pub rows: usize,
+    /// Columns (features).
     pub cols: usize,
 }
 
+/// A frozen weight matrix `[rows, cols]` in one of the CPU's formats.
 #[derive(Debug)]
 pub struct CpuMatrix {
+    /// Output features.
     pub rows: usize,
+    /// Input features.
     pub cols: usize,
+    /// The values, dense or quantized.
     pub weight: CpuWeight,
 }
 
@@ -63,6 +72,7 @@ impl CpuWeight {
     }
 }
 
+/// RoPE's cos/sin tables, one row per position.
 #[derive(Debug)]
 pub struct CpuRope {
     cos: Vec<f32>,
@@ -81,6 +91,7 @@ pub struct CpuStep<'a> {
     lora: Vec<LoraRun<'a, CpuBackend>>,
 }
 
+/// The paged KV cache in host memory: K and V of every layer, f32, block by block.
 #[derive(Debug)]
 pub struct CpuKv {
     layout: KvLayout,
@@ -97,6 +108,7 @@ fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<()> {
 }
 
 impl CpuBackend {
+    /// The CPU backend (stateless: the pool and the ISA level are process-wide).
     pub fn new() -> Self {
         CpuBackend
     }

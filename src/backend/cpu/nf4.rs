@@ -16,13 +16,17 @@ use crate::quant::Nf4Tensor;
 /// (`numel / blocksize` floats, 1/16 of the packed size at block 64).
 #[derive(Debug, Clone)]
 pub struct Nf4Matrix {
+    /// Output features.
     pub rows: usize,
+    /// Input features.
     pub cols: usize,
+    /// Elements per absmax scale.
     pub blocksize: usize,
     /// `ceil(rows * cols / 2)` bytes, element `2i` in the high nibble of byte `i`.
     pub packed: Vec<u8>,
     /// One scale per block.
     pub absmax: Vec<f32>,
+    /// The 16 NF4 levels.
     pub code: [f32; 16],
 }
 

@@ -23,7 +23,9 @@ pub const BLOCK: usize = 32;
 /// A row-major `[rows, cols]` matrix of 8-bit codes and per-block scales.
 #[derive(Debug, Clone)]
 pub struct Q8Matrix {
+    /// Output features.
     pub rows: usize,
+    /// Input features.
     pub cols: usize,
     /// `[rows, cols]` codes in -127..=127.
     pub q: Vec<i8>,

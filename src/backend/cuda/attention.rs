@@ -21,21 +21,29 @@ use super::launch::launch_kernel;
 /// Head layout of an attention layer: q/out `[T, n_heads * head_dim]`, K/V `[.., n_kv_heads * head_dim]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttnDims {
+    /// Query heads.
     pub n_heads: usize,
+    /// Key/value heads (GQA: a divisor of `n_heads`).
     pub n_kv_heads: usize,
+    /// Dimensions per head.
     pub head_dim: usize,
 }
 
 /// Which attention kernel a head_dim runs on: specialised (16-byte loads) or the generic fallback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttnKernel {
+    /// Specialised for head_dim 64.
     Hd64,
+    /// Specialised for head_dim 96.
     Hd96,
+    /// Specialised for head_dim 128.
     Hd128,
+    /// Any head_dim (loops over it).
     Generic,
 }
 
 impl AttnKernel {
+    /// The kernel specialised for `head_dim`, else the generic one.
     pub fn for_head_dim(head_dim: usize) -> Self {
         match head_dim {
             64 => AttnKernel::Hd64,
@@ -60,12 +68,19 @@ impl AttnKernel {
 /// `query_start` `[num_seqs + 1]`.
 #[derive(Clone, Debug)]
 pub struct AttnPlan {
+    /// The kernel's parameters.
     pub params: LfPagedAttnParams,
+    /// Which kernel.
     pub kernel: AttnKernel,
+    /// `[n_rows]` the sequence of each query row.
     pub row_seq: Vec<i32>,
+    /// `[n_rows]` the position of each query row.
     pub row_pos: Vec<i32>,
+    /// `[num_seqs, max_blocks]` block ids, -1 padded.
     pub block_table: Vec<i32>,
+    /// `[num_seqs]` tokens in each sequence's cache after this step.
     pub context_lens: Vec<i32>,
+    /// `[num_seqs + 1]` first query row of each sequence.
     pub query_start: Vec<i32>,
 }
 
@@ -106,7 +121,9 @@ pub fn plan_attention(batch: &BatchLayout, dims: AttnDims, num_blocks: usize, q_
 /// ones).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AttnPad {
+    /// Block-table width (most blocks of one sequence).
     pub max_blocks: usize,
+    /// Most context partitions of one sequence (split-K decode).
     pub max_partitions: usize,
 }
 
@@ -247,6 +264,7 @@ pub struct CudaKvCache<T: CudaElem> {
 }
 
 impl<T: CudaElem> CudaKvCache<T> {
+    /// Allocates K and V of every layer for `layout` on the device, zeroed.
     pub fn new(ops: &CudaDevice, layout: KvLayout) -> Result<Self>
     where
         T: cudarc::driver::ValidAsZeroBits,
@@ -264,6 +282,7 @@ impl<T: CudaElem> CudaKvCache<T> {
         Ok(CudaKvCache { layout, k, v })
     }
 
+    /// The cache's shape.
     pub fn layout(&self) -> &KvLayout {
         &self.layout
     }
@@ -295,6 +314,7 @@ pub struct CudaAttention {
 }
 
 impl CudaAttention {
+    /// Loads the paged-attention kernels on the device.
     pub fn new(ops: &CudaDevice) -> Result<Self> {
         let module = ops.load_embedded("paged_attention", "paged attention")?;
         let get = |name: String| module.function(&name);
@@ -526,8 +546,11 @@ pub fn attn_workspace_len(np: usize, head_dim: usize) -> usize {
 /// An attention plan's metadata on the device: `row_seq`, `row_pos` `[n_rows]`, `block_table`
 /// `[num_seqs, max_blocks]` (i32).
 pub struct AttnMeta<M> {
+    /// `[n_rows]` i32.
     pub row_seq: M,
+    /// `[n_rows]` i32.
     pub row_pos: M,
+    /// `[num_seqs, max_blocks]` i32.
     pub block_table: M,
 }
 

@@ -34,9 +34,13 @@ const MAX_GRID_YZ: usize = 65535;
 /// `[rows, n_kv_heads * head_dim]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttnTrainDims {
+    /// Rows of the packed batch.
     pub rows: usize,
+    /// Query heads.
     pub n_heads: usize,
+    /// Key/value heads.
     pub n_kv_heads: usize,
+    /// Dimensions per head.
     pub head_dim: usize,
 }
 
@@ -53,7 +57,9 @@ impl AttnTrainDims {
 /// the grids.
 #[derive(Clone, Debug)]
 pub struct AttnTrainPlan {
+    /// The kernels' parameters.
     pub params: LfAttnTrainParams,
+    /// The sequences of the packed batch.
     pub spans: Vec<LfSeqSpan>,
     /// Forward: `(ceil(max len / tile), n_heads, n_seqs)`.
     pub fwd_grid: (u32, u32, u32),
@@ -167,6 +173,7 @@ fn block() -> (u32, u32, u32) {
 }
 
 impl CudaAttentionTrain {
+    /// Loads the training-attention kernels on the device.
     pub fn new(ops: &CudaDevice) -> Result<Self> {
         let module = ops.load_embedded("attention_train", "training attention")?;
         let get = |name: &str| module.function(name);

@@ -18,7 +18,12 @@ pub enum Unavailable {
     /// No CUDA driver library (libcuda.so) can be loaded.
     NoDriver,
     /// The driver loads but reports no device, or fewer devices than the ordinal asked for.
-    NoDevice { ordinal: usize, count: usize },
+    NoDevice {
+        /// The device asked for.
+        ordinal: usize,
+        /// Devices the driver reports.
+        count: usize,
+    },
     /// The driver library loads but cannot initialise (e.g. a stub library, a driver too old).
     DriverInit(String),
     /// `LORAFLEET_CUDA_EMU=1`, but the CPU emulator is not built or does not load.

@@ -84,6 +84,7 @@ impl CudaBackend {
         graph::stats(&self.graphs)
     }
 
+    /// Whether decode steps replay as CUDA graphs.
     pub fn graphs_enabled(&self) -> bool {
         self.graphs_on.load(std::sync::atomic::Ordering::SeqCst)
     }

@@ -68,6 +68,7 @@ impl CudaContext {
         })
     }
 
+    /// The device and its kernel modules.
     pub fn device(&self) -> &CudaDevice {
         &self.dev
     }

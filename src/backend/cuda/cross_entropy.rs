@@ -29,11 +29,15 @@ const MAX_GRID_Y: usize = 65535;
 /// A checked fused cross-entropy: the shapes and the vocabulary chunks `(v0, rows of the chunk)`.
 #[derive(Clone, Debug)]
 pub struct CrossEntropyPlan {
+    /// Rows with a label.
     pub rows: usize,
+    /// Hidden size (the lm_head's input features).
     pub hidden: usize,
+    /// Vocabulary size (the lm_head's output features).
     pub vocab: usize,
     /// The chunk width the workspace is allocated for (`min(chunk, vocab)`).
     pub chunk: usize,
+    /// `(start, len)` vocabulary chunks, in order.
     pub chunks: Vec<(usize, usize)>,
 }
 
@@ -94,6 +98,7 @@ fn row_cfg(rows: usize) -> LaunchConfig {
 }
 
 impl CudaCrossEntropy {
+    /// Loads the fused lm_head cross-entropy kernels on the device.
     pub fn new(ops: &CudaDevice) -> Result<Self> {
         let module = ops.load_embedded("cross_entropy", "fused cross-entropy")?;
         let get = |name: &str| module.function(name);

@@ -156,6 +156,7 @@ impl CudaDevice {
         &self.name
     }
 
+    /// The cudarc context.
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
     }

@@ -6,7 +6,9 @@ use cudarc::driver::DeviceRepr;
 /// Storage type of a kernel's activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// 32-bit float.
     F32,
+    /// bfloat16.
     Bf16,
 }
 
@@ -41,6 +43,7 @@ mod sealed {
 
 /// A Rust type the ops kernels are instantiated for. Sealed: the kernels exist for these only.
 pub trait CudaElem: DeviceRepr + Copy + Send + Sync + 'static + sealed::Sealed {
+    /// The element type as a value.
     const DTYPE: DType;
 }
 

@@ -88,17 +88,25 @@ pub fn module_image(stem: &str) -> Option<Vec<u8>> {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
+    /// Device allocations.
     pub allocs: u64,
+    /// Device frees.
     pub frees: u64,
     /// Host-to-device copies executed (direct, async, and inside replayed graphs).
     pub htod: u64,
+    /// Device-to-host copies.
     pub dtoh: u64,
+    /// Device-to-device copies.
     pub dtod: u64,
+    /// Memsets.
     pub memsets: u64,
     /// Kernels executed (a replayed graph's kernels included).
     pub launches: u64,
+    /// Graph launches (replays).
     pub graph_launches: u64,
+    /// Pinned host allocations.
     pub host_allocs: u64,
+    /// Bytes copied host to device.
     pub htod_bytes: u64,
 }
 

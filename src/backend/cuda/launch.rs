@@ -35,17 +35,20 @@ fn rows_config(rows: i32, threads: u32) -> LaunchConfig {
     LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// Grid and block of an RMSNorm launch: one block per row.
 pub fn rms_norm(p: &LfRmsNormParams, dtype: DType) -> LaunchConfig {
     let units = row_units(p.cols.max(1) as usize, dtype);
     rows_config(p.rows, block_threads(units, LF_OPS_ROW_THREADS_MAX))
 }
 
+/// Grid and block of a RoPE launch.
 pub fn rope(p: &LfRopeParams, dtype: DType) -> LaunchConfig {
     let heads = (p.n_q_heads.max(0) + p.n_k_heads.max(0)) as usize;
     let units = heads * row_units((p.head_dim / 2).max(1) as usize, dtype);
     rows_config(p.rows, block_threads(units, LF_OPS_THREADS))
 }
 
+/// Grid and block of an embedding gather.
 pub fn embedding(p: &LfEmbeddingParams, dtype: DType) -> LaunchConfig {
     let units = row_units(p.hidden.max(1) as usize, dtype);
     rows_config(p.n_ids, block_threads(units, LF_OPS_THREADS))

@@ -27,11 +27,19 @@ const GRID_YZ_MAX: usize = 65535;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinearKernel {
     /// One warp per output feature, `mt` rows of x per block; `fast`: 16-byte loads.
-    Gemv { mt: usize, fast: bool },
+    Gemv {
+        /// Rows of x per block.
+        mt: usize,
+        /// 16-byte loads (aligned buffers).
+        fast: bool,
+    },
     /// 64 x 64 tiles through shared memory, f32 FMAs.
     Gemm,
     /// bf16 x and W on the tensor cores (kernels/mma_gemm.cuh); `fast`: 16-byte tile loads.
-    GemmTc { fast: bool },
+    GemmTc {
+        /// 16-byte tile loads (aligned buffers).
+        fast: bool,
+    },
 }
 
 impl LinearKernel {
@@ -47,16 +55,22 @@ impl LinearKernel {
 /// A checked linear launch.
 #[derive(Clone, Copy, Debug)]
 pub struct LinearPlan {
+    /// The kernel's parameters.
     pub params: LfLinearParams,
+    /// Which kernel.
     pub kernel: LinearKernel,
+    /// Grid (x, y, z).
     pub grid: (u32, u32, u32),
 }
 
 /// The lengths and alignment of a linear launch's buffers.
 #[derive(Clone, Copy, Debug)]
 pub struct LinearBuffers {
+    /// Elements of x.
     pub x_len: usize,
+    /// Elements of W.
     pub w_len: usize,
+    /// Elements of y.
     pub y_len: usize,
     /// Elements of the bias, if any.
     pub bias_len: Option<usize>,
@@ -131,6 +145,7 @@ fn pair_index(x: DType, w: DType) -> usize {
 }
 
 impl CudaLinear {
+    /// Loads the linear (dense matmul) kernels on the device.
     pub fn new(ops: &CudaDevice) -> Result<Self> {
         let module = ops.load_embedded("linear", "dense linear")?;
         let load = |x: DType, w: DType| -> Result<LinearFns> {

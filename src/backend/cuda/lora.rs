@@ -68,8 +68,11 @@ impl LoraKernel {
 /// Shapes of one batched LoRA step: x `[t_rows, d_in]`, y `[t_rows, d_out]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoraShape {
+    /// Rows (tokens) of the step.
     pub t_rows: usize,
+    /// Input features.
     pub d_in: usize,
+    /// Output features.
     pub d_out: usize,
 }
 
@@ -77,11 +80,17 @@ pub struct LoraShape {
 /// `[d_out, rank]` (PEFT's lora_A / lora_B weights, in the storage type T) with `scale`.
 #[derive(Debug)]
 pub struct CudaLoraSegment<'a, T> {
+    /// First row.
     pub start: usize,
+    /// Rows.
     pub len: usize,
+    /// `[rank, d_in]`.
     pub a: CudaView<'a, T>,
+    /// `[d_out, rank]`.
     pub b: CudaView<'a, T>,
+    /// The pair's rank.
     pub rank: usize,
+    /// The factor the product is multiplied by.
     pub scale: f32,
 }
 
@@ -89,13 +98,21 @@ pub struct CudaLoraSegment<'a, T> {
 /// addresses of A and B.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LoraSegmentDesc {
+    /// First row.
     pub start: usize,
+    /// Rows.
     pub len: usize,
+    /// The pair's rank.
     pub rank: usize,
+    /// The factor the product is multiplied by.
     pub scale: f32,
+    /// Elements of A.
     pub a_len: usize,
+    /// Elements of B.
     pub b_len: usize,
+    /// A's device address.
     pub a_ptr: u64,
+    /// B's device address.
     pub b_ptr: u64,
 }
 
@@ -106,10 +123,15 @@ pub struct LoraSegmentDesc {
 pub struct LoraPlan {
     /// Launch even with no live segment (a plan a CUDA graph replays: see `pad_for_graph`).
     pub always_launch: bool,
+    /// The kernels' parameters.
     pub params: LfLoraParams,
+    /// SGMV or BGMV.
     pub kernel: LoraKernel,
+    /// The live segments.
     pub segments: Vec<LfLoraSegment>,
+    /// SGMV: the (segment, row tile) work items.
     pub tiles: Vec<LfLoraTile>,
+    /// BGMV: `[t_rows]` each row's segment, -1 for the base.
     pub token_seg: Vec<i32>,
 }
 
@@ -178,6 +200,7 @@ impl LoraPlan {
             }
     }
 
+    /// The metadata as one byte buffer (uploaded in one copy) and the offset of each part.
     pub fn metadata_bytes(&self) -> (Vec<u8>, usize) {
         let index_bytes = match self.kernel {
             LoraKernel::Sgmv => self.tiles.len() * TILE_BYTES,
@@ -330,12 +353,14 @@ pub struct PreparedLora<'a, T: CudaElem> {
 }
 
 impl<T: CudaElem> PreparedLora<'_, T> {
+    /// The plan the last launch used.
     pub fn plan(&self) -> &LoraPlan {
         &self.plan
     }
 }
 
 impl CudaLora {
+    /// Loads the SGMV / BGMV kernels on the device.
     pub fn new(ops: &CudaDevice) -> Result<Self> {
         let module = ops.load_embedded("lora_sgmv", "batched LoRA")?;
         let get = |name: String| module.function(&name);

@@ -31,22 +31,34 @@ const MAX_GRID_Y: usize = 65535;
 /// Shapes of one LoRA backward: `rows` token rows, `d_in -> d_out`, rank `rank`, scale `scale`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LoraBackwardShape {
+    /// Rows of the batch.
     pub rows: usize,
+    /// Input features.
     pub d_in: usize,
+    /// Output features.
     pub d_out: usize,
+    /// The pair's rank.
     pub rank: usize,
+    /// The factor the product is multiplied by.
     pub scale: f32,
 }
 
 /// Element counts of the buffers of one call, in the order of `CudaLoraBackward::run`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoraBackwardLens {
+    /// Elements of x.
     pub x: usize,
+    /// Elements of x·Aᵀ.
     pub xa: usize,
+    /// Elements of dy.
     pub dy: usize,
+    /// Elements of A.
     pub a: usize,
+    /// Elements of B.
     pub b: usize,
+    /// Elements of dA.
     pub da: usize,
+    /// Elements of dB.
     pub db: usize,
     /// `None`: no input gradient wanted.
     pub dx: Option<usize>,
@@ -71,6 +83,7 @@ impl LoraBackwardLens {
 /// A checked LoRA backward: the kernels' parameters and the two grids.
 #[derive(Clone, Copy, Debug)]
 pub struct LoraBackwardPlan {
+    /// The kernels' parameters.
     pub params: LfLoraBwdParams,
     /// Pass 1: `(ceil(d_out / TILE), ceil(rows / ROWS), 1)`.
     pub dy_grid: (u32, u32, u32),
@@ -134,6 +147,7 @@ pub struct CudaLoraBackward {
 }
 
 impl CudaLoraBackward {
+    /// Loads the LoRA backward kernels on the device.
     pub fn new(ops: &CudaDevice) -> Result<Self> {
         let module = ops.load_embedded("lora_backward", "LoRA backward")?;
         let get = |name: &str| module.function(name);

@@ -62,6 +62,7 @@ pub enum Nf4Path {
 /// Forces a path or the generic kernel (tests and benchmarks); the default lets the plan choose.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Nf4Override {
+    /// The path to force (GEMV or GEMM), or the plan's choice.
     pub path: Option<Nf4Path>,
     /// Use the generic (element-by-element) kernel even where the fast one applies.
     pub generic: bool,
@@ -70,7 +71,9 @@ pub struct Nf4Override {
 /// One compiled kernel of nf4_gemm.cu.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Nf4Kernel {
+    /// GEMV (few rows) or GEMM (tiles).
     pub path: Nf4Path,
+    /// The activation dtype.
     pub dtype: DType,
     /// GEMV: rows of x per block (one of `GEMV_ROW_TILES`); GEMM: `LF_NF4_GEMM_BM`.
     pub rows_per_block: usize,
@@ -92,9 +95,13 @@ impl Nf4Kernel {
 /// A checked launch: the kernel's parameters, which kernel, and its geometry.
 #[derive(Clone, Debug)]
 pub struct Nf4Plan {
+    /// The kernel's parameters.
     pub params: LfNf4GemmParams,
+    /// Which kernel.
     pub kernel: Nf4Kernel,
+    /// Grid (x, y, z).
     pub grid: (u32, u32, u32),
+    /// Threads per block.
     pub block: u32,
 }
 
@@ -102,8 +109,11 @@ pub struct Nf4Plan {
 /// elements of the flattened W per absmax.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Nf4Shape {
+    /// Output features.
     pub n: usize,
+    /// Input features.
     pub k: usize,
+    /// Elements per absmax scale.
     pub blocksize: usize,
 }
 
@@ -119,6 +129,7 @@ pub struct Nf4Buffers {
     pub packed_len: usize,
     /// f32 scales: must be `ceil(n * k / blocksize)`.
     pub absmax_len: usize,
+    /// Packed codes and x sit at 16-byte aligned addresses.
     pub aligned16: bool,
 }
 
@@ -237,6 +248,7 @@ impl CudaNf4Weight {
         Ok((ops.download(&self.packed)?, ops.download(&self.absmax)?))
     }
 
+    /// Its geometry.
     pub fn shape(&self) -> Nf4Shape {
         self.shape
     }
@@ -269,6 +281,7 @@ fn dtype_index(d: DType) -> usize {
 }
 
 impl CudaNf4 {
+    /// Loads the NF4 GEMV / GEMM kernels on the device.
     pub fn new(ops: &CudaDevice) -> Result<Self> {
         let module = ops.load_embedded("nf4_gemm", "NF4")?;
         let get = |k: Nf4Kernel| module.function(&k.name());

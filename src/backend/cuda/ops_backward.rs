@@ -44,6 +44,7 @@ pub struct CudaOpsBackward {
 }
 
 impl CudaOpsBackward {
+    /// Loads the elementwise backward kernels on the device.
     pub fn new(ops: &CudaDevice) -> Result<Self> {
         let module = ops.load_embedded("ops_backward", "backward ops")?;
         let get = |name: &str| module.function(name);

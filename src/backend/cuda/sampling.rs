@@ -44,6 +44,7 @@ pub struct CudaSampler {
 }
 
 impl CudaSampler {
+    /// Loads the sampling kernels on the device.
     pub fn new(ops: &CudaDevice) -> Result<Self> {
         let m = ops.load_embedded("sampling", "sampling")?;
         Ok(CudaSampler { f32: m.function("lf_sample_f32")?, bf16: m.function("lf_sample_bf16")? })

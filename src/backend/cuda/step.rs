@@ -33,9 +33,13 @@ use super::values::{CudaMatrix, CudaWeight};
 pub struct GraphKey {
     /// The model (`Llama::id`) and KV cache (`Backend::kv_id`) whose addresses the graph bakes in.
     pub model: u64,
+    /// The KV cache's id.
     pub kv: u64,
+    /// Rows of the step.
     pub rows: usize,
+    /// Block-table width.
     pub max_blocks: usize,
+    /// Most context partitions of one sequence.
     pub max_partitions: usize,
     /// One bit per (layer, module): LoRA runs there.
     pub lora: Vec<bool>,

@@ -15,8 +15,11 @@ use super::ffi::{LfElementwiseParams, LfEmbeddingParams, LfRmsNormParams, LfRope
 /// k `[rows, n_k_heads * head_dim]` (GQA: n_k_heads divides n_q_heads, though RoPE does not care).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RopeDims {
+    /// Query heads.
     pub n_q_heads: usize,
+    /// Key/value heads.
     pub n_k_heads: usize,
+    /// Dimensions per head.
     pub head_dim: usize,
 }
 

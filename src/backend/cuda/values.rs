@@ -17,11 +17,14 @@ use super::validate::invalid;
 
 /// A weight's device buffer in one of the storage types (allocated once, exactly).
 pub enum DenseBuf {
+    /// f32 elements.
     F32(CudaSlice<f32>),
+    /// bf16 elements.
     Bf16(CudaSlice<bf16>),
 }
 
 impl DenseBuf {
+    /// The element type.
     pub fn dtype(&self) -> DType {
         match self {
             DenseBuf::F32(_) => DType::F32,
@@ -29,6 +32,7 @@ impl DenseBuf {
         }
     }
 
+    /// Elements.
     pub fn len(&self) -> usize {
         match self {
             DenseBuf::F32(s) => s.len(),
@@ -36,10 +40,12 @@ impl DenseBuf {
         }
     }
 
+    /// Whether it holds no element.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Its device address (for metadata the kernels read).
     pub fn device_address(&self, dev: &CudaDevice) -> u64 {
         match self {
             DenseBuf::F32(s) => s.device_ptr(dev.stream()).0,
@@ -52,11 +58,14 @@ impl DenseBuf {
 pub struct CudaTensor {
     pub(crate) buf: PooledBuf,
     pub(crate) dtype: DType,
+    /// Rows (tokens).
     pub rows: usize,
+    /// Columns (features).
     pub cols: usize,
 }
 
 impl CudaTensor {
+    /// The element type.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
@@ -99,15 +108,20 @@ pub enum CudaWeight {
 
 /// A weight matrix `[rows, cols]` on the device.
 pub struct CudaMatrix {
+    /// Output features.
     pub rows: usize,
+    /// Input features.
     pub cols: usize,
+    /// The values on the device (dense or NF4).
     pub weight: CudaWeight,
 }
 
 /// A 1-D parameter: f32 (biases are always added in f32), and its bf16 copy when activations are
 /// bf16 (the bf16 norm kernel reads weights in the activation type).
 pub struct CudaVector {
+    /// The f32 values.
     pub f32: CudaSlice<f32>,
+    /// Their bf16 copy, with bf16 activations.
     pub bf16: Option<CudaSlice<bf16>>,
 }
 
@@ -120,13 +134,16 @@ pub struct CudaRope {
 /// The paged K/V cache of every layer, in the activation dtype, with an id unique in the process
 /// (a CUDA graph bakes in its addresses: graphs are keyed by it).
 pub enum CudaKv {
+    /// f32 K/V, and the cache's id.
     F32(CudaKvCache<f32>, u64),
+    /// bf16 K/V, and the cache's id.
     Bf16(CudaKvCache<bf16>, u64),
 }
 
 pub(crate) static NEXT_KV_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl CudaKv {
+    /// The cache's shape.
     pub fn layout(&self) -> KvLayout {
         match self {
             CudaKv::F32(c, _) => *c.layout(),
@@ -134,6 +151,7 @@ impl CudaKv {
         }
     }
 
+    /// The cache's id, unique in the process.
     pub fn id(&self) -> u64 {
         match self {
             CudaKv::F32(_, id) | CudaKv::Bf16(_, id) => *id,

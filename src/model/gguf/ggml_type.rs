@@ -52,11 +52,17 @@ const TYPE_TABLE: &[(u32, &str, u64, u64)] = &[
 ];
 
 impl GgmlType {
+    /// f32.
     pub const F32: GgmlType = GgmlType(0);
+    /// f16.
     pub const F16: GgmlType = GgmlType(1);
+    /// 4-bit blocks of 32, one f16 scale.
     pub const Q4_0: GgmlType = GgmlType(2);
+    /// 4-bit blocks of 32, f16 scale and minimum.
     pub const Q4_1: GgmlType = GgmlType(3);
+    /// 8-bit blocks of 32, one f16 scale.
     pub const Q8_0: GgmlType = GgmlType(8);
+    /// bf16.
     pub const BF16: GgmlType = GgmlType(30);
 
     fn entry(self) -> Option<&'static (u32, &'static str, u64, u64)> {
@@ -73,6 +79,7 @@ impl GgmlType {
         self.entry().map(|e| (e.2, e.3))
     }
 
+    /// Whether this importer decodes it.
     pub fn is_supported(self) -> bool {
         SUPPORTED_TYPES.contains(&self)
     }

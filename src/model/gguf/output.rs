@@ -17,9 +17,12 @@ use super::GgufError;
 /// Element type of the written `model.safetensors`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutDType {
+    /// f32 weights.
     #[default]
     F32,
+    /// bf16 weights.
     Bf16,
+    /// f16 weights.
     F16,
 }
 

@@ -23,18 +23,31 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 /// One metadata value. Arrays hold values of one element type (arrays of arrays are allowed).
 #[derive(Debug, Clone, PartialEq)]
 pub enum GgufValue {
+    /// u8.
     U8(u8),
+    /// i8.
     I8(i8),
+    /// u16.
     U16(u16),
+    /// i16.
     I16(i16),
+    /// u32.
     U32(u32),
+    /// i32.
     I32(i32),
+    /// f32.
     F32(f32),
+    /// bool.
     Bool(bool),
+    /// A UTF-8 string.
     String(String),
+    /// An array of values.
     Array(Vec<GgufValue>),
+    /// u64.
     U64(u64),
+    /// i64.
     I64(i64),
+    /// f64.
     F64(f64),
 }
 
@@ -94,6 +107,7 @@ impl GgufValue {
         }
     }
 
+    /// The value as a bool, if it is one.
     pub fn as_bool(&self) -> Option<bool> {
         match *self {
             GgufValue::Bool(v) => Some(v),
@@ -101,6 +115,7 @@ impl GgufValue {
         }
     }
 
+    /// The value as a string, if it is one.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             GgufValue::String(s) => Some(s),
@@ -108,6 +123,7 @@ impl GgufValue {
         }
     }
 
+    /// The value as an array, if it is one.
     pub fn as_array(&self) -> Option<&[GgufValue]> {
         match self {
             GgufValue::Array(a) => Some(a),
@@ -120,8 +136,11 @@ impl GgufValue {
 /// the row-major (HF / safetensors) shape is `dims` reversed.
 #[derive(Debug, Clone)]
 pub struct TensorInfo {
+    /// The tensor's name.
     pub name: String,
+    /// Its dimensions (ggml's order: fastest first).
     pub dims: Vec<u64>,
+    /// Its element type.
     pub ggml_type: GgmlType,
     /// Offset of the data from the start of the data section.
     pub offset: u64,
@@ -130,6 +149,7 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
+    /// Elements.
     pub fn n_elements(&self) -> u64 {
         self.dims.iter().product()
     }
@@ -376,30 +396,37 @@ impl GgufFile {
         Ok(GgufFile { path: path.to_path_buf(), version, alignment, metadata, tensors, data_start, mmap })
     }
 
+    /// The file.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Its GGUF version.
     pub fn version(&self) -> u32 {
         self.version
     }
 
+    /// Alignment of its tensor data (bytes).
     pub fn alignment(&self) -> u64 {
         self.alignment
     }
 
+    /// Every metadata key and value.
     pub fn metadata(&self) -> &BTreeMap<String, GgufValue> {
         &self.metadata
     }
 
+    /// One metadata value.
     pub fn get(&self, key: &str) -> Option<&GgufValue> {
         self.metadata.get(key)
     }
 
+    /// Every tensor's description.
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.tensors
     }
 
+    /// One tensor's description.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
     }

@@ -42,17 +42,26 @@ pub trait Simd: Copy + Send + Sync + 'static {
     const LANES: usize;
     /// Vector registers the level has (the kernels size their register blocks by it).
     const REGISTERS: usize;
+    /// The vector of f32 lanes.
     type F: Copy;
     /// The 16 NF4 levels, held as [`Simd::nf4_levels`] wants them.
     type Lut16: Copy;
 
+    /// All lanes 0.
     fn zero(self) -> Self::F;
+    /// All lanes `x`.
     fn splat(self, x: f32) -> Self::F;
+    /// Lane-wise a + b.
     fn add(self, a: Self::F, b: Self::F) -> Self::F;
+    /// Lane-wise a - b.
     fn sub(self, a: Self::F, b: Self::F) -> Self::F;
+    /// Lane-wise a * b.
     fn mul(self, a: Self::F, b: Self::F) -> Self::F;
+    /// Lane-wise a / b.
     fn div(self, a: Self::F, b: Self::F) -> Self::F;
+    /// Lane-wise maximum.
     fn max(self, a: Self::F, b: Self::F) -> Self::F;
+    /// Lane-wise minimum.
     fn min(self, a: Self::F, b: Self::F) -> Self::F;
     /// `a * b + c` (fused on the x86 levels; a multiply and an add on the portable one).
     fn fma(self, a: Self::F, b: Self::F, c: Self::F) -> Self::F;
@@ -101,6 +110,7 @@ pub trait Simd: Copy + Send + Sync + 'static {
     /// # Safety
     /// `LANES` bytes readable at `p`.
     unsafe fn load_i8(self, p: *const i8) -> Self::F;
+    /// The 16-entry table `code` in the form `lookup16` reads.
     fn lut16(self, code: &[f32; 16]) -> Self::Lut16;
     /// `LANES` packed NF4 bytes: (the levels of their high nibbles, of their low nibbles).
     ///
