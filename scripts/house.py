@@ -28,7 +28,7 @@ BEGIN, END = "<!-- import-table:begin -->", "<!-- import-table:end -->"
 # Floor of each top-level module: the ground first. A module may import modules on lower floors
 # only; several on one floor import nothing of each other.
 FLOORS = [
-    ["kv", "rng", "heap", "progress"],
+    ["kv", "rng", "heap", "progress", "cli_flags"],
     ["error"],
     ["types", "weights", "tokenizer"],
     ["quant"],

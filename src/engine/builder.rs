@@ -45,8 +45,15 @@ pub struct EngineBuilder {
     adapter_memory_set: bool,
 }
 
+impl Engine {
+    /// A builder that loads a model folder on a device chosen at run time (`EngineBuilder`).
+    pub fn builder(model_dir: impl Into<PathBuf>) -> EngineBuilder {
+        EngineBuilder::new(model_dir)
+    }
+}
+
 impl EngineBuilder {
-    pub(super) fn new(model_dir: impl Into<PathBuf>) -> Self {
+    fn new(model_dir: impl Into<PathBuf>) -> Self {
         EngineBuilder {
             source: ModelSource { dir: model_dir.into(), format: BaseFormat::default(), head: HeadFormat::default(), random: None, progress: false },
             device: DeviceChoice::Auto,

@@ -165,11 +165,6 @@ impl Engine {
         })
     }
 
-    /// A builder that loads a model folder on a device chosen at run time (`EngineBuilder`).
-    pub fn builder(model_dir: impl Into<std::path::PathBuf>) -> super::builder::EngineBuilder {
-        super::builder::EngineBuilder::new(model_dir)
-    }
-
     /// The model's tokenizer (and chat template).
     pub fn tokenizer(&self) -> &TextTokenizer {
         &self.tokenizer

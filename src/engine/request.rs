@@ -8,11 +8,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use serde::Serialize;
-
 use super::events::EventReceiver;
-use super::output::{FinishReason, GenerateOptions};
-use crate::backend::sampler::TokenLogprobs;
+pub use super::events::{Event, Finished, Recv};
+use super::output::GenerateOptions;
 use crate::tokenizer::ChatMessage;
 use crate::{Error, Result};
 
@@ -115,78 +113,6 @@ impl GenerateRequest {
         self.request_id = Some(id.into());
         self
     }
-}
-
-/// How a finished request went.
-#[derive(Debug, Clone, Serialize)]
-pub struct Finished {
-    /// Why generation stopped.
-    pub reason: FinishReason,
-    /// Tokens of the prompt.
-    pub prompt_tokens: usize,
-    /// Tokens generated.
-    pub generated_tokens: usize,
-    /// The generated ids.
-    pub token_ids: Vec<u32>,
-    /// The whole generated text (cut before a stop string).
-    pub text: String,
-    /// Submit to first token.
-    pub ttft: Duration,
-    /// Submit to the last token.
-    pub total: Duration,
-    /// Submit to admission (the first time the request got KV blocks).
-    pub queue_time: Duration,
-    /// Times the request was preempted and recomputed.
-    pub preemptions: u32,
-}
-
-/// One thing that happened to a request. Every stream ends with exactly one `Finished` or
-/// `Error` (also when the engine stops or its thread dies: `Error(Error::EngineStopped)`).
-#[derive(Debug)]
-pub enum Event {
-    /// One generated token and the text it released (may be empty; see `output::Accepted`).
-    /// `logprobs` when the request asked for them (`GenerateOptions::logprobs`).
-    Token {
-        /// The token id.
-        id: u32,
-        /// The text this token completes (UTF-8 held back until whole; stop strings cut).
-        text: String,
-        /// A special token (end of sequence, chat markers).
-        special: bool,
-        /// Its log-probability and the top alternatives, when asked for.
-        logprobs: Option<TokenLogprobs>,
-    },
-    /// The prompt's ids and log-probabilities (the first is None), before the first token,
-    /// when the request asked for them (`GenerateOptions::prompt_logprobs`).
-    Prompt {
-        /// The prompt's token ids.
-        ids: Vec<u32>,
-        /// Per prompt token, its log-probability given the tokens before it.
-        logprobs: Vec<Option<TokenLogprobs>>,
-    },
-    /// The request is done; no more events.
-    Finished(Finished),
-    /// This request failed alone (unknown adapter, adapter load error, the engine stopped,
-    /// ...); no more events.
-    Error(Error),
-}
-
-impl Event {
-    /// Whether this is the stream's last event (`Finished` or `Error`).
-    pub fn is_final(&self) -> bool {
-        matches!(self, Event::Finished(_) | Event::Error(_))
-    }
-}
-
-/// What `RequestHandle::recv_timeout` got.
-#[derive(Debug)]
-pub enum Recv {
-    /// The next event.
-    Event(Event),
-    /// Nothing within the time given.
-    Timeout,
-    /// The stream has ended (its final event was already taken).
-    Closed,
 }
 
 /// The caller's side of one request: its events, read blocking (`recv`, `recv_timeout`,
