@@ -2,7 +2,8 @@
 //! compute_80 PTX for newer GPUs) embedded in the library, and runs bindgen over `csrc/*.h`, the
 //! C ABI shared by the kernels and the Rust launch code.
 //!
-//! nvcc is found through `NVCC`, then `$CUDA_HOME/bin/nvcc`, then `PATH`. Without it the build
+//! With the `cuda` feature (default), nvcc is found through `NVCC`, then `$CUDA_HOME/bin/nvcc`,
+//! then `PATH` (`LORAFLEET_REQUIRE_NVCC=1`: an error when it is not). Without it the build
 //! emits one warning, embeds no kernels and leaves the `has_kernels` cfg unset; everything else
 //! builds and its tests pass (the CUDA tests skip, or fail under LORAFLEET_REQUIRE_GPU=1).
 
@@ -35,14 +36,30 @@ fn main() {
     }
 
     bindings(&root, &out, &headers);
-    emulator(&root, &out, &kernels);
+    // The `cuda` feature (default): kernels when nvcc is found, and the CPU emulator of them.
+    // Without it (an embedder's CPU-only build) neither is compiled: a shorter build, and the
+    // CUDA backend reports that the binary has no kernels.
+    let cuda = env::var_os("CARGO_FEATURE_CUDA").is_some();
+    println!("cargo::rerun-if-env-changed=LORAFLEET_REQUIRE_NVCC");
+    if cuda {
+        emulator(&root, &out, &kernels);
+    } else {
+        write_emu_rs(&out, None);
+    }
 
     let mut table = String::from("/// Embedded CUDA modules: (file stem, fatbin bytes).\npub const MODULES: &[(&str, &[u8])] = &[\n");
-    match find_nvcc() {
+    match if cuda { find_nvcc() } else { None } {
+        None if !cuda => {}
+        None if env::var("LORAFLEET_REQUIRE_NVCC").is_ok_and(|v| v == "1") => {
+            panic!(
+                "LORAFLEET_REQUIRE_NVCC=1 but nvcc was not found: set NVCC to an nvcc binary, or CUDA_HOME, or put nvcc on PATH \
+                 (scripts/install-cuda-toolchain.sh installs CUDA 13.0 from PyPI); the CUDA kernels cannot be built without it"
+            );
+        }
         None => {
             println!(
                 "cargo::warning=nvcc not found (set NVCC, CUDA_HOME or PATH; scripts/install-cuda-toolchain.sh installs one): \
-                 building without CUDA kernels"
+                 building without CUDA kernels (LORAFLEET_REQUIRE_NVCC=1 makes this an error)"
             );
         }
         Some(nvcc) => {
@@ -134,6 +151,16 @@ fn compile_all(nvcc: &Path, root: &Path, out: &Path, kernels: &[PathBuf]) -> Vec
 /// `OUT_DIR/emu`. Writes `OUT_DIR/emu.rs` with the folder, or `None` when there is no C++
 /// compiler (a warning; `LORAFLEET_CUDA_EMU=1` then says the emulator is not built). Objects are
 /// rebuilt only when a hash of their inputs and flags changes.
+/// `emu.rs`: where the emulator's shared objects are (None: not built).
+fn write_emu_rs(out: &Path, dir: Option<&Path>) {
+    let v = match dir {
+        Some(d) => format!("Some({:?})", d.display().to_string()),
+        None => "None".into(),
+    };
+    std::fs::write(out.join("emu.rs"), format!("/// Where build.rs put the CUDA emulator's shared objects.\npub const BUILT_DIR: Option<&str> = {v};\n"))
+        .expect("write emu.rs");
+}
+
 fn emulator(root: &Path, out: &Path, kernels: &[PathBuf]) {
     println!("cargo::rerun-if-env-changed=CXX");
     let emu_src = root.join("kernels/emu");
@@ -144,14 +171,7 @@ fn emulator(root: &Path, out: &Path, kernels: &[PathBuf]) {
     for f in &inputs {
         println!("cargo::rerun-if-changed={}", f.display());
     }
-    let write_rs = |dir: Option<&Path>| {
-        let v = match dir {
-            Some(d) => format!("Some({:?})", d.display().to_string()),
-            None => "None".into(),
-        };
-        std::fs::write(out.join("emu.rs"), format!("/// Where build.rs put the CUDA emulator's shared objects.\npub const BUILT_DIR: Option<&str> = {v};\n"))
-            .expect("write emu.rs");
-    };
+    let write_rs = |dir: Option<&Path>| write_emu_rs(out, dir);
     let cxx = env::var("CXX").ok().filter(|c| !c.is_empty()).unwrap_or_else(|| "c++".into());
     if !Command::new(&cxx).arg("--version").output().is_ok_and(|o| o.status.success()) {
         println!("cargo::warning=no C++ compiler ({cxx}): the CUDA emulator is not built (LORAFLEET_CUDA_EMU=1 will say so)");

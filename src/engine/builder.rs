@@ -193,6 +193,7 @@ impl EngineBuilder {
     /// Sizes the KV cache (`kv`) and the adapter budget (`adapters`) from the free device
     /// memory on a GPU even though `options` set them (the server's defaults when its flags
     /// are not given).
+    #[cfg(feature = "server")]
     pub(crate) fn size_from_device_memory(mut self, kv: bool, adapters: bool) -> Self {
         self.kv_cache_set = !kv;
         self.adapter_memory_set = !adapters;

@@ -33,6 +33,9 @@ pub enum Unavailable {
 impl fmt::Display for Unavailable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Unavailable::NoKernels if cfg!(not(feature = "cuda")) => {
+                write!(f, "no CUDA kernels built into this binary (it was built without lorafleet's `cuda` feature)")
+            }
             Unavailable::NoKernels => write!(
                 f,
                 "no CUDA kernels built into this binary (nvcc was not found at build time: set NVCC, CUDA_HOME or PATH; \
