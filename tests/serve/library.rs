@@ -174,6 +174,13 @@ fn typed_errors_name_what_the_caller_must_tell_apart() {
     assert_eq!(engine.cancel_request("job-41"), 0);
     assert_eq!(engine.cancel_request("job-42"), 1);
     assert!(matches!(c1.wait(), Err(Error::Cancelled)));
+    // A device that is not there: Error::Cuda, before any model loads (no machine has a cuda:7
+    // here, the emulator included: it offers one device).
+    match Engine::builder(model_dir()).device(DeviceChoice::Cuda(7)).build() {
+        Err(Error::Cuda(msg)) => assert!(msg.contains("cuda:7"), "{msg}"),
+        Err(e) => panic!("want Error::Cuda, got {e}"),
+        Ok(_) => panic!("cuda:7 opened"),
+    }
     // Every error is displayed in the library's words: no command-line flag.
     let e = lorafleet::lora::LoraAdapter::load("big", &adapter_dir().join("b_r16_qv_rslora"), &c, 8).unwrap_err().to_string();
     assert!(e.contains("option `max_rank`") && !e.contains("--"), "{e}");
