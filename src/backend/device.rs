@@ -100,7 +100,7 @@ pub fn open_backend(choice: DeviceChoice, act: ActDtype, cuda_graphs: bool) -> R
     };
     let cpu = |why: Option<String>| -> Result<(OpenedBackend, String)> {
         if act == ActDtype::Bf16 && why.is_none() {
-            return Err(Error::InvalidArgument("bf16 activations (option `act_dtype`) need a CUDA device; the CPU backend computes in f32".into()));
+            return Err(Error::InvalidArgument("option `act_dtype` bf16 needs a CUDA device; the CPU backend computes in f32".into()));
         }
         // A LORAFLEET_CPU_ISA the CPU cannot run stops here, before any work.
         let level = super::cpu::isa::selected()?;
