@@ -3,50 +3,8 @@
 
 use serde::Serialize;
 
-/// A Prometheus-style histogram: `counts[i]` observations `<= bounds[i]` and `> bounds[i-1]`;
-/// the last count is above every bound.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Histogram {
-    /// Upper bounds in seconds, increasing.
-    pub bounds: Vec<f64>,
-    /// Observations per bucket (the last is +Inf).
-    pub counts: Vec<u64>,
-    /// Sum of every observation.
-    pub sum: f64,
-    /// Observations.
-    pub count: u64,
-}
-
-impl Histogram {
-    /// An empty histogram with these upper bounds (seconds).
-    pub fn new(bounds: &[f64]) -> Self {
-        Histogram { bounds: bounds.to_vec(), counts: vec![0; bounds.len() + 1], sum: 0.0, count: 0 }
-    }
-
-    /// Seconds-based buckets from 1 ms to 60 s.
-    pub fn latency() -> Self {
-        Self::new(&[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0])
-    }
-
-    /// Counts one observation.
-    pub fn observe(&mut self, seconds: f64) {
-        let i = self.bounds.iter().position(|&b| seconds <= b).unwrap_or(self.bounds.len());
-        self.counts[i] += 1;
-        self.sum += seconds;
-        self.count += 1;
-    }
-
-    /// Cumulative counts per bound (`le` buckets), then +Inf.
-    pub fn cumulative(&self) -> Vec<u64> {
-        self.counts
-            .iter()
-            .scan(0u64, |acc, &c| {
-                *acc += c;
-                Some(*acc)
-            })
-            .collect()
-    }
-}
+use crate::lora::cache::AdapterResidency;
+pub use crate::types::Histogram;
 
 /// The engine's counters and gauges (`Engine::stats`), as /metrics reports them.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -89,6 +47,16 @@ pub struct EngineStats {
     pub running_adapters: Vec<String>,
     /// Adapters of queued requests, sorted.
     pub waiting_adapters: Vec<String>,
+    /// Every copy of an adapter the cache holds: tier (device / host), bytes, pinned.
+    pub adapter_residency: Vec<AdapterResidency>,
+    /// Seconds per adapter load (read, check, upload), on the loader thread.
+    pub adapter_load: Histogram,
+    /// Adapters read from disk.
+    pub adapter_disk_loads: u64,
+    /// Adapter uploads to the backend (from disk or from the host tier).
+    pub adapter_uploads: u64,
+    /// Resident adapters evicted to make room.
+    pub adapter_evictions: u64,
     /// When the engine thread last published these statistics (seconds since the Unix epoch).
     pub updated_unix_s: f64,
 }
@@ -116,6 +84,11 @@ impl EngineStats {
             max_lora: 0,
             running_adapters: Vec::new(),
             waiting_adapters: Vec::new(),
+            adapter_residency: Vec::new(),
+            adapter_load: Histogram::latency(),
+            adapter_disk_loads: 0,
+            adapter_uploads: 0,
+            adapter_evictions: 0,
             updated_unix_s: 0.0,
         }
     }

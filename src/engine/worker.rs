@@ -691,6 +691,10 @@ impl<B: Backend> Worker<B> {
         self.stats.kv_blocks_used = self.pool.num_blocks() - self.pool.num_free();
         self.stats.prefix = self.pool.prefix_stats();
         self.stats.resident_adapters = self.cache.resident();
+        self.stats.adapter_residency = self.cache.residency();
+        self.stats.adapter_load = self.cache.load_seconds().clone();
+        let c = self.cache.stats();
+        (self.stats.adapter_disk_loads, self.stats.adapter_uploads, self.stats.adapter_evictions) = (c.disk_loads, c.device_loads, c.device_evictions);
         self.stats.kv_block_size = self.limits.block_size;
         self.stats.max_lora = self.limits.max_active_adapters.saturating_sub(1);
         let mut running: Vec<String> = self.running.iter().map(|s| s.adapter_key.clone()).filter(|k| !k.is_empty()).collect();

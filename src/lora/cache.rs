@@ -14,11 +14,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crossbeam::channel::{unbounded, Receiver, Sender};
+use serde::Serialize;
 
 use super::adapter::{LoraAdapter, LoraConfig, LoraModule};
 use super::LoadedAdapter;
 use crate::backend::Backend;
 use crate::types::config::ModelConfig;
+use crate::types::Histogram;
 use crate::{Error, Result};
 
 /// Where adapters come from and how many stay resident.
@@ -130,7 +132,42 @@ enum JobSource {
 }
 
 /// A finished load: the parsed adapter (None for a synthetic one) and its upload.
-type LoadResult<B> = (String, Result<(Option<Arc<LoraAdapter>>, LoadedAdapter<B>)>);
+/// With the seconds the loader spent on it (read, parse and check, upload).
+type LoadResult<B> = (String, Result<(Option<Arc<LoraAdapter>>, LoadedAdapter<B>)>, f64);
+
+/// Where a copy of an adapter is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdapterTier {
+    /// On the backend, ready for a step (counted against `device_budget_bytes`).
+    Device,
+    /// Parsed in host memory (a re-activation skips the disk).
+    Host,
+}
+
+impl AdapterTier {
+    /// "device" or "host" (the metrics' `tier` label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdapterTier::Device => "device",
+            AdapterTier::Host => "host",
+        }
+    }
+}
+
+/// One copy of an adapter the cache holds (`AdapterCache::residency`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AdapterResidency {
+    /// The adapter's id.
+    pub adapter: String,
+    /// Where the copy is.
+    pub tier: AdapterTier,
+    /// Its bytes (f32 A and B).
+    pub bytes: usize,
+    /// It cannot be evicted now: on the device, running sequences hold it; on the host, it was
+    /// handed over in memory (`add_start`) and this is its only copy.
+    pub pinned: bool,
+}
 
 struct Resident<B: Backend> {
     adapter: Arc<LoadedAdapter<B>>,
@@ -170,6 +207,8 @@ pub struct AdapterCache<B: Backend> {
     /// Device copies of replaced versions still held by running requests: counted against the
     /// budget until the last holder lets go.
     retired: Vec<Arc<LoadedAdapter<B>>>,
+    /// Seconds of each successful load on the loader thread (disk or host copy to resident).
+    load_seconds: Histogram,
 }
 
 /// Modification times and sizes of an adapter folder's two files. `LoraAdapter::save` writes
@@ -196,6 +235,7 @@ impl<B: Backend> AdapterCache<B> {
             .spawn(move || {
                 // Ends when the cache (the job sender) is dropped.
                 for job in job_rx {
+                    let started = std::time::Instant::now();
                     let r = (|| match job.source {
                         JobSource::Disk { path, host } => {
                             let host = match host {
@@ -207,7 +247,7 @@ impl<B: Backend> AdapterCache<B> {
                         }
                         JobSource::Synthetic { rank, seed } => Ok((None, LoadedAdapter::random(&*be, &job.id, &cfg, rank, 2.0 * rank as f32, seed, 0.004)?)),
                     })();
-                    if res_tx.send((job.id, r)).is_err() {
+                    if res_tx.send((job.id, r, started.elapsed().as_secs_f64())).is_err() {
                         break;
                     }
                 }
@@ -227,6 +267,7 @@ impl<B: Backend> AdapterCache<B> {
             worker,
             aliases: HashMap::new(),
             in_memory: HashMap::new(),
+            load_seconds: Histogram::latency(),
             stamps: HashMap::new(),
             retired: Vec::new(),
         }
@@ -382,8 +423,8 @@ impl<B: Backend> AdapterCache<B> {
 
     /// Takes in finished background loads; frees replaced versions nobody holds any more.
     pub fn poll(&mut self) {
-        while let Ok((id, r)) = self.results.try_recv() {
-            self.take_result(id, r);
+        while let Ok((id, r, seconds)) = self.results.try_recv() {
+            self.take_result(id, r, seconds);
         }
         self.retired.retain(|a| Arc::strong_count(a) > 1);
     }
@@ -410,10 +451,11 @@ impl<B: Backend> AdapterCache<B> {
         }
     }
 
-    fn take_result(&mut self, id: String, r: Result<(Option<Arc<LoraAdapter>>, LoadedAdapter<B>)>) {
+    fn take_result(&mut self, id: String, r: Result<(Option<Arc<LoraAdapter>>, LoadedAdapter<B>)>, seconds: f64) {
         self.loading.remove(&id);
         match r {
             Ok((host, dev)) => {
+                self.load_seconds.observe(seconds);
                 let t = self.tick();
                 self.stats.device_loads += 1;
                 if let Some(host) = host {
@@ -530,7 +572,7 @@ impl<B: Backend> AdapterCache<B> {
                     if self.loading.contains_key(id) {
                         // Wait for the worker's next result instead of spinning.
                         match self.results.recv() {
-                            Ok((rid, r)) => self.take_result(rid, r),
+                            Ok((rid, r, seconds)) => self.take_result(rid, r, seconds),
                             Err(_) => return Err(Error::Adapter { id: id.to_string(), msg: "the adapter loader thread is gone".into() }),
                         }
                     } else {
@@ -539,6 +581,40 @@ impl<B: Backend> AdapterCache<B> {
                 }
             }
         }
+    }
+
+    /// Every copy held, device tier then host tier, each sorted by id (for metrics and the
+    /// gateway's view of which replica holds which adapter).
+    pub fn residency(&self) -> Vec<AdapterResidency> {
+        let mut device: Vec<AdapterResidency> = self
+            .device
+            .iter()
+            .map(|(id, r)| AdapterResidency {
+                adapter: id.clone(),
+                tier: AdapterTier::Device,
+                bytes: r.adapter.bytes,
+                pinned: Arc::strong_count(&r.adapter) > 1,
+            })
+            .collect();
+        let mut host: Vec<AdapterResidency> = self
+            .host
+            .iter()
+            .map(|(id, e)| AdapterResidency {
+                adapter: id.clone(),
+                tier: AdapterTier::Host,
+                bytes: e.adapter.weight_bytes(),
+                pinned: self.in_memory.contains_key(id),
+            })
+            .collect();
+        device.sort_by(|a, b| a.adapter.cmp(&b.adapter));
+        host.sort_by(|a, b| a.adapter.cmp(&b.adapter));
+        device.extend(host);
+        device
+    }
+
+    /// Seconds each successful load took on the loader thread (read, check, upload).
+    pub fn load_seconds(&self) -> &Histogram {
+        &self.load_seconds
     }
 
     /// Resident adapter ids and bytes, for metrics.

@@ -56,6 +56,17 @@ impl Collector for Snapshot {
             let labels = [("adapter", id.as_str())];
             ConstGauge::new(i64::try_from(*bytes).unwrap_or(i64::MAX)).encode(family.encode_family(&labels)?)?;
         }
+        let help = "Bytes of each copy of an adapter, by tier (device: ready for a step; host: parsed in host memory) and whether it is pinned (device: running sequences hold it; host: added from memory, its only copy).";
+        let mut family = e.encode_descriptor("lorafleet_adapter_resident_bytes", help, None, MetricType::Gauge)?;
+        for r in &s.adapter_residency {
+            let pinned = if r.pinned { "true" } else { "false" };
+            let labels = [("adapter", r.adapter.as_str()), ("tier", r.tier.as_str()), ("pinned", pinned)];
+            ConstGauge::new(i64::try_from(r.bytes).unwrap_or(i64::MAX)).encode(family.encode_family(&labels)?)?;
+        }
+        histogram(e, "lorafleet_adapter_load_seconds", "Seconds per adapter load (read, check, upload), on the loader thread.", &s.adapter_load)?;
+        counter(e, "lorafleet_adapter_disk_loads", "Adapters read from disk.", s.adapter_disk_loads)?;
+        counter(e, "lorafleet_adapter_uploads", "Adapter uploads to the backend (from disk or the host tier).", s.adapter_uploads)?;
+        counter(e, "lorafleet_adapter_evictions", "Resident adapters evicted to make room for another.", s.adapter_evictions)?;
         counter(e, "lorafleet_steps", "Engine steps (forward passes).", s.steps)?;
         counter(e, "lorafleet_preemptions", "Sequences preempted (blocks freed, recomputed later).", s.preemptions)?;
         counter(e, "lorafleet_requests_finished", "Requests that finished.", s.requests_finished)?;
@@ -116,6 +127,7 @@ pub async fn metrics(State(app): State<App>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lora::cache::{AdapterResidency, AdapterTier};
 
     #[test]
     fn renders_gauges_and_histograms() {
@@ -123,7 +135,18 @@ mod tests {
         s.kv_blocks_used = 7;
         s.resident_adapters = vec![("a\"b".into(), 1024)];
         s.ttft.observe(0.02);
+        s.adapter_residency = vec![
+            AdapterResidency { adapter: "sql".into(), tier: AdapterTier::Device, bytes: 4096, pinned: true },
+            AdapterResidency { adapter: "sql".into(), tier: AdapterTier::Host, bytes: 4096, pinned: false },
+        ];
+        s.adapter_load.observe(0.3);
+        s.adapter_disk_loads = 2;
         let t = render(&s);
+        assert!(t.contains("lorafleet_adapter_resident_bytes{adapter=\"sql\",tier=\"device\",pinned=\"true\"} 4096\n"), "{t}");
+        assert!(t.contains("lorafleet_adapter_resident_bytes{adapter=\"sql\",tier=\"host\",pinned=\"false\"} 4096\n"), "{t}");
+        assert!(t.contains("lorafleet_adapter_load_seconds_bucket{le=\"0.25\"} 0\n"), "{t}");
+        assert!(t.contains("lorafleet_adapter_load_seconds_bucket{le=\"0.5\"} 1\n"), "{t}");
+        assert!(t.contains("lorafleet_adapter_disk_loads_total 2\n"), "{t}");
         assert!(t.contains("lorafleet_kv_blocks_used 7\n"), "{t}");
         assert!(t.contains("lorafleet_kv_blocks_total 100\n"));
         assert!(t.contains("lorafleet_adapter_bytes{adapter=\"a\\\"b\"} 1024\n"), "{t}");

@@ -8,12 +8,14 @@
 
 pub mod config;
 pub mod head;
+pub mod histogram;
 pub mod layout;
 pub mod lora_module;
 pub mod train_batch;
 
 pub use config::{Arch, Llama3RopeScaling, ModelConfig};
 pub use head::HeadFormat;
+pub use histogram::Histogram;
 pub use layout::SeqSpan;
 pub use lora_module::LoraModule;
 pub use train_batch::{TokenizedExample, TrainBatch};

@@ -229,6 +229,17 @@ fn health_models_and_metrics() {
     assert!(seen.contains("max_lora=\"") && seen.contains("waiting_lora_adapters=\""), "{seen}");
     let stamp: f64 = seen.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(stamp > 1.7e9, "the value is the last update's Unix time: {seen}");
+    // Residency per adapter and tier: a_r8_all (rank 8 on all seven modules of 30 layers) is on
+    // the device and parsed on the host, unpinned once its request ended; its load was timed.
+    let r = request("GET", "/metrics", "");
+    let bytes = |tier: &str| -> u64 {
+        let key = format!("lorafleet_adapter_resident_bytes{{adapter=\"a_r8_all\",tier=\"{tier}\",pinned=\"false\"}} ");
+        r.body.lines().find_map(|l| l.strip_prefix(key.as_str())).unwrap_or_else(|| panic!("{key} missing:\n{}", r.body)).parse().unwrap()
+    };
+    let want = 30 * 8 * (2 * (576 + 576) + 2 * (576 + 192) + 3 * (576 + 1536)) as u64 * 4;
+    assert_eq!((bytes("device"), bytes("host")), (want, want));
+    let loads: u64 = r.body.lines().find_map(|l| l.strip_prefix("lorafleet_adapter_load_seconds_count ")).expect("load histogram").parse().unwrap();
+    assert!(loads >= 1, "{}", r.body);
     // The prefix cache: the same 50-odd-token prompt twice, one after the other; the second
     // finds at least its first 2 blocks (32 tokens) cached, and answers the same.
     let metric = |name: &str| -> u64 {
