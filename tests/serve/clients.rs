@@ -1,9 +1,10 @@
 //! The official LoRAX and OpenAI Python clients (`lorax-client`, `openai`, from PyPI) against a
 //! real `lorafleet serve` on loopback: tests/clients/test_clients.py, with the expectations
 //! (golden greedy text of adapter `a_r8_all`, log-softmax of the in-process `score` logits)
-//! computed here.
+//! computed here. And the inference gateway's model-server protocol as its endpoint picker
+//! reads it, parsed by `prometheus-client`'s OpenMetrics parser: tests/clients/test_metrics_protocol.py.
 //!
-//! Needs a Python with both clients: `LORAFLEET_CLIENTS_PYTHON=/path/to/python` (.ci/run makes
+//! Needs a Python with the three packages: `LORAFLEET_CLIENTS_PYTHON=/path/to/python` (.ci/run makes
 //! a venv with the pinned versions). Without it the test says so and skips; with
 //! `LORAFLEET_REQUIRE_CLIENTS=1` it fails instead.
 
@@ -14,16 +15,52 @@ use crate::common::server::TestServer;
 use crate::common::*;
 use serde_json::json;
 
-#[test]
-fn official_python_clients_work_against_the_server() {
-    let Some(python) = std::env::var_os("LORAFLEET_CLIENTS_PYTHON") else {
-        let msg = "LORAFLEET_CLIENTS_PYTHON is not set (a python with `openai` and `lorax-client` installed)";
+/// The Python with the clients, or None (the test skips, or fails under
+/// LORAFLEET_REQUIRE_CLIENTS=1).
+fn clients_python() -> Option<std::ffi::OsString> {
+    let python = std::env::var_os("LORAFLEET_CLIENTS_PYTHON");
+    if python.is_none() {
+        let msg = "LORAFLEET_CLIENTS_PYTHON is not set (a python with `openai`, `lorax-client` and `prometheus-client` installed)";
         if std::env::var("LORAFLEET_REQUIRE_CLIENTS").as_deref() == Ok("1") {
             panic!("{msg}, and LORAFLEET_REQUIRE_CLIENTS=1");
         }
         eprintln!("SKIPPED: {msg}");
-        return;
-    };
+    }
+    python
+}
+
+/// The inference gateway's model-server protocol, parsed by prometheus_client's OpenMetrics
+/// parser with requests running and waiting on two adapters: tests/clients/test_metrics_protocol.py.
+#[test]
+fn the_model_server_protocol_reads_as_the_gateway_reads_it() {
+    let Some(python) = clients_python() else { return };
+    let args: Vec<std::ffi::OsString> = vec![
+        "--model".into(),
+        model_dir().into(),
+        "--adapter-dir".into(),
+        golden_dir().join("adapters").into(),
+        "--kv-cache-bytes".into(),
+        "64M".into(),
+        "--max-running".into(),
+        "2".into(),
+        "--max-active-adapters".into(),
+        "2".into(),
+    ];
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    // Dropped (killed) at the end, with requests still in flight.
+    let server = TestServer::start(&args, &[], Duration::from_secs(300));
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/test_metrics_protocol.py");
+    let out = Command::new(&python).arg(&script).arg(format!("http://{}", server.addr)).output().expect("run the protocol check");
+    drop(server);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(out.status.success(), "the protocol check failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("model-server protocol: 0 failed"), "{stdout}");
+}
+
+#[test]
+fn official_python_clients_work_against_the_server() {
+    let Some(python) = clients_python() else { return };
     let g = golden_json();
     let p = &g["prompts"][1];
     let prompt = p["text"].as_str().unwrap();
