@@ -58,6 +58,36 @@ fn the_model_server_protocol_reads_as_the_gateway_reads_it() {
     assert!(stdout.contains("model-server protocol: 0 failed"), "{stdout}");
 }
 
+/// Two replicas with different adapters resident, and a picker that follows the gateway's
+/// LoRA-affinity scoring from their metrics alone: tests/clients/test_replica_picker.py.
+#[test]
+fn a_picker_routes_each_adapter_to_the_replica_that_holds_it() {
+    let Some(python) = clients_python() else { return };
+    let root = tempfile::Builder::new().prefix("lorafleet-replicas-").tempdir().unwrap();
+    let mut servers = Vec::new();
+    let mut argv: Vec<String> = Vec::new();
+    for (i, adapter) in ["a_r8_all", "b_r16_qv_rslora"].into_iter().enumerate() {
+        // Each replica's adapter folder holds its adapter only.
+        let dir = root.path().join(format!("replica-{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(golden_dir().join("adapters").join(adapter), dir.join(adapter)).unwrap();
+        let args: Vec<std::ffi::OsString> =
+            vec!["--model".into(), model_dir().into(), "--adapter-dir".into(), dir.into(), "--kv-cache-bytes".into(), "32M".into()];
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let server = TestServer::start(&args, &[], Duration::from_secs(300));
+        argv.push(format!("http://{}", server.addr));
+        argv.push(adapter.to_string());
+        servers.push(server);
+    }
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/test_replica_picker.py");
+    let out = Command::new(&python).arg(&script).args(&argv).output().expect("run the picker");
+    drop(servers);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(out.status.success(), "the picker test failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("replica picker: 0 failed"), "{stdout}");
+}
+
 #[test]
 fn official_python_clients_work_against_the_server() {
     let Some(python) = clients_python() else { return };
