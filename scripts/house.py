@@ -33,7 +33,7 @@ FLOORS = [
     ["types", "weights", "tokenizer"],
     ["quant"],
     ["backend"],
-    ["lora", "cli_env"],
+    ["lora", "cli_env", "constrain"],
     ["model"],
     ["train", "data", "runtime"],
     ["engine"],

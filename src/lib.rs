@@ -41,6 +41,7 @@ pub mod backend;
 pub mod cli_env;
 #[cfg(feature = "server")]
 pub mod cli_flags;
+pub mod constrain;
 #[cfg(feature = "data")]
 pub mod data;
 pub mod engine;

@@ -9,6 +9,7 @@ use crate::{Error, Result};
 
 /// A model's tokenizer (`tokenizer.json`) with its special tokens and chat template
 /// (`tokenizer_config.json`).
+#[derive(Clone)]
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
     chat_template: Option<String>,
@@ -144,6 +145,23 @@ impl TextTokenizer {
     /// The text of `ids` (special tokens left out with `skip_special`).
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.inner.decode(ids, skip_special).map_err(|e| Error::Tokenize(e.to_string()))
+    }
+
+    /// Every token's bytes, by id (a special token's text behind the 0xFF marker byte, as
+    /// llguidance's token trie expects; an id with no token: empty): what a token mask is built
+    /// over. Byte-level BPE (GPT-2, Llama 3, SmolLM2) and SentencePiece with byte fallback
+    /// (Llama 2, Mistral) are read; another decoder is an error.
+    pub fn token_bytes(&self) -> Result<Vec<Vec<u8>>> {
+        let json = self.inner.to_string(false).map_err(|e| Error::Tokenize(format!("the tokenizer does not serialize: {e}")))?;
+        let v: serde_json::Value = serde_json::from_str(&json).map_err(|e| Error::Tokenize(format!("the tokenizer's JSON: {e}")))?;
+        without_panics(|| llguidance::token_bytes_from_tokenizer_json(&v))
+            .map_err(|p| Error::Tokenize(format!("the token bytes: {p}")))?
+            .map_err(|e| Error::Tokenize(format!("the token bytes for constrained decoding: {e}")))
+    }
+
+    /// Token ids of raw bytes (invalid UTF-8 replaced), for llguidance's tokenizer interface.
+    pub fn encode_bytes(&self, bytes: &[u8]) -> Vec<u32> {
+        self.encode(&String::from_utf8_lossy(bytes)).unwrap_or_default()
     }
 
     /// Tokens in the vocabulary.

@@ -132,6 +132,77 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// The tokens a constrained sequence may take next (structured output: `crate::constrain`):
+/// one bit per token id, packed 32 to a `u32` (bit `t % 32` of word `t / 32`), as the mask a
+/// device upload would carry. Ids at or past `len` are not allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenMask {
+    words: std::sync::Arc<[u32]>,
+    len: usize,
+}
+
+impl TokenMask {
+    /// A mask of `len` ids from packed words (`words.len() >= len.div_ceil(32)`; bits past
+    /// `len` are ignored).
+    pub fn from_words(words: Vec<u32>, len: usize) -> Result<Self> {
+        if words.len() < len.div_ceil(32) {
+            return Err(Error::InvalidArgument(format!("a token mask of {len} ids needs {} words, got {}", len.div_ceil(32), words.len())));
+        }
+        Ok(TokenMask { words: words.into(), len })
+    }
+
+    /// A mask that allows exactly `ids` (those below `len`).
+    pub fn only(ids: &[u32], len: usize) -> Self {
+        let mut words = vec![0u32; len.div_ceil(32)];
+        for &t in ids.iter().filter(|&&t| (t as usize) < len) {
+            words[t as usize / 32] |= 1 << (t % 32);
+        }
+        TokenMask { words: words.into(), len }
+    }
+
+    /// Whether `token` may come next.
+    pub fn allows(&self, token: u32) -> bool {
+        let t = token as usize;
+        t < self.len && self.words[t / 32] >> (t % 32) & 1 == 1
+    }
+
+    /// How many ids it allows.
+    pub fn count(&self) -> usize {
+        let full = self.len / 32;
+        let mut n: usize = self.words[..full].iter().map(|w| w.count_ones() as usize).sum();
+        if self.len % 32 != 0 {
+            n += (self.words[full] & ((1u32 << (self.len % 32)) - 1)).count_ones() as usize;
+        }
+        n
+    }
+
+    /// The ids it covers.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it covers no id.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The packed words.
+    pub fn words(&self) -> &[u32] {
+        &self.words
+    }
+
+    /// Sets every disallowed logit to `f32::MIN`: the lowest finite value (the sampling rule
+    /// refuses non-finite rows), whose weight `exp((MIN - max) / T)` is 0 at any temperature,
+    /// so no temperature, top-k or top-p can pick it while an allowed token is left.
+    pub fn apply(&self, logits: &mut [f32]) {
+        for (t, x) in logits.iter_mut().enumerate() {
+            if !(t < self.len && self.words[t / 32] >> (t % 32) & 1 == 1) {
+                *x = f32::MIN;
+            }
+        }
+    }
+}
+
 /// One sequence's sampler: its parameters, penalties and log-probabilities, and the count of its
 /// draws. Every backend draws by one rule (`backend::sampling::sample_row`, the device kernel's
 /// twin) from one counter-based generator (draw `d` of seed `s` is the same number everywhere),
@@ -150,12 +221,14 @@ pub struct Sampler {
     generated: std::collections::HashMap<u32, u32>,
     /// The prompt's distinct tokens, kept only for a repetition penalty.
     prompt: std::collections::HashSet<u32>,
+    /// The tokens allowed next, for a constrained sequence (structured output).
+    mask: Option<TokenMask>,
 }
 
 impl Sampler {
     /// A sampler for `params`.
     pub fn new(params: SamplingParams) -> Self {
-        Sampler { params, draws: 0, pending: None, logprobs: None, last_logprobs: None, generated: Default::default(), prompt: Default::default() }
+        Sampler { params, draws: 0, pending: None, logprobs: None, last_logprobs: None, generated: Default::default(), prompt: Default::default(), mask: None }
     }
 
     /// Also compute each sampled token's log-probability and its `top_n` alternatives.
@@ -178,9 +251,20 @@ impl Sampler {
         }
     }
 
-    /// The row must come to the host after a device draw: for penalties or log-probabilities.
+    /// Restricts the next draws to `mask` (None: no restriction), until it is set again.
+    pub fn set_mask(&mut self, mask: Option<TokenMask>) {
+        self.mask = mask;
+    }
+
+    /// The mask the next draw obeys.
+    pub fn mask(&self) -> Option<&TokenMask> {
+        self.mask.as_ref()
+    }
+
+    /// The row must come to the host after a device draw: for penalties, a token mask or
+    /// log-probabilities.
     pub fn needs_host_row(&self) -> bool {
-        self.logprobs.is_some() || !self.params.penalties.is_off()
+        self.logprobs.is_some() || !self.params.penalties.is_off() || self.mask.is_some()
     }
 
     /// The last sampled token's log-probabilities (taken: the next call gives None until the
@@ -189,12 +273,13 @@ impl Sampler {
         self.last_logprobs.take()
     }
 
-    /// The host's part of sampling one row of raw logits: with penalties on, the draw is made
-    /// here from the penalized row (`device_id` is ignored); otherwise `device_id` is kept (or,
-    /// None, the host draws). Records the token's log-probabilities when asked for.
+    /// The host's part of sampling one row of raw logits: with penalties or a mask on, the
+    /// draw is made here from the adjusted row (`device_id` is ignored); otherwise `device_id`
+    /// is kept (or, None, the host draws). Records the token's log-probabilities (of the raw
+    /// row) when asked for.
     pub fn sample_host(&mut self, row: &[f32], device_id: Option<u32>) -> u32 {
         let id = match device_id {
-            Some(id) if self.params.penalties.is_off() => id,
+            Some(id) if self.params.penalties.is_off() && self.mask.is_none() => id,
             _ => self.sample(row),
         };
         if let Some(n) = self.logprobs {
@@ -204,11 +289,21 @@ impl Sampler {
         id
     }
 
-    /// `logits` with this sequence's penalties applied (a copy; None when they are off).
+    /// `logits` with this sequence's penalties and mask applied (a copy; None when both are off).
+    fn adjusted(&self, logits: &[f32]) -> Option<Vec<f32>> {
+        let mut l = self.penalized(logits)?;
+        if let Some(m) = &self.mask {
+            m.apply(&mut l);
+        }
+        Some(l)
+    }
+
+    /// `logits` with this sequence's penalties applied (a copy; None when they and the mask are
+    /// off).
     fn penalized(&self, logits: &[f32]) -> Option<Vec<f32>> {
         let p = self.params.penalties;
         if p.is_off() {
-            return None;
+            return self.mask.as_ref().map(|_| logits.to_vec());
         }
         let mut l = logits.to_vec();
         if p.repetition != 1.0 {
@@ -254,8 +349,12 @@ impl Sampler {
             Some(r) => r,
             None => self.issue_row(),
         };
-        let penalized = self.penalized(logits);
-        crate::backend::sampling::sample_row(penalized.as_deref().unwrap_or(logits), &row)
+        // A non-finite raw row fails the sequence even where the mask would hide the bad value.
+        if self.mask.is_some() && logits.iter().any(|v| !v.is_finite()) {
+            return crate::backend::sampling::NON_FINITE;
+        }
+        let adjusted = self.adjusted(logits);
+        crate::backend::sampling::sample_row(adjusted.as_deref().unwrap_or(logits), &row)
     }
 }
 
@@ -295,6 +394,47 @@ mod tests {
             (0..50).map(|_| s.sample(&logits)).collect()
         };
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn a_mask_restricts_every_draw_and_needs_the_host_row() {
+        // Fresh random logits over an odd vocabulary (not a multiple of 32).
+        let mut rng = crate::rng::SplitMix64::new(91);
+        let row: Vec<f32> = (0..1001).map(|_| rng.uniform_in(-4.0, 4.0)).collect();
+        let allowed = [3u32, 77, 500, 1000];
+        let mask = TokenMask::only(&allowed, row.len());
+        assert_eq!(mask.count(), 4);
+        assert!(mask.allows(1000) && !mask.allows(1001) && !mask.allows(0));
+        let best = *allowed.iter().max_by(|a, b| row[**a as usize].total_cmp(&row[**b as usize])).unwrap();
+        // Greedy: the best allowed token, whatever the device drew.
+        let mut g = Sampler::new(SamplingParams::greedy());
+        g.set_mask(Some(mask.clone()));
+        assert!(g.needs_host_row());
+        assert_eq!(g.sample_host(&row, Some(argmax(&row))), best);
+        // Sampled with a seed: every draw is allowed.
+        let mut s = Sampler::new(SamplingParams { temperature: 1.5, top_k: 0, top_p: 1.0, seed: 5, ..Default::default() });
+        s.set_mask(Some(mask.clone()));
+        let draws: Vec<u32> = (0..200).map(|_| s.sample(&row)).collect();
+        assert!(draws.iter().all(|t| allowed.contains(t)), "{draws:?}");
+        assert!(allowed.iter().filter(|t| draws.contains(t)).count() >= 2, "temperature 1.5 should reach more than one allowed token");
+        // With a penalty on the best allowed token, the mask still holds.
+        let mut p = Sampler::new(SamplingParams { penalties: Penalties { presence: 100.0, ..Default::default() }, ..Default::default() });
+        p.set_mask(Some(mask));
+        p.observe(best);
+        let t = p.sample(&row);
+        assert!(allowed.contains(&t) && t != best);
+        // Unset: the device's id stands again.
+        p.set_mask(None);
+        let mut off = Sampler::new(SamplingParams::greedy());
+        off.set_mask(None);
+        assert_eq!(off.sample_host(&row, Some(7)), 7);
+        assert!(TokenMask::from_words(vec![0; 31], 1001).is_err());
+        // A NaN in the raw row is still reported, also where the mask would hide it.
+        let mut bad = row.clone();
+        bad[0] = f32::NAN;
+        let mut m = Sampler::new(SamplingParams::greedy());
+        m.set_mask(Some(TokenMask::only(&[3], bad.len())));
+        assert_eq!(m.sample(&bad), crate::backend::sampling::NON_FINITE);
     }
 
     #[test]

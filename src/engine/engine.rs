@@ -26,6 +26,7 @@ use super::scheduler::Limits;
 use super::stats::EngineStats;
 use super::worker::{Command, QueueSlot, Submission, Worker, WorkerParts};
 use crate::backend::Backend;
+use crate::constrain::ConstraintCompiler;
 use crate::kv::{BlockPool, DEFAULT_BLOCK_SIZE};
 use crate::lora::cache::AdapterCache;
 pub use crate::lora::cache::{CacheOptions, CacheStats};
@@ -99,6 +100,9 @@ pub struct Engine {
     device_note: String,
     /// The caller's request ids (`GenerateRequest::request_id`) of live requests, to cancel by.
     by_request_id: Mutex<HashMap<String, Vec<Weak<AtomicBool>>>>,
+    /// Structured output's token trie and parser factory, built on the first constrained
+    /// request (~0.1 s; an error is kept and returned to every constrained request).
+    constraints: std::sync::OnceLock<std::result::Result<Arc<ConstraintCompiler>, String>>,
 }
 
 impl Engine {
@@ -162,7 +166,18 @@ impl Engine {
             max_queued_requests: opts.max_queued_requests,
             device_note: String::new(),
             by_request_id: Mutex::default(),
+            constraints: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The constraint compiler of this model (built on first use).
+    pub fn constraint_compiler(&self) -> Result<Arc<ConstraintCompiler>> {
+        self.constraints
+            .get_or_init(|| {
+                ConstraintCompiler::new(self.tokenizer.clone(), self.config.vocab_size, &self.config.eos_token_ids).map(Arc::new).map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(|e| Error::InvalidRequest { field: "constraint", msg: format!("structured output is not available for this model: {e}") })
     }
 
     /// The model's tokenizer (and chat template).
@@ -349,6 +364,11 @@ impl Engine {
                 msg: format!("at most {MAX_TOP_LOGPROBS} alternatives per token can be reported, {n} were asked for"),
             });
         }
+        // A constraint compiles here, so a bad schema or grammar fails before anything is queued.
+        let constraint = match &o.constraint {
+            Some(c) => Some(self.constraint_compiler()?.compile(c)?),
+            None => None,
+        };
         if !self.is_alive() {
             return Err(stopped());
         }
@@ -366,7 +386,7 @@ impl Engine {
             self.remember_request_id(rid, &cancel);
         }
         let prompt_tokens = prompt.len();
-        let out = SeqOutput::new(req.options).with_prompt(&prompt);
+        let out = SeqOutput::new(req.options).with_prompt(&prompt).with_constraint(constraint);
         let sub = Submission { id, prompt, adapter, out, events: tx, cancel: cancel.clone(), submitted: Instant::now(), slot };
         self.commands.send(Command::Submit(Box::new(sub))).map_err(|_| stopped())?;
         Ok(RequestHandle { id, prompt_tokens, events: rx, cancel })

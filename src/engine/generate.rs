@@ -2,6 +2,7 @@
 //! prefill step for all prompts, then one decode step per token for the sequences still going).
 //! Single-prompt generation is the same path with one sequence.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -10,6 +11,7 @@ use super::output::{FinishReason, GenerateOptions, SeqOutput};
 
 use super::step::{run_step, StepSeq};
 use crate::backend::Backend;
+use crate::constrain::ConstraintCompiler;
 use crate::kv::{BlockPool, BlockTable, DEFAULT_BLOCK_SIZE};
 use crate::lora::LoadedAdapter;
 use crate::model::Llama;
@@ -69,12 +71,15 @@ pub struct Generator<'a, B: Backend> {
     pub kv_cache_bytes: Option<usize>,
     /// The adapter of every request when `generate` is given none per request (None = base).
     pub adapter: Option<&'a LoadedAdapter<B>>,
+    /// Structured output's compiler, built by the first call with a constrained request and
+    /// kept for the next calls (an eval's batches).
+    constraints: std::sync::OnceLock<std::result::Result<ConstraintCompiler, String>>,
 }
 
 impl<'a, B: Backend> Generator<'a, B> {
     /// A generator over the base model.
     pub fn new(model: &'a Llama<B>, be: &'a B, tokenizer: &'a TextTokenizer) -> Self {
-        Generator { model, be, tokenizer, kv_cache_bytes: None, adapter: None }
+        Generator { model, be, tokenizer, kv_cache_bytes: None, adapter: None, constraints: std::sync::OnceLock::new() }
     }
 
     /// Runs every request through `adapter` (unless `generate_with_adapters` names others).
@@ -140,16 +145,30 @@ impl<'a, B: Backend> Generator<'a, B> {
         let mut kv = self.be.alloc_kv(self.model.kv_layout(bs, blocks))?;
         let pool = BlockPool::new(blocks, bs);
         let eos = &self.model.config.eos_token_ids;
-        let mut seqs: Vec<Seq> = reqs
-            .iter()
-            .map(|r| Seq {
+        // Structured output: one compiler for the call, a parser state per request.
+        let compiler = match reqs.iter().any(|r| r.options.constraint.is_some()) {
+            true => Some(
+                self.constraints
+                    .get_or_init(|| ConstraintCompiler::new(Arc::new(self.tokenizer.clone()), self.model.config.vocab_size, eos).map_err(|e| e.to_string()))
+                    .as_ref()
+                    .map_err(|e| Error::InvalidRequest { field: "constraint", msg: format!("structured output is not available for this model: {e}") })?,
+            ),
+            false => None,
+        };
+        let mut seqs: Vec<Seq> = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            let constraint = match (compiler, &r.options.constraint) {
+                (Some(c), Some(spec)) => Some(c.compile(spec)?),
+                _ => None,
+            };
+            seqs.push(Seq {
                 table: BlockTable::new(&pool),
-                out: SeqOutput::new(r.options.clone()).with_prompt(&r.prompt_ids),
+                out: SeqOutput::new(r.options.clone()).with_prompt(&r.prompt_ids).with_constraint(constraint),
                 next: 0,
                 error: None,
                 decode_ms: 0.0,
-            })
-            .collect();
+            });
+        }
 
         // Prefill: every prompt in one ragged batch; then decode, one token per running sequence
         // per step. Both are `step::run_step`, as in the serving engine.

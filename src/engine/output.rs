@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::stop::StopMatcher;
 use crate::backend::sampler::{Sampler, SamplingParams};
+use crate::constrain::{Constraint, ConstraintState, SeqConstraint};
 use crate::tokenizer::{IncrementalDecoder, TextTokenizer};
 use crate::Result;
 
@@ -26,11 +27,23 @@ pub struct GenerateOptions {
     /// Report the prompt's log-probabilities (`Event::Prompt`) with `logprobs.unwrap_or(0)`
     /// alternatives each: one extra forward over the prompt.
     pub prompt_logprobs: bool,
+    /// Hold the output to a JSON schema, regex, choice list or grammar (structured output):
+    /// tokens that cannot continue it are masked before each draw. Checked when the request is
+    /// submitted (`Error::InvalidRequest` with field `constraint` when it does not compile).
+    pub constraint: Option<Constraint>,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_new_tokens: 64, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: false, logprobs: None, prompt_logprobs: false }
+        GenerateOptions {
+            max_new_tokens: 64,
+            sampling: SamplingParams::greedy(),
+            stop: vec![],
+            ignore_eos: false,
+            logprobs: None,
+            prompt_logprobs: false,
+            constraint: None,
+        }
     }
 }
 
@@ -44,6 +57,11 @@ pub enum FinishReason {
     Eos,
     /// A stop string.
     Stop,
+    /// The constraint's output is complete and nothing can follow it (a closed JSON value, a
+    /// whole choice).
+    GrammarComplete,
+    /// No token could continue the constrained output, and it was not complete.
+    GrammarDeadEnd,
 }
 
 /// One sequence's output so far: tokens, text released, and whether it finished.
@@ -54,6 +72,7 @@ pub struct SeqOutput {
     sampler: Sampler,
     decoder: IncrementalDecoder,
     stop: StopMatcher,
+    constraint: Option<SeqConstraint>,
     /// Generated token ids so far.
     pub tokens: Vec<u32>,
     /// Why it finished, once it has.
@@ -80,6 +99,7 @@ impl SeqOutput {
             sampler: Sampler::new(options.sampling.clone()).with_logprobs(options.logprobs),
             decoder: IncrementalDecoder::new(),
             stop: StopMatcher::new(options.stop.clone()),
+            constraint: None,
             tokens: Vec::new(),
             finish,
             options,
@@ -90,6 +110,23 @@ impl SeqOutput {
     pub fn with_prompt(mut self, ids: &[u32]) -> Self {
         self.sampler.set_prompt(ids);
         self
+    }
+
+    /// Holds the output to a compiled constraint (`ConstraintCompiler::compile` of
+    /// `options.constraint`): its first mask goes to the sampler now, each next one as tokens
+    /// are accepted.
+    pub fn with_constraint(mut self, c: Option<SeqConstraint>) -> Self {
+        self.sampler.set_mask(c.as_ref().and_then(|c| c.mask().cloned()));
+        self.constraint = c;
+        self
+    }
+
+    /// Why the constrained output stopped at a dead end (None otherwise).
+    pub fn dead_end(&self) -> Option<&str> {
+        match self.constraint.as_ref().map(SeqConstraint::state) {
+            Some(ConstraintState::DeadEnd(why)) => Some(why),
+            _ => None,
+        }
     }
 
     /// Whether it finished.
@@ -129,6 +166,24 @@ impl SeqOutput {
             text = out;
             if hit {
                 self.finish = Some(FinishReason::Stop);
+            }
+        }
+        if let Some(c) = &mut self.constraint {
+            // Fed every token, so the mask of the next draw follows the output.
+            match c.commit(tok) {
+                ConstraintState::Open => self.sampler.set_mask(c.mask().cloned()),
+                ConstraintState::Complete => {
+                    self.sampler.set_mask(None);
+                    if self.finish.is_none() {
+                        self.finish = Some(FinishReason::GrammarComplete);
+                    }
+                }
+                ConstraintState::DeadEnd(_) => {
+                    self.sampler.set_mask(None);
+                    if self.finish.is_none() {
+                        self.finish = Some(FinishReason::GrammarDeadEnd);
+                    }
+                }
             }
         }
         if self.finish.is_none() && self.tokens.len() >= self.options.max_new_tokens {

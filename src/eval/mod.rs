@@ -16,6 +16,7 @@ use serde::Serialize;
 pub use metrics::Metric;
 
 use crate::backend::Backend;
+use crate::constrain::Constraint;
 use crate::data::Example;
 use crate::engine::{GenerateOptions, Generator, SamplingParams, SeqRequest};
 use crate::{Error, Result};
@@ -31,7 +32,13 @@ pub struct EvalOptions {
     pub batch_size: usize,
     /// The LoRA adapter to evaluate (None: the base model).
     pub adapter: Option<String>,
+    /// Hold every output to the set's labels (its distinct targets, at most
+    /// `MAX_CONSTRAINED_LABELS`): structured output's choice list, for classification tasks.
+    pub constrain_labels: bool,
 }
+
+/// The most distinct labels `EvalOptions::constrain_labels` takes (more is not a label set).
+pub const MAX_CONSTRAINED_LABELS: usize = 256;
 
 /// One scored example (a line of `--out`).
 #[derive(Debug, Clone, Serialize)]
@@ -103,6 +110,21 @@ pub fn evaluate<B: Backend>(
     let t0 = Instant::now();
     let tok = gen.tokenizer;
     let eos = tok.eos_token().map(str::to_string);
+    let constraint = match opts.constrain_labels {
+        true => {
+            let mut labels: Vec<String> = examples.iter().map(|ex| target_text(ex, eos.as_deref()).to_string()).collect();
+            labels.sort();
+            labels.dedup();
+            if labels.len() > MAX_CONSTRAINED_LABELS {
+                return Err(Error::InvalidArgument(format!(
+                    "option `constrain_labels`: the set has {} distinct labels; a label set (a classification task) has at most {MAX_CONSTRAINED_LABELS}",
+                    labels.len()
+                )));
+            }
+            Some(Constraint::Choice(labels))
+        }
+        false => None,
+    };
     let options = GenerateOptions {
         max_new_tokens: opts.max_new_tokens,
         sampling: SamplingParams::greedy(),
@@ -110,6 +132,7 @@ pub fn evaluate<B: Backend>(
         ignore_eos: false,
         logprobs: None,
         prompt_logprobs: false,
+        constraint,
     };
     let (mut total, mut failed, mut prompt_tokens, mut generated_tokens) = (0.0f64, 0usize, 0usize, 0usize);
     let mut done = 0usize;

@@ -23,6 +23,7 @@ impl LoadTarget for EngineTarget<'_> {
             ignore_eos: true,
             logprobs: None,
             prompt_logprobs: false,
+            constraint: None,
         };
         let t0 = Instant::now();
         let h = self.engine.submit(GenerateRequest::new(Prompt::Ids(req.prompt_ids.clone()), req.adapter.clone(), options))?;

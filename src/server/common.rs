@@ -471,7 +471,9 @@ pub fn sse_data(v: &Value) -> String {
 pub fn tgi_finish_reason(r: FinishReason) -> &'static str {
     match r {
         FinishReason::Length => "length",
-        FinishReason::Eos => "eos_token",
+        // LoRAX's client accepts these three only: a constrained output that completed, or
+        // that no token could continue, ended as if the model had ended it.
+        FinishReason::Eos | FinishReason::GrammarComplete | FinishReason::GrammarDeadEnd => "eos_token",
         FinishReason::Stop => "stop_sequence",
     }
 }
@@ -480,7 +482,9 @@ pub fn tgi_finish_reason(r: FinishReason) -> &'static str {
 pub fn openai_finish_reason(r: FinishReason) -> &'static str {
     match r {
         FinishReason::Length => "length",
-        FinishReason::Eos | FinishReason::Stop => "stop",
+        FinishReason::Eos | FinishReason::Stop | FinishReason::GrammarComplete => "stop",
+        // Its own reason: the output is cut where no token could continue it.
+        FinishReason::GrammarDeadEnd => "grammar_dead_end",
     }
 }
 

@@ -5,10 +5,11 @@
 //! Parameters: `adapter_id`, `max_new_tokens`, `do_sample`, `temperature`, `top_p`, `top_k`,
 //! `seed`, `stop` (at most `MAX_STOP_SEQUENCES`), `repetition_penalty`, `truncate`,
 //! `return_full_text`, `ignore_eos_token`, `details`, `decoder_input_details` (the prompt's
-//! log-probabilities under `details.prefill`), `return_k_alternatives`. As in TGI, a request
+//! log-probabilities under `details.prefill`), `return_k_alternatives`, `response_format`
+//! (`{"type": "json_object", "schema": ...}`: structured output). As in TGI, a request
 //! samples when `do_sample` is set or any of temperature / top-k / top-p changes the
 //! distribution; otherwise it is greedy. What lorafleet does not do (`typical_p`, `best_of` > 1,
-//! `watermark`, `merged_adapters`, `response_format`, adapters from another source than the
+//! `watermark`, `merged_adapters`, adapters from another source than the
 //! adapter dir) is refused with a 422 naming the field, never ignored; so is an unknown field.
 //! Every token carries its log-probability (`log_softmax` of the raw logits).
 
@@ -86,9 +87,6 @@ impl Parameters {
         if self.merged_adapters.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(ApiError::field("merged_adapters", "adapter merging is not supported; name one adapter in adapter_id"));
         }
-        if self.response_format.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(ApiError::field("response_format", "structured output is not supported"));
-        }
         if let Some(src) = self.adapter_source.as_deref().filter(|s| *s != "local") {
             return Err(ApiError::field("adapter_source", format!("{src:?}: adapters come only from the server's --adapter-dir (\"local\")")));
         }
@@ -152,6 +150,7 @@ fn parse(app: &App, body: &Bytes, log: &mut RequestLog, streaming: bool) -> Resu
     // Log-probabilities for the tokens when they are shown: always in a stream (each frame
     // carries one), in `details` otherwise.
     let logprobs = (stream || params.details).then(|| params.return_k_alternatives.unwrap_or(0));
+    let constraint = super::structured::constraint(params.response_format.as_ref(), &Default::default())?;
     let options = GenerateOptions {
         max_new_tokens: params.max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS),
         sampling: sampling.clone(),
@@ -159,6 +158,7 @@ fn parse(app: &App, body: &Bytes, log: &mut RequestLog, streaming: bool) -> Resu
         ignore_eos: params.ignore_eos_token,
         logprobs,
         prompt_logprobs: params.details && params.decoder_input_details && !stream,
+        constraint,
     };
     Ok(Parsed { req: GenerateRequest::new(prompt, adapter, options), inputs: b.inputs, params, sampling, stream })
 }

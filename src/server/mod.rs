@@ -11,6 +11,7 @@ mod common;
 mod lorax;
 pub mod metrics;
 mod openai;
+mod structured;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

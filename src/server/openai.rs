@@ -9,8 +9,10 @@
 //! `logprobs` (completions: an int; chat: `logprobs` + `top_logprobs`), `echo` (completions),
 //! `presence_penalty` / `frequency_penalty` (and vLLM's `repetition_penalty`),
 //! `stream_options.include_usage` (usage in its own last chunk), chat content as text parts.
+//! Structured output (`server::structured`): `response_format` `json_object` / `json_schema`,
+//! vLLM's `guided_json`, `guided_regex`, `guided_choice`, `guided_grammar`.
 //! Refused with a 400-class error naming the field: `logit_bias`, `suffix`, `best_of` > `n`,
-//! tools and functions, a non-text `response_format`.
+//! tools and functions.
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -80,6 +82,8 @@ struct Common {
     user: Option<String>,
     logit_bias: Option<Map<String, Value>>,
     response_format: Option<Value>,
+    #[serde(flatten)]
+    guided: super::structured::Guided,
     tools: Option<Value>,
     tool_choice: Option<Value>,
     functions: Option<Value>,
@@ -113,11 +117,6 @@ impl Common {
     fn check_supported(&self) -> Result<usize, ApiError> {
         if self.logit_bias.as_ref().is_some_and(|m| !m.is_empty()) {
             return Err(ApiError::field("logit_bias", "is not supported"));
-        }
-        if let Some(rf) = self.response_format.as_ref().filter(|v| !v.is_null()) {
-            if rf.get("type").and_then(Value::as_str) != Some("text") {
-                return Err(ApiError::field("response_format", "only {\"type\": \"text\"} is supported"));
-            }
         }
         for (name, v) in [("tools", &self.tools), ("tool_choice", &self.tool_choice), ("functions", &self.functions)] {
             if v.as_ref().is_some_and(|v| !v.is_null() && v.as_str() != Some("none")) {
@@ -164,6 +163,7 @@ impl Common {
                 limit.saturating_sub(n).max(1)
             }
         };
+        let constraint = super::structured::constraint(self.response_format.as_ref(), &self.guided)?;
         let stop = self.stop.as_ref().map(|s| match s {
             OneOrMany::One(s) => vec![s.clone()],
             OneOrMany::Many(v) => v.clone(),
@@ -177,6 +177,7 @@ impl Common {
                     ignore_eos: self.ignore_eos,
                     logprobs: report.logprobs,
                     prompt_logprobs: report.echo && report.logprobs.is_some(),
+                    constraint: constraint.clone(),
                 };
                 Ok(GenerateRequest::new(Prompt::Text(prompt.clone()), adapter.clone(), options))
             })

@@ -382,6 +382,21 @@ pub(crate) struct GenerateArgs {
     /// Do not stop at the end-of-sequence token.
     #[arg(long)]
     pub(crate) ignore_eos: bool,
+    /// Structured output: the output is JSON valid against the JSON schema in this file (tokens
+    /// that cannot continue it are masked before each draw). One of --json-schema, --regex,
+    /// --choice, --grammar.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) json_schema: Option<PathBuf>,
+    /// Structured output: the output matches this regular expression, whole.
+    #[arg(long, value_name = "REGEX")]
+    pub(crate) regex: Option<String>,
+    /// Structured output: the output is exactly one of these strings (repeatable).
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) choice: Vec<String>,
+    /// Structured output: the output follows the Lark grammar in this file (llguidance's
+    /// dialect, as vLLM's guided_grammar).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) grammar: Option<PathBuf>,
     /// Print one JSON object per prompt: prompt_ids, token_ids, text, finish_reason, timings
     /// (or {"error": ...} for a prompt that failed alone).
     #[arg(long)]
@@ -492,6 +507,10 @@ pub(crate) struct EvalArgs {
     /// Examples per generator call.
     #[arg(long, default_value_t = 16)]
     pub(crate) batch_size: usize,
+    /// Hold every output to the task's labels (its distinct targets): structured output's
+    /// choice list, for classification tasks (at most 256 labels).
+    #[arg(long)]
+    pub(crate) constrain_labels: bool,
     /// Write one JSON line per example: id, line, output, label, score.
     #[arg(long)]
     pub(crate) out: Option<PathBuf>,

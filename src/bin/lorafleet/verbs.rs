@@ -28,7 +28,13 @@ pub(crate) fn eval(a: EvalArgs) -> Result<()> {
     use lorafleet::eval::{EvalOptions, EvalSet, Metric};
     let metric = a.metric.as_deref().map(str::parse::<Metric>).transpose()?;
     let set = EvalSet::load(a.task.as_deref(), a.data.as_deref(), a.prompt_template.as_deref(), &a.target_col, metric, a.limit)?;
-    let opts = EvalOptions { metric: set.metric, max_new_tokens: a.max_new_tokens, batch_size: a.batch_size, adapter: a.adapter.clone() };
+    let opts = EvalOptions {
+        metric: set.metric,
+        max_new_tokens: a.max_new_tokens,
+        batch_size: a.batch_size,
+        adapter: a.adapter.clone(),
+        constrain_labels: a.constrain_labels,
+    };
     on_device!(&a.model, |l| eval_on(&a, &set, &opts, l))
 }
 
@@ -134,6 +140,7 @@ pub(crate) fn generate_on<B: Backend>(a: &GenerateArgs, l: Loaded<B>) -> Result<
         ignore_eos: a.ignore_eos,
         logprobs: None,
         prompt_logprobs: false,
+        constraint: constraint_of(a)?,
     };
     // A prompt whose adapter cannot be loaded fails alone; the others run as one batch.
     let adapters = load_adapters(&l, &a.lora, &adapter_ids)?;
@@ -228,4 +235,30 @@ pub(crate) fn score_on<B: Backend>(a: &ScoreArgs, l: Loaded<B>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `generate`'s structured-output flags as one constraint (at most one of them).
+fn constraint_of(a: &GenerateArgs) -> Result<Option<lorafleet::constrain::Constraint>> {
+    use lorafleet::constrain::Constraint;
+    let read = |flag: &str, p: &std::path::Path| std::fs::read_to_string(p).map_err(|e| Error::InvalidArgument(format!("{flag} {}: {e}", p.display())));
+    let mut found: Vec<(&str, Constraint)> = Vec::new();
+    if let Some(p) = &a.json_schema {
+        let v =
+            serde_json::from_str(&read("--json-schema", p)?).map_err(|e| Error::InvalidArgument(format!("--json-schema {}: not JSON: {e}", p.display())))?;
+        found.push(("--json-schema", Constraint::JsonSchema(v)));
+    }
+    if let Some(r) = &a.regex {
+        found.push(("--regex", Constraint::Regex(r.clone())));
+    }
+    if !a.choice.is_empty() {
+        found.push(("--choice", Constraint::Choice(a.choice.clone())));
+    }
+    if let Some(p) = &a.grammar {
+        found.push(("--grammar", Constraint::Lark(read("--grammar", p)?)));
+    }
+    if found.len() > 1 {
+        let names: Vec<&str> = found.iter().map(|(n, _)| *n).collect();
+        return Err(Error::InvalidArgument(format!("give one of {} (structured output takes one constraint)", names.join(", "))));
+    }
+    Ok(found.pop().map(|(_, c)| c))
 }
