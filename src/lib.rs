@@ -70,6 +70,7 @@ pub use tokenizer::TextTokenizer;
 /// The names an embedding program needs: `use lorafleet::prelude::*;`.
 pub mod prelude {
     pub use crate::backend::device::{ActDtype, DeviceChoice};
+    pub use crate::constrain::Constraint;
     pub use crate::engine::{
         CacheOptions, CacheStats, Engine, EngineBuilder, EngineOptions, EngineStats, Event, FinishReason, Finished, GenerateOptions, GenerateRequest, Prompt,
         RequestHandle, SamplingParams,

@@ -57,12 +57,12 @@ impl Constraint {
 
     fn grammar(&self) -> Result<TopLevelGrammar> {
         Ok(match self {
-            Constraint::JsonObject => TopLevelGrammar::from_json_schema(serde_json::json!({ "type": "object" })),
+            Constraint::JsonObject => TopLevelGrammar::from_json_schema(compact_json(serde_json::json!({ "type": "object" }))),
             Constraint::JsonSchema(s) => {
                 if !s.is_object() && !s.is_boolean() {
                     return Err(invalid(format!("the JSON schema must be an object, got {}", json_kind(s))));
                 }
-                TopLevelGrammar::from_json_schema(s.clone())
+                TopLevelGrammar::from_json_schema(compact_json(s.clone()))
             }
             Constraint::Regex(r) => TopLevelGrammar::from_regex(r),
             Constraint::Choice(c) => {
@@ -76,6 +76,22 @@ impl Constraint {
             Constraint::Lark(g) => TopLevelGrammar::from_lark(g.clone()),
         })
     }
+}
+
+/// JSON written one way: `{"a": 1, "b": [2, 3]}` (one space after `:` and `,`, no other
+/// whitespace). llguidance's default lets whitespace run anywhere between tokens, and a small
+/// model greedy-decoding a long object can then loop on newlines until its token budget ends
+/// (vLLM grew `disable_any_whitespace` for the same reason). A schema's own `x-guidance` options
+/// are kept as given.
+fn compact_json(schema: serde_json::Value) -> serde_json::Value {
+    let mut schema = match schema {
+        serde_json::Value::Bool(true) => serde_json::json!({}),
+        s => s,
+    };
+    if let Some(o) = schema.as_object_mut() {
+        o.entry("x-guidance").or_insert_with(|| serde_json::json!({ "whitespace_flexible": false, "item_separator": ", ", "key_separator": ": " }));
+    }
+    schema
 }
 
 fn invalid(msg: String) -> Error {

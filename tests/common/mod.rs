@@ -148,6 +148,7 @@ pub fn greedy(max_new_tokens: usize) -> lorafleet::engine::GenerateOptions {
         ignore_eos: true,
         logprobs: None,
         prompt_logprobs: false,
+        constraint: None,
     }
 }
 

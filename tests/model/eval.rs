@@ -72,6 +72,33 @@ fn eval_cli_writes_outputs_and_score() {
 }
 
 #[test]
+fn constrain_labels_holds_every_output_to_the_label_set() {
+    let dir = tmpdir("labels");
+    let data = sentiment_file(&dir);
+    let out = dir.join("results.jsonl");
+    let md = model_dir();
+    let args = ["eval", "--model", s(&md), "--data", s(&data), "--max-new-tokens", "6", "--batch-size", "4", "--threads", "2", "--out", s(&out)];
+    let o = lorafleet(&[&args[..], &["--constrain-labels"]].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 6);
+    for v in &lines {
+        let output = v["output"].as_str().unwrap();
+        assert!(output == "positive" || output == "negative", "an output outside the labels: {v}");
+        assert_eq!(v["score"].as_f64().unwrap(), Metric::PrefixAccuracy.score(output, v["label"].as_str().unwrap()));
+    }
+    // Without the flag the same model writes free text (not only labels) for some example.
+    let o = lorafleet(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let free: Vec<String> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["output"].as_str().unwrap().to_string())
+        .collect();
+    assert!(free.iter().any(|t| t != "positive" && t != "negative"), "{free:?}");
+}
+
+#[test]
 fn batch_size_does_not_change_outputs() {
     let dir = model_dir();
     let be = CpuBackend::new();
@@ -84,7 +111,7 @@ fn batch_size_does_not_change_outputs() {
     let long = "word ".repeat(9000);
     examples.insert(2, Example { id: 99, line: 0, prompt: long, completion: String::new(), target: "positive".into() });
     let run = |batch_size| {
-        let opts = EvalOptions { metric: Metric::PrefixAccuracy, max_new_tokens: 4, batch_size, adapter: None };
+        let opts = EvalOptions { metric: Metric::PrefixAccuracy, max_new_tokens: 4, batch_size, adapter: None, constrain_labels: false };
         let mut outs = Vec::new();
         let summary = evaluate(&g, &examples, &opts, &lorafleet::progress::Bar::hidden(), |r| {
             outs.push(r.clone());

@@ -92,6 +92,7 @@ fn greedy24_matches_peft() {
                 ignore_eos: true,
                 logprobs: None,
                 prompt_logprobs: false,
+                constraint: None,
             };
             let req = SeqRequest { prompt_ids: ids(&p["ids"]), options: opts };
             let out = g.generate_with_adapters(&[req], &[Some(&f.adapters[ai])], |_, _| {}).unwrap();
@@ -112,8 +113,15 @@ fn greedy24_matches_peft() {
 fn mixed_adapter_batch_equals_each_alone() {
     let f = fixture();
     let g = Generator::new(&f.model, &f.be, &f.tok);
-    let opts =
-        GenerateOptions { max_new_tokens: 12, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: true, logprobs: None, prompt_logprobs: false };
+    let opts = GenerateOptions {
+        max_new_tokens: 12,
+        sampling: SamplingParams::greedy(),
+        stop: vec![],
+        ignore_eos: true,
+        logprobs: None,
+        prompt_logprobs: false,
+        constraint: None,
+    };
     let mut reqs = Vec::new();
     let mut which: Vec<Option<&LoadedAdapter<CpuBackend>>> = Vec::new();
     for p in prompts() {

@@ -86,8 +86,15 @@ fn nf4_decode_agrees_with_nf4_full_forward() {
     let model = Llama::load_with(&be, &model_dir(), opts).expect("load NF4 model");
     let tok = lorafleet::TextTokenizer::from_dir(&model_dir()).expect("tokenizer");
     let prompt = ids(&golden_json()["prompts"][1]["ids"]);
-    let gen_opts =
-        GenerateOptions { max_new_tokens: 12, sampling: SamplingParams::greedy(), stop: vec![], ignore_eos: true, logprobs: None, prompt_logprobs: false };
+    let gen_opts = GenerateOptions {
+        max_new_tokens: 12,
+        sampling: SamplingParams::greedy(),
+        stop: vec![],
+        ignore_eos: true,
+        logprobs: None,
+        prompt_logprobs: false,
+        constraint: None,
+    };
     let out = Generator::new(&model, &be, &tok).generate(&[SeqRequest { prompt_ids: prompt.clone(), options: gen_opts }], |_, _| {}).unwrap();
     let generated = out.into_iter().next().unwrap().unwrap().token_ids;
     assert_eq!(generated.len(), 12);

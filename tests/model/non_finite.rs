@@ -25,6 +25,7 @@ fn check<B: Backend>(be: &B, what: &str) {
         ignore_eos: true,
         logprobs: None,
         prompt_logprobs: false,
+        constraint: None,
     };
     let reqs: Vec<SeqRequest> = [0.0, 0.0, 0.8, 0.8]
         .iter()

@@ -15,3 +15,4 @@ mod library;
 mod server;
 mod server_api;
 mod server_limits;
+mod structured;
