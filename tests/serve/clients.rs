@@ -119,3 +119,50 @@ fn official_python_clients_work_against_the_server() {
     assert!(out.status.success(), "the client suite failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
 }
+
+/// Structured output through both official clients (openai's `response_format` json_schema,
+/// lorax-client's `response_format`), validated by Python's `jsonschema`, for every golden
+/// prompt on the base and both golden adapters, sent together with unconstrained requests whose
+/// text stays golden: tests/clients/test_structured.py.
+#[test]
+fn structured_output_through_the_official_clients_validates_against_its_schema() {
+    let Some(python) = clients_python() else { return };
+    let g = golden_json();
+    let tok = lorafleet::TextTokenizer::from_dir(&model_dir()).unwrap();
+    let keys = [("base", "base"), ("a_r8_all", "a_r8_all"), ("b_r16_qv_rslora", "b_r16_qv_rslora")];
+    let prompts: Vec<serde_json::Value> = g["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let n = ids(&p["base_greedy24"]).len();
+            let greedy: serde_json::Map<String, serde_json::Value> =
+                keys.iter().map(|(model, k)| (model.to_string(), json!(tok.decode(&ids(&p[format!("{k}_greedy24")]), false).unwrap()))).collect();
+            json!({ "text": p["text"], "n": n, "greedy": greedy })
+        })
+        .collect();
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "answer": {"type": "string", "maxLength": 24},
+            "score": {"type": "integer", "minimum": 0, "maximum": 100},
+            "label": {"enum": ["positive", "negative", "neutral"]}
+        },
+        "required": ["answer", "score", "label"],
+        "additionalProperties": false
+    });
+    let expect_path = std::env::temp_dir().join(format!("lorafleet-structured-{}.json", std::process::id()));
+    std::fs::write(&expect_path, json!({ "prompts": prompts, "schema": schema }).to_string()).unwrap();
+    let args: Vec<std::ffi::OsString> =
+        vec!["--model".into(), model_dir().into(), "--adapter-dir".into(), golden_dir().join("adapters").into(), "--kv-cache-bytes".into(), "64M".into()];
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let server = TestServer::start(&args, &[], Duration::from_secs(300));
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/test_structured.py");
+    let out = Command::new(&python).arg(&script).arg(format!("http://{}", server.addr)).arg(&expect_path).output().expect("run the structured suite");
+    std::fs::remove_file(&expect_path).ok();
+    drop(server);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(out.status.success(), "the structured suite failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("structured: ") && stdout.contains(" passed, 0 failed"), "{stdout}");
+}
