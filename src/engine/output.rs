@@ -73,6 +73,9 @@ pub struct SeqOutput {
     decoder: IncrementalDecoder,
     stop: StopMatcher,
     constraint: Option<SeqConstraint>,
+    /// A token already fed to the constraint by `precommit` (accept_token then does not feed it
+    /// again).
+    precommitted: Option<u32>,
     /// Generated token ids so far.
     pub tokens: Vec<u32>,
     /// Why it finished, once it has.
@@ -100,6 +103,7 @@ impl SeqOutput {
             decoder: IncrementalDecoder::new(),
             stop: StopMatcher::new(options.stop.clone()),
             constraint: None,
+            precommitted: None,
             tokens: Vec::new(),
             finish,
             options,
@@ -119,6 +123,23 @@ impl SeqOutput {
         self.sampler.set_mask(c.as_ref().and_then(|c| c.mask().cloned()));
         self.constraint = c;
         self
+    }
+
+    /// Whether the output is held to a constraint.
+    pub fn is_constrained(&self) -> bool {
+        self.constraint.is_some()
+    }
+
+    /// Feeds `token` to the constraint and computes the next mask now (the costly part of
+    /// structured output: the engine runs it for all of a step's constrained sequences at once
+    /// on the pool); `accept_token` with the same token then only reads the result.
+    pub fn precommit(&mut self, token: u32) {
+        if let (Some(c), None) = (&mut self.constraint, self.precommitted) {
+            if token != crate::backend::sampling::NON_FINITE {
+                c.commit(token);
+                self.precommitted = Some(token);
+            }
+        }
     }
 
     /// Why the constrained output stopped at a dead end (None otherwise).
@@ -169,8 +190,13 @@ impl SeqOutput {
             }
         }
         if let Some(c) = &mut self.constraint {
-            // Fed every token, so the mask of the next draw follows the output.
-            match c.commit(tok) {
+            // Fed every token (here, or before by `precommit`), so the mask of the next draw
+            // follows the output.
+            let state = match self.precommitted.take() {
+                Some(t) if t == tok => c.state(),
+                _ => c.commit(tok),
+            };
+            match state {
                 ConstraintState::Open => self.sampler.set_mask(c.mask().cloned()),
                 ConstraintState::Complete => {
                     self.sampler.set_mask(None);

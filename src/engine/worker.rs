@@ -610,6 +610,7 @@ impl<B: Backend> Worker<B> {
         let mut finished: Vec<(EventSender, Finished)> = Vec::new();
         let caching = self.pool.prefix_caching();
         let bs = self.limits.block_size;
+        self.precommit_constraints(work, next);
         for (j, &(i, n)) in work.iter().enumerate() {
             let s = &mut self.running[i];
             if let Some(t) = s.table.as_mut() {
@@ -682,6 +683,31 @@ impl<B: Backend> Worker<B> {
             for (events, f) in finished {
                 let _ = events.send(Event::Finished(f));
             }
+        }
+    }
+
+    /// Structured output: every constrained sequence of the step takes its token into its
+    /// parser and computes its next mask (~0.1 ms a token at a 49k vocabulary, bench/structured.rs),
+    /// all at once on the pool rather than one after another on the engine thread.
+    fn precommit_constraints(&mut self, work: &[(usize, usize)], next: &[Option<u32>]) {
+        use rayon::prelude::*;
+        let mut token_of: HashMap<usize, u32> = HashMap::new();
+        for (j, &(i, _)) in work.iter().enumerate() {
+            if let Some(t) = next[j] {
+                token_of.insert(i, t);
+            }
+        }
+        let mut todo: Vec<(&mut SeqOutput, u32)> = self
+            .running
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, s)| s.out.is_constrained())
+            .filter_map(|(i, s)| token_of.get(&i).map(|&t| (&mut s.out, t)))
+            .collect();
+        if todo.len() > 1 {
+            todo.par_iter_mut().for_each(|(out, t)| out.precommit(*t));
+        } else if let Some((out, t)) = todo.pop() {
+            out.precommit(t);
         }
     }
 
