@@ -241,6 +241,24 @@ def tables(a):
             if w > 75e9:
                 continue  # does not fit an 80 GB GPU with room for KV
             print(f"| {name} | {p} | {w / 1e9:.1f} GB | {floor_ms:.2f} ms | {per_gpu / 1024:.0f} KiB | {tok / 2**20:.2f} MiB | {t1 * 1e3:.0f} us / {64 * t1:.2f} ms | {2 * layers} |")
+    print()
+    print("A rank-16 adapter on all 7 projections, bf16, per GPU under tensor parallelism (A whole and")
+    print("B split in column-parallel linears, A split and B whole in row-parallel ones):\n")
+    print("| base | whole adapter | p = 2 | p = 4 | p = 8 |")
+    print("|---|---:|---:|---:|---:|")
+    for name, (h, i, kv, layers, _) in BASES.items():
+        whole = 2 * lora_params(h, i, kv, layers, 16)
+        print(f"| {name} | {whole / 1e6:.0f} MB | " + " | ".join(f"{tp_adapter_bytes(h, i, kv, layers, 16, p) / 1e6:.0f} MB" for p in (2, 4, 8)) + " |")
+
+
+def tp_adapter_bytes(h, i, kv, layers, r, p):
+    """bf16 bytes of one all-7-projection rank-r adapter on each GPU under tensor parallelism p:
+    column-parallel q, k, v, gate, up keep A whole [r, in] and 1/p of B [out/p, r];
+    row-parallel o, down keep 1/p of A [r, in/p] and B whole [out, r]."""
+    col = {"q": (h, h), "k": (h, kv), "v": (h, kv), "gate": (h, i), "up": (h, i)}
+    row = {"o": (h, h), "down": (i, h)}
+    per_layer = sum(r * a + r * b / p for a, b in col.values()) + sum(r * a / p + r * b for a, b in row.values())
+    return 2 * layers * per_layer
 
 
 def main():
