@@ -175,3 +175,25 @@ pub fn solo_tokens<B: lorafleet::backend::Backend>(
     let req = lorafleet::engine::SeqRequest { prompt_ids: prompt.to_vec(), options: greedy(max_new_tokens) };
     g.generate_with_adapters(&[req], &[adapter], |_, _| {}).expect("generate").remove(0).expect("the sequence").token_ids
 }
+
+/// The golden prompts: (ids, greedy24 of base, of a_r8_all, of b_r16_qv_rslora, their gaps).
+pub struct GoldenPrompt {
+    pub ids: Vec<u32>,
+    pub greedy: [Vec<u32>; 3],
+    pub gaps: [Vec<f64>; 3],
+}
+
+pub fn golden_prompts() -> Vec<GoldenPrompt> {
+    let g = golden_json();
+    let keys = ["base", "a_r8_all", "b_r16_qv_rslora"];
+    g["prompts"]
+        .as_array()
+        .expect("prompts")
+        .iter()
+        .map(|p| GoldenPrompt {
+            ids: ids(&p["ids"]),
+            greedy: keys.map(|k| ids(&p[format!("{k}_greedy24")])),
+            gaps: keys.map(|k| floats(&p[format!("{k}_greedy24_gap")])),
+        })
+        .collect()
+}

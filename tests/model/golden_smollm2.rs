@@ -7,7 +7,7 @@
 use crate::common::*;
 use lorafleet::backend::cpu::CpuBackend;
 use lorafleet::backend::Backend;
-use lorafleet::engine::{score, GenerateOptions, Generator, SamplingParams, SeqRequest};
+use lorafleet::engine::{score, Generator, SeqRequest};
 use lorafleet::kv::{BatchLayout, BlockPool, BlockTable};
 use lorafleet::model::{BaseFormat, Llama, LoadOptions};
 use lorafleet::weights::WeightFiles;
@@ -81,15 +81,7 @@ fn greedy24_matches_hf() {
     let f = fixture();
     let g = Generator::new(&f.model, &f.be, &f.tok);
     for (i, p) in prompts().iter().enumerate() {
-        let opts = GenerateOptions {
-            max_new_tokens: 24,
-            sampling: SamplingParams::greedy(),
-            stop: vec![],
-            ignore_eos: true,
-            logprobs: None,
-            prompt_logprobs: false,
-            constraint: None,
-        };
+        let opts = greedy(24);
         let out = g.generate(&[SeqRequest { prompt_ids: ids(&p["ids"]), options: opts }], |_, _| {}).unwrap();
         let out: Vec<_> = out.into_iter().map(Result::unwrap).collect();
         assert_eq!(out[0].token_ids.len(), 24);
@@ -104,15 +96,7 @@ fn ragged_batch_equals_each_prompt_alone() {
     let f = fixture();
     let all: Vec<Vec<u32>> = prompts().iter().map(|p| ids(&p["ids"])).collect();
     let g = Generator::new(&f.model, &f.be, &f.tok);
-    let opts = GenerateOptions {
-        max_new_tokens: 24,
-        sampling: SamplingParams::greedy(),
-        stop: vec![],
-        ignore_eos: true,
-        logprobs: None,
-        prompt_logprobs: false,
-        constraint: None,
-    };
+    let opts = greedy(24);
     let reqs: Vec<SeqRequest> = all.iter().map(|p| SeqRequest { prompt_ids: p.clone(), options: opts.clone() }).collect();
     let batched: Vec<_> = g.generate(&reqs, |_, _| {}).unwrap().into_iter().map(Result::unwrap).collect();
     for (i, r) in reqs.iter().enumerate() {
@@ -178,15 +162,7 @@ fn long_context_across_many_blocks() {
 fn cache_exhaustion_fails_only_the_sequence_that_runs_out() {
     let f = fixture();
     let all: Vec<Vec<u32>> = prompts().iter().map(|p| ids(&p["ids"])).collect();
-    let opts = GenerateOptions {
-        max_new_tokens: 24,
-        sampling: SamplingParams::greedy(),
-        stop: vec![],
-        ignore_eos: true,
-        logprobs: None,
-        prompt_logprobs: false,
-        constraint: None,
-    };
+    let opts = greedy(24);
     let reqs: Vec<SeqRequest> = all.iter().map(|p| SeqRequest { prompt_ids: p.clone(), options: opts.clone() }).collect();
     // Bytes per block: 2 (K, V) * 30 layers * 16 tokens * 192 * 4 B = 737,280. Prompt 0 needs
     // 2 blocks (5 + 24 tokens), prompt 1 needs 4 (32 + 24), prompt 2 needs 2 (7 + 24): give 6.

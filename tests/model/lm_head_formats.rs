@@ -71,22 +71,14 @@ fn q8_head_on_the_nf4_base_stays_close_to_bitsandbytes() {
 
 #[test]
 fn q8_head_greedy_tokens_match_hf_where_the_margin_is_clear() {
-    use lorafleet::engine::{GenerateOptions, Generator, SamplingParams, SeqRequest};
+    use lorafleet::engine::{Generator, SeqRequest};
     let be = CpuBackend::new();
     let model = Llama::load_with(&be, &model_dir(), LoadOptions { head: HeadFormat::Q8, ..LoadOptions::default() }).expect("load");
     let tok = lorafleet::TextTokenizer::from_dir(&model_dir()).unwrap();
     let g = Generator::new(&model, &be, &tok);
     let golden = golden_json();
     for (i, p) in golden["prompts"].as_array().unwrap().iter().enumerate() {
-        let opts = GenerateOptions {
-            max_new_tokens: 24,
-            sampling: SamplingParams::greedy(),
-            stop: vec![],
-            ignore_eos: true,
-            logprobs: None,
-            prompt_logprobs: false,
-            constraint: None,
-        };
+        let opts = greedy(24);
         let out = g.generate(&[SeqRequest { prompt_ids: ids(&p["ids"]), options: opts }], |_, _| {}).unwrap().remove(0).unwrap();
         // As golden_smollm2's greedy test: up to the first step whose top-2 gap in HF is a tie.
         assert_greedy_matches(&out.token_ids, &ids(&p["base_greedy24"]), &floats(&p["base_greedy24_gap"]), &format!("Q8 head, prompt {i}"));

@@ -5,7 +5,7 @@
 
 use crate::common::*;
 use lorafleet::backend::cpu::CpuBackend;
-use lorafleet::engine::{score_with_adapter, GenerateOptions, Generator, SamplingParams, SeqRequest};
+use lorafleet::engine::{score_with_adapter, Generator, SeqRequest};
 use lorafleet::lora::{LoadedAdapter, LoraAdapter, LoraModule};
 use lorafleet::model::Llama;
 use lorafleet::{Error, TextTokenizer};
@@ -85,15 +85,7 @@ fn greedy24_matches_peft() {
     let g = Generator::new(&f.model, &f.be, &f.tok);
     for (ai, name) in ADAPTERS.iter().enumerate() {
         for (i, p) in prompts().iter().enumerate() {
-            let opts = GenerateOptions {
-                max_new_tokens: 24,
-                sampling: SamplingParams::greedy(),
-                stop: vec![],
-                ignore_eos: true,
-                logprobs: None,
-                prompt_logprobs: false,
-                constraint: None,
-            };
+            let opts = greedy(24);
             let req = SeqRequest { prompt_ids: ids(&p["ids"]), options: opts };
             let out = g.generate_with_adapters(&[req], &[Some(&f.adapters[ai])], |_, _| {}).unwrap();
             let out = out.into_iter().next().unwrap().unwrap();
@@ -113,15 +105,7 @@ fn greedy24_matches_peft() {
 fn mixed_adapter_batch_equals_each_alone() {
     let f = fixture();
     let g = Generator::new(&f.model, &f.be, &f.tok);
-    let opts = GenerateOptions {
-        max_new_tokens: 12,
-        sampling: SamplingParams::greedy(),
-        stop: vec![],
-        ignore_eos: true,
-        logprobs: None,
-        prompt_logprobs: false,
-        constraint: None,
-    };
+    let opts = greedy(12);
     let mut reqs = Vec::new();
     let mut which: Vec<Option<&LoadedAdapter<CpuBackend>>> = Vec::new();
     for p in prompts() {

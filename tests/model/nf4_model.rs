@@ -80,21 +80,13 @@ fn quantize_command_checkpoint_equals_quantize_while_loading() {
 /// is the argmax of one full forward pass over the prompt and the tokens before it.
 #[test]
 fn nf4_decode_agrees_with_nf4_full_forward() {
-    use lorafleet::engine::{GenerateOptions, Generator, SamplingParams, SeqRequest};
+    use lorafleet::engine::{Generator, SeqRequest};
     let be = CpuBackend::new();
     let opts = LoadOptions { format: BaseFormat::Nf4, ..LoadOptions::default() };
     let model = Llama::load_with(&be, &model_dir(), opts).expect("load NF4 model");
     let tok = lorafleet::TextTokenizer::from_dir(&model_dir()).expect("tokenizer");
     let prompt = ids(&golden_json()["prompts"][1]["ids"]);
-    let gen_opts = GenerateOptions {
-        max_new_tokens: 12,
-        sampling: SamplingParams::greedy(),
-        stop: vec![],
-        ignore_eos: true,
-        logprobs: None,
-        prompt_logprobs: false,
-        constraint: None,
-    };
+    let gen_opts = greedy(12);
     let out = Generator::new(&model, &be, &tok).generate(&[SeqRequest { prompt_ids: prompt.clone(), options: gen_opts }], |_, _| {}).unwrap();
     let generated = out.into_iter().next().unwrap().unwrap().token_ids;
     assert_eq!(generated.len(), 12);

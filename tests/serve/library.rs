@@ -12,28 +12,6 @@ use crate::common::*;
 use lorafleet::lora::{LoraAdapter, LoraModule};
 use lorafleet::prelude::*;
 
-/// The golden prompts: (ids, greedy24 of base, of a_r8_all, of b_r16_qv_rslora, their gaps).
-struct GoldenPrompt {
-    ids: Vec<u32>,
-    greedy: [Vec<u32>; 3],
-    gaps: [Vec<f64>; 3],
-}
-
-fn golden_prompts() -> Vec<GoldenPrompt> {
-    let g = golden_json();
-    let keys = ["base", "a_r8_all", "b_r16_qv_rslora"];
-    g["prompts"]
-        .as_array()
-        .expect("prompts")
-        .iter()
-        .map(|p| GoldenPrompt {
-            ids: ids(&p["ids"]),
-            greedy: keys.map(|k| ids(&p[format!("{k}_greedy24")])),
-            gaps: keys.map(|k| floats(&p[format!("{k}_greedy24_gap")])),
-        })
-        .collect()
-}
-
 fn adapter_dir() -> PathBuf {
     golden_dir().join("adapters")
 }

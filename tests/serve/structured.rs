@@ -95,28 +95,17 @@ fn constrained(prompt: Vec<u32>, adapter: Option<&str>, c: Constraint, n: usize)
     }
 }
 
-fn golden_prompt_ids() -> Vec<(Vec<u32>, [Vec<u32>; 3], [Vec<f64>; 3])> {
-    let g = golden_json();
-    let keys = ["base", "a_r8_all", "b_r16_qv_rslora"];
-    g["prompts"]
-        .as_array()
-        .expect("prompts")
-        .iter()
-        .map(|p| (ids(&p["ids"]), keys.map(|k| ids(&p[format!("{k}_greedy24")])), keys.map(|k| floats(&p[format!("{k}_greedy24_gap")]))))
-        .collect()
-}
-
 #[test]
 fn json_schema_outputs_validate_for_every_golden_prompt_and_adapter_and_unconstrained_neighbours_keep_their_goldens() {
     let engine = builder().build().expect("build");
-    let prompts = golden_prompt_ids();
+    let prompts = golden_prompts();
     let adapters = [None, Some("a_r8_all"), Some("b_r16_qv_rslora")];
     // One batch: for every prompt and adapter a constrained request and an unconstrained one.
     let mut requests = Vec::new();
-    for (ids, greedy24, _) in &prompts {
+    for p in &prompts {
         for (k, a) in adapters.iter().enumerate() {
-            requests.push(constrained(ids.clone(), *a, Constraint::JsonSchema(schema()), 160));
-            let plain = GenerateRequest::prompt(ids.clone()).with_options(greedy(greedy24[k].len()));
+            requests.push(constrained(p.ids.clone(), *a, Constraint::JsonSchema(schema()), 160));
+            let plain = GenerateRequest::prompt(p.ids.clone()).with_options(greedy(p.greedy[k].len()));
             requests.push(match a {
                 Some(a) => plain.with_adapter(*a),
                 None => plain,
@@ -133,8 +122,8 @@ fn json_schema_outputs_validate_for_every_golden_prompt_and_adapter_and_unconstr
             let v: Value = serde_json::from_str(&f.text).unwrap_or_else(|e| panic!("{what}: {:?} does not parse: {e}", f.text));
             validate(&v, &schema(), "$").unwrap_or_else(|e| panic!("{what}: {:?}: {e}", f.text));
         } else {
-            let (_, greedy24, gaps) = &prompts[p];
-            assert_greedy_matches(&f.token_ids, &greedy24[k], &gaps[k], &format!("{what}, unconstrained beside constrained ones"));
+            let g = &prompts[p];
+            assert_greedy_matches(&f.token_ids, &g.greedy[k], &g.gaps[k], &format!("{what}, unconstrained beside constrained ones"));
         }
     }
 }
