@@ -10,7 +10,11 @@
  *     r in [0, 1) from splitmix64(seed ^ (draw * 0x9E3779B97F4A7C15)) picks the token whose
  *     interval of the cumulative kept mass, in index order, contains r * mass.
  * A row holding a NaN or an infinity gets LF_SAMPLE_NON_FINITE instead of a token (the request
- * fails with that reason; no token comes out of broken numerics). */
+ * fails with that reason; no token comes out of broken numerics).
+ * A row with a token mask (structured output; mask_row >= 0) is sampled as if every token its
+ * mask does not allow had the logit -FLT_MAX (the lowest finite value: weight 0 at any
+ * temperature), by the same rule; the NaN / infinity check still reads the raw row. Masks are
+ * packed bits, ceil(vocab / 32) uint32 words a mask, bit t % 32 of word t / 32 for token t. */
 #pragma once
 #include <stdint.h>
 
@@ -22,7 +26,7 @@ typedef struct {
     float temperature; /* 0: greedy */
     int32_t top_k;     /* 0: off */
     float top_p;       /* 1: off; in (0, 1] */
-    int32_t reserved;
+    int32_t mask_row;  /* the row of the launch's masks holding this row's allowed tokens; -1: none */
     uint64_t seed;     /* the sequence's seed */
     uint64_t draw;     /* how many draws the sequence has made before this one */
 } LfSampleRow;

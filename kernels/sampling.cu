@@ -10,6 +10,7 @@
 // GPU). A row is 32-128K logits: the kernel is a few passes over them, far below the step's cost.
 
 #include <cuda_bf16.h>
+#include <float.h>
 #include <stdint.h>
 
 #include "common.cuh"
@@ -42,9 +43,14 @@ __device__ __forceinline__ float block_sum_ordered(float v, float* s_part) {
     return r;
 }
 
+// Whether token `i` is allowed by `mask` (none: every token).
+__device__ __forceinline__ bool allowed(const uint32_t* __restrict__ mask, int i) {
+    return mask == nullptr || ((mask[i >> 5] >> (i & 31)) & 1u);
+}
+
 template <typename T>
-__device__ void sample_row(const T* __restrict__ logits, const LfSampleRow* __restrict__ rows, uint32_t* __restrict__ out,
-                           const LfSampleParams p) {
+__device__ void sample_row(const T* __restrict__ logits, const LfSampleRow* __restrict__ rows, const uint32_t* __restrict__ masks,
+                           uint32_t* __restrict__ out, const LfSampleParams p) {
     __shared__ float s_part[NT + 1];
     __shared__ uint32_t s_idx[NT + 1];
     const int row = blockIdx.x;
@@ -55,6 +61,9 @@ __device__ void sample_row(const T* __restrict__ logits, const LfSampleRow* __re
     const int chunk = (vocab + NT - 1) / NT;
     const int lo = min(vocab, (int)threadIdx.x * chunk);
     const int hi = min(vocab, lo + chunk);
+    // The row's mask, if any: a disallowed token reads as -FLT_MAX everywhere below.
+    const uint32_t* mask = (masks != nullptr && r.mask_row >= 0) ? masks + (int64_t)r.mask_row * ((vocab + 31) / 32) : nullptr;
+    auto val = [&](int i) -> float { return allowed(mask, i) ? lf::to_f(l[i]) : -FLT_MAX; };
 
     // Largest logit and its first index; and whether the row holds a NaN or an infinity.
     __shared__ int s_bad[NT];
@@ -62,8 +71,8 @@ __device__ void sample_row(const T* __restrict__ logits, const LfSampleRow* __re
     uint32_t best_i = 0xffffffffu;
     int bad = 0;
     for (int i = lo; i < hi; ++i) {
-        const float v = lf::to_f(l[i]);
-        bad |= !isfinite(v);
+        bad |= !isfinite(lf::to_f(l[i]));
+        const float v = val(i);
         if (best_i == 0xffffffffu || v > best) {
             best = v;
             best_i = (uint32_t)i;
@@ -106,7 +115,7 @@ __device__ void sample_row(const T* __restrict__ logits, const LfSampleRow* __re
         for (int bit = 31; bit >= 0; --bit) {
             const uint32_t cand = kth | (1u << bit);
             float cnt = 0.f;
-            for (int i = lo; i < hi; ++i) cnt += order_key(lf::to_f(l[i])) >= cand ? 1.f : 0.f;
+            for (int i = lo; i < hi; ++i) cnt += order_key(val(i)) >= cand ? 1.f : 0.f;
             if (block_sum_ordered(cnt, s_part) >= (float)r.top_k) kth = cand;
         }
     }
@@ -114,7 +123,7 @@ __device__ void sample_row(const T* __restrict__ logits, const LfSampleRow* __re
     // Kept mass after top-k.
     float mass = 0.f;
     for (int i = lo; i < hi; ++i) {
-        const float v = lf::to_f(l[i]);
+        const float v = val(i);
         if (order_key(v) >= kth) mass += expf((v - mx) * inv_t);
     }
     float total = block_sum_ordered(mass, s_part);
@@ -126,7 +135,7 @@ __device__ void sample_row(const T* __restrict__ logits, const LfSampleRow* __re
             const uint32_t cand = wth | (1u << bit);
             float m = 0.f;
             for (int i = lo; i < hi; ++i) {
-                const float v = lf::to_f(l[i]);
+                const float v = val(i);
                 const float w = expf((v - mx) * inv_t);
                 if (order_key(v) >= kth && __float_as_uint(w) >= cand) m += w;
             }
@@ -134,7 +143,7 @@ __device__ void sample_row(const T* __restrict__ logits, const LfSampleRow* __re
         }
         mass = 0.f;
         for (int i = lo; i < hi; ++i) {
-            const float v = lf::to_f(l[i]);
+            const float v = val(i);
             const float w = expf((v - mx) * inv_t);
             if (order_key(v) >= kth && __float_as_uint(w) >= wth) mass += w;
         }
@@ -169,7 +178,7 @@ __device__ void sample_row(const T* __restrict__ logits, const LfSampleRow* __re
         float cum = s_part[NT];
         uint32_t pick = 0xffffffffu;
         for (int i = lo; i < hi; ++i) {
-            const float v = lf::to_f(l[i]);
+            const float v = val(i);
             const float w = expf((v - mx) * inv_t);
             if (order_key(v) >= kth && __float_as_uint(w) >= wth) {
                 pick = (uint32_t)i;
@@ -186,14 +195,16 @@ __device__ void sample_row(const T* __restrict__ logits, const LfSampleRow* __re
 
 extern "C" __global__ void __launch_bounds__(NT) lf_sample_f32(const float* __restrict__ logits,      // [n_rows, vocab]
                                                                const LfSampleRow* __restrict__ rows,  // [n_rows]
+                                                               const uint32_t* __restrict__ masks,    // [n_masks, ceil(vocab / 32)] or null
                                                                uint32_t* __restrict__ out,            // [n_rows]
                                                                const LfSampleParams p) {
-    sample_row(logits, rows, out, p);
+    sample_row(logits, rows, masks, out, p);
 }
 
 extern "C" __global__ void __launch_bounds__(NT) lf_sample_bf16(const __nv_bfloat16* __restrict__ logits,  // [n_rows, vocab]
                                                                 const LfSampleRow* __restrict__ rows,     // [n_rows]
+                                                                const uint32_t* __restrict__ masks,       // [n_masks, ceil(vocab / 32)] or null
                                                                 uint32_t* __restrict__ out,               // [n_rows]
                                                                 const LfSampleParams p) {
-    sample_row(logits, rows, out, p);
+    sample_row(logits, rows, masks, out, p);
 }

@@ -107,6 +107,9 @@ pub struct StepSpec<'s, 'a, B: Backend> {
     pub lora: &'s [LoraRun<'a, B>],
     /// One row per logit row when the step samples on the device (`Backend::sample`); else empty.
     pub samples: &'s [sampling::SampleRow],
+    /// Per sample row: its sampler holds a token mask (structured output), which a device that
+    /// samples applies itself (`Sampler::mask`, in the same order); empty: none.
+    pub masked: &'s [bool],
 }
 
 /// What a device must do to run the model: upload weights, hold the paged KV cache, and the

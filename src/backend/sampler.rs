@@ -267,6 +267,18 @@ impl Sampler {
         self.logprobs.is_some() || !self.params.penalties.is_off() || self.mask.is_some()
     }
 
+    /// `needs_host_row` for a device that applied this sampler's mask itself: penalties or
+    /// log-probabilities only.
+    pub fn needs_host_row_after_device_mask(&self) -> bool {
+        self.logprobs.is_some() || !self.params.penalties.is_off()
+    }
+
+    /// `sample_host` after a device draw that applied this sampler's mask: the device's id
+    /// stands unless penalties are on (then the host draws from the penalized, masked row).
+    pub fn sample_host_after_device_mask(&mut self, row: &[f32], device_id: u32) -> u32 {
+        self.host_part(row, Some(device_id), true)
+    }
+
     /// The last sampled token's log-probabilities (taken: the next call gives None until the
     /// next sample).
     pub fn take_logprobs(&mut self) -> Option<TokenLogprobs> {
@@ -278,8 +290,13 @@ impl Sampler {
     /// is kept (or, None, the host draws). Records the token's log-probabilities (of the raw
     /// row) when asked for.
     pub fn sample_host(&mut self, row: &[f32], device_id: Option<u32>) -> u32 {
+        self.host_part(row, device_id, false)
+    }
+
+    /// `sample_host`, knowing whether the device's draw already obeyed the mask.
+    fn host_part(&mut self, row: &[f32], device_id: Option<u32>, device_masked: bool) -> u32 {
         let id = match device_id {
-            Some(id) if self.params.penalties.is_off() && self.mask.is_none() => id,
+            Some(id) if self.params.penalties.is_off() && (self.mask.is_none() || device_masked) => id,
             _ => self.sample(row),
         };
         if let Some(n) = self.logprobs {

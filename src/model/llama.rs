@@ -279,7 +279,7 @@ impl<B: Backend> Llama<B> {
         adapters: &[Option<&LoadedAdapter<B>>],
     ) -> Result<B::Tensor> {
         let runs = self.check_step(ids, batch, adapters)?;
-        let mut step = be.begin_step(&self.step_spec(be, kv, ids, batch, logit_rows, &runs, &[]))?;
+        let mut step = be.begin_step(&self.step_spec(be, kv, ids, batch, logit_rows, &runs, &[], &[]))?;
         self.forward_step(be, &mut step, kv)
     }
 
@@ -294,8 +294,9 @@ impl<B: Backend> Llama<B> {
         logit_rows: &'s [usize],
         runs: &'s [LoraRun<'a, B>],
         samples: &'s [crate::backend::sampling::SampleRow],
+        masked: &'s [bool],
     ) -> StepSpec<'s, 'a, B> {
-        StepSpec { config: &self.config, model_id: self.id, kv: be.kv_layout(kv), kv_id: be.kv_id(kv), batch, ids, logit_rows, lora: runs, samples }
+        StepSpec { config: &self.config, model_id: self.id, kv: be.kv_layout(kv), kv_id: be.kv_id(kv), batch, ids, logit_rows, lora: runs, samples, masked }
     }
 
     /// `forward_lora`, then the next token of each logit row, one sampler per row: on a GPU the
@@ -316,7 +317,8 @@ impl<B: Backend> Llama<B> {
         }
         let runs = self.check_step(ids, batch, adapters)?;
         let samples: Vec<crate::backend::sampling::SampleRow> = samplers.iter_mut().map(|s| s.next_device_row()).collect();
-        let mut step = be.begin_step(&self.step_spec(be, kv, ids, batch, logit_rows, &runs, &samples))?;
+        let masked: Vec<bool> = samplers.iter().map(|s| s.mask().is_some()).collect();
+        let mut step = be.begin_step(&self.step_spec(be, kv, ids, batch, logit_rows, &runs, &samples, &masked))?;
         let logits = self.forward_step(be, &mut step, kv)?;
         be.sample(&logits, &mut step, samplers)
     }

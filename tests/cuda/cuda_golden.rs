@@ -129,3 +129,35 @@ fn bf16_activations_stay_close_to_hf() {
     assert!(worst < 2e-2, "last-logits rel L2 up to {worst}");
     assert!(same * 100 >= total * 95, "argmax equal at {same} of {total} positions");
 }
+
+/// Structured output on the device: the sampling kernel applies each constrained row's token
+/// mask (uploaded with the step) beside unconstrained rows of the same batch, and the outputs
+/// equal the CPU backend's, token for token (greedy).
+#[test]
+fn constrained_rows_are_masked_on_the_device_as_on_the_cpu() {
+    use lorafleet::backend::cpu::CpuBackend;
+    use lorafleet::constrain::Constraint;
+    use lorafleet::engine::GenerateOptions;
+    use lorafleet::tokenizer::ChatMessage;
+    let Some(f) = load("cuda_golden::constrained", DType::F32, BaseFormat::F32, false) else { return };
+    let chat = |q: &str| f.tok.encode(&f.tok.apply_chat_template(&[ChatMessage::user(q)], true).unwrap()).unwrap();
+    let with = |c: Option<Constraint>, n: usize| GenerateOptions { constraint: c, ignore_eos: false, ..greedy(n) };
+    let reqs = vec![
+        SeqRequest {
+            prompt_ids: chat("Is this review positive or negative? 'A gorgeous, witty, seductive movie.'"),
+            options: with(Some(Constraint::Choice(vec!["positive".into(), "negative".into()])), 6),
+        },
+        SeqRequest { prompt_ids: chat("What is 6 times 7? Answer with the number."), options: with(Some(Constraint::Regex("[0-9]{1,3}".into())), 6) },
+        SeqRequest { prompt_ids: chat("Name a color."), options: greedy(4) },
+    ];
+    let run = |out: Vec<lorafleet::Result<lorafleet::engine::GenerationOutput>>| -> Vec<(Vec<u32>, String)> {
+        out.into_iter().map(|r| r.expect("generated")).map(|o| (o.token_ids, o.text)).collect()
+    };
+    let on_device = run(Generator::new(&f.model, &f.be, &f.tok).generate(&reqs, |_, _| {}).expect("device"));
+    let cpu = CpuBackend::new();
+    let cpu_model = Llama::load(&cpu, &model_dir(), false).expect("load on the CPU");
+    let on_cpu = run(Generator::new(&cpu_model, &cpu, &f.tok).generate(&reqs, |_, _| {}).expect("cpu"));
+    assert!(["positive", "negative"].contains(&on_device[0].1.as_str()), "{:?}", on_device[0].1);
+    assert!(!on_device[1].1.is_empty() && on_device[1].1.chars().all(|c| c.is_ascii_digit()), "{:?}", on_device[1].1);
+    assert_eq!(on_device, on_cpu, "device vs CPU");
+}

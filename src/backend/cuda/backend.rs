@@ -395,28 +395,49 @@ impl Backend for CudaBackend {
     fn sample(&self, logits: &CudaTensor, step: &mut CudaStep<'_>, samplers: &mut [&mut crate::backend::sampler::Sampler]) -> Result<Vec<u32>> {
         let sec = step.samples.ok_or_else(|| invalid("sample: the step was begun without sampling rows"))?;
         let n = logits.rows;
+        if samplers.len() != n {
+            return Err(invalid(format!("sample: {n} logit rows for {} samplers", samplers.len())));
+        }
         let p = super::sampling::plan_sample(n, logits.cols, logits.len())?;
-        let (meta, out) = step.sample_buffers()?;
+        // Structured output: the constrained rows' masks, in row order, as begin_step numbered
+        // them (`LfSampleRow::mask_row`); uploaded with the step, applied by the kernel.
+        let words = logits.cols.div_ceil(32);
+        let masks: Vec<&crate::backend::sampler::TokenMask> = samplers.iter().filter_map(|s| s.mask()).collect();
+        if masks.len() != step.n_masks {
+            return Err(invalid(format!("sample: {} masked rows, the step was begun with {}", masks.len(), step.n_masks)));
+        }
+        if let Some(m) = masks.iter().find(|m| m.len() != logits.cols) {
+            return Err(invalid(format!("sample: a token mask covers {} ids, the logits {}", m.len(), logits.cols)));
+        }
+        let packed: Vec<u32> = masks.iter().flat_map(|m| m.words()[..words].iter().copied()).collect();
+        let n_masks = masks.len();
+        let (meta, mask_buf, out) = if n_masks > 0 {
+            let (m, k, o) = step.sample_buffers_with_masks(&packed)?;
+            (m, Some(k), o)
+        } else {
+            let (m, o) = step.sample_buffers()?;
+            (m, None, o)
+        };
         let rows = meta.slice(sec.offset..sec.offset + sec.bytes);
         // SAFETY: the section holds `n` LfSampleRow (32 bytes each, packed at begin_step from rows
         // that passed sample_row_c); transmute checks it is long enough.
         let rows = unsafe { rows.transmute::<super::ffi::LfSampleRow>(n) }.ok_or_else(|| invalid("sample: the step's rows do not match the logits"))?;
         with_dtype!(logits.dtype, T => {
-            // SAFETY: `p` is plan_sample for these logits; the rows passed sample_row_c.
-            unsafe { self.sampler.sample_planned::<T>(&self.dev, &logits.view::<T>()?, &rows, out, &p)? };
+            // SAFETY: `p` is plan_sample for these logits; the rows passed sample_row_c and
+            // begin_step numbered the masked rows' mask_row 0..n_masks, the masks just uploaded
+            // in the same order (their count checked above).
+            unsafe { self.sampler.sample_planned::<T>(&self.dev, &logits.view::<T>()?, &rows, mask_buf.map(|k| (k, n_masks)), out, &p)? };
         });
         let mut ids = self.dev.download(&out.slice(0..n))?;
-        if samplers.len() != n {
-            return Err(invalid(format!("sample: {n} logit rows for {} samplers", samplers.len())));
-        }
         // Penalties and log-probabilities need the row on the host: only then are the logits
-        // downloaded (one copy for the step), and only those rows are looked at.
-        if samplers.iter().any(|s| s.needs_host_row()) {
+        // downloaded (one copy for the step), and only those rows are looked at. A mask alone
+        // does not: the kernel applied it.
+        if samplers.iter().any(|s| s.needs_host_row_after_device_mask()) {
             // Inside the step (it holds the arena): download directly, not through `to_host`.
             let host = self.download_f32(logits)?;
             for ((row, s), id) in host.chunks_exact(logits.cols).zip(samplers.iter_mut()).zip(ids.iter_mut()) {
-                if s.needs_host_row() {
-                    *id = s.sample_host(row, Some(*id));
+                if s.needs_host_row_after_device_mask() {
+                    *id = s.sample_host_after_device_mask(row, *id);
                 }
             }
         }

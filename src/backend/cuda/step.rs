@@ -73,6 +73,9 @@ pub(crate) struct StepArena {
     lora_part: Option<CudaSlice<f32>>,
     /// The sampled ids of a step that samples on the device.
     sampled: Option<CudaSlice<u32>>,
+    /// The token masks of a step's constrained rows (read by the sampling kernel only, after
+    /// the forward: outside any graph, so growing it does not bump `generation`).
+    masks: Option<CudaSlice<u32>>,
     /// The host staging buffer the metadata is packed into.
     host: Vec<u8>,
     /// Bumped whenever a buffer is reallocated.
@@ -131,6 +134,9 @@ pub struct CudaStep<'a> {
     pub(crate) gather: LfEmbeddingParams,
     /// `LfSampleRow [rows]` when the step samples on the device.
     pub(crate) samples: Option<Section>,
+    /// How many of those rows carry a token mask (`LfSampleRow::mask_row` 0..n_masks, in row
+    /// order).
+    pub(crate) n_masks: usize,
     /// Indexed by `layer * 7 + module`.
     pub(crate) lora: Vec<Option<StepLora>>,
     /// Keeps the adapters whose A/B addresses the metadata holds borrowed for the step.
@@ -233,19 +239,29 @@ pub(crate) fn begin<'a, B: Backend<Matrix = CudaMatrix>>(
     let block_table = push(&mut host, as_bytes(&attn.block_table));
     let rows_sec = push(&mut host, as_bytes(&rows));
     // Sampling rows (one per logit row) when the step samples on the device.
+    let mut n_masks = 0usize;
     let samples = if spec.samples.is_empty() {
         None
     } else {
         if spec.samples.len() != rows.len() {
             return Err(invalid(format!("{} sampling rows for {} logit rows", spec.samples.len(), rows.len())));
         }
+        if !spec.masked.is_empty() && spec.masked.len() != spec.samples.len() {
+            return Err(invalid(format!("{} mask flags for {} sampling rows", spec.masked.len(), spec.samples.len())));
+        }
         let mut bytes = Vec::with_capacity(spec.samples.len() * 32);
-        for r in spec.samples {
-            let c = sample_row_c(r)?;
+        for (i, r) in spec.samples.iter().enumerate() {
+            let mut c = sample_row_c(r)?;
+            if spec.masked.get(i).copied().unwrap_or(false) {
+                c.mask_row = i32::try_from(n_masks).map_err(|_| invalid("sample: too many masked rows"))?;
+                n_masks += 1;
+            } else {
+                c.mask_row = -1;
+            }
             bytes.extend_from_slice(&c.temperature.to_le_bytes());
             bytes.extend_from_slice(&c.top_k.to_le_bytes());
             bytes.extend_from_slice(&c.top_p.to_le_bytes());
-            bytes.extend_from_slice(&c.reserved.to_le_bytes());
+            bytes.extend_from_slice(&c.mask_row.to_le_bytes());
             bytes.extend_from_slice(&c.seed.to_le_bytes());
             bytes.extend_from_slice(&c.draw.to_le_bytes());
         }
@@ -298,6 +314,7 @@ pub(crate) fn begin<'a, B: Backend<Matrix = CudaMatrix>>(
         rows: rows_sec,
         gather,
         samples,
+        n_masks,
         lora,
         _adapters: std::marker::PhantomData,
     })
@@ -382,6 +399,21 @@ impl CudaStep<'_> {
         let a = &mut *self.arena;
         match (a.meta.as_ref(), a.sampled.as_mut()) {
             (Some(m), Some(o)) => Ok((m, o)),
+            _ => Err(Error::Cuda("the step arena has no sampling buffers".into())),
+        }
+    }
+
+    /// Uploads the step's token masks (`n_masks * words` packed words, in row order) into the
+    /// arena's mask buffer and returns it with the metadata and the ids' buffer.
+    pub(crate) fn sample_buffers_with_masks(&mut self, masks: &[u32]) -> Result<(&CudaSlice<u8>, &CudaSlice<u32>, &mut CudaSlice<u32>)> {
+        let dev = self.cx.device();
+        let a = &mut *self.arena;
+        ensure(dev, &mut a.masks, masks.len())?;
+        let buf = a.masks.as_mut().ok_or_else(|| Error::Cuda("the step arena has no mask buffer".into()))?;
+        let mut dst = buf.slice_mut(0..masks.len());
+        dev.stream().memcpy_htod(masks, &mut dst).map_err(super::device::cuda_err("copying the token masks to the device"))?;
+        match (a.meta.as_ref(), a.masks.as_ref(), a.sampled.as_mut()) {
+            (Some(m), Some(k), Some(o)) => Ok((m, k, o)),
             _ => Err(Error::Cuda("the step arena has no sampling buffers".into())),
         }
     }
