@@ -34,21 +34,8 @@ fn clients_python() -> Option<std::ffi::OsString> {
 #[test]
 fn the_model_server_protocol_reads_as_the_gateway_reads_it() {
     let Some(python) = clients_python() else { return };
-    let args: Vec<std::ffi::OsString> = vec![
-        "--model".into(),
-        model_dir().into(),
-        "--adapter-dir".into(),
-        golden_dir().join("adapters").into(),
-        "--kv-cache-bytes".into(),
-        "64M".into(),
-        "--max-running".into(),
-        "2".into(),
-        "--max-active-adapters".into(),
-        "2".into(),
-    ];
-    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
     // Dropped (killed) at the end, with requests still in flight.
-    let server = TestServer::start(&args, &[], Duration::from_secs(300));
+    let server = TestServer::start_golden(&["--max-running", "2", "--max-active-adapters", "2"]);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/test_metrics_protocol.py");
     let out = Command::new(&python).arg(&script).arg(format!("http://{}", server.addr)).output().expect("run the protocol check");
     drop(server);
@@ -107,10 +94,7 @@ fn official_python_clients_work_against_the_server() {
     let expect_path = std::env::temp_dir().join(format!("lorafleet-clients-{}.json", std::process::id()));
     std::fs::write(&expect_path, expect.to_string()).unwrap();
 
-    let args: Vec<std::ffi::OsString> =
-        vec!["--model".into(), model_dir().into(), "--adapter-dir".into(), golden_dir().join("adapters").into(), "--kv-cache-bytes".into(), "64M".into()];
-    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    let server = TestServer::start(&args, &[], Duration::from_secs(300));
+    let server = TestServer::start_golden(&[]);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/test_clients.py");
     let out = Command::new(&python).arg(&script).arg(format!("http://{}", server.addr)).arg(&expect_path).output().expect("run the client suite");
     std::fs::remove_file(&expect_path).ok();
@@ -153,10 +137,7 @@ fn structured_output_through_the_official_clients_validates_against_its_schema()
     });
     let expect_path = std::env::temp_dir().join(format!("lorafleet-structured-{}.json", std::process::id()));
     std::fs::write(&expect_path, json!({ "prompts": prompts, "schema": schema }).to_string()).unwrap();
-    let args: Vec<std::ffi::OsString> =
-        vec!["--model".into(), model_dir().into(), "--adapter-dir".into(), golden_dir().join("adapters").into(), "--kv-cache-bytes".into(), "64M".into()];
-    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    let server = TestServer::start(&args, &[], Duration::from_secs(300));
+    let server = TestServer::start_golden(&[]);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/test_structured.py");
     let out = Command::new(&python).arg(&script).arg(format!("http://{}", server.addr)).arg(&expect_path).output().expect("run the structured suite");
     std::fs::remove_file(&expect_path).ok();

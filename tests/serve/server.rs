@@ -25,20 +25,7 @@ fn server() -> &'static ServerHandle {
 }
 
 fn start_server() -> TestServer {
-    let args: Vec<std::ffi::OsString> = vec![
-        "--model".into(),
-        model_dir().into(),
-        "--adapter-dir".into(),
-        golden_dir().join("adapters").into(),
-        "--kv-cache-bytes".into(),
-        "64M".into(),
-        "--max-batch-tokens".into(),
-        "256".into(),
-        "--body-timeout".into(),
-        "2".into(),
-    ];
-    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    let s = TestServer::start(&args, &[], Duration::from_secs(300));
+    let s = TestServer::start_golden(&["--max-batch-tokens", "256", "--body-timeout", "2"]);
     let _ = SERVER.set(s.handle.clone());
     s
 }

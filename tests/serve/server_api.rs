@@ -8,8 +8,6 @@
 
 use crate::common;
 
-use std::time::Duration;
-
 use crate::common::server::TestServer;
 use crate::common::*;
 use lorafleet::TextTokenizer;
@@ -22,10 +20,7 @@ fn tokenizer() -> TextTokenizer {
 #[test]
 fn lorax_and_openai_apis_as_their_clients_use_them() {
     let adapters = golden_dir().join("adapters");
-    let args: Vec<std::ffi::OsString> =
-        vec!["--model".into(), model_dir().into(), "--adapter-dir".into(), adapters.clone().into(), "--kv-cache-bytes".into(), "64M".into()];
-    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    let s = TestServer::start(&args, &[], Duration::from_secs(300));
+    let s = TestServer::start_golden(&[]);
     let g = golden_json();
     let p = &g["prompts"][1];
     let prompt = p["text"].as_str().unwrap();
