@@ -48,6 +48,8 @@ fn main() {
     }
 
     let mut table = String::from("/// Embedded CUDA modules: (file stem, fatbin bytes).\npub const MODULES: &[(&str, &[u8])] = &[\n");
+    let mut resources: Vec<String> = Vec::new();
+    let mut nvcc_release = String::new();
     match if cuda { find_nvcc() } else { None } {
         None if !cuda => {}
         None if env::var("LORAFLEET_REQUIRE_NVCC").is_ok_and(|v| v == "1") => {
@@ -64,14 +66,58 @@ fn main() {
         }
         Some(nvcc) => {
             let built = compile_all(&nvcc, &root, &out, &kernels);
-            for (stem, path) in &built {
+            for (stem, path, _) in &built {
                 writeln!(table, "    ({stem:?}, include_bytes!({:?})),", path.display().to_string()).unwrap();
             }
+            resources = built.into_iter().flat_map(|(_, _, r)| r).collect();
+            let v = Command::new(&nvcc).arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+            nvcc_release = v.lines().find(|l| l.contains("release")).unwrap_or_default().trim().to_string();
             println!("cargo::rustc-cfg=has_kernels");
         }
     }
     table.push_str("];\n");
+    writeln!(table, "/// The nvcc that built `MODULES` (its `--version` release line; empty without nvcc).\npub const NVCC_RELEASE: &str = {nvcc_release:?};")
+        .unwrap();
+    table.push_str("/// ptxas's report of each kernel of `MODULES`, per architecture (empty without nvcc).\npub const RESOURCES: &[KernelResources] = &[\n");
+    for r in &resources {
+        table.push_str(r);
+    }
+    table.push_str("];\n");
     std::fs::write(out.join("kernels.rs"), table).expect("write kernels.rs");
+}
+
+/// ptxas's `-v` report in nvcc's stderr for module `stem`: one `KernelResources { .. },` Rust
+/// literal per (kernel, architecture), and the other lines (warnings, shown to the user).
+fn ptxas_resources(stem: &str, stderr: &str) -> (Vec<String>, Vec<String>) {
+    let num =
+        |line: &str, after: &str| -> u32 { line.split(after).next().and_then(|head| head.split_whitespace().last()).and_then(|n| n.parse().ok()).unwrap_or(0) };
+    let (mut out, mut other) = (Vec::new(), Vec::new());
+    let (mut kernel, mut arch) = (String::new(), String::new());
+    let (mut stack, mut spill_st, mut spill_ld) = (0, 0, 0);
+    for line in stderr.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("ptxas info    : Compiling entry function '") {
+            // `NAME' for 'sm_90a'`
+            let mut parts = rest.split('\'');
+            kernel = parts.next().unwrap_or_default().to_string();
+            arch = parts.nth(1).unwrap_or_default().to_string();
+            (stack, spill_st, spill_ld) = (0, 0, 0);
+        } else if t.contains("bytes stack frame") {
+            stack = num(t, " bytes stack frame");
+            spill_st = num(t, " bytes spill stores");
+            spill_ld = num(t, " bytes spill loads");
+        } else if t.starts_with("ptxas info    : Used ") && !kernel.is_empty() {
+            let regs = num(t, " registers");
+            let smem = if t.contains(" bytes smem") { num(t, " bytes smem") } else { 0 };
+            out.push(format!(
+                "    KernelResources {{ module: {stem:?}, kernel: {kernel:?}, arch: {arch:?}, registers: {regs}, shared_static: {smem}, stack: {stack}, spill_stores: {spill_st}, spill_loads: {spill_ld} }},\n"
+            ));
+            kernel.clear();
+        } else if !t.starts_with("ptxas info") {
+            other.push(line.to_string());
+        }
+    }
+    (out, other)
 }
 
 /// Files directly in `dir` with one of the extensions, sorted (kernels/dev is not built).
@@ -104,7 +150,7 @@ fn find_nvcc() -> Option<PathBuf> {
 
 /// Compiles each .cu file to `OUT_DIR/<stem>.fatbin`, the files in parallel. A compile error
 /// fails the build with nvcc's output: a kernel that does not build is a bug, not a missing tool.
-fn compile_all(nvcc: &Path, root: &Path, out: &Path, kernels: &[PathBuf]) -> Vec<(String, PathBuf)> {
+fn compile_all(nvcc: &Path, root: &Path, out: &Path, kernels: &[PathBuf]) -> Vec<(String, PathBuf, Vec<String>)> {
     let jobs: Vec<_> = kernels
         .iter()
         .map(|cu| {
@@ -119,9 +165,9 @@ fn compile_all(nvcc: &Path, root: &Path, out: &Path, kernels: &[PathBuf]) -> Vec
                 .arg("-o")
                 .arg(&fatbin)
                 .arg(cu);
-            if env::var_os("LORAFLEET_PTXAS_VERBOSE").is_some() {
-                cmd.arg("-Xptxas=-v");
-            }
+            // ptxas's resource report of every kernel (registers, shared memory, stack, spills),
+            // per architecture: parsed into `RESOURCES` (kernels.rs) rather than printed.
+            cmd.arg("-Xptxas=-v");
             (stem, fatbin, cmd)
         })
         .collect();
@@ -134,10 +180,12 @@ fn compile_all(nvcc: &Path, root: &Path, out: &Path, kernels: &[PathBuf]) -> Vec
                     if !o.status.success() {
                         panic!("nvcc failed on kernels/{stem}.cu:\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
                     }
-                    for line in String::from_utf8_lossy(&o.stderr).lines().filter(|l| !l.trim().is_empty()) {
+                    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+                    let (resources, other) = ptxas_resources(&stem, &stderr);
+                    for line in other.iter().filter(|l| !l.trim().is_empty()) {
                         println!("cargo::warning=nvcc {stem}: {line}");
                     }
-                    (stem, fatbin)
+                    (stem, fatbin, resources)
                 })
             })
             .collect();

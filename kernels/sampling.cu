@@ -43,9 +43,12 @@ __device__ __forceinline__ float block_sum_ordered(float v, float* s_part) {
     return r;
 }
 
-// Whether token `i` is allowed by `mask` (none: every token).
-__device__ __forceinline__ bool allowed(const uint32_t* __restrict__ mask, int i) {
-    return mask == nullptr || ((mask[i >> 5] >> (i & 31)) & 1u);
+// Logit `i` as the rule reads it: -FLT_MAX where `mask` (none: every token allowed) does not
+// allow token `i`.
+template <typename T>
+__device__ __forceinline__ float masked_logit(const T* __restrict__ l, const uint32_t* __restrict__ mask, int i) {
+    const float v = lf::to_f(l[i]);
+    return (mask == nullptr || ((mask[i >> 5] >> (i & 31)) & 1u)) ? v : -FLT_MAX;
 }
 
 template <typename T>
@@ -63,7 +66,6 @@ __device__ void sample_row(const T* __restrict__ logits, const LfSampleRow* __re
     const int hi = min(vocab, lo + chunk);
     // The row's mask, if any: a disallowed token reads as -FLT_MAX everywhere below.
     const uint32_t* mask = (masks != nullptr && r.mask_row >= 0) ? masks + (int64_t)r.mask_row * ((vocab + 31) / 32) : nullptr;
-    auto val = [&](int i) -> float { return allowed(mask, i) ? lf::to_f(l[i]) : -FLT_MAX; };
 
     // Largest logit and its first index; and whether the row holds a NaN or an infinity.
     __shared__ int s_bad[NT];
@@ -72,7 +74,7 @@ __device__ void sample_row(const T* __restrict__ logits, const LfSampleRow* __re
     int bad = 0;
     for (int i = lo; i < hi; ++i) {
         bad |= !isfinite(lf::to_f(l[i]));
-        const float v = val(i);
+        const float v = masked_logit(l, mask, i);
         if (best_i == 0xffffffffu || v > best) {
             best = v;
             best_i = (uint32_t)i;
@@ -115,7 +117,7 @@ __device__ void sample_row(const T* __restrict__ logits, const LfSampleRow* __re
         for (int bit = 31; bit >= 0; --bit) {
             const uint32_t cand = kth | (1u << bit);
             float cnt = 0.f;
-            for (int i = lo; i < hi; ++i) cnt += order_key(val(i)) >= cand ? 1.f : 0.f;
+            for (int i = lo; i < hi; ++i) cnt += order_key(masked_logit(l, mask, i)) >= cand ? 1.f : 0.f;
             if (block_sum_ordered(cnt, s_part) >= (float)r.top_k) kth = cand;
         }
     }
@@ -123,7 +125,7 @@ __device__ void sample_row(const T* __restrict__ logits, const LfSampleRow* __re
     // Kept mass after top-k.
     float mass = 0.f;
     for (int i = lo; i < hi; ++i) {
-        const float v = val(i);
+        const float v = masked_logit(l, mask, i);
         if (order_key(v) >= kth) mass += expf((v - mx) * inv_t);
     }
     float total = block_sum_ordered(mass, s_part);
@@ -135,7 +137,7 @@ __device__ void sample_row(const T* __restrict__ logits, const LfSampleRow* __re
             const uint32_t cand = wth | (1u << bit);
             float m = 0.f;
             for (int i = lo; i < hi; ++i) {
-                const float v = val(i);
+                const float v = masked_logit(l, mask, i);
                 const float w = expf((v - mx) * inv_t);
                 if (order_key(v) >= kth && __float_as_uint(w) >= cand) m += w;
             }
@@ -143,7 +145,7 @@ __device__ void sample_row(const T* __restrict__ logits, const LfSampleRow* __re
         }
         mass = 0.f;
         for (int i = lo; i < hi; ++i) {
-            const float v = val(i);
+            const float v = masked_logit(l, mask, i);
             const float w = expf((v - mx) * inv_t);
             if (order_key(v) >= kth && __float_as_uint(w) >= wth) mass += w;
         }
@@ -178,7 +180,7 @@ __device__ void sample_row(const T* __restrict__ logits, const LfSampleRow* __re
         float cum = s_part[NT];
         uint32_t pick = 0xffffffffu;
         for (int i = lo; i < hi; ++i) {
-            const float v = val(i);
+            const float v = masked_logit(l, mask, i);
             const float w = expf((v - mx) * inv_t);
             if (order_key(v) >= kth && __float_as_uint(w) >= wth) {
                 pick = (uint32_t)i;
@@ -193,7 +195,7 @@ __device__ void sample_row(const T* __restrict__ logits, const LfSampleRow* __re
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(NT) lf_sample_f32(const float* __restrict__ logits,      // [n_rows, vocab]
+extern "C" __global__ void __launch_bounds__(NT, 1) lf_sample_f32(const float* __restrict__ logits,      // [n_rows, vocab]
                                                                const LfSampleRow* __restrict__ rows,  // [n_rows]
                                                                const uint32_t* __restrict__ masks,    // [n_masks, ceil(vocab / 32)] or null
                                                                uint32_t* __restrict__ out,            // [n_rows]
@@ -201,7 +203,7 @@ extern "C" __global__ void __launch_bounds__(NT) lf_sample_f32(const float* __re
     sample_row(logits, rows, masks, out, p);
 }
 
-extern "C" __global__ void __launch_bounds__(NT) lf_sample_bf16(const __nv_bfloat16* __restrict__ logits,  // [n_rows, vocab]
+extern "C" __global__ void __launch_bounds__(NT, 1) lf_sample_bf16(const __nv_bfloat16* __restrict__ logits,  // [n_rows, vocab]
                                                                 const LfSampleRow* __restrict__ rows,     // [n_rows]
                                                                 const uint32_t* __restrict__ masks,       // [n_masks, ceil(vocab / 32)] or null
                                                                 uint32_t* __restrict__ out,               // [n_rows]

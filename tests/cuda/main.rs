@@ -23,3 +23,4 @@ mod cuda_sampling;
 mod cuda_serve;
 mod cuda_train;
 mod cuda_train_ops;
+mod kernel_resources;

@@ -4,6 +4,27 @@
 
 use super::emu;
 
+/// One kernel's resources on one architecture, as ptxas reported them at build time (`-v`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelResources {
+    /// The module (`kernels/<module>.cu`).
+    pub module: &'static str,
+    /// The `extern "C" __global__` function.
+    pub kernel: &'static str,
+    /// `sm_80`, `sm_90a`.
+    pub arch: &'static str,
+    /// Registers per thread.
+    pub registers: u32,
+    /// Static shared memory per block, bytes (dynamic shared memory comes on top, per launch).
+    pub shared_static: u32,
+    /// Stack frame per thread, bytes.
+    pub stack: u32,
+    /// Register spills to local memory, bytes stored and loaded per thread.
+    pub spill_stores: u32,
+    /// Bytes loaded back from spills per thread.
+    pub spill_loads: u32,
+}
+
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 
 /// The `cuModuleLoadData` image of `kernels/<stem>.cu` for the driver in use: the emulator's

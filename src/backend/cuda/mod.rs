@@ -67,6 +67,8 @@ pub use backend::CudaBackend;
 pub use context::CudaContext;
 pub use device::CudaDevice;
 pub use dtype::{CudaElem, DType};
+/// ptxas's resource report of every embedded kernel, per architecture (build.rs; empty without nvcc).
+pub use embedded::{KernelResources, NVCC_RELEASE, RESOURCES as KERNEL_RESOURCES};
 pub use nf4::{CudaNf4, CudaNf4Weight};
 pub use testing::{bench_device, big_shapes, test_device, tests_on_emulator, timed_launches, BIG_SHAPES_ENV, REQUIRE_GPU_ENV};
 pub use validate::RopeDims;
