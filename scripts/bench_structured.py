@@ -5,7 +5,8 @@ side by side (A B A B), at batch 1 and batch 8, on the CPU.
     bench_structured.py [--bin target/release/lorafleet] [--model DIR] [--rounds 3]
 
 Constrained: a JSON schema (an object holding an array of 12 strings of at most 12 characters: ~100-150 tokens of
-output, a mask every token). Unconstrained: the same prompts, greedy, EOS ignored, 100 tokens.
+output, a mask every token). Unconstrained: the same prompts, greedy, EOS ignored, 60 tokens (about as many as the
+constrained outputs: a shorter run weighs its first, slower steps more).
 Both through `lorafleet generate --json` (one process per run, one batch of 1 or 8 prompts);
 the figure is the mean over sequences of `decode_tokens_per_s` (tokens after the first /
 decode time), the median over rounds. Prints a markdown table for bench/RESULTS.md.
@@ -33,7 +34,7 @@ def run(binary, model, prompts, constrained, schema_path):
     if constrained:
         args += ["--json-schema", schema_path, "--max-new-tokens", "300"]
     else:
-        args += ["--ignore-eos", "--max-new-tokens", "100"]
+        args += ["--ignore-eos", "--max-new-tokens", "60"]
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     rows = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
     if constrained:
