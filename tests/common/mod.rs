@@ -197,3 +197,16 @@ pub fn golden_prompts() -> Vec<GoldenPrompt> {
         })
         .collect()
 }
+
+/// (Here, not in server.rs: the trainer's tests include server.rs alone.)
+impl server::TestServer {
+    /// `lorafleet serve` on the test model with the golden adapters and a 64M KV cache, plus
+    /// `extra` flags (a later flag wins over an earlier one).
+    pub fn start_golden(extra: &[&str]) -> server::TestServer {
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["--model".into(), model_dir().into(), "--adapter-dir".into(), golden_dir().join("adapters").into(), "--kv-cache-bytes".into(), "64M".into()];
+        args.extend(extra.iter().map(|a| a.into()));
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        server::TestServer::start(&args, &[], std::time::Duration::from_secs(300))
+    }
+}

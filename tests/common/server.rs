@@ -64,22 +64,6 @@ impl TestServer {
 
     /// Starts `lorafleet serve ARGS` (plus `--port 0`) with the extra environment `envs`, and
     /// waits up to `wait` for its `listening on http://ADDR` line.
-    /// `lorafleet serve` on the test model with the golden adapters and a 64M KV cache, plus
-    /// `extra` flags (a later flag wins over an earlier one).
-    pub fn start_golden(extra: &[&str]) -> TestServer {
-        let mut args: Vec<std::ffi::OsString> = vec![
-            "--model".into(),
-            crate::common::model_dir().into(),
-            "--adapter-dir".into(),
-            crate::common::golden_dir().join("adapters").into(),
-            "--kv-cache-bytes".into(),
-            "64M".into(),
-        ];
-        args.extend(extra.iter().map(|a| a.into()));
-        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-        TestServer::start(&args, &[], Duration::from_secs(300))
-    }
-
     pub fn start(args: &[&std::ffi::OsStr], envs: &[(&str, &str)], wait: Duration) -> TestServer {
         let mut cmd = Command::new(lorafleet_bin());
         cmd.arg("serve").args(args).args(["--port", "0"]).stdout(Stdio::null()).stderr(Stdio::piped());
